@@ -1,0 +1,1 @@
+"""The HTTP API: a thin FastAPI app over the shared store and Redis key schema."""

@@ -1,0 +1,1 @@
+"""The `longrun` command: the one place that composes api/, worker/ and shared/."""

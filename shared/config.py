@@ -1,0 +1,161 @@
+"""Settings: every knob longrun reads from the environment, parsed once at an entry point.
+
+`Settings.from_env()` is called by the CLI (or a test) and the frozen result is passed down;
+nothing else in the code base reads `os.environ`. Unknown or malformed values fail at start-up
+with a message that names the variable.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from shared.errors import ConfigError
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float, minimum: float = 0.0) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _str(env: Mapping[str, str], name: str, default: str) -> str:
+    raw = env.get(name)
+    return default if raw is None or raw == "" else raw
+
+
+def _opt(env: Mapping[str, str], name: str) -> str | None:
+    raw = env.get(name)
+    return None if raw is None or raw == "" else raw
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The whole configuration of one process. Frozen: derive variants with `with_()`."""
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/longrun"
+    # Every Redis key starts with this prefix (tests use a unique one per run).
+    key_prefix: str = "longrun"
+    queue: str = "longrun:runs"
+    group: str = "workers"
+    concurrency: int = 32
+    lease_seconds: float = 30.0
+    drain_seconds: float = 20.0
+    max_attempts: int = 3
+    events_ttl_seconds: int = 3600
+    # A run's event stream is capped in count and bytes; past either the run fails.
+    max_events_per_run: int = 100_000
+    max_event_bytes_per_run: int = 64 * 1024 * 1024
+    # Requests
+    max_body_bytes: int = 1024 * 1024
+    max_input_chars: int = 200_000
+    sse_ping_seconds: float = 15.0
+    # Pools and timeouts
+    pg_pool_min: int = 1
+    pg_pool_max: int = 16
+    pg_command_timeout: float = 10.0
+    pg_acquire_timeout: float = 5.0
+    redis_socket_timeout: float = 10.0
+    redis_connect_timeout: float = 3.0
+    redis_max_connections: int = 64
+    # Provider (the SDK's own variables) and agent loop
+    anthropic_api_key: str | None = None
+    anthropic_base_url: str | None = None
+    model: str = "claude-sonnet-4-5"
+    fallback_model: str | None = None
+    max_steps: int = 20
+    max_run_cost_usd: float = 1.0
+    max_user_day_cost_usd: float = 20.0
+    run_timeout_seconds: float = 3600.0
+    max_run_timeout_seconds: float = 6 * 3600.0
+    # Extra agents: comma-separated "name=module:attr" or "module:attr" (see shared.agents).
+    agent_modules: tuple[str, ...] = ()
+    # Background loops
+    reconcile_seconds: float = 10.0
+    worker_name: str | None = None
+    log_json: bool | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        e: Mapping[str, str] = os.environ if env is None else env
+        prefix = _str(e, "LONGRUN_KEY_PREFIX", "longrun")
+        log_json_raw = _opt(e, "LONGRUN_LOG_JSON")
+        return cls(
+            redis_url=_str(e, "REDIS_URL", cls.redis_url),
+            database_url=_str(e, "DATABASE_URL", cls.database_url),
+            key_prefix=prefix,
+            queue=_str(e, "LONGRUN_QUEUE", f"{prefix}:runs"),
+            group=_str(e, "LONGRUN_GROUP", cls.group),
+            concurrency=_int(e, "LONGRUN_CONCURRENCY", cls.concurrency, 1),
+            lease_seconds=_float(e, "LONGRUN_LEASE_SECONDS", cls.lease_seconds, 0.3),
+            drain_seconds=_float(e, "LONGRUN_DRAIN_SECONDS", cls.drain_seconds),
+            max_attempts=_int(e, "LONGRUN_MAX_ATTEMPTS", cls.max_attempts, 1),
+            events_ttl_seconds=_int(e, "LONGRUN_EVENTS_TTL_SECONDS", cls.events_ttl_seconds, 1),
+            max_events_per_run=_int(e, "LONGRUN_MAX_EVENTS_PER_RUN", cls.max_events_per_run, 3),
+            max_event_bytes_per_run=_int(
+                e, "LONGRUN_MAX_EVENT_BYTES_PER_RUN", cls.max_event_bytes_per_run, 1024
+            ),
+            max_body_bytes=_int(e, "LONGRUN_MAX_BODY_BYTES", cls.max_body_bytes, 1024),
+            max_input_chars=_int(e, "LONGRUN_MAX_INPUT_CHARS", cls.max_input_chars, 1),
+            sse_ping_seconds=_float(e, "LONGRUN_SSE_PING_SECONDS", cls.sse_ping_seconds, 0.05),
+            pg_pool_min=_int(e, "LONGRUN_PG_POOL_MIN", cls.pg_pool_min, 0),
+            pg_pool_max=_int(e, "LONGRUN_PG_POOL_MAX", cls.pg_pool_max, 1),
+            pg_command_timeout=_float(e, "LONGRUN_PG_TIMEOUT", cls.pg_command_timeout, 0.1),
+            pg_acquire_timeout=_float(
+                e, "LONGRUN_PG_ACQUIRE_TIMEOUT", cls.pg_acquire_timeout, 0.1
+            ),
+            redis_socket_timeout=_float(
+                e, "LONGRUN_REDIS_TIMEOUT", cls.redis_socket_timeout, 0.1
+            ),
+            redis_max_connections=_int(
+                e, "LONGRUN_REDIS_MAX_CONNECTIONS", cls.redis_max_connections, 2
+            ),
+            anthropic_api_key=_opt(e, "ANTHROPIC_API_KEY"),
+            anthropic_base_url=_opt(e, "ANTHROPIC_BASE_URL"),
+            model=_str(e, "LONGRUN_MODEL", cls.model),
+            fallback_model=_opt(e, "LONGRUN_FALLBACK_MODEL"),
+            max_steps=_int(e, "LONGRUN_MAX_STEPS", cls.max_steps, 1),
+            max_run_cost_usd=_float(e, "LONGRUN_MAX_RUN_COST_USD", cls.max_run_cost_usd),
+            max_user_day_cost_usd=_float(
+                e, "LONGRUN_MAX_USER_DAY_COST_USD", cls.max_user_day_cost_usd
+            ),
+            run_timeout_seconds=_float(
+                e, "LONGRUN_RUN_TIMEOUT_SECONDS", cls.run_timeout_seconds, 0.1
+            ),
+            max_run_timeout_seconds=_float(
+                e, "LONGRUN_MAX_RUN_TIMEOUT_SECONDS", cls.max_run_timeout_seconds, 0.1
+            ),
+            agent_modules=tuple(
+                s.strip() for s in _str(e, "LONGRUN_AGENTS", "").split(",") if s.strip()
+            ),
+            reconcile_seconds=_float(e, "LONGRUN_RECONCILE_SECONDS", cls.reconcile_seconds, 0.1),
+            worker_name=_opt(e, "LONGRUN_WORKER_NAME"),
+            log_json=None if log_json_raw is None else log_json_raw.lower() in ("1", "true"),
+        )
+
+    def with_(self, **changes: Any) -> Settings:
+        return replace(self, **changes)

@@ -1,0 +1,1 @@
+"""The worker: a Redis consumer-group member that executes runs."""
