@@ -89,6 +89,18 @@ class Settings:
     max_steps: int = 20
     max_run_cost_usd: float = 1.0
     max_user_day_cost_usd: float = 20.0
+    # JSON object model -> {"input": usd_per_mtok, "output": usd_per_mtok, ...}; merged over defaults.
+    model_prices_json: str | None = None
+    fallback_price_input_per_mtok: float = 15.0
+    fallback_price_output_per_mtok: float = 75.0
+    provider_max_retries: int = 4
+    provider_retry_base_seconds: float = 0.5
+    provider_retry_max_seconds: float = 30.0
+    breaker_window_seconds: float = 60.0
+    breaker_min_calls: int = 5
+    breaker_error_rate: float = 0.5
+    breaker_open_seconds: float = 30.0
+    tool_timeout_seconds: float = 30.0
     run_timeout_seconds: float = 3600.0
     max_run_timeout_seconds: float = 6 * 3600.0
     # Extra agents: comma-separated "name=module:attr" or "module:attr" (see shared.agents).
@@ -142,6 +154,31 @@ class Settings:
             max_run_cost_usd=_float(e, "LONGRUN_MAX_RUN_COST_USD", cls.max_run_cost_usd),
             max_user_day_cost_usd=_float(
                 e, "LONGRUN_MAX_USER_DAY_COST_USD", cls.max_user_day_cost_usd
+            ),
+            model_prices_json=_opt(e, "LONGRUN_MODEL_PRICES"),
+            fallback_price_input_per_mtok=_float(
+                e, "LONGRUN_FALLBACK_PRICE_INPUT_PER_MTOK", cls.fallback_price_input_per_mtok
+            ),
+            fallback_price_output_per_mtok=_float(
+                e, "LONGRUN_FALLBACK_PRICE_OUTPUT_PER_MTOK", cls.fallback_price_output_per_mtok
+            ),
+            provider_max_retries=_int(e, "LONGRUN_PROVIDER_MAX_RETRIES", cls.provider_max_retries),
+            provider_retry_base_seconds=_float(
+                e, "LONGRUN_PROVIDER_RETRY_BASE_SECONDS", cls.provider_retry_base_seconds
+            ),
+            provider_retry_max_seconds=_float(
+                e, "LONGRUN_PROVIDER_RETRY_MAX_SECONDS", cls.provider_retry_max_seconds
+            ),
+            breaker_window_seconds=_float(
+                e, "LONGRUN_BREAKER_WINDOW_SECONDS", cls.breaker_window_seconds, 0.1
+            ),
+            breaker_min_calls=_int(e, "LONGRUN_BREAKER_MIN_CALLS", cls.breaker_min_calls, 1),
+            breaker_error_rate=_float(e, "LONGRUN_BREAKER_ERROR_RATE", cls.breaker_error_rate),
+            breaker_open_seconds=_float(
+                e, "LONGRUN_BREAKER_OPEN_SECONDS", cls.breaker_open_seconds, 0.05
+            ),
+            tool_timeout_seconds=_float(
+                e, "LONGRUN_TOOL_TIMEOUT_SECONDS", cls.tool_timeout_seconds, 0.01
             ),
             run_timeout_seconds=_float(
                 e, "LONGRUN_RUN_TIMEOUT_SECONDS", cls.run_timeout_seconds, 0.1
