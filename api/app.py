@@ -1,0 +1,102 @@
+"""The FastAPI application: lifespan (Postgres pool, Redis clients, event hub), error
+handling, body limits, and the health, readiness and metrics endpoints."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import PlainTextResponse
+
+from api import errors, runs
+from api.errors import JSONResp
+from api.hub import Hub
+from api.limits import BodyLimit
+from api.state import AppState
+from shared.agents import load_agents
+from shared.config import Settings
+from shared.keys import Keys
+from shared.migrate import check_schema
+from shared.redisio import REDIS_DOWN, RedisIO, create_redis
+from shared.store import Store, connect
+
+READY_TIMEOUT = 1.0
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings.from_env()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        conn = await connect(settings, "longrun-api")
+        try:
+            await check_schema(conn)
+        finally:
+            await conn.close()
+        keys = Keys.from_settings(settings)
+        store = await Store.open(settings, "longrun-api")
+        r = create_redis(settings, "longrun-api")
+        hub = Hub(create_redis(settings.with_(redis_max_connections=2), "longrun-api-hub"), keys)
+        await hub.start()
+        state = AppState(
+            settings=settings,
+            keys=keys,
+            store=store,
+            redis=r,
+            rio=RedisIO(r, keys, settings),
+            hub=hub,
+            agents=load_agents(settings.agent_modules),
+        )
+        app.state.longrun = state
+        try:
+            yield
+        finally:
+            state.shutting_down = True
+            await hub.close()
+            await r.aclose()
+            await store.close()
+
+    app = FastAPI(
+        title="longrun",
+        version="0.1.0",
+        lifespan=lifespan,
+        default_response_class=JSONResp,
+    )
+    errors.install(app)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.include_router(runs.router)
+
+    @app.get("/health")
+    async def health(request: Request) -> dict[str, object]:
+        state: AppState = request.app.state.longrun
+        return {"status": "ok", "sse_subscribers": state.hub.subscribers}
+
+    @app.get("/ready")
+    async def ready(request: Request) -> JSONResp:
+        state: AppState = request.app.state.longrun
+        checks: dict[str, str] = {}
+        try:
+            await asyncio.wait_for(state.redis.ping(), READY_TIMEOUT)
+            checks["redis"] = "ok"
+        except (TimeoutError, *REDIS_DOWN):
+            checks["redis"] = "down"
+        try:
+            await asyncio.wait_for(state.store.ping(), READY_TIMEOUT)
+            checks["postgres"] = "ok"
+        except Exception:
+            checks["postgres"] = "down"
+        if state.shutting_down:
+            checks["shutdown"] = "in progress"
+        ok = all(v == "ok" for v in checks.values())
+        return JSONResp(
+            {"status": "ready" if ok else "unavailable", "checks": checks},
+            status_code=200 if ok else 503,
+        )
+
+    @app.get("/metrics")
+    async def metrics() -> PlainTextResponse:
+        return PlainTextResponse("# longrun metrics: see the operations issue\n")
+
+    return app

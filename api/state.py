@@ -1,0 +1,27 @@
+"""The API's typed lifespan state: what every request may use, built once per process."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import redis.asyncio as aioredis
+
+from api.hub import Hub
+from shared.agents import Agent
+from shared.config import Settings
+from shared.keys import Keys
+from shared.redisio import RedisIO
+from shared.store import Store
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    keys: Keys
+    store: Store
+    redis: aioredis.Redis
+    rio: RedisIO
+    hub: Hub
+    agents: dict[str, Agent]
+    shutting_down: bool = False
+    key_cache: dict[str, tuple[str, float]] = field(default_factory=dict)

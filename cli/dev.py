@@ -1,0 +1,392 @@
+"""`longrun dev`: the whole platform on one machine, in the foreground, until Ctrl-C.
+
+It finds Redis and Postgres (the configured `REDIS_URL`/`DATABASE_URL` when they answer, else
+embedded ones from `cli.embedded` with data under `.longrun/`), creates the database if the
+server lacks it, migrates, creates a dev API key, then runs `supervisord.conf` (the API and
+`--workers` worker processes) as a child and prints how to use it. On SIGINT or SIGTERM it stops
+supervisord (which drains the workers), then the embedded servers: nothing it started outlives it.
+
+Being an entry point, it reads `os.environ` once and hands URLs to its children by environment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Literal
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+import asyncpg
+import httpx
+import redis
+
+import cli.embedded as emb
+from shared.config import Settings
+from shared.errors import ConfigError, LongrunError
+
+SOURCE_ROOT = Path(__file__).resolve().parents[1]
+API_HOST = "127.0.0.1"
+DEV_USER = "dev"
+PROBE_TIMEOUT = 1.5  # seconds a configured server gets to answer before we embed our own
+API_READY_TIMEOUT = 60.0
+FORCE_AFTER_SECONDS = 45.0  # supervisord's stopwaitsecs (30) plus room to exit
+
+PgState = Literal["ok", "missing_database", "down"]
+
+
+# ---- pure decisions
+
+
+def dev_home(
+    env: Mapping[str, str], source_root: Path = SOURCE_ROOT, cwd: Path | None = None
+) -> Path:
+    """Where embedded servers keep data: `LONGRUN_DEV_DIR`, else `.longrun/` in the source
+    checkout (gitignored), else `.longrun/` in the working directory."""
+    if env.get("LONGRUN_DEV_DIR"):
+        return Path(env["LONGRUN_DEV_DIR"]).resolve()
+    if (source_root / "pyproject.toml").exists():
+        return source_root / ".longrun"
+    return (cwd or Path.cwd()) / ".longrun"
+
+
+def supervisord_conf(env: Mapping[str, str], source_root: Path = SOURCE_ROOT) -> Path:
+    return Path(env.get("LONGRUN_SUPERVISORD_CONF") or source_root / "supervisord.conf")
+
+
+def database_name(url: str) -> str:
+    name = unquote(urlsplit(url).path.lstrip("/"))
+    if not name:
+        raise ConfigError(f"DATABASE_URL names no database: {url}")
+    return name
+
+
+def with_database(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path="/" + name))
+
+
+def redacted(url: str) -> str:
+    """The URL without its password, fit to print."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def child_env(
+    base: Mapping[str, str],
+    *,
+    redis_url: str,
+    database_url: str,
+    port: int,
+    workers: int,
+    bin_dir: Path,
+) -> dict[str, str]:
+    """The environment of every child: the resolved URLs, supervisord.conf's variables, and
+    this interpreter's bin directory first on PATH so `longrun` is the one we run."""
+    env = dict(base)
+    env.update(
+        REDIS_URL=redis_url,
+        DATABASE_URL=database_url,
+        LONGRUN_API_HOST=API_HOST,
+        LONGRUN_API_PORT=str(port),
+        LONGRUN_WORKERS=str(workers),
+        PATH=os.pathsep.join(p for p in (str(bin_dir), base.get("PATH", "")) if p),
+    )
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+def banner(url: str, key: str, redis_desc: str, postgres_desc: str, workers: int) -> str:
+    body = '{"input":"hi","agent":"ticker","params":{"count":5}}'
+    return "\n".join(
+        [
+            "",
+            f"longrun is up: API {url}, {workers} worker process(es)",
+            f"  Redis:    {redis_desc}",
+            f"  Postgres: {postgres_desc}",
+            "",
+            f"  URL={url}",
+            f"  KEY={key}",
+            "",
+            "Submit a run:",
+            f'  curl -X POST $URL/runs -H "Authorization: Bearer $KEY" '
+            f"-H 'content-type: application/json' -d '{body}'",
+            "Follow it (run_id from the answer above):",
+            '  curl -N $URL/runs/<run_id>/events -H "Authorization: Bearer $KEY"',
+            "Or with the CLI:",
+            f"  export LONGRUN_URL={url} LONGRUN_API_KEY={key}",
+            '  longrun submit "hello" --follow',
+            "",
+            "Ctrl-C stops everything.",
+            "",
+        ]
+    )
+
+
+# ---- probing the configured servers
+
+
+def redis_answers(url: str, timeout: float = PROBE_TIMEOUT) -> bool:
+    """True if the Redis at `url` answers PING; False if nothing (usable) listens there.
+    A Redis that answers but refuses us is a configuration error, not a reason to embed."""
+    client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+    try:
+        client.ping()
+    except redis.AuthenticationError as exc:
+        raise ConfigError(f"Redis at {redacted(url)} refused our credentials: {exc}") from exc
+    except (redis.ConnectionError, redis.TimeoutError, OSError):
+        return False
+    finally:
+        client.close()
+    return True
+
+
+async def _postgres_state(url: str, connect_timeout: float) -> PgState:
+    try:
+        conn = await asyncpg.connect(url, timeout=connect_timeout)
+    except asyncpg.InvalidCatalogNameError:
+        return "missing_database"
+    except (OSError, asyncpg.CannotConnectNowError):
+        return "down"
+    except asyncpg.PostgresError as exc:
+        raise ConfigError(f"Postgres at {redacted(url)} refused us: {exc}") from exc
+    await conn.close()
+    return "ok"
+
+
+def postgres_state(url: str, timeout: float = PROBE_TIMEOUT) -> PgState:
+    return asyncio.run(_postgres_state(url, timeout))
+
+
+async def _create_database(url: str) -> None:
+    name = database_name(url)
+    conn = await asyncpg.connect(with_database(url, "postgres"), timeout=10)
+    try:
+        quoted = '"' + name.replace('"', '""') + '"'
+        await conn.execute(f"CREATE DATABASE {quoted}")
+    except asyncpg.DuplicateDatabaseError:
+        pass  # created concurrently: fine
+    finally:
+        await conn.close()
+
+
+def ensure_database(url: str) -> None:
+    """Create the database `url` names if its server lacks it."""
+    if postgres_state(url, timeout=10) == "missing_database":
+        asyncio.run(_create_database(url))
+
+
+# ---- the servers
+
+
+@dataclass
+class Backends:
+    redis_url: str = ""
+    database_url: str = ""
+    redis_desc: str = ""
+    postgres_desc: str = ""
+    servers: tuple[emb.Server, ...] = ()
+
+    def stop(self) -> None:
+        # Reverse start order; each server gets its own clean shutdown.
+        for server in reversed(self.servers):
+            emb.stop(server)
+        self.servers = ()
+
+
+def _provide_redis(settings: Settings, force: bool, home: Path, into: Backends) -> None:
+    if not force and redis_answers(settings.redis_url):
+        into.redis_url = settings.redis_url
+        into.redis_desc = f"{redacted(settings.redis_url)} (configured)"
+        return
+    if not force:
+        print(f"longrun: no Redis answers at {redacted(settings.redis_url)}; starting one")
+    server = emb.start_redis(home / "redis")
+    into.servers = (*into.servers, server)
+    into.redis_url = server.url
+    into.redis_desc = f"{server.url} (embedded redis-server 6.2, data in {home / 'redis'})"
+
+
+def _provide_postgres(settings: Settings, force: bool, home: Path, into: Backends) -> None:
+    url = settings.database_url
+    if not force:
+        state = postgres_state(url)
+        if state != "down":
+            if state == "missing_database":
+                print(f"longrun: creating database {database_name(url)!r}")
+                asyncio.run(_create_database(url))
+            into.database_url = url
+            into.postgres_desc = f"{redacted(url)} (configured)"
+            return
+        print(f"longrun: no Postgres answers at {redacted(url)}; starting one")
+    server = emb.start_postgres(home / "postgres")
+    into.servers = (*into.servers, server)
+    into.database_url = emb.pg_url(server.port)
+    ensure_database(into.database_url)
+    into.postgres_desc = (
+        f"{into.database_url} (embedded PostgreSQL 18, data in {home / 'postgres'})"
+    )
+
+
+# ---- children
+
+
+def _longrun(env: Mapping[str, str]) -> str:
+    found = shutil.which("longrun", path=env.get("PATH"))
+    if found is None:
+        raise ConfigError("the `longrun` command is not installed: run `pip install -e .`")
+    return found
+
+
+def _run_step(args: list[str], env: Mapping[str, str], what: str) -> str:
+    done = subprocess.run(
+        args, env=dict(env), capture_output=True, text=True, check=False, timeout=120
+    )
+    if done.returncode != 0:
+        raise LongrunError(f"{what} failed ({done.returncode}):\n{done.stdout}{done.stderr}")
+    return done.stdout
+
+
+def _wait_for_api(url: str, supervisor: subprocess.Popen[bytes], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    with httpx.Client(timeout=1.0) as client:
+        while True:
+            try:
+                if client.get(f"{url}/health").status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if supervisor.poll() is not None:
+                raise LongrunError(f"supervisord exited with {supervisor.returncode}")
+            if time.monotonic() > deadline:
+                raise LongrunError(f"the API did not answer at {url}/health within {timeout:.0f}s")
+            time.sleep(0.2)
+
+
+class _Stopper:
+    """Signal handler: the first SIGINT/SIGTERM asks supervisord to stop (workers drain); a
+    second one, or a supervisord that overruns, gets the whole tree killed."""
+
+    def __init__(self, supervisor: subprocess.Popen[bytes]) -> None:
+        self.supervisor = supervisor
+        self.requested = False
+        self.forced = False
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        if not self.requested:
+            self.requested = True
+            print("\nlongrun: stopping (workers drain first; Ctrl-C again to force)", flush=True)
+            self._signal(signal.SIGTERM)
+        else:
+            self.force()
+
+    def force(self) -> None:
+        if self.forced:
+            return
+        self.forced = True
+        print("longrun: forcing stop", flush=True)
+        for pid in emb.descendants(self.supervisor.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self._signal(signal.SIGKILL)
+
+    def _signal(self, sig: signal.Signals) -> None:
+        if self.supervisor.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.supervisor.send_signal(sig)
+
+
+def _supervise(env: Mapping[str, str], conf: Path, url: str, text: str) -> int:
+    supervisor = subprocess.Popen(
+        [sys.executable, "-m", "supervisor.supervisord", "-n", "-c", str(conf)],
+        env=dict(env),
+        cwd=str(conf.parent),
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        preexec_fn=emb.die_with_parent(signal.SIGTERM),  # safe: no threads here
+    )
+    stopper = _Stopper(supervisor)
+    signal.signal(signal.SIGINT, stopper)
+    signal.signal(signal.SIGTERM, stopper)
+    try:
+        _wait_for_api(url, supervisor, API_READY_TIMEOUT)
+        print(text, flush=True)
+        code = supervisor.wait()
+    except BaseException:
+        if not stopper.requested:
+            stopper(signal.SIGTERM, None)
+        try:
+            supervisor.wait(FORCE_AFTER_SECONDS)
+        except subprocess.TimeoutExpired:
+            stopper.force()
+            supervisor.wait(5)
+        raise
+    return 0 if stopper.requested and code == 0 else (code or 1)
+
+
+# ---- the command
+
+
+def _check_port_free(port: int) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((API_HOST, port))
+        except OSError as exc:
+            raise ConfigError(f"port {port} on {API_HOST} is taken ({exc}); use --port") from exc
+
+
+def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def run(embedded: bool, port: int, workers: int) -> int:
+    """Run everything until SIGINT/SIGTERM; the exit code is 0 after a requested, clean stop."""
+    env = dict(os.environ)
+    # Until supervisord runs, SIGTERM unwinds like Ctrl-C so embedded servers get stopped.
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt), signal.getsignal(signal.SIGINT)
+    backends = Backends()
+    try:
+        settings = Settings.from_env(env)
+        home = dev_home(env)
+        home.mkdir(parents=True, exist_ok=True)
+        _check_port_free(port)
+        _provide_redis(settings, embedded, home, backends)
+        _provide_postgres(settings, embedded, home, backends)
+        children = child_env(
+            env,
+            redis_url=backends.redis_url,
+            database_url=backends.database_url,
+            port=port,
+            workers=workers,
+            bin_dir=Path(sys.executable).parent,
+        )
+        longrun = _longrun(children)
+        _run_step([longrun, "migrate"], children, "longrun migrate")
+        keys_out = _run_step([longrun, "keys", "create", "--user", DEV_USER], children, "keys")
+        key = keys_out.strip().splitlines()[-1].strip()
+        url = f"http://{API_HOST}:{port}"
+        text = banner(url, key, backends.redis_desc, backends.postgres_desc, workers)
+        return _supervise(children, supervisord_conf(env), url, text)
+    except KeyboardInterrupt:
+        return 130
+    except LongrunError as exc:
+        print(f"longrun dev: {exc.detail or exc}", file=sys.stderr)
+        return 1
+    finally:
+        backends.stop()
+        signal.signal(signal.SIGTERM, previous[0])
+        signal.signal(signal.SIGINT, previous[1])

@@ -1,0 +1,316 @@
+"""Redis, the fast path: the client factory, the fenced Lua scripts, and reading event streams.
+
+Raw replies become models here (`Event`, `PendingInfo`); bytes never leave this module.
+Every worker write for a run goes through a script that first checks the attempt stored in the
+run's meta hash (the fence), so a worker that lost its lease cannot append a single event.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from shared.config import Settings
+from shared.errors import ConfigError, LeaseLost, LongrunError
+from shared.keys import Keys
+from shared.models import Event
+
+REDIS_DOWN: tuple[type[BaseException], ...] = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+class EventCapExceeded(LongrunError):
+    code = "event_cap_exceeded"
+
+
+class SeqConflict(LongrunError):
+    """The stream's last seq is not the one this writer expected (a bug or a lost fence)."""
+
+    code = "seq_conflict"
+
+
+def create_redis(settings: Settings, name: str) -> aioredis.Redis:
+    """A pooled client with timeouts on connect and read, and a client name for CLIENT LIST.
+    Blocking reads must use BLOCK well under `redis_socket_timeout`."""
+    client: aioredis.Redis = aioredis.Redis.from_url(
+        settings.redis_url,
+        socket_timeout=settings.redis_socket_timeout,
+        socket_connect_timeout=settings.redis_connect_timeout,
+        health_check_interval=30,
+        client_name=name,
+        max_connections=settings.redis_max_connections,
+        # One quick retry for a dropped idle connection; never retry a timed-out command.
+        retry=Retry(ExponentialBackoff(cap=0.2, base=0.05), 1),
+        retry_on_timeout=False,
+        decode_responses=False,
+    )
+    return client
+
+
+async def check_eviction_policy(r: aioredis.Redis) -> None:
+    """Refuse a Redis that may evict the queue: `allkeys-*` policies drop any key."""
+    try:
+        policy = (await r.config_get("maxmemory-policy")).get(b"maxmemory-policy", b"")
+    except ResponseError:  # CONFIG disabled (managed Redis): cannot check, carry on
+        return
+    if policy.startswith(b"allkeys"):
+        raise ConfigError(
+            f"Redis maxmemory-policy is {policy.decode()}: it may evict the run queue. "
+            "Use noeviction (or a volatile-* policy)."
+        )
+
+
+# KEYS: meta, events. ARGV: attempt, first_seq, max_events, max_bytes, ttl, (type, data)...
+# Returns {1, cancel} on success, {-1, attempt} when fenced out, {-2, seq} on a seq conflict,
+# {-3, 0} when the per-run cap would be exceeded.
+_APPEND = """
+local attempt = tonumber(redis.call('HGET', KEYS[1], 'attempt') or '0')
+if attempt ~= tonumber(ARGV[1]) then return {-1, attempt} end
+local seq = tonumber(redis.call('HGET', KEYS[1], 'seq') or '0')
+local first = tonumber(ARGV[2])
+if seq ~= first - 1 then return {-2, seq} end
+local n = (#ARGV - 5) / 2
+local bytes = tonumber(redis.call('HGET', KEYS[1], 'bytes') or '0')
+local add = 0
+for i = 0, n - 1 do add = add + string.len(ARGV[7 + 2 * i]) end
+if seq + n > tonumber(ARGV[3]) or bytes + add > tonumber(ARGV[4]) then return {-3, 0} end
+for i = 0, n - 1 do
+  redis.call('XADD', KEYS[2], '0-' .. (first + i), 't', ARGV[6 + 2 * i], 'd', ARGV[7 + 2 * i])
+end
+redis.call('HSET', KEYS[1], 'seq', seq + n, 'bytes', bytes + add)
+local ttl = tonumber(ARGV[5])
+if ttl > 0 then
+  redis.call('EXPIRE', KEYS[1], ttl)
+  redis.call('EXPIRE', KEYS[2], ttl)
+end
+return {1, tonumber(redis.call('HGET', KEYS[1], 'cancel') or '0')}
+"""
+
+# KEYS: meta. ARGV: attempt, owner, known_seq, ttl. Raises the fence to `attempt` unless a
+# later attempt holds it already. When the meta hash is gone (new run, or Redis lost it),
+# seeds `seq` from Postgres' archived seq. Returns {1, seq, cancel} or {-1, attempt}.
+_FENCE = """
+local attempt = tonumber(redis.call('HGET', KEYS[1], 'attempt') or '0')
+if attempt >= tonumber(ARGV[1]) then return {-1, attempt} end
+local seq = redis.call('HGET', KEYS[1], 'seq')
+if not seq then
+  seq = ARGV[3]
+  redis.call('HSET', KEYS[1], 'seq', seq, 'bytes', 0)
+end
+redis.call('HSET', KEYS[1], 'attempt', ARGV[1], 'owner', ARGV[2])
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[4]))
+return {1, tonumber(seq), tonumber(redis.call('HGET', KEYS[1], 'cancel') or '0')}
+"""
+
+# KEYS: queue. ARGV: group, consumer, id... For each entry still pending for this consumer,
+# reset its idle time (XCLAIM ... JUSTID, which does not count a delivery). Returns the ids
+# this consumer no longer owns: their runs must stop now.
+_RENEW = """
+local lost = {}
+for i = 3, #ARGV do
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
+  if #p == 1 and p[1][2] == ARGV[2] then
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
+  else
+    table.insert(lost, ARGV[i])
+  end
+end
+return lost
+"""
+
+# KEYS: queue. ARGV: group, consumer, id. Ack and delete an entry only if this consumer holds
+# it (a worker that lost it must not ack the new owner's delivery). Returns 1 or 0.
+_ACK = """
+local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
+if #p == 1 and p[1][2] == ARGV[2] then
+  redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
+  redis.call('XDEL', KEYS[1], ARGV[3])
+  return 1
+end
+return 0
+"""
+
+# KEYS: queue. ARGV: group, consumer, id, run_id, handoffs. Hand an entry over: add a fresh
+# entry for the run and ack+delete the old one, atomically, only if this consumer holds it.
+_HANDOFF = """
+local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
+if #p == 1 and p[1][2] == ARGV[2] then
+  redis.call('XADD', KEYS[1], '*', 'run', ARGV[4], 'handoffs', ARGV[5])
+  redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
+  redis.call('XDEL', KEYS[1], ARGV[3])
+  return 1
+end
+return 0
+"""
+
+# KEYS: meta. ARGV: ttl. Sets the cancel flag (kept as long as the run's keys).
+_CANCEL = """
+redis.call('HSET', KEYS[1], 'cancel', 1)
+local ttl = redis.call('TTL', KEYS[1])
+if ttl < 0 then redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1])) end
+return 1
+"""
+
+
+@dataclass(frozen=True)
+class AppendResult:
+    cancel_requested: bool
+
+
+@dataclass(frozen=True)
+class Fence:
+    seq: int
+    cancel_requested: bool
+
+
+@dataclass(frozen=True)
+class QueueEntry:
+    entry_id: str
+    run_id: str
+    handoffs: int = 0
+
+
+def _s(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def parse_queue_entry(entry_id: bytes | str, fields: dict[bytes, bytes] | None) -> QueueEntry:
+    """A queue stream entry; `run_id` is '' for a deleted entry (XAUTOCLAIM/XPENDING nil)."""
+    fields = fields or {}
+    raw_handoffs = fields.get(b"handoffs", b"0")
+    return QueueEntry(
+        entry_id=_s(entry_id),
+        run_id=_s(fields.get(b"run", b"")),
+        handoffs=int(raw_handoffs) if raw_handoffs.isdigit() else 0,
+    )
+
+
+def parse_stream_events(entries: Sequence[tuple[bytes, dict[bytes, bytes]]]) -> list[Event]:
+    out = []
+    for entry_id, fields in entries:
+        seq = int(_s(entry_id).split("-", 1)[1])
+        out.append(Event(seq=seq, type=_s(fields[b"t"]), data=fields[b"d"]))
+    return out
+
+
+class RedisIO:
+    """The run-level Redis operations used by both the API and the workers."""
+
+    def __init__(self, r: aioredis.Redis, keys: Keys, settings: Settings) -> None:
+        self.r = r
+        self.keys = keys
+        self.settings = settings
+        self._append = r.register_script(_APPEND)
+        self._fence = r.register_script(_FENCE)
+        self._renew = r.register_script(_RENEW)
+        self._ack = r.register_script(_ACK)
+        self._handoff = r.register_script(_HANDOFF)
+        self._cancel = r.register_script(_CANCEL)
+
+    # -- queue -------------------------------------------------------------------------------
+    async def enqueue(self, run_id: str, handoffs: int = 0) -> str:
+        fields: dict[str, str | int] = {"run": run_id}
+        if handoffs:
+            fields["handoffs"] = handoffs
+        entry_id = await self.r.xadd(self.keys.queue, fields)  # type: ignore[arg-type]
+        return _s(entry_id)
+
+    async def ensure_group(self) -> None:
+        try:
+            await self.r.xgroup_create(self.keys.queue, self.keys.group, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def renew(self, consumer: str, entry_ids: Sequence[str]) -> list[str]:
+        if not entry_ids:
+            return []
+        lost = await self._renew(
+            keys=[self.keys.queue], args=[self.keys.group, consumer, *entry_ids]
+        )
+        return [_s(x) for x in lost]
+
+    async def ack(self, consumer: str, entry_id: str) -> bool:
+        done = await self._ack(keys=[self.keys.queue], args=[self.keys.group, consumer, entry_id])
+        return bool(done)
+
+    async def handoff(self, consumer: str, entry: QueueEntry) -> bool:
+        done = await self._handoff(
+            keys=[self.keys.queue],
+            args=[self.keys.group, consumer, entry.entry_id, entry.run_id, entry.handoffs + 1],
+        )
+        return bool(done)
+
+    # -- runs --------------------------------------------------------------------------------
+    async def fence(self, run_id: str, attempt: int, owner: str, known_seq: int) -> Fence:
+        res = await self._fence(
+            keys=[self.keys.run_meta(run_id)],
+            args=[attempt, owner, known_seq, self.settings.events_ttl_seconds * 24],
+        )
+        if int(res[0]) != 1:
+            raise LeaseLost(f"attempt {attempt} is older than attempt {int(res[1])}")
+        return Fence(seq=int(res[1]), cancel_requested=bool(int(res[2])))
+
+    async def append(
+        self,
+        run_id: str,
+        attempt: int,
+        events: Sequence[Event],
+        *,
+        ttl: int = 0,
+        over_cap: bool = False,
+    ) -> AppendResult:
+        """Append events (consecutive seqs) under the attempt's fence. `over_cap` lets a
+        terminal event through past the per-run caps (so a capped run can still end)."""
+        big = 2**53
+        args: list[Any] = [
+            attempt,
+            events[0].seq,
+            big if over_cap else self.settings.max_events_per_run,
+            big if over_cap else self.settings.max_event_bytes_per_run,
+            ttl,
+        ]
+        for e in events:
+            args.extend((e.type, e.data))
+        res = await self._append(
+            keys=[self.keys.run_meta(run_id), self.keys.events(run_id)], args=args
+        )
+        code = int(res[0])
+        if code == 1:
+            return AppendResult(cancel_requested=bool(int(res[1])))
+        if code == -1:
+            raise LeaseLost(f"run {run_id}: attempt {attempt} fenced out by {int(res[1])}")
+        if code == -3:
+            raise EventCapExceeded("the run's events exceed the per-run cap")
+        raise SeqConflict(f"run {run_id}: stream is at seq {int(res[1])}")
+
+    async def expire_run(self, run_id: str) -> None:
+        ttl = self.settings.events_ttl_seconds
+        async with self.r.pipeline(transaction=False) as p:
+            p.expire(self.keys.events(run_id), ttl)
+            p.expire(self.keys.run_meta(run_id), ttl)
+            await p.execute()
+
+    async def request_cancel(self, run_id: str) -> None:
+        await self._cancel(
+            keys=[self.keys.run_meta(run_id)], args=[self.settings.events_ttl_seconds * 24]
+        )
+        await self.r.publish(self.keys.cancel_channel, run_id)
+
+    async def events_after(self, run_id: str, after_seq: int, count: int = 500) -> list[Event]:
+        entries = await self.r.xrange(
+            self.keys.events(run_id), min=f"0-{after_seq + 1}", max="+", count=count
+        )
+        return parse_stream_events(entries)
+
+    async def last_events(self, run_id: str, count: int) -> list[Event]:
+        """The newest `count` events, newest first."""
+        entries = await self.r.xrevrange(self.keys.events(run_id), count=count)
+        return parse_stream_events(entries)

@@ -1,0 +1,495 @@
+"""Postgres, the truth: runs, their archived events and checkpoints, API keys.
+
+Every status write is a compare-and-set on the old status (from the transition table in
+`shared.models`) and, for a worker's writes, on the attempt it holds: a worker that lost its
+lease finds its writes refused (`LeaseLost`). asyncpg records become models here and nowhere
+else. asyncpg errors are mapped to `Unavailable` at this boundary.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+import orjson
+
+from shared.agents.base import Checkpoint
+from shared.config import Settings
+from shared.errors import LeaseLost, Unavailable
+from shared.models import Event, Run, RunStatus, Transition, sources
+
+KEY_PREFIX = "lr_"
+
+_RUN_COLUMNS = (
+    "run_id, user_id, thread_id, agent, input, params, metadata, status, attempt, output, "
+    "error, usage, cost_usd, last_seq, cancel_requested, created_at, started_at, finished_at, "
+    "updated_at"
+)
+
+# Errors that mean "the database is not there right now", not "the query is wrong".
+PG_DOWN: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.InterfaceError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.TooManyConnectionsError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+    asyncpg.exceptions.ConnectionFailureError,
+)
+
+
+def _status_list(move: Transition) -> list[str]:
+    return sorted(str(s) for s in sources(move))
+
+
+def _run(record: asyncpg.Record) -> Run:
+    data = dict(record)
+    data["run_id"] = str(data["run_id"])
+    return Run.model_validate(data)
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    for typename in ("jsonb", "json"):
+        await conn.set_type_codec(
+            typename,
+            encoder=lambda v: orjson.dumps(v).decode(),
+            decoder=orjson.loads,
+            schema="pg_catalog",
+            format="text",
+        )
+
+
+async def connect(settings: Settings, app_name: str) -> asyncpg.Connection:
+    conn: asyncpg.Connection = await asyncpg.connect(
+        settings.database_url,
+        timeout=settings.pg_acquire_timeout,
+        command_timeout=settings.pg_command_timeout,
+        server_settings={"application_name": app_name},
+    )
+    await _init_connection(conn)
+    return conn
+
+
+def hash_key(key: str) -> bytes:
+    """API keys are 256-bit random: a plain SHA-256 is enough (no brute force to slow down)."""
+    return hashlib.sha256(key.encode()).digest()
+
+
+def new_api_key() -> tuple[str, str]:
+    """(key_id, key). The key id is the public, loggable part; the key is shown once."""
+    key_id = KEY_PREFIX + secrets.token_hex(4)
+    return key_id, f"{key_id}_{secrets.token_urlsafe(32)}"
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    key_id: str
+    user_id: str
+    name: str | None
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+@dataclass(frozen=True)
+class NewRun:
+    user_id: str
+    agent: str
+    input: str
+    params: dict[str, Any]
+    metadata: dict[str, Any]
+    thread_id: str | None = None
+
+
+class Store:
+    """All Postgres access. Built with `await Store.open(settings, app_name)`; close with
+    `await store.close()`. Every call acquires a pooled connection with a timeout."""
+
+    def __init__(self, pool: asyncpg.Pool, settings: Settings) -> None:
+        self.pool = pool
+        self.settings = settings
+
+    @classmethod
+    async def open(cls, settings: Settings, app_name: str) -> Store:
+        try:
+            pool = await asyncpg.create_pool(
+                settings.database_url,
+                min_size=settings.pg_pool_min,
+                max_size=settings.pg_pool_max,
+                command_timeout=settings.pg_command_timeout,
+                timeout=settings.pg_acquire_timeout,
+                init=_init_connection,
+                server_settings={"application_name": app_name},
+            )
+        except PG_DOWN as exc:
+            raise Unavailable(f"postgres unreachable: {exc}") from exc
+        return cls(pool, settings)
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    @asynccontextmanager
+    async def conn(self) -> AsyncIterator[asyncpg.Connection]:
+        try:
+            async with self.pool.acquire(timeout=self.settings.pg_acquire_timeout) as conn:
+                yield conn
+        except PG_DOWN as exc:
+            raise Unavailable(f"postgres unavailable: {type(exc).__name__}") from exc
+
+    async def ping(self) -> None:
+        async with self.conn() as c:
+            await c.fetchval("SELECT 1")
+
+    # -- keys --------------------------------------------------------------------------------
+    async def create_key(self, user_id: str, name: str | None = None) -> tuple[str, str]:
+        key_id, key = new_api_key()
+        async with self.conn() as c:
+            await c.execute(
+                "INSERT INTO api_keys (key_id, user_id, key_hash, name) VALUES ($1, $2, $3, $4)",
+                key_id,
+                user_id,
+                hash_key(key),
+                name,
+            )
+        return key_id, key
+
+    async def user_for_key(self, key: str) -> str | None:
+        """The user owning an unrevoked key, or None. Looked up by hash: the comparison
+        happens inside Postgres' unique index on a digest, so no timing reveals a prefix."""
+        async with self.conn() as c:
+            user: str | None = await c.fetchval(
+                "SELECT user_id FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
+                hash_key(key),
+            )
+        return user
+
+    async def revoke_key(self, key_id: str) -> bool:
+        async with self.conn() as c:
+            done = await c.execute(
+                "UPDATE api_keys SET revoked_at = now() WHERE key_id = $1 AND revoked_at IS NULL",
+                key_id,
+            )
+        return bool(done.endswith(" 1"))
+
+    async def list_keys(self, user_id: str | None = None) -> list[ApiKey]:
+        async with self.conn() as c:
+            rows = await c.fetch(
+                "SELECT key_id, user_id, name, created_at, revoked_at FROM api_keys "
+                "WHERE $1::text IS NULL OR user_id = $1 ORDER BY created_at",
+                user_id,
+            )
+        return [ApiKey(**dict(r)) for r in rows]
+
+    # -- runs: API side ----------------------------------------------------------------------
+    async def insert_run(self, new: NewRun) -> Run:
+        async with self.conn() as c:
+            row = await c.fetchrow(
+                f"""INSERT INTO runs (run_id, user_id, thread_id, agent, input, params, metadata,
+                                      status)
+                    VALUES ($1, $2, $3, $4, $5, $6, $7, 'queued')
+                    RETURNING {_RUN_COLUMNS}""",
+                uuid.uuid4(),
+                new.user_id,
+                new.thread_id,
+                new.agent,
+                new.input,
+                new.params,
+                new.metadata,
+            )
+        return _run(row)
+
+    async def delete_queued_run(self, run_id: str) -> None:
+        """Undo an insert whose queue entry could not be added (the submit answers 503)."""
+        async with self.conn() as c:
+            await c.execute(
+                "DELETE FROM runs WHERE run_id = $1 AND status = 'queued' AND attempt = 0",
+                uuid.UUID(run_id),
+            )
+
+    async def get_run(self, run_id: str, user_id: str | None = None) -> Run | None:
+        async with self.conn() as c:
+            row = await c.fetchrow(
+                f"SELECT {_RUN_COLUMNS} FROM runs "
+                "WHERE run_id = $1 AND ($2::text IS NULL OR user_id = $2)",
+                uuid.UUID(run_id),
+                user_id,
+            )
+        return None if row is None else _run(row)
+
+    async def list_runs(
+        self,
+        user_id: str,
+        *,
+        limit: int,
+        before: tuple[datetime, str] | None = None,
+        status: RunStatus | None = None,
+        thread_id: str | None = None,
+    ) -> list[Run]:
+        """Newest first; `before` is the (created_at, run_id) of the last run of a page."""
+        async with self.conn() as c:
+            rows = await c.fetch(
+                f"""SELECT {_RUN_COLUMNS} FROM runs
+                    WHERE user_id = $1
+                      AND ($2::timestamptz IS NULL OR (created_at, run_id) < ($2, $3::uuid))
+                      AND ($4::text IS NULL OR status = $4)
+                      AND ($5::text IS NULL OR thread_id = $5)
+                    ORDER BY created_at DESC, run_id DESC LIMIT $6""",
+                user_id,
+                before[0] if before else None,
+                uuid.UUID(before[1]) if before else None,
+                None if status is None else str(status),
+                thread_id,
+                limit,
+            )
+        return [_run(r) for r in rows]
+
+    async def cancel_queued(self, run_id: str, user_id: str) -> Run | None:
+        """queued -> cancelled, archiving the `cancelled` event in the same transaction.
+        Returns the cancelled run, or None when the run was not queued."""
+        async with self.conn() as c, c.transaction():
+            row = await c.fetchrow(
+                f"""UPDATE runs SET status = 'cancelled', finished_at = now(), updated_at = now(),
+                        cancel_requested = true, last_seq = last_seq + 1
+                    WHERE run_id = $1 AND user_id = $2 AND status = ANY($3::text[])
+                      AND status = 'queued'
+                    RETURNING {_RUN_COLUMNS}""",
+                uuid.UUID(run_id),
+                user_id,
+                _status_list(Transition.CANCEL),
+            )
+            if row is None:
+                return None
+            run = _run(row)
+            data = orjson.dumps({"seq": run.last_seq, "type": "cancelled", "reason": "user"})
+            await c.execute(
+                "INSERT INTO run_events (run_id, seq, type, data) VALUES ($1, $2, 'cancelled', $3)",
+                uuid.UUID(run_id),
+                run.last_seq,
+                data,
+            )
+        return run
+
+    async def request_cancel(self, run_id: str, user_id: str) -> Run | None:
+        """Mark a running run for cancellation (the worker ends it). None if not running."""
+        async with self.conn() as c:
+            row = await c.fetchrow(
+                f"""UPDATE runs SET cancel_requested = true, updated_at = now()
+                    WHERE run_id = $1 AND user_id = $2 AND status = 'running'
+                    RETURNING {_RUN_COLUMNS}""",
+                uuid.UUID(run_id),
+                user_id,
+            )
+        return None if row is None else _run(row)
+
+    async def events_after(self, run_id: str, after_seq: int, limit: int = 1000) -> list[Event]:
+        async with self.conn() as c:
+            rows = await c.fetch(
+                "SELECT seq, type, data FROM run_events WHERE run_id = $1 AND seq > $2 "
+                "ORDER BY seq LIMIT $3",
+                uuid.UUID(run_id),
+                after_seq,
+                limit,
+            )
+        return [Event(seq=r["seq"], type=r["type"], data=bytes(r["data"])) for r in rows]
+
+    # -- runs: worker side (fenced by attempt) ------------------------------------------------
+    async def claim(self, run_id: str, *, reclaim: bool) -> Run | None:
+        """Start an attempt: attempt + 1 and status running. A fresh delivery claims only a
+        queued run (a duplicate entry of a running run is not executed twice); a re-claimed
+        entry (its lease expired) may also take over a running run."""
+        allowed = ["queued", "running"] if reclaim else ["queued"]
+        async with self.conn() as c:
+            row = await c.fetchrow(
+                f"""UPDATE runs SET status = 'running', attempt = attempt + 1,
+                        started_at = coalesce(started_at, now()), updated_at = now()
+                    WHERE run_id = $1 AND status = ANY($2::text[])
+                    RETURNING {_RUN_COLUMNS}""",
+                uuid.UUID(run_id),
+                allowed,
+            )
+        return None if row is None else _run(row)
+
+    async def archive(self, c: asyncpg.Connection, run_id: str, events: Sequence[Event]) -> None:
+        if events:
+            await c.executemany(
+                "INSERT INTO run_events (run_id, seq, type, data) VALUES ($1, $2, $3, $4) "
+                "ON CONFLICT (run_id, seq) DO NOTHING",
+                [(uuid.UUID(run_id), e.seq, e.type, e.data) for e in events],
+            )
+
+    async def _fence(self, c: asyncpg.Connection, run_id: str, attempt: int) -> None:
+        """Lock the run row and refuse unless this attempt still owns it (running)."""
+        ok = await c.fetchval(
+            "SELECT 1 FROM runs WHERE run_id = $1 AND attempt = $2 AND status = 'running' "
+            "FOR UPDATE",
+            uuid.UUID(run_id),
+            attempt,
+        )
+        if ok is None:
+            raise LeaseLost(f"run {run_id} attempt {attempt} no longer owns the run")
+
+    async def checkpoint(
+        self,
+        run_id: str,
+        attempt: int,
+        events: Sequence[Event],
+        step: int | None = None,
+        state: dict[str, Any] | None = None,
+    ) -> None:
+        """Archive events (and optionally a step's state) under the attempt's fence."""
+        async with self.conn() as c, c.transaction():
+            await self._fence(c, run_id, attempt)
+            await self.archive(c, run_id, events)
+            if step is not None:
+                await c.execute(
+                    """INSERT INTO run_checkpoints (run_id, step, attempt, state)
+                       VALUES ($1, $2, $3, $4)
+                       ON CONFLICT (run_id, step) DO UPDATE
+                       SET state = excluded.state, attempt = excluded.attempt,
+                           created_at = now()""",
+                    uuid.UUID(run_id),
+                    step,
+                    attempt,
+                    state or {},
+                )
+            if events:
+                await c.execute(
+                    "UPDATE runs SET last_seq = greatest(last_seq, $2), updated_at = now() "
+                    "WHERE run_id = $1",
+                    uuid.UUID(run_id),
+                    events[-1].seq,
+                )
+
+    async def last_checkpoint(self, run_id: str) -> Checkpoint | None:
+        async with self.conn() as c:
+            row = await c.fetchrow(
+                "SELECT step, state FROM run_checkpoints WHERE run_id = $1 "
+                "ORDER BY step DESC LIMIT 1",
+                uuid.UUID(run_id),
+            )
+        return None if row is None else Checkpoint(step=row["step"], state=row["state"])
+
+    async def last_archived_event(self, run_id: str, skip_types: frozenset[str]) -> Event | None:
+        async with self.conn() as c:
+            row = await c.fetchrow(
+                "SELECT seq, type, data FROM run_events WHERE run_id = $1 "
+                "AND type <> ALL($2::text[]) ORDER BY seq DESC LIMIT 1",
+                uuid.UUID(run_id),
+                sorted(skip_types),
+            )
+        return None if row is None else Event(seq=row["seq"], type=row["type"], data=row["data"])
+
+    async def finish(
+        self,
+        run_id: str,
+        attempt: int,
+        move: Transition,
+        events: Sequence[Event],
+        *,
+        output: Any = None,
+        error: dict[str, Any] | None = None,
+        usage: dict[str, Any] | None = None,
+        cost_usd: float = 0.0,
+    ) -> None:
+        """Commit the terminal state and the rest of the event archive in one transaction,
+        fenced on the attempt. Raises LeaseLost when another attempt owns the run."""
+        target = {
+            Transition.SUCCEED: "succeeded",
+            Transition.FAIL: "failed",
+            Transition.CANCEL: "cancelled",
+        }[move]
+        async with self.conn() as c, c.transaction():
+            await self._fence(c, run_id, attempt)
+            await self.archive(c, run_id, events)
+            await c.execute(
+                """UPDATE runs SET status = $3, output = $4, error = $5,
+                       usage = coalesce($6, usage), cost_usd = $7, finished_at = now(),
+                       updated_at = now(), last_seq = greatest(last_seq, $8)
+                   WHERE run_id = $1 AND attempt = $2""",
+                uuid.UUID(run_id),
+                attempt,
+                target,
+                output,
+                error,
+                usage,
+                cost_usd,
+                events[-1].seq if events else 0,
+            )
+
+    async def fail_unstarted(self, run_id: str, error: dict[str, Any]) -> Run | None:
+        """Fail a run that no attempt holds (dead-lettered), archiving an `error` event."""
+        async with self.conn() as c, c.transaction():
+            row = await c.fetchrow(
+                f"""UPDATE runs SET status = 'failed', error = $2, finished_at = now(),
+                        updated_at = now(), last_seq = last_seq + 1
+                    WHERE run_id = $1 AND status = ANY($3::text[])
+                    RETURNING {_RUN_COLUMNS}""",
+                uuid.UUID(run_id),
+                error,
+                _status_list(Transition.FAIL),
+            )
+            if row is None:
+                return None
+            run = _run(row)
+            data = orjson.dumps({"seq": run.last_seq, "type": "error", **error})
+            await c.execute(
+                "INSERT INTO run_events (run_id, seq, type, data) VALUES ($1, $2, 'error', $3) "
+                "ON CONFLICT DO NOTHING",
+                uuid.UUID(run_id),
+                run.last_seq,
+                data,
+            )
+        return run
+
+    async def requeue(self, run_id: str, attempt: int | None, events: Sequence[Event]) -> bool:
+        """running -> queued (a hand-over, or the reconciler). With `attempt`, fenced on it."""
+        async with self.conn() as c, c.transaction():
+            if attempt is not None:
+                try:
+                    await self._fence(c, run_id, attempt)
+                except LeaseLost:
+                    return False
+            await self.archive(c, run_id, events)
+            done = await c.execute(
+                """UPDATE runs SET status = 'queued', updated_at = now(),
+                       last_seq = greatest(last_seq, $3)
+                   WHERE run_id = $1 AND ($2::int IS NULL OR attempt = $2)
+                     AND status = ANY($4::text[])""",
+                uuid.UUID(run_id),
+                attempt,
+                events[-1].seq if events else 0,
+                _status_list(Transition.REQUEUE),
+            )
+        return bool(done.endswith(" 1"))
+
+    async def active_runs(self, older_than_seconds: float, limit: int = 500) -> list[Run]:
+        """Queued or running runs not updated for a while (reconciler candidates)."""
+        async with self.conn() as c:
+            rows = await c.fetch(
+                f"""SELECT {_RUN_COLUMNS} FROM runs
+                    WHERE status IN ('queued', 'running')
+                      AND updated_at < now() - make_interval(secs => $1)
+                    ORDER BY updated_at LIMIT $2""",
+                older_than_seconds,
+                limit,
+            )
+        return [_run(r) for r in rows]
+
+    async def touch(self, run_ids: Sequence[str]) -> None:
+        """Heartbeat in Postgres: keeps live runs out of the reconciler's view."""
+        if not run_ids:
+            return
+        async with self.conn() as c:
+            await c.execute(
+                "UPDATE runs SET updated_at = now() WHERE run_id = ANY($1::uuid[]) "
+                "AND status = 'running'",
+                [uuid.UUID(r) for r in run_ids],
+            )

@@ -1,0 +1,199 @@
+"""Fixtures: a fresh Postgres database and Redis key prefix per test, real servers, cleaned up.
+
+Factories close what they build. The API runs as a real uvicorn server on a free port (so SSE
+is exercised over a socket); workers run in-process as asyncio tasks, or as subprocesses for
+fault tests (tests/procs.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+import redis.asyncio as aioredis
+import uvicorn
+
+from api.app import create_app
+from shared.config import Settings
+from shared.migrate import migrate
+from shared.store import Store, connect
+from worker.main import Worker
+
+ADMIN_DSN = os.environ.get("LONGRUN_TEST_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("LONGRUN_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+async def create_database(name: str) -> str:
+    admin = await asyncpg.connect(ADMIN_DSN)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    return ADMIN_DSN.rsplit("/", 1)[0] + f"/{name}"
+
+
+async def drop_database(name: str) -> None:
+    admin = await asyncpg.connect(ADMIN_DSN)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+async def delete_prefix(url: str, prefix: str) -> None:
+    r = aioredis.Redis.from_url(url)
+    try:
+        async for key in r.scan_iter(match=f"{prefix}:*", count=1000):
+            await r.delete(key)
+    finally:
+        await r.aclose()
+
+
+@pytest.fixture
+async def settings() -> AsyncIterator[Settings]:
+    """Settings pointing at a new database and key prefix; both removed afterwards."""
+    tag = uuid.uuid4().hex[:10]
+    db = f"longrun_test_{tag}"
+    prefix = f"lrtest-{tag}"
+    dsn = await create_database(db)
+    s = Settings.from_env(
+        {
+            "REDIS_URL": REDIS_URL,
+            "DATABASE_URL": dsn,
+            "LONGRUN_KEY_PREFIX": prefix,
+            "LONGRUN_LEASE_SECONDS": "2",
+            "LONGRUN_DRAIN_SECONDS": "2",
+            "LONGRUN_RECONCILE_SECONDS": "0.5",
+            "LONGRUN_SSE_PING_SECONDS": "0.5",
+            "LONGRUN_CONCURRENCY": "16",
+            "LONGRUN_PG_POOL_MAX": "8",
+        }
+    )
+    conn = await connect(s, "longrun-test")
+    try:
+        await migrate(conn)
+    finally:
+        await conn.close()
+    try:
+        yield s
+    finally:
+        await delete_prefix(REDIS_URL, prefix)
+        await drop_database(db)
+
+
+@pytest.fixture
+async def store(settings: Settings) -> AsyncIterator[Store]:
+    st = await Store.open(settings, "longrun-test")
+    try:
+        yield st
+    finally:
+        await st.close()
+
+
+@pytest.fixture
+async def redis_client() -> AsyncIterator[aioredis.Redis]:
+    r = aioredis.Redis.from_url(REDIS_URL)
+    try:
+        yield r
+    finally:
+        await r.aclose()
+
+
+class ApiServer:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(
+            create_app(settings), host="127.0.0.1", port=self.port, log_config=None,
+            access_log=False, lifespan="on", timeout_graceful_shutdown=1,
+        )
+        self.server = uvicorn.Server(config)
+        self.task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self.task = asyncio.create_task(self.server.serve())
+        while not self.server.started:
+            if self.task.done():
+                self.task.result()
+            await asyncio.sleep(0.01)
+
+    async def stop(self) -> None:
+        self.server.should_exit = True
+        if self.task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+
+
+@pytest.fixture
+async def api_factory(settings: Settings) -> AsyncIterator[Callable[..., Awaitable[ApiServer]]]:
+    servers: list[ApiServer] = []
+
+    async def make(s: Settings | None = None) -> ApiServer:
+        srv = ApiServer(s or settings)
+        await srv.start()
+        servers.append(srv)
+        return srv
+
+    try:
+        yield make
+    finally:
+        for srv in servers:
+            await srv.stop()
+
+
+@pytest.fixture
+async def api(api_factory: Callable[..., Awaitable[ApiServer]]) -> ApiServer:
+    return await api_factory()
+
+
+@pytest.fixture
+async def worker_factory(settings: Settings) -> AsyncIterator[Callable[..., Awaitable[Worker]]]:
+    workers: list[Worker] = []
+
+    async def make(s: Settings | None = None, **changes: Any) -> Worker:
+        w = Worker((s or settings).with_(**changes))
+        await w.start()
+        workers.append(w)
+        return w
+
+    try:
+        yield make
+    finally:
+        for w in workers:
+            if not w.stopped.is_set():
+                await w.close()
+
+
+@pytest.fixture
+async def worker(worker_factory: Callable[..., Awaitable[Worker]]) -> Worker:
+    return await worker_factory()
+
+
+@pytest.fixture
+async def api_key(store: Store) -> str:
+    _, key = await store.create_key("alice")
+    return key
+
+
+@pytest.fixture
+async def client(api: ApiServer, api_key: str) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(
+        base_url=api.url, headers={"Authorization": f"Bearer {api_key}"}, timeout=10
+    ) as c:
+        yield c

@@ -1,0 +1,395 @@
+"""One attempt at one run: claim it in Postgres, raise the Redis fence, drive the agent, append
+its events under the fence, and end it: terminal state committed (with the event archive) first,
+queue entry acked and deleted last.
+
+The attempt ends in exactly one of these ways:
+- the agent finishes (done / error / crash / event cap / timeout): terminal state committed;
+- a cancel is requested: `cancelled` committed, usage so far kept;
+- the lease is lost (another attempt owns the run): nothing more is written, nothing acked;
+- the worker hands it over (drain): events archived, run re-queued, entry handed over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+import structlog
+
+from shared.agents import Agent
+from shared.agents.base import RunContext
+from shared.config import Settings
+from shared.errors import AgentError, LeaseLost, Unavailable
+from shared.models import TERMINAL_EVENT_TYPES, Event, Run, Transition, encode_event
+from shared.redisio import REDIS_DOWN, EventCapExceeded, QueueEntry, RedisIO
+from shared.store import Store
+
+log = structlog.get_logger("longrun.worker")
+
+# Events the worker itself adds; an agent resuming looks past them for its own last event.
+LIFECYCLE_TYPES = frozenset({"start", "resumed", "notice"})
+ARCHIVE_EVERY_EVENTS = 200
+ARCHIVE_EVERY_SECONDS = 2.0
+
+
+class Ending(StrEnum):
+    FINISHED = "finished"
+    CANCELLED = "cancelled"
+    LEASE_LOST = "lease_lost"
+    HANDOFF = "handoff"
+    TIMEOUT = "timeout"
+
+
+@dataclass
+class Signals:
+    """Set from outside the attempt (cancel listener, heartbeat, drain)."""
+
+    cancel: asyncio.Event = field(default_factory=asyncio.Event)
+    lost: asyncio.Event = field(default_factory=asyncio.Event)
+    handoff: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@dataclass
+class Deps:
+    settings: Settings
+    store: Store
+    rio: RedisIO
+    agents: dict[str, Agent]
+    consumer: str
+    services: dict[str, Any] = field(default_factory=dict)
+
+
+def run_timeout(settings: Settings, params: dict[str, Any]) -> float:
+    """The run's time limit: `params.timeout_seconds` if sane, capped by the configured max."""
+    asked = params.get("timeout_seconds")
+    if isinstance(asked, int | float) and not isinstance(asked, bool) and asked > 0:
+        return float(min(asked, settings.max_run_timeout_seconds))
+    return settings.run_timeout_seconds
+
+
+def remaining_seconds(limit: float, started_at: datetime | None, now: datetime) -> float:
+    """Time left of a run's limit, counted from its first start across all attempts."""
+    if started_at is None:
+        return limit
+    return max(0.0, limit - (now - started_at).total_seconds())
+
+
+def usage_totals(usage: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
+    """Add one `usage` event's numbers to the run's totals (pure)."""
+    out = dict(usage)
+    for k in ("input_tokens", "output_tokens", "cache_read_input_tokens", "cost_usd"):
+        v = body.get(k)
+        if isinstance(v, int | float) and not isinstance(v, bool):
+            out[k] = round(out.get(k, 0) + v, 10)
+    return out
+
+
+async def retry_unavailable(what: str, fn: Any, *, stop: asyncio.Event, deadline: float) -> Any:
+    """Call `fn()` until it stops raising Unavailable / Redis errors, backing off up to 2 s,
+    until `deadline` (monotonic) or `stop` is set. LeaseLost passes straight through."""
+    delay = 0.05
+    while True:
+        try:
+            return await fn()
+        except (Unavailable, *REDIS_DOWN) as exc:
+            if stop.is_set() or time.monotonic() + delay > deadline:
+                raise
+            log.warning("backing_store_unavailable", what=what, error=type(exc).__name__)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
+class Attempt:
+    def __init__(self, deps: Deps, entry: QueueEntry, *, reclaimed: bool, poison: bool) -> None:
+        self.deps = deps
+        self.entry = entry
+        self.reclaimed = reclaimed
+        self.poison = poison
+        self.signals = Signals()
+        self.run: Run | None = None
+        self.seq = 0
+        self.unarchived: list[Event] = []
+        self.last_archive = time.monotonic()
+        self.usage: dict[str, Any] = {}
+        self.output_text: list[str] = []
+
+    @property
+    def run_id(self) -> str:
+        return self.entry.run_id
+
+    # -- entry point -------------------------------------------------------------------------
+    async def execute(self) -> None:
+        d = self.deps
+        run = await d.store.claim(self.run_id, reclaim=self.reclaimed) if self.run_id else None
+        if run is None:
+            # Unknown, finished, cancelled, or a duplicate entry of a run another worker holds.
+            await d.rio.ack(d.consumer, self.entry.entry_id)
+            log.info("entry_skipped", run_id=self.run_id, entry=self.entry.entry_id)
+            return
+        self.run = run
+        structlog.contextvars.bind_contextvars(run_id=run.run_id, attempt=run.attempt)
+        try:
+            fence = await d.rio.fence(run.run_id, run.attempt, d.consumer, run.last_seq)
+        except LeaseLost:
+            log.warning("lease_lost", stage="fence")
+            return
+        self.seq = fence.seq
+        log.info("run_claimed", agent=run.agent, reclaimed=self.reclaimed)
+        if self.poison:
+            await self._finish_error("max_attempts", "the run was delivered too many times")
+            return
+        if fence.cancel_requested or run.cancel_requested:
+            self.signals.cancel.set()
+        await self._drive_and_end(run)
+
+    async def _drive_and_end(self, run: Run) -> None:
+        d = self.deps
+        agent = d.agents.get(run.agent)
+        if agent is None:
+            await self._finish_error("unknown_agent", f"no agent named {run.agent!r}")
+            return
+        first: dict[str, Any] = (
+            {"type": "resumed", "attempt": run.attempt}
+            if run.attempt > 1
+            else {"type": "start", "agent": run.agent}
+        )
+        try:
+            await self._emit([first])
+            ctx = await self._context(run)
+        except LeaseLost:
+            log.warning("lease_lost", stage="start")
+            return
+        limit = run_timeout(d.settings, run.params)
+        left = remaining_seconds(limit, run.started_at, datetime.now(UTC))
+        ending, terminal = await self._supervise(agent, ctx, left)
+        await self._end(ending, terminal, ctx)
+
+    async def _context(self, run: Run) -> RunContext:
+        d = self.deps
+        last_event = None
+        checkpoint = None
+        if run.attempt > 1:
+            last_event = await self._last_agent_event(run.run_id)
+            checkpoint = await d.store.last_checkpoint(run.run_id)
+
+        async def save(step: int, state: dict[str, Any]) -> None:
+            await self._archive(step=step, state=state)
+
+        return RunContext(
+            run_id=run.run_id,
+            user_id=run.user_id,
+            input=run.input,
+            params=run.params,
+            settings=d.settings,
+            attempt=run.attempt,
+            thread_id=run.thread_id,
+            checkpoint=checkpoint,
+            last_event=last_event,
+            cancelled=self.signals.cancel,
+            save_checkpoint=save,
+            services=d.services,
+        )
+
+    async def _last_agent_event(self, run_id: str) -> dict[str, Any] | None:
+        for e in await self.deps.rio.last_events(run_id, 50):
+            if e.type not in LIFECYCLE_TYPES:
+                return e.payload()
+        e2 = await self.deps.store.last_archived_event(run_id, LIFECYCLE_TYPES)
+        return None if e2 is None else e2.payload()
+
+    # -- driving the agent -------------------------------------------------------------------
+    async def _supervise(
+        self, agent: Agent, ctx: RunContext, timeout: float
+    ) -> tuple[Ending, dict[str, Any] | None]:
+        """Run the agent until it ends or a signal stops it. Returns how and the terminal body."""
+        drive = asyncio.create_task(self._drive(agent(ctx)))
+        waits = {
+            asyncio.create_task(self.signals.cancel.wait()): Ending.CANCELLED,
+            asyncio.create_task(self.signals.lost.wait()): Ending.LEASE_LOST,
+            asyncio.create_task(self.signals.handoff.wait()): Ending.HANDOFF,
+        }
+        try:
+            done, _ = await asyncio.wait(
+                {drive, *waits}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            for w in waits:
+                w.cancel()
+        if drive in done:
+            return self._drive_result(drive)
+        drive.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await drive
+        for w, ending in waits.items():
+            if w in done:
+                return ending, None
+        return Ending.TIMEOUT, None
+
+    def _drive_result(self, drive: asyncio.Task[dict[str, Any]]) -> tuple[Ending, dict[str, Any]]:
+        exc = drive.exception()
+        if exc is None:
+            return Ending.FINISHED, drive.result()
+        if isinstance(exc, LeaseLost):
+            return Ending.LEASE_LOST, {}
+        if self.signals.cancel.is_set():
+            return Ending.CANCELLED, {}
+        if isinstance(exc, EventCapExceeded):
+            return Ending.FINISHED, {"type": "error", "code": exc.code, "message": exc.detail}
+        if isinstance(exc, AgentError):
+            return Ending.FINISHED, {"type": "error", "code": exc.code, "message": exc.detail}
+        log.error("agent_crashed", error=repr(exc)[:500])
+        return Ending.FINISHED, {
+            "type": "error",
+            "code": "agent_crashed",
+            "message": f"the agent raised {type(exc).__name__}",
+        }
+
+    async def _drive(self, events: AsyncIterator[dict[str, Any]]) -> dict[str, Any]:
+        """Append the agent's events; return its terminal body (not yet appended)."""
+        async for body in events:
+            btype = body.get("type")
+            if btype in TERMINAL_EVENT_TYPES:
+                return body
+            if btype == "usage":
+                self.usage = usage_totals(self.usage, body)
+            elif btype == "token" and isinstance(body.get("text"), str):
+                self.output_text.append(body["text"])
+            result = await self._emit([body])
+            if result:
+                self.signals.cancel.set()
+        return {"type": "done"}
+
+    async def _emit(self, bodies: list[dict[str, Any]], ttl: int = 0) -> bool:
+        """Append under the fence; returns whether a cancel was requested meanwhile."""
+        events = [encode_event(self.seq + 1 + i, b) for i, b in enumerate(bodies)]
+        assert self.run is not None
+        res = await self.deps.rio.append(self.run_id, self.run.attempt, events, ttl=ttl)
+        self.seq = events[-1].seq
+        self.unarchived.extend(events)
+        if (
+            len(self.unarchived) >= ARCHIVE_EVERY_EVENTS
+            or time.monotonic() - self.last_archive > ARCHIVE_EVERY_SECONDS
+        ):
+            await self._archive()
+        return res.cancel_requested
+
+    async def _archive(self, step: int | None = None, state: dict[str, Any] | None = None) -> None:
+        assert self.run is not None
+        batch, self.unarchived = self.unarchived, []
+        try:
+            await self.deps.store.checkpoint(self.run_id, self.run.attempt, batch, step, state)
+        except BaseException:
+            self.unarchived = batch + self.unarchived
+            raise
+        self.last_archive = time.monotonic()
+
+    # -- ending ------------------------------------------------------------------------------
+    async def _end(self, ending: Ending, terminal: dict[str, Any] | None, ctx: RunContext) -> None:
+        if ending is Ending.LEASE_LOST:
+            log.warning("lease_lost", stage="run")
+            return
+        if ending is Ending.HANDOFF:
+            await self._handoff()
+            return
+        if ending is Ending.CANCELLED:
+            await self._finish({"type": "cancelled", "reason": "user"}, Transition.CANCEL)
+            return
+        if ending is Ending.TIMEOUT:
+            await self._finish_error("timeout", "the run exceeded its time limit")
+            return
+        assert terminal is not None
+        if terminal.get("type") == "done":
+            if "output" not in terminal:
+                output = ctx.output if ctx.output is not None else "".join(self.output_text)
+                terminal = {**terminal, "output": output}
+            await self._finish(terminal, Transition.SUCCEED)
+        elif terminal.get("type") == "cancelled":
+            await self._finish(terminal, Transition.CANCEL)
+        else:
+            await self._finish(terminal, Transition.FAIL)
+
+    async def _finish_error(self, code: str, message: str) -> None:
+        await self._finish({"type": "error", "code": code, "message": message}, Transition.FAIL)
+
+    async def _finish(self, terminal: dict[str, Any], move: Transition) -> None:
+        d = self.deps
+        assert self.run is not None
+        attempt = self.run.attempt
+        if self.usage:
+            terminal = {**terminal, "usage": self.usage}
+        deadline = time.monotonic() + max(d.settings.lease_seconds, 5.0) * 4
+        try:
+            await retry_unavailable(
+                "append_terminal",
+                lambda: self._emit_terminal(terminal),
+                stop=self.signals.lost,
+                deadline=deadline,
+            )
+            error = None
+            if terminal["type"] == "error":
+                error = {"code": terminal.get("code"), "message": terminal.get("message")}
+            await retry_unavailable(
+                "commit_terminal",
+                lambda: d.store.finish(
+                    self.run_id,
+                    attempt,
+                    move,
+                    self.unarchived,
+                    output=terminal.get("output"),
+                    error=error,
+                    usage=self.usage or None,
+                    cost_usd=float(self.usage.get("cost_usd", 0.0)),
+                ),
+                stop=self.signals.lost,
+                deadline=deadline,
+            )
+        except LeaseLost:
+            log.warning("lease_lost", stage="finish")
+            return
+        self.unarchived = []
+        await retry_unavailable(
+            "ack",
+            lambda: d.rio.ack(d.consumer, self.entry.entry_id),
+            stop=self.signals.lost,
+            deadline=deadline,
+        )
+        log.info("run_finished", status=str(move), terminal=terminal["type"])
+
+    async def _emit_terminal(self, body: dict[str, Any]) -> None:
+        """Append the terminal event (allowed past the per-run cap) and start the TTL."""
+        assert self.run is not None
+        if self.unarchived and self.unarchived[-1].terminal:
+            return  # appended on an earlier try
+        event = encode_event(self.seq + 1, body)
+        await self.deps.rio.append(
+            self.run_id,
+            self.run.attempt,
+            [event],
+            ttl=self.deps.settings.events_ttl_seconds,
+            over_cap=True,
+        )
+        self.seq = event.seq
+        self.unarchived.append(event)
+
+    async def _handoff(self) -> None:
+        d = self.deps
+        assert self.run is not None
+        try:
+            ok = await d.store.requeue(self.run_id, self.run.attempt, self.unarchived)
+        except (Unavailable, *REDIS_DOWN):
+            log.warning("handoff_failed", reason="postgres")
+            return  # the lease will move it
+        if not ok:
+            log.warning("lease_lost", stage="handoff")
+            return
+        self.unarchived = []
+        with contextlib.suppress(*REDIS_DOWN):
+            await d.rio.handoff(d.consumer, self.entry)
+            await d.rio.r.hincrby(d.rio.keys.counters, "handoffs", 1)
+        log.info("run_handed_over")

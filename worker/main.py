@@ -1,0 +1,372 @@
+"""The worker process: a member of the consumer group that runs up to `concurrency` attempts at
+once and keeps them alive.
+
+Loops, each its own task:
+- consume: `XREADGROUP >` for as many entries as there are free slots;
+- reclaim: `XAUTOCLAIM` entries idle past the lease (a dead worker's), dead-lettering entries
+  delivered more than `max_attempts` times;
+- heartbeat: owner-checked lease renewal of every entry it runs (Lua), the worker's own
+  heartbeat, and a Postgres touch; a worker that cannot renew for most of a lease stops its
+  runs itself, before anyone else may take them;
+- cancel listener: pub/sub of cancel requests;
+- reconciler: one worker at a time re-enqueues runs Postgres has as active but Redis lost.
+
+Shutdown is two-stage: the first SIGTERM/SIGINT drains (stop reading, let runs finish for
+`drain_seconds`, hand the rest over at once), a second one exits immediately.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from shared.agents import load_agents
+from shared.config import Settings
+from shared.errors import Unavailable
+from shared.keys import Keys
+from shared.migrate import check_schema
+from shared.redisio import (
+    REDIS_DOWN,
+    QueueEntry,
+    RedisIO,
+    check_eviction_policy,
+    create_redis,
+    parse_queue_entry,
+)
+from shared.store import Store, connect
+from worker.executor import Attempt, Deps
+from worker.reconcile import reconcile_once
+
+log = structlog.get_logger("longrun.worker")
+
+BLOCK_MS = 1000
+
+
+@dataclass
+class Slot:
+    attempt: Attempt
+    task: asyncio.Task[None]
+
+
+def consumer_name(settings: Settings) -> str:
+    if settings.worker_name:
+        return settings.worker_name
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+def renew_interval(lease: float) -> float:
+    return max(lease / 3, 0.05)
+
+
+def lease_expired_locally(last_renewal: float, now: float, lease: float) -> bool:
+    """True when this worker could not renew for long enough that another worker may soon
+    re-claim its entries: it must stop writing before that (80% of a lease)."""
+    return now - last_renewal > lease * 0.8
+
+
+class Worker:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.keys = Keys.from_settings(settings)
+        self.name = consumer_name(settings)
+        self.slots: dict[str, Slot] = {}  # entry id -> slot
+        self.stopping = asyncio.Event()
+        self.stopped = asyncio.Event()
+        self.free = asyncio.Event()
+        self.free.set()
+        self.last_renewal = time.monotonic()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.store: Store | None = None
+        self.rio: RedisIO | None = None
+        self.deps: Deps | None = None
+
+    # -- life cycle --------------------------------------------------------------------------
+    async def start(self) -> None:
+        s = self.settings
+        conn = await connect(s, "longrun-worker")
+        try:
+            await check_schema(conn)
+        finally:
+            await conn.close()
+        self.store = await Store.open(s, f"longrun-worker:{self.name}")
+        r = create_redis(s, f"longrun-worker:{self.name}")
+        await check_eviction_policy(r)
+        self.rio = RedisIO(r, self.keys, s)
+        await self.rio.ensure_group()
+        self.deps = Deps(
+            settings=s,
+            store=self.store,
+            rio=self.rio,
+            agents=load_agents(s.agent_modules),
+            consumer=self.name,
+        )
+        structlog.contextvars.bind_contextvars(worker=self.name)
+        for loop in (self._consume, self._reclaim, self._reconcile):
+            self._tasks.append(asyncio.create_task(self._forever(loop, self.stopping)))
+        # These keep serving in-flight runs while the worker drains.
+        for loop in (self._heartbeat, self._cancel_listener):
+            self._tasks.append(asyncio.create_task(self._forever(loop, self.stopped)))
+        log.info("worker_started", concurrency=s.concurrency, queue=self.keys.queue)
+
+    async def _forever(self, loop: Any, until: asyncio.Event) -> None:
+        """Run a loop; on a Redis/Postgres outage back off and start it again."""
+        delay = 0.1
+        while not until.is_set():
+            try:
+                await loop()
+                return
+            except asyncio.CancelledError:
+                raise
+            except (Unavailable, *REDIS_DOWN) as exc:
+                log.warning("loop_backoff", loop=loop.__name__, error=type(exc).__name__)
+            except Exception:
+                log.exception("loop_crashed", loop=loop.__name__)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(until.wait(), delay)
+            delay = min(delay * 2, 2.0)
+
+    async def drain(self) -> None:
+        """Stop reading; give runs `drain_seconds`; hand the rest over; close."""
+        if self.stopping.is_set():
+            return
+        self.stopping.set()
+        log.info("worker_draining", in_flight=len(self.slots))
+        tasks = [s.task for s in self.slots.values()]
+        if tasks:
+            await asyncio.wait(tasks, timeout=self.settings.drain_seconds)
+        for slot in list(self.slots.values()):
+            slot.attempt.signals.handoff.set()
+        remaining = [s.task for s in self.slots.values()]
+        if remaining:
+            await asyncio.wait(remaining, timeout=max(self.settings.lease_seconds, 5.0))
+        await self.close()
+
+    async def close(self) -> None:
+        self.stopping.set()
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        for slot in list(self.slots.values()):
+            slot.task.cancel()
+        if self.rio is not None:
+            with contextlib.suppress(*REDIS_DOWN):
+                await self.rio.r.zrem(self.keys.workers, self.name)
+                await self.rio.r.delete(self.keys.worker_info(self.name))
+            await self.rio.r.aclose()
+        if self.store is not None:
+            await self.store.close()
+        self.stopped.set()
+        log.info("worker_stopped")
+
+    # -- running attempts --------------------------------------------------------------------
+    def _launch(self, entry: QueueEntry, *, reclaimed: bool, poison: bool = False) -> None:
+        assert self.deps is not None
+        attempt = Attempt(self.deps, entry, reclaimed=reclaimed, poison=poison)
+        task = asyncio.create_task(self._guarded(attempt))
+        self.slots[entry.entry_id] = Slot(attempt, task)
+        if len(self.slots) >= self.settings.concurrency:
+            self.free.clear()
+
+    async def _guarded(self, attempt: Attempt) -> None:
+        try:
+            await attempt.execute()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # The entry stays pending: its lease expires and another attempt takes over.
+            log.exception("attempt_failed", run_id=attempt.run_id)
+        finally:
+            self.slots.pop(attempt.entry.entry_id, None)
+            self.free.set()
+
+    def _free_slots(self) -> int:
+        return max(0, self.settings.concurrency - len(self.slots))
+
+    async def _consume(self) -> None:
+        assert self.rio is not None
+        while not self.stopping.is_set():
+            if self._free_slots() == 0:
+                self.free.clear()
+                await self.free.wait()
+                continue
+            reply = await self.rio.r.xreadgroup(
+                self.keys.group,
+                self.name,
+                {self.keys.queue: ">"},
+                count=self._free_slots(),
+                block=BLOCK_MS,
+            )
+            if self.stopping.is_set():
+                # Read after the drain began: hand straight back, not run.
+                for _, entries in reply or []:
+                    for entry_id, fields in entries:
+                        await self.rio.handoff(self.name, parse_queue_entry(entry_id, fields))
+                return
+            for _, entries in reply or []:
+                for entry_id, fields in entries:
+                    self._launch(parse_queue_entry(entry_id, fields), reclaimed=False)
+
+    async def _reclaim(self) -> None:
+        assert self.rio is not None
+        s = self.settings
+        lease_ms = int(s.lease_seconds * 1000)
+        while not self.stopping.is_set():
+            free = self._free_slots()
+            if free:
+                await self._reclaim_batch(lease_ms, free)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), renew_interval(s.lease_seconds))
+
+    async def _reclaim_batch(self, lease_ms: int, count: int) -> None:
+        assert self.rio is not None
+        r = self.rio.r
+        start = "0-0"
+        while count > 0:
+            reply = await r.xautoclaim(
+                self.keys.queue, self.keys.group, self.name, lease_ms, start, count=count
+            )
+            start = reply[0]
+            claimed = reply[1]
+            deleted = reply[2] if len(reply) > 2 else []  # Redis 7: ids that no longer exist
+            for entry_id in deleted:
+                await r.xack(self.keys.queue, self.keys.group, entry_id)
+            for entry_id, fields in claimed:
+                if fields is None:  # Redis 6.2 reports deleted entries as nil fields
+                    await r.xack(self.keys.queue, self.keys.group, entry_id)
+                    continue
+                entry = parse_queue_entry(entry_id, fields)
+                deliveries = await self._deliveries(entry.entry_id)
+                poison = deliveries > self.settings.max_attempts
+                await r.hincrby(self.keys.counters, "reclaims", 1)
+                if poison:
+                    await self._dead_letter(entry, deliveries)
+                log.info("entry_reclaimed", run_id=entry.run_id, deliveries=deliveries)
+                self._launch(entry, reclaimed=True, poison=poison)
+                count -= 1
+            if start in (b"0-0", "0-0"):
+                return
+
+    async def _deliveries(self, entry_id: str) -> int:
+        assert self.rio is not None
+        info = await self.rio.r.xpending_range(
+            self.keys.queue, self.keys.group, min=entry_id, max=entry_id, count=1
+        )
+        return int(info[0]["times_delivered"]) if info else 1
+
+    async def _dead_letter(self, entry: QueueEntry, deliveries: int) -> None:
+        assert self.rio is not None
+        await self.rio.r.xadd(
+            self.keys.dead_letters,
+            {
+                "run": entry.run_id,
+                "entry": entry.entry_id,
+                "deliveries": deliveries,
+                "reason": "max_attempts",
+                "at": f"{time.time():.3f}",
+            },
+            maxlen=100_000,
+            approximate=True,
+        )
+        log.warning("run_dead_lettered", run_id=entry.run_id, deliveries=deliveries)
+
+    async def _heartbeat(self) -> None:
+        s = self.settings
+        while not self.stopped.is_set():
+            await self._beat()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopped.wait(), renew_interval(s.lease_seconds))
+
+    async def _beat(self) -> None:
+        assert self.rio is not None and self.store is not None
+        now = time.monotonic()
+        if self.slots and lease_expired_locally(self.last_renewal, now, self.settings.lease_seconds):
+            for slot in self.slots.values():
+                slot.attempt.signals.lost.set()
+        ids = list(self.slots)
+        try:
+            lost = await self.rio.renew(self.name, ids)
+        except REDIS_DOWN:
+            log.warning("heartbeat_failed")
+            raise
+        self.last_renewal = now
+        for entry_id in lost:
+            slot = self.slots.get(entry_id)
+            if slot is not None:
+                slot.attempt.signals.lost.set()
+                await self.rio.r.hincrby(self.keys.counters, "lease_losses", 1)
+        wall = time.time()
+        async with self.rio.r.pipeline(transaction=False) as p:
+            p.zadd(self.keys.workers, {self.name: wall})
+            p.hset(
+                self.keys.worker_info(self.name),
+                mapping={
+                    "in_flight": len(self.slots),
+                    "concurrency": self.settings.concurrency,
+                    "pid": os.getpid(),
+                    "host": socket.gethostname(),
+                    "heartbeat": f"{wall:.3f}",
+                },
+            )
+            p.expire(self.keys.worker_info(self.name), int(self.settings.lease_seconds * 3) + 1)
+            await p.execute()
+        runs = [s.attempt.run_id for s in self.slots.values() if s.attempt.run_id]
+        with contextlib.suppress(Unavailable):
+            await self.store.touch(runs)
+
+    async def _cancel_listener(self) -> None:
+        assert self.rio is not None
+        pubsub = self.rio.r.pubsub()
+        await pubsub.subscribe(self.keys.cancel_channel)
+        try:
+            while not self.stopped.is_set():
+                msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                if msg is None:
+                    continue
+                data = msg["data"]
+                run_id = data.decode() if isinstance(data, bytes) else str(data)
+                for slot in self.slots.values():
+                    if slot.attempt.run_id == run_id:
+                        slot.attempt.signals.cancel.set()
+        finally:
+            with contextlib.suppress(*REDIS_DOWN):
+                await pubsub.aclose()
+
+    async def _reconcile(self) -> None:
+        assert self.rio is not None and self.store is not None
+        while not self.stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), self.settings.reconcile_seconds)
+            if self.stopping.is_set():
+                return
+            await reconcile_once(self.settings, self.store, self.rio, self.name)
+
+
+async def run_worker(settings: Settings) -> int:
+    worker = Worker(settings)
+    loop = asyncio.get_running_loop()
+    signals_seen = 0
+
+    def on_signal() -> None:
+        nonlocal signals_seen
+        signals_seen += 1
+        if signals_seen > 1:
+            log.warning("worker_forced_exit")
+            os._exit(1)
+        asyncio.ensure_future(worker.drain())
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal)
+    await worker.start()
+    await worker.stopped.wait()
+    return 0
