@@ -199,6 +199,18 @@ async def _publish_archived_terminal(state: AppState, run: Run) -> None:
         pass
 
 
+async def _already_ended(state: AppState, run: Run, after: int) -> bool:
+    """Whether the client has seen the terminal event. Postgres knows once the terminal state
+    is committed; just before that, only the Redis stream has the terminal event."""
+    if run.status.terminal:
+        return after >= run.last_seq
+    try:
+        seen = await state.rio.events_after(run.run_id, after - 1, 1) if after > 0 else []
+    except REDIS_DOWN:
+        return False
+    return bool(seen) and seen[0].seq == after and seen[0].terminal
+
+
 @router.get("/runs/{run_id}/events", response_model=None)
 async def events(
     run_id: str,
@@ -213,7 +225,7 @@ async def events(
         after = parse_event_id(last_event_id_header or last_event_id)
     except ValueError as exc:
         raise ApiError(400, "invalid_last_event_id", str(exc)) from None
-    if after is not None and run.status.terminal and after >= run.last_seq:
+    if after is not None and await _already_ended(state, run, after):
         return Response(status_code=204)  # tells EventSource to stop reconnecting
     stream = RunStream(state.store, state.rio, state.hub, run.run_id, state.settings.sse_ping_seconds)
 

@@ -1,0 +1,78 @@
+"""Postgres keeps the truth: events survive Redis forgetting them, and XLEN is the backlog."""
+
+from __future__ import annotations
+
+import asyncio
+
+from shared.keys import Keys
+from tests.helpers import assert_gapless_ticker, read_events, submit, wait_status
+
+
+async def test_after_redis_is_flushed_the_history_comes_back_from_postgres_with_same_ids(
+    client, worker, settings, redis_client
+):
+    # Given a finished run, read once from Redis
+    run_id = await submit(client, agent="ticker", params={"count": 6, "interval_ms": 0})
+    _, live = await read_events(client, run_id)
+    await wait_status(client, run_id, "succeeded")
+    # When Redis forgets every key of the deployment
+    keys = Keys.from_settings(settings)
+    async for k in redis_client.scan_iter(match=keys.all_pattern()):
+        await redis_client.delete(k)
+    assert await redis_client.exists(keys.events(run_id)) == 0
+
+    # Then a full replay comes from the archive, byte for byte the same
+    _, archived = await read_events(client, run_id)
+    assert archived == live
+    assert_gapless_ticker(archived, 6)
+    # And resuming from the middle gives exactly the rest
+    middle = archived[3].id
+    _, rest = await read_events(client, run_id, last_event_id=middle)
+    assert rest == archived[4:]
+
+
+async def test_resuming_from_the_terminal_event_answers_204(client, worker):
+    run_id = await submit(client, agent="ticker", params={"count": 2, "interval_ms": 0})
+    _, events = await read_events(client, run_id)
+
+    status, again = await read_events(client, run_id, last_event_id=events[-1].id)
+
+    assert status == 204
+    assert again == []
+
+
+async def test_xlen_equals_the_backlog_before_and_after_workers_drain_it(
+    client, settings, redis_client, worker_factory
+):
+    keys = Keys.from_settings(settings)
+    # Given 12 runs submitted with no worker running
+    ids = [
+        await submit(client, agent="ticker", params={"count": 1, "interval_ms": 0})
+        for _ in range(12)
+    ]
+    assert await redis_client.xlen(keys.queue) == 12
+
+    # When a worker drains the queue
+    await worker_factory()
+    for run_id in ids:
+        await wait_status(client, run_id, "succeeded")
+
+    # Then every acked entry is deleted: the backlog is zero
+    async def drained() -> bool:
+        return await redis_client.xlen(keys.queue) == 0
+
+    for _ in range(100):
+        if await drained():
+            break
+        await asyncio.sleep(0.05)
+    assert await redis_client.xlen(keys.queue) == 0
+
+
+async def test_the_event_archive_is_complete_once_a_run_finished(client, worker, store):
+    run_id = await submit(client, agent="ticker", params={"count": 300, "interval_ms": 0})
+    await wait_status(client, run_id, "succeeded")
+
+    archived = await store.events_after(run_id, 0, 1000)
+
+    assert [e.seq for e in archived] == list(range(1, 303))
+    assert archived[-1].type == "done"
