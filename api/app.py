@@ -23,6 +23,7 @@ from shared.redisio import REDIS_DOWN, RedisIO, create_redis
 from shared.store import Store, connect
 
 READY_TIMEOUT = 1.0
+REDIS_OR_TIMEOUT: tuple[type[BaseException], ...] = (TimeoutError, *REDIS_DOWN)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -80,7 +81,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             await asyncio.wait_for(state.redis.ping(), READY_TIMEOUT)
             checks["redis"] = "ok"
-        except (TimeoutError, *REDIS_DOWN):
+        except REDIS_OR_TIMEOUT:
             checks["redis"] = "down"
         try:
             await asyncio.wait_for(state.store.ping(), READY_TIMEOUT)

@@ -22,7 +22,9 @@ def _bearer(request: Request) -> str:
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise ApiError(
-            401, "unauthorized", "send an API key as Authorization: Bearer <key>",
+            401,
+            "unauthorized",
+            "send an API key as Authorization: Bearer <key>",
             {"WWW-Authenticate": "Bearer"},
         )
     return token.strip()

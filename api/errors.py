@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import structlog
 import orjson
+import structlog
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -36,6 +36,7 @@ class JSONResp(Response):
 
     def render(self, content: Any) -> bytes:
         return orjson.dumps(content)
+
 
 STATUS: dict[type[LongrunError], int] = {
     BadRequest: 400,
@@ -95,13 +96,16 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResp:
-        code = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}.get(exc.status_code, "http_error")
+        code = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}.get(
+            exc.status_code, "http_error"
+        )
         return error_response(exc.status_code, code, str(exc.detail))
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResp:
-        if isinstance(exc, REDIS_DOWN) or isinstance(exc, PG_DOWN):
-            return error_response(503, "unavailable", "a backing service is unavailable",
-                                  {"Retry-After": "1"})
+        if isinstance(exc, (*REDIS_DOWN, *PG_DOWN)):
+            return error_response(
+                503, "unavailable", "a backing service is unavailable", {"Retry-After": "1"}
+            )
         log.exception("unhandled_error")
         return error_response(500, "internal", "internal error")

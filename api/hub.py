@@ -120,7 +120,7 @@ class Hub:
         streams = {w.key: f"0-{w.last_seq}" for w in self.watches.values()}
         streams[self.wake_key] = self._wake_id
         self._changed.clear()
-        reply = await self.r.xread(streams, count=READ_COUNT, block=BLOCK_MS)  # type: ignore[arg-type]
+        reply = await self.r.xread(streams, count=READ_COUNT, block=BLOCK_MS)
         for raw_key, entries in reply or []:
             key = raw_key.decode() if isinstance(raw_key, bytes) else raw_key
             if key == self.wake_key:

@@ -45,8 +45,9 @@ class BodyLimit:
             await self.app(scope, receive, send)
             return
         for name, value in scope.get("headers", ()):
-            if name == b"content-length":
-                if not value.isdigit() or int(value) > self.max_bytes:
+            if name == b"content-length" and (
+                not value.isdigit() or int(value) > self.max_bytes
+            ):
                     await _refuse(send, self.max_bytes)
                     return
         seen = 0

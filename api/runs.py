@@ -28,6 +28,7 @@ from shared.redisio import REDIS_DOWN
 from shared.store import NewRun
 
 router = APIRouter()
+REDIS_OR_REPLY: tuple[type[BaseException], ...] = (*REDIS_DOWN, ResponseError)
 
 User = Annotated[str, Depends(current_user)]
 THREAD_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -195,7 +196,7 @@ async def _publish_archived_terminal(state: AppState, run: Run) -> None:
     try:
         await state.redis.xadd(key, {"t": e.type, "d": e.data}, id=f"0-{e.seq}")
         await state.redis.expire(key, state.settings.events_ttl_seconds)
-    except (*REDIS_DOWN, ResponseError):
+    except REDIS_OR_REPLY:
         pass
 
 
@@ -227,7 +228,9 @@ async def events(
         raise ApiError(400, "invalid_last_event_id", str(exc)) from None
     if after is not None and await _already_ended(state, run, after):
         return Response(status_code=204)  # tells EventSource to stop reconnecting
-    stream = RunStream(state.store, state.rio, state.hub, run.run_id, state.settings.sse_ping_seconds)
+    stream = RunStream(
+        state.store, state.rio, state.hub, run.run_id, state.settings.sse_ping_seconds
+    )
 
     async def frames() -> Any:
         async for event in stream.events(after or 0, run.status.terminal):

@@ -73,12 +73,16 @@ def run(settings: Settings, *, as_json: bool) -> int:
     if as_json:
         print(json.dumps({**s, "problems": issues}, indent=2))
     else:
-        print(f"queue {s['queue']}: backlog {s['backlog']} (pending {s['pending']}, "
-              f"not started {s['queued_not_started']}, lag {s['lag']})")
+        print(
+            f"queue {s['queue']}: backlog {s['backlog']} (pending {s['pending']}, "
+            f"not started {s['queued_not_started']}, lag {s['lag']})"
+        )
         print(f"workers alive: {s['workers_alive']}")
         for w in s["workers"]:
-            print(f"  {w['name']}: {'alive' if w['alive'] else 'DEAD'}, in flight "
-                  f"{w['in_flight']}/{w['concurrency']}, heartbeat {w['last_heartbeat_age_s']}s ago")
+            print(
+                f"  {w['name']}: {'alive' if w['alive'] else 'DEAD'}, in flight "
+                f"{w['in_flight']}/{w['concurrency']}, heartbeat {w['last_heartbeat_age_s']}s ago"
+            )
         print(f"dead letters: {s['dead_letters']}")
         for i in issues:
             print(f"PROBLEM: {i}")

@@ -89,7 +89,7 @@ class Settings:
     max_steps: int = 20
     max_run_cost_usd: float = 1.0
     max_user_day_cost_usd: float = 20.0
-    # JSON object model -> {"input": usd_per_mtok, "output": usd_per_mtok, ...}; merged over defaults.
+    # JSON: model -> {"input": usd_per_mtok, "output": usd_per_mtok}; merged over defaults.
     model_prices_json: str | None = None
     fallback_price_input_per_mtok: float = 15.0
     fallback_price_output_per_mtok: float = 75.0
@@ -137,12 +137,8 @@ class Settings:
             pg_pool_min=_int(e, "LONGRUN_PG_POOL_MIN", cls.pg_pool_min, 0),
             pg_pool_max=_int(e, "LONGRUN_PG_POOL_MAX", cls.pg_pool_max, 1),
             pg_command_timeout=_float(e, "LONGRUN_PG_TIMEOUT", cls.pg_command_timeout, 0.1),
-            pg_acquire_timeout=_float(
-                e, "LONGRUN_PG_ACQUIRE_TIMEOUT", cls.pg_acquire_timeout, 0.1
-            ),
-            redis_socket_timeout=_float(
-                e, "LONGRUN_REDIS_TIMEOUT", cls.redis_socket_timeout, 0.1
-            ),
+            pg_acquire_timeout=_float(e, "LONGRUN_PG_ACQUIRE_TIMEOUT", cls.pg_acquire_timeout, 0.1),
+            redis_socket_timeout=_float(e, "LONGRUN_REDIS_TIMEOUT", cls.redis_socket_timeout, 0.1),
             redis_max_connections=_int(
                 e, "LONGRUN_REDIS_MAX_CONNECTIONS", cls.redis_max_connections, 2
             ),

@@ -219,7 +219,7 @@ class RedisIO:
         fields: dict[str, str | int] = {"run": run_id}
         if handoffs:
             fields["handoffs"] = handoffs
-        entry_id = await self.r.xadd(self.keys.queue, fields)  # type: ignore[arg-type]
+        entry_id = await self.r.xadd(self.keys.queue, fields)
         return _s(entry_id)
 
     async def ensure_group(self) -> None:

@@ -27,7 +27,9 @@ from shared.migrate import migrate
 from shared.store import Store, connect
 from worker.main import Worker
 
-ADMIN_DSN = os.environ.get("LONGRUN_TEST_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+ADMIN_DSN = os.environ.get(
+    "LONGRUN_TEST_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
 REDIS_URL = os.environ.get("LONGRUN_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
@@ -120,8 +122,13 @@ class ApiServer:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = uvicorn.Config(
-            create_app(settings), host="127.0.0.1", port=self.port, log_config=None,
-            access_log=False, lifespan="on", timeout_graceful_shutdown=1,
+            create_app(settings),
+            host="127.0.0.1",
+            port=self.port,
+            log_config=None,
+            access_log=False,
+            lifespan="on",
+            timeout_graceful_shutdown=1,
         )
         self.server = uvicorn.Server(config)
         self.task: asyncio.Task[None] | None = None

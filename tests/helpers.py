@@ -74,7 +74,9 @@ async def wait_for(
         await asyncio.sleep(interval)
 
 
-async def wait_status(client: httpx.AsyncClient, run_id: str, *statuses: str, timeout: float = 20.0) -> dict[str, Any]:
+async def wait_status(
+    client: httpx.AsyncClient, run_id: str, *statuses: str, timeout: float = 20.0
+) -> dict[str, Any]:
     async def check() -> dict[str, Any] | None:
         resp = await client.get(f"/runs/{run_id}")
         body: dict[str, Any] = resp.json()

@@ -9,8 +9,8 @@ import httpx
 import pytest
 
 from shared.keys import Keys
-from tests.tcp_proxy import TcpProxy
 from tests.helpers import read_events, submit, wait_status
+from tests.tcp_proxy import TcpProxy
 
 
 @pytest.fixture
@@ -54,9 +54,42 @@ async def test_no_key_or_a_bad_key_is_a_401(api):
         ({"input": "x", "params": []}, 422, "invalid_request"),
         ({"input": "x", "surprise": 1}, 422, "invalid_request"),
         ({"input": "x", "thread_id": "no spaces allowed"}, 422, "invalid_request"),
-        ({"input": "x", "metadata": {"a": {"b": {"c": {"d": {"e": {"f": {"g": {"h": {"i": {
-            "j": {"k": {"l": {"m": {"n": {"o": {"p": {"q": 1}}}}}}}}}}}}}}}}}}, 422,
-         "invalid_request"),
+        (
+            {
+                "input": "x",
+                "metadata": {
+                    "a": {
+                        "b": {
+                            "c": {
+                                "d": {
+                                    "e": {
+                                        "f": {
+                                            "g": {
+                                                "h": {
+                                                    "i": {
+                                                        "j": {
+                                                            "k": {
+                                                                "l": {
+                                                                    "m": {
+                                                                        "n": {"o": {"p": {"q": 1}}}
+                                                                    }
+                                                                }
+                                                            }
+                                                        }
+                                                    }
+                                                }
+                                            }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                },
+            },
+            422,
+            "invalid_request",
+        ),
     ],
 )
 async def test_bad_submissions_are_clear_4xx_and_write_nothing(client, store, body, status, code):
@@ -84,7 +117,9 @@ async def test_an_oversized_body_is_a_413_even_when_chunked(client, settings):
         for i in range(0, len(big), 65536):
             yield big[i : i + 65536]
 
-    chunked = await client.post("/runs", content=chunks(), headers={"content-type": "application/json"})
+    chunked = await client.post(
+        "/runs", content=chunks(), headers={"content-type": "application/json"}
+    )
     assert declared.status_code == 413
     assert chunked.status_code == 413
     assert chunked.json()["error"] == "body_too_large"

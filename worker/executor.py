@@ -32,6 +32,8 @@ from shared.store import Store
 
 log = structlog.get_logger("longrun.worker")
 
+RETRYABLE: tuple[type[BaseException], ...] = (Unavailable, *REDIS_DOWN)
+
 # Events the worker itself adds; an agent resuming looks past them for its own last event.
 LIFECYCLE_TYPES = frozenset({"start", "resumed", "notice"})
 ARCHIVE_EVERY_EVENTS = 200
@@ -97,7 +99,7 @@ async def retry_unavailable(what: str, fn: Any, *, stop: asyncio.Event, deadline
     while True:
         try:
             return await fn()
-        except (Unavailable, *REDIS_DOWN) as exc:
+        except RETRYABLE as exc:
             if stop.is_set() or time.monotonic() + delay > deadline:
                 raise
             log.warning("backing_store_unavailable", what=what, error=type(exc).__name__)
@@ -205,7 +207,7 @@ class Attempt:
 
     # -- driving the agent -------------------------------------------------------------------
     async def _supervise(
-        self, agent: Agent, ctx: RunContext, timeout: float
+        self, agent: Agent, ctx: RunContext, limit_seconds: float
     ) -> tuple[Ending, dict[str, Any] | None]:
         """Run the agent until it ends or a signal stops it. Returns how and the terminal body."""
         drive = asyncio.create_task(self._drive(agent(ctx)))
@@ -216,7 +218,7 @@ class Attempt:
         }
         try:
             done, _ = await asyncio.wait(
-                {drive, *waits}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                {drive, *waits}, timeout=limit_seconds, return_when=asyncio.FIRST_COMPLETED
             )
         finally:
             for w in waits:
@@ -382,7 +384,7 @@ class Attempt:
         assert self.run is not None
         try:
             ok = await d.store.requeue(self.run_id, self.run.attempt, self.unarchived)
-        except (Unavailable, *REDIS_DOWN):
+        except RETRYABLE:
             log.warning("handoff_failed", reason="postgres")
             return  # the lease will move it
         if not ok:

@@ -43,7 +43,7 @@ from shared.redisio import (
     parse_queue_entry,
 )
 from shared.store import Store, connect
-from worker.executor import Attempt, Deps
+from worker.executor import RETRYABLE, Attempt, Deps
 from worker.reconcile import reconcile_once
 
 log = structlog.get_logger("longrun.worker")
@@ -126,7 +126,7 @@ class Worker:
                 return
             except asyncio.CancelledError:
                 raise
-            except (Unavailable, *REDIS_DOWN) as exc:
+            except RETRYABLE as exc:
                 log.warning("loop_backoff", loop=loop.__name__, error=type(exc).__name__)
             except Exception:
                 log.exception("loop_crashed", loop=loop.__name__)
@@ -288,9 +288,12 @@ class Worker:
                 await asyncio.wait_for(self.stopped.wait(), renew_interval(s.lease_seconds))
 
     async def _beat(self) -> None:
-        assert self.rio is not None and self.store is not None
+        assert self.rio is not None
+        assert self.store is not None
         now = time.monotonic()
-        if self.slots and lease_expired_locally(self.last_renewal, now, self.settings.lease_seconds):
+        if self.slots and lease_expired_locally(
+            self.last_renewal, now, self.settings.lease_seconds
+        ):
             for slot in self.slots.values():
                 slot.attempt.signals.lost.set()
         ids = list(self.slots)
@@ -301,9 +304,9 @@ class Worker:
             raise
         self.last_renewal = now
         for entry_id in lost:
-            slot = self.slots.get(entry_id)
-            if slot is not None:
-                slot.attempt.signals.lost.set()
+            lost_slot = self.slots.get(entry_id)
+            if lost_slot is not None:
+                lost_slot.attempt.signals.lost.set()
                 await self.rio.r.hincrby(self.keys.counters, "lease_losses", 1)
         wall = time.time()
         async with self.rio.r.pipeline(transaction=False) as p:
@@ -343,7 +346,8 @@ class Worker:
                 await pubsub.aclose()
 
     async def _reconcile(self) -> None:
-        assert self.rio is not None and self.store is not None
+        assert self.rio is not None
+        assert self.store is not None
         while not self.stopping.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), self.settings.reconcile_seconds)
@@ -356,6 +360,7 @@ async def run_worker(settings: Settings) -> int:
     worker = Worker(settings)
     loop = asyncio.get_running_loop()
     signals_seen = 0
+    drains: list[asyncio.Future[None]] = []
 
     def on_signal() -> None:
         nonlocal signals_seen
@@ -363,7 +368,7 @@ async def run_worker(settings: Settings) -> int:
         if signals_seen > 1:
             log.warning("worker_forced_exit")
             os._exit(1)
-        asyncio.ensure_future(worker.drain())
+        drains.append(asyncio.ensure_future(worker.drain()))
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)

@@ -42,7 +42,7 @@ async def queued_run_ids(rio: RedisIO, batch: int = 1000) -> set[str]:
     start = "-"
     while True:
         entries = await rio.r.xrange(rio.keys.queue, min=start, max="+", count=batch)
-        for entry_id, fields in entries:
+        for _entry_id, fields in entries:
             run = fields.get(b"run")
             if run:
                 found.add(run.decode())
@@ -66,9 +66,11 @@ async def reconcile_once(settings: Settings, store: Store, rio: RedisIO, owner: 
         for run in candidates:
             if run.run_id in present:
                 continue
-            if run.status is RunStatus.RUNNING:
-                if not await store.requeue(run.run_id, None, []):
-                    continue
+            requeued = run.status is not RunStatus.RUNNING or await store.requeue(
+                run.run_id, None, []
+            )
+            if not requeued:
+                continue
             await rio.enqueue(run.run_id)
             fixed += 1
             log.warning("run_reenqueued", run_id=run.run_id, was=str(run.status))
