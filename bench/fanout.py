@@ -1,0 +1,177 @@
+"""The SSE fan-out engine shared by the fan-out and memory benchmarks.
+
+Producer: the `stamp` bench agent run by a real longrun worker (the worker's fenced append), each
+token carrying the producer's clock just before the append. Consumers: `bench.sse_client`
+subscribers in this process, all connected before the producer's `start_at`. Two designs serve
+the same runs: longrun's API (`GET /runs/{id}/events`) and the naive sse-starlette app (one
+`XREAD BLOCK` per subscriber) reading the same Redis event streams.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, urlparse
+
+import httpx
+
+from bench.agents import parse_stamp
+from bench.lib import (
+    Proc,
+    free_port,
+    latency_ms,
+    redis_port,
+    rss_bytes,
+    tcp_connections_to,
+    uvicorn_argv,
+    wait_http,
+)
+from bench.sse_client import subscribe
+from bench.stack import Stack
+
+
+@dataclass
+class Server:
+    """Where subscribers connect: longrun's API or the naive app, and how to name a run's stream."""
+
+    name: str
+    port: int
+    proc: Proc
+
+    def path(self, st: Stack, run: dict[str, Any]) -> str:
+        if self.name == "naive":
+            return f"/events?stream={quote(st.events_key(run['run_id']), safe='')}"
+        u = urlparse(run.get("events_url") or f"/runs/{run['run_id']}/events")
+        return u.path
+
+
+def start_naive(st: Stack) -> Server:
+    port = free_port()
+    proc = Proc(
+        "naive-sse",
+        uvicorn_argv("bench.peers.naive_sse_app:app", port),
+        env={"REDIS_URL": st.env["REDIS_URL"]},
+    ).start()
+    wait_http(f"http://127.0.0.1:{port}/health", proc)
+    return Server("naive", port, proc)
+
+
+def longrun_server(st: Stack) -> Server:
+    assert st.api is not None
+    return Server("longrun", st.api_port, st.api)
+
+
+async def submit_stamp_runs(
+    st: Stack, runs: int, count: int, rate: float, start_at: float, pad: int = 0
+) -> list[dict[str, Any]]:
+    async with httpx.AsyncClient(base_url=st.base_url, headers=st.auth, timeout=30) as c:
+        out = []
+        for i in range(runs):
+            r = await c.post(
+                "/runs",
+                json={
+                    "input": f"fanout{i}",
+                    "agent": "bench",
+                    "params": {"count": count, "rate": rate, "start_at": start_at, "pad": pad},
+                },
+            )
+            if r.status_code != 202:
+                raise RuntimeError(f"POST /runs answered {r.status_code}: {r.text[:300]}")
+            out.append(r.json())
+        return out
+
+
+async def fanout(
+    st: Stack,
+    server: Server,
+    *,
+    runs: int,
+    subs_per_run: int,
+    rate: float,
+    count: int,
+    pad: int = 0,
+    slow: int = 0,
+    connect_s: float = 2.0,
+) -> dict[str, Any]:
+    """Subscribe runs x subs_per_run clients (the first `slow` of them never read after the
+    headers), let each run emit `count` stamped tokens at `rate`/s, and measure delivery."""
+    start_at = time.time() + connect_s
+    made = await submit_stamp_runs(st, runs, count, rate, start_at, pad)
+    lat: list[float] = []
+    first_last = [float("inf"), 0.0]
+    connected = [0]
+    late = [0]
+    headers = st.auth if server.name == "longrun" else {}
+
+    def on_event(etype: str, data: str, _id: str | None) -> None:
+        if etype != "token":
+            return
+        now = time.time()
+        lat.append(now - parse_stamp(json.loads(data)["text"]))
+        first_last[0] = min(first_last[0], now)
+        first_last[1] = max(first_last[1], now)
+
+    def on_connect() -> None:
+        connected[0] += 1
+        if time.time() > start_at:
+            late[0] += 1
+
+    pause = asyncio.Event()
+    pause.set()
+    tasks = []
+    for r, run in enumerate(made):
+        for s in range(subs_per_run):
+            is_slow = r * subs_per_run + s < slow
+            tasks.append(
+                asyncio.create_task(
+                    subscribe(
+                        "127.0.0.1",
+                        server.port,
+                        server.path(st, run),
+                        (lambda *_: None) if is_slow else on_event,
+                        headers=headers,
+                        pause=pause if is_slow else None,
+                        connected=on_connect,
+                    )
+                )
+            )
+            if len(tasks) % 50 == 0:
+                await asyncio.sleep(0)
+    rss0 = rss_bytes(server.proc.pid)
+    # Sample server-side figures halfway through the emission.
+    await asyncio.sleep(max(0.0, start_at - time.time()) + count / rate / 2)
+    mid = {
+        "redis_conns": tcp_connections_to(server.proc.pid, redis_port()),
+        "rss": rss_bytes(server.proc.pid),
+    }
+    fast = [t for i, t in enumerate(tasks) if i >= slow]
+    done, pending = await asyncio.wait(fast, timeout=count / rate + 30)
+    for t in [*pending, *tasks[:slow]]:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    errors = [repr(t.exception()) for t in done if t.exception() is not None]
+    expected = count * (runs * subs_per_run - slow)
+    span = first_last[1] - first_last[0]
+    return {
+        "design": server.name,
+        "runs": runs,
+        "subscribers": runs * subs_per_run,
+        "slow_subscribers": slow,
+        "rate_per_run": rate,
+        "count": count,
+        "pad": pad,
+        "produced_per_s": runs * rate,
+        "expected": expected,
+        "received": len(lat),
+        "delivered_per_s": len(lat) / span if span > 0 else float("nan"),
+        **latency_ms(lat),
+        "redis_conns": mid["redis_conns"],
+        "rss_before_mb": rss0 / 2**20,
+        "rss_mid_mb": mid["rss"] / 2**20,
+        "late_connections": late[0],
+        "unfinished": len(pending),
+        "errors": errors[:5],
+    }
