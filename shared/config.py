@@ -110,6 +110,35 @@ class Settings:
     worker_name: str | None = None
     log_json: bool | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
+    # -- the public API's hardening (issue 5) ------------------------------------------------
+    # JWT bearer tokens, besides API keys: HS256 with a shared secret, or RS256/ES256 with the
+    # public keys of a JWKS file. The algorithm is pinned; `exp`, `aud` and `iss` are required.
+    jwt_secret: str | None = None
+    jwt_jwks_file: str | None = None
+    jwt_algorithm: str | None = None  # default: HS256 with a secret, RS256 with a JWKS file
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
+    jwt_user_claim: str = "sub"
+    jwt_leeway_seconds: float = 5.0
+    # Short-lived tokens in `events_url` (browsers' EventSource cannot send headers). Every API
+    # process must share the secret; unset, each process generates its own.
+    stream_token_secret: str | None = None
+    stream_token_ttl_seconds: int = 900
+    # CORS: comma-separated origins ("*" for any); empty (the default) sends no CORS headers.
+    cors_origins: tuple[str, ...] = ()
+    idempotency_ttl_seconds: int = 24 * 3600
+    # Admission: a per-user token bucket, a per-user cap on queued + running runs, the backlog
+    # depth (XLEN of the queue) past which submits get 503, and the kill switch.
+    submit_rate_per_second: float = 10.0
+    submit_burst: int = 20
+    max_runs_in_flight_per_user: int = 100
+    max_backlog: int = 100_000
+    accept_runs: bool = True
+    # Limits on what a client controls.
+    max_json_bytes: int = 64 * 1024
+    max_json_depth: int = 16
+    max_header_bytes: int = 16 * 1024
+    max_sse_per_user: int = 20
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -188,6 +217,36 @@ class Settings:
             reconcile_seconds=_float(e, "LONGRUN_RECONCILE_SECONDS", cls.reconcile_seconds, 0.1),
             worker_name=_opt(e, "LONGRUN_WORKER_NAME"),
             log_json=None if log_json_raw is None else log_json_raw.lower() in ("1", "true"),
+            jwt_secret=_opt(e, "LONGRUN_JWT_SECRET"),
+            jwt_jwks_file=_opt(e, "LONGRUN_JWT_JWKS_FILE"),
+            jwt_algorithm=_opt(e, "LONGRUN_JWT_ALGORITHM"),
+            jwt_audience=_opt(e, "LONGRUN_JWT_AUDIENCE"),
+            jwt_issuer=_opt(e, "LONGRUN_JWT_ISSUER"),
+            jwt_user_claim=_str(e, "LONGRUN_JWT_USER_CLAIM", cls.jwt_user_claim),
+            jwt_leeway_seconds=_float(e, "LONGRUN_JWT_LEEWAY_SECONDS", cls.jwt_leeway_seconds),
+            stream_token_secret=_opt(e, "LONGRUN_STREAM_TOKEN_SECRET"),
+            stream_token_ttl_seconds=_int(
+                e, "LONGRUN_STREAM_TOKEN_TTL_SECONDS", cls.stream_token_ttl_seconds, 1
+            ),
+            cors_origins=tuple(
+                s.strip() for s in _str(e, "LONGRUN_CORS_ORIGINS", "").split(",") if s.strip()
+            ),
+            idempotency_ttl_seconds=_int(
+                e, "LONGRUN_IDEMPOTENCY_TTL_SECONDS", cls.idempotency_ttl_seconds, 1
+            ),
+            submit_rate_per_second=_float(
+                e, "LONGRUN_SUBMIT_RATE_PER_SECOND", cls.submit_rate_per_second, 0.001
+            ),
+            submit_burst=_int(e, "LONGRUN_SUBMIT_BURST", cls.submit_burst, 1),
+            max_runs_in_flight_per_user=_int(
+                e, "LONGRUN_MAX_RUNS_IN_FLIGHT_PER_USER", cls.max_runs_in_flight_per_user, 1
+            ),
+            max_backlog=_int(e, "LONGRUN_MAX_BACKLOG", cls.max_backlog, 1),
+            accept_runs=_str(e, "LONGRUN_ACCEPT_RUNS", "true").lower() not in ("0", "false", "no"),
+            max_json_bytes=_int(e, "LONGRUN_MAX_JSON_BYTES", cls.max_json_bytes, 2),
+            max_json_depth=_int(e, "LONGRUN_MAX_JSON_DEPTH", cls.max_json_depth, 1),
+            max_header_bytes=_int(e, "LONGRUN_MAX_HEADER_BYTES", cls.max_header_bytes, 1024),
+            max_sse_per_user=_int(e, "LONGRUN_MAX_SSE_PER_USER", cls.max_sse_per_user, 1),
         )
 
     def with_(self, **changes: Any) -> Settings:
