@@ -59,6 +59,12 @@ class RunContext:
     output: Any = None
     # Extra services a deployment hands to agents (e.g. the shared Anthropic client, breakers).
     services: dict[str, Any] = field(default_factory=dict)
+    # Kept current by agents that spend money (chat): the run's usage totals, including a model
+    # turn interrupted by a cancel, for the worker to record however the run ends.
+    usage: dict[str, Any] = field(default_factory=dict)
+    # Kept current by agents with a conversation (chat): the messages this run adds to its
+    # thread (Anthropic format, every tool call answered), for the worker to persist.
+    new_messages: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def resumed(self) -> bool:

@@ -1,22 +1,101 @@
-"""`chat`: the default agent. Until the Anthropic loop lands this is an offline scripted reply
-streamed word by word, so the demo works without a network or a key."""
+"""`chat`: the default agent, the production agent loop (`shared.llm.loop`) over the process's
+LLM services (`ctx.services["llm"]`, see `shared.llm.services`; built on first use when the
+deployment did not provide them). Without `ANTHROPIC_API_KEY` it runs the offline model, so the
+demo streams text and tool events with no network.
+
+`params` (all optional): `model` (a model id), `max_steps` (1..LONGRUN_MAX_STEPS), `max_tokens`
+(1..64000), `system` (a system prompt, up to 20000 characters), `tools` (names of the tools to
+offer, default all). Anything else there is ignored; a bad value ends the run with `error`
+code `bad_params`. Extra tools come from `ctx.tools` (name -> `shared.llm.tools.Tool`).
+The run's new messages end up in `ctx.new_messages`, its usage totals in `ctx.usage`.
+"""
 
 from __future__ import annotations
 
-import asyncio
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
 from shared.agents.base import RunContext
+from shared.config import Settings
+from shared.errors import AgentError
+from shared.llm.loop import LoopConfig, LoopDeps, agent_loop
+from shared.llm.services import LLM_SERVICE, LLMServices, build_llm_services
+from shared.llm.tools import Tool, ToolRegistry
+
+MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/-]{0,99}")
+MAX_TOKENS = 64_000
+MAX_SYSTEM_CHARS = 20_000
+
+
+def _bad(message: str) -> AgentError:
+    return AgentError(message, code="bad_params")
+
+
+def _int_param(params: dict[str, Any], name: str, low: int, high: int) -> int | None:
+    value = params.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise _bad(f"params.{name} must be an integer from {low} to {high}")
+    return value
+
+
+def chat_config(settings: Settings, params: dict[str, Any]) -> LoopConfig:
+    """The loop's configuration for one run: settings, narrowed by the run's params."""
+    overrides: dict[str, Any] = {}
+    model = params.get("model")
+    if model is not None:
+        if not isinstance(model, str) or not MODEL_ID.fullmatch(model):
+            raise _bad("params.model must be a model id such as claude-sonnet-4-5")
+        overrides["model"] = model
+    steps = _int_param(params, "max_steps", 1, settings.max_steps)
+    if steps is not None:
+        overrides["max_steps"] = steps
+    max_tokens = _int_param(params, "max_tokens", 1, MAX_TOKENS)
+    if max_tokens is not None:
+        overrides["max_tokens"] = max_tokens
+    system = params.get("system")
+    if system is not None:
+        if not isinstance(system, str) or len(system) > MAX_SYSTEM_CHARS:
+            raise _bad(f"params.system must be a string of at most {MAX_SYSTEM_CHARS} characters")
+        overrides["system"] = system or None
+    return LoopConfig.from_settings(settings, **overrides)
+
+
+def chat_tools(
+    available: ToolRegistry, extra: dict[str, Any], params: dict[str, Any]
+) -> ToolRegistry:
+    """The tools offered to the model: built-ins plus the deployment's, narrowed by params."""
+    registry = available.merged(t for t in extra.values() if isinstance(t, Tool))
+    names = params.get("tools")
+    if names is None:
+        return registry
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise _bad("params.tools must be a list of tool names")
+    unknown = sorted(set(names) - set(registry.tools))
+    if unknown:
+        known = ", ".join(sorted(registry.tools))
+        raise _bad(f"params.tools names unknown tools {unknown}; available: {known}")
+    return registry.only(names)
+
+
+def services_for(ctx: RunContext) -> LLMServices:
+    svc = ctx.services.get(LLM_SERVICE)
+    if isinstance(svc, LLMServices):
+        return svc
+    # Built once per services mapping (the worker shares one across its runs).
+    svc = build_llm_services(ctx.settings)
+    ctx.services[LLM_SERVICE] = svc
+    return svc
 
 
 async def chat(ctx: RunContext) -> AsyncIterator[dict[str, Any]]:
-    reply = f"You said: {ctx.input.strip()[:200]}. This is longrun's offline model."
-    parts = reply.split(" ")
-    text = []
-    for i, word in enumerate(parts):
-        piece = word if i == 0 else " " + word
-        text.append(piece)
-        await asyncio.sleep(0.01)
-        yield {"type": "token", "text": piece}
-    yield {"type": "done", "output": "".join(text)}
+    cfg = chat_config(ctx.settings, ctx.params)
+    svc = services_for(ctx)
+    tools = chat_tools(svc.tools, ctx.tools, ctx.params)
+    if not ctx.resumed and not ctx.input.strip():
+        raise AgentError("the input is empty", code="bad_input")
+    deps = LoopDeps(model=svc.model, breaker=svc.breaker, ledger=svc.ledger, tools=tools)
+    async for body in agent_loop(ctx, cfg, deps):
+        yield body

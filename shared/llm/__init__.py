@@ -1,0 +1,7 @@
+"""The production agent loop and everything it talks to, each behind a small seam.
+
+`loop` drives the run (events, tools, budgets, checkpoints, cancellation); `model` is the seam a
+model client plugs into (`anthropic_model` for the real SDK, `scripted` for the offline and test
+models); `retry`, `pricing` and `breaker` hold pure decisions; `breaker_store` is the only module
+here that touches Redis; `services` wires one process's clients together for `shared.agents.chat`.
+"""

@@ -1,0 +1,263 @@
+"""Plug-in tools: a registry of (name, JSON schema, async callable), the built-in ones, and
+running one call so that nothing it does can crash the loop.
+
+A tool is `async def fn(args: dict, tctx: ToolContext) -> Any`; its result goes back to the
+model as text (a str as is, anything else as JSON). It signals a clean failure by raising
+`ToolError`. An unknown tool name, arguments that are not a JSON object or do not match the
+schema, a tool that runs past its timeout or raises: each becomes a `ToolOutcome` with `ok=False`
+whose text the model reads as an error tool result. `ToolContext.idempotency_key` is stable
+across attempts of the run, for tools with side effects.
+"""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import operator
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import jsonschema
+import orjson
+
+from shared.errors import RunCancelled
+from shared.llm.cancel import race
+
+PREVIEW_CHARS = 200
+MAX_RESULT_CHARS = 20_000
+
+
+class ToolError(Exception):
+    """A tool's clean failure: the message is what the model reads."""
+
+
+@dataclass(frozen=True)
+class ToolContext:
+    run_id: str
+    user_id: str
+    step: int
+    call_id: str
+    idempotency_key: str
+    now: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+
+
+ToolFn = Callable[[dict[str, Any], ToolContext], Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class Tool:
+    name: str
+    description: str
+    input_schema: dict[str, Any]
+    fn: ToolFn
+    timeout_seconds: float | None = None
+
+    def definition(self) -> dict[str, Any]:
+        """The tool as the Messages API takes it."""
+        return {
+            "name": self.name,
+            "description": self.description,
+            "input_schema": self.input_schema,
+        }
+
+
+@dataclass(frozen=True)
+class ToolOutcome:
+    ok: bool
+    content: str
+    error: str | None = None  # unknown_tool | bad_args | timeout | tool_failed | tool_crashed
+
+    @property
+    def preview(self) -> str:
+        return self.content[:PREVIEW_CHARS]
+
+
+class ToolRegistry:
+    def __init__(self, tools: Iterable[Tool] = ()) -> None:
+        self.tools: dict[str, Tool] = {}
+        for tool in tools:
+            self.add(tool)
+
+    def add(self, tool: Tool) -> None:
+        jsonschema.validators.validator_for(tool.input_schema).check_schema(tool.input_schema)
+        self.tools[tool.name] = tool
+
+    def merged(self, extra: Iterable[Tool]) -> ToolRegistry:
+        return ToolRegistry([*self.tools.values(), *extra])
+
+    def only(self, names: Iterable[str]) -> ToolRegistry:
+        return ToolRegistry(self.tools[n] for n in names if n in self.tools)
+
+    def definitions(self) -> list[dict[str, Any]]:
+        return [t.definition() for t in self.tools.values()]
+
+    def get(self, name: str) -> Tool | None:
+        return self.tools.get(name)
+
+
+def validate_args(schema: dict[str, Any], args: dict[str, Any]) -> str | None:
+    """None when `args` satisfies `schema`, else a one-line reason the model can act on."""
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    error = jsonschema.exceptions.best_match(validator.iter_errors(args))
+    if error is None:
+        return None
+    where = "/".join(str(p) for p in error.absolute_path) or "arguments"
+    return f"{where}: {error.message}"[:500]
+
+
+def render(result: Any) -> str:
+    text = result if isinstance(result, str) else orjson.dumps(result, default=str).decode()
+    return text[:MAX_RESULT_CHARS]
+
+
+async def run_tool(
+    registry: ToolRegistry,
+    name: str,
+    args: dict[str, Any] | None,
+    tctx: ToolContext,
+    *,
+    default_timeout: float,
+    cancelled: asyncio.Event,
+) -> ToolOutcome:
+    """One tool call, bounded by its timeout; RunCancelled when the run is cancelled meanwhile."""
+    tool = registry.get(name)
+    if tool is None:
+        known = ", ".join(sorted(registry.tools)) or "none"
+        return ToolOutcome(False, f"unknown tool {name!r}; available: {known}", "unknown_tool")
+    if args is None:
+        return ToolOutcome(False, "the arguments were not a JSON object", "bad_args")
+    problem = validate_args(tool.input_schema, args)
+    if problem is not None:
+        return ToolOutcome(False, f"invalid arguments: {problem}", "bad_args")
+    timeout = tool.timeout_seconds or default_timeout
+    try:
+        result = await race(tool.fn(args, tctx), cancelled, time_limit=timeout)
+    except RunCancelled:
+        raise
+    except TimeoutError:
+        return ToolOutcome(False, f"the tool did not finish within {timeout:g} s", "timeout")
+    except ToolError as exc:
+        return ToolOutcome(False, str(exc)[:MAX_RESULT_CHARS] or "the tool failed", "tool_failed")
+    except Exception as exc:
+        return ToolOutcome(False, f"the tool raised {type(exc).__name__}", "tool_crashed")
+    return ToolOutcome(True, render(result))
+
+
+# -- built-in tools ------------------------------------------------------------------------------
+
+_BINARY: dict[type[ast.operator], Callable[[Any, Any], Any]] = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv,
+    ast.Mod: operator.mod,
+    ast.Pow: operator.pow,
+}
+_UNARY: dict[type[ast.unaryop], Callable[[Any], Any]] = {
+    ast.UAdd: operator.pos,
+    ast.USub: operator.neg,
+}
+MAX_EXPRESSION_CHARS = 200
+MAX_EXPONENT = 100
+MAX_INT_BITS = 4096
+
+
+def evaluate(expression: str) -> int | float:
+    """Arithmetic on numbers only (+ - * / // % **, parentheses); ToolError otherwise."""
+    if len(expression) > MAX_EXPRESSION_CHARS:
+        raise ToolError(f"expression longer than {MAX_EXPRESSION_CHARS} characters")
+    try:
+        tree = ast.parse(expression, mode="eval")
+    except SyntaxError:
+        raise ToolError(f"not an arithmetic expression: {expression!r}") from None
+
+    def walk(node: ast.AST) -> int | float:
+        if isinstance(node, ast.Constant) and type(node.value) in (int, float):
+            number: int | float = node.value  # type: ignore[assignment]
+            return number
+        if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
+            return _UNARY[type(node.op)](walk(node.operand))  # type: ignore[no-any-return]
+        if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
+            left, right = walk(node.left), walk(node.right)
+            if isinstance(node.op, ast.Pow) and abs(right) > MAX_EXPONENT:
+                raise ToolError(f"exponent larger than {MAX_EXPONENT}")
+            value: int | float = _BINARY[type(node.op)](left, right)
+            if isinstance(value, int) and value.bit_length() > MAX_INT_BITS:
+                raise ToolError("the result is too large")
+            return value
+        raise ToolError("only numbers and + - * / // % ** ( ) are allowed")
+
+    try:
+        return walk(tree.body)
+    except ZeroDivisionError:
+        raise ToolError("division by zero") from None
+    except OverflowError:
+        raise ToolError("the result is too large") from None
+
+
+async def calculator(args: dict[str, Any], tctx: ToolContext) -> str:
+    expression = str(args["expression"])
+    return f"{expression} = {evaluate(expression)}"
+
+
+async def clock(args: dict[str, Any], tctx: ToolContext) -> str:
+    return tctx.now().astimezone(UTC).isoformat(timespec="seconds")
+
+
+NOTES = (
+    "longrun runs each agent run from a queue; POST /runs answers 202 with a run id.",
+    "Events stream over SSE from GET /runs/{id}/events and resume with Last-Event-ID.",
+    "A run checkpoints every completed step and resumes after the last one if its worker dies.",
+    "Cancel a run with POST /runs/{id}/cancel; it ends with a cancelled event.",
+    "Each run has a cost ceiling and each user a daily one; both end the run with an error.",
+    "The chat agent calls tools: calculator, clock and search_notes work offline.",
+)
+
+
+async def search_notes(args: dict[str, Any], tctx: ToolContext) -> list[str]:
+    query = str(args["query"]).lower().strip()
+    limit = int(args.get("limit", 3))
+    words = [w for w in query.split() if w]
+    hits = [n for n in NOTES if all(w in n.lower() for w in words)]
+    return hits[:limit] or [f"no note mentions {query!r}"]
+
+
+def builtin_tools() -> list[Tool]:
+    return [
+        Tool(
+            name="calculator",
+            description="Evaluate an arithmetic expression (numbers, + - * / // % ** and "
+            "parentheses) and return the result.",
+            input_schema={
+                "type": "object",
+                "properties": {"expression": {"type": "string", "minLength": 1}},
+                "required": ["expression"],
+                "additionalProperties": False,
+            },
+            fn=calculator,
+        ),
+        Tool(
+            name="clock",
+            description="The current date and time in UTC (ISO 8601).",
+            input_schema={"type": "object", "properties": {}, "additionalProperties": False},
+            fn=clock,
+        ),
+        Tool(
+            name="search_notes",
+            description="Search longrun's built-in notes for lines containing every word of "
+            "the query.",
+            input_schema={
+                "type": "object",
+                "properties": {
+                    "query": {"type": "string", "minLength": 1, "maxLength": 200},
+                    "limit": {"type": "integer", "minimum": 1, "maximum": 10},
+                },
+                "required": ["query"],
+                "additionalProperties": False,
+            },
+            fn=search_notes,
+        ),
+    ]
