@@ -20,7 +20,9 @@ import httpx
 
 from bench.agents import parse_stamp
 from bench.lib import (
+    REDIS_URL,
     Proc,
+    cpu_seconds,
     free_port,
     latency_ms,
     redis_port,
@@ -31,6 +33,26 @@ from bench.lib import (
 )
 from bench.sse_client import subscribe
 from bench.stack import Stack
+
+
+def redis_pid() -> int:
+    import redis
+
+    r = redis.Redis.from_url(REDIS_URL)
+    try:
+        return int(r.info("server")["process_id"])
+    finally:
+        r.close()
+
+
+def cpu_sample(st: Stack, server: Server) -> dict[str, float]:
+    """CPU seconds so far of the serving process, the workers, this client and Redis."""
+    return {
+        "server": cpu_seconds(server.proc.pid),
+        "workers": sum(cpu_seconds(w.pid) for w in st.workers),
+        "client": cpu_seconds(),
+        "redis": cpu_seconds(redis_pid()),
+    }
 
 
 @dataclass
@@ -141,17 +163,23 @@ async def fanout(
             if len(tasks) % 50 == 0:
                 await asyncio.sleep(0)
     rss0 = rss_bytes(server.proc.pid)
+    await asyncio.sleep(max(0.0, start_at - time.time()))
+    cpu0, t_cpu0 = cpu_sample(st, server), time.monotonic()
     # Sample server-side figures halfway through the emission.
-    await asyncio.sleep(max(0.0, start_at - time.time()) + count / rate / 2)
+    await asyncio.sleep(count / rate / 2)
     mid = {
         "redis_conns": tcp_connections_to(server.proc.pid, redis_port()),
         "rss": rss_bytes(server.proc.pid),
     }
     fast = [t for i, t in enumerate(tasks) if i >= slow]
     done, pending = await asyncio.wait(fast, timeout=count / rate + 30)
+    # A slow subscriber whose task already ended was disconnected by the server.
+    slow_dropped = sum(1 for t in tasks[:slow] if t.done())
     for t in [*pending, *tasks[:slow]]:
         t.cancel()
+    cpu1, t_cpu1 = cpu_sample(st, server), time.monotonic()
     await asyncio.gather(*tasks, return_exceptions=True)
+    cpu = {k: round((cpu1[k] - cpu0[k]) / (t_cpu1 - t_cpu0), 3) for k in cpu0}
     errors = [repr(t.exception()) for t in done if t.exception() is not None]
     expected = count * (runs * subs_per_run - slow)
     span = first_last[1] - first_last[0]
@@ -171,6 +199,9 @@ async def fanout(
         "redis_conns": mid["redis_conns"],
         "rss_before_mb": rss0 / 2**20,
         "rss_mid_mb": mid["rss"] / 2**20,
+        "cpu_cores": cpu,
+        "slow_dropped_by_server": slow_dropped,
+        "rss_end_mb": rss_bytes(server.proc.pid) / 2**20,
         "late_connections": late[0],
         "unfinished": len(pending),
         "errors": errors[:5],

@@ -341,6 +341,15 @@ def rss_bytes(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
+def cpu_seconds(pid: int | None = None) -> float:
+    """User + system CPU time of a process (this one when pid is None), in seconds."""
+    if pid is None:
+        t = os.times()
+        return t.user + t.system
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def tcp_connections_to(pid: int, remote_port: int) -> int:
     """Established TCP connections that process `pid` holds to 127.0.0.1:remote_port."""
     inodes: set[str] = set()

@@ -56,6 +56,7 @@ async def main(smoke: bool, skip_peers: bool) -> dict[str, Any]:
             "max ms",
             "Redis conns",
             "late conns",
+            "CPU cores server/worker/client/redis",
         ],
         [
             [
@@ -71,6 +72,7 @@ async def main(smoke: bool, skip_peers: bool) -> dict[str, Any]:
                 r["max_ms"],
                 r["redis_conns"],
                 r["late_connections"],
+                "/".join(f"{v:.2f}" for v in r["cpu_cores"].values()),
             ]
             for r in rows
         ],
