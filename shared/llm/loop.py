@@ -201,9 +201,11 @@ class AgentLoop:
             except ProviderError as err:
                 if err.breaker:
                     await self.deps.breaker.record(model, ok=False)
-                usage_body = await self._charge_inflight()
+                usage_body, verdict = await self._charge_inflight()
                 if usage_body is not None:
                     yield usage_body
+                if verdict is not None:
+                    self._stop_for_budget(verdict)
                 delay = (
                     retry_delay(self.cfg.retry, retries, err.retry_after, self.deps.rand())
                     if err.retryable
@@ -226,7 +228,10 @@ class AgentLoop:
                 continue
             assert complete is not None
             await self.deps.breaker.record(model, ok=True)
-            yield await self._complete_turn(complete)
+            usage_body, verdict = await self._complete_turn(complete)
+            yield usage_body
+            if verdict is not None:
+                self._stop_for_budget(verdict)
             out.append(complete)
             return
 
@@ -274,8 +279,9 @@ class AgentLoop:
             message = f"{old} is unavailable (circuit breaker open); using fallback model {new}"
         return {"type": "notice", "code": "model_fallback", "model": new, "message": message}
 
-    async def _complete_turn(self, turn: TurnComplete) -> Body:
-        """Charge the turn, record it, checkpoint; raises _Stop on a budget ceiling."""
+    async def _complete_turn(self, turn: TurnComplete) -> tuple[Body, str | None]:
+        """Charge the turn, record it, checkpoint. Returns its usage event and the budget
+        verdict."""
         self.inflight = None
         body, verdict = await self._charge(turn.model, turn.usage)
         self.state.messages.append(turn.message)
@@ -283,9 +289,7 @@ class AgentLoop:
             self.state.pending = Pending(list(turn.tool_calls))
         await self._save()
         self._publish()
-        if verdict is not None:
-            self._stop_for_budget(verdict)
-        return body
+        return body, verdict
 
     # -- tools -------------------------------------------------------------------------------
     async def _tools(self) -> AsyncIterator[Body]:
@@ -377,18 +381,15 @@ class AgentLoop:
             body["partial"] = True
         return body, verdict
 
-    async def _charge_inflight(self) -> Body | None:
+    async def _charge_inflight(self) -> tuple[Body | None, str | None]:
         """Charge a turn that ended early (failure, cancel) for what it had used."""
         if self.inflight is None:
-            return None
+            return None, None
         model, usage = self.inflight
         self.inflight = None
         if usage == Usage():
-            return None
-        body, verdict = await self._charge(model, usage, partial=True)
-        if verdict is not None and not self.ctx.cancelled.is_set():
-            self._stop_for_budget(verdict)
-        return body
+            return None, None
+        return await self._charge(model, usage, partial=True)
 
     def _charge_inflight_locally(self) -> None:
         # Torn down from outside (task cancelled, generator closed): no await is possible, so

@@ -68,6 +68,7 @@ DEFAULT_PRICES: dict[str, Price] = {
     "claude-opus-4-5": Price.of(5, 25, "6.25", "0.5"),
     "claude-opus-4-6": Price.of(5, 25, "6.25", "0.5"),
     "claude-opus-4-7": Price.of(5, 25, "6.25", "0.5"),
+    "claude-opus-4-8": Price.of(5, 25, "6.25", "0.5"),
     "claude-sonnet-4": Price.of(3, 15, "3.75", "0.3"),
     "claude-haiku-4": Price.of(1, 5, "1.25", "0.1"),
     "claude-3-7-sonnet": Price.of(3, 15, "3.75", "0.3"),
@@ -75,6 +76,14 @@ DEFAULT_PRICES: dict[str, Price] = {
     "claude-3-5-haiku": Price.of("0.8", 4, 1, "0.08"),
     "claude-3-haiku": Price.of("0.25", "1.25", "0.3", "0.03"),
     "claude-3-opus": Price.of(15, 75, "18.75", "1.5"),
+    # The 5 series, from secondary sources (cache prices at the default factors): override
+    # with LONGRUN_MODEL_PRICES when the price list says otherwise.
+    "claude-opus-5": Price.of(5, 25),
+    "claude-opus-5-5": Price.of(4, 20),
+    "claude-sonnet-5": Price.of(2, 10),
+    "claude-haiku-5": Price.of(1, 5),
+    "claude-fable-5": Price.of(10, 50),
+    "claude-mythos-5": Price.of(10, 50),
     # longrun's own offline scripted model costs nothing: it is listed, not unknown.
     OFFLINE_MODEL: Price.of(0, 0, 0, 0),
 }
