@@ -1043,6 +1043,87 @@ def test_the_image_copies_every_package_pyproject_installs() -> None:
     assert packages | {"pyproject.toml"} <= copied
 
 
+OWN_PACKAGES = ("api", "worker", "shared", "cli")
+
+
+def imports_at_import_time(tree: ast.Module) -> set[str]:
+    """Top-level names of the modules a module imports when it is imported: not inside a
+    function, not under `if TYPE_CHECKING:`, not in a try that tolerates ImportError."""
+    found: set[str] = set()
+
+    def visit(nodes: list[ast.stmt]) -> None:
+        for node in nodes:
+            if isinstance(node, ast.Import):
+                found.update(a.name.split(".")[0] for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                found.add(node.module.split(".")[0])
+            elif isinstance(node, ast.If):
+                if "TYPE_CHECKING" not in ast.unparse(node.test):
+                    visit(node.body)
+                visit(node.orelse)
+            elif isinstance(node, ast.Try):
+                caught = " ".join(ast.unparse(h.type) for h in node.handlers if h.type)
+                if "ImportError" not in caught and "ModuleNotFoundError" not in caught:
+                    visit(node.body)
+            elif isinstance(node, ast.With | ast.ClassDef):
+                visit(node.body)
+
+    visit(tree.body)
+    return found
+
+
+def dependency_closure(requirements: list[str]) -> set[str]:
+    """Canonical names of the distributions `pip install` brings for these requirements."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    seen: set[str] = set()
+    stack = [Requirement(r) for r in requirements]
+    while stack:
+        req = stack.pop()
+        extras = req.extras or {""}
+        key = f"{canonicalize_name(req.name)}[{','.join(sorted(extras))}]"
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            requires = metadata.distribution(req.name).requires or []
+        except metadata.PackageNotFoundError:
+            continue
+        for raw in requires:
+            sub = Requirement(raw)
+            if sub.marker is None or any(sub.marker.evaluate({"extra": e}) for e in extras):
+                stack.append(sub)
+    return {k.split("[")[0] for k in seen}
+
+
+def test_the_image_installs_every_third_party_module_the_code_imports() -> None:
+    """`pip install .` (what the Dockerfile runs) must bring every module the API, the workers
+    and the CLI import at start-up; a dev or extra dependency is not in the image."""
+    from importlib import metadata
+
+    from packaging.utils import canonicalize_name
+
+    with (ROOT / "pyproject.toml").open("rb") as f:
+        project = tomllib.load(f)["project"]
+    installed = dependency_closure(project["dependencies"])
+    providers = metadata.packages_distributions()
+    missing: dict[str, str] = {}
+    for package in OWN_PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            for name in imports_at_import_time(ast.parse(path.read_text())):
+                if name in sys.stdlib_module_names or name in OWN_PACKAGES:
+                    continue
+                dists = {canonicalize_name(d) for d in providers.get(name, [])}
+                if not dists & installed:
+                    missing.setdefault(name, str(path.relative_to(ROOT)))
+    assert not missing, (
+        f"imported at start-up but not installed by pyproject's dependencies: {missing}"
+    )
+
+
 def dockerignore_excludes(path: str) -> bool:
     """Docker's rule: the last matching pattern wins; a match on a parent directory counts."""
     excluded = False
