@@ -28,7 +28,7 @@ async def test_submit_answers_202_with_location_and_events_url(client):
     body = resp.json()
     assert body["status"] == "queued"
     assert resp.headers["location"] == f"/runs/{body['run_id']}"
-    assert body["events_url"].endswith(f"/runs/{body['run_id']}/events")
+    assert f"/runs/{body['run_id']}/events" in body["events_url"]
 
 
 @pytest.mark.parametrize("via_query", [False, True])

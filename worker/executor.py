@@ -27,7 +27,7 @@ from shared.agents.base import RunContext
 from shared.config import Settings
 from shared.errors import AgentError, LeaseLost, Unavailable
 from shared.models import TERMINAL_EVENT_TYPES, Event, Run, Transition, encode_event
-from shared.redisio import REDIS_DOWN, EventCapExceeded, QueueEntry, RedisIO
+from shared.redisio import REDIS_DOWN, EventCapExceeded, QueueEntry, RedisIO, SeqConflict
 from shared.store import Store
 
 log = structlog.get_logger("longrun.worker")
@@ -125,10 +125,22 @@ class Attempt:
     def run_id(self) -> str:
         return self.entry.run_id
 
+    def _deadline(self) -> float:
+        """How long to ride out a Redis/Postgres outage before giving the run up to the
+        lease (which moves it to a worker that can reach them)."""
+        return time.monotonic() + max(self.deps.settings.lease_seconds, 5.0) * 4
+
     # -- entry point -------------------------------------------------------------------------
     async def execute(self) -> None:
         d = self.deps
-        run = await d.store.claim(self.run_id, reclaim=self.reclaimed) if self.run_id else None
+        run = None
+        if self.run_id:
+            run = await retry_unavailable(
+                "claim",
+                lambda: d.store.claim(self.run_id, reclaim=self.reclaimed),
+                stop=self.signals.lost,
+                deadline=self._deadline(),
+            )
         if run is None:
             # Unknown, finished, cancelled, or a duplicate entry of a run another worker holds.
             await d.rio.ack(d.consumer, self.entry.entry_id)
@@ -137,7 +149,12 @@ class Attempt:
         self.run = run
         structlog.contextvars.bind_contextvars(run_id=run.run_id, attempt=run.attempt)
         try:
-            fence = await d.rio.fence(run.run_id, run.attempt, d.consumer, run.last_seq)
+            fence = await retry_unavailable(
+                "fence",
+                lambda: d.rio.fence(run.run_id, run.attempt, d.consumer, run.last_seq),
+                stop=self.signals.lost,
+                deadline=self._deadline(),
+            )
         except LeaseLost:
             log.warning("lease_lost", stage="fence")
             return
@@ -181,7 +198,12 @@ class Attempt:
             checkpoint = await d.store.last_checkpoint(run.run_id)
 
         async def save(step: int, state: dict[str, Any]) -> None:
-            await self._archive(step=step, state=state)
+            await retry_unavailable(
+                "checkpoint",
+                lambda: self._archive(step=step, state=state),
+                stop=self.signals.lost,
+                deadline=self._deadline(),
+            )
 
         return RunContext(
             run_id=run.run_id,
@@ -270,16 +292,47 @@ class Attempt:
     async def _emit(self, bodies: list[dict[str, Any]], ttl: int = 0) -> bool:
         """Append under the fence; returns whether a cancel was requested meanwhile."""
         events = [encode_event(self.seq + 1 + i, b) for i, b in enumerate(bodies)]
-        assert self.run is not None
-        res = await self.deps.rio.append(self.run_id, self.run.attempt, events, ttl=ttl)
+        cancel = await self._append(events, ttl=ttl)
         self.seq = events[-1].seq
         self.unarchived.extend(events)
         if (
             len(self.unarchived) >= ARCHIVE_EVERY_EVENTS
             or time.monotonic() - self.last_archive > ARCHIVE_EVERY_SECONDS
         ):
-            await self._archive()
-        return res.cancel_requested
+            try:
+                await self._archive()
+            except Unavailable:
+                # Postgres is away: keep the events and try again later; the run goes on.
+                self.last_archive = time.monotonic()
+                log.warning("archive_deferred", pending=len(self.unarchived))
+        return cancel
+
+    async def _append(self, events: list[Event], *, ttl: int, over_cap: bool = False) -> bool:
+        """Append under the fence, riding out a short Redis outage. A retry whose first try
+        did land (the reply was lost) shows as a seq conflict with our own last event."""
+        assert self.run is not None
+        attempt = self.run.attempt
+        tried = False
+
+        async def once() -> bool:
+            nonlocal tried
+            try:
+                res = await self.deps.rio.append(
+                    self.run_id, attempt, events, ttl=ttl, over_cap=over_cap
+                )
+                return res.cancel_requested
+            except SeqConflict:
+                last = await self.deps.rio.last_events(self.run_id, 1)
+                if tried and last and last[0].seq == events[-1].seq:
+                    return False
+                raise
+            finally:
+                tried = True
+
+        result: bool = await retry_unavailable(
+            "append", once, stop=self.signals.lost, deadline=self._deadline()
+        )
+        return result
 
     async def _archive(self, step: int | None = None, state: dict[str, Any] | None = None) -> None:
         assert self.run is not None
@@ -325,7 +378,7 @@ class Attempt:
         attempt = self.run.attempt
         if self.usage:
             terminal = {**terminal, "usage": self.usage}
-        deadline = time.monotonic() + max(d.settings.lease_seconds, 5.0) * 4
+        deadline = self._deadline()
         try:
             await retry_unavailable(
                 "append_terminal",
@@ -369,13 +422,7 @@ class Attempt:
         if self.unarchived and self.unarchived[-1].terminal:
             return  # appended on an earlier try
         event = encode_event(self.seq + 1, body)
-        await self.deps.rio.append(
-            self.run_id,
-            self.run.attempt,
-            [event],
-            ttl=self.deps.settings.events_ttl_seconds,
-            over_cap=True,
-        )
+        await self._append([event], ttl=self.deps.settings.events_ttl_seconds, over_cap=True)
         self.seq = event.seq
         self.unarchived.append(event)
 

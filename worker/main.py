@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
+from redis.exceptions import ResponseError
 
 from shared.agents import load_agents
 from shared.config import Settings
@@ -128,6 +129,14 @@ class Worker:
                 raise
             except RETRYABLE as exc:
                 log.warning("loop_backoff", loop=loop.__name__, error=type(exc).__name__)
+            except ResponseError as exc:
+                if ("NOGROUP" in str(exc) or "UNBLOCKED" in str(exc)) and self.rio is not None:
+                    # Redis lost the group (restarted empty, flushed): make it again.
+                    log.warning("group_recreated")
+                    with contextlib.suppress(*REDIS_DOWN):
+                        await self.rio.ensure_group()
+                else:
+                    log.exception("loop_crashed", loop=loop.__name__)
             except Exception:
                 log.exception("loop_crashed", loop=loop.__name__)
             with contextlib.suppress(TimeoutError):
