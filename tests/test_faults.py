@@ -5,6 +5,7 @@ feeds the chaos history checker."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import time
 from pathlib import Path
@@ -122,7 +123,7 @@ async def test_a_paused_worker_past_its_lease_cannot_write_when_it_wakes(
     h = History()
     rid = await submit(fclient, agent="ticker", params={"count": 40, "interval_ms": 50})
     h.submitted(rid, count=40)
-    _, first = await read_events(fclient, rid, limit=3)
+    _, _first = await read_events(fclient, rid, limit=3)
     # When A is frozen past its lease and B takes the run over
     a.signal(signal.SIGSTOP)
     b = await procs(fault_settings, "b")
@@ -217,7 +218,7 @@ async def test_a_tool_with_a_side_effect_runs_once_per_call_across_crashes(
     for i in range(3):
         w = await procs(s, f"w{i}")
         workers.append(w)
-        _, seen = await read_events(fclient, rid, limit=3 + 4 * (i + 1))
+        _, _seen = await read_events(fclient, rid, limit=3 + 4 * (i + 1))
         w.signal(signal.SIGKILL)
         await w.wait(10)
     last = await procs(s, "last")
@@ -265,10 +266,8 @@ async def _wait_exit_or_status(w: WorkerProc, client, rid: str) -> bool:
         run = (await client.get(f"/runs/{rid}")).json()
         if run["status"] == "failed":
             return True
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(w.proc.wait(), 0.2)
-        except TimeoutError:
-            pass
 
 
 async def test_a_run_whose_agent_raises_fails_cleanly_and_the_worker_carries_on(
@@ -401,7 +400,7 @@ async def test_redis_restarted_empty_and_postgres_cut_under_load_lose_and_duplic
             for _ in range(16):
                 rid = await submit(c, agent="ticker", params={"count": 40, "interval_ms": 50})
                 h.submitted(rid, count=40)
-            _, seen = await read_events(c, rid, limit=5)
+            _, _seen = await read_events(c, rid, limit=5)
             # When Redis dies and comes back empty mid-run
             await redis_srv.kill()
             await redis_srv.start()
