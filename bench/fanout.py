@@ -25,6 +25,7 @@ from bench.lib import (
     cpu_seconds,
     free_port,
     latency_ms,
+    redis_clients_of,
     redis_port,
     rss_bytes,
     tcp_connections_to,
@@ -169,6 +170,7 @@ async def fanout(
     await asyncio.sleep(count / rate / 2)
     mid = {
         "redis_conns": tcp_connections_to(server.proc.pid, redis_port()),
+        "redis_names": redis_clients_of(server.proc.pid),
         "rss": rss_bytes(server.proc.pid),
     }
     fast = [t for i, t in enumerate(tasks) if i >= slow]
@@ -197,6 +199,7 @@ async def fanout(
         "delivered_per_s": len(lat) / span if span > 0 else float("nan"),
         **latency_ms(lat),
         "redis_conns": mid["redis_conns"],
+        "redis_conns_by_name": mid["redis_names"],
         "rss_before_mb": rss0 / 2**20,
         "rss_mid_mb": mid["rss"] / 2**20,
         "cpu_cores": cpu,

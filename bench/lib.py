@@ -350,24 +350,47 @@ def cpu_seconds(pid: int | None = None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def tcp_connections_to(pid: int, remote_port: int) -> int:
-    """Established TCP connections that process `pid` holds to 127.0.0.1:remote_port."""
+def _local_ports_to(pid: int, remote_port: int) -> list[int]:
+    """Local ports of the established TCP connections `pid` holds to 127.0.0.1:remote_port."""
     inodes: set[str] = set()
-    fd_dir = Path(f"/proc/{pid}/fd")
-    for fd in fd_dir.iterdir():
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
         with contextlib.suppress(OSError):
             target = os.readlink(fd)
             if target.startswith("socket:["):
                 inodes.add(target[8:-1])
-    count = 0
+    ports = []
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         with contextlib.suppress(OSError):
             for row in Path(table).read_text().splitlines()[1:]:
                 cols = row.split()
                 rport = int(cols[2].rsplit(":", 1)[1], 16)
                 if rport == remote_port and cols[3] == "01" and cols[9] in inodes:
-                    count += 1
-    return count
+                    ports.append(int(cols[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def tcp_connections_to(pid: int, remote_port: int) -> int:
+    """Established TCP connections that process `pid` holds to 127.0.0.1:remote_port."""
+    return len(_local_ports_to(pid, remote_port))
+
+
+def redis_clients_of(pid: int) -> dict[str, int]:
+    """Redis connections held by process `pid`, counted by client name (CLIENT LIST entries
+    matched to the process's sockets by port; '-' for a connection without a name)."""
+    import redis
+
+    ports = set(_local_ports_to(pid, redis_port()))
+    r = redis.Redis.from_url(REDIS_URL)
+    try:
+        clients = r.client_list()
+    finally:
+        r.close()
+    names: dict[str, int] = {}
+    for c in clients:
+        if int(str(c.get("addr", ":0")).rsplit(":", 1)[1]) in ports:
+            name = str(c.get("name") or "-")
+            names[name] = names.get(name, 0) + 1
+    return names
 
 
 def redis_port() -> int:

@@ -20,6 +20,7 @@ from bench.lib import (
     parser,
     print_table,
     record,
+    redis_clients_of,
     redis_port,
     rss_bytes,
     run_async,
@@ -75,6 +76,7 @@ async def worker_in_flight(st: Stack, n: int) -> dict[str, Any]:
         await asyncio.sleep(0.2)
     loaded = settled_rss(w.pid, 3.0)
     conns = tcp_connections_to(w.pid, redis_port())
+    names = redis_clients_of(w.pid)
     st.stop_workers()
     return {
         "runs": n,
@@ -82,6 +84,7 @@ async def worker_in_flight(st: Stack, n: int) -> dict[str, Any]:
         "rss_loaded_mb": loaded / 2**20,
         "bytes_per_run": (loaded - idle) / n,
         "worker_redis_conns": conns,
+        "worker_redis_conns_by_name": names,
     }
 
 
@@ -115,6 +118,7 @@ async def idle_subscribers(st: Stack, n: int, runs: int) -> dict[str, Any]:
     connect_s = time.perf_counter() - t0
     after = settled_rss(st.api.pid, 2.0)
     conns = tcp_connections_to(st.api.pid, redis_port())
+    names = redis_clients_of(st.api.pid)
     for t in tasks:
         t.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
@@ -128,6 +132,7 @@ async def idle_subscribers(st: Stack, n: int, runs: int) -> dict[str, Any]:
         "bytes_per_subscriber": (after - before) / n,
         "api_redis_conns_before": conns_before,
         "api_redis_conns": conns,
+        "api_redis_conns_by_name": names,
     }
 
 
@@ -195,6 +200,8 @@ async def main(smoke: bool) -> dict[str, Any]:
             ]
         ],
     )
+    print(f"worker Redis connections by name: {worker['worker_redis_conns_by_name']}")
+    print(f"API Redis connections by name: {idle['api_redis_conns_by_name']}")
     w, s = slow["without"], slow["with_slow"]
     print_table(
         "slow client: 1 subscriber stops reading; the others' delivery latency",

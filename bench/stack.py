@@ -29,6 +29,15 @@ from bench.lib import (
 )
 
 BENCH_AGENTS = "bench=bench.agents:stamp"
+# One bench user submits thousands of runs and holds thousands of streams: lift the per-user
+# admission limits (their checks still run, so their cost is still measured).
+UNLIMITED = {
+    "LONGRUN_SUBMIT_RATE_PER_SECOND": "1000000",
+    "LONGRUN_SUBMIT_BURST": "1000000",
+    "LONGRUN_MAX_RUNS_IN_FLIGHT_PER_USER": "10000000",
+    "LONGRUN_MAX_BACKLOG": "10000000",
+    "LONGRUN_MAX_SSE_PER_USER": "1000000",
+}
 
 
 @dataclass
@@ -127,6 +136,7 @@ async def longrun_stack(
             "LONGRUN_KEY_PREFIX": prefix,
             "LONGRUN_AGENTS": BENCH_AGENTS,
             "LONGRUN_LOG_JSON": "1",
+            **UNLIMITED,
             **(extra_env or {}),
         }
         _run_cli(["migrate"], env)
