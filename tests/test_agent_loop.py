@@ -171,7 +171,7 @@ async def test_a_multi_tool_run_streams_text_runs_each_tool_and_ends_with_the_an
         "calculator", "clock", "search_notes",
     ]  # fmt: skip
     results = tool_results(fake.requests[1].body)
-    assert [r["content"] for r in results][0] == "6*7 = 42"
+    assert next(r["content"] for r in results) == "6*7 = 42"
     assert all("is_error" not in r for r in results)
 
     # And the run's new messages are a valid transcript: user, assistant, results, assistant
@@ -242,7 +242,8 @@ async def test_each_step_is_checkpointed_and_a_resumed_run_repeats_no_completed_
         await die_after_first_tool()
     assert len(calls) == 1
     step, state = saved.saved[-1]
-    assert step == 1 and len(state["pending"]["results"]) == 1
+    assert step == 1
+    assert len(state["pending"]["results"]) == 1
 
     # Then a second attempt from that checkpoint runs only the second call, then the model
     fake.script(Reply(text="Both noted."))
@@ -402,7 +403,8 @@ async def test_an_open_breaker_switches_every_worker_to_the_fallback_model(
     # Then the breaker opened, the run moved to the fallback and said so
     assert len(fake.requests_for(SONNET)) == 2
     fallback = [e for e in events if e.get("code") == "model_fallback"]
-    assert len(fallback) == 1 and fallback[0]["model"] == HAIKU
+    assert len(fallback) == 1
+    assert fallback[0]["model"] == HAIKU
     assert events[-1] == {"type": "done", "output": "from the fallback"}
     usage = [e for e in events if e["type"] == "usage"]
     assert usage[-1]["model"] == HAIKU
@@ -412,7 +414,8 @@ async def test_an_open_breaker_switches_every_worker_to_the_fallback_model(
     worker_b = CircuitBreaker(redis_store, policy)
     events = await collect(context(s), deps_for(sdk, s, breaker=worker_b))
     assert len(fake.requests_for(SONNET)) == 2
-    assert types(events)[0] == "notice" and events[0]["code"] == "model_fallback"
+    assert types(events)[0] == "notice"
+    assert events[0]["code"] == "model_fallback"
     assert events[-1]["output"] == "again the fallback"
 
 
@@ -565,9 +568,11 @@ async def test_an_unknown_tool_becomes_an_error_result_and_the_loop_goes_on(
     events = await collect(context(s), deps_for(sdk, s))
 
     end = next(e for e in events if e["type"] == "tool_end")
-    assert end["ok"] is False and end["error"] == "unknown_tool"
+    assert end["ok"] is False
+    assert end["error"] == "unknown_tool"
     result = tool_results(fake.requests[1].body)[0]
-    assert result["is_error"] is True and "teleport" in result["content"]
+    assert result["is_error"] is True
+    assert "teleport" in result["content"]
     assert events[-1]["type"] == "done"
 
 
@@ -589,12 +594,14 @@ async def test_malformed_tool_arguments_become_an_error_result(
     events = await collect(context(s), deps_for(sdk, s))
 
     end = next(e for e in events if e["type"] == "tool_end")
-    assert end["ok"] is False and end["error"] == "bad_args"
+    assert end["ok"] is False
+    assert end["error"] == "bad_args"
     assert reason in tool_results(fake.requests[1].body)[0]["content"]
     assert events[-1]["type"] == "done"
     # The assistant turn is replayed with an object input, as the API requires.
     replayed = fake.requests[1].body["messages"][1]["content"][0]
-    assert replayed["type"] == "tool_use" and isinstance(replayed["input"], dict)
+    assert replayed["type"] == "tool_use"
+    assert isinstance(replayed["input"], dict)
 
 
 async def test_a_hanging_tool_times_out_into_an_error_result(
@@ -611,7 +618,8 @@ async def test_a_hanging_tool_times_out_into_an_error_result(
     events = await collect(context(s), deps_for(sdk, s, tools=tools))
 
     end = next(e for e in events if e["type"] == "tool_end")
-    assert end["ok"] is False and end["error"] == "timeout"
+    assert end["ok"] is False
+    assert end["error"] == "timeout"
     assert events[-1] == {"type": "done", "output": "It timed out."}
 
 
