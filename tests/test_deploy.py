@@ -78,7 +78,7 @@ def load_docs(path: Path) -> list[dict[str, Any]]:
 
 
 def k8s_docs() -> list[tuple[Path, dict[str, Any]]]:
-    return [(p, d) for p in sorted(K8S.glob("*.yaml")) for d in load_docs(p)]
+    return [(p, d) for p in sorted(K8S.rglob("*.yaml")) for d in load_docs(p)]
 
 
 def k8s_objects(kind: str, api_group: str | None = None) -> list[dict[str, Any]]:
@@ -421,9 +421,9 @@ def keda_mode(metadata: Mapping[str, str]) -> str:
 
 
 def scaled_objects() -> dict[str, dict[str, Any]]:
-    """ScaledObject by file name: each keda-*.yaml variant is applied on its own."""
+    """ScaledObject by file name: each keda/scaledobject-*.yaml variant is applied on its own."""
     found = {p.name: d for p, d in k8s_docs() if d["kind"] == "ScaledObject"}
-    assert set(found) == {"keda-streamlength.yaml", "keda-lag.yaml"}
+    assert set(found) == {"scaledobject-streamlength.yaml", "scaledobject-lag.yaml"}
     return found
 
 
@@ -452,9 +452,11 @@ def test_the_recipes_the_issue_promises_are_all_there() -> None:
         "RUNBOOK.md",
         "k8s/api.yaml",
         "k8s/worker.yaml",
-        "k8s/migrate-job.yaml",
-        "k8s/keda-streamlength.yaml",
-        "k8s/keda-lag.yaml",
+        "k8s/jobs/migrate.yaml",
+        "k8s/keda/auth.yaml",
+        "k8s/keda/scaledobject-streamlength.yaml",
+        "k8s/keda/scaledobject-lag.yaml",
+        "k8s/examples/secret.yaml",
     ):
         assert (DEPLOY / rel).is_file(), rel
     assert (ROOT / ".dockerignore").is_file()
@@ -481,6 +483,20 @@ def test_every_kubernetes_manifest_is_valid_for_the_official_schema_in_strict_mo
             pytest.fail(f"{path.name}: {doc['kind']}/{doc['metadata']['name']}: {e}")
         checked += 1
     assert checked >= 8
+
+
+def test_applying_the_k8s_directory_itself_touches_no_secret_job_or_scaler() -> None:
+    """`kubectl apply -f deploy/k8s/` (not recursive) must not overwrite the real Secret with the
+    example, start a migration out of order, or apply both ScaledObject variants."""
+    kinds = {d["kind"] for p in K8S.glob("*.yaml") for d in load_docs(p)}
+    assert kinds == {
+        "Namespace",
+        "ConfigMap",
+        "Deployment",
+        "Service",
+        "PodDisruptionBudget",
+        "Ingress",
+    }
 
 
 def test_the_kubernetes_validator_would_catch_a_misspelt_field() -> None:
@@ -554,7 +570,7 @@ def test_every_queue_name_in_every_recipe_equals_the_code_keys() -> None:
 
 
 def test_the_streamlength_variant_scales_on_xlen_with_headroom_under_worker_concurrency() -> None:
-    so = scaled_objects()["keda-streamlength.yaml"]
+    so = scaled_objects()["scaledobject-streamlength.yaml"]
     (trigger,) = so["spec"]["triggers"]
     assert keda_mode(trigger["metadata"]) == "xlen"
     concurrency = settings_from(configmap_env()).concurrency
@@ -563,7 +579,7 @@ def test_the_streamlength_variant_scales_on_xlen_with_headroom_under_worker_conc
 
 
 def test_the_lag_variant_can_scale_to_zero_yet_keeps_workers_while_runs_are_in_flight() -> None:
-    so = scaled_objects()["keda-lag.yaml"]
+    so = scaled_objects()["scaledobject-lag.yaml"]
     assert so["spec"]["minReplicaCount"] == 0
     by_mode = {keda_mode(t["metadata"]): t["metadata"] for t in so["spec"]["triggers"]}
     assert set(by_mode) == {"lag", "pending"}
@@ -769,7 +785,7 @@ def test_every_variable_a_recipe_sets_is_read_by_settings_or_supervisord() -> No
     assert {"REDIS_URL", "LONGRUN_DRAIN_SECONDS", "LONGRUN_MAX_RUN_COST_USD"} <= known
     environments = {
         "k8s ConfigMap": set(configmap_env()),
-        "k8s Secret": set(secret_env()) - {"REDIS_PASSWORD"},  # for KEDA, see keda-auth.yaml
+        "k8s Secret": set(secret_env()) - {"REDIS_PASSWORD"},  # for KEDA, see keda/auth.yaml
         "compose": set(compose_env("api")) | set(compose_env("worker")),
         "fly [env]": set(fly()["env"]),
         "Dockerfile ENV": set(dockerfile_env()) - IMAGE_ENV - names_read_by_supervisord(),
@@ -1254,8 +1270,9 @@ def test_the_runbook_draws_the_worker_shutdown_and_lease_flow() -> None:
     assert diagrams, "an ASCII diagram of drain, hand-over and lease"
 
 
-# Announced by the issue for the kill switch; the runbook documents it ahead of the code.
-ANNOUNCED_KNOBS = {"LONGRUN_ACCEPT_RUNS"}
+# Announced by the issue for the kill switch and admission; the runbook documents them while the
+# code that reads them lands.
+ANNOUNCED_KNOBS = {"LONGRUN_ACCEPT_RUNS", "LONGRUN_MAX_BACKLOG"}
 
 
 def test_every_knob_the_runbook_names_exists() -> None:
