@@ -57,12 +57,13 @@ def create_redis(settings: Settings, name: str) -> aioredis.Redis:
 async def check_eviction_policy(r: aioredis.Redis) -> None:
     """Refuse a Redis that may evict the queue: `allkeys-*` policies drop any key."""
     try:
-        policy = (await r.config_get("maxmemory-policy")).get(b"maxmemory-policy", b"")
+        reply = await r.config_get("maxmemory-policy")
     except ResponseError:  # CONFIG disabled (managed Redis): cannot check, carry on
         return
-    if policy.startswith(b"allkeys"):
+    policy = next((_s(v) for k, v in reply.items() if _s(k) == "maxmemory-policy"), "")
+    if policy.startswith("allkeys"):
         raise ConfigError(
-            f"Redis maxmemory-policy is {policy.decode()}: it may evict the run queue. "
+            f"Redis maxmemory-policy is {policy}: it may evict the run queue. "
             "Use noeviction (or a volatile-* policy)."
         )
 
@@ -93,7 +94,7 @@ end
 return {1, tonumber(redis.call('HGET', KEYS[1], 'cancel') or '0')}
 """
 
-# KEYS: meta. ARGV: attempt, owner, known_seq, ttl. Raises the fence to `attempt` unless a
+# KEYS: meta. ARGV: attempt, owner, known_seq, ttl, entry id. Raises the fence to `attempt` unless a
 # later attempt holds it already. When the meta hash is gone (new run, or Redis lost it),
 # seeds `seq` from Postgres' archived seq. Returns {1, seq, cancel} or {-1, attempt}.
 _FENCE = """
@@ -104,7 +105,7 @@ if not seq then
   seq = ARGV[3]
   redis.call('HSET', KEYS[1], 'seq', seq, 'bytes', 0)
 end
-redis.call('HSET', KEYS[1], 'attempt', ARGV[1], 'owner', ARGV[2])
+redis.call('HSET', KEYS[1], 'attempt', ARGV[1], 'owner', ARGV[2], 'entry', ARGV[5])
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[4]))
 return {1, tonumber(seq), tonumber(redis.call('HGET', KEYS[1], 'cancel') or '0')}
 """
@@ -249,10 +250,12 @@ class RedisIO:
         return bool(done)
 
     # -- runs --------------------------------------------------------------------------------
-    async def fence(self, run_id: str, attempt: int, owner: str, known_seq: int) -> Fence:
+    async def fence(
+        self, run_id: str, attempt: int, owner: str, known_seq: int, entry_id: str = ""
+    ) -> Fence:
         res = await self._fence(
             keys=[self.keys.run_meta(run_id)],
-            args=[attempt, owner, known_seq, self.settings.events_ttl_seconds * 24],
+            args=[attempt, owner, known_seq, self.settings.events_ttl_seconds * 24, entry_id],
         )
         if int(res[0]) != 1:
             raise LeaseLost(f"attempt {attempt} is older than attempt {int(res[1])}")
@@ -303,6 +306,39 @@ class RedisIO:
             keys=[self.keys.run_meta(run_id)], args=[self.settings.events_ttl_seconds * 24]
         )
         await self.r.publish(self.keys.cancel_channel, run_id)
+
+    async def diagnostics(self, run_id: str) -> dict[str, Any]:
+        """What Redis knows about a run's current attempt: fence, owner, its queue entry's
+        pending state (consumer, idle, deliveries) and that consumer's last heartbeat."""
+        meta = {_s(k): _s(v) for k, v in (await self.r.hgetall(self.keys.run_meta(run_id))).items()}
+        out: dict[str, Any] = {
+            "fence_attempt": int(meta["attempt"]) if "attempt" in meta else None,
+            "owner": meta.get("owner"),
+            "entry_id": meta.get("entry") or None,
+            "redis_seq": int(meta["seq"]) if "seq" in meta else None,
+            "cancel_requested": meta.get("cancel") == "1",
+            "pending": None,
+        }
+        entry = meta.get("entry")
+        if entry:
+            rows = await self.r.xpending_range(
+                self.keys.queue, self.keys.group, min=entry, max=entry, count=1
+            )
+            if rows:
+                row = rows[0]
+                idle_ms = int(row["time_since_delivered"])
+                lease_ms = int(self.settings.lease_seconds * 1000)
+                out["pending"] = {
+                    "consumer": _s(row["consumer"]),
+                    "idle_ms": idle_ms,
+                    "deliveries": int(row["times_delivered"]),
+                    "reclaimable_in_ms": max(0, lease_ms - idle_ms),
+                }
+        owner = meta.get("owner")
+        if owner:
+            beat = await self.r.zscore(self.keys.workers, owner)
+            out["owner_last_heartbeat"] = beat
+        return out
 
     async def events_after(self, run_id: str, after_seq: int, count: int = 500) -> list[Event]:
         entries = await self.r.xrange(

@@ -329,9 +329,10 @@ async def test_a_run_over_the_event_cap_fails_clearly(fclient, worker_factory, f
 class PrivateRedis:
     """A redis-server of the test's own, so it can be killed and restarted empty."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, *args: str) -> None:
         from tests.conftest import free_port
 
+        self.args = args
         self.port = free_port()
         self.tmp = tmp
         self.proc: asyncio.subprocess.Process | None = None
@@ -355,6 +356,7 @@ class PrivateRedis:
             "no",
             "--dir",
             str(self.tmp),
+            *self.args,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL,
         )
@@ -419,3 +421,63 @@ async def test_redis_restarted_empty_and_postgres_cut_under_load_lose_and_duplic
     finally:
         await pg.stop()
         await redis_srv.kill()
+
+
+async def test_diagnostics_explain_who_holds_a_run_and_when_it_would_move(
+    fclient, worker_factory, fault_settings, api, store
+):
+    import httpx
+
+    await worker_factory(fault_settings)
+    rid = await submit(fclient, agent="side_effect", params={"steps": 0})
+    await wait_status(fclient, rid, "succeeded")
+    slow = await submit(fclient, agent="sleeper")
+    await wait_status(fclient, slow, "running")
+
+    diag = (await fclient.get(f"/runs/{slow}/diagnostics")).json()
+
+    assert diag["status"] == "running"
+    assert diag["attempt"] == 1
+    assert diag["pending"]["deliveries"] == 1
+    assert diag["pending"]["consumer"] == diag["owner"]
+    assert 0 <= diag["pending"]["reclaimable_in_ms"] <= 2000
+    assert diag["owner_heartbeat_age_s"] < 2
+    _, other_key = await store.create_key("mallory")
+    async with httpx.AsyncClient(
+        base_url=str(fclient.base_url), headers={"Authorization": f"Bearer {other_key}"}
+    ) as other:
+        assert (await other.get(f"/runs/{slow}/diagnostics")).status_code == 404
+
+
+async def test_a_run_lasting_many_leases_on_a_live_worker_is_never_taken(
+    fclient, fault_settings, procs
+):
+    # Given a 0.5 s lease and a run of 4 s (eight leases) on one of two live workers
+    s = fault_settings.with_(lease_seconds=0.5)
+    workers = [await procs(s, "a"), await procs(s, "b")]
+    h = History()
+    rid = await submit(fclient, agent="ticker", params={"count": 40, "interval_ms": 100})
+    h.submitted(rid, count=40)
+
+    totals = await finish_history(h, fclient, workers)
+
+    # Then the heartbeat kept it: one attempt, no resume
+    assert totals["resumes"] == 0
+    assert next(c for c in h.claims if c[0] == rid)[1] == 1
+    assert len([c for c in h.claims if c[0] == rid]) == 1
+
+
+async def test_a_worker_refuses_a_redis_that_may_evict_the_queue(settings, tmp_path):
+    from shared.errors import ConfigError
+    from worker.main import Worker
+
+    evicting = PrivateRedis(tmp_path, "--maxmemory-policy", "allkeys-lru")
+    await evicting.start()
+    try:
+        w = Worker(settings.with_(redis_url=evicting.url))
+        with pytest.raises(ConfigError, match="allkeys-lru"):
+            await w.start()
+        if w.store is not None:
+            await w.store.close()
+    finally:
+        await evicting.kill()

@@ -151,7 +151,9 @@ class Attempt:
         try:
             fence = await retry_unavailable(
                 "fence",
-                lambda: d.rio.fence(run.run_id, run.attempt, d.consumer, run.last_seq),
+                lambda: d.rio.fence(
+                    run.run_id, run.attempt, d.consumer, run.last_seq, self.entry.entry_id
+                ),
                 stop=self.signals.lost,
                 deadline=self._deadline(),
             )

@@ -100,7 +100,13 @@ class Worker:
             await conn.close()
         self.store = await Store.open(s, f"longrun-worker:{self.name}")
         r = create_redis(s, f"longrun-worker:{self.name}")
-        await check_eviction_policy(r)
+        try:
+            await check_eviction_policy(r)
+        except BaseException:
+            await r.aclose()
+            await self.store.close()
+            self.store = None
+            raise
         self.rio = RedisIO(r, self.keys, s)
         await self.rio.ensure_group()
         self.deps = Deps(

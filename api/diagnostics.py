@@ -1,0 +1,45 @@
+"""`GET /runs/{id}/diagnostics`: what an operator needs when a run looks stuck. Owner only
+(another user's run is the same 404 as a random id)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+
+from api.auth import current_user
+from api.state import AppState
+from shared.errors import NotFound, Unavailable
+from shared.redisio import REDIS_DOWN
+
+router = APIRouter()
+
+
+@router.get("/runs/{run_id}/diagnostics")
+async def diagnostics(run_id: str, request: Request, user: str = Depends(current_user)) -> Any:
+    from api.runs import parse_run_id
+
+    state: AppState = request.app.state.longrun
+    run = await state.store.get_run(parse_run_id(run_id), user)
+    if run is None:
+        raise NotFound("no such run")
+    try:
+        live = await state.rio.diagnostics(run.run_id)
+    except REDIS_DOWN as exc:
+        raise Unavailable("redis is unavailable") from exc
+    checkpoint = await state.store.last_checkpoint(run.run_id)
+    beat = live.pop("owner_last_heartbeat", None)
+    return {
+        "run_id": run.run_id,
+        "status": str(run.status),
+        "attempt": run.attempt,
+        "archived_seq": run.last_seq,
+        "updated_at": run.updated_at.isoformat() if run.updated_at else None,
+        "lease_seconds": state.settings.lease_seconds,
+        **live,
+        "owner_heartbeat_age_s": None if beat is None else round(time.time() - float(beat), 3),
+        "last_checkpoint": None
+        if checkpoint is None
+        else {"step": checkpoint.step, "state_keys": sorted(checkpoint.state)[:20]},
+    }
