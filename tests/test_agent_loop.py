@@ -531,6 +531,33 @@ async def test_a_cancel_mid_stream_stops_the_loop_within_a_second_and_keeps_usag
     assert ctx.new_messages == [{"role": "user", "content": "what is 6*7?"}]
 
 
+async def test_a_run_torn_down_from_outside_mid_stream_still_reports_its_usage(
+    fake: FakeAnthropic, sdk: AnthropicModel
+) -> None:
+    # Given a stalled stream, consumed the way the worker does (a task it may cancel)
+    fake.script(Reply(text="one two three", hang_after=4, input_tokens=2000))
+    s = settings()
+    ctx = context(s)
+    first_token = asyncio.Event()
+
+    async def drive() -> None:
+        async for body in agent_loop(ctx, LoopConfig.from_settings(s), deps_for(sdk, s)):
+            if body["type"] == "token":
+                first_token.set()
+
+    task = asyncio.create_task(drive())
+    await first_token.wait()
+
+    # When the worker cancels the task
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+    # Then the tokens already billed are in ctx.usage all the same
+    assert ctx.usage["input_tokens"] == 2000
+    assert ctx.usage["cost_usd"] > 0
+
+
 async def test_a_cancel_during_a_running_tool_stops_the_loop(
     fake: FakeAnthropic, sdk: AnthropicModel
 ) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from shared.agents.base import RunContext
+from shared.agents.base import Checkpoint, RunContext
 from shared.agents.chat import chat, chat_config
 from shared.config import Settings
 from shared.errors import AgentError
@@ -210,3 +210,21 @@ def test_the_transcript_answers_every_tool_call_that_never_ran() -> None:
         "content": "not run: cancelled",
         "is_error": True,
     }
+
+
+async def test_a_run_resumed_after_its_final_answer_was_checkpointed_asks_the_model_nothing() -> (
+    None
+):
+    # Given a checkpoint that already ends with the model's answer
+    state = LoopState.fresh("hi")
+    state.step = 1
+    state.messages.append({"role": "assistant", "content": [{"type": "text", "text": "Hello."}]})
+    model = ScriptedModel([])
+    ctx = context(attempt=2, checkpoint=Checkpoint(1, state.to_checkpoint()))
+
+    # When it is resumed
+    events = [b async for b in agent_loop(ctx, LoopConfig(model="m"), loop_deps(model))]
+
+    # Then it ends with that answer and no model call
+    assert events == [{"type": "done", "output": "Hello."}]
+    assert model.requests == []

@@ -103,6 +103,20 @@ class LoopDeps:
     now: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
 
 
+def finished_text(state: LoopState) -> str | None:
+    """The final answer when the state already ends with one (an assistant turn, no tool call
+    pending), else None."""
+    if state.pending is not None or not state.messages:
+        return None
+    last = state.messages[-1]
+    if last.get("role") != "assistant":
+        return None
+    blocks = last.get("content") or []
+    if any(b.get("type") == "tool_use" for b in blocks):
+        return None
+    return "".join(str(b.get("text", "")) for b in blocks if b.get("type") == "text")
+
+
 def error_body(code: str, message: str) -> Body:
     return {"type": "error", "code": code, "message": message}
 
@@ -136,8 +150,11 @@ class AgentLoop:
     async def events(self) -> AsyncGenerator[Body, None]:
         self._publish()
         try:
-            async for body in self._run():
-                yield body
+            # Inner generators are closed explicitly (aclosing) so that a run torn down from
+            # outside stops its model stream now, not whenever the generators are collected.
+            async with contextlib.aclosing(self._run()) as run:
+                async for body in run:
+                    yield body
         except _Stop as stop:
             self._publish()
             yield stop.body
@@ -150,7 +167,13 @@ class AgentLoop:
             self._publish("the run stopped")
             raise
 
-    async def _run(self) -> AsyncIterator[Body]:
+    async def _run(self) -> AsyncGenerator[Body, None]:
+        answered = finished_text(self.state)
+        if answered is not None:
+            # An earlier attempt got the final answer but died before its terminal event.
+            self.ctx.output = answered
+            yield {"type": "done", "output": answered}
+            return
         await self._check_budget()
         while True:
             if self.ctx.cancelled.is_set():
@@ -166,14 +189,16 @@ class AgentLoop:
                     )
                 self.state.step += 1
                 turn: list[TurnComplete] = []
-                async for body in self._model_turn(turn):
-                    yield body
+                async with contextlib.aclosing(self._model_turn(turn)) as steps:
+                    async for body in steps:
+                        yield body
                 if not turn[0].tool_calls:
                     async for body in self._finish(turn[0]):
                         yield body
                     return
-            async for body in self._tools():
-                yield body
+            async with contextlib.aclosing(self._tools()) as calls:
+                async for body in calls:
+                    yield body
 
     async def _finish(self, turn: TurnComplete) -> AsyncIterator[Body]:
         self.ctx.output = turn.text
@@ -182,7 +207,7 @@ class AgentLoop:
         yield {"type": "done", "output": turn.text}
 
     # -- one model turn ----------------------------------------------------------------------
-    async def _model_turn(self, out: list[TurnComplete]) -> AsyncIterator[Body]:
+    async def _model_turn(self, out: list[TurnComplete]) -> AsyncGenerator[Body, None]:
         """Stream one turn, retrying and falling back; appends the completed turn to `out`."""
         retries = 0
         while True:
@@ -193,11 +218,12 @@ class AgentLoop:
             self.current_model = model
             try:
                 complete = None
-                async for body in self._stream(model):
-                    if isinstance(body, TurnComplete):
-                        complete = body
-                    else:
-                        yield body
+                async with contextlib.aclosing(self._stream(model)) as chunks:
+                    async for body in chunks:
+                        if isinstance(body, TurnComplete):
+                            complete = body
+                        else:
+                            yield body
             except ProviderError as err:
                 if err.breaker:
                     await self.deps.breaker.record(model, ok=False)
@@ -292,7 +318,7 @@ class AgentLoop:
         return body, verdict
 
     # -- tools -------------------------------------------------------------------------------
-    async def _tools(self) -> AsyncIterator[Body]:
+    async def _tools(self) -> AsyncGenerator[Body, None]:
         pending = self.state.pending
         assert pending is not None
         for call in pending.calls:
