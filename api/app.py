@@ -1,5 +1,10 @@
-"""The FastAPI application: lifespan (Postgres pool, Redis clients, event hub), error
-handling, body limits, and the health, readiness and metrics endpoints."""
+"""The FastAPI application: lifespan (Postgres pool, Redis clients, event hub, security state),
+error handling, the middleware stack, and the health, readiness and metrics endpoints.
+
+Middleware, outermost first: request ids (so every answer carries one), CORS (only when
+origins are configured), body limits. Nothing here logs a request line: the query string of
+an `events_url` holds a stream token.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +13,15 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import PlainTextResponse
 
-from api import errors, runs
+from api import diagnostics, errors, runs
+from api.auth import Security
 from api.errors import JSONResp
 from api.hub import Hub
 from api.limits import BodyLimit
+from api.middleware import RequestId
 from api.state import AppState
 from shared.agents import load_agents
 from shared.config import Settings
@@ -24,6 +32,7 @@ from shared.store import Store, connect
 
 READY_TIMEOUT = 1.0
 REDIS_OR_TIMEOUT: tuple[type[BaseException], ...] = (TimeoutError, *REDIS_DOWN)
+CORS_HEADERS = ["Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID", "X-Request-ID"]
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -51,6 +60,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             agents=load_agents(settings.agent_modules),
         )
         app.state.longrun = state
+        app.state.security = Security.build(settings, keys, r)
         try:
             yield
         finally:
@@ -66,15 +76,27 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         default_response_class=JSONResp,
     )
     errors.install(app)
+    # add_middleware wraps: the last added is the outermost.
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=CORS_HEADERS,
+            expose_headers=["X-Request-ID", "Retry-After", "Location", "Idempotent-Replayed"],
+            max_age=600,
+        )
+    app.add_middleware(RequestId)
     app.include_router(runs.router)
+    app.include_router(diagnostics.router)
 
     @app.get("/health")
     async def health(request: Request) -> dict[str, object]:
         state: AppState = request.app.state.longrun
         return {"status": "ok", "sse_subscribers": state.hub.subscribers}
 
-    @app.get("/ready")
+    @app.get("/ready", responses={503: {"description": "Redis or Postgres is not answering"}})
     async def ready(request: Request) -> JSONResp:
         state: AppState = request.app.state.longrun
         checks: dict[str, str] = {}

@@ -1,19 +1,26 @@
-"""The one place errors become HTTP: `{"error": code, "detail": text}` with a status per class.
+"""The one place errors become HTTP: `{"error": code, "detail": text, "request_id": id}` with a
+status per class, and the `X-Request-ID` header (set here too: the 500 handler runs outside our
+middleware).
 
+No error body ever echoes what the client sent (no `input` of a validation error, no header,
+no query string): a secret pasted into the wrong place must not come back in an error or a log.
 Validation failures are 422 (400 for a body that is not JSON at all); a backing service that is
 down is 503 with `Retry-After`; anything unexpected is a 500 with no internals in the body.
 """
 
 from __future__ import annotations
 
+import traceback
 from typing import Any
 
 import orjson
 import structlog
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from api.middleware import scope_request_id
 from shared.errors import (
     BadRequest,
     Conflict,
@@ -38,6 +45,27 @@ class JSONResp(Response):
         return orjson.dumps(content)
 
 
+class ErrorBody(BaseModel):
+    error: str
+    detail: str
+    request_id: str | None = None
+
+
+def _doc(text: str) -> dict[str, Any]:
+    return {"model": ErrorBody, "description": text}
+
+
+# Documented on every route, so the OpenAPI schema lists every answer the API may give.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: _doc("malformed JSON, run id, cursor or Last-Event-ID"),
+    401: _doc("no, unknown, revoked or expired credentials"),
+    404: _doc("no such run (or another user's: the same answer)"),
+    413: _doc("request body too large"),
+    422: _doc("invalid request"),
+    429: _doc("rate limited, too many runs in flight or too many streams (Retry-After)"),
+    503: _doc("paused, backlog full or a backing service down (Retry-After)"),
+}
+
 STATUS: dict[type[LongrunError], int] = {
     BadRequest: 400,
     Unauthorized: 401,
@@ -60,9 +88,22 @@ class ApiError(LongrunError):
 
 
 def error_response(
-    status: int, code: str, detail: str, headers: dict[str, str] | None = None
+    status: int,
+    code: str,
+    detail: str,
+    headers: dict[str, str] | None = None,
+    request_id: str | None = None,
 ) -> JSONResp:
-    return JSONResp({"error": code, "detail": detail}, status_code=status, headers=headers)
+    body: dict[str, str] = {"error": code, "detail": detail}
+    out = dict(headers or {})
+    if request_id is not None:
+        body["request_id"] = request_id
+        out["X-Request-ID"] = request_id
+    return JSONResp(body, status_code=status, headers=out)
+
+
+def _rid(request: Request) -> str | None:
+    return scope_request_id(request.scope)
 
 
 def _validation_detail(exc: RequestValidationError) -> tuple[int, str, str]:
@@ -78,34 +119,42 @@ def _validation_detail(exc: RequestValidationError) -> tuple[int, str, str]:
 
 def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
-    async def _api(_: Request, exc: ApiError) -> JSONResp:
-        return error_response(exc.status, exc.code, exc.detail, exc.headers)
+    async def _api(request: Request, exc: ApiError) -> JSONResp:
+        return error_response(exc.status, exc.code, exc.detail, exc.headers, _rid(request))
 
     @app.exception_handler(LongrunError)
-    async def _longrun(_: Request, exc: LongrunError) -> JSONResp:
+    async def _longrun(request: Request, exc: LongrunError) -> JSONResp:
         status = next((s for cls, s in STATUS.items() if isinstance(exc, cls)), 500)
         headers = {}
         if isinstance(exc, Unavailable):
             headers["Retry-After"] = str(exc.retry_after)
-        return error_response(status, exc.code, exc.detail, headers)
+        return error_response(status, exc.code, exc.detail, headers, _rid(request))
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResp:
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResp:
         status, code, detail = _validation_detail(exc)
-        return error_response(status, code, detail)
+        return error_response(status, code, detail, None, _rid(request))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResp:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResp:
         code = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}.get(
             exc.status_code, "http_error"
         )
-        return error_response(exc.status_code, code, str(exc.detail))
+        headers = dict(exc.headers or {})
+        return error_response(exc.status_code, code, str(exc.detail), headers, _rid(request))
 
     @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResp:
+    async def _unexpected(request: Request, exc: Exception) -> JSONResp:
         if isinstance(exc, (*REDIS_DOWN, *PG_DOWN)):
             return error_response(
-                503, "unavailable", "a backing service is unavailable", {"Retry-After": "1"}
+                503,
+                "unavailable",
+                "a backing service is unavailable",
+                {"Retry-After": "1"},
+                _rid(request),
             )
-        log.exception("unhandled_error")
-        return error_response(500, "internal", "internal error")
+        # The type and the frames only: the message may quote request data.
+        frames = traceback.extract_tb(exc.__traceback__)[-5:]
+        where = [f"{f.filename.rsplit('/', 1)[-1]}:{f.lineno}:{f.name}" for f in frames]
+        log.error("unhandled_error", error=type(exc).__name__, where=where)
+        return error_response(500, "internal", "internal error", None, _rid(request))

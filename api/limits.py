@@ -9,6 +9,8 @@ import orjson
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.middleware import scope_request_id
+
 
 class BodyTooLarge(HTTPException):
     """An HTTPException so that FastAPI's body parsing re-raises it unchanged."""
@@ -17,10 +19,12 @@ class BodyTooLarge(HTTPException):
         super().__init__(413, f"request body exceeds {limit} bytes")
 
 
-async def _refuse(send: Send, limit: int) -> None:
-    body = orjson.dumps(
-        {"error": "body_too_large", "detail": f"request body exceeds {limit} bytes"}
-    )
+async def _refuse(send: Send, scope: Scope, limit: int) -> None:
+    payload = {"error": "body_too_large", "detail": f"request body exceeds {limit} bytes"}
+    rid = scope_request_id(scope)
+    if rid is not None:
+        payload["request_id"] = rid
+    body = orjson.dumps(payload)
     await send(
         {
             "type": "http.response.start",
@@ -48,7 +52,7 @@ class BodyLimit:
             if name == b"content-length" and (
                 not value.isdigit() or int(value) > self.max_bytes
             ):
-                    await _refuse(send, self.max_bytes)
+                    await _refuse(send, scope, self.max_bytes)
                     return
         seen = 0
         started = False
@@ -72,7 +76,7 @@ class BodyLimit:
             await self.app(scope, limited_receive, tracking_send)
         except BodyTooLarge:
             if not started:
-                await _refuse(send, self.max_bytes)
+                await _refuse(send, scope, self.max_bytes)
 
     def __repr__(self) -> str:  # pragma: no cover
         return f"BodyLimit({self.max_bytes})"

@@ -1,39 +1,66 @@
 """The runs resource: submit, poll, list, cancel, and the resumable event stream.
 
-Submit is thin on purpose: validate, commit the row, then `XADD`, then 202. If Redis refuses
-the entry the row is removed again and the answer is 503: nothing is left half-way.
+Submit is thin on purpose: validate, admit (kill switch, backlog, rate: `api.admission`),
+commit the row (idempotency and the in-flight cap: `api.submit`), then `XADD`, then 202. If
+Redis refuses the entry the row is removed again and the answer is 503: nothing is left
+half-way.
+
+Isolation: every look-up of a run is one query by (run id, user), so another user's run and a
+run that does not exist take the same path and give the same 404, byte for byte.
+
+The event stream authenticates by the bearer key or by the `token` of an `events_url` (a
+browser's `EventSource` cannot send headers). An expired token's way back: the page asks its
+backend for `GET /runs/{id}/events_url` (API key) and opens a new `EventSource` on the fresh URL
+with the last event id as `last_event_id`. To let the page notice, a client that accepts
+`text/event-stream` gets, instead of a 401 (on which EventSource gives up without saying why),
+a 200 stream holding one id-less `stream_token_expired` event with a long `retry`.
 """
 
 from __future__ import annotations
 
 import re
+import time
 import uuid
+from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Annotated, Any
 
+import anyio
 import orjson
+import structlog
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 from redis.exceptions import ResponseError
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
-from api.auth import current_user
-from api.errors import ApiError, JSONResp
+from api import tokens
+from api.admission import IN_FLIGHT_RETRY_AFTER, SLOT_TTL
+from api.auth import Security, current_user, security
+from api.errors import ERROR_RESPONSES, ApiError, JSONResp
 from api.state import AppState
 from api.streams import RunStream
+from api.submit import (
+    IDEMPOTENCY_KEY_RE,
+    InFlightCapReached,
+    KeyReused,
+    Submitted,
+    body_hash,
+    insert_run,
+    lookup,
+)
 from shared.agents import DEFAULT_AGENT
 from shared.errors import NotFound, Unavailable
 from shared.models import Run, RunStatus, parse_event_id
 from shared.redisio import REDIS_DOWN
 from shared.store import NewRun
 
-router = APIRouter()
+router = APIRouter(responses=ERROR_RESPONSES)
+log = structlog.get_logger("longrun.api.runs")
 REDIS_OR_REPLY: tuple[type[BaseException], ...] = (*REDIS_DOWN, ResponseError)
 
 User = Annotated[str, Depends(current_user)]
 THREAD_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-MAX_JSON_BYTES = 64 * 1024
-MAX_JSON_DEPTH = 16
+TOKEN_EXPIRED_RETRY_MS = 24 * 3600 * 1000
 
 
 def _state(request: Request) -> AppState:
@@ -49,11 +76,11 @@ def json_depth(value: Any, depth: int = 0) -> int:
     return depth
 
 
-def check_json_field(name: str, value: dict[str, Any]) -> None:
-    if json_depth(value) > MAX_JSON_DEPTH:
-        raise ApiError(422, "invalid_request", f"{name} is nested deeper than {MAX_JSON_DEPTH}")
-    if len(orjson.dumps(value)) > MAX_JSON_BYTES:
-        raise ApiError(422, "invalid_request", f"{name} exceeds {MAX_JSON_BYTES} bytes")
+def check_json_field(name: str, value: dict[str, Any], max_depth: int, max_bytes: int) -> None:
+    if json_depth(value) > max_depth:
+        raise ApiError(422, "invalid_request", f"{name} is nested deeper than {max_depth}")
+    if len(orjson.dumps(value)) > max_bytes:
+        raise ApiError(422, "invalid_request", f"{name} exceeds {max_bytes} bytes")
 
 
 class SubmitRun(BaseModel):
@@ -73,14 +100,23 @@ def parse_run_id(raw: str) -> str:
         raise ApiError(400, "invalid_run_id", "run ids are UUIDs") from None
 
 
-def run_links(request: Request, run: Run) -> dict[str, str]:
+def events_url(request: Request, sec: Security, run_id: str, user: str) -> tuple[str, int]:
+    """A fresh `events_url` for this run and user, and its expiry (unix seconds)."""
+    now = time.time()
+    ttl = sec.settings.stream_token_ttl_seconds
+    token = tokens.mint(sec.stream_secret, run_id, user, now, ttl)
     base = str(request.base_url).rstrip("/")
-    return {"url": f"{base}/runs/{run.run_id}", "events_url": f"{base}/runs/{run.run_id}/events"}
+    return f"{base}/runs/{run_id}/events?token={token}", int(now) + ttl
 
 
-@router.post("/runs", status_code=202)
-async def submit(body: SubmitRun, request: Request, user: User) -> JSONResp:
-    state = _state(request)
+def run_links(request: Request, run_id: str, user: str) -> dict[str, str]:
+    base = str(request.base_url).rstrip("/")
+    url, _ = events_url(request, security(request), run_id, user)
+    return {"url": f"{base}/runs/{run_id}", "events_url": url}
+
+
+def _validate(state: AppState, body: SubmitRun) -> str:
+    """The agent to run; ApiError for anything out of bounds."""
     s = state.settings
     if len(body.input) > s.max_input_chars:
         raise ApiError(422, "input_too_long", f"input exceeds {s.max_input_chars} characters")
@@ -91,36 +127,94 @@ async def submit(body: SubmitRun, request: Request, user: User) -> JSONResp:
         )
     if body.thread_id is not None and not THREAD_RE.match(body.thread_id):
         raise ApiError(422, "invalid_request", "thread_id: 1-128 of [A-Za-z0-9._:-]")
-    check_json_field("params", body.params)
-    check_json_field("metadata", body.metadata)
-    run = await state.store.insert_run(
-        NewRun(
-            user_id=user,
-            agent=agent,
-            input=body.input,
-            params=body.params,
-            metadata=body.metadata,
-            thread_id=body.thread_id,
+    check_json_field("params", body.params, s.max_json_depth, s.max_json_bytes)
+    check_json_field("metadata", body.metadata, s.max_json_depth, s.max_json_bytes)
+    return agent
+
+
+def _idempotency_key(raw: str | None) -> str | None:
+    if raw is None:
+        return None
+    if not IDEMPOTENCY_KEY_RE.match(raw):
+        raise ApiError(
+            422, "invalid_idempotency_key", "Idempotency-Key: 1-255 printable ASCII characters"
         )
-    )
-    try:
-        await state.rio.enqueue(run.run_id)
-    except REDIS_DOWN as exc:
-        await state.store.delete_queued_run(run.run_id)
-        raise Unavailable("redis is unavailable: the run was not accepted") from exc
-    links = run_links(request, run)
+    return raw
+
+
+def _accepted(request: Request, user: str, agent: str, sub: Submitted) -> JSONResp:
+    headers = {"Location": f"/runs/{sub.run_id}"}
+    if sub.replayed:
+        headers["Idempotent-Replayed"] = "true"
     return JSONResp(
         {
-            "run_id": run.run_id,
-            "status": "queued",
+            "run_id": sub.run_id,
+            "status": sub.status,
             "agent": agent,
-            "thread_id": run.thread_id,
-            "created_at": run.created_at.isoformat(),
-            **links,
+            "thread_id": sub.thread_id,
+            "created_at": sub.created_at.isoformat(),
+            **run_links(request, sub.run_id, user),
         },
         status_code=202,
-        headers={"Location": f"/runs/{run.run_id}"},
+        headers=headers,
     )
+
+
+async def _admit(sec: Security, user: str) -> None:
+    try:
+        refusal = await sec.admission.check_submit(user)
+    except REDIS_DOWN as exc:
+        raise Unavailable("redis is unavailable: the run was not accepted") from exc
+    if refusal is not None:
+        raise ApiError(
+            refusal.status, refusal.code, refusal.detail, {"Retry-After": str(refusal.retry_after)}
+        )
+
+
+@router.post("/runs", status_code=202)
+async def submit(
+    body: SubmitRun,
+    request: Request,
+    user: User,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+) -> JSONResp:
+    state, sec = _state(request), security(request)
+    agent = _validate(state, body)
+    key = _idempotency_key(idempotency_key)
+    digest = body_hash({**body.model_dump(), "agent": agent})
+    try:
+        if key is not None and (replay := await lookup(state.store, user, key, digest)):
+            return _accepted(request, user, agent, replay)  # a retry: no admission needed
+        await _admit(sec, user)
+        sub = await insert_run(
+            state.store,
+            NewRun(
+                user_id=user,
+                agent=agent,
+                input=body.input,
+                params=body.params,
+                metadata=body.metadata,
+                thread_id=body.thread_id,
+            ),
+            max_in_flight=state.settings.max_runs_in_flight_per_user,
+            key=key,
+            digest=digest,
+            key_ttl_seconds=state.settings.idempotency_ttl_seconds,
+        )
+    except KeyReused as exc:
+        raise ApiError(422, exc.code, exc.detail) from None
+    except InFlightCapReached as exc:
+        raise ApiError(
+            429, exc.code, exc.detail, {"Retry-After": str(IN_FLIGHT_RETRY_AFTER)}
+        ) from None
+    if sub.replayed:
+        return _accepted(request, user, agent, sub)
+    try:
+        await state.rio.enqueue(sub.run_id)
+    except REDIS_DOWN as exc:
+        await state.store.delete_queued_run(sub.run_id)
+        raise Unavailable("redis is unavailable: the run was not accepted") from exc
+    return _accepted(request, user, agent, sub)
 
 
 async def _owned_run(state: AppState, raw_id: str, user: str) -> Run:
@@ -133,7 +227,15 @@ async def _owned_run(state: AppState, raw_id: str, user: str) -> Run:
 @router.get("/runs/{run_id}")
 async def get_run(run_id: str, request: Request, user: User) -> JSONResp:
     run = await _owned_run(_state(request), run_id, user)
-    return JSONResp({**run.public(), **run_links(request, run)})
+    return JSONResp({**run.public(), **run_links(request, run.run_id, user)})
+
+
+@router.get("/runs/{run_id}/events_url")
+async def get_events_url(run_id: str, request: Request, user: User) -> JSONResp:
+    """A fresh `events_url` (the way back for a page whose stream token expired)."""
+    run = await _owned_run(_state(request), run_id, user)
+    url, expires_at = events_url(request, security(request), run.run_id, user)
+    return JSONResp({"run_id": run.run_id, "events_url": url, "expires_at": expires_at})
 
 
 def _cursor(raw: str | None) -> tuple[datetime, str] | None:
@@ -151,9 +253,9 @@ async def list_runs(
     request: Request,
     user: User,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: str | None = None,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
     status: RunStatus | None = None,
-    thread_id: str | None = None,
+    thread_id: Annotated[str | None, Query(max_length=128)] = None,
 ) -> JSONResp:
     runs = await _state(request).store.list_runs(
         user, limit=limit, before=_cursor(cursor), status=status, thread_id=thread_id
@@ -212,34 +314,113 @@ async def _already_ended(state: AppState, run: Run, after: int) -> bool:
     return bool(seen) and seen[0].seq == after and seen[0].terminal
 
 
-@router.get("/runs/{run_id}/events", response_model=None)
+def _token_expired_stream(run_id: str) -> Response:
+    """What an EventSource gets for an expired token: one id-less event it can listen for,
+    and a long retry so that a page that ignores it does not hammer the server."""
+    data = orjson.dumps(
+        {
+            "error": tokens.TokenProblem.EXPIRED.value,
+            "detail": "the stream token expired: fetch a fresh events_url",
+            "refresh": f"/runs/{run_id}/events_url",
+        }
+    ).decode()
+
+    async def one() -> AsyncIterator[ServerSentEvent]:
+        yield ServerSentEvent(
+            data=data, event=tokens.TokenProblem.EXPIRED.value, retry=TOKEN_EXPIRED_RETRY_MS
+        )
+
+    return EventSourceResponse(one(), headers={"Cache-Control": "no-store"})
+
+
+async def _stream_user(request: Request, run_id: str, token: str | None) -> str | Response:
+    """The user a stream is for: the token's (it names this run) or the bearer key's."""
+    if token is None:
+        return await current_user(request)
+    try:
+        grant = tokens.verify(security(request).stream_secret, token, run_id, time.time())
+    except tokens.TokenRefused as exc:
+        log.info("stream_token_refused", problem=exc.problem.value, run_id=run_id)
+        if exc.problem is tokens.TokenProblem.EXPIRED:
+            if "text/event-stream" in request.headers.get("accept", ""):
+                return _token_expired_stream(run_id)
+            raise ApiError(401, exc.problem.value, "the stream token expired") from None
+        raise ApiError(401, exc.problem.value, "invalid stream token for this run") from None
+    return grant.user_id
+
+
+class HeldStream(EventSourceResponse):
+    """An SSE response that gives its per-user slot back however it ends (finished, client
+    gone, server shutting down), shielded from the cancellation that ends it."""
+
+    def __init__(self, *args: Any, release: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._release = release
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+                await self._release()
+
+
+@router.get(
+    "/runs/{run_id}/events",
+    response_model=None,
+    responses={
+        200: {"content": {"text/event-stream": {}}, "description": "the run's events"},
+        204: {"description": "the client has seen the terminal event already"},
+    },
+)
 async def events(
     run_id: str,
     request: Request,
-    user: User,
     last_event_id_header: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
-    last_event_id: str | None = None,
+    last_event_id: Annotated[str | None, Query(max_length=64)] = None,
+    token: Annotated[str | None, Query(max_length=2048)] = None,
 ) -> Response:
-    state = _state(request)
-    run = await _owned_run(state, run_id, user)
+    state, sec = _state(request), security(request)
+    rid = parse_run_id(run_id)
+    user = await _stream_user(request, rid, token)
+    if isinstance(user, Response):
+        return user
+    run = await _owned_run(state, rid, user)
     try:
         after = parse_event_id(last_event_id_header or last_event_id)
     except ValueError as exc:
         raise ApiError(400, "invalid_last_event_id", str(exc)) from None
     if after is not None and await _already_ended(state, run, after):
         return Response(status_code=204)  # tells EventSource to stop reconnecting
+    slot = await sec.admission.take_sse_slot(user)
+    if slot is None:
+        raise ApiError(
+            429,
+            "too_many_streams",
+            f"at most {state.settings.max_sse_per_user} open event streams per user",
+            {"Retry-After": "5"},
+        )
     stream = RunStream(
         state.store, state.rio, state.hub, run.run_id, state.settings.sse_ping_seconds
     )
+    refresh_every = SLOT_TTL / 3
 
-    async def frames() -> Any:
+    async def frames() -> AsyncIterator[ServerSentEvent]:
+        refreshed = time.monotonic()
         async for event in stream.events(after or 0, run.status.terminal):
+            if time.monotonic() - refreshed > refresh_every:
+                await sec.admission.refresh_sse_slot(user, slot)
+                refreshed = time.monotonic()
             if event is None:
                 continue  # idle: sse-starlette's own pings keep the connection alive
             yield ServerSentEvent(data=event.data.decode(), event=event.type, id=event.id)
 
-    return EventSourceResponse(
+    async def release() -> None:
+        await sec.admission.release_sse_slot(user, slot)
+
+    return HeldStream(
         frames(),
+        release=release,
         ping=state.settings.sse_ping_seconds,
         send_timeout=30,
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},

@@ -31,7 +31,9 @@ async def test_another_users_run_is_a_404_on_get_events_and_cancel(client, bob):
         ev = await bob.get(f"/runs/{rid}/events")
         cancel = await bob.post(f"/runs/{rid}/cancel")
         assert (get.status_code, ev.status_code, cancel.status_code) == (404, 404, 404)
-        assert get.json() == {"error": "not_found", "detail": "no such run"}
+        body = get.json()
+        rid = body["request_id"]
+        assert body == {"error": "not_found", "detail": "no such run", "request_id": rid}
     listed = await bob.get("/runs")
     assert listed.json()["runs"] == []
 

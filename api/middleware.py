@@ -1,0 +1,54 @@
+"""Request ids: every request carries one (`X-Request-ID`, generated when absent or unusable),
+echoed in the response header, bound into structlog's context variables for every log line
+of the request, and put into error bodies by `api.errors`.
+
+A pure ASGI middleware, outermost of ours, so even a refusal from an inner middleware (413)
+carries the id. The id a client sends is kept only if it is short and plain (no header
+injection, no log forging); otherwise a fresh one replaces it.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+import structlog
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+HEADER = b"x-request-id"
+_USABLE = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def request_id_from(headers: list[tuple[bytes, bytes]] | tuple[tuple[bytes, bytes], ...]) -> str:
+    """The client's id when usable, else a new random one."""
+    for name, value in headers:
+        if name == HEADER and _USABLE.match(value):
+            return value.decode("ascii")
+    return uuid.uuid4().hex
+
+
+def scope_request_id(scope: Scope) -> str | None:
+    rid = scope.get("state", {}).get("request_id")
+    return rid if isinstance(rid, str) else None
+
+
+class RequestId:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        rid = request_id_from(scope.get("headers", ()))
+        scope.setdefault("state", {})["request_id"] = rid
+        raw = rid.encode("ascii")
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [(k, v) for k, v in message.get("headers", ()) if k.lower() != HEADER]
+                message["headers"] = [*headers, (HEADER, raw)]
+            await send(message)
+
+        with structlog.contextvars.bound_contextvars(request_id=rid):
+            await self.app(scope, receive, send_with_id)

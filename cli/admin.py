@@ -1,0 +1,62 @@
+"""Operator commands: `longrun pause [--reason R]`, `longrun resume`, and `longrun keys revoke`
+with immediate effect (the revoking commit, then the key epoch every API process checks).
+
+Each function takes the settings and returns the process exit code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from shared.config import Settings
+from shared.keys import Keys
+from shared.redisio import REDIS_DOWN, create_redis
+from shared.store import Store
+from shared.switches import bump_key_epoch, set_paused
+
+
+async def _set_paused(settings: Settings, reason: str | None) -> None:
+    r = create_redis(settings, "longrun-cli")
+    try:
+        await set_paused(r, Keys.from_settings(settings), reason)
+    finally:
+        await r.aclose()
+
+
+def pause(settings: Settings, reason: str = "paused by an operator") -> int:
+    """Every API process answers POST /runs with 503 `paused` until `resume`. Runs already
+    accepted go on; GET, events and cancel keep working."""
+    asyncio.run(_set_paused(settings, reason))
+    print(f"submits paused ({reason}); `longrun resume` accepts runs again")
+    return 0
+
+
+def resume(settings: Settings) -> int:
+    asyncio.run(_set_paused(settings, None))
+    note = "" if settings.accept_runs else " (but LONGRUN_ACCEPT_RUNS=false still refuses them)"
+    print(f"submits resumed{note}")
+    return 0
+
+
+async def revoke_key(settings: Settings, key_id: str) -> bool:
+    """Revoke in Postgres, then bump the key epoch so API caches drop the key at once. If Redis
+    is unreachable the revocation still holds, within the API's 5-second key cache."""
+    store = await Store.open(settings.with_(pg_pool_min=0, pg_pool_max=2), "longrun-cli")
+    try:
+        revoked = await store.revoke_key(key_id)
+    finally:
+        await store.close()
+    r = create_redis(settings, "longrun-cli")
+    try:
+        await bump_key_epoch(r, Keys.from_settings(settings))
+    except REDIS_DOWN:
+        print("warning: Redis unreachable: API processes may accept the key for 5 more seconds")
+    finally:
+        await r.aclose()
+    return revoked
+
+
+def revoke(settings: Settings, key_id: str) -> int:
+    ok = asyncio.run(revoke_key(settings, key_id))
+    print("revoked" if ok else "no such active key")
+    return 0 if ok else 1
