@@ -129,9 +129,9 @@ class Settings:
     idempotency_ttl_seconds: int = 24 * 3600
     # Admission: a per-user token bucket, a per-user cap on queued + running runs, the backlog
     # depth (XLEN of the queue) past which submits get 503, and the kill switch.
-    submit_rate_per_second: float = 10.0
-    submit_burst: int = 20
-    max_runs_in_flight_per_user: int = 100
+    submit_rate_per_second: float = 50.0
+    submit_burst: int = 100
+    max_runs_in_flight_per_user: int = 1000
     max_backlog: int = 100_000
     accept_runs: bool = True
     # Limits on what a client controls.
