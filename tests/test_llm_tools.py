@@ -7,10 +7,10 @@ import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
-import jsonschema
 import pytest
 
 from shared.errors import RunCancelled
+from shared.llm.schema import SchemaError, check_schema, validate
 from shared.llm.tools import (
     Tool,
     ToolContext,
@@ -83,14 +83,17 @@ def test_arguments_are_checked_against_the_tools_schema() -> None:
     assert validate_args(schema, {"expression": "1"}) is None
     assert validate_args(schema, {}) == "arguments: 'expression' is a required property"
     assert validate_args(schema, {"expression": 1}) == "expression: 1 is not of type 'string'"
-    assert validate_args(schema, {"expression": "1", "x": 2}) is not None
+    assert validate_args(schema, {"expression": ""}) == "expression: '' breaks minLength 1"
+    assert validate_args(schema, {"expression": "1", "x": 2}) == (
+        "arguments: unexpected property 'x'"
+    )
 
 
 def test_a_tool_with_an_invalid_schema_is_refused_at_registration() -> None:
     async def fn(args: dict[str, Any], tctx: ToolContext) -> str:
         return ""
 
-    with pytest.raises(jsonschema.SchemaError):
+    with pytest.raises(SchemaError):
         ToolRegistry([Tool("bad", "bad", {"type": "no-such-type"}, fn)])
 
 
@@ -169,3 +172,45 @@ async def test_a_tool_gets_the_runs_idempotency_key() -> None:
     outcome = await call(tools, "charge", {})
     assert outcome.content == '{"charged":true}'
     assert seen == ["run:1:call"]
+
+
+@pytest.mark.parametrize(
+    ("schema", "value", "problem"),
+    [
+        ({"type": "integer"}, 3, None),
+        ({"type": "integer"}, 3.0, None),
+        ({"type": "integer"}, 3.5, "arguments: 3.5 is not of type 'integer'"),
+        ({"type": "integer"}, True, "arguments: True is not of type 'integer'"),
+        ({"type": ["string", "null"]}, None, None),
+        ({"enum": ["a", "b"]}, "c", "arguments: 'c' is not one of ['a', 'b']"),
+        ({"type": "number", "maximum": 10}, 11, "arguments: 11 breaks maximum 10"),
+        (
+            {"type": "array", "items": {"type": "string"}, "maxItems": 3},
+            ["a", 2],
+            "1: 2 is not of type 'string'",
+        ),
+        (
+            {"type": "object", "properties": {"a": {"type": "object", "required": ["b"]}}},
+            {"a": {}},
+            "a: 'b' is a required property",
+        ),
+        (
+            {"type": "object", "additionalProperties": {"type": "integer"}},
+            {"x": 1, "y": "2"},
+            "y: '2' is not of type 'integer'",
+        ),
+    ],
+)
+def test_the_schema_subset_tools_use_is_enforced(
+    schema: dict[str, Any], value: Any, problem: str | None
+) -> None:
+    assert validate(schema, value) == problem
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [{"type": "string"}, [], {"type": "object", "properties": {"a": {"type": "uuid"}}}],
+)
+def test_a_schema_that_would_be_misread_is_refused(schema: Any) -> None:
+    with pytest.raises(SchemaError):
+        check_schema(schema)

@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import jsonschema
 import orjson
 
 from shared.errors import RunCancelled
 from shared.llm.cancel import race
+from shared.llm.schema import check_schema, validate
 
 PREVIEW_CHARS = 200
 MAX_RESULT_CHARS = 20_000
@@ -81,7 +81,7 @@ class ToolRegistry:
             self.add(tool)
 
     def add(self, tool: Tool) -> None:
-        jsonschema.validators.validator_for(tool.input_schema).check_schema(tool.input_schema)
+        check_schema(tool.input_schema)
         self.tools[tool.name] = tool
 
     def merged(self, extra: Iterable[Tool]) -> ToolRegistry:
@@ -99,12 +99,8 @@ class ToolRegistry:
 
 def validate_args(schema: dict[str, Any], args: dict[str, Any]) -> str | None:
     """None when `args` satisfies `schema`, else a one-line reason the model can act on."""
-    validator = jsonschema.validators.validator_for(schema)(schema)
-    error = jsonschema.exceptions.best_match(validator.iter_errors(args))
-    if error is None:
-        return None
-    where = "/".join(str(p) for p in error.absolute_path) or "arguments"
-    return f"{where}: {error.message}"[:500]
+    problem = validate(schema, args)
+    return None if problem is None else problem[:500]
 
 
 def render(result: Any) -> str:
