@@ -306,16 +306,38 @@ class Store:
         queued run (a duplicate entry of a running run is not executed twice); a re-claimed
         entry (its lease expired) may also take over a running run."""
         allowed = ["queued", "running"] if reclaim else ["queued"]
-        async with self.conn() as c:
-            row = await c.fetchrow(
-                f"""UPDATE runs SET status = 'running', attempt = attempt + 1,
-                        started_at = coalesce(started_at, now()), updated_at = now()
-                    WHERE run_id = $1 AND status = ANY($2::text[])
-                    RETURNING {_RUN_COLUMNS}""",
-                uuid.UUID(run_id),
-                allowed,
-            )
+        try:
+            async with self.conn() as c:
+                row = await c.fetchrow(
+                    f"""UPDATE runs SET status = 'running', attempt = attempt + 1,
+                            started_at = coalesce(started_at, now()), updated_at = now()
+                        WHERE run_id = $1 AND status = ANY($2::text[])
+                          AND NOT EXISTS (
+                              SELECT 1 FROM runs earlier
+                              WHERE runs.thread_id IS NOT NULL
+                                AND earlier.user_id = runs.user_id
+                                AND earlier.thread_id = runs.thread_id
+                                AND earlier.status = 'queued'
+                                AND (earlier.created_at, earlier.run_id)
+                                    < (runs.created_at, runs.run_id))
+                        RETURNING {_RUN_COLUMNS}""",
+                    uuid.UUID(run_id),
+                    allowed,
+                )
+        except asyncpg.exceptions.UniqueViolationError:
+            return None  # its thread is busy: the running run's end enqueues the next one
         return None if row is None else _run(row)
+
+    async def next_of_thread(self, c: asyncpg.Connection, run_id: str) -> str | None:
+        """The oldest queued run of `run_id`'s thread (to enqueue when this one ends)."""
+        nxt = await c.fetchval(
+            """SELECT q.run_id FROM runs r JOIN runs q
+                 ON q.user_id = r.user_id AND q.thread_id = r.thread_id
+               WHERE r.run_id = $1 AND r.thread_id IS NOT NULL AND q.status = 'queued'
+               ORDER BY q.created_at, q.run_id LIMIT 1""",
+            uuid.UUID(run_id),
+        )
+        return None if nxt is None else str(nxt)
 
     async def archive(self, c: asyncpg.Connection, run_id: str, events: Sequence[Event]) -> None:
         if events:
@@ -398,9 +420,11 @@ class Store:
         error: dict[str, Any] | None = None,
         usage: dict[str, Any] | None = None,
         cost_usd: float = 0.0,
-    ) -> None:
-        """Commit the terminal state and the rest of the event archive in one transaction,
-        fenced on the attempt. Raises LeaseLost when another attempt owns the run."""
+        messages: Sequence[dict[str, Any]] = (),
+    ) -> str | None:
+        """Commit the terminal state, the rest of the event archive and the run's new thread
+        messages in one transaction, fenced on the attempt. Raises LeaseLost when another
+        attempt owns the run. Returns the next queued run of its thread, to enqueue."""
         target = {
             Transition.SUCCEED: "succeeded",
             Transition.FAIL: "failed",
@@ -423,6 +447,76 @@ class Store:
                 cost_usd,
                 events[-1].seq if events else 0,
             )
+            if messages:
+                await self._add_messages(c, run_id, messages)
+            return await self.next_of_thread(c, run_id)
+
+    async def _add_messages(
+        self, c: asyncpg.Connection, run_id: str, messages: Sequence[dict[str, Any]]
+    ) -> None:
+        head = await c.fetchrow(
+            """SELECT r.user_id, r.thread_id,
+                      coalesce((SELECT max(seq) FROM thread_messages m
+                                WHERE m.user_id = r.user_id AND m.thread_id = r.thread_id), 0)
+                      AS last
+               FROM runs r WHERE r.run_id = $1 AND r.thread_id IS NOT NULL""",
+            uuid.UUID(run_id),
+        )
+        if head is None:
+            return
+        await c.executemany(
+            "INSERT INTO thread_messages (user_id, thread_id, seq, run_id, role, content) "
+            "VALUES ($1, $2, $3, $4, $5, $6)",
+            [
+                (
+                    head["user_id"],
+                    head["thread_id"],
+                    head["last"] + i + 1,
+                    uuid.UUID(run_id),
+                    str(m.get("role", "user")),
+                    m.get("content"),
+                )
+                for i, m in enumerate(messages)
+            ],
+        )
+
+    async def thread_messages(
+        self, user_id: str, thread_id: str, after: int = 0, limit: int = 1000
+    ) -> list[dict[str, Any]]:
+        async with self.conn() as c:
+            rows = await c.fetch(
+                "SELECT seq, run_id, role, content, created_at FROM thread_messages "
+                "WHERE user_id = $1 AND thread_id = $2 AND seq > $3 ORDER BY seq LIMIT $4",
+                user_id,
+                thread_id,
+                after,
+                limit,
+            )
+        return [
+            {
+                "seq": r["seq"],
+                "run_id": str(r["run_id"]),
+                "role": r["role"],
+                "content": r["content"],
+                "created_at": r["created_at"].isoformat(),
+            }
+            for r in rows
+        ]
+
+    async def recent_thread_messages(
+        self, user_id: str, thread_id: str, limit: int
+    ) -> list[dict[str, Any]]:
+        """The newest `limit` messages of a thread, oldest first."""
+        async with self.conn() as c:
+            rows = await c.fetch(
+                "SELECT role, content FROM (SELECT seq, role, content FROM thread_messages "
+                "WHERE user_id = $1 AND thread_id = $2 ORDER BY seq DESC LIMIT $3) m "
+                "ORDER BY seq",
+                user_id,
+                thread_id,
+                limit,
+            )
+        return [{"role": r["role"], "content": r["content"]} for r in rows]
 
     async def fail_unstarted(self, run_id: str, error: dict[str, Any]) -> Run | None:
         """Fail a run that no attempt holds (dead-lettered), archiving an `error` event."""

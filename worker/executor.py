@@ -26,6 +26,7 @@ from shared.agents import Agent
 from shared.agents.base import RunContext
 from shared.config import Settings
 from shared.errors import AgentError, LeaseLost, Unavailable
+from shared.history import invalidate, load_history
 from shared.models import TERMINAL_EVENT_TYPES, Event, Run, Transition, encode_event
 from shared.redisio import REDIS_DOWN, EventCapExceeded, QueueEntry, RedisIO, SeqConflict
 from shared.store import Store
@@ -120,6 +121,7 @@ class Attempt:
         self.last_archive = time.monotonic()
         self.usage: dict[str, Any] = {}
         self.output_text: list[str] = []
+        self.ctx: RunContext | None = None
 
     @property
     def run_id(self) -> str:
@@ -182,7 +184,7 @@ class Attempt:
         )
         try:
             await self._emit([first])
-            ctx = await self._context(run)
+            ctx = self.ctx = await self._context(run)
         except LeaseLost:
             log.warning("lease_lost", stage="start")
             return
@@ -195,6 +197,9 @@ class Attempt:
         d = self.deps
         last_event = None
         checkpoint = None
+        history: list[dict[str, Any]] = []
+        if run.thread_id is not None:
+            history = await load_history(d.store, d.rio.r, d.rio.keys, run.user_id, run.thread_id)
         if run.attempt > 1:
             last_event = await self._last_agent_event(run.run_id)
             checkpoint = await d.store.last_checkpoint(run.run_id)
@@ -215,6 +220,7 @@ class Attempt:
             settings=d.settings,
             attempt=run.attempt,
             thread_id=run.thread_id,
+            history=history,
             checkpoint=checkpoint,
             last_event=last_event,
             cancelled=self.signals.cancel,
@@ -378,8 +384,14 @@ class Attempt:
         d = self.deps
         assert self.run is not None
         attempt = self.run.attempt
+        ctx = self.ctx
+        if ctx is not None and ctx.usage:
+            self.usage = dict(ctx.usage)  # the agent's own totals include a cut-off turn
         if self.usage:
             terminal = {**terminal, "usage": self.usage}
+        # Only a finished run adds to its thread: a failed or cancelled turn may have
+        # unanswered tool calls, which would poison the next run's history.
+        messages = ctx.new_messages if ctx is not None and move is Transition.SUCCEED else []
         deadline = self._deadline()
         try:
             await retry_unavailable(
@@ -391,7 +403,7 @@ class Attempt:
             error = None
             if terminal["type"] == "error":
                 error = {"code": terminal.get("code"), "message": terminal.get("message")}
-            await retry_unavailable(
+            next_run = await retry_unavailable(
                 "commit_terminal",
                 lambda: d.store.finish(
                     self.run_id,
@@ -402,6 +414,7 @@ class Attempt:
                     error=error,
                     usage=self.usage or None,
                     cost_usd=float(self.usage.get("cost_usd", 0.0)),
+                    messages=messages,
                 ),
                 stop=self.signals.lost,
                 deadline=deadline,
@@ -410,6 +423,16 @@ class Attempt:
             log.warning("lease_lost", stage="finish")
             return
         self.unarchived = []
+        if messages and self.run.thread_id is not None:
+            await invalidate(d.rio.r, d.rio.keys, self.run.user_id, self.run.thread_id)
+        if next_run is not None:
+            # The thread's next run waited for this one: queue it now.
+            await retry_unavailable(
+                "enqueue_next",
+                lambda: d.rio.enqueue(next_run),
+                stop=self.signals.lost,
+                deadline=deadline,
+            )
         await retry_unavailable(
             "ack",
             lambda: d.rio.ack(d.consumer, self.entry.entry_id),

@@ -1,0 +1,71 @@
+"""Threads: runs of one thread never overlap and run in submission order; a busy thread does
+not stall other threads; a finished run's messages become the next run's history."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from shared.history import cache_key, load_history
+from shared.keys import Keys
+from tests.helpers import submit, wait_status
+
+
+def _t(run: dict) -> datetime:
+    return datetime.fromisoformat(run["started_at"]), datetime.fromisoformat(run["finished_at"])
+
+
+async def test_runs_of_one_thread_run_one_at_a_time_in_submission_order(client, worker):
+    # Given three runs submitted at once to one thread, and one run on another thread
+    ids = [
+        await submit(client, agent="ticker", thread_id="t1", params={"count": 5, "interval_ms": 40})
+        for _ in range(3)
+    ]
+    other = await submit(client, agent="ticker", thread_id="t2", params={"count": 1})
+
+    runs = [await wait_status(client, rid, "succeeded") for rid in ids]
+    other_run = await wait_status(client, other, "succeeded")
+
+    # Then they ran strictly one after the other, in order
+    spans = [_t(r) for r in runs]
+    for (_, end_prev), (start_next, _) in zip(spans, spans[1:], strict=False):
+        assert start_next >= end_prev
+    # And the other thread's run did not wait for them
+    assert _t(other_run)[1] < spans[-1][1]
+
+
+async def test_the_second_run_of_a_thread_sees_the_first_runs_messages(
+    client, worker, store, settings, redis_client
+):
+    first = await submit(client, agent="chat", thread_id="conv", input="my name is Ada")
+    second = await submit(client, agent="chat", thread_id="conv", input="what is my name?")
+    await wait_status(client, first, "succeeded", timeout=30)
+    await wait_status(client, second, "succeeded", timeout=30)
+
+    messages = await store.thread_messages("alice", "conv")
+
+    by_run = [m["run_id"] for m in messages]
+    assert by_run.index(first) < by_run.index(second)  # first's messages come first
+    assert messages[0]["role"] == "user"
+    assert "my name is Ada" in str(messages[0]["content"])
+    assert [m["seq"] for m in messages] == list(range(1, len(messages) + 1))
+    # Another user's thread of the same name is a different thread
+    assert await store.thread_messages("bob", "conv") == []
+
+
+async def test_history_read_after_a_write_is_never_stale(
+    client, worker, store, settings, redis_client
+):
+    keys = Keys.from_settings(settings)
+    first = await submit(client, agent="chat", thread_id="c", input="one")
+    await wait_status(client, first, "succeeded", timeout=30)
+    # Given a warm cache
+    warm = await load_history(store, redis_client, keys, "alice", "c")
+    assert await redis_client.exists(cache_key(keys, "alice", "c"))
+    # When another run writes to the thread
+    second = await submit(client, agent="chat", thread_id="c", input="two")
+    await wait_status(client, second, "succeeded", timeout=30)
+    # Then the next read sees the write
+    after = await load_history(store, redis_client, keys, "alice", "c")
+    assert len(after) > len(warm)
+    assert after[: len(warm)] == warm
+    assert "two" in str(after[len(warm)]["content"])
