@@ -3,6 +3,7 @@ not stall other threads; a finished run's messages become the next run's history
 
 from __future__ import annotations
 
+import itertools
 from datetime import datetime
 
 from shared.history import cache_key, load_history
@@ -27,7 +28,7 @@ async def test_runs_of_one_thread_run_one_at_a_time_in_submission_order(client, 
 
     # Then they ran strictly one after the other, in order
     spans = [_t(r) for r in runs]
-    for (_, end_prev), (start_next, _) in zip(spans, spans[1:], strict=False):
+    for (_, end_prev), (start_next, _) in itertools.pairwise(spans):
         assert start_next >= end_prev
     # And the other thread's run did not wait for them
     assert _t(other_run)[1] < spans[-1][1]
