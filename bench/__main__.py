@@ -7,6 +7,7 @@ and appends a JSON line to bench/out/NAME.jsonl. Exit status 1 if any script fai
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import time
@@ -37,7 +38,11 @@ def main() -> int:
         argv = [sys.executable, "-m", ALL[name]]
         argv += ["--smoke"] if a.smoke else []
         argv += ["--skip-peers"] if a.skip_peers else []
-        print(f"\n=== {name} ({time.strftime('%H:%M:%S', time.gmtime())} UTC)", flush=True)
+        load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+        print(
+            f"\n=== {name} ({time.strftime('%H:%M:%S', time.gmtime())} UTC, load {load})",
+            flush=True,
+        )
         t0 = time.monotonic()
         rc = subprocess.run(argv, cwd=REPO, check=False).returncode
         print(f"=== {name}: exit {rc} in {time.monotonic() - t0:.0f} s", flush=True)
