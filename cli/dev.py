@@ -213,7 +213,7 @@ def _provide_redis(settings: Settings, force: bool, home: Path, into: Backends) 
         into.redis_desc = f"{redacted(settings.redis_url)} (configured)"
         return
     if not force:
-        print(f"longrun: no Redis answers at {redacted(settings.redis_url)}; starting one")
+        say(f"longrun: no Redis answers at {redacted(settings.redis_url)}; starting one")
     server = emb.start_redis(home / "redis")
     into.servers = (*into.servers, server)
     into.redis_url = server.url
@@ -226,12 +226,12 @@ def _provide_postgres(settings: Settings, force: bool, home: Path, into: Backend
         state = postgres_state(url)
         if state != "down":
             if state == "missing_database":
-                print(f"longrun: creating database {database_name(url)!r}")
+                say(f"longrun: creating database {database_name(url)!r}")
                 asyncio.run(_create_database(url))
             into.database_url = url
             into.postgres_desc = f"{redacted(url)} (configured)"
             return
-        print(f"longrun: no Postgres answers at {redacted(url)}; starting one")
+        say(f"longrun: no Postgres answers at {redacted(url)}; starting one")
     server = emb.start_postgres(home / "postgres")
     into.servers = (*into.servers, server)
     into.database_url = emb.pg_url(server.port)
@@ -276,32 +276,46 @@ def _wait_for_api(url: str, supervisor: subprocess.Popen[bytes], timeout: float)
             time.sleep(0.2)
 
 
+def say(text: str, *, err: bool = False) -> None:
+    """Print, shrugging off a closed stdout (a `| tee` that Ctrl-C killed first): stopping must
+    go on whatever happened to the terminal."""
+    try:
+        print(text, file=sys.stderr if err else sys.stdout, flush=True)
+    except OSError:
+        sys.stdout = sys.stderr = open(os.devnull, "w")  # noqa: SIM115 (lives until exit)
+
+
 class _Stopper:
-    """Signal handler: the first SIGINT/SIGTERM asks supervisord to stop (workers drain); a
-    second one, or a supervisord that overruns, gets the whole tree killed."""
+    """Signal handler: the first SIGINT/SIGTERM asks supervisord to stop (workers drain); the
+    next one kills the whole tree at once."""
 
     def __init__(self, supervisor: subprocess.Popen[bytes]) -> None:
         self.supervisor = supervisor
-        self.requested = False
+        self.by_user = False
+        self.stopping = False
         self.forced = False
 
     def __call__(self, signum: int, frame: FrameType | None) -> None:
-        if not self.requested:
-            self.requested = True
-            print("\nlongrun: stopping (workers drain first; Ctrl-C again to force)", flush=True)
-            self._signal(signal.SIGTERM)
-        else:
+        if self.stopping:
             self.force()
+            return
+        self.by_user = True
+        self.stop("\nlongrun: stopping (workers drain first; Ctrl-C again to force)")
+
+    def stop(self, why: str) -> None:
+        self.stopping = True
+        self._signal(signal.SIGTERM)  # before printing: a dead terminal must not block this
+        say(why)
 
     def force(self) -> None:
         if self.forced:
             return
         self.forced = True
-        print("longrun: forcing stop", flush=True)
         for pid in emb.descendants(self.supervisor.pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         self._signal(signal.SIGKILL)
+        say("longrun: forced stop")
 
     def _signal(self, sig: signal.Signals) -> None:
         if self.supervisor.poll() is None:
@@ -309,7 +323,25 @@ class _Stopper:
                 self.supervisor.send_signal(sig)
 
 
-def _supervise(env: Mapping[str, str], conf: Path, url: str, text: str) -> int:
+def _wait_watching(
+    supervisor: subprocess.Popen[bytes], stopper: _Stopper, servers: tuple[emb.Server, ...]
+) -> int:
+    """supervisord's exit code; an embedded server that dies meanwhile stops everything."""
+    while True:
+        try:
+            return supervisor.wait(1.0)
+        except subprocess.TimeoutExpired:
+            dead = next((srv for srv in servers if srv.process.poll() is not None), None)
+            if dead is not None and not stopper.stopping:
+                stopper.stop(
+                    f"longrun: embedded {dead.name} exited ({dead.process.returncode}), see "
+                    f"{dead.log_path}; stopping"
+                )
+
+
+def _supervise(
+    env: Mapping[str, str], conf: Path, url: str, text: str, servers: tuple[emb.Server, ...]
+) -> int:
     supervisor = subprocess.Popen(
         [sys.executable, "-m", "supervisor.supervisord", "-n", "-c", str(conf)],
         env=dict(env),
@@ -323,18 +355,33 @@ def _supervise(env: Mapping[str, str], conf: Path, url: str, text: str) -> int:
     signal.signal(signal.SIGTERM, stopper)
     try:
         _wait_for_api(url, supervisor, API_READY_TIMEOUT)
-        print(text, flush=True)
-        code = supervisor.wait()
+        say(text)
+        code = _wait_watching(supervisor, stopper, servers)
     except BaseException:
-        if not stopper.requested:
-            stopper(signal.SIGTERM, None)
+        if not stopper.stopping:
+            stopper.stop("longrun: stopping")
         try:
             supervisor.wait(FORCE_AFTER_SECONDS)
         except subprocess.TimeoutExpired:
             stopper.force()
             supervisor.wait(5)
         raise
-    return 0 if stopper.requested and code == 0 else (code or 1)
+    clean = (
+        stopper.by_user and code == 0 and not any(srv.process.poll() is not None for srv in servers)
+    )
+    return 0 if clean else max(code, 1)
+
+
+def _stop_strays(backends: Backends, grace: float) -> None:
+    """Stop anything of ours still running besides the servers: programs a crashed supervisord
+    left behind are adopted by us (we are their subreaper), so they are our descendants."""
+    keep: set[int] = set()
+    for server in backends.servers:
+        keep |= {server.pid, *emb.descendants(server.pid)}
+    strays = [pid for pid in emb.descendants(os.getpid()) if pid not in keep]
+    if strays:
+        say(f"longrun: stopping {len(strays)} leftover process(es)")
+        emb.terminate_all(strays, grace)
 
 
 # ---- the command
@@ -358,9 +405,12 @@ def run(embedded: bool, port: int, workers: int) -> int:
     env = dict(os.environ)
     # Until supervisord runs, SIGTERM unwinds like Ctrl-C so embedded servers get stopped.
     previous = signal.signal(signal.SIGTERM, _raise_interrupt), signal.getsignal(signal.SIGINT)
+    emb.become_subreaper()
     backends = Backends()
+    grace = Settings.drain_seconds + 5
     try:
         settings = Settings.from_env(env)
+        grace = settings.drain_seconds + 5
         home = dev_home(env)
         home.mkdir(parents=True, exist_ok=True)
         _check_port_free(port)
@@ -380,13 +430,14 @@ def run(embedded: bool, port: int, workers: int) -> int:
         key = keys_out.strip().splitlines()[-1].strip()
         url = f"http://{API_HOST}:{port}"
         text = banner(url, key, backends.redis_desc, backends.postgres_desc, workers)
-        return _supervise(children, supervisord_conf(env), url, text)
+        return _supervise(children, supervisord_conf(env), url, text, backends.servers)
     except KeyboardInterrupt:
         return 130
     except LongrunError as exc:
-        print(f"longrun dev: {exc.detail or exc}", file=sys.stderr)
+        say(f"longrun dev: {exc.detail or exc}", err=True)
         return 1
     finally:
+        _stop_strays(backends, grace)
         backends.stop()
         signal.signal(signal.SIGTERM, previous[0])
         signal.signal(signal.SIGINT, previous[1])

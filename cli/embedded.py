@@ -39,6 +39,7 @@ PG_DATABASE = "longrun"
 DEFAULT_PG_SYSTEM_USER = "longrun-pg"
 START_ATTEMPTS = 3  # a free port can be taken between our probe and the server's bind
 _PR_SET_PDEATHSIG = 1
+_PR_SET_CHILD_SUBREAPER = 36
 
 
 class EmbeddedError(LongrunError):
@@ -180,6 +181,36 @@ def die_with_parent(sig: signal.Signals) -> Callable[[], None] | None:
         libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
 
     return hook
+
+
+def become_subreaper() -> bool:
+    """Adopt orphaned descendants (e.g. a program whose supervisord crashed) instead of init, so
+    they can be found with `descendants(os.getpid())` and stopped. False where unsupported."""
+    if not sys.platform.startswith("linux"):
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    return int(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)) == 0
+
+
+def terminate_all(pids: list[int], grace: float) -> None:
+    """SIGTERM each process, SIGKILL what is still alive after `grace` seconds, and reap those
+    that are our own children (adopted ones included)."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while any(pid_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for pid in pids:
+        if pid_alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while any(pid_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    for pid in pids:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
 
 
 def spawn(

@@ -8,6 +8,7 @@ submits a ticker run, follows it to `done`, presses Ctrl-C and checks that no pr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import queue
@@ -19,6 +20,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
@@ -37,6 +39,10 @@ REAL_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 def _alive(pids: list[int]) -> list[int]:
     return [pid for pid in pids if emb.pid_alive(pid)]
+
+
+def _argv(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
 
 
 def _query(url: str, sql: str) -> object:
@@ -347,14 +353,17 @@ def _follow_until_terminal(url: str, key: str, run_id: str) -> list[dict[str, ob
     return events
 
 
-@pytest.mark.skipif(
-    not (REPO / "cli" / "main.py").exists(), reason="needs the longrun CLI (cli/main.py)"
-)
-@pytest.mark.timeout(90)
-def test_longrun_dev_embedded_serves_a_ticker_run_and_ctrl_c_leaves_no_process(
-    tmp_path: Path,
-) -> None:
-    # Given `longrun dev --embedded` started as a user would
+@dataclass
+class _Dev:
+    proc: subprocess.Popen[bytes]
+    out: _Lines
+    url: str
+    key: str
+
+
+@contextlib.contextmanager
+def _longrun_dev(tmp_path: Path, workers: int = 1) -> Iterator[_Dev]:
+    """`longrun dev --embedded` as a user starts it; killed (with all it started) if left up."""
     port = emb.free_port()
     env = {
         **os.environ,
@@ -364,12 +373,9 @@ def test_longrun_dev_embedded_serves_a_ticker_run_and_ctrl_c_leaves_no_process(
         "PYTHONUNBUFFERED": "1",
     }
     longrun = Path(sys.executable).parent / "longrun"
+    args = [str(longrun), "dev", "--embedded", "--port", str(port), "--workers", str(workers)]
     proc = subprocess.Popen(
-        [str(longrun), "dev", "--embedded", "--port", str(port), "--workers", "1"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
+        args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
     )
     out = _Lines(proc.stdout)
     family: list[int] = []
@@ -378,31 +384,9 @@ def test_longrun_dev_embedded_serves_a_ticker_run_and_ctrl_c_leaves_no_process(
         key = out.wait_for(r"^\s*KEY=(\S+)", timeout=5).group(1)
         assert url == f"http://127.0.0.1:{port}"
         family = emb.descendants(proc.pid)
-
-        # When a ticker run is submitted and followed
-        answer = httpx.post(
-            f"{url}/runs",
-            headers={"Authorization": f"Bearer {key}"},
-            json={"input": "hi", "agent": "ticker", "params": {"count": 5, "interval_ms": 20}},
-            timeout=10,
-        )
-        assert answer.status_code == 202, answer.text
-        events = _follow_until_terminal(url, key, answer.json()["run_id"])
-
-        # Then it streams its five tokens and ends `done`
-        assert [e["text"] for e in events if e["type"] == "token"] == ["1", "2", "3", "4", "5"]
-        assert events[-1]["type"] == "done"
-        assert [e["seq"] for e in events] == list(
-            range(events[0]["seq"], events[0]["seq"] + len(events))
-        )  # type: ignore[operator]
-
-        # And when Ctrl-C is pressed, everything it started stops
-        family = sorted(set(family) | set(emb.descendants(proc.pid)))
-        assert len(family) >= 4  # redis, postgres (+ its backends), supervisord, api, worker
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(45) == 0
-        assert _alive(family) == []
+        yield _Dev(proc, out, url, key)
     finally:
+        family += emb.descendants(proc.pid)
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
@@ -410,3 +394,78 @@ def test_longrun_dev_embedded_serves_a_ticker_run_and_ctrl_c_leaves_no_process(
             os.kill(pid, signal.SIGKILL)
         out.join(10)
         proc.stdout.close()  # type: ignore[union-attr]
+
+
+needs_cli = pytest.mark.skipif(
+    not (REPO / "cli" / "main.py").exists(), reason="needs the longrun CLI (cli/main.py)"
+)
+
+
+@needs_cli
+@pytest.mark.timeout(90)
+def test_longrun_dev_embedded_serves_a_ticker_run_and_ctrl_c_leaves_no_process(
+    tmp_path: Path,
+) -> None:
+    # Given `longrun dev --embedded` started as a user would
+    with _longrun_dev(tmp_path) as dev_proc:
+        family = emb.descendants(dev_proc.proc.pid)
+
+        # When a ticker run is submitted and followed
+        answer = httpx.post(
+            f"{dev_proc.url}/runs",
+            headers={"Authorization": f"Bearer {dev_proc.key}"},
+            json={"input": "hi", "agent": "ticker", "params": {"count": 5, "interval_ms": 20}},
+            timeout=10,
+        )
+        assert answer.status_code == 202, answer.text
+        events = _follow_until_terminal(dev_proc.url, dev_proc.key, answer.json()["run_id"])
+
+        # Then it streams its five tokens and ends `done`
+        assert [e["text"] for e in events if e["type"] == "token"] == ["1", "2", "3", "4", "5"]
+        assert events[-1]["type"] == "done"
+        seqs = [int(str(e["seq"])) for e in events]
+        assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+
+        # And when Ctrl-C is pressed, everything it started stops
+        family = sorted(set(family) | set(emb.descendants(dev_proc.proc.pid)))
+        assert len(family) >= 5  # redis, postgres (+ its backends), supervisord, api, worker
+        dev_proc.proc.send_signal(signal.SIGINT)
+        assert dev_proc.proc.wait(45) == 0
+        assert _alive(family) == []
+
+
+@needs_cli
+@pytest.mark.timeout(90)
+def test_regression_a_supervisord_killed_outright_left_the_api_running(tmp_path: Path) -> None:
+    # Given a running `longrun dev`
+    with _longrun_dev(tmp_path) as dev_proc:
+        family = emb.descendants(dev_proc.proc.pid)
+        supervisord = next(
+            pid for pid in family if _argv(pid)[1:3] == ["-m", "supervisor.supervisord"]
+        )
+
+        # When its supervisord dies without stopping its programs
+        os.kill(supervisord, signal.SIGKILL)
+
+        # Then `longrun dev` notices, stops the orphaned API and workers and its servers, and fails
+        assert dev_proc.proc.wait(45) == 1
+        assert _alive(family) == []
+
+
+@needs_cli
+@pytest.mark.timeout(90)
+def test_when_an_embedded_server_dies_longrun_dev_stops_everything_and_fails(
+    tmp_path: Path,
+) -> None:
+    # Given a running `longrun dev` on embedded servers
+    with _longrun_dev(tmp_path) as dev_proc:
+        family = emb.descendants(dev_proc.proc.pid)
+        redis_pid = next(pid for pid in family if "/redis-server" in _argv(pid)[0])
+
+        # When its Redis dies
+        os.kill(redis_pid, signal.SIGKILL)
+
+        # Then it says so, stops the rest, and exits non-zero
+        dev_proc.out.wait_for(r"embedded redis exited", timeout=10)
+        assert dev_proc.proc.wait(45) == 1
+        assert _alive(family) == []
