@@ -228,3 +228,27 @@ async def test_a_run_resumed_after_its_final_answer_was_checkpointed_asks_the_mo
     # Then it ends with that answer and no model call
     assert events == [{"type": "done", "output": "Hello."}]
     assert model.requests == []
+
+
+def test_no_loop_module_imports_redis_or_postgres() -> None:
+    import ast
+    from pathlib import Path
+
+    package = Path(__file__).parent.parent / "shared" / "llm"
+    offenders = []
+    for path in sorted(package.glob("*.py")):
+        if path.name == "breaker_store.py":
+            continue  # the one module that owns the breakers' Redis keys
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            offenders += [
+                f"{path.name}: {n}"
+                for n in names
+                if n.split(".")[0] in {"redis", "asyncpg"}
+                or n in {"shared.store", "shared.redisio", "shared.llm.breaker_store"}
+            ]
+    assert offenders == []

@@ -1,7 +1,10 @@
 """The production agent loop and everything it talks to, each behind a small seam.
 
-`loop` drives the run (events, tools, budgets, checkpoints, cancellation); `model` is the seam a
-model client plugs into (`anthropic_model` for the real SDK, `scripted` for the offline and test
-models); `retry`, `pricing` and `breaker` hold pure decisions; `breaker_store` is the only module
-here that touches Redis; `services` wires one process's clients together for `shared.agents.chat`.
+`loop` drives the run (events, tools, budgets, checkpoints, cancellation) over `state` (what a
+run remembers and checkpoints); `model` is the seam a model client plugs into
+(`anthropic_model` for the real SDK, `scripted` for the offline and test models); `retry`,
+`pricing`, `budget` and `breaker` hold pure decisions; `tools` and `schema` are the plug-in tool
+registry and its argument checks; `cancel` races waits against a run's cancel flag;
+`breaker_store` is the only module here that touches Redis; `services` wires one process's
+clients together for `shared.agents.chat`.
 """
