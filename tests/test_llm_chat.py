@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 from shared.agents.base import Checkpoint, RunContext
-from shared.agents.chat import chat, chat_config
+from shared.agents.chat import chat, chat_config, params_problem
 from shared.config import Settings
-from shared.errors import AgentError
+from shared.errors import AgentError, ConfigError
 from shared.llm.anthropic_model import TurnAccumulator
 from shared.llm.breaker import BreakerPolicy, CircuitBreaker, MemoryBreakerStore
 from shared.llm.budget import MemoryLedger
@@ -20,7 +20,7 @@ from shared.llm.model import ProviderError, TextDelta, ToolCall, TurnComplete, U
 from shared.llm.pricing import Usage
 from shared.llm.scripted import OfflineModel, ScriptedModel, ScriptedTurn
 from shared.llm.services import LLM_SERVICE, build_llm_services
-from shared.llm.state import LoopState, Pending, transcript
+from shared.llm.state import LoopState, Pending, transcript, usable_history
 from shared.llm.tools import Tool, ToolContext, ToolRegistry, builtin_tools
 
 
@@ -252,3 +252,25 @@ def test_no_loop_module_imports_redis_or_postgres() -> None:
                 or n in {"shared.store", "shared.redisio", "shared.llm.breaker_store"}
             ]
     assert offenders == []
+
+
+def test_a_history_window_that_starts_mid_exchange_is_trimmed_to_a_user_turn() -> None:
+    results = {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "x"}]}
+    answer = {"role": "assistant", "content": [{"type": "text", "text": "done"}]}
+    question = {"role": "user", "content": "next?"}
+    assert usable_history([results, answer, question, answer]) == [question, answer]
+    assert usable_history([answer]) == []
+    assert usable_history([question, answer]) == [question, answer]
+
+
+def test_the_api_can_refuse_bad_chat_params_before_queueing_the_run() -> None:
+    assert params_problem(Settings(), {"max_steps": 3, "tools": ["clock"]}) is None
+    assert params_problem(Settings(), {"max_steps": 0}) == (
+        "params.max_steps must be an integer from 1 to 20"
+    )
+    assert "unknown tools" in (params_problem(Settings(), {"tools": ["nope"]}) or "")
+
+
+def test_malformed_configured_prices_fail_when_the_services_are_built() -> None:
+    with pytest.raises(ConfigError):
+        build_llm_services(Settings(model_prices_json="{"))

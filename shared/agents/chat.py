@@ -20,8 +20,9 @@ from shared.agents.base import RunContext
 from shared.config import Settings
 from shared.errors import AgentError
 from shared.llm.loop import LoopConfig, LoopDeps, agent_loop
+from shared.llm.pricing import PriceTable
 from shared.llm.services import LLM_SERVICE, LLMServices, build_llm_services
-from shared.llm.tools import Tool, ToolRegistry
+from shared.llm.tools import Tool, ToolRegistry, builtin_tools
 
 MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/-]{0,99}")
 MAX_TOKENS = 64_000
@@ -41,9 +42,11 @@ def _int_param(params: dict[str, Any], name: str, low: int, high: int) -> int | 
     return value
 
 
-def chat_config(settings: Settings, params: dict[str, Any]) -> LoopConfig:
+def chat_config(
+    settings: Settings, params: dict[str, Any], prices: PriceTable | None = None
+) -> LoopConfig:
     """The loop's configuration for one run: settings, narrowed by the run's params."""
-    overrides: dict[str, Any] = {}
+    overrides: dict[str, Any] = {} if prices is None else {"prices": prices}
     model = params.get("model")
     if model is not None:
         if not isinstance(model, str) or not MODEL_ID.fullmatch(model):
@@ -80,6 +83,19 @@ def chat_tools(
     return registry.only(names)
 
 
+def params_problem(settings: Settings, params: dict[str, Any]) -> str | None:
+    """Why `params` would end a chat run with `bad_params`, or None: for the API to refuse them
+    at submission with a 4xx instead (deployment tools from ctx.tools are not known there)."""
+    try:
+        chat_config(
+            settings, params, prices=PriceTable(rows={}, fallback=PriceTable.fallback_default())
+        )
+        chat_tools(ToolRegistry(builtin_tools()), {}, params)
+    except AgentError as exc:
+        return exc.detail
+    return None
+
+
 def services_for(ctx: RunContext) -> LLMServices:
     svc = ctx.services.get(LLM_SERVICE)
     if isinstance(svc, LLMServices):
@@ -91,8 +107,8 @@ def services_for(ctx: RunContext) -> LLMServices:
 
 
 async def chat(ctx: RunContext) -> AsyncIterator[dict[str, Any]]:
-    cfg = chat_config(ctx.settings, ctx.params)
     svc = services_for(ctx)
+    cfg = chat_config(ctx.settings, ctx.params, prices=svc.prices)
     tools = chat_tools(svc.tools, ctx.tools, ctx.params)
     if not ctx.resumed and not ctx.input.strip():
         raise AgentError("the input is empty", code="bad_input")

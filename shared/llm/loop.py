@@ -54,7 +54,14 @@ from shared.llm.model import (
 )
 from shared.llm.pricing import DEFAULT_PRICES, Price, PriceTable, Usage, turn_cost
 from shared.llm.retry import RetryPolicy, retry_delay
-from shared.llm.state import LoopState, Pending, Totals, tool_result, transcript
+from shared.llm.state import (
+    LoopState,
+    Pending,
+    Totals,
+    tool_result,
+    transcript,
+    usable_history,
+)
 from shared.llm.tools import ToolContext, ToolRegistry, run_tool
 
 log = structlog.get_logger("longrun.agent")
@@ -136,6 +143,7 @@ class AgentLoop:
         self.deps = deps
         self.prices = cfg.prices
         self.state = self._initial_state()
+        self.history = usable_history(ctx.history)
         self.current_model: str | None = None
         # The turn being streamed: its tokens so far are charged if it is cut short.
         self.inflight: tuple[str, Usage] | None = None
@@ -264,7 +272,7 @@ class AgentLoop:
     async def _stream(self, model: str) -> AsyncGenerator[Body | TurnComplete, None]:
         request = TurnRequest(
             model=model,
-            messages=[*self.ctx.history, *self.state.messages],
+            messages=[*self.history, *self.state.messages],
             tools=self.deps.tools.definitions(),
             system=self.cfg.system,
             max_tokens=self.cfg.max_tokens,

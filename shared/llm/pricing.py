@@ -103,6 +103,12 @@ class PriceTable:
             ),
         )
 
+    @staticmethod
+    def fallback_default() -> Price:
+        return Price.of(
+            Settings.fallback_price_input_per_mtok, Settings.fallback_price_output_per_mtok
+        )
+
     def price(self, model: str) -> Price:
         return price_for(model, self.rows, self.fallback)
 

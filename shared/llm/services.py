@@ -22,6 +22,7 @@ from shared.llm.breaker import (
 )
 from shared.llm.budget import MemoryLedger, SpendLedger
 from shared.llm.model import ModelClient
+from shared.llm.pricing import PriceTable
 from shared.llm.scripted import OfflineModel
 from shared.llm.tools import ToolRegistry, builtin_tools
 
@@ -34,6 +35,7 @@ class LLMServices:
     breaker: Breaker
     ledger: SpendLedger
     tools: ToolRegistry
+    prices: PriceTable
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     async def aclose(self) -> None:
@@ -60,6 +62,8 @@ def build_llm_services(
     tools: ToolRegistry | None = None,
     model: ModelClient | None = None,
 ) -> LLMServices:
+    """Raises ConfigError (at start-up, where it belongs) on malformed LONGRUN_MODEL_PRICES."""
+    prices = PriceTable.from_settings(settings)
     closers: list[Callable[[], Awaitable[None]]] = []
     if model is None:
         model, close = build_model(settings)
@@ -72,5 +76,6 @@ def build_llm_services(
         ),
         ledger=ledger or MemoryLedger(),
         tools=tools or ToolRegistry(builtin_tools()),
+        prices=prices,
         closers=closers,
     )

@@ -148,3 +148,17 @@ def transcript(state: LoopState, reason: str) -> list[dict[str, Any]]:
         if c.call_id not in done
     ]
     return [*state.messages, {"role": "user", "content": results}]
+
+
+def usable_history(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Earlier runs' messages, starting at a plain user message: a window cut from a longer
+    thread may begin with tool results (or an assistant turn) whose call it no longer holds,
+    which the API would refuse."""
+    for i, msg in enumerate(history):
+        content = msg.get("content")
+        if msg.get("role") != "user":
+            continue
+        blocks = content if isinstance(content, list) else []
+        if not any(isinstance(b, dict) and b.get("type") == "tool_result" for b in blocks):
+            return list(history[i:])
+    return []
