@@ -40,7 +40,7 @@ API_HOST = "127.0.0.1"
 DEV_USER = "dev"
 PROBE_TIMEOUT = 1.5  # seconds a configured server gets to answer before we embed our own
 API_READY_TIMEOUT = 60.0
-FORCE_AFTER_SECONDS = 45.0  # supervisord's stopwaitsecs (30) plus room to exit
+FORCE_AFTER_SECONDS = 75.0  # the workers' stopwaitsecs in supervisord.conf (60) plus room
 
 PgState = Literal["ok", "missing_database", "down"]
 

@@ -183,9 +183,12 @@ def test_supervisord_conf_runs_one_api_and_the_requested_workers_with_room_to_dr
     assert programs["api"].command == "longrun api --host 0.0.0.0 --port 8123"
     workers = [p for name, p in programs.items() if name.startswith("worker")]
     assert [p.command for p in workers] == ["longrun worker"] * 3
+    defaults = Settings()
+    handover = defaults.drain_seconds + max(defaults.lease_seconds, 5.0)
+    assert all(p.stopwaitsecs > handover for p in workers)
     for program in programs.values():
         assert program.stopsignal == signal.SIGTERM
-        assert program.stopwaitsecs > Settings().drain_seconds
+        assert program.stopwaitsecs > defaults.drain_seconds
         assert program.stopasgroup
         assert program.killasgroup
         assert program.stdout_logfile == "/dev/stdout"
