@@ -37,6 +37,7 @@ class Transition(StrEnum):
     SUCCEED = "succeed"
     FAIL = "fail"
     CANCEL = "cancel"
+    RETRY = "retry"  # an operator re-runs a dead-lettered run (`longrun dlq retry`)
 
 
 # (from, transition) -> to. Anything absent is illegal.
@@ -50,6 +51,7 @@ TRANSITIONS: dict[tuple[RunStatus, Transition], RunStatus] = {
     (RunStatus.QUEUED, Transition.FAIL): RunStatus.FAILED,  # dead-lettered before it ran
     (RunStatus.RUNNING, Transition.CANCEL): RunStatus.CANCELLED,
     (RunStatus.QUEUED, Transition.CANCEL): RunStatus.CANCELLED,
+    (RunStatus.FAILED, Transition.RETRY): RunStatus.QUEUED,
 }
 
 
