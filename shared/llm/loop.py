@@ -167,7 +167,11 @@ class AgentLoop:
             self._publish()
             yield stop.body
         except RunCancelled:
-            await self._charge_inflight()
+            try:
+                await self._charge_inflight()
+            except Exception as exc:  # best effort on the way out: the cancel must go through
+                log.warning("cancelled_turn_not_charged", error=repr(exc)[:200])
+                self._charge_inflight_locally()
             self._publish("the run was cancelled")
             raise
         except BaseException:
