@@ -42,6 +42,15 @@ def _parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="queue depth, workers, dead letters")
     status.add_argument("--json", action="store_true")
 
+    dlq = sub.add_parser("dlq", help="dead letters: list, retry, drop, ack")
+    dsub = dlq.add_subparsers(dest="dlq_command", required=True)
+    dsub.add_parser("list").add_argument("--json", action="store_true")
+    dsub.add_parser("ack", help="mark the current dead letters as seen by an operator")
+    for verb in ("retry", "drop"):
+        dv = dsub.add_parser(verb)
+        dv.add_argument("ids", nargs="*", help="dead-letter entry ids or run ids")
+        dv.add_argument("--all", action="store_true")
+
     submit = sub.add_parser("submit", help="submit a run")
     submit.add_argument("text")
     submit.add_argument("--agent")
@@ -83,6 +92,10 @@ def _dispatch(args: Any) -> int:
         from cli.status import run as run_status
 
         return run_status(settings, as_json=args.json)
+    if cmd == "dlq":
+        from cli.dlq import run as run_dlq
+
+        return run_dlq(settings, args)
     if cmd == "submit":
         from cli.submit import run as run_submit
 
