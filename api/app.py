@@ -18,7 +18,7 @@ from fastapi.responses import PlainTextResponse
 
 from api import diagnostics, errors, runs
 from api.auth import Security
-from api.errors import JSONResp
+from api.errors import ERROR_RESPONSES, JSONResp
 from api.hub import Hub
 from api.limits import BodyLimit
 from api.middleware import RequestId
@@ -74,6 +74,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         lifespan=lifespan,
         default_response_class=JSONResp,
+        responses=ERROR_RESPONSES,
     )
     errors.install(app)
     # add_middleware wraps: the last added is the outermost.
@@ -118,7 +119,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             status_code=200 if ok else 503,
         )
 
-    @app.get("/metrics")
+    @app.get(
+        "/metrics",
+        response_class=PlainTextResponse,
+        responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text"}},
+    )
     async def metrics() -> PlainTextResponse:
         return PlainTextResponse("# longrun metrics: see the operations issue\n")
 

@@ -15,8 +15,9 @@ from typing import Any
 
 import orjson
 import structlog
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -36,8 +37,9 @@ from shared.store import PG_DOWN
 log = structlog.get_logger("longrun.api")
 
 
-class JSONResp(Response):
-    """JSON rendered by orjson (datetimes, UUIDs and bytes-free dicts)."""
+class JSONResp(JSONResponse):
+    """JSON rendered by orjson (datetimes, UUIDs and bytes-free dicts). A JSONResponse, so that
+    the OpenAPI schema documents answers as JSON objects."""
 
     media_type = "application/json"
 
@@ -60,6 +62,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: _doc("malformed JSON, run id, cursor or Last-Event-ID"),
     401: _doc("no, unknown, revoked or expired credentials"),
     404: _doc("no such run (or another user's: the same answer)"),
+    409: _doc("conflict with the state of a thread or run"),
     413: _doc("request body too large"),
     422: _doc("invalid request"),
     429: _doc("rate limited, too many runs in flight or too many streams (Retry-After)"),

@@ -37,6 +37,7 @@ from api import tokens
 from api.admission import IN_FLIGHT_RETRY_AFTER, SLOT_TTL
 from api.auth import Security, current_user, security
 from api.errors import ERROR_RESPONSES, ApiError, JSONResp
+from api.schemas import CancelAnswer, EventsUrl, RunList, RunView, SubmitAnswer, documented
 from api.state import AppState
 from api.streams import RunStream
 from api.submit import (
@@ -76,11 +77,27 @@ def json_depth(value: Any, depth: int = 0) -> int:
     return depth
 
 
+def check_text(name: str, value: str) -> None:
+    """Postgres text holds no NUL, and UTF-8 holds no lone surrogate: refuse both here."""
+    if "\x00" in value:
+        raise ApiError(422, "invalid_request", f"{name} contains a NUL character")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ApiError(422, "invalid_request", f"{name} is not valid Unicode") from None
+
+
 def check_json_field(name: str, value: dict[str, Any], max_depth: int, max_bytes: int) -> None:
     if json_depth(value) > max_depth:
         raise ApiError(422, "invalid_request", f"{name} is nested deeper than {max_depth}")
-    if len(orjson.dumps(value)) > max_bytes:
+    try:
+        encoded = orjson.dumps(value)
+    except orjson.JSONEncodeError:  # integers past 64 bits, lone surrogates
+        raise ApiError(422, "invalid_request", f"{name} holds a value JSON cannot store") from None
+    if len(encoded) > max_bytes:
         raise ApiError(422, "invalid_request", f"{name} exceeds {max_bytes} bytes")
+    if b"\\u0000" in encoded:  # Postgres jsonb refuses NUL characters
+        raise ApiError(422, "invalid_request", f"{name} contains a NUL character")
 
 
 class SubmitRun(BaseModel):
@@ -123,10 +140,11 @@ def _validate(state: AppState, body: SubmitRun) -> str:
     agent = body.agent or DEFAULT_AGENT
     if agent not in state.agents:
         raise ApiError(
-            422, "unknown_agent", f"no agent {agent!r}; known: {', '.join(sorted(state.agents))}"
+            422, "unknown_agent", f"no such agent; known: {', '.join(sorted(state.agents))}"
         )
     if body.thread_id is not None and not THREAD_RE.match(body.thread_id):
         raise ApiError(422, "invalid_request", "thread_id: 1-128 of [A-Za-z0-9._:-]")
+    check_text("input", body.input)
     check_json_field("params", body.params, s.max_json_depth, s.max_json_bytes)
     check_json_field("metadata", body.metadata, s.max_json_depth, s.max_json_bytes)
     return agent
@@ -171,7 +189,12 @@ async def _admit(sec: Security, user: str) -> None:
         )
 
 
-@router.post("/runs", status_code=202)
+@router.post(
+    "/runs",
+    status_code=202,
+    response_model=None,
+    responses=documented(202, SubmitAnswer, "accepted (or an idempotent replay)"),
+)
 async def submit(
     body: SubmitRun,
     request: Request,
@@ -224,13 +247,17 @@ async def _owned_run(state: AppState, raw_id: str, user: str) -> Run:
     return run
 
 
-@router.get("/runs/{run_id}")
+@router.get("/runs/{run_id}", response_model=None, responses=documented(200, RunView, "the run"))
 async def get_run(run_id: str, request: Request, user: User) -> JSONResp:
     run = await _owned_run(_state(request), run_id, user)
     return JSONResp({**run.public(), **run_links(request, run.run_id, user)})
 
 
-@router.get("/runs/{run_id}/events_url")
+@router.get(
+    "/runs/{run_id}/events_url",
+    response_model=None,
+    responses=documented(200, EventsUrl, "a fresh events_url"),
+)
 async def get_events_url(run_id: str, request: Request, user: User) -> JSONResp:
     """A fresh `events_url` (the way back for a page whose stream token expired)."""
     run = await _owned_run(_state(request), run_id, user)
@@ -248,7 +275,7 @@ def _cursor(raw: str | None) -> tuple[datetime, str] | None:
         raise ApiError(400, "invalid_cursor", "cursor must come from next_cursor") from None
 
 
-@router.get("/runs")
+@router.get("/runs", response_model=None, responses=documented(200, RunList, "the runs"))
 async def list_runs(
     request: Request,
     user: User,
@@ -267,7 +294,12 @@ async def list_runs(
     return JSONResp({"runs": [r.public() for r in runs], "next_cursor": next_cursor})
 
 
-@router.post("/runs/{run_id}/cancel", status_code=202)
+@router.post(
+    "/runs/{run_id}/cancel",
+    status_code=202,
+    response_model=None,
+    responses=documented(202, CancelAnswer, "cancelled or cancelling"),
+)
 async def cancel(run_id: str, request: Request, user: User) -> JSONResp:
     state = _state(request)
     run = await _owned_run(state, run_id, user)
