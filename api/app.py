@@ -21,7 +21,7 @@ from api.auth import Security
 from api.errors import ERROR_RESPONSES, JSONResp
 from api.hub import Hub
 from api.limits import BodyLimit
-from api.middleware import RequestId
+from api.middleware import RequestId, install_log_redaction
 from api.state import AppState
 from shared.agents import load_agents
 from shared.config import Settings
@@ -89,6 +89,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             max_age=600,
         )
     app.add_middleware(RequestId)
+    install_log_redaction()
     app.include_router(runs.router)
     app.include_router(diagnostics.router)
 

@@ -9,6 +9,7 @@ injection, no log forging); otherwise a fresh one replaces it.
 
 from __future__ import annotations
 
+import logging
 import re
 import uuid
 
@@ -52,3 +53,31 @@ class RequestId:
 
         with structlog.contextvars.bound_contextvars(request_id=rid):
             await self.app(scope, receive, send_with_id)
+
+
+_TOKEN_IN_URL = re.compile(r"((?:^|[?&])token=)[^&\s\"']+")
+
+
+def redact_url_tokens(text: str) -> str:
+    return _TOKEN_IN_URL.sub(r"\1[redacted]", text)
+
+
+class RedactTokens(logging.Filter):
+    """Defence in depth for access logs (off in `longrun api`, but a deployment may turn them
+    on): a stream token in a logged URL becomes `token=[redacted]`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str):
+            record.msg = redact_url_tokens(record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                redact_url_tokens(a) if isinstance(a, str) else a for a in record.args
+            )
+        return True
+
+
+def install_log_redaction() -> None:
+    """Idempotent: attaches one RedactTokens to uvicorn's access logger."""
+    access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, RedactTokens) for f in access.filters):
+        access.addFilter(RedactTokens())

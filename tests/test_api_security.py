@@ -340,3 +340,60 @@ async def test_oversized_request_heads_are_refused_by_both_http_implementations(
         finally:
             server.should_exit = True
             await task
+
+
+async def test_stream_tokens_never_reach_a_log_line_even_with_access_logs_on(
+    settings, api_key, client, capfd, caplog
+):
+    import logging
+
+    import uvicorn
+
+    from api.app import create_app
+    from tests.conftest import free_port
+
+    # Given a server whose deployment turned uvicorn's access log on
+    caplog.set_level(logging.DEBUG)
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(settings), host="127.0.0.1", port=port, log_config=None,
+            access_log=True, lifespan="on",
+        )
+    )
+    task = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            await asyncio.sleep(0.01)
+        base = f"http://127.0.0.1:{port}"
+        async with httpx.AsyncClient(
+            base_url=base, headers={"Authorization": f"Bearer {api_key}"}, timeout=10
+        ) as c:
+            run_id = await submit(c, agent="ticker", params={"count": 0})
+            await c.post(f"/runs/{run_id}/cancel")
+            url = (await c.get(f"/runs/{run_id}/events_url")).json()["events_url"]
+            token = parse_qs(urlsplit(url).query)["token"][0]
+            other = await submit(c, agent="ticker", params={"count": 0})
+        secret = server.config.app.state.security.stream_secret
+        expired = tokens.mint(secret, run_id, "alice", time.time() - 3600, 60)
+        # When the tokens are used, refused for another run, expired and mangled
+        async with httpx.AsyncClient(base_url=base, timeout=10) as anon:
+            ok = await anon.get(url)
+            wrong_run = await anon.get(f"/runs/{other}/events", params={"token": token})
+            old = await anon.get(f"/runs/{run_id}/events", params={"token": expired})
+            bad = await anon.get(f"/runs/{run_id}/events", params={"token": token + "x"})
+    finally:
+        server.should_exit = True
+        await task
+
+    assert [r.status_code for r in (ok, wrong_run, old, bad)] == [200, 401, 401, 401]
+    # Then the access log ran, and no line holds a token
+    out = capfd.readouterr()
+    server_records = [r for r in caplog.records if not r.name.startswith(("httpx", "httpcore"))]
+    lines = [r.getMessage() for r in server_records] + (out.out + out.err).splitlines()
+    assert any("/events?token=[redacted]" in line for line in lines), lines[-20:]
+    for t in (token, expired, token + "x"):
+        assert not [line for line in lines if t in line]
+    for r in (wrong_run, old, bad):
+        assert token not in r.text
+        assert expired not in r.text
