@@ -39,6 +39,10 @@ def _parser() -> argparse.ArgumentParser:
     kl = ksub.add_parser("list")
     kl.add_argument("--user")
 
+    pause = sub.add_parser("pause", help="refuse new runs (503 paused) until resume")
+    pause.add_argument("--reason", default="paused by an operator")
+    sub.add_parser("resume", help="accept new runs again")
+
     status = sub.add_parser("status", help="queue depth, workers, dead letters")
     status.add_argument("--json", action="store_true")
 
@@ -88,6 +92,10 @@ def _dispatch(args: Any) -> int:
         return asyncio.run(_migrate(settings))
     if cmd == "keys":
         return asyncio.run(_keys(settings, args))
+    if cmd in ("pause", "resume"):
+        from cli import admin
+
+        return admin.pause(settings, args.reason) if cmd == "pause" else admin.resume(settings)
     if cmd == "status":
         from cli.status import run as run_status
 
@@ -107,6 +115,7 @@ def _api(settings: Settings, host: str, port: int) -> int:
     import uvicorn
 
     from api.app import create_app
+    from api.server import server_options
     from shared import logs
 
     logs.configure(settings.log_json)
@@ -118,7 +127,7 @@ def _api(settings: Settings, host: str, port: int) -> int:
         access_log=False,
         timeout_graceful_shutdown=10,
         loop="uvloop",
-        http="httptools",
+        **server_options(settings),  # httptools, with the request head bounded
     )
     return 0
 
@@ -162,7 +171,9 @@ async def _keys(settings: Settings, args: Any) -> int:
             print(key)
             return 0
         if args.keys_command == "revoke":
-            ok = await store.revoke_key(args.key_id)
+            from cli.admin import revoke_key
+
+            ok = await revoke_key(settings, args.key_id)  # and API caches drop it at once
             print("revoked" if ok else "no such active key")
             return 0 if ok else 1
         for k in await store.list_keys(args.user):
