@@ -255,3 +255,29 @@ async def test_a_crashed_processes_stream_slots_expire(
         resp = await c.get(f"/runs/{run_id}/events")
     # Then it does not count against the user
     assert resp.status_code == 200
+
+
+async def test_longrun_pause_and_resume_commands_flip_every_api_process(
+    api_factory, settings, api_key
+):
+    import sys
+
+    from tests.procs import ROOT, settings_env
+
+    async def longrun(*args: str) -> str:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "cli.main", *args, env=settings_env(settings),
+            cwd=str(ROOT), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )
+        out, _ = await asyncio.wait_for(proc.communicate(), 30)
+        assert proc.returncode == 0, out
+        return out.decode()
+
+    one, two = await api_factory(), await api_factory()
+    async with await _client(one, api_key) as a, await _client(two, api_key) as b:
+        await longrun("pause", "--reason", "deploy")
+        paused = [(await c.post("/runs", json=BODY)).status_code for c in (a, b)]
+        await longrun("resume")
+        resumed = [(await c.post("/runs", json=BODY)).status_code for c in (a, b)]
+    assert paused == [503, 503]
+    assert resumed == [202, 202]
