@@ -1,0 +1,299 @@
+"""The cluster as operators see it: one snapshot of the queue, the workers, the dead letters,
+the counters and the runs, read from Redis and Postgres, for `GET /metrics` and `longrun status`.
+
+Cluster-wide figures are aggregated through the shared stores, not scraped per worker: workers
+publish their live figures in Redis (heartbeat: `Keys.workers`, `Keys.worker_info`; counters:
+`Keys.counters`; breakers: `Keys.scoped("breaker", ...)`), and any API process (or the CLI)
+reads them back. So one scrape of any API instance sees every worker, and workers need no port.
+
+Reading is `cluster_redis` / `cluster_postgres` (thin, bounded reads); deciding is pure
+(`parse_*`, `problems`). The dead-letter watermark (`longrun dlq ack`) lives here too, so the
+status command and the dlq command agree on what "new dead letters" means.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from shared.config import Settings
+from shared.keys import Keys
+from shared.store import Store
+
+# Workers whose last heartbeat is older than this are dropped from the snapshot (a killed
+# worker never removes itself from the heartbeat set).
+FORGET_WORKER_SECONDS = 3600.0
+# At most this many unacknowledged dead letters are counted exactly.
+DLQ_COUNT_CAP = 1000
+# At most this many breaker keys are read per snapshot.
+BREAKER_CAP = 50
+COUNTER_NAMES = ("reclaims", "lease_losses", "handoffs", "provider_errors")
+BREAKER_VALUES = {"closed": 0, "half_open": 1, "open": 2}
+
+
+def _s(value: bytes | str | None) -> str:
+    if value is None:
+        return ""
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def entry_ms(entry_id: str) -> int:
+    """The millisecond timestamp part of a stream entry id (`1700000000000-0`)."""
+    head = entry_id.split("-", 1)[0]
+    return int(head) if head.isdigit() else 0
+
+
+def id_after(a: str, b: str) -> bool:
+    """Whether stream id `a` is strictly greater than `b`."""
+
+    def key(x: str) -> tuple[int, int]:
+        ms, _, n = x.partition("-")
+        return (int(ms or 0), int(n or 0))
+
+    return key(a) > key(b)
+
+
+@dataclass(frozen=True)
+class GroupInfo:
+    pending: int = 0
+    lag: int | None = None  # Redis 7 only (and nil when Redis cannot tell)
+    last_delivered: str = "0-0"
+    exists: bool = False
+
+
+def parse_group(groups: list[dict[str, Any]], name: str) -> GroupInfo:
+    """Our group's line of `XINFO GROUPS`; `lag` only where the server reports it."""
+    for g in groups:
+        if _s(g.get("name")) != name:
+            continue
+        lag = g.get("lag")
+        return GroupInfo(
+            pending=int(g.get("pending") or 0),
+            lag=None if lag is None else int(lag),
+            last_delivered=_s(g.get("last-delivered-id")) or "0-0",
+            exists=True,
+        )
+    return GroupInfo()
+
+
+@dataclass(frozen=True)
+class WorkerView:
+    name: str
+    alive: bool
+    heartbeat_age_seconds: float
+    in_flight: int
+    concurrency: int
+    host: str = ""
+    pid: int = 0
+
+    @property
+    def free_slots(self) -> int:
+        return max(0, self.concurrency - self.in_flight) if self.alive else 0
+
+
+def parse_workers(
+    beats: list[tuple[str, float]],
+    infos: list[dict[bytes, bytes]],
+    now: float,
+    lease_seconds: float,
+) -> list[WorkerView]:
+    """Workers from the heartbeat set and their info hashes (same order). A worker is alive
+    when it beat within one lease; one silent for an hour is forgotten."""
+    out = []
+    for (name, beat), info in zip(beats, infos, strict=True):
+        age = max(0.0, now - beat)
+        if age > FORGET_WORKER_SECONDS:
+            continue
+        fields = {_s(k): _s(v) for k, v in info.items()}
+        alive = age < lease_seconds
+        out.append(
+            WorkerView(
+                name=name,
+                alive=alive,
+                heartbeat_age_seconds=round(age, 3),
+                in_flight=int(fields.get("in_flight") or 0) if alive else 0,
+                concurrency=int(fields.get("concurrency") or 0),
+                host=fields.get("host", ""),
+                pid=int(fields.get("pid") or 0),
+            )
+        )
+    return out
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    entry_id: str
+    run_id: str
+    deliveries: int
+    reason: str
+    at: float  # unix seconds when it was dead-lettered
+
+
+def parse_dead_letter(entry_id: bytes | str, fields: dict[bytes, bytes]) -> DeadLetter:
+    f = {_s(k): _s(v) for k, v in fields.items()}
+    eid = _s(entry_id)
+    try:
+        at = float(f.get("at") or 0) or entry_ms(eid) / 1000
+    except ValueError:
+        at = entry_ms(eid) / 1000
+    deliveries = f.get("deliveries", "0")
+    return DeadLetter(
+        entry_id=eid,
+        run_id=f.get("run", ""),
+        deliveries=int(deliveries) if deliveries.isdigit() else 0,
+        reason=f.get("reason", ""),
+        at=at,
+    )
+
+
+def dlq_watermark_key(keys: Keys) -> str:
+    """String: the newest dead-letter id an operator has acknowledged (`longrun dlq ack`)."""
+    return keys.scoped("dlq", "acked")
+
+
+@dataclass(frozen=True)
+class RedisFigures:
+    backlog: int
+    group: GroupInfo
+    oldest_waiting_age_seconds: float | None
+    workers: list[WorkerView]
+    dead_letters: int
+    dead_letters_unacked: int
+    newest_dead_letter_age_seconds: float | None
+    counters: dict[str, int]
+    breakers: dict[str, str]
+
+    @property
+    def workers_alive(self) -> int:
+        return sum(1 for w in self.workers if w.alive)
+
+    @property
+    def in_flight(self) -> int:
+        return sum(w.in_flight for w in self.workers)
+
+    @property
+    def free_slots(self) -> int:
+        return sum(w.free_slots for w in self.workers)
+
+    @property
+    def waiting(self) -> int:
+        """Entries no worker has read yet: `lag` where Redis has it, else backlog - pending."""
+        if self.group.lag is not None:
+            return self.group.lag
+        return max(0, self.backlog - self.group.pending)
+
+
+async def _oldest_waiting(r: aioredis.Redis, keys: Keys, group: GroupInfo) -> str | None:
+    """The id of the oldest queue entry not yet delivered to the group."""
+    low = f"({group.last_delivered}" if group.exists else "-"
+    rows = await r.xrange(keys.queue, min=low, max="+", count=1)
+    return _s(rows[0][0]) if rows else None
+
+
+async def _breakers(r: aioredis.Redis, keys: Keys) -> dict[str, str]:
+    head = keys.scoped("breaker", "")
+    tail = ":state"
+    names: list[str] = []
+    async for raw in r.scan_iter(match=keys.scoped("breaker", "*", "state"), count=200):
+        names.append(_s(raw))
+        if len(names) >= BREAKER_CAP:
+            break
+    out: dict[str, str] = {}
+    for key in sorted(names):
+        status = _s(await r.hget(key, "status")) or "closed"
+        model = key[len(head) : -len(tail)]
+        if model and ":" not in model:  # skip anything that is not a breaker's state hash
+            out[model] = status
+    return out
+
+
+async def cluster_redis(r: aioredis.Redis, keys: Keys, settings: Settings) -> RedisFigures:
+    """Everything the snapshot needs from Redis: about a dozen commands, none unbounded."""
+    now = time.time()
+    backlog = int(await r.xlen(keys.queue))
+    try:
+        group = parse_group(await r.xinfo_groups(keys.queue), keys.group)
+    except aioredis.ResponseError:  # no queue stream yet
+        group = GroupInfo()
+    oldest = await _oldest_waiting(r, keys, group) if backlog else None
+    beats = [(_s(n), float(s)) for n, s in await r.zrange(keys.workers, 0, -1, withscores=True)]
+    async with r.pipeline(transaction=False) as p:
+        for name, _ in beats:
+            p.hgetall(keys.worker_info(name))
+        infos = await p.execute() if beats else []
+    dead = int(await r.xlen(keys.dead_letters))
+    acked = _s(await r.get(dlq_watermark_key(keys))) or "0-0"
+    unacked = await r.xrange(keys.dead_letters, min=f"({acked}", max="+", count=DLQ_COUNT_CAP)
+    newest = await r.xrevrange(keys.dead_letters, count=1)
+    raw_counters = await r.hgetall(keys.counters)
+    counters = dict.fromkeys(COUNTER_NAMES, 0)
+    for k, v in raw_counters.items():
+        text = _s(v)
+        if text.lstrip("-").isdigit():
+            counters[_s(k)] = int(text)
+    return RedisFigures(
+        backlog=backlog,
+        group=group,
+        oldest_waiting_age_seconds=(
+            None if oldest is None else round(max(0.0, now - entry_ms(oldest) / 1000), 3)
+        ),
+        workers=parse_workers(beats, infos, now, settings.lease_seconds),
+        dead_letters=dead,
+        dead_letters_unacked=len(unacked),
+        newest_dead_letter_age_seconds=(
+            None if not newest else round(max(0.0, now - parse_dead_letter(*newest[0]).at), 3)
+        ),
+        counters=counters,
+        breakers=await _breakers(r, keys),
+    )
+
+
+@dataclass(frozen=True)
+class PostgresFigures:
+    runs_by_status: dict[str, int] = field(default_factory=dict)
+    cost_usd_total: float = 0.0
+
+
+async def cluster_postgres(store: Store) -> PostgresFigures:
+    """Runs by status and the total cost. One grouped scan of `runs`: callers cache it."""
+    async with store.conn() as c:
+        rows = await c.fetch(
+            "SELECT status, count(*) AS n, coalesce(sum(cost_usd), 0) AS cost "
+            "FROM runs GROUP BY status"
+        )
+    return PostgresFigures(
+        runs_by_status={str(r["status"]): int(r["n"]) for r in rows},
+        cost_usd_total=float(sum(float(r["cost"]) for r in rows)),
+    )
+
+
+# -- judging -----------------------------------------------------------------------------------
+
+
+def problems(f: RedisFigures, settings: Settings) -> list[str]:
+    """What an operator must look at now; empty when the system is healthy.
+
+    - stalled: entries are queued (or held by dead workers) and no worker is alive;
+    - degraded: dead letters newer than the acknowledged watermark (`longrun dlq ack`);
+    - starved: a run has waited longer than two leases (and a minute) while live workers have
+      free slots: the workers are not reading the queue.
+    """
+    out = []
+    if f.backlog > 0 and f.workers_alive == 0:
+        out.append(f"stalled: {f.backlog} runs queued or in flight and no live worker")
+    if f.dead_letters_unacked > 0:
+        more = "+" if f.dead_letters_unacked >= DLQ_COUNT_CAP else ""
+        out.append(
+            f"degraded: {f.dead_letters_unacked}{more} new dead letters "
+            "(see `longrun dlq list`; `longrun dlq ack` once handled)"
+        )
+    wait_limit = max(60.0, 2 * settings.lease_seconds)
+    oldest = f.oldest_waiting_age_seconds
+    if oldest is not None and oldest > wait_limit and f.free_slots > 0:
+        out.append(
+            f"starved: a run has waited {oldest:.0f} s while workers have {f.free_slots} free slots"
+        )
+    return out
