@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
@@ -39,6 +41,7 @@ class Subscription:
     queue: asyncio.Queue[Event] = field(default_factory=lambda: asyncio.Queue(QUEUE_SIZE))
     behind: bool = False
     woken: asyncio.Event = field(default_factory=asyncio.Event)
+    read_at: float = 0.0  # monotonic time of the hub read that pushed the queued events
 
 
 @dataclass
@@ -58,6 +61,8 @@ class Hub:
         self._wake_id = "0-0"
         self._task: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
+        # Called with the seconds from the hub's read to a subscriber taking the events.
+        self.on_delivery: Callable[[float], None] | None = None
 
     @property
     def subscribers(self) -> int:
@@ -85,6 +90,11 @@ class Hub:
         else:
             watch.subs.add(sub)
         return sub
+
+    def delivered(self, sub: Subscription) -> None:
+        """A subscriber took its pushed events: report the delivery lag."""
+        if self.on_delivery is not None and sub.read_at:
+            self.on_delivery(time.monotonic() - sub.read_at)
 
     def unsubscribe(self, sub: Subscription) -> None:
         key = self.keys.events(sub.run_id)
@@ -121,6 +131,7 @@ class Hub:
         streams[self.wake_key] = self._wake_id
         self._changed.clear()
         reply = await self.r.xread(streams, count=READ_COUNT, block=BLOCK_MS)
+        read_at = time.monotonic()
         for raw_key, entries in reply or []:
             key = raw_key.decode() if isinstance(raw_key, bytes) else raw_key
             if key == self.wake_key:
@@ -133,11 +144,12 @@ class Hub:
             events = parse_stream_events(entries)
             watch.last_seq = max(watch.last_seq, events[-1].seq)
             for sub in watch.subs:
-                self._push(sub, events)
+                self._push(sub, events, read_at)
 
     @staticmethod
-    def _push(sub: Subscription, events: list[Event]) -> None:
+    def _push(sub: Subscription, events: list[Event], read_at: float = 0.0) -> None:
         if not sub.behind:
+            sub.read_at = read_at
             for e in events:
                 try:
                     sub.queue.put_nowait(e)

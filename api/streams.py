@@ -89,6 +89,7 @@ class RunStream:
                 drained.append(sub.queue.get_nowait())
             fresh = [e for e in drained if e.seq > cursor]
             if fresh:
+                self.hub.delivered(sub)
                 return fresh
             if sub.behind:
                 sub.behind = False
