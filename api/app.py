@@ -14,14 +14,16 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import PlainTextResponse
 
 from api import diagnostics, errors, runs
 from api.auth import Security
 from api.errors import ERROR_RESPONSES, JSONResp
 from api.hub import Hub
 from api.limits import BodyLimit
+from api.metrics import ApiMetrics, SubmitTimer, cluster_in_flight
+from api.metrics import router as metrics_router
 from api.middleware import RequestId, install_log_redaction
+from api.shutdown import ReconnectHint
 from api.state import AppState
 from shared.agents import load_agents
 from shared.config import Settings
@@ -31,6 +33,7 @@ from shared.redisio import REDIS_DOWN, RedisIO, create_redis
 from shared.store import Store, connect
 
 READY_TIMEOUT = 1.0
+HEALTH_MAX_AGE = 5.0
 REDIS_OR_TIMEOUT: tuple[type[BaseException], ...] = (TimeoutError, *REDIS_DOWN)
 CORS_HEADERS = ["Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID", "X-Request-ID"]
 
@@ -49,6 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         store = await Store.open(settings, "longrun-api")
         r = create_redis(settings, "longrun-api")
         hub = Hub(create_redis(settings.with_(redis_max_connections=2), "longrun-api-hub"), keys)
+        hub.on_delivery = app.state.metrics.delivery_lag_seconds.observe
         await hub.start()
         state = AppState(
             settings=settings,
@@ -77,6 +81,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         responses=ERROR_RESPONSES,
     )
     errors.install(app)
+    app.state.metrics = ApiMetrics.create()
+    app.add_middleware(ReconnectHint)
+    app.add_middleware(SubmitTimer, metrics=app.state.metrics)
     # add_middleware wraps: the last added is the outermost.
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     if settings.cors_origins:
@@ -96,7 +103,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get("/health")
     async def health(request: Request) -> dict[str, object]:
         state: AppState = request.app.state.longrun
-        return {"status": "ok", "sse_subscribers": state.hub.subscribers}
+        return {
+            "status": "ok",
+            "shutting_down": state.shutting_down,
+            "sse_subscribers": state.hub.subscribers,
+            # cluster-wide, from the workers' heartbeats; null when Redis does not answer
+            "runs_in_flight": await cluster_in_flight(request, max_age=HEALTH_MAX_AGE),
+        }
 
     @app.get("/ready", responses={503: {"description": "Redis or Postgres is not answering"}})
     async def ready(request: Request) -> JSONResp:
@@ -120,12 +133,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             status_code=200 if ok else 503,
         )
 
-    @app.get(
-        "/metrics",
-        response_class=PlainTextResponse,
-        responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text"}},
-    )
-    async def metrics() -> PlainTextResponse:
-        return PlainTextResponse("# longrun metrics: see the operations issue\n")
+    app.include_router(metrics_router)
 
     return app
