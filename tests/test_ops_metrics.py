@@ -1,0 +1,198 @@
+"""`GET /metrics` and `/health` move as the cluster does: a scripted scenario (queue 50, drain
+them, one dead letter, one cancel) read through the Prometheus text of the API."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+from redis.exceptions import ResponseError
+
+from shared.keys import Keys
+from shared.llm.breaker import BreakerState, BreakerStatus
+from shared.llm.breaker_store import RedisBreakerStore
+from tests.helpers import read_events, submit, wait_for, wait_status
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+async def scrape(client: httpx.AsyncClient) -> Samples:
+    resp = await client.get("/metrics")
+    assert resp.status_code == 200
+    assert resp.headers["content-type"].startswith("text/plain")
+    out: Samples = {}
+    for family in text_string_to_metric_families(resp.text):
+        for s in family.samples:
+            out[(s.name, frozenset(s.labels.items()))] = s.value
+    return out
+
+
+def value(samples: Samples, name: str, **labels: str) -> float | None:
+    return samples.get((name, frozenset(labels.items())))
+
+
+def fast_cache(api: Any) -> None:
+    """Tests read fresh figures: no 10 s Postgres cache."""
+    cluster = api.server.config.app.state.metrics.cluster
+    cluster.postgres.ttl = 0.0
+    cluster.redis.ttl = 0.0
+
+
+async def test_metrics_follow_a_queue_a_drain_a_dead_letter_and_a_cancel(
+    settings, api, client, store, redis_client, worker_factory
+):
+    fast_cache(api)
+    keys = Keys.from_settings(settings)
+    # Given 50 runs submitted while no worker runs
+    run_ids = [
+        await submit(client, agent="ticker", params={"count": 3, "interval_ms": 1})
+        for _ in range(50)
+    ]
+    m = await scrape(client)
+    # Then the backlog, the waiting entries and their age show, and no worker is live
+    assert value(m, "longrun_queue_depth") == 50
+    assert value(m, "longrun_queue_waiting") == 50
+    assert value(m, "longrun_group_pending") == 0
+    assert (value(m, "longrun_queue_oldest_waiting_age_seconds") or 0) > 0
+    assert value(m, "longrun_workers_live") == 0
+    assert value(m, "longrun_runs_active", status="queued") == 50
+    assert value(m, "longrun_submit_duration_seconds_count", code="202") == 50
+    assert value(m, "longrun_metrics_source_up", source="redis") == 1
+    assert value(m, "longrun_metrics_source_up", source="postgres") == 1
+
+    # When one run's entry goes to a consumer that vanishes, and a worker with max_attempts=1
+    # drains the queue
+    with contextlib.suppress(ResponseError):
+        await redis_client.xgroup_create(keys.queue, keys.group, id="0", mkstream=True)
+    ghost = await redis_client.xreadgroup(keys.group, "ghost", {keys.queue: ">"}, count=1)
+    dead_run = ghost[0][1][0][1][b"run"].decode()
+    w = await worker_factory(max_attempts=1, lease_seconds=0.5)
+    for rid in run_ids:
+        await wait_status(client, rid, "succeeded", "failed")
+
+    async def drained() -> Samples | None:
+        got = await scrape(client)
+        done = value(got, "longrun_runs_finished_total", status="succeeded") == 49
+        return got if done and value(got, "longrun_queue_depth") == 0 else None
+
+    m = await wait_for(drained)
+    # Then 49 succeeded, the ghost's run was re-claimed and dead-lettered, the queue is empty
+    assert value(m, "longrun_runs_finished_total", status="failed") == 1
+    assert value(m, "longrun_dead_letters") == 1
+    assert value(m, "longrun_dead_letters_unacknowledged") == 1
+    assert (value(m, "longrun_reclaims_total") or 0) >= 1
+    assert value(m, "longrun_runs_active", status="queued") == 0
+    assert (await client.get(f"/runs/{dead_run}")).json()["status"] == "failed"
+    # And the worker is live with all its slots free
+    assert value(m, "longrun_workers_live") == 1
+    assert value(m, "longrun_worker_free_slots", worker=w.name) == settings.concurrency
+    assert value(m, "longrun_worker_runs_in_flight", worker=w.name) == 0
+
+    # When a long run is followed over SSE and then cancelled
+    long_run = await submit(client, agent="ticker", params={"count": 10000, "interval_ms": 20})
+    await wait_status(client, long_run, "running")
+    reader = asyncio.create_task(read_events(client, long_run, limit=20))
+
+    async def streaming() -> Samples | None:
+        got = await scrape(client)
+        live = value(got, "longrun_sse_subscribers") == 1
+        return got if live and value(got, "longrun_runs_in_flight") == 1 else None
+
+    m = await wait_for(streaming)
+    assert value(m, "longrun_worker_runs_in_flight", worker=w.name) == 1
+    health = (await client.get("/health")).json()
+    assert health["sse_subscribers"] == 1
+    assert health["runs_in_flight"] == 1
+    await reader
+    assert (await client.post(f"/runs/{long_run}/cancel")).status_code == 202
+    await wait_status(client, long_run, "cancelled")
+
+    async def cancelled() -> Samples | None:
+        got = await scrape(client)
+        return got if value(got, "longrun_runs_finished_total", status="cancelled") == 1 else None
+
+    m = await wait_for(cancelled)
+    # Then the cancel is counted, the stream's events were timed, and nobody streams any more
+    assert value(m, "longrun_sse_subscribers") == 0
+    assert (value(m, "longrun_event_delivery_lag_seconds_count") or 0) > 0
+    assert value(m, "longrun_event_delivery_lag_seconds_bucket", le="+Inf") == value(
+        m, "longrun_event_delivery_lag_seconds_count"
+    )
+
+
+async def test_cost_counters_and_breakers_are_read_from_where_workers_keep_them(
+    settings, api, client, store, redis_client
+):
+    fast_cache(api)
+    keys = Keys.from_settings(settings)
+    # Given a run that cost something, counters workers raised, and an open breaker
+    run_id = await submit(client, agent="ticker")
+    async with store.conn() as c:
+        await c.execute("UPDATE runs SET cost_usd = 0.25 WHERE run_id = $1::uuid", run_id)
+    await redis_client.hincrby(keys.counters, "lease_losses", 2)
+    await redis_client.hincrby(keys.counters, "handoffs", 3)
+    await redis_client.hincrby(keys.counters, "provider_errors", 4)
+    breakers = RedisBreakerStore(redis_client, keys)
+    assert await breakers.compare_and_set("model-a", 0, BreakerState(status=BreakerStatus.OPEN))
+    # When scraped
+    m = await scrape(client)
+    # Then each shows under its conventional name
+    assert value(m, "longrun_cost_usd_total") == 0.25
+    assert value(m, "longrun_lease_losses_total") == 2
+    assert value(m, "longrun_handoffs_total") == 3
+    assert value(m, "longrun_provider_errors_total") == 4
+    assert value(m, "longrun_reclaims_total") == 0
+    assert value(m, "longrun_breaker_state", model="model-a", state="open") == 1
+    assert value(m, "longrun_breaker_state", model="model-a", state="closed") == 0
+
+
+async def test_a_scrape_storm_reads_the_stores_once_per_cache_period(api, client, redis_client):
+    cluster = api.server.config.app.state.metrics.cluster
+    cluster.redis.ttl = 60.0
+    cluster.postgres.ttl = 60.0
+    first = await scrape(client)
+    before = int((await redis_client.info("stats"))["total_commands_processed"])
+    await asyncio.gather(*(scrape(client) for _ in range(50)))
+    after = int((await redis_client.info("stats"))["total_commands_processed"])
+    # Other tests may share this Redis: allow a little noise, far below 50 scrapes' worth
+    assert after - before < 100
+    assert value(first, "longrun_queue_depth") == 0
+
+
+async def test_metrics_report_a_store_that_does_not_answer_instead_of_failing(
+    api, client, monkeypatch
+):
+    fast_cache(api)
+    state = api.server.config.app.state.longrun
+
+    async def down(*_: Any, **__: Any) -> None:
+        raise ConnectionError("redis is away")
+
+    monkeypatch.setattr(state.redis, "xlen", down)
+    m = await scrape(client)
+    assert value(m, "longrun_metrics_source_up", source="redis") == 0
+    assert value(m, "longrun_metrics_source_up", source="postgres") == 1
+    assert value(m, "longrun_queue_depth") is None
+    health = await client.get("/health")
+    assert health.status_code == 200
+    assert health.json()["runs_in_flight"] is None
+
+
+async def test_ready_fails_as_soon_as_shutdown_begins(api, client):
+    from api.shutdown import begin_shutdown
+
+    assert (await client.get("/ready")).status_code == 200
+    app = api.server.config.app
+    begin_shutdown(app)
+    try:
+        resp = await client.get("/ready")
+        assert resp.status_code == 503
+        assert resp.json()["checks"]["shutdown"] == "in progress"
+        assert (await client.get("/health")).json()["shutting_down"] is True
+    finally:
+        from sse_starlette.sse import AppStatus
+
+        AppStatus.should_exit = False  # process-global: do not end other tests' streams
