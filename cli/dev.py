@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import os
 import shutil
 import signal
@@ -24,7 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Literal
+from typing import IO, Literal
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import asyncpg
@@ -109,7 +110,11 @@ def child_env(
     return env
 
 
-def banner(url: str, key: str, redis_desc: str, postgres_desc: str, workers: int) -> str:
+def banner(
+    url: str, key: str, redis_desc: str, postgres_desc: str, workers: int, cli: str = "longrun"
+) -> str:
+    """What `longrun dev` prints once the API answers; `cli` is how the user's shell reaches
+    the `longrun` command (a full path when it is not on their PATH)."""
     body = '{"input":"hi","agent":"ticker","params":{"count":5}}'
     return "\n".join(
         [
@@ -128,7 +133,7 @@ def banner(url: str, key: str, redis_desc: str, postgres_desc: str, workers: int
             '  curl -N $URL/runs/<run_id>/events -H "Authorization: Bearer $KEY"',
             "Or with the CLI:",
             f"  export LONGRUN_URL={url} LONGRUN_API_KEY={key}",
-            '  longrun submit "hello" --follow',
+            f'  {cli} submit "hello" --follow',
             "",
             "Ctrl-C stops everything.",
             "",
@@ -192,6 +197,28 @@ def ensure_database(url: str) -> None:
 # ---- the servers
 
 
+def lock_home(home: Path) -> IO[str]:
+    """Hold `home/dev.lock` for as long as the returned file stays open. One `longrun dev` per
+    data directory: a second one would take the first one's servers for leftovers and stop
+    them."""
+    home.mkdir(parents=True, exist_ok=True)
+    handle = (home / "dev.lock").open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "?"
+        handle.close()
+        raise ConfigError(
+            f"another `longrun dev` (pid {holder}) is using {home}: stop it first, "
+            "or give this one its own LONGRUN_DEV_DIR"
+        ) from None
+    handle.truncate(0)
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
+
+
 @dataclass
 class Backends:
     redis_url: str = ""
@@ -199,12 +226,20 @@ class Backends:
     redis_desc: str = ""
     postgres_desc: str = ""
     servers: tuple[emb.Server, ...] = ()
+    lock: IO[str] | None = None
+
+    def own(self, home: Path) -> None:
+        if self.lock is None:
+            self.lock = lock_home(home)
 
     def stop(self) -> None:
         # Reverse start order; each server gets its own clean shutdown.
         for server in reversed(self.servers):
             emb.stop(server)
         self.servers = ()
+        if self.lock is not None:
+            self.lock.close()
+            self.lock = None
 
 
 def _provide_redis(settings: Settings, force: bool, home: Path, into: Backends) -> None:
@@ -214,6 +249,7 @@ def _provide_redis(settings: Settings, force: bool, home: Path, into: Backends) 
         return
     if not force:
         say(f"longrun: no Redis answers at {redacted(settings.redis_url)}; starting one")
+    into.own(home)
     server = emb.start_redis(home / "redis")
     into.servers = (*into.servers, server)
     into.redis_url = server.url
@@ -232,6 +268,7 @@ def _provide_postgres(settings: Settings, force: bool, home: Path, into: Backend
             into.postgres_desc = f"{redacted(url)} (configured)"
             return
         say(f"longrun: no Postgres answers at {redacted(url)}; starting one")
+    into.own(home)
     server = emb.start_postgres(home / "postgres")
     into.servers = (*into.servers, server)
     into.database_url = emb.pg_url(server.port)
@@ -412,7 +449,6 @@ def run(embedded: bool, port: int, workers: int) -> int:
         settings = Settings.from_env(env)
         grace = settings.drain_seconds + 5
         home = dev_home(env)
-        home.mkdir(parents=True, exist_ok=True)
         _check_port_free(port)
         _provide_redis(settings, embedded, home, backends)
         _provide_postgres(settings, embedded, home, backends)
@@ -429,7 +465,9 @@ def run(embedded: bool, port: int, workers: int) -> int:
         keys_out = _run_step([longrun, "keys", "create", "--user", DEV_USER], children, "keys")
         key = keys_out.strip().splitlines()[-1].strip()
         url = f"http://{API_HOST}:{port}"
-        text = banner(url, key, backends.redis_desc, backends.postgres_desc, workers)
+        on_path = shutil.which("longrun", path=env.get("PATH"))
+        cli = "longrun" if on_path and Path(on_path).samefile(longrun) else longrun
+        text = banner(url, key, backends.redis_desc, backends.postgres_desc, workers, cli)
         return _supervise(children, supervisord_conf(env), url, text, backends.servers)
     except KeyboardInterrupt:
         return 130

@@ -13,9 +13,11 @@ import json
 import os
 import queue
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -31,6 +33,7 @@ import redis
 import cli.dev as dev
 import cli.embedded as emb
 from shared.config import Settings
+from shared.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_REDIS = "redis://127.0.0.1:6379/0"
@@ -62,8 +65,19 @@ def _query(url: str, sql: str) -> object:
 
 
 @pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[emb.Server]:
-    server = emb.start_redis(tmp_path / "redis")
+def data_dir() -> Iterator[Path]:
+    """A scratch data folder outside pytest's basetemp: another pytest session starting meanwhile
+    resets /tmp/pytest-of-USER to 0700, cutting the Postgres user off from its data mid-test."""
+    path = Path(tempfile.mkdtemp(prefix="longrun-devtest-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def redis_server(data_dir: Path) -> Iterator[emb.Server]:
+    server = emb.start_redis(data_dir / "redis")
     try:
         yield server
     finally:
@@ -71,8 +85,8 @@ def redis_server(tmp_path: Path) -> Iterator[emb.Server]:
 
 
 @pytest.fixture
-def postgres_server(tmp_path: Path) -> Iterator[emb.Server]:
-    server = emb.start_postgres(tmp_path / "postgres")
+def postgres_server(data_dir: Path) -> Iterator[emb.Server]:
+    server = emb.start_postgres(data_dir / "postgres")
     try:
         yield server
     finally:
@@ -115,6 +129,16 @@ def test_dev_data_lives_in_the_checkout_unless_longrun_dev_dir_says_otherwise(
     assert dev.dev_home({}, source_root=REPO) == REPO / ".longrun"
     assert dev.dev_home({"LONGRUN_DEV_DIR": str(tmp_path)}, source_root=REPO) == tmp_path
     assert dev.dev_home({}, source_root=tmp_path / "site", cwd=tmp_path) == tmp_path / ".longrun"
+
+
+def test_only_one_longrun_dev_at_a_time_uses_a_data_folder(tmp_path: Path) -> None:
+    held = dev.lock_home(tmp_path)
+    try:
+        with pytest.raises(ConfigError, match=f"pid {os.getpid()}"):
+            dev.lock_home(tmp_path)
+    finally:
+        held.close()
+    dev.lock_home(tmp_path).close()  # free again once the holder is gone
 
 
 def test_the_dev_data_folder_is_gitignored() -> None:
@@ -162,6 +186,8 @@ def test_banner_gives_url_key_and_copy_paste_commands() -> None:
     ) in text
     assert 'curl -N $URL/runs/<run_id>/events -H "Authorization: Bearer $KEY"' in text
     assert 'longrun submit "hello" --follow' in text
+    off_path = dev.banner("http://127.0.0.1:8123", "lr_abc", "r", "p", 2, cli="/v/bin/longrun")
+    assert '/v/bin/longrun submit "hello" --follow' in off_path
 
 
 # ---- supervisord.conf
@@ -209,10 +235,10 @@ def test_embedded_redis_answers_with_the_configured_policies(redis_server: emb.S
 
 
 def test_embedded_redis_keeps_its_data_across_a_restart_and_leaves_no_process(
-    tmp_path: Path,
+    data_dir: Path,
 ) -> None:
     # Given a key written to an embedded Redis that is then stopped
-    first = emb.start_redis(tmp_path / "redis")
+    first = emb.start_redis(data_dir / "redis")
     client = redis.Redis.from_url(first.url)
     client.set("survivor", "yes")
     client.close()
@@ -220,7 +246,7 @@ def test_embedded_redis_keeps_its_data_across_a_restart_and_leaves_no_process(
     assert not emb.pid_alive(first.pid)
 
     # When one starts again on the same data
-    second = emb.start_redis(tmp_path / "redis")
+    second = emb.start_redis(data_dir / "redis")
     try:
         client = redis.Redis.from_url(second.url)
         # Then the key is still there
@@ -232,10 +258,10 @@ def test_embedded_redis_keeps_its_data_across_a_restart_and_leaves_no_process(
 
 
 def test_a_redis_left_running_by_a_killed_dev_is_stopped_before_a_new_one_starts(
-    tmp_path: Path,
+    data_dir: Path,
 ) -> None:
-    orphan = emb.start_redis(tmp_path / "redis")  # never stopped by its owner
-    fresh = emb.start_redis(tmp_path / "redis")
+    orphan = emb.start_redis(data_dir / "redis")  # never stopped by its owner
+    fresh = emb.start_redis(data_dir / "redis")
     try:
         orphan.process.wait(10)
         assert not emb.pid_alive(orphan.pid)
@@ -256,8 +282,8 @@ def test_embedded_postgres_is_version_18_and_not_run_as_root(
         assert uid != 0
 
 
-def test_embedded_postgres_stops_with_all_its_backends(tmp_path: Path) -> None:
-    server = emb.start_postgres(tmp_path / "postgres")
+def test_embedded_postgres_stops_with_all_its_backends(data_dir: Path) -> None:
+    server = emb.start_postgres(data_dir / "postgres")
     assert _query(server.url, "select 1") == 1
     family = [server.pid, *emb.descendants(server.pid)]
     assert len(family) > 1  # checkpointer, walwriter, ...
@@ -267,13 +293,13 @@ def test_embedded_postgres_stops_with_all_its_backends(tmp_path: Path) -> None:
     assert _alive(family) == []
 
 
-def test_embedded_postgres_keeps_its_data_across_a_restart(tmp_path: Path) -> None:
-    first = emb.start_postgres(tmp_path / "postgres")
+def test_embedded_postgres_keeps_its_data_across_a_restart(data_dir: Path) -> None:
+    first = emb.start_postgres(data_dir / "postgres")
     try:
         _query(first.url, "create table kept (v int); insert into kept values (7)")
     finally:
         emb.stop(first)
-    second = emb.start_postgres(tmp_path / "postgres")
+    second = emb.start_postgres(data_dir / "postgres")
     try:
         assert _query(second.url, "select v from kept") == 7
     finally:
@@ -365,12 +391,12 @@ class _Dev:
 
 
 @contextlib.contextmanager
-def _longrun_dev(tmp_path: Path, workers: int = 1) -> Iterator[_Dev]:
+def _longrun_dev(data_dir: Path, workers: int = 1) -> Iterator[_Dev]:
     """`longrun dev --embedded` as a user starts it; killed (with all it started) if left up."""
     port = emb.free_port()
     env = {
         **os.environ,
-        "LONGRUN_DEV_DIR": str(tmp_path / "dev"),
+        "LONGRUN_DEV_DIR": str(data_dir / "dev"),
         "LONGRUN_DRAIN_SECONDS": "3",
         "LONGRUN_KEY_PREFIX": f"devtest-{uuid.uuid4().hex[:8]}",
         "PYTHONUNBUFFERED": "1",
@@ -407,10 +433,10 @@ needs_cli = pytest.mark.skipif(
 @needs_cli
 @pytest.mark.timeout(90)
 def test_longrun_dev_embedded_serves_a_ticker_run_and_ctrl_c_leaves_no_process(
-    tmp_path: Path,
+    data_dir: Path,
 ) -> None:
     # Given `longrun dev --embedded` started as a user would
-    with _longrun_dev(tmp_path) as dev_proc:
+    with _longrun_dev(data_dir) as dev_proc:
         family = emb.descendants(dev_proc.proc.pid)
 
         # When a ticker run is submitted and followed
@@ -439,9 +465,9 @@ def test_longrun_dev_embedded_serves_a_ticker_run_and_ctrl_c_leaves_no_process(
 
 @needs_cli
 @pytest.mark.timeout(90)
-def test_regression_a_supervisord_killed_outright_left_the_api_running(tmp_path: Path) -> None:
+def test_regression_a_supervisord_killed_outright_left_the_api_running(data_dir: Path) -> None:
     # Given a running `longrun dev`
-    with _longrun_dev(tmp_path) as dev_proc:
+    with _longrun_dev(data_dir) as dev_proc:
         family = emb.descendants(dev_proc.proc.pid)
         supervisord = next(
             pid for pid in family if _argv(pid)[1:3] == ["-m", "supervisor.supervisord"]
@@ -458,10 +484,10 @@ def test_regression_a_supervisord_killed_outright_left_the_api_running(tmp_path:
 @needs_cli
 @pytest.mark.timeout(90)
 def test_when_an_embedded_server_dies_longrun_dev_stops_everything_and_fails(
-    tmp_path: Path,
+    data_dir: Path,
 ) -> None:
     # Given a running `longrun dev` on embedded servers
-    with _longrun_dev(tmp_path) as dev_proc:
+    with _longrun_dev(data_dir) as dev_proc:
         family = emb.descendants(dev_proc.proc.pid)
         redis_pid = next(pid for pid in family if "/redis-server" in _argv(pid)[0])
 
