@@ -18,6 +18,8 @@ duplicate, because a frame is sent whole or not at all.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from types import FrameType
 from typing import Any
 
@@ -49,6 +51,14 @@ class GracefulServer(uvicorn.Server):
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         begin_shutdown(self.longrun_app)
         super().handle_exit(sig, frame)
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        with super().capture_signals():
+            yield
+            # The shutdown the signal asked for is complete: exit 0 like a drained worker,
+            # instead of uvicorn re-raising the signal to die by it.
+            self._captured_signals.clear()
 
 
 class ReconnectHint:
