@@ -116,11 +116,13 @@ def _api(settings: Settings, host: str, port: int) -> int:
 
     from api.app import create_app
     from api.server import server_options
+    from api.shutdown import GracefulServer
     from shared import logs
 
     logs.configure(settings.log_json)
-    uvicorn.run(
-        create_app(settings),
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
         host=host,
         port=port,
         log_config=None,
@@ -129,7 +131,10 @@ def _api(settings: Settings, host: str, port: int) -> int:
         loop="uvloop",
         **server_options(settings),  # httptools, with the request head bounded
     )
-    return 0
+    # SIGTERM fails /ready and ends SSE streams with a reconnect hint at once (api/shutdown.py)
+    server = GracefulServer(config, app)
+    server.run()
+    return 0 if server.started else 3
 
 
 def _worker(settings: Settings, concurrency: int | None) -> int:
