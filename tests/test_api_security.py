@@ -397,3 +397,58 @@ async def test_stream_tokens_never_reach_a_log_line_even_with_access_logs_on(
     for r in (wrong_run, old, bad):
         assert token not in r.text
         assert expired not in r.text
+
+
+async def test_es256_tokens_from_a_jwks_file_name_the_user_by_the_configured_claim(
+    api_factory, settings, tmp_path
+):
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    private = ec.generate_private_key(ec.SECP256R1())
+    jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(private.public_key()))
+    jwk.update(kid="ec1", alg="ES256", use="sig")
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(json.dumps({"keys": [jwk]}))
+    srv = await api_factory(
+        settings.with_(
+            jwt_jwks_file=str(jwks),
+            jwt_algorithm="ES256",
+            jwt_audience="longrun-test",
+            jwt_issuer="https://issuer.test",
+            jwt_user_claim="email",
+        )
+    )
+    good = jwt.encode(
+        _jwt_claims(email="erin@example.test"), private, "ES256", headers={"kid": "ec1"}
+    )
+    no_claim = jwt.encode(_jwt_claims(), private, "ES256", headers={"kid": "ec1"})
+    unknown_kid = jwt.encode(
+        _jwt_claims(email="erin@example.test"), private, "ES256", headers={"kid": "other"}
+    )
+    async with httpx.AsyncClient(base_url=srv.url) as c:
+        made = await c.post(
+            "/runs", json={"input": "x", "agent": "ticker"},
+            headers={"Authorization": f"Bearer {good}"},
+        )
+        codes = [
+            (await c.get("/runs", headers={"Authorization": f"Bearer {t}"})).status_code
+            for t in (no_claim, unknown_kid)
+        ]
+    assert made.status_code == 202, made.text
+    assert codes == [401, 401]
+    state = srv.server.config.app.state.longrun
+    assert (await state.store.get_run(made.json()["run_id"])).user_id == "erin@example.test"
+
+
+def test_half_configured_jwt_auth_fails_at_start_up(settings):
+    from api.jwt_auth import JwtVerifier
+    from shared.errors import ConfigError
+
+    for bad in (
+        settings.with_(jwt_secret=JWT_SECRET),  # no audience/issuer
+        settings.with_(jwt_secret="short", jwt_audience="a", jwt_issuer="i"),
+        settings.with_(jwt_secret=JWT_SECRET, jwt_audience="a", jwt_issuer="i",
+                       jwt_algorithm="RS256"),
+    ):
+        with pytest.raises(ConfigError):
+            JwtVerifier.from_settings(bad)
