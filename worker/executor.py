@@ -39,6 +39,8 @@ RETRYABLE: tuple[type[BaseException], ...] = (Unavailable, *REDIS_DOWN)
 LIFECYCLE_TYPES = frozenset({"start", "resumed", "notice"})
 ARCHIVE_EVERY_EVENTS = 200
 ARCHIVE_EVERY_SECONDS = 2.0
+# Event codes that mean a model provider call failed (retried, or ending the run).
+PROVIDER_ERROR_CODES = frozenset({"provider_retry", "provider_error"})
 
 
 class Ending(StrEnum):
@@ -286,6 +288,9 @@ class Attempt:
         """Append the agent's events; return its terminal body (not yet appended)."""
         async for body in events:
             btype = body.get("type")
+            if body.get("code") in PROVIDER_ERROR_CODES:  # a failed model call: for metrics
+                with contextlib.suppress(*REDIS_DOWN):
+                    await self.deps.rio.r.hincrby(self.deps.rio.keys.counters, "provider_errors", 1)
             if btype in TERMINAL_EVENT_TYPES:
                 return body
             if btype == "usage":
