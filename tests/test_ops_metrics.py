@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -15,6 +16,13 @@ from shared.keys import Keys
 from shared.llm.breaker import BreakerState, BreakerStatus
 from shared.llm.breaker_store import RedisBreakerStore
 from tests.helpers import read_events, submit, wait_for, wait_status
+
+async def flaky_model_agent(ctx: Any) -> AsyncIterator[dict[str, Any]]:
+    """Two failed model calls that the loop retries, then a third that ends the run."""
+    for n in (1, 2):
+        yield {"type": "notice", "code": "provider_retry", "message": "overloaded", "retry": n}
+    yield {"type": "error", "code": "provider_error", "message": "overloaded"}
+
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -147,6 +155,26 @@ async def test_cost_counters_and_breakers_are_read_from_where_workers_keep_them(
     assert value(m, "longrun_reclaims_total") == 0
     assert value(m, "longrun_breaker_state", model="model-a", state="open") == 1
     assert value(m, "longrun_breaker_state", model="model-a", state="closed") == 0
+
+
+async def test_failed_model_calls_are_counted_as_provider_errors(
+    settings, api_factory, worker_factory, store
+):
+    s = settings.with_(agent_modules=("flaky=tests.test_ops_metrics:flaky_model_agent",))
+    api = await api_factory(s)
+    fast_cache(api)
+    await worker_factory(s)
+    _, key = await store.create_key("bob")
+    async with httpx.AsyncClient(
+        base_url=api.url, headers={"Authorization": f"Bearer {key}"}, timeout=10
+    ) as client:
+        # Given a run whose model fails twice (retried) and then for good
+        run_id = await submit(client, agent="flaky")
+        body = await wait_status(client, run_id, "failed")
+        assert body["error"]["code"] == "provider_error"
+        # Then the three failed calls are counted cluster-wide
+        m = await scrape(client)
+        assert value(m, "longrun_provider_errors_total") == 3
 
 
 async def test_a_scrape_storm_reads_the_stores_once_per_cache_period(api, client, redis_client):
