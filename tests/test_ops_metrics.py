@@ -17,6 +17,7 @@ from shared.llm.breaker import BreakerState, BreakerStatus
 from shared.llm.breaker_store import RedisBreakerStore
 from tests.helpers import read_events, submit, wait_for, wait_status
 
+
 async def flaky_model_agent(ctx: Any) -> AsyncIterator[dict[str, Any]]:
     """Two failed model calls that the loop retries, then a third that ends the run."""
     for n in (1, 2):
