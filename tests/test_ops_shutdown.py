@@ -37,7 +37,8 @@ class ApiProc:
         return self.log_path.read_text(errors="replace")
 
 
-async def start_api(settings: Settings, tmp: Path, name: str) -> ApiProc:
+async def start_api(settings: Settings, tmp: Path, name: str, **extra: str) -> ApiProc:
+    """A real `longrun api` process (JSON logs to `tmp/<name>.log`), once it is ready."""
     port = free_port()
     log_path = tmp / f"{name}.log"
     with log_path.open("wb") as out:
@@ -52,6 +53,7 @@ async def start_api(settings: Settings, tmp: Path, name: str) -> ApiProc:
                 settings,
                 LONGRUN_MAX_SSE_PER_USER="1000",
                 LONGRUN_STREAM_TOKEN_SECRET="shared-between-instances-" + "x" * 32,
+                **extra,
             ),
             stdout=out,
             stderr=asyncio.subprocess.STDOUT,

@@ -1,0 +1,113 @@
+"""Logs of a full run across real processes (an API, two workers, one of them paused past its
+lease so the run moves): every line is JSON, every line of the run's work carries the one
+`run_id`, its `attempt` and the `worker`, request lines carry the request id, and no planted
+secret appears anywhere."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from shared.keys import Keys
+from tests.helpers import wait_for, wait_status
+from tests.procs import WorkerProc, start_worker, stop_all
+from tests.test_ops_shutdown import ApiProc, start_api
+
+PROVIDER_CANARY = "sk-ant-api03-CANARY-provider-key-0123456789"
+BAD_KEY_CANARY = "lr_deadbeef_CANARY-bad-key-0123456789abcdef"
+# Lines about a queue entry before any attempt holds it: they know the run, not an attempt.
+BEFORE_ATTEMPT = {"entry_reclaimed", "entry_skipped", "run_dead_lettered"}
+
+
+def json_lines(path: Path) -> list[dict[str, Any]]:
+    out = []
+    for raw in path.read_text().splitlines():
+        if raw.strip():
+            out.append(json.loads(raw))  # fails the test on any line that is not JSON
+    return out
+
+
+async def test_a_full_runs_logs_are_json_with_its_run_attempt_and_worker_and_no_secret(
+    settings, store, redis_client, tmp_path
+):
+    _, key = await store.create_key("alice")
+    env = {"ANTHROPIC_API_KEY": PROVIDER_CANARY}
+    workers: list[WorkerProc] = []
+    apis: list[ApiProc] = []
+    try:
+        apis.append(await start_api(settings, tmp_path, "api", **env))
+        for name in ("w1", "w2"):
+            workers.append(await start_worker(settings, name, tmp_path, **env))
+        async with httpx.AsyncClient(
+            base_url=apis[0].url, headers={"Authorization": f"Bearer {key}"}, timeout=10
+        ) as client:
+            # Given a run that starts on one worker
+            resp = await client.post(
+                "/runs",
+                json={"input": "x", "agent": "ticker", "params": {"count": 30, "interval_ms": 100}},
+            )
+            run_id = resp.json()["run_id"]
+            await wait_status(client, run_id, "running")
+            meta = Keys.from_settings(settings).run_meta(run_id)
+            owner_name = (await redis_client.hget(meta, "owner")).decode()
+            owner = next(w for w in workers if w.name == owner_name)
+            # When that worker is paused past its lease, the other takes the run over
+            owner.signal(signal.SIGSTOP)
+
+            async def moved() -> bool:
+                return bool((await client.get(f"/runs/{run_id}")).json()["attempts"] >= 2)
+
+            await wait_for(moved, timeout=20)
+            owner.signal(signal.SIGCONT)
+            await wait_status(client, run_id, "succeeded", timeout=30)
+            await wait_for(lambda: _logged(owner, "lease_lost"), timeout=20)
+            # And a request with a bad key arrives, with a request id
+            refused = await client.get(
+                "/runs",
+                headers={"Authorization": f"Bearer {BAD_KEY_CANARY}", "X-Request-ID": "req-42"},
+            )
+            assert refused.status_code == 401
+            assert refused.headers["x-request-id"] == "req-42"
+    finally:
+        await stop_all(workers)
+        for api in apis:
+            api.proc.terminate()
+            await api.proc.wait()
+
+    # Then every line of every process is JSON and no secret is in any of them
+    logs = {w.name: json_lines(w.log_path) for w in workers}
+    logs["api"] = json_lines(apis[0].log_path)
+    for path in tmp_path.glob("*.log"):
+        text = path.read_text()
+        assert PROVIDER_CANARY not in text
+        assert BAD_KEY_CANARY not in text
+        assert "CANARY" not in text
+    # And the run's lines all name the one run, the worker, and (once claimed) the attempt
+    run_lines = [(name, line) for name, lines in logs.items() for line in lines if "run_id" in line]
+    assert {line["run_id"] for _, line in run_lines} == {run_id}
+    for name, line in run_lines:
+        if name == "api":
+            continue
+        assert line.get("worker") == name, line
+        if line["event"] not in BEFORE_ATTEMPT:
+            assert isinstance(line.get("attempt"), int), line
+    events = {(name, line["event"], line.get("attempt")) for name, line in run_lines}
+    other = next(w.name for w in workers if w.name != owner_name)
+    assert (owner_name, "run_claimed", 1) in events
+    assert (owner_name, "lease_lost", 1) in events
+    assert (other, "run_claimed", 2) in events
+    assert (other, "run_finished", 2) in events
+    # And uvicorn's own lines went through the same JSON pipeline
+    assert any(line.get("logger", "").startswith("uvicorn") for line in logs["api"])
+    # And the API's request lines carry the request id
+    refusals = [line for line in logs["api"] if line["event"] == "api_key_refused"]
+    assert refusals, logs["api"]
+    assert all(line.get("request_id") == "req-42" for line in refusals)
+
+
+async def _logged(proc: WorkerProc, event: str) -> bool:
+    return f'"event": "{event}"' in proc.log()
