@@ -7,14 +7,17 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from shared.keys import Keys
+from shared.logs import REDACTED, redact, scrub
 from tests.helpers import wait_for, wait_status
-from tests.procs import WorkerProc, start_worker, stop_all
+from tests.procs import ROOT, WorkerProc, start_worker, stop_all
 from tests.test_ops_shutdown import ApiProc, start_api
 
 PROVIDER_CANARY = "sk-ant-api03-CANARY-provider-key-0123456789"
@@ -111,3 +114,53 @@ async def test_a_full_runs_logs_are_json_with_its_run_attempt_and_worker_and_no_
 
 async def _logged(proc: WorkerProc, event: str) -> bool:
     return f'"event": "{event}"' in proc.log()
+
+
+def test_secrets_are_redacted_by_key_and_by_shape_at_any_depth() -> None:
+    line = redact(
+        None,
+        "info",
+        {
+            "event": "call_failed",
+            "authorization": "Bearer abc",
+            "stream_token": "t0k3n",
+            "input_tokens": 12,
+            "detail": f"upstream said: invalid x-api-key {PROVIDER_CANARY}",
+            "request": {"headers": {"Authorization": "x"}, "url": f"/runs?k={BAD_KEY_CANARY}"},
+            "args": ["Bearer abcdefghijklmnop", 3],
+        },
+    )
+    assert line["authorization"] == REDACTED
+    assert line["stream_token"] == REDACTED
+    assert line["input_tokens"] == 12  # usage figures are not secrets
+    assert line["detail"] == f"upstream said: invalid x-api-key {REDACTED}"
+    assert line["request"]["headers"]["Authorization"] == REDACTED
+    assert line["request"]["url"] == f"/runs?k={REDACTED}"
+    assert line["args"] == [REDACTED, 3]
+    assert "lr_ab12cd34" in scrub("key lr_ab12cd34 revoked")  # a key's public id stays
+
+
+def test_library_and_warning_lines_become_redacted_json(tmp_path: Path) -> None:
+    script = (
+        "import logging, warnings\n"
+        "from shared import logs\n"
+        "logs.configure(json=True)\n"
+        f"logging.getLogger('asyncpg').warning('lost connection, Bearer {BAD_KEY_CANARY}')\n"
+        "warnings.warn('a deprecation', DeprecationWarning, stacklevel=1)\n"
+        "try:\n"
+        f"    raise RuntimeError('{PROVIDER_CANARY}')\n"
+        "except RuntimeError:\n"
+        "    logging.getLogger('redis').exception('failed')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-W", "always", "-c", script],
+        cwd=str(ROOT),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    lines = [json.loads(raw) for raw in done.stderr.splitlines() if raw.strip()]
+    assert [line["logger"] for line in lines] == ["asyncpg", "py.warnings", "redis"]
+    assert "CANARY" not in done.stderr
+    assert "RuntimeError" in lines[2]["exception"]
