@@ -14,7 +14,15 @@ from redis.exceptions import ResponseError
 
 from shared.config import Settings
 from shared.keys import Keys
-from shared.metrics import dlq_watermark_key
+from shared.metrics import (
+    GroupInfo,
+    RedisFigures,
+    WorkerView,
+    dlq_watermark_key,
+    parse_group,
+    parse_workers,
+    problems,
+)
 from tests.helpers import assert_gapless_ticker, read_events, submit, wait_for, wait_status
 from tests.procs import ROOT, settings_env
 
@@ -174,3 +182,62 @@ async def test_dlq_drop_deletes_the_dead_letter_and_keeps_the_run_failed(
 async def _healthy(settings: Settings) -> bool:
     code, _ = await status_json(settings)
     return code == 0
+
+
+def test_group_lag_is_read_where_redis_7_has_it_and_absent_on_6_2() -> None:
+    redis7 = [
+        {"name": b"other", "pending": 9, "lag": 9, "last-delivered-id": b"5-0"},
+        {"name": b"workers", "pending": 2, "lag": 3, "last-delivered-id": b"7-1"},
+    ]
+    redis62 = [{"name": b"workers", "pending": 2, "last-delivered-id": b"7-1"}]
+    unknown = [{"name": b"workers", "pending": 0, "lag": None, "last-delivered-id": b"0-0"}]
+    assert parse_group(redis7, "workers") == GroupInfo(2, 3, "7-1", True)
+    assert parse_group(redis62, "workers") == GroupInfo(2, None, "7-1", True)
+    assert parse_group(unknown, "workers").lag is None
+    assert parse_group([], "workers") == GroupInfo()
+
+
+def _figures(**changes: Any) -> RedisFigures:
+    base: dict[str, Any] = {
+        "backlog": 0,
+        "group": GroupInfo(exists=True),
+        "oldest_waiting_age_seconds": None,
+        "workers": [WorkerView("w", True, 0.1, 0, 4)],
+        "dead_letters": 0,
+        "dead_letters_unacked": 0,
+        "newest_dead_letter_age_seconds": None,
+        "counters": {},
+        "breakers": {},
+    }
+    return RedisFigures(**{**base, **changes})
+
+
+def test_problems_name_a_stall_new_dead_letters_and_starved_queues() -> None:
+    s = Settings(lease_seconds=30)
+    dead_worker = [WorkerView("w", False, 99.0, 0, 4)]
+    assert problems(_figures(), s) == []
+    assert problems(_figures(backlog=3, workers=dead_worker), s)[0].startswith("stalled")
+    # old dead letters an operator acknowledged are not a problem; new ones are
+    assert problems(_figures(dead_letters=5), s) == []
+    assert problems(_figures(dead_letters=5, dead_letters_unacked=1), s)[0].startswith("degraded")
+    # a run waiting past two leases (and a minute) while slots are free
+    assert problems(_figures(backlog=1, oldest_waiting_age_seconds=30.0), s) == []
+    starved = problems(_figures(backlog=1, oldest_waiting_age_seconds=61.0), s)
+    assert starved[0].startswith("starved")
+    busy = [WorkerView("w", True, 0.1, 4, 4)]
+    assert problems(_figures(backlog=1, oldest_waiting_age_seconds=61.0, workers=busy), s) == []
+
+
+def test_workers_silent_for_a_lease_are_dead_and_after_an_hour_forgotten() -> None:
+    now = 10_000.0
+    beats = [("a", now - 1), ("b", now - 40), ("c", now - 4000)]
+    infos = [
+        {b"in_flight": b"2", b"concurrency": b"8"},
+        {b"in_flight": b"5", b"concurrency": b"8"},
+        {},
+    ]
+    ws = parse_workers(beats, infos, now, lease_seconds=30)
+    assert [(w.name, w.alive, w.in_flight, w.free_slots) for w in ws] == [
+        ("a", True, 2, 6),
+        ("b", False, 0, 0),
+    ]
