@@ -147,7 +147,7 @@ def _redis_metrics(f: RedisFigures) -> Iterator[Metric]:
     )
     yield _gauge("longrun_workers_live", "Workers that heartbeat within a lease", f.workers_alive)
     yield _gauge("longrun_runs_in_flight", "Runs executing on live workers", f.in_flight)
-    yield _gauge("longrun_worker_free_slots_total", "Free run slots on live workers", f.free_slots)
+    yield _gauge("longrun_free_slots", "Free run slots on all live workers", f.free_slots)
     in_flight = GaugeMetricFamily(
         "longrun_worker_runs_in_flight", "Runs executing on one worker", labels=["worker"]
     )
