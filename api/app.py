@@ -15,7 +15,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 
-from api import diagnostics, errors, runs
+from api import diagnostics, errors, events, runs
 from api.auth import Security
 from api.errors import ERROR_RESPONSES, JSONResp
 from api.hub import Hub
@@ -98,6 +98,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestId)
     install_log_redaction()
     app.include_router(runs.router)
+    app.include_router(events.router)
     app.include_router(diagnostics.router)
 
     @app.get("/health")
