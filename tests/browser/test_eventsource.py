@@ -10,13 +10,15 @@ fresh connection. Skipped where Chromium is not installed; `.ci/run` installs it
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import shutil
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import httpx
 import pytest
@@ -43,15 +45,25 @@ FLAGS = [
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")
 
 
-async def serve_page(html: str, port: int) -> asyncio.Server:
-    """A one-page HTTP server: the page's origin (not the API's, so CORS is exercised)."""
-    body = html.encode()
+async def serve_page(
+    html: str, port: int, refresh: Callable[[], Awaitable[bytes]] | None = None
+) -> asyncio.Server:
+    """The page's own origin (not the API's, so CORS is exercised): `/` is the page, and
+    `/refresh` plays the page's backend, which holds the API key and hands out fresh
+    `events_url`s."""
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
-            await reader.readuntil(b"\r\n\r\n")
+            head = await reader.readuntil(b"\r\n\r\n")
+            path = head.split(b" ", 2)[1]
+            if path.startswith(b"/refresh") and refresh is not None:
+                body, kind = await refresh(), b"application/json"
+            else:
+                body, kind = html.encode(), b"text/html; charset=utf-8"
             writer.write(
-                b"HTTP/1.1 200 OK\r\ncontent-type: text/html; charset=utf-8\r\n"
+                b"HTTP/1.1 200 OK\r\ncontent-type: "
+                + kind
+                + b"\r\n"
                 + f"content-length: {len(body)}\r\nconnection: close\r\n\r\n".encode()
                 + body
             )
@@ -180,3 +192,80 @@ async def test_a_browser_eventsource_gets_every_event_once_in_order_across_cuts(
     ]
     assert events[-1]["type"] == "done"
     assert state["opens"] >= 4, state["opens"]
+
+
+def _via(proxy: TcpProxy, url: str) -> str:
+    return urlunsplit(urlsplit(url)._replace(netloc=f"127.0.0.1:{proxy.port}"))
+
+
+def _token_expiry(url: str) -> int:
+    token = parse_qs(urlsplit(url).query)["token"][0]
+    payload = token.split(".", 1)[0]
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    return int(claims["e"])
+
+
+async def test_a_page_whose_stream_token_expired_refreshes_it_and_misses_nothing(
+    api_factory, settings, api_key, worker, tmp_path
+):
+    # Given stream tokens that live two seconds, and a page that follows a run through a proxy
+    page_port = free_port()
+    page_origin = f"http://127.0.0.1:{page_port}"
+    srv = await api_factory(settings.with_(cors_origins=(page_origin,), stream_token_ttl_seconds=2))
+    proxy = await TcpProxy("127.0.0.1", srv.port).start()
+    count = 20
+    async with httpx.AsyncClient(
+        base_url=srv.url, headers={"Authorization": f"Bearer {api_key}"}, timeout=10
+    ) as c:
+        answer = (
+            await c.post(
+                "/runs",
+                json={
+                    "input": "x",
+                    "agent": "ticker",
+                    "params": {"count": count, "interval_ms": 250},
+                },
+            )
+        ).json()
+        run_id = answer["run_id"]
+
+        async def refresh() -> bytes:  # the page's backend: it holds the API key
+            fresh = (await c.get(f"/runs/{run_id}/events_url")).json()
+            return json.dumps({"events_url": _via(proxy, fresh["events_url"])}).encode()
+
+        html = PAGE.read_text().replace("EVENTS_URL", json.dumps(_via(proxy, answer["events_url"])))
+        page_server = await serve_page(html, page_port, refresh)
+        try:
+            async with chromium(f"{page_origin}/", tmp_path / "profile") as page:
+                # When the link drops after the token has expired
+                async def some_events() -> bool:
+                    n = await page.eval("window.__state ? window.__state.events.length : 0")
+                    return bool(n and n >= 3)
+
+                await wait_for(some_events, timeout=30)
+
+                async def token_expired() -> bool:
+                    return time.time() > _token_expiry(answer["events_url"])
+
+                await wait_for(token_expired, timeout=5)
+                proxy.cut()
+                proxy.restore()
+
+                async def finished() -> Any:
+                    return await page.eval(
+                        "window.__state && window.__state.done && window.__state"
+                    )
+
+                state = await wait_for(finished, timeout=60, interval=0.2)
+        finally:
+            page_server.close()
+            await proxy.stop()
+
+    # Then the page was told, refreshed its URL, and still saw every event exactly once
+    assert state["expired"] == 1
+    events = state["events"]
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    assert [e["text"] for e in events if e["type"] == "token"] == [
+        str(i) for i in range(1, count + 1)
+    ]
+    assert events[-1]["type"] == "done"
