@@ -36,8 +36,8 @@ from api.submit import (
     KeyReused,
     Submitted,
     body_hash,
-    insert_run,
     lookup,
+    submit_once,
 )
 from shared.agents import DEFAULT_AGENT
 from shared.errors import NotFound, Unavailable
@@ -197,7 +197,7 @@ async def submit(
         if key is not None and (replay := await lookup(state.store, user, key, digest)):
             return _accepted(request, user, agent, replay)  # a retry: no admission needed
         await _admit(sec, user)
-        sub = await insert_run(
+        sub = await submit_once(
             state.store,
             NewRun(
                 user_id=user,

@@ -22,7 +22,7 @@ from typing import Any
 import asyncpg
 import orjson
 
-from shared.errors import LongrunError
+from shared.errors import LongrunError, Unavailable
 from shared.store import NewRun, Store
 
 IDEMPOTENCY_KEY_RE = re.compile(r"^[\x21-\x7e]{1,255}$")
@@ -126,22 +126,60 @@ async def insert_run(
             new.params,
             new.metadata,
         )
-        if key is not None:
-            await _insert_key(c, new.user_id, key, digest, row["run_id"], key_ttl_seconds)
+        stored = key is None or await _insert_key(
+            c, new.user_id, key, digest, row["run_id"], key_ttl_seconds
+        )
+        if not stored:
+            # A live key appeared after our look-up (only possible if the lock was bypassed):
+            # roll this run back and answer with the key's run instead.
+            raise _KeyTaken
     return _submitted(row, replayed=False)
+
+
+class _KeyTaken(Exception):
+    pass
+
+
+async def submit_once(
+    store: Store,
+    new: NewRun,
+    *,
+    max_in_flight: int,
+    key: str | None = None,
+    digest: bytes = b"",
+    key_ttl_seconds: int = 0,
+) -> Submitted:
+    """`insert_run`, and when another submit won the key meanwhile, that submit's run."""
+    try:
+        return await insert_run(
+            store,
+            new,
+            max_in_flight=max_in_flight,
+            key=key,
+            digest=digest,
+            key_ttl_seconds=key_ttl_seconds,
+        )
+    except _KeyTaken:
+        assert key is not None
+        replay = await lookup(store, new.user_id, key, digest)
+        if replay is None:  # the winner's run vanished again (its enqueue failed): rare
+            raise Unavailable("a concurrent submit with this key failed: retry") from None
+        return replay
 
 
 async def _insert_key(
     c: asyncpg.Connection, user: str, key: str, digest: bytes, run_id: uuid.UUID, ttl: int
-) -> None:
+) -> bool:
+    """False when a live key of that name exists (the unique key refused ours)."""
     # An expired key of the same name is replaced; a few other expired keys are swept.
-    await c.execute(
+    stored = await c.fetchval(
         """INSERT INTO idempotency_keys (user_id, key, body_hash, run_id, expires_at)
            VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5))
            ON CONFLICT (user_id, key) DO UPDATE
            SET body_hash = excluded.body_hash, run_id = excluded.run_id,
                created_at = now(), expires_at = excluded.expires_at
-           WHERE idempotency_keys.expires_at <= now()""",
+           WHERE idempotency_keys.expires_at <= now()
+           RETURNING true""",
         user,
         key,
         digest,
@@ -152,3 +190,4 @@ async def _insert_key(
         """DELETE FROM idempotency_keys WHERE ctid = ANY(ARRAY(
                SELECT ctid FROM idempotency_keys WHERE expires_at <= now() LIMIT 100))"""
     )
+    return bool(stored)

@@ -62,11 +62,18 @@ async def test_the_same_key_with_a_different_body_is_a_422(client, store):
     assert await _runs(store) == [first.json()["run_id"]]
 
 
-async def test_two_identical_submits_racing_make_one_run(client, store, settings):
-    # When eight identical submits with one key arrive at once
-    answers = await asyncio.gather(
-        *(client.post("/runs", json=BODY, headers={"Idempotency-Key": "race"}) for _ in range(8))
-    )
+async def test_identical_submits_racing_through_two_api_processes_make_one_run(
+    client, api_factory, api_key, store, settings
+):
+    # When eight identical submits with one key arrive at once, at two API processes
+    other = await api_factory()
+    async with await _client(other, api_key) as second:
+        answers = await asyncio.gather(
+            *(
+                c.post("/runs", json=BODY, headers={"Idempotency-Key": "race"})
+                for c in (client, second) * 4
+            )
+        )
 
     # Then all succeed with the same run, and exactly one run and one queue entry exist
     assert {a.status_code for a in answers} == {202}
