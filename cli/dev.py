@@ -297,10 +297,18 @@ def _run_step(args: list[str], env: Mapping[str, str], what: str) -> str:
     return done.stdout
 
 
-def _wait_for_api(url: str, supervisor: subprocess.Popen[bytes], timeout: float) -> None:
+class _StoppedEarly(Exception):
+    """A stop was requested before the API first answered."""
+
+
+def _wait_for_api(
+    url: str, supervisor: subprocess.Popen[bytes], stopper: _Stopper, timeout: float
+) -> None:
     deadline = time.monotonic() + timeout
     with httpx.Client(timeout=1.0) as client:
         while True:
+            if stopper.stopping:
+                raise _StoppedEarly
             try:
                 if client.get(f"{url}/health").status_code == 200:
                     return
@@ -391,9 +399,11 @@ def _supervise(
     signal.signal(signal.SIGINT, stopper)
     signal.signal(signal.SIGTERM, stopper)
     try:
-        _wait_for_api(url, supervisor, API_READY_TIMEOUT)
+        _wait_for_api(url, supervisor, stopper, API_READY_TIMEOUT)
         say(text)
         code = _wait_watching(supervisor, stopper, servers)
+    except _StoppedEarly:
+        code = supervisor.wait()
     except BaseException:
         if not stopper.stopping:
             stopper.stop("longrun: stopping")
@@ -440,8 +450,12 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
 def run(embedded: bool, port: int, workers: int) -> int:
     """Run everything until SIGINT/SIGTERM; the exit code is 0 after a requested, clean stop."""
     env = dict(os.environ)
-    # Until supervisord runs, SIGTERM unwinds like Ctrl-C so embedded servers get stopped.
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt), signal.getsignal(signal.SIGINT)
+    # Until supervisord runs, SIGINT and SIGTERM unwind (and embedded servers get stopped), even
+    # where SIGINT came in ignored (a shell's `&` without job control).
+    previous = (
+        signal.signal(signal.SIGTERM, _raise_interrupt),
+        signal.signal(signal.SIGINT, _raise_interrupt),
+    )
     emb.become_subreaper()
     backends = Backends()
     grace = Settings.drain_seconds + 5

@@ -20,6 +20,7 @@ import functools
 import importlib.util
 import os
 import pwd
+import shutil
 import signal
 import socket
 import stat
@@ -405,6 +406,22 @@ def _initdb(bin_dir: Path, data_dir: Path, user: str | None, log_path: Path) -> 
         )
 
 
+def _create_cluster(bin_dir: Path, data_dir: Path, user: str | None, log_path: Path) -> None:
+    """initdb into a staging folder renamed into place when complete, so an interrupted first
+    start leaves no half-made cluster behind to fail every later one."""
+    if data_dir.exists():
+        if any(data_dir.iterdir()):
+            raise EmbeddedError(
+                f"{data_dir} is not a Postgres data directory (no PG_VERSION): remove it"
+            )
+        data_dir.rmdir()
+    staging = data_dir.with_name(data_dir.name + ".initdb")
+    shutil.rmtree(staging, ignore_errors=True)
+    _prepare_pgdata(staging, user)
+    _initdb(bin_dir, staging, user, log_path)
+    staging.rename(data_dir)
+
+
 def _postmaster_ready(data_dir: Path, pid: int) -> bool:
     try:
         status = postmaster_status((data_dir / "postmaster.pid").read_text())
@@ -433,8 +450,7 @@ def start_postgres(
         if status is not None:
             _stop_leftover(status[0], bin_dir / "postgres", signal.SIGINT)
     if not (data_dir / "PG_VERSION").exists():
-        _prepare_pgdata(data_dir, user)
-        _initdb(bin_dir, data_dir, user, log_path)
+        _create_cluster(bin_dir, data_dir, user, log_path)
     elif user is not None:
         _make_traversable(data_dir)
     for attempt in range(START_ATTEMPTS):

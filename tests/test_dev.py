@@ -306,6 +306,22 @@ def test_embedded_postgres_keeps_its_data_across_a_restart(data_dir: Path) -> No
         emb.stop(second)
 
 
+def test_an_initdb_interrupted_on_a_first_start_does_not_break_the_next_start(
+    data_dir: Path,
+) -> None:
+    # Given the remains of an initdb killed half-way through a first start
+    half_made = data_dir / "postgres.initdb"
+    half_made.mkdir()
+    (half_made / "PG_VERSION").write_text("18\n")
+
+    # When Postgres is started again, Then it answers
+    server = emb.start_postgres(data_dir / "postgres")
+    try:
+        assert _query(server.url, "select 1") == 1
+    finally:
+        emb.stop(server)
+
+
 # ---- probing configured servers
 
 
