@@ -256,7 +256,9 @@ def _provide_redis(settings: Settings, force: bool, home: Path, into: Backends) 
     into.redis_desc = f"{server.url} (embedded redis-server 6.2, data in {home / 'redis'})"
 
 
-def _provide_postgres(settings: Settings, force: bool, home: Path, into: Backends) -> None:
+def _provide_postgres(
+    settings: Settings, env: Mapping[str, str], force: bool, home: Path, into: Backends
+) -> None:
     url = settings.database_url
     if not force:
         state = postgres_state(url)
@@ -269,7 +271,7 @@ def _provide_postgres(settings: Settings, force: bool, home: Path, into: Backend
             return
         say(f"longrun: no Postgres answers at {redacted(url)}; starting one")
     into.own(home)
-    server = emb.start_postgres(home / "postgres")
+    server = emb.start_postgres(home / "postgres", env=env)
     into.servers = (*into.servers, server)
     into.database_url = emb.pg_url(server.port)
     ensure_database(into.database_url)
@@ -465,7 +467,7 @@ def run(embedded: bool, port: int, workers: int) -> int:
         home = dev_home(env)
         _check_port_free(port)
         _provide_redis(settings, embedded, home, backends)
-        _provide_postgres(settings, embedded, home, backends)
+        _provide_postgres(settings, env, embedded, home, backends)
         children = child_env(
             env,
             redis_url=backends.redis_url,
