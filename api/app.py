@@ -15,7 +15,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 
-from api import diagnostics, errors, events, runs
+from api import diagnostics, errors, events, runs, threads
 from api.auth import Security
 from api.errors import ERROR_RESPONSES, JSONResp
 from api.hub import Hub
@@ -100,6 +100,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(runs.router)
     app.include_router(events.router)
     app.include_router(diagnostics.router)
+    app.include_router(threads.router)
 
     @app.get("/health")
     async def health(request: Request) -> dict[str, object]:

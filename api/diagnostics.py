@@ -9,11 +9,12 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 
 from api.auth import current_user
+from api.errors import ERROR_RESPONSES
 from api.state import AppState
 from shared.errors import NotFound, Unavailable
 from shared.redisio import REDIS_DOWN
 
-router = APIRouter()
+router = APIRouter(responses=ERROR_RESPONSES)
 
 
 @router.get("/runs/{run_id}/diagnostics")

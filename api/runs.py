@@ -39,7 +39,11 @@ from api.submit import (
     lookup,
     submit_once,
 )
+from api.threads import ThreadMode, apply_thread_mode
 from shared.agents import DEFAULT_AGENT
+from shared.agents.chat import params_problem as chat_params_problem
+from shared.agents.ticker import params_problem as ticker_params_problem
+from shared.config import Settings
 from shared.errors import NotFound, Unavailable
 from shared.models import Run, RunStatus
 from shared.redisio import REDIS_DOWN
@@ -95,6 +99,9 @@ class SubmitRun(BaseModel):
     agent: str | None = None
     params: dict[str, Any] = Field(default_factory=dict)
     thread_id: str | None = None
+    # What to do when the thread is busy: run after (enqueue), 409 (reject), or cancel the
+    # running run first (interrupt).
+    thread_mode: ThreadMode = "enqueue"
     metadata: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -120,6 +127,14 @@ def run_links(request: Request, run_id: str, user: str) -> dict[str, str]:
     return {"url": f"{base}/runs/{run_id}", "events_url": url}
 
 
+def _no_check(settings: Settings, params: dict[str, Any]) -> str | None:
+    return None
+
+
+# Built-in agents whose params can be checked before the run is accepted.
+params_checks = {"chat": chat_params_problem, "ticker": ticker_params_problem}
+
+
 def _validate(state: AppState, body: SubmitRun) -> str:
     """The agent to run; ApiError for anything out of bounds."""
     s = state.settings
@@ -135,6 +150,9 @@ def _validate(state: AppState, body: SubmitRun) -> str:
     check_text("input", body.input)
     check_json_field("params", body.params, s.max_json_depth, s.max_json_bytes)
     check_json_field("metadata", body.metadata, s.max_json_depth, s.max_json_bytes)
+    problem = params_checks.get(agent, _no_check)(s, body.params)
+    if problem is not None:
+        raise ApiError(422, "bad_params", problem)
     return agent
 
 
@@ -197,6 +215,8 @@ async def submit(
         if key is not None and (replay := await lookup(state.store, user, key, digest)):
             return _accepted(request, user, agent, replay)  # a retry: no admission needed
         await _admit(sec, user)
+        if body.thread_id is not None:
+            await apply_thread_mode(state, user, body.thread_id, body.thread_mode)
         sub = await submit_once(
             state.store,
             NewRun(

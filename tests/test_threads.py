@@ -70,3 +70,65 @@ async def test_history_read_after_a_write_is_never_stale(
     assert len(after) > len(warm)
     assert after[: len(warm)] == warm
     assert "two" in str(after[len(warm)]["content"])
+
+
+async def test_reject_mode_refuses_a_busy_thread_with_409(client, worker):
+    running = await submit(client, agent="ticker", thread_id="r", params={"count": 50})
+    await wait_status(client, running, "running")
+
+    resp = await client.post(
+        "/runs", json={"input": "x", "agent": "ticker", "thread_id": "r", "thread_mode": "reject"}
+    )
+
+    assert resp.status_code == 409
+    assert resp.json()["error"] == "thread_busy"
+    assert len((await client.get("/runs", params={"thread_id": "r"})).json()["runs"]) == 1
+
+
+async def test_interrupt_mode_cancels_the_running_run_then_runs(client, worker):
+    running = await submit(
+        client, agent="ticker", thread_id="i", params={"count": 1000, "interval_ms": 20}
+    )
+    await wait_status(client, running, "running")
+
+    newer = await submit(
+        client, agent="ticker", thread_id="i", thread_mode="interrupt", params={"count": 2}
+    )
+
+    assert (await wait_status(client, running, "cancelled", timeout=5))["status"] == "cancelled"
+    assert (await wait_status(client, newer, "succeeded", timeout=10))["status"] == "succeeded"
+
+
+async def test_thread_messages_endpoint_returns_the_history_and_isolates_users(
+    client, worker, api, store
+):
+    import httpx
+
+    rid = await submit(client, agent="chat", thread_id="h", input="hello there")
+    await wait_status(client, rid, "succeeded", timeout=30)
+
+    body = (await client.get("/threads/h/messages")).json()
+
+    assert body["messages"][0]["role"] == "user"
+    assert body["messages"][0]["run_id"] == rid
+    _, key = await store.create_key("bob")
+    async with httpx.AsyncClient(
+        base_url=api.url, headers={"Authorization": f"Bearer {key}"}
+    ) as bob:
+        same_id = {"X-Request-ID": "fixed-for-comparison"}
+        theirs = await bob.get("/threads/h/messages", headers=same_id)
+        nothing = await bob.get("/threads/never-used/messages", headers=same_id)
+    assert theirs.status_code == nothing.status_code == 404
+    assert theirs.content == nothing.content
+
+
+async def test_the_daily_ceiling_counts_spend_recorded_by_any_worker(client, worker, store):
+    # Given spend over the daily ceiling already recorded in Postgres (by any process)
+    await store.add_spend("alice", 25.0)
+
+    rid = await submit(client, agent="chat", input="hello")
+
+    run = await wait_status(client, rid, "failed", timeout=30)
+    assert run["error"]["code"] == "daily_budget_exceeded"
+    assert await store.spent_today("alice") >= 25.0
+    assert await store.spent_today("bob") == 0.0
