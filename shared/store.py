@@ -503,6 +503,26 @@ class Store:
             for r in rows
         ]
 
+    async def thread_active_runs(self, user_id: str, thread_id: str) -> list[tuple[str, str]]:
+        """(run_id, status) of the thread's queued and running runs."""
+        async with self.conn() as c:
+            rows = await c.fetch(
+                "SELECT run_id, status FROM runs WHERE user_id = $1 AND thread_id = $2 "
+                "AND status IN ('queued', 'running') ORDER BY created_at",
+                user_id,
+                thread_id,
+            )
+        return [(str(r["run_id"]), r["status"]) for r in rows]
+
+    async def thread_exists(self, user_id: str, thread_id: str) -> bool:
+        async with self.conn() as c:
+            found = await c.fetchval(
+                "SELECT 1 FROM runs WHERE user_id = $1 AND thread_id = $2 LIMIT 1",
+                user_id,
+                thread_id,
+            )
+        return found is not None
+
     async def recent_thread_messages(
         self, user_id: str, thread_id: str, limit: int
     ) -> list[dict[str, Any]]:
@@ -577,13 +597,35 @@ class Store:
             )
         return [_run(r) for r in rows]
 
-    async def touch(self, run_ids: Sequence[str]) -> None:
-        """Heartbeat in Postgres: keeps live runs out of the reconciler's view."""
-        if not run_ids:
-            return
+    # -- spend (the agent loop's ledger: Store satisfies shared.llm.budget.SpendLedger) ------
+    async def spent_today(self, user_id: str) -> float:
+        async with self.conn() as c:
+            usd = await c.fetchval(
+                "SELECT usd FROM user_daily_spend WHERE user_id = $1 "
+                "AND day = (now() AT TIME ZONE 'utc')::date",
+                user_id,
+            )
+        return float(usd or 0.0)
+
+    async def add_spend(self, user_id: str, usd: float) -> None:
         async with self.conn() as c:
             await c.execute(
+                """INSERT INTO user_daily_spend (user_id, day, usd)
+                   VALUES ($1, (now() AT TIME ZONE 'utc')::date, $2)
+                   ON CONFLICT (user_id, day) DO UPDATE SET usd = user_daily_spend.usd + $2""",
+                user_id,
+                usd,
+            )
+
+    async def touch(self, run_ids: Sequence[str]) -> list[str]:
+        """Heartbeat in Postgres: keeps live runs out of the reconciler's view. Returns the
+        runs among them whose cancellation was requested (the path that needs no Redis)."""
+        if not run_ids:
+            return []
+        async with self.conn() as c:
+            rows = await c.fetch(
                 "UPDATE runs SET updated_at = now() WHERE run_id = ANY($1::uuid[]) "
-                "AND status = 'running'",
+                "AND status = 'running' RETURNING run_id, cancel_requested",
                 [uuid.UUID(r) for r in run_ids],
             )
+        return [str(r["run_id"]) for r in rows if r["cancel_requested"]]

@@ -70,3 +70,23 @@ async def test_a_running_run_without_a_queue_entry_is_requeued_once(settings, st
         assert await r.xlen(keys.queue) == 1
     finally:
         await r.aclose()
+
+
+async def test_workers_silent_for_ten_leases_are_forgotten(settings, store):
+    import time
+
+    s = settings.with_(lease_seconds=1.0)
+    keys = Keys.from_settings(s)
+    r = create_redis(s, "test")
+    rio = RedisIO(r, keys, s)
+    try:
+        await rio.ensure_group()
+        await r.zadd(keys.workers, {"gone": time.time() - 60, "alive": time.time()})
+        await r.hset(keys.worker_info("gone"), mapping={"in_flight": 0})
+
+        await reconcile_once(s, store, rio, "me")
+
+        assert await r.zrange(keys.workers, 0, -1) == [b"alive"]
+        assert not await r.exists(keys.worker_info("gone"))
+    finally:
+        await r.aclose()

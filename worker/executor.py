@@ -252,6 +252,12 @@ class Attempt:
             done, _ = await asyncio.wait(
                 {drive, *waits}, timeout=limit_seconds, return_when=asyncio.FIRST_COMPLETED
             )
+        except BaseException:
+            # This attempt itself is being cancelled (the worker closes): take the agent along.
+            drive.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await drive
+            raise
         finally:
             for w in waits:
                 w.cancel()
@@ -277,7 +283,8 @@ class Attempt:
             return Ending.FINISHED, {"type": "error", "code": exc.code, "message": exc.detail}
         if isinstance(exc, AgentError):
             return Ending.FINISHED, {"type": "error", "code": exc.code, "message": exc.detail}
-        log.error("agent_crashed", error=repr(exc)[:500])
+        # The exception's type only: its message may quote tool output or user data.
+        log.error("agent_crashed", error=type(exc).__name__)
         return Ending.FINISHED, {
             "type": "error",
             "code": "agent_crashed",
@@ -300,6 +307,9 @@ class Attempt:
             result = await self._emit([body])
             if result:
                 self.signals.cancel.set()
+        if self.signals.cancel.is_set():
+            # The agent stopped on the cancel signal without saying so: it was cancelled.
+            return {"type": "cancelled", "reason": "user"}
         return {"type": "done"}
 
     async def _emit(self, bodies: list[dict[str, Any]], ttl: int = 0) -> bool:

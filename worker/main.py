@@ -34,6 +34,8 @@ from shared.agents import load_agents
 from shared.config import Settings
 from shared.errors import Unavailable
 from shared.keys import Keys
+from shared.llm.breaker_store import RedisBreakerStore
+from shared.llm.services import LLM_SERVICE, LLMServices, build_llm_services
 from shared.migrate import check_schema
 from shared.redisio import (
     REDIS_DOWN,
@@ -89,10 +91,12 @@ class Worker:
         self.store: Store | None = None
         self.rio: RedisIO | None = None
         self.deps: Deps | None = None
+        self.llm: LLMServices | None = None
 
     # -- life cycle --------------------------------------------------------------------------
     async def start(self) -> None:
         s = self.settings
+        structlog.contextvars.bind_contextvars(worker=self.name)
         conn = await connect(s, "longrun-worker")
         try:
             await check_schema(conn)
@@ -109,14 +113,19 @@ class Worker:
             raise
         self.rio = RedisIO(r, self.keys, s)
         await self.rio.ensure_group()
+        # One set of LLM services per process: breakers shared through Redis, daily spend
+        # through Postgres, so ceilings and breakers hold across every worker.
+        self.llm = build_llm_services(
+            s, breaker_store=RedisBreakerStore(r, self.keys), ledger=self.store
+        )
         self.deps = Deps(
             settings=s,
             store=self.store,
             rio=self.rio,
             agents=load_agents(s.agent_modules),
             consumer=self.name,
+            services={LLM_SERVICE: self.llm},
         )
-        structlog.contextvars.bind_contextvars(worker=self.name)
         for loop in (self._consume, self._reclaim, self._reconcile):
             self._tasks.append(asyncio.create_task(self._forever(loop, self.stopping)))
         # These keep serving in-flight runs while the worker drains.
@@ -172,13 +181,18 @@ class Worker:
         for t in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
-        for slot in list(self.slots.values()):
-            slot.task.cancel()
+        running = [slot.task for slot in self.slots.values()]
+        for t in running:
+            t.cancel()
+        if running:
+            await asyncio.gather(*running, return_exceptions=True)
         if self.rio is not None:
             with contextlib.suppress(*REDIS_DOWN):
                 await self.rio.r.zrem(self.keys.workers, self.name)
                 await self.rio.r.delete(self.keys.worker_info(self.name))
             await self.rio.r.aclose()
+        if self.llm is not None:
+            await self.llm.aclose()
         if self.store is not None:
             await self.store.close()
         self.stopped.set()
@@ -340,7 +354,10 @@ class Worker:
             await p.execute()
         runs = [s.attempt.run_id for s in self.slots.values() if s.attempt.run_id]
         with contextlib.suppress(Unavailable):
-            await self.store.touch(runs)
+            for run_id in await self.store.touch(runs):
+                for slot in self.slots.values():
+                    if slot.attempt.run_id == run_id:
+                        slot.attempt.signals.cancel.set()
 
     async def _cancel_listener(self) -> None:
         assert self.rio is not None
@@ -373,6 +390,7 @@ class Worker:
 
 async def run_worker(settings: Settings) -> int:
     worker = Worker(settings)
+    structlog.contextvars.bind_contextvars(worker=worker.name)  # drain lines carry it too
     loop = asyncio.get_running_loop()
     signals_seen = 0
     drains: list[asyncio.Future[None]] = []

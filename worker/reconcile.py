@@ -9,6 +9,8 @@ checked and deleted atomically, since XGROUP DELCONSUMER drops a consumer's pend
 
 from __future__ import annotations
 
+import time
+
 import structlog
 
 from shared.config import Settings
@@ -52,6 +54,16 @@ async def queued_run_ids(rio: RedisIO, batch: int = 1000) -> set[str]:
         start = "(" + last
 
 
+async def forget_dead_workers(rio: RedisIO, older_than_seconds: float) -> int:
+    """Drop workers whose last heartbeat is older than this from the live-workers set."""
+    cutoff = time.time() - older_than_seconds
+    dead = await rio.r.zrangebyscore(rio.keys.workers, "-inf", cutoff)
+    for name in dead:
+        await rio.r.zrem(rio.keys.workers, name)
+        await rio.r.delete(rio.keys.worker_info(name.decode()))
+    return len(dead)
+
+
 async def reconcile_once(settings: Settings, store: Store, rio: RedisIO, owner: str) -> int:
     """One pass under the lock; returns how many runs were re-enqueued."""
     lock_ms = int(max(settings.reconcile_seconds * 3, 1.0) * 1000)
@@ -74,6 +86,7 @@ async def reconcile_once(settings: Settings, store: Store, rio: RedisIO, owner: 
             await rio.enqueue(run.run_id)
             fixed += 1
             log.warning("run_reenqueued", run_id=run.run_id, was=str(run.status))
+    await forget_dead_workers(rio, settings.lease_seconds * 10)
     try:
         await rio.r.eval(
             _DEL_IDLE_CONSUMERS,
