@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import fcntl
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -107,6 +108,9 @@ def child_env(
         PATH=os.pathsep.join(p for p in (str(bin_dir), base.get("PATH", "")) if p),
     )
     env.setdefault("PYTHONUNBUFFERED", "1")
+    # One stream-token secret for every API process of this dev run, so `events_url`s stay
+    # valid across an API restart by supervisord.
+    env.setdefault("LONGRUN_STREAM_TOKEN_SECRET", secrets.token_urlsafe(32))
     return env
 
 

@@ -84,7 +84,7 @@ class Settings:
     # Provider (the SDK's own variables) and agent loop
     anthropic_api_key: str | None = None
     anthropic_base_url: str | None = None
-    model: str = "claude-sonnet-4-5"
+    model: str = "claude-sonnet-4-6"
     fallback_model: str | None = None
     max_steps: int = 20
     max_run_cost_usd: float = 1.0

@@ -221,3 +221,15 @@ async def test_when_postgres_is_down_submit_is_503_and_nothing_is_queued(
             assert again.status_code == 202
     finally:
         await proxy.stop()
+
+
+@pytest.mark.parametrize(
+    ("agent", "params"),
+    [("ticker", {"count": -1}), ("ticker", {"interval_ms": "fast"}), ("chat", {"max_steps": -5})],
+)
+async def test_params_a_built_in_agent_would_refuse_are_a_422_at_submit(client, agent, params):
+    resp = await client.post("/runs", json={"input": "x", "agent": agent, "params": params})
+
+    assert resp.status_code == 422
+    assert resp.json()["error"] == "bad_params"
+    assert (await client.get("/runs")).json()["runs"] == []

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from shared.agents.base import RunContext
+from shared.config import Settings
 from shared.errors import AgentError
 
 MAX_COUNT = 1_000_000
@@ -36,6 +37,15 @@ def ticker_params(params: dict[str, Any]) -> tuple[int, int]:
             code="bad_params",
         )
     return int(count), int(interval)
+
+
+def params_problem(settings: Settings, params: dict[str, Any]) -> str | None:
+    """Why `params` would fail a ticker run, or None (for the API to refuse them with a 4xx)."""
+    try:
+        ticker_params(params)
+    except AgentError as exc:
+        return exc.detail
+    return None
 
 
 def resume_from(last_event: dict[str, Any] | None) -> int:
