@@ -430,6 +430,7 @@ class Attempt:
                     usage=self.usage or None,
                     cost_usd=float(self.usage.get("cost_usd", 0.0)),
                     messages=messages,
+                    thread=self.run.thread_id is not None,
                 ),
                 stop=self.signals.lost,
                 deadline=deadline,
