@@ -270,14 +270,15 @@ class RedisIO:
         ttl: int = 0,
         over_cap: bool = False,
     ) -> AppendResult:
-        """Append events (consecutive seqs) under the attempt's fence. `over_cap` lets a
-        terminal event through past the per-run caps (so a capped run can still end)."""
-        big = 2**53
+        """Append events (consecutive seqs) under the attempt's fence. `over_cap`: the last
+        event is a terminal one and may go past the per-run caps (so a capped run can still
+        end); the events before it still count against them."""
+        extra_events, extra_bytes = (1, len(events[-1].data)) if over_cap else (0, 0)
         args: list[Any] = [
             attempt,
             events[0].seq,
-            big if over_cap else self.settings.max_events_per_run,
-            big if over_cap else self.settings.max_event_bytes_per_run,
+            self.settings.max_events_per_run + extra_events,
+            self.settings.max_event_bytes_per_run + extra_bytes,
             ttl,
         ]
         for e in events:

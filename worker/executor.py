@@ -39,6 +39,10 @@ RETRYABLE: tuple[type[BaseException], ...] = (Unavailable, *REDIS_DOWN)
 LIFECYCLE_TYPES = frozenset({"start", "resumed", "notice"})
 ARCHIVE_EVERY_EVENTS = 200
 ARCHIVE_EVERY_SECONDS = 2.0
+# Events an agent yields in a burst are appended together: the first waits at most this long
+# for company, and a batch holds at most BATCH_MAX events.
+LINGER_SECONDS = 0.002
+BATCH_MAX = 64
 # Event codes that mean a model provider call failed (retried, or ending the run).
 PROVIDER_ERROR_CODES = frozenset({"provider_retry", "provider_error"})
 
@@ -58,6 +62,7 @@ class Signals:
     cancel: asyncio.Event = field(default_factory=asyncio.Event)
     lost: asyncio.Event = field(default_factory=asyncio.Event)
     handoff: asyncio.Event = field(default_factory=asyncio.Event)
+    broken: asyncio.Event = field(default_factory=asyncio.Event)  # a background append failed
 
 
 @dataclass
@@ -124,6 +129,14 @@ class Attempt:
         self.usage: dict[str, Any] = {}
         self.output_text: list[str] = []
         self.ctx: RunContext | None = None
+        # Bodies yielded but not yet appended; appended by the flusher, a checkpoint, or
+        # together with the terminal event. Never appended ones are simply not part of the
+        # run (a re-claimed attempt resumes from what was appended).
+        self.pending: list[dict[str, Any]] = []
+        self.lock = asyncio.Lock()
+        self.flusher: asyncio.Task[None] | None = None
+        self.flush_error: BaseException | None = None
+        self.terminal_events: list[Event] = []
 
     @property
     def run_id(self) -> str:
@@ -185,7 +198,7 @@ class Attempt:
             else {"type": "start", "agent": run.agent}
         )
         try:
-            await self._emit([first])
+            await self._queue(first)
             ctx = self.ctx = await self._context(run)
         except LeaseLost:
             log.warning("lease_lost", stage="start")
@@ -207,6 +220,7 @@ class Attempt:
             checkpoint = await d.store.last_checkpoint(run.run_id)
 
         async def save(step: int, state: dict[str, Any]) -> None:
+            await self._flush()  # the events of a checkpointed step are appended first
             await retry_unavailable(
                 "checkpoint",
                 lambda: self._archive(step=step, state=state),
@@ -247,6 +261,7 @@ class Attempt:
             asyncio.create_task(self.signals.cancel.wait()): Ending.CANCELLED,
             asyncio.create_task(self.signals.lost.wait()): Ending.LEASE_LOST,
             asyncio.create_task(self.signals.handoff.wait()): Ending.HANDOFF,
+            asyncio.create_task(self.signals.broken.wait()): Ending.FINISHED,
         }
         try:
             done, _ = await asyncio.wait(
@@ -266,8 +281,11 @@ class Attempt:
         drive.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await drive
+        await self._stop_flusher()
         for w, ending in waits.items():
             if w in done:
+                if ending is Ending.FINISHED and self.flush_error is not None:
+                    return self._outcome(self.flush_error)
                 return ending, None
         return Ending.TIMEOUT, None
 
@@ -275,6 +293,10 @@ class Attempt:
         exc = drive.exception()
         if exc is None:
             return Ending.FINISHED, drive.result()
+        return self._outcome(exc)
+
+    def _outcome(self, exc: BaseException) -> tuple[Ending, dict[str, Any]]:
+        """How an attempt ends when its agent (or an append for it) raised `exc`."""
         if isinstance(exc, LeaseLost):
             return Ending.LEASE_LOST, {}
         if self.signals.cancel.is_set():
@@ -299,18 +321,70 @@ class Attempt:
                 with contextlib.suppress(*REDIS_DOWN):
                     await self.deps.rio.r.hincrby(self.deps.rio.keys.counters, "provider_errors", 1)
             if btype in TERMINAL_EVENT_TYPES:
+                await self._stop_flusher()  # what is pending goes out with the terminal
                 return body
             if btype == "usage":
                 self.usage = usage_totals(self.usage, body)
             elif btype == "token" and isinstance(body.get("text"), str):
                 self.output_text.append(body["text"])
-            result = await self._emit([body])
-            if result:
-                self.signals.cancel.set()
+            await self._queue(body)
+        await self._stop_flusher()
         if self.signals.cancel.is_set():
             # The agent stopped on the cancel signal without saying so: it was cancelled.
             return {"type": "cancelled", "reason": "user"}
         return {"type": "done"}
+
+    async def _queue(self, body: dict[str, Any]) -> None:
+        """Add a body to the next batch; a full batch is appended now, a partial one by the
+        flusher within LINGER_SECONDS."""
+        if self.flush_error is not None:
+            raise self.flush_error
+        self.pending.append(body)
+        if len(self.pending) >= BATCH_MAX:
+            await self._flush()
+        elif self.flusher is None or self.flusher.done():
+            self.flusher = asyncio.create_task(self._flush_later())
+
+    async def _flush_later(self) -> None:
+        await asyncio.sleep(LINGER_SECONDS)
+        try:
+            await self._flush()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            self.flush_error = exc
+            (self.signals.lost if isinstance(exc, LeaseLost) else self.signals.broken).set()
+
+    async def _flush(self) -> None:
+        async with self.lock:
+            if not self.pending:
+                return
+            bodies, self.pending = self.pending, []
+            try:
+                cancel = await self._emit(bodies)
+            except EventCapExceeded:
+                if len(bodies) == 1:
+                    raise
+                # Keep every event that still fits, one by one, up to the cap.
+                cancel = False
+                for body in bodies:
+                    cancel = await self._emit([body]) or cancel
+            if cancel:
+                self.signals.cancel.set()
+
+    async def _stop_flusher(self) -> None:
+        """Stop the flusher without appending its batch: a flush in progress completes (its
+        append may have landed), a waiting one is cancelled."""
+        task, self.flusher = self.flusher, None
+        if task is None or task.done():
+            return
+        if self.lock.locked():
+            with contextlib.suppress(Exception):
+                await asyncio.shield(task)
+        else:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     async def _emit(self, bodies: list[dict[str, Any]], ttl: int = 0) -> bool:
         """Append under the fence; returns whether a cancel was requested meanwhile."""
@@ -458,14 +532,27 @@ class Attempt:
         log.info("run_finished", status=str(move), terminal=terminal["type"])
 
     async def _emit_terminal(self, body: dict[str, Any]) -> None:
-        """Append the terminal event (allowed past the per-run cap) and start the TTL."""
+        """Append what is pending plus the terminal event in one call (the terminal one is
+        allowed past the per-run cap), and start the TTL. Idempotent across retries."""
         assert self.run is not None
         if self.unarchived and self.unarchived[-1].terminal:
             return  # appended on an earlier try
-        event = encode_event(self.seq + 1, body)
-        await self._append([event], ttl=self.deps.settings.events_ttl_seconds, over_cap=True)
-        self.seq = event.seq
-        self.unarchived.append(event)
+        async with self.lock:
+            if not self.terminal_events:
+                bodies, self.pending = [*self.pending, body], []
+                self.terminal_events = [
+                    encode_event(self.seq + 1 + i, b) for i, b in enumerate(bodies)
+                ]
+            events = self.terminal_events
+            try:
+                await self._append(events, ttl=self.deps.settings.events_ttl_seconds, over_cap=True)
+            except EventCapExceeded:
+                # The pending events would pass the cap: end with the terminal alone.
+                log.warning("pending_events_over_cap", dropped=len(events) - 1)
+                events = self.terminal_events = [encode_event(self.seq + 1, body)]
+                await self._append(events, ttl=self.deps.settings.events_ttl_seconds, over_cap=True)
+            self.seq = events[-1].seq
+            self.unarchived.extend(events)
 
     async def _handoff(self) -> None:
         d = self.deps
