@@ -113,27 +113,15 @@ async def insert_run(
                 f"{in_flight} runs queued or running (the cap is {max_in_flight}): "
                 "wait for some to finish"
             )
-        row = await c.fetchrow(
-            """INSERT INTO runs (run_id, user_id, thread_id, agent, input, params, metadata,
-                                 status)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, 'queued')
-               RETURNING run_id, status, thread_id, created_at""",
-            uuid.uuid4(),
-            new.user_id,
-            new.thread_id,
-            new.agent,
-            new.input,
-            new.params,
-            new.metadata,
-        )
+        run = await store.insert_run(new, conn=c)
         stored = key is None or await _insert_key(
-            c, new.user_id, key, digest, row["run_id"], key_ttl_seconds
+            c, new.user_id, key, digest, uuid.UUID(run.run_id), key_ttl_seconds
         )
         if not stored:
             # A live key appeared after our look-up (only possible if the lock was bypassed):
             # roll this run back and answer with the key's run instead.
             raise _KeyTaken
-    return _submitted(row, replayed=False)
+    return Submitted(run.run_id, str(run.status), run.thread_id, run.created_at, False)
 
 
 class _KeyTaken(Exception):

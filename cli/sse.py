@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -13,46 +13,42 @@ class Frame:
     data: str
 
 
-def parse_lines(lines: Iterator[str]) -> Iterator[Frame]:
-    """Frames from decoded lines (without newlines). Comments are skipped."""
+@dataclass
+class FrameParser:
+    """Fed one decoded line at a time (no newline); returns a Frame when a blank line ends
+    one. Comments and frames without data (keep-alives, `retry:` hints) give nothing."""
+
     fid: str | None = None
-    event = "message"
-    data: list[str] = []
-    for line in lines:
+    event: str = "message"
+    data: list[str] = field(default_factory=list)
+
+    def feed(self, line: str) -> Frame | None:
         if line == "":
-            if data:
-                yield Frame(fid, event, "\n".join(data))
-            fid, event, data = None, "message", []
-            continue
+            frame = Frame(self.fid, self.event, "\n".join(self.data)) if self.data else None
+            self.fid, self.event, self.data = None, "message", []
+            return frame
         if line.startswith(":"):
-            continue
+            return None
         name, _, value = line.partition(":")
         value = value.removeprefix(" ")
         if name == "id":
-            fid = value
+            self.fid = value
         elif name == "event":
-            event = value
+            self.event = value
         elif name == "data":
-            data.append(value)
+            self.data.append(value)
+        return None
+
+
+def parse_lines(lines: Iterator[str]) -> Iterator[Frame]:
+    parser = FrameParser()
+    for line in lines:
+        if (frame := parser.feed(line)) is not None:
+            yield frame
 
 
 async def aparse_lines(lines: AsyncIterator[str]) -> AsyncIterator[Frame]:
-    fid: str | None = None
-    event = "message"
-    data: list[str] = []
+    parser = FrameParser()
     async for line in lines:
-        if line == "":
-            if data:
-                yield Frame(fid, event, "\n".join(data))
-            fid, event, data = None, "message", []
-            continue
-        if line.startswith(":"):
-            continue
-        name, _, value = line.partition(":")
-        value = value.removeprefix(" ")
-        if name == "id":
-            fid = value
-        elif name == "event":
-            event = value
-        elif name == "data":
-            data.append(value)
+        if (frame := parser.feed(line)) is not None:
+            yield frame

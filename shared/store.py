@@ -189,21 +189,27 @@ class Store:
         return [ApiKey(**dict(r)) for r in rows]
 
     # -- runs: API side ----------------------------------------------------------------------
-    async def insert_run(self, new: NewRun) -> Run:
+    async def insert_run(self, new: NewRun, conn: asyncpg.Connection | None = None) -> Run:
+        """Insert a queued run; on `conn` when given (a caller's transaction)."""
+        if conn is not None:
+            return await self._insert_run(conn, new)
         async with self.conn() as c:
-            row = await c.fetchrow(
-                f"""INSERT INTO runs (run_id, user_id, thread_id, agent, input, params, metadata,
-                                      status)
-                    VALUES ($1, $2, $3, $4, $5, $6, $7, 'queued')
-                    RETURNING {_RUN_COLUMNS}""",
-                uuid.uuid4(),
-                new.user_id,
-                new.thread_id,
-                new.agent,
-                new.input,
-                new.params,
-                new.metadata,
-            )
+            return await self._insert_run(c, new)
+
+    async def _insert_run(self, c: asyncpg.Connection, new: NewRun) -> Run:
+        row = await c.fetchrow(
+            f"""INSERT INTO runs (run_id, user_id, thread_id, agent, input, params, metadata,
+                                  status)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, 'queued')
+                RETURNING {_RUN_COLUMNS}""",
+            uuid.uuid4(),
+            new.user_id,
+            new.thread_id,
+            new.agent,
+            new.input,
+            new.params,
+            new.metadata,
+        )
         return _run(row)
 
     async def delete_queued_run(self, run_id: str) -> None:
@@ -254,28 +260,13 @@ class Store:
     async def cancel_queued(self, run_id: str, user_id: str) -> Run | None:
         """queued -> cancelled, archiving the `cancelled` event in the same transaction.
         Returns the cancelled run, or None when the run was not queued."""
-        async with self.conn() as c, c.transaction():
-            row = await c.fetchrow(
-                f"""UPDATE runs SET status = 'cancelled', finished_at = now(), updated_at = now(),
-                        cancel_requested = true, last_seq = last_seq + 1
-                    WHERE run_id = $1 AND user_id = $2 AND status = ANY($3::text[])
-                      AND status = 'queued'
-                    RETURNING {_RUN_COLUMNS}""",
-                uuid.UUID(run_id),
-                user_id,
-                _status_list(Transition.CANCEL),
-            )
-            if row is None:
-                return None
-            run = _run(row)
-            data = orjson.dumps({"seq": run.last_seq, "type": "cancelled", "reason": "user"})
-            await c.execute(
-                "INSERT INTO run_events (run_id, seq, type, data) VALUES ($1, $2, 'cancelled', $3)",
-                uuid.UUID(run_id),
-                run.last_seq,
-                data,
-            )
-        return run
+        return await self._end_unowned(
+            run_id,
+            "status = 'cancelled', cancel_requested = true",
+            {"type": "cancelled", "reason": "user"},
+            allowed=["queued"],
+            user_id=user_id,
+        )
 
     async def request_cancel(self, run_id: str, user_id: str) -> Run | None:
         """Mark a running run for cancellation (the worker ends it). None if not running."""
@@ -592,26 +583,48 @@ class Store:
 
     async def fail_unstarted(self, run_id: str, error: dict[str, Any]) -> Run | None:
         """Fail a run that no attempt holds (dead-lettered), archiving an `error` event."""
+        return await self._end_unowned(
+            run_id,
+            "status = 'failed', error = $4",
+            {"type": "error", **error},
+            allowed=_status_list(Transition.FAIL),
+            extra=(error,),
+        )
+
+    async def _end_unowned(
+        self,
+        run_id: str,
+        assignments: str,
+        event: dict[str, Any],
+        *,
+        allowed: list[str],
+        user_id: str | None = None,
+        extra: tuple[Any, ...] = (),
+    ) -> Run | None:
+        """End a run no worker holds (`assignments` sets its terminal status) and archive
+        its terminal `event` as the next seq, in one transaction. None if not in `allowed`."""
         async with self.conn() as c, c.transaction():
             row = await c.fetchrow(
-                f"""UPDATE runs SET status = 'failed', error = $2, finished_at = now(),
-                        updated_at = now(), last_seq = last_seq + 1
-                    WHERE run_id = $1 AND status = ANY($3::text[])
+                f"""UPDATE runs SET {assignments}, finished_at = now(), updated_at = now(),
+                        last_seq = last_seq + 1
+                    WHERE run_id = $1 AND ($2::text IS NULL OR user_id = $2)
+                      AND status = ANY($3::text[])
                     RETURNING {_RUN_COLUMNS}""",
                 uuid.UUID(run_id),
-                error,
-                _status_list(Transition.FAIL),
+                user_id,
+                allowed,
+                *extra,
             )
             if row is None:
                 return None
             run = _run(row)
-            data = orjson.dumps({"seq": run.last_seq, "type": "error", **error})
             await c.execute(
-                "INSERT INTO run_events (run_id, seq, type, data) VALUES ($1, $2, 'error', $3) "
+                "INSERT INTO run_events (run_id, seq, type, data) VALUES ($1, $2, $3, $4) "
                 "ON CONFLICT DO NOTHING",
                 uuid.UUID(run_id),
                 run.last_seq,
-                data,
+                event["type"],
+                orjson.dumps({"seq": run.last_seq, **event}),
             )
         return run
 
