@@ -13,6 +13,7 @@ import sys
 from collections.abc import MutableMapping
 from typing import Any
 
+import orjson
 import structlog
 
 # Values under these keys (or keys ending like them) never reach a log line, whatever the
@@ -75,6 +76,11 @@ def redact(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapp
     return event_dict
 
 
+def _orjson_dumps(value: Any, **_: Any) -> str:
+    # orjson: the JSON renderer was a visible share of a busy worker's CPU (py-spy).
+    return orjson.dumps(value, default=str).decode()
+
+
 def configure(json: bool | None = None, level: int = logging.INFO) -> None:
     use_json = (not sys.stderr.isatty()) if json is None else json
     shared: list[Any] = [
@@ -85,7 +91,7 @@ def configure(json: bool | None = None, level: int = logging.INFO) -> None:
         redact,
     ]
     renderer: Any = (
-        structlog.processors.JSONRenderer()
+        structlog.processors.JSONRenderer(serializer=_orjson_dumps)
         if use_json
         else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     )

@@ -113,7 +113,10 @@ async def test_a_full_runs_logs_are_json_with_its_run_attempt_and_worker_and_no_
 
 
 async def _logged(proc: WorkerProc, event: str) -> bool:
-    return f'"event": "{event}"' in proc.log()
+    for line in proc.log().splitlines():
+        if line.startswith("{") and json.loads(line).get("event") == event:
+            return True
+    return False
 
 
 def test_secrets_are_redacted_by_key_and_by_shape_at_any_depth() -> None:
