@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 import structlog
+from redis.exceptions import NoScriptError
 
 from shared.config import Settings
 from shared.keys import Keys
@@ -123,15 +124,21 @@ class Admission:
     async def check_submit(self, user: str) -> Refusal | None:
         """One round trip. Redis being down raises (the submit could not enqueue anyway)."""
         s = self.settings
-        async with self.r.pipeline(transaction=False) as p:
-            p.exists(pause_key(self.keys))
-            p.xlen(self.keys.queue)
-            await self._bucket(
-                keys=[self.keys.scoped("rate", "submit", user)],
-                args=[s.submit_rate_per_second, s.submit_burst],
-                client=p,
-            )
-            paused, backlog, (allowed, wait) = await p.execute()
+        bucket = self.keys.scoped("rate", "submit", user)
+        for _ in range(2):
+            # EVALSHA, not the registered Script: in a pipeline redis-py sends SCRIPT EXISTS
+            # first on every call, a second round trip on the hottest path.
+            async with self.r.pipeline(transaction=False) as p:
+                p.exists(pause_key(self.keys))
+                p.xlen(self.keys.queue)
+                p.evalsha(self._bucket.sha, 1, bucket, s.submit_rate_per_second, s.submit_burst)
+                paused, backlog, taken = await p.execute(raise_on_error=False)
+            if not isinstance(taken, NoScriptError):
+                break
+            await self.r.script_load(_BUCKET)  # Redis restarted empty: load it once more
+        if isinstance(taken, Exception):
+            raise taken
+        allowed, wait = taken
         return submit_refusal(
             accept_runs=s.accept_runs,
             paused=bool(paused),

@@ -233,3 +233,12 @@ async def test_params_a_built_in_agent_would_refuse_are_a_422_at_submit(client, 
     assert resp.status_code == 422
     assert resp.json()["error"] == "bad_params"
     assert (await client.get("/runs")).json()["runs"] == []
+
+
+async def test_submit_still_works_after_redis_forgot_its_scripts(client, redis_client):
+    # Given a Redis that lost its script cache (restarted, failed over)
+    await redis_client.script_flush()
+
+    resp = await client.post("/runs", json={"input": "x", "agent": "ticker"})
+
+    assert resp.status_code == 202
