@@ -441,12 +441,6 @@ def _longrun_dev(data_dir: Path, workers: int = 1) -> Iterator[_Dev]:
         proc.stdout.close()  # type: ignore[union-attr]
 
 
-needs_cli = pytest.mark.skipif(
-    not (REPO / "cli" / "main.py").exists(), reason="needs the longrun CLI (cli/main.py)"
-)
-
-
-@needs_cli
 @pytest.mark.timeout(90)
 def test_longrun_dev_embedded_serves_a_ticker_run_and_ctrl_c_leaves_no_process(
     data_dir: Path,
@@ -479,7 +473,6 @@ def test_longrun_dev_embedded_serves_a_ticker_run_and_ctrl_c_leaves_no_process(
         assert _alive(family) == []
 
 
-@needs_cli
 @pytest.mark.timeout(90)
 def test_regression_a_supervisord_killed_outright_left_the_api_running(data_dir: Path) -> None:
     # Given a running `longrun dev`
@@ -497,7 +490,6 @@ def test_regression_a_supervisord_killed_outright_left_the_api_running(data_dir:
         assert _alive(family) == []
 
 
-@needs_cli
 @pytest.mark.timeout(90)
 def test_when_an_embedded_server_dies_longrun_dev_stops_everything_and_fails(
     data_dir: Path,
