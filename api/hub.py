@@ -52,9 +52,12 @@ class Watch:
 
 
 class Hub:
-    def __init__(self, r: aioredis.Redis, keys: Keys) -> None:
-        # A dedicated client: its one connection sits in XREAD BLOCK.
+    def __init__(self, r: aioredis.Redis, keys: Keys, waker: aioredis.Redis | None = None) -> None:
+        # A dedicated client: its one connection sits in XREAD BLOCK. Wake-ups go through
+        # `waker` (the process's shared client): sent on the hub's own small pool, a burst of
+        # new subscribers ran it out of connections and failed the blocking read itself.
         self.r = r
+        self.waker = waker or r
         self.keys = keys
         self.watches: dict[str, Watch] = {}
         self.wake_key = keys.scoped("hub", uuid.uuid4().hex)
@@ -108,7 +111,7 @@ class Hub:
     async def _wake(self) -> None:
         self._changed.set()
         with contextlib.suppress(*REDIS_DOWN):
-            await self.r.xadd(self.wake_key, {"w": 1}, maxlen=1, approximate=False)
+            await self.waker.xadd(self.wake_key, {"w": 1}, maxlen=1, approximate=False)
 
     async def _run(self) -> None:
         delay = 0.05

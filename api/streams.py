@@ -49,28 +49,43 @@ class RunStream:
 
     async def events(self, after: int, terminal_known: bool) -> AsyncIterator[Event | None]:
         """Yields events after `after` until the terminal one; yields None when idle for
-        `idle_seconds` (the caller may send a keep-alive)."""
+        `idle_seconds` (the caller may send a keep-alive).
+
+        Two modes: catching up (XRANGE pages, healed from the archive) until Redis has
+        nothing newer, then live (events the hub pushes, no Redis call per event). Any sign
+        of a miss (a gap, the hub's queue overflowed, an idle period) goes back to catching
+        up."""
         cursor = after
         sub: Subscription | None = None
+        catching_up = True
         try:
             sub = await self.hub.subscribe(self.run_id, cursor)
             while True:
-                batch = await self._catch_up(cursor, terminal_known)
-                if not batch:
-                    if terminal_known:
-                        return
+                if catching_up:
+                    batch = await self._catch_up(cursor, terminal_known)
+                    if not batch:
+                        if terminal_known:
+                            return
+                        catching_up = False
+                        continue
+                else:
                     got = await self._wait_live(sub, cursor)
                     if got is None:
                         run = await self.store.get_run(self.run_id)
                         terminal_known = run is None or run.status.terminal
+                        catching_up = True
                         yield None
+                        continue
+                    if not got:  # the hub dropped events for us: read them ourselves
+                        catching_up = True
                         continue
                     batch = got
                 for e in batch:
                     if e.seq <= cursor:
                         continue
                     if e.seq != cursor + 1:
-                        break  # a gap: heal it with the next catch-up
+                        catching_up = True  # a gap: heal it from Redis or the archive
+                        break
                     cursor = e.seq
                     yield e
                     if e.terminal:
