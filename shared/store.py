@@ -422,34 +422,20 @@ class Store:
             Transition.FAIL: "failed",
             Transition.CANCEL: "cancelled",
         }[move]
+        args = (run_id, attempt, target, events, output, error, usage, cost_usd)
         if not thread:
-            await self._finish_one_trip(
-                run_id, attempt, target, events, output, error, usage, cost_usd
-            )
+            async with self.conn() as c:  # one statement: its own transaction, one round trip
+                await self._finish_statement(c, *args)
             return None
         async with self.conn() as c, c.transaction():
-            await self._fence(c, run_id, attempt)
-            await self.archive(c, run_id, events)
-            await c.execute(
-                """UPDATE runs SET status = $3, output = $4, error = $5,
-                       usage = coalesce($6, usage), cost_usd = $7, finished_at = now(),
-                       updated_at = now(), last_seq = greatest(last_seq, $8)
-                   WHERE run_id = $1 AND attempt = $2""",
-                uuid.UUID(run_id),
-                attempt,
-                target,
-                output,
-                error,
-                usage,
-                cost_usd,
-                events[-1].seq if events else 0,
-            )
+            await self._finish_statement(c, *args)
             if messages:
                 await self._add_messages(c, run_id, messages)
             return await self.next_of_thread(c, run_id)
 
-    async def _finish_one_trip(
+    async def _finish_statement(
         self,
+        c: asyncpg.Connection,
         run_id: str,
         attempt: int,
         target: str,
@@ -459,38 +445,36 @@ class Store:
         usage: dict[str, Any] | None,
         cost_usd: float,
     ) -> None:
-        """`finish` for a run outside a thread, in one statement (one round trip, its own
-        transaction): the fence row is locked, the archive and the terminal state written only
-        if this attempt still owns the run."""
-        async with self.conn() as c:
-            row = await c.fetchval(
-                """WITH fence AS (
-                       SELECT run_id FROM runs
-                       WHERE run_id = $1 AND attempt = $2 AND status = 'running' FOR UPDATE
-                   ), archived AS (
-                       INSERT INTO run_events (run_id, seq, type, data)
-                       SELECT $1, e.seq, e.type, e.data
-                       FROM unnest($9::int[], $10::text[], $11::bytea[]) AS e(seq, type, data)
-                       WHERE EXISTS (SELECT 1 FROM fence)
-                       ON CONFLICT (run_id, seq) DO NOTHING
-                   )
-                   UPDATE runs SET status = $3, output = $4, error = $5,
-                       usage = coalesce($6, usage), cost_usd = $7, finished_at = now(),
-                       updated_at = now(), last_seq = greatest(last_seq, $8)
-                   WHERE run_id = (SELECT run_id FROM fence)
-                   RETURNING 1""",
-                uuid.UUID(run_id),
-                attempt,
-                target,
-                output,
-                error,
-                usage,
-                cost_usd,
-                events[-1].seq if events else 0,
-                [e.seq for e in events],
-                [e.type for e in events],
-                [e.data for e in events],
-            )
+        """The terminal write as one statement: the fence row is locked, the archive and the
+        terminal state written only if this attempt still owns the run (else LeaseLost)."""
+        row = await c.fetchval(
+            """WITH fence AS (
+                   SELECT run_id FROM runs
+                   WHERE run_id = $1 AND attempt = $2 AND status = 'running' FOR UPDATE
+               ), archived AS (
+                   INSERT INTO run_events (run_id, seq, type, data)
+                   SELECT $1, e.seq, e.type, e.data
+                   FROM unnest($9::int[], $10::text[], $11::bytea[]) AS e(seq, type, data)
+                   WHERE EXISTS (SELECT 1 FROM fence)
+                   ON CONFLICT (run_id, seq) DO NOTHING
+               )
+               UPDATE runs SET status = $3, output = $4, error = $5,
+                   usage = coalesce($6, usage), cost_usd = $7, finished_at = now(),
+                   updated_at = now(), last_seq = greatest(last_seq, $8)
+               WHERE run_id = (SELECT run_id FROM fence)
+               RETURNING 1""",
+            uuid.UUID(run_id),
+            attempt,
+            target,
+            output,
+            error,
+            usage,
+            cost_usd,
+            events[-1].seq if events else 0,
+            [e.seq for e in events],
+            [e.type for e in events],
+            [e.data for e in events],
+        )
         if row is None:
             raise LeaseLost(f"run {run_id} attempt {attempt} no longer owns the run")
 
