@@ -141,7 +141,7 @@ async def events(
     )
     refresh_every = SLOT_TTL / 3
 
-    async def frames() -> AsyncIterator[ServerSentEvent]:
+    async def frames() -> AsyncIterator[bytes]:
         refreshed = time.monotonic()
         async for event in stream.events(after or 0, run.status.terminal):
             if time.monotonic() - refreshed > refresh_every:
@@ -149,7 +149,7 @@ async def events(
                 refreshed = time.monotonic()
             if event is None:
                 continue  # idle: sse-starlette's own pings keep the connection alive
-            yield ServerSentEvent(data=event.data.decode(), event=event.type, id=event.id)
+            yield event.frame  # encoded once per event, shared by every subscriber
 
     async def release() -> None:
         await sec.admission.release_sse_slot(user, slot)

@@ -7,8 +7,10 @@ are legal; the store's compare-and-set writes use it to pick the `WHERE` clause.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
+from functools import cached_property
 from typing import Any
 
 import orjson
@@ -81,11 +83,11 @@ EVENT_TYPES = frozenset(
 )
 
 
-class Event(BaseModel):
+@dataclass(frozen=True, eq=True)
+class Event:
     """One appended event. `data` is the JSON object clients receive; it always holds `seq` and
-    `type`. The SSE `id` is the decimal seq: the same whether read from Redis or Postgres."""
-
-    model_config = ConfigDict(frozen=True)
+    `type`. The SSE `id` is the decimal seq: the same whether read from Redis or Postgres.
+    A plain dataclass: the hub makes one per event read and every subscriber shares it."""
 
     seq: int
     type: str
@@ -102,6 +104,15 @@ class Event(BaseModel):
     def payload(self) -> dict[str, Any]:
         value: dict[str, Any] = orjson.loads(self.data)
         return value
+
+    @cached_property
+    def frame(self) -> bytes:
+        """The SSE frame, encoded once for every subscriber (the data is one JSON line)."""
+        return b"id: %d\r\nevent: %s\r\ndata: %s\r\n\r\n" % (
+            self.seq,
+            self.type.encode(),
+            self.data,
+        )
 
 
 def encode_event(seq: int, body: dict[str, Any]) -> Event:
