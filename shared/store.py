@@ -1,4 +1,5 @@
-"""Postgres, the truth: runs, their archived events and checkpoints, API keys.
+"""Postgres, the truth: runs, their archived events and checkpoints (API keys, spend and
+threads live in `store_users` and `store_threads`; `Store` is all of them).
 
 Every status write is a compare-and-set on the old status (from the transition table in
 `shared.models`) and, for a worker's writes, on the attempt it holds: a worker that lost its
@@ -8,11 +9,8 @@ else. asyncpg errors are mapped to `Unavailable` at this boundary.
 
 from __future__ import annotations
 
-import hashlib
-import secrets
 import uuid
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -21,29 +19,16 @@ import asyncpg
 import orjson
 
 from shared.agents.base import Checkpoint
-from shared.config import Settings
-from shared.errors import LeaseLost, Unavailable
+from shared.errors import LeaseLost
 from shared.models import Event, Run, RunStatus, Transition, sources
-
-KEY_PREFIX = "lr_"
+from shared.store_base import PG_DOWN, StoreBase, connect
+from shared.store_threads import ThreadQueries
+from shared.store_users import ApiKey, KeyQueries, SpendQueries, hash_key, new_api_key
 
 _RUN_COLUMNS = (
     "run_id, user_id, thread_id, agent, input, params, metadata, status, attempt, output, "
     "error, usage, cost_usd, last_seq, cancel_requested, created_at, started_at, finished_at, "
     "updated_at"
-)
-
-# Errors that mean "the database is not there right now", not "the query is wrong".
-PG_DOWN: tuple[type[BaseException], ...] = (
-    OSError,
-    TimeoutError,
-    asyncpg.exceptions.ConnectionDoesNotExistError,
-    asyncpg.exceptions.InterfaceError,
-    asyncpg.exceptions.CannotConnectNowError,
-    asyncpg.exceptions.TooManyConnectionsError,
-    asyncpg.exceptions.AdminShutdownError,
-    asyncpg.exceptions.CrashShutdownError,
-    asyncpg.exceptions.ConnectionFailureError,
 )
 
 
@@ -57,48 +42,6 @@ def _run(record: asyncpg.Record) -> Run:
     return Run.model_validate(data)
 
 
-async def _init_connection(conn: asyncpg.Connection) -> None:
-    for typename in ("jsonb", "json"):
-        await conn.set_type_codec(
-            typename,
-            encoder=lambda v: orjson.dumps(v).decode(),
-            decoder=orjson.loads,
-            schema="pg_catalog",
-            format="text",
-        )
-
-
-async def connect(settings: Settings, app_name: str) -> asyncpg.Connection:
-    conn: asyncpg.Connection = await asyncpg.connect(
-        settings.database_url,
-        timeout=settings.pg_acquire_timeout,
-        command_timeout=settings.pg_command_timeout,
-        server_settings={"application_name": app_name},
-    )
-    await _init_connection(conn)
-    return conn
-
-
-def hash_key(key: str) -> bytes:
-    """API keys are 256-bit random: a plain SHA-256 is enough (no brute force to slow down)."""
-    return hashlib.sha256(key.encode()).digest()
-
-
-def new_api_key() -> tuple[str, str]:
-    """(key_id, key). The key id is the public, loggable part; the key is shown once."""
-    key_id = KEY_PREFIX + secrets.token_hex(4)
-    return key_id, f"{key_id}_{secrets.token_urlsafe(32)}"
-
-
-@dataclass(frozen=True)
-class ApiKey:
-    key_id: str
-    user_id: str
-    name: str | None
-    created_at: datetime
-    revoked_at: datetime | None
-
-
 @dataclass(frozen=True)
 class NewRun:
     user_id: str
@@ -109,84 +52,9 @@ class NewRun:
     thread_id: str | None = None
 
 
-class Store:
+class Store(KeyQueries, ThreadQueries, SpendQueries):
     """All Postgres access. Built with `await Store.open(settings, app_name)`; close with
     `await store.close()`. Every call acquires a pooled connection with a timeout."""
-
-    def __init__(self, pool: asyncpg.Pool, settings: Settings) -> None:
-        self.pool = pool
-        self.settings = settings
-
-    @classmethod
-    async def open(cls, settings: Settings, app_name: str) -> Store:
-        try:
-            pool = await asyncpg.create_pool(
-                settings.database_url,
-                min_size=settings.pg_pool_min,
-                max_size=settings.pg_pool_max,
-                command_timeout=settings.pg_command_timeout,
-                timeout=settings.pg_acquire_timeout,
-                init=_init_connection,
-                server_settings={"application_name": app_name},
-            )
-        except PG_DOWN as exc:
-            raise Unavailable(f"postgres unreachable: {exc}") from exc
-        return cls(pool, settings)
-
-    async def close(self) -> None:
-        await self.pool.close()
-
-    @asynccontextmanager
-    async def conn(self) -> AsyncIterator[asyncpg.Connection]:
-        try:
-            async with self.pool.acquire(timeout=self.settings.pg_acquire_timeout) as conn:
-                yield conn
-        except PG_DOWN as exc:
-            raise Unavailable(f"postgres unavailable: {type(exc).__name__}") from exc
-
-    async def ping(self) -> None:
-        async with self.conn() as c:
-            await c.fetchval("SELECT 1")
-
-    # -- keys --------------------------------------------------------------------------------
-    async def create_key(self, user_id: str, name: str | None = None) -> tuple[str, str]:
-        key_id, key = new_api_key()
-        async with self.conn() as c:
-            await c.execute(
-                "INSERT INTO api_keys (key_id, user_id, key_hash, name) VALUES ($1, $2, $3, $4)",
-                key_id,
-                user_id,
-                hash_key(key),
-                name,
-            )
-        return key_id, key
-
-    async def user_for_key(self, key: str) -> str | None:
-        """The user owning an unrevoked key, or None. Looked up by hash: the comparison
-        happens inside Postgres' unique index on a digest, so no timing reveals a prefix."""
-        async with self.conn() as c:
-            user: str | None = await c.fetchval(
-                "SELECT user_id FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
-                hash_key(key),
-            )
-        return user
-
-    async def revoke_key(self, key_id: str) -> bool:
-        async with self.conn() as c:
-            done = await c.execute(
-                "UPDATE api_keys SET revoked_at = now() WHERE key_id = $1 AND revoked_at IS NULL",
-                key_id,
-            )
-        return bool(done.endswith(" 1"))
-
-    async def list_keys(self, user_id: str | None = None) -> list[ApiKey]:
-        async with self.conn() as c:
-            rows = await c.fetch(
-                "SELECT key_id, user_id, name, created_at, revoked_at FROM api_keys "
-                "WHERE $1::text IS NULL OR user_id = $1 ORDER BY created_at",
-                user_id,
-            )
-        return [ApiKey(**dict(r)) for r in rows]
 
     # -- runs: API side ----------------------------------------------------------------------
     async def insert_run(self, new: NewRun, conn: asyncpg.Connection | None = None) -> Run:
@@ -318,17 +186,6 @@ class Store:
         except asyncpg.exceptions.UniqueViolationError:
             return None  # its thread is busy: the running run's end enqueues the next one
         return None if row is None else _run(row)
-
-    async def next_of_thread(self, c: asyncpg.Connection, run_id: str) -> str | None:
-        """The oldest queued run of `run_id`'s thread (to enqueue when this one ends)."""
-        nxt = await c.fetchval(
-            """SELECT q.run_id FROM runs r JOIN runs q
-                 ON q.user_id = r.user_id AND q.thread_id = r.thread_id
-               WHERE r.run_id = $1 AND r.thread_id IS NOT NULL AND q.status = 'queued'
-               ORDER BY q.created_at, q.run_id LIMIT 1""",
-            uuid.UUID(run_id),
-        )
-        return None if nxt is None else str(nxt)
 
     async def archive(self, c: asyncpg.Connection, run_id: str, events: Sequence[Event]) -> None:
         if events:
@@ -478,93 +335,6 @@ class Store:
         if row is None:
             raise LeaseLost(f"run {run_id} attempt {attempt} no longer owns the run")
 
-    async def _add_messages(
-        self, c: asyncpg.Connection, run_id: str, messages: Sequence[dict[str, Any]]
-    ) -> None:
-        head = await c.fetchrow(
-            """SELECT r.user_id, r.thread_id,
-                      coalesce((SELECT max(seq) FROM thread_messages m
-                                WHERE m.user_id = r.user_id AND m.thread_id = r.thread_id), 0)
-                      AS last
-               FROM runs r WHERE r.run_id = $1 AND r.thread_id IS NOT NULL""",
-            uuid.UUID(run_id),
-        )
-        if head is None:
-            return
-        await c.executemany(
-            "INSERT INTO thread_messages (user_id, thread_id, seq, run_id, role, content) "
-            "VALUES ($1, $2, $3, $4, $5, $6)",
-            [
-                (
-                    head["user_id"],
-                    head["thread_id"],
-                    head["last"] + i + 1,
-                    uuid.UUID(run_id),
-                    str(m.get("role", "user")),
-                    m.get("content"),
-                )
-                for i, m in enumerate(messages)
-            ],
-        )
-
-    async def thread_messages(
-        self, user_id: str, thread_id: str, after: int = 0, limit: int = 1000
-    ) -> list[dict[str, Any]]:
-        async with self.conn() as c:
-            rows = await c.fetch(
-                "SELECT seq, run_id, role, content, created_at FROM thread_messages "
-                "WHERE user_id = $1 AND thread_id = $2 AND seq > $3 ORDER BY seq LIMIT $4",
-                user_id,
-                thread_id,
-                after,
-                limit,
-            )
-        return [
-            {
-                "seq": r["seq"],
-                "run_id": str(r["run_id"]),
-                "role": r["role"],
-                "content": r["content"],
-                "created_at": r["created_at"].isoformat(),
-            }
-            for r in rows
-        ]
-
-    async def thread_active_runs(self, user_id: str, thread_id: str) -> list[tuple[str, str]]:
-        """(run_id, status) of the thread's queued and running runs."""
-        async with self.conn() as c:
-            rows = await c.fetch(
-                "SELECT run_id, status FROM runs WHERE user_id = $1 AND thread_id = $2 "
-                "AND status IN ('queued', 'running') ORDER BY created_at",
-                user_id,
-                thread_id,
-            )
-        return [(str(r["run_id"]), r["status"]) for r in rows]
-
-    async def thread_exists(self, user_id: str, thread_id: str) -> bool:
-        async with self.conn() as c:
-            found = await c.fetchval(
-                "SELECT 1 FROM runs WHERE user_id = $1 AND thread_id = $2 LIMIT 1",
-                user_id,
-                thread_id,
-            )
-        return found is not None
-
-    async def recent_thread_messages(
-        self, user_id: str, thread_id: str, limit: int
-    ) -> list[dict[str, Any]]:
-        """The newest `limit` messages of a thread, oldest first."""
-        async with self.conn() as c:
-            rows = await c.fetch(
-                "SELECT role, content FROM (SELECT seq, role, content FROM thread_messages "
-                "WHERE user_id = $1 AND thread_id = $2 ORDER BY seq DESC LIMIT $3) m "
-                "ORDER BY seq",
-                user_id,
-                thread_id,
-                limit,
-            )
-        return [{"role": r["role"], "content": r["content"]} for r in rows]
-
     async def fail_unstarted(self, run_id: str, error: dict[str, Any]) -> Run | None:
         """Fail a run that no attempt holds (dead-lettered), archiving an `error` event."""
         return await self._end_unowned(
@@ -646,26 +416,6 @@ class Store:
             )
         return [_run(r) for r in rows]
 
-    # -- spend (the agent loop's ledger: Store satisfies shared.llm.budget.SpendLedger) ------
-    async def spent_today(self, user_id: str) -> float:
-        async with self.conn() as c:
-            usd = await c.fetchval(
-                "SELECT usd FROM user_daily_spend WHERE user_id = $1 "
-                "AND day = (now() AT TIME ZONE 'utc')::date",
-                user_id,
-            )
-        return float(usd or 0.0)
-
-    async def add_spend(self, user_id: str, usd: float) -> None:
-        async with self.conn() as c:
-            await c.execute(
-                """INSERT INTO user_daily_spend (user_id, day, usd)
-                   VALUES ($1, (now() AT TIME ZONE 'utc')::date, $2)
-                   ON CONFLICT (user_id, day) DO UPDATE SET usd = user_daily_spend.usd + $2""",
-                user_id,
-                usd,
-            )
-
     async def touch(self, run_ids: Sequence[str]) -> list[str]:
         """Heartbeat in Postgres: keeps live runs out of the reconciler's view. Returns the
         runs among them whose cancellation was requested (the path that needs no Redis)."""
@@ -678,3 +428,15 @@ class Store:
                 [uuid.UUID(r) for r in run_ids],
             )
         return [str(r["run_id"]) for r in rows if r["cancel_requested"]]
+
+
+__all__ = [
+    "PG_DOWN",
+    "ApiKey",
+    "NewRun",
+    "Store",
+    "StoreBase",
+    "connect",
+    "hash_key",
+    "new_api_key",
+]
