@@ -30,10 +30,16 @@ from shared.history import invalidate, load_history
 from shared.models import TERMINAL_EVENT_TYPES, Event, Run, Transition, encode_event
 from shared.redisio import REDIS_DOWN, EventCapExceeded, QueueEntry, RedisIO, SeqConflict
 from shared.store import Store
+from worker.policies import (
+    RETRYABLE,
+    remaining_seconds,
+    retry_unavailable,
+    run_timeout,
+    usage_totals,
+)
 
 log = structlog.get_logger("longrun.worker")
 
-RETRYABLE: tuple[type[BaseException], ...] = (Unavailable, *REDIS_DOWN)
 
 # Events the worker itself adds; an agent resuming looks past them for its own last event.
 LIFECYCLE_TYPES = frozenset({"start", "resumed", "notice"})
@@ -73,46 +79,6 @@ class Deps:
     agents: dict[str, Agent]
     consumer: str
     services: dict[str, Any] = field(default_factory=dict)
-
-
-def run_timeout(settings: Settings, params: dict[str, Any]) -> float:
-    """The run's time limit: `params.timeout_seconds` if sane, capped by the configured max."""
-    asked = params.get("timeout_seconds")
-    if isinstance(asked, int | float) and not isinstance(asked, bool) and asked > 0:
-        return float(min(asked, settings.max_run_timeout_seconds))
-    return settings.run_timeout_seconds
-
-
-def remaining_seconds(limit: float, started_at: datetime | None, now: datetime) -> float:
-    """Time left of a run's limit, counted from its first start across all attempts."""
-    if started_at is None:
-        return limit
-    return max(0.0, limit - (now - started_at).total_seconds())
-
-
-def usage_totals(usage: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
-    """Add one `usage` event's numbers to the run's totals (pure)."""
-    out = dict(usage)
-    for k in ("input_tokens", "output_tokens", "cache_read_input_tokens", "cost_usd"):
-        v = body.get(k)
-        if isinstance(v, int | float) and not isinstance(v, bool):
-            out[k] = round(out.get(k, 0) + v, 10)
-    return out
-
-
-async def retry_unavailable(what: str, fn: Any, *, stop: asyncio.Event, deadline: float) -> Any:
-    """Call `fn()` until it stops raising Unavailable / Redis errors, backing off up to 2 s,
-    until `deadline` (monotonic) or `stop` is set. LeaseLost passes straight through."""
-    delay = 0.05
-    while True:
-        try:
-            return await fn()
-        except RETRYABLE as exc:
-            if stop.is_set() or time.monotonic() + delay > deadline:
-                raise
-            log.warning("backing_store_unavailable", what=what, error=type(exc).__name__)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
 
 
 class Attempt:

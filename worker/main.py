@@ -46,7 +46,8 @@ from shared.redisio import (
     parse_queue_entry,
 )
 from shared.store import Store, connect
-from worker.executor import RETRYABLE, Attempt, Deps
+from worker.executor import Attempt, Deps
+from worker.policies import RETRYABLE
 from worker.reconcile import reconcile_once
 
 log = structlog.get_logger("longrun.worker")
