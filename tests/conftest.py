@@ -204,3 +204,13 @@ async def client(api: ApiServer, api_key: str) -> AsyncIterator[httpx.AsyncClien
         base_url=api.url, headers={"Authorization": f"Bearer {api_key}"}, timeout=10
     ) as c:
         yield c
+
+
+@pytest.fixture
+async def bob(api: ApiServer, store: Store) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of a second user, for isolation tests."""
+    _, key = await store.create_key("bob")
+    async with httpx.AsyncClient(
+        base_url=api.url, headers={"Authorization": f"Bearer {key}"}, timeout=10
+    ) as c:
+        yield c

@@ -13,15 +13,6 @@ from tests.helpers import read_events, submit, wait_status
 from tests.tcp_proxy import TcpProxy
 
 
-@pytest.fixture
-async def bob(api, store):
-    _, key = await store.create_key("bob")
-    async with httpx.AsyncClient(
-        base_url=api.url, headers={"Authorization": f"Bearer {key}"}, timeout=10
-    ) as c:
-        yield c
-
-
 async def test_another_users_run_is_a_404_on_get_events_and_cancel(client, bob):
     run_id = await submit(client, agent="ticker", params={"count": 1})
     random_id = str(uuid.uuid4())

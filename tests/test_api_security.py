@@ -26,15 +26,6 @@ from tests.helpers import submit, wait_status
 JWT_SECRET = "s" * 64
 
 
-@pytest.fixture
-async def bob(api, store):
-    _, key = await store.create_key("bob")
-    async with httpx.AsyncClient(
-        base_url=api.url, headers={"Authorization": f"Bearer {key}"}, timeout=10
-    ) as c:
-        yield c
-
-
 def _comparable(resp: httpx.Response) -> tuple[int, bytes, list[tuple[str, str]]]:
     headers = sorted((k, v) for k, v in resp.headers.items() if k not in ("date",))
     return resp.status_code, resp.content, headers
