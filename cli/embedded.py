@@ -449,6 +449,10 @@ def start_postgres(
         status = postmaster_status(old.read_text(errors="replace"))
         if status is not None:
             _stop_leftover(status[0], bin_dir / "postgres", signal.SIGINT)
+    if user is not None:
+        # The Postgres user must also reach the binaries: a checkout under a private folder
+        # (mktemp -d is 0700) kept it from executing initdb.
+        _make_traversable(bin_dir / "initdb")
     if not (data_dir / "PG_VERSION").exists():
         _create_cluster(bin_dir, data_dir, user, log_path)
     elif user is not None:
