@@ -84,11 +84,12 @@ async def finish_history(h: History, client, procs_list: list[WorkerProc]) -> di
 async def test_kill_9_one_of_three_workers_mid_flight_loses_and_repeats_nothing(
     fclient, fault_settings, procs, redis_client
 ):
-    # Given three workers and 24 ticker runs in flight
+    # Given three workers and 24 ticker runs in flight (3 s each: still running when the
+    # kill lands, even on a loaded machine)
     workers = [await procs(fault_settings, f"w{i}") for i in range(3)]
     h = History()
     for _ in range(24):
-        rid = await submit(fclient, agent="ticker", params={"count": 15, "interval_ms": 60})
+        rid = await submit(fclient, agent="ticker", params={"count": 15, "interval_ms": 200})
         h.submitted(rid, count=15)
 
     async def all_started() -> bool:
