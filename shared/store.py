@@ -22,6 +22,7 @@ from shared.agents.base import Checkpoint
 from shared.errors import LeaseLost
 from shared.models import Event, Run, RunStatus, Transition, sources
 from shared.store_base import PG_DOWN, StoreBase, connect
+from shared.store_submit import SubmitQueries
 from shared.store_threads import ThreadQueries
 from shared.store_users import ApiKey, KeyQueries, SpendQueries, hash_key, new_api_key
 
@@ -52,7 +53,7 @@ class NewRun:
     thread_id: str | None = None
 
 
-class Store(KeyQueries, ThreadQueries, SpendQueries):
+class Store(KeyQueries, ThreadQueries, SpendQueries, SubmitQueries):
     """All Postgres access. Built with `await Store.open(settings, app_name)`; close with
     `await store.close()`. Every call acquires a pooled connection with a timeout."""
 
