@@ -27,7 +27,7 @@ from redis.exceptions import NoScriptError
 from shared.config import Settings
 from shared.keys import Keys
 from shared.redisio import REDIS_DOWN
-from shared.switches import pause_key
+from shared.switches import key_epoch_key, pause_key
 
 log = structlog.get_logger("longrun.api.admission")
 
@@ -36,23 +36,22 @@ BACKLOG_RETRY_AFTER = 5
 IN_FLIGHT_RETRY_AFTER = 5
 SLOT_TTL = 60.0
 
-# KEYS: bucket hash. ARGV: rate (tokens/s), burst. Takes one token if there is one.
-# Returns {1, "0"} or {0, seconds until a token is there}.
+# KEYS: bucket hash. ARGV: rate (tokens/s), burst, [wanted, default 1]. Takes as many of the
+# wanted tokens as there are. Returns {tokens taken, seconds until the next token is there}.
 _BUCKET = """
 local rate = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
+local wanted = tonumber(ARGV[3] or '1')
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local b = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
 local tokens = tonumber(b[1]) or burst
 local ts = tonumber(b[2]) or now
 tokens = math.min(burst, tokens + math.max(0, now - ts) * rate)
-local allowed = 0
+local allowed = math.min(wanted, math.floor(tokens))
+tokens = tokens - allowed
 local wait = 0
-if tokens >= 1 then
-  tokens = tokens - 1
-  allowed = 1
-else
+if allowed < wanted then
   wait = (1 - tokens) / rate
 end
 redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
@@ -106,10 +105,19 @@ def submit_refusal(
             503, "backlog_full", "too many runs are waiting: retry later", BACKLOG_RETRY_AFTER
         )
     if not rate_allowed:
-        return Refusal(
-            429, "rate_limited", "too many submits: slow down", max(1, math.ceil(rate_wait))
-        )
+        return rate_refusal(rate_wait)
     return None
+
+
+@dataclass(frozen=True)
+class BatchVerdict:
+    refusal: Refusal | None  # for the whole group (paused, backlog full)
+    epoch: bytes  # the API-key epoch now
+    granted: dict[str, tuple[int, float]]  # per user: tokens taken, seconds to the next one
+
+
+def rate_refusal(wait: float) -> Refusal:
+    return Refusal(429, "rate_limited", "too many submits: slow down", max(1, math.ceil(wait)))
 
 
 class Admission:
@@ -147,6 +155,46 @@ class Admission:
             rate_allowed=bool(int(allowed)),
             rate_wait=float(wait),
         )
+
+    async def check_batch(self, wanted: dict[str, int]) -> BatchVerdict:
+        """Admission for a group of submits in one round trip: the switches and the backlog
+        once, each user's bucket once for as many tokens as that user has submits, and the
+        API-key epoch (so cached key look-ups are checked once per group, not per request).
+        Redis being down raises."""
+        s = self.settings
+        users = list(wanted)
+        for _ in range(2):
+            async with self.r.pipeline(transaction=False) as p:
+                p.exists(pause_key(self.keys))
+                p.xlen(self.keys.queue)
+                p.get(key_epoch_key(self.keys))
+                for user in users:
+                    p.evalsha(
+                        self._bucket.sha,
+                        1,
+                        self.keys.scoped("rate", "submit", user),
+                        s.submit_rate_per_second,
+                        s.submit_burst,
+                        wanted[user],
+                    )
+                replies = await p.execute(raise_on_error=False)
+            if not any(isinstance(x, NoScriptError) for x in replies[3:]):
+                break
+            await self.r.script_load(_BUCKET)  # Redis restarted empty: load it once more
+        for x in replies:
+            if isinstance(x, Exception):
+                raise x
+        paused, backlog, epoch = replies[:3]
+        refusal = submit_refusal(
+            accept_runs=s.accept_runs,
+            paused=bool(paused),
+            backlog=int(backlog),
+            max_backlog=s.max_backlog,
+            rate_allowed=True,
+            rate_wait=0.0,
+        )
+        granted = {u: (int(t[0]), float(t[1])) for u, t in zip(users, replies[3:], strict=True)}
+        return BatchVerdict(refusal=refusal, epoch=epoch or b"0", granted=granted)
 
     def _slots(self, user: str) -> str:
         return self.keys.scoped("sse", user)

@@ -25,6 +25,7 @@ from api.metrics import router as metrics_router
 from api.middleware import RequestId, install_log_redaction
 from api.shutdown import ReconnectHint
 from api.state import AppState
+from api.submit_batch import SubmitGroups
 from shared.agents import load_agents
 from shared.config import Settings
 from shared.keys import Keys
@@ -69,6 +70,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         app.state.longrun = state
         app.state.security = Security.build(settings, keys, r)
+        state.submits = SubmitGroups(store, r, keys, app.state.security.admission, settings)
         try:
             yield
         finally:

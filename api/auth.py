@@ -124,6 +124,26 @@ async def user_for_key(request: Request, sec: Security, key: str) -> str:
     return user
 
 
+@dataclass(frozen=True)
+class Principal:
+    user: str
+    # A cached API-key look-up's epoch, for the caller to confirm against the current epoch
+    # (grouped submits read it once per group); None when already confirmed in this request.
+    epoch: bytes | None
+
+
+async def submit_principal(request: Request) -> Principal:
+    """`current_user` without the per-request epoch `GET` when the key's look-up is cached:
+    the caller must confirm `epoch` (see `api.submit_batch`)."""
+    sec = security(request)
+    token = _bearer(request)
+    if sec.jwt is None or not looks_like_jwt(token):
+        cached = sec.key_cache.get(hashlib.sha256(token.encode()).digest())
+        if cached is not None and cached[1] > time.monotonic() and cached[2] is not None:
+            return Principal(cached[0], cached[2])
+    return Principal(await current_user(request), None)
+
+
 async def current_user(request: Request) -> str:
     sec = security(request)
     token = _bearer(request)

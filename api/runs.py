@@ -26,7 +26,7 @@ from redis.exceptions import ResponseError
 
 from api import tokens
 from api.admission import IN_FLIGHT_RETRY_AFTER
-from api.auth import Security, current_user, security
+from api.auth import Principal, Security, current_user, security, submit_principal
 from api.errors import ERROR_RESPONSES, ApiError, JSONResp
 from api.schemas import CancelAnswer, EventsUrl, RunList, RunView, SubmitAnswer, documented
 from api.state import AppState
@@ -39,6 +39,7 @@ from api.submit import (
     lookup,
     submit_once,
 )
+from api.submit_batch import Fallback, NeedsLock, StaleKey, Ticket
 from api.threads import ThreadMode, apply_thread_mode
 from shared.agents import DEFAULT_AGENT
 from shared.agents.chat import params_problem as chat_params_problem
@@ -204,29 +205,61 @@ async def _admit(sec: Security, user: str) -> None:
 async def submit(
     body: SubmitRun,
     request: Request,
-    user: User,
+    who: Annotated[Principal, Depends(submit_principal)],
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> JSONResp:
     state, sec = _state(request), security(request)
     agent = _validate(state, body)
     key = _idempotency_key(idempotency_key)
-    digest = body_hash({**body.model_dump(), "agent": agent})
+    user = who.user
+    new = NewRun(
+        user_id=user,
+        agent=agent,
+        input=body.input,
+        params=body.params,
+        metadata=body.metadata,
+        thread_id=body.thread_id,
+    )
+    admitted = False
+    if key is None and body.thread_id is None and state.submits is not None:
+        # The common case goes with every concurrent submit in one group (`api.submit_batch`).
+        try:
+            sub = await state.submits.submit(Ticket(new, who.epoch))
+            return _accepted(request, user, agent, sub)
+        except StaleKey:  # a key was revoked since this one's look-up was cached: check again
+            sec.key_cache.clear()
+            await current_user(request)  # 401 when it was this key
+        except NeedsLock:  # near the in-flight cap: admitted already, the exact count decides
+            admitted = True
+        except Fallback:
+            pass
+    elif who.epoch is not None:
+        await current_user(request)  # confirms the cached look-up against the epoch (or 401)
+    return await _submit_alone(request, state, sec, new, key, body, admitted)
+
+
+async def _submit_alone(
+    request: Request,
+    state: AppState,
+    sec: Security,
+    new: NewRun,
+    key: str | None,
+    body: SubmitRun,
+    admitted: bool,
+) -> JSONResp:
+    """One submit on its own: idempotency keys, threads, and the locked in-flight count."""
+    user, agent = new.user_id, new.agent
+    digest = body_hash({**body.model_dump(), "agent": agent}) if key is not None else b""
     try:
         if key is not None and (replay := await lookup(state.store, user, key, digest)):
             return _accepted(request, user, agent, replay)  # a retry: no admission needed
-        await _admit(sec, user)
+        if not admitted:
+            await _admit(sec, user)
         if body.thread_id is not None:
             await apply_thread_mode(state, user, body.thread_id, body.thread_mode)
         sub = await submit_once(
             state.store,
-            NewRun(
-                user_id=user,
-                agent=agent,
-                input=body.input,
-                params=body.params,
-                metadata=body.metadata,
-                thread_id=body.thread_id,
-            ),
+            new,
             max_in_flight=state.settings.max_runs_in_flight_per_user,
             key=key,
             digest=digest,
@@ -243,7 +276,7 @@ async def submit(
     try:
         await state.rio.enqueue(sub.run_id)
     except REDIS_DOWN as exc:
-        await state.store.delete_queued_run(sub.run_id)
+        await state.store.delete_queued_runs([sub.run_id])
         raise Unavailable("redis is unavailable: the run was not accepted") from exc
     return _accepted(request, user, agent, sub)
 

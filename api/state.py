@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import redis.asyncio as aioredis
 
@@ -12,6 +13,9 @@ from shared.config import Settings
 from shared.keys import Keys
 from shared.redisio import RedisIO
 from shared.store import Store
+
+if TYPE_CHECKING:
+    from api.submit_batch import SubmitGroups
 
 
 @dataclass
@@ -23,5 +27,6 @@ class AppState:
     rio: RedisIO
     hub: Hub
     agents: dict[str, Agent]
+    submits: SubmitGroups | None = None  # grouped plain submits (`api.submit_batch`)
     shutting_down: bool = False
     key_cache: dict[str, tuple[str, float]] = field(default_factory=dict)

@@ -1,0 +1,196 @@
+"""Grouped submits: the plain `POST /runs` (no Idempotency-Key, no thread) of every request that
+arrives while the previous group is being committed goes into the next group, which costs
+
+    one Redis round trip   the kill switch, the backlog, the API-key epoch, and one token-bucket
+                           call per user for as many tokens as that user has submits in the group
+    one Postgres statement the runs, inserted and committed together (INSERT ... SELECT unnest)
+    one Redis round trip   their queue entries, pipelined XADDs
+
+whatever the group's size, instead of five round trips per request. An idle API answers a lone
+submit at once (a group of one): load sets the group size, not a timer (`shared.batching`).
+
+Nothing about durability changes: a submit is answered 202 only after its row is committed and
+its entry added; an entry Redis refused takes its row back out (that submit answers 503).
+
+Three things leave the group for the per-request path in `api.runs`:
+- a cached API-key look-up made under an older key epoch (a key was revoked since): `StaleKey`,
+  the request is authenticated again from Postgres;
+- a user whose in-flight count is near the cap: `NeedsLock`, the exact count under the user's
+  lock decides (`api.submit.insert_run`);
+- a group Postgres refused for a reason other than being away: `Fallback`, each request is
+  retried alone, so one bad row cannot fail the others.
+
+The in-flight cap without a count per request: `InFlightGate` counts a user's queued + running
+runs at most once a second (one statement for every user of a group) and adds the runs this
+process inserted since. Between two counts the other API processes can add at most what the
+user's rate bucket lets through in that second, so a user whose count plus that margin is below
+the cap cannot pass it; closer to the cap, every submit takes the locked path.
+"""
+
+from __future__ import annotations
+
+import hmac
+import math
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import asyncpg
+import redis.asyncio as aioredis
+import structlog
+
+from api.admission import Admission, rate_refusal
+from api.errors import ApiError
+from api.submit import UNLOCKED_HEADROOM, Submitted
+from shared.batching import Coalescer
+from shared.config import Settings
+from shared.errors import Unavailable
+from shared.keys import Keys
+from shared.redisio import REDIS_DOWN
+from shared.store import NewRun, Store
+
+log = structlog.get_logger("longrun.api.submit")
+
+COUNT_FRESH_SECONDS = 1.0
+GATE_MAX_USERS = 10_000
+MAX_GROUP = 256
+
+
+class StaleKey(Exception):
+    """The request's cached key look-up predates the current key epoch."""
+
+
+class NeedsLock(Exception):
+    """The user is near the in-flight cap: decide under the user's lock."""
+
+
+class Fallback(Exception):
+    """The group could not be inserted as a whole: submit this one alone."""
+
+
+@dataclass(frozen=True)
+class Ticket:
+    new: NewRun
+    # The epoch a cached API-key look-up was made under, to confirm against the current one;
+    # None when the caller was authenticated from Postgres (or a JWT) in this request.
+    epoch: bytes | None
+
+
+class InFlightGate:
+    """Which users are far enough below the in-flight cap to skip the exact, locked count."""
+
+    def __init__(self, store: Store, settings: Settings) -> None:
+        self.store = store
+        self.cap = settings.max_runs_in_flight_per_user
+        # What other processes may add between two counts, plus what may be in flight now.
+        self.margin = UNLOCKED_HEADROOM + math.ceil(
+            settings.submit_rate_per_second * COUNT_FRESH_SECONDS
+        )
+        self._counts: dict[str, tuple[float, int]] = {}  # user -> (counted at, count + ours)
+
+    async def clear(self, wanted: dict[str, int]) -> set[str]:
+        """The users whose `wanted` submits may go ahead without the lock."""
+        now = time.monotonic()
+        stale = [
+            u
+            for u in wanted
+            if (seen := self._counts.get(u)) is None or now - seen[0] > COUNT_FRESH_SECONDS
+        ]
+        if stale:
+            if len(self._counts) + len(stale) > GATE_MAX_USERS:
+                self._counts = {
+                    u: c for u, c in self._counts.items() if now - c[0] <= COUNT_FRESH_SECONDS
+                }
+            counts = await self.store.in_flight_counts(stale)
+            for user, n in counts.items():
+                self._counts[user] = (now, n)
+        return {u for u, n in wanted.items() if self._counts[u][1] + n + self.margin < self.cap}
+
+    def added(self, user: str, n: int) -> None:
+        at, count = self._counts[user]
+        self._counts[user] = (at, count + n)
+
+
+class SubmitGroups:
+    def __init__(
+        self, store: Store, r: aioredis.Redis, keys: Keys, admission: Admission, settings: Settings
+    ) -> None:
+        self.store = store
+        self.r = r
+        self.keys = keys
+        self.admission = admission
+        self.gate = InFlightGate(store, settings)
+        self.coalescer: Coalescer[Ticket, Submitted] = Coalescer(
+            self._flush, max_batch=MAX_GROUP, name="submit"
+        )
+
+    async def submit(self, ticket: Ticket) -> Submitted:
+        return await self.coalescer.call(ticket)
+
+    async def _flush(self, tickets: list[Ticket]) -> Sequence[Submitted | BaseException]:
+        outcomes: list[Submitted | BaseException | None] = [None] * len(tickets)
+        try:
+            verdict = await self.admission.check_batch(Counter(t.new.user_id for t in tickets))
+        except REDIS_DOWN as exc:
+            raise Unavailable("redis is unavailable: the run was not accepted") from exc
+        if (refusal := verdict.refusal) is not None:
+            headers = {"Retry-After": str(refusal.retry_after)}
+            return [ApiError(refusal.status, refusal.code, refusal.detail, headers)] * len(tickets)
+        tokens = {u: taken for u, (taken, _) in verdict.granted.items()}
+        admitted: list[int] = []
+        for i, t in enumerate(tickets):
+            user = t.new.user_id
+            if t.epoch is not None and not hmac.compare_digest(t.epoch, verdict.epoch):
+                outcomes[i] = StaleKey()
+            elif tokens[user] <= 0:
+                refusal = rate_refusal(verdict.granted[user][1])
+                outcomes[i] = ApiError(
+                    refusal.status,
+                    refusal.code,
+                    refusal.detail,
+                    {"Retry-After": str(refusal.retry_after)},
+                )
+            else:
+                tokens[user] -= 1
+                admitted.append(i)
+        clear = await self.gate.clear(Counter(tickets[i].new.user_id for i in admitted))
+        go = []
+        for i in admitted:
+            if tickets[i].new.user_id in clear:
+                go.append(i)
+            else:
+                outcomes[i] = NeedsLock()
+        if go:
+            for i, sub in zip(go, await self._commit([tickets[i].new for i in go]), strict=True):
+                outcomes[i] = sub
+        return [o if o is not None else Fallback() for o in outcomes]
+
+    async def _commit(self, news: list[NewRun]) -> list[Submitted | BaseException]:
+        try:
+            rows = await self.store.insert_runs(news)
+        except asyncpg.PostgresError:
+            return [Fallback() for _ in news]  # each alone: one bad row fails only itself
+        for user, n in Counter(n.user_id for n in news).items():
+            self.gate.added(user, n)
+        try:
+            async with self.r.pipeline(transaction=False) as p:
+                for run_id, _ in rows:
+                    p.xadd(self.keys.queue, {"run": run_id})
+                added = await p.execute(raise_on_error=False)
+        except REDIS_DOWN as exc:
+            added = [exc] * len(rows)
+        failed = [r for (r, _), x in zip(rows, added, strict=True) if isinstance(x, Exception)]
+        if failed:
+            try:
+                await self.store.delete_queued_runs(failed)
+            except Unavailable:
+                # The rows stay queued without entries: the reconciler enqueues them later.
+                log.warning("submit_undo_failed", runs=len(failed))
+        down = Unavailable("redis is unavailable: the run was not accepted")
+        return [
+            down
+            if isinstance(x, Exception)
+            else Submitted(run_id, "queued", None, created_at, replayed=False)
+            for (run_id, created_at), x in zip(rows, added, strict=True)
+        ]
