@@ -26,6 +26,7 @@ from api.middleware import RequestId, install_log_redaction
 from api.shutdown import ReconnectHint
 from api.state import AppState
 from api.submit_batch import SubmitGroups
+from api.submit_lane import SubmitLane
 from shared.agents import load_agents
 from shared.config import Settings
 from shared.keys import Keys
@@ -71,6 +72,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.longrun = state
         app.state.security = Security.build(settings, keys, r)
         state.submits = SubmitGroups(store, r, keys, app.state.security.admission, settings)
+        state.submits.on_group = app.state.metrics.observe_submit_group
         try:
             yield
         finally:
@@ -88,6 +90,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     errors.install(app)
     app.state.metrics = ApiMetrics.create()
+    app.add_middleware(SubmitLane)  # innermost of ours: the common POST /runs, lean
     app.add_middleware(ReconnectHint)
     app.add_middleware(SubmitTimer, metrics=app.state.metrics)
     # add_middleware wraps: the last added is the outermost.

@@ -132,16 +132,28 @@ class Principal:
     epoch: bytes | None
 
 
+def cached_principal(sec: Security, token: str) -> Principal | None:
+    """Who a bearer token names without any I/O: a valid JWT, or an API key whose look-up is
+    cached (its `epoch` still to be confirmed). None: ask `current_user`."""
+    if sec.jwt is not None and looks_like_jwt(token):
+        try:
+            return Principal(sec.jwt.user(token), None)
+        except JwtRefused:
+            return None
+    if len(token) > MAX_CREDENTIAL_CHARS:
+        return None
+    cached = sec.key_cache.get(hashlib.sha256(token.encode()).digest())
+    if cached is not None and cached[1] > time.monotonic() and cached[2] is not None:
+        return Principal(cached[0], cached[2])
+    return None
+
+
 async def submit_principal(request: Request) -> Principal:
     """`current_user` without the per-request epoch `GET` when the key's look-up is cached:
     the caller must confirm `epoch` (see `api.submit_batch`)."""
     sec = security(request)
-    token = _bearer(request)
-    if sec.jwt is None or not looks_like_jwt(token):
-        cached = sec.key_cache.get(hashlib.sha256(token.encode()).digest())
-        if cached is not None and cached[1] > time.monotonic() and cached[2] is not None:
-            return Principal(cached[0], cached[2])
-    return Principal(await current_user(request), None)
+    found = cached_principal(sec, _bearer(request))
+    return found if found is not None else Principal(await current_user(request), None)
 
 
 async def current_user(request: Request) -> str:

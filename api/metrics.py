@@ -205,6 +205,9 @@ def _postgres_metrics(f: PostgresFigures) -> Iterator[Metric]:
     )
 
 
+GROUP_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
 @dataclass
 class ApiMetrics:
     """The API process's registry: local histograms plus the cluster collector."""
@@ -213,6 +216,12 @@ class ApiMetrics:
     cluster: ClusterCollector
     submit_seconds: Histogram
     delivery_lag_seconds: Histogram
+    submit_group_size: Histogram
+    submit_group_seconds: Histogram
+
+    def observe_submit_group(self, size: int, seconds: float) -> None:
+        self.submit_group_size.observe(size)
+        self.submit_group_seconds.observe(seconds)
 
     @classmethod
     def create(cls) -> ApiMetrics:
@@ -226,6 +235,18 @@ class ApiMetrics:
                 "longrun_submit_duration_seconds",
                 "Time to answer POST /runs on this API process, by status code",
                 ["code"],
+                registry=registry,
+                buckets=LATENCY_BUCKETS,
+            ),
+            submit_group_size=Histogram(
+                "longrun_submit_group_size",
+                "Submits committed together in one group (api/submit_batch.py)",
+                registry=registry,
+                buckets=GROUP_SIZE_BUCKETS,
+            ),
+            submit_group_seconds=Histogram(
+                "longrun_submit_group_duration_seconds",
+                "Time to admit, insert and enqueue one group of submits",
                 registry=registry,
                 buckets=LATENCY_BUCKETS,
             ),

@@ -51,8 +51,13 @@ class RequestId:
                 message["headers"] = [*headers, (HEADER, raw)]
             await send(message)
 
-        with structlog.contextvars.bound_contextvars(request_id=rid):
+        # bind + reset by token: `bound_contextvars` copies the whole context twice a request
+        # (~10% of a submit's CPU in bench.submit's profile).
+        tokens = structlog.contextvars.bind_contextvars(request_id=rid)
+        try:
             await self.app(scope, receive, send_with_id)
+        finally:
+            structlog.contextvars.reset_contextvars(**tokens)
 
 
 _TOKEN_IN_URL = re.compile(r"((?:^|[?&])token=)[^&\s\"']+")

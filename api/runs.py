@@ -115,16 +115,19 @@ def parse_run_id(raw: str) -> str:
 
 def events_url(request: Request, sec: Security, run_id: str, user: str) -> tuple[str, int]:
     """A fresh `events_url` for this run and user, and its expiry (unix seconds)."""
+    return _events_url_at(str(request.base_url).rstrip("/"), sec, run_id, user)
+
+
+def _events_url_at(base: str, sec: Security, run_id: str, user: str) -> tuple[str, int]:
     now = time.time()
     ttl = sec.settings.stream_token_ttl_seconds
     token = tokens.mint(sec.stream_secret, run_id, user, now, ttl)
-    base = str(request.base_url).rstrip("/")
     return f"{base}/runs/{run_id}/events?token={token}", int(now) + ttl
 
 
 def run_links(request: Request, run_id: str, user: str) -> dict[str, str]:
     base = str(request.base_url).rstrip("/")
-    url, _ = events_url(request, security(request), run_id, user)
+    url, _ = _events_url_at(base, security(request), run_id, user)
     return {"url": f"{base}/runs/{run_id}", "events_url": url}
 
 
@@ -136,7 +139,7 @@ def _no_check(settings: Settings, params: dict[str, Any]) -> str | None:
 params_checks = {"chat": chat_params_problem, "ticker": ticker_params_problem}
 
 
-def _validate(state: AppState, body: SubmitRun) -> str:
+def validate_submit(state: AppState, body: SubmitRun) -> str:
     """The agent to run; ApiError for anything out of bounds."""
     s = state.settings
     if len(body.input) > s.max_input_chars:
@@ -167,7 +170,7 @@ def _idempotency_key(raw: str | None) -> str | None:
     return raw
 
 
-def _accepted(request: Request, user: str, agent: str, sub: Submitted) -> JSONResp:
+def accepted(request: Request, user: str, agent: str, sub: Submitted) -> JSONResp:
     headers = {"Location": f"/runs/{sub.run_id}"}
     if sub.replayed:
         headers["Idempotent-Replayed"] = "true"
@@ -209,7 +212,7 @@ async def submit(
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> JSONResp:
     state, sec = _state(request), security(request)
-    agent = _validate(state, body)
+    agent = validate_submit(state, body)
     key = _idempotency_key(idempotency_key)
     user = who.user
     new = NewRun(
@@ -225,7 +228,7 @@ async def submit(
         # The common case goes with every concurrent submit in one group (`api.submit_batch`).
         try:
             sub = await state.submits.submit(Ticket(new, who.epoch))
-            return _accepted(request, user, agent, sub)
+            return accepted(request, user, agent, sub)
         except StaleKey:  # a key was revoked since this one's look-up was cached: check again
             sec.key_cache.clear()
             await current_user(request)  # 401 when it was this key
@@ -252,7 +255,7 @@ async def _submit_alone(
     digest = body_hash({**body.model_dump(), "agent": agent}) if key is not None else b""
     try:
         if key is not None and (replay := await lookup(state.store, user, key, digest)):
-            return _accepted(request, user, agent, replay)  # a retry: no admission needed
+            return accepted(request, user, agent, replay)  # a retry: no admission needed
         if not admitted:
             await _admit(sec, user)
         if body.thread_id is not None:
@@ -272,13 +275,13 @@ async def _submit_alone(
             429, exc.code, exc.detail, {"Retry-After": str(IN_FLIGHT_RETRY_AFTER)}
         ) from None
     if sub.replayed:
-        return _accepted(request, user, agent, sub)
+        return accepted(request, user, agent, sub)
     try:
         await state.rio.enqueue(sub.run_id)
     except REDIS_DOWN as exc:
         await state.store.delete_queued_runs([sub.run_id])
         raise Unavailable("redis is unavailable: the run was not accepted") from exc
-    return _accepted(request, user, agent, sub)
+    return accepted(request, user, agent, sub)
 
 
 async def _owned_run(state: AppState, raw_id: str, user: str) -> Run:

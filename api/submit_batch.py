@@ -33,7 +33,7 @@ import hmac
 import math
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import asyncpg
@@ -55,6 +55,7 @@ log = structlog.get_logger("longrun.api.submit")
 COUNT_FRESH_SECONDS = 1.0
 GATE_MAX_USERS = 10_000
 MAX_GROUP = 256
+GROUPS_IN_FLIGHT = 2
 
 
 class StaleKey(Exception):
@@ -122,13 +123,24 @@ class SubmitGroups:
         self.admission = admission
         self.gate = InFlightGate(store, settings)
         self.coalescer: Coalescer[Ticket, Submitted] = Coalescer(
-            self._flush, max_batch=MAX_GROUP, name="submit"
+            self._flush, max_batch=MAX_GROUP, concurrency=GROUPS_IN_FLIGHT, name="submit"
         )
+
+        # Called with each group's size and duration in seconds (the API's /metrics).
+        self.on_group: Callable[[int, float], None] | None = None
 
     async def submit(self, ticket: Ticket) -> Submitted:
         return await self.coalescer.call(ticket)
 
     async def _flush(self, tickets: list[Ticket]) -> Sequence[Submitted | BaseException]:
+        start = time.perf_counter()
+        try:
+            return await self._group(tickets)
+        finally:
+            if self.on_group is not None:
+                self.on_group(len(tickets), time.perf_counter() - start)
+
+    async def _group(self, tickets: list[Ticket]) -> Sequence[Submitted | BaseException]:
         outcomes: list[Submitted | BaseException | None] = [None] * len(tickets)
         try:
             verdict = await self.admission.check_batch(Counter(t.new.user_id for t in tickets))

@@ -30,12 +30,22 @@ Flush = Callable[[list[T]], Awaitable[Sequence["R | BaseException"]]]
 
 
 class Coalescer(Generic[T, R]):
-    def __init__(self, flush: Flush[T, R], *, max_batch: int = 256, name: str = "batch") -> None:
+    def __init__(
+        self,
+        flush: Flush[T, R],
+        *,
+        max_batch: int = 256,
+        concurrency: int = 1,
+        name: str = "batch",
+    ) -> None:
         self._flush = flush
         self.max_batch = max_batch
+        # Flushes in flight at once: with more than one, a batch is sent while the previous
+        # one's round trip is still out (order between batches is then not kept).
+        self.concurrency = concurrency
         self.name = name
         self._waiting: list[tuple[T, asyncio.Future[R]]] = []
-        self._runner: asyncio.Task[None] | None = None
+        self._runners: set[asyncio.Task[None]] = set()
         # Figures for the benches and /metrics: how many flushes, how many items in all.
         self.flushes = 0
         self.items = 0
@@ -43,8 +53,8 @@ class Coalescer(Generic[T, R]):
     async def call(self, item: T) -> R:
         fut: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._waiting.append((item, fut))
-        if self._runner is None:
-            self._runner = asyncio.create_task(self._run(), name=f"coalesce-{self.name}")
+        if len(self._runners) < self.concurrency:
+            self._runners.add(asyncio.create_task(self._run(), name=f"coalesce-{self.name}"))
         return await fut
 
     async def _run(self) -> None:
@@ -54,8 +64,9 @@ class Coalescer(Generic[T, R]):
                 del self._waiting[: self.max_batch]
                 await self._flush_batch(batch)
         finally:
-            self._runner = None
-            if self._waiting:  # cancelled mid-way (loop closing): fail the rest, never hang
+            # Leave the set before anything else runs, so the next call starts a new runner.
+            self._runners.discard(asyncio.current_task())
+            if self._waiting and not self._runners:  # cancelled (loop closing): never hang
                 for _, fut in self._waiting:
                     if not fut.done():
                         fut.set_exception(RuntimeError(f"{self.name} coalescer stopped"))
