@@ -90,7 +90,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     errors.install(app)
     app.state.metrics = ApiMetrics.create()
-    app.add_middleware(SubmitLane)  # innermost of ours: the common POST /runs, lean
     app.add_middleware(ReconnectHint)
     app.add_middleware(SubmitTimer, metrics=app.state.metrics)
     # add_middleware wraps: the last added is the outermost.
@@ -105,6 +104,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             max_age=600,
         )
     app.add_middleware(RequestId)
+    # Outermost of ours: the common POST /runs, past every other layer (api/submit_lane.py).
+    app.add_middleware(
+        SubmitLane,
+        max_bytes=settings.max_body_bytes,
+        metrics=app.state.metrics,
+        cors=bool(settings.cors_origins),
+    )
     install_log_redaction()
     app.include_router(runs.router)
     app.include_router(events.router)

@@ -115,10 +115,10 @@ def parse_run_id(raw: str) -> str:
 
 def events_url(request: Request, sec: Security, run_id: str, user: str) -> tuple[str, int]:
     """A fresh `events_url` for this run and user, and its expiry (unix seconds)."""
-    return _events_url_at(str(request.base_url).rstrip("/"), sec, run_id, user)
+    return events_url_at(str(request.base_url).rstrip("/"), sec, run_id, user)
 
 
-def _events_url_at(base: str, sec: Security, run_id: str, user: str) -> tuple[str, int]:
+def events_url_at(base: str, sec: Security, run_id: str, user: str) -> tuple[str, int]:
     now = time.time()
     ttl = sec.settings.stream_token_ttl_seconds
     token = tokens.mint(sec.stream_secret, run_id, user, now, ttl)
@@ -127,7 +127,7 @@ def _events_url_at(base: str, sec: Security, run_id: str, user: str) -> tuple[st
 
 def run_links(request: Request, run_id: str, user: str) -> dict[str, str]:
     base = str(request.base_url).rstrip("/")
-    url, _ = _events_url_at(base, security(request), run_id, user)
+    url, _ = events_url_at(base, security(request), run_id, user)
     return {"url": f"{base}/runs/{run_id}", "events_url": url}
 
 

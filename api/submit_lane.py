@@ -13,23 +13,28 @@ threads, first-time key look-ups and the in-flight cap's locked path have one im
 The route also stays the one in the OpenAPI schema. The answers are the route's, byte for byte:
 the lane builds them with the same functions.
 
-It sits inside the request-id, body-limit and metrics middlewares, so those still apply.
+It is the outermost of our middlewares, and does for its own answers what the inner ones do
+for the route's: the request id (echoed header, `request_id` in error bodies), the body limit
+(a body without a Content-Length within the limit goes to the route, where `BodyLimit`
+applies) and the submit timer. Passing through four pure-ASGI layers cost ~40 us a submit.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import time
 
+import orjson
 import structlog
 from pydantic import ValidationError
-from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.auth import Security, cached_principal
-from api.errors import ApiError, error_response
-from api.middleware import scope_request_id
-from api.runs import SubmitRun, accepted, validate_submit
+from api.errors import ApiError
+from api.metrics import ApiMetrics
+from api.middleware import request_id_from
+from api.runs import SubmitRun, events_url_at, validate_submit
 from api.state import AppState
+from api.submit import Submitted
 from api.submit_batch import Fallback, NeedsLock, StaleKey, Ticket
 from shared.errors import Unavailable
 from shared.store import NewRun
@@ -40,59 +45,72 @@ _JSON = (b"application/json", b"application/json; charset=utf-8")
 
 
 class SubmitLane:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, metrics: ApiMetrics, cors: bool) -> None:
         self.app = app
+        self.max_bytes = max_bytes
+        self.metrics = metrics
+        self.cors = cors  # cross-origin requests then go through the CORS middleware
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != "/runs":
             await self.app(scope, receive, send)
             return
+        start = time.perf_counter()
         token = None
+        size = -1
         plain = True
         for name, value in scope["headers"]:
             if name == b"authorization":
                 scheme, _, rest = value.partition(b" ")
                 if scheme.lower() == b"bearer":
                     token = rest.strip()
-            elif name == b"idempotency-key" or (
-                name == b"content-type" and value.lower() not in _JSON
+            elif name == b"content-length":
+                size = int(value) if value.isdigit() else -1
+            elif (
+                name == b"idempotency-key"
+                or (name == b"content-type" and value.lower() not in _JSON)
+                or (name == b"origin" and self.cors)
             ):
                 plain = False
-        if token is None or not plain:
+        if token is None or not plain or not 0 <= size <= self.max_bytes:
             await self.app(scope, receive, send)
             return
         raw, complete = await _read_body(receive)
-        replay = _replaying(raw, complete, receive)
         if complete:
-            answered = await self._answer(scope, token, raw, send)
-            if answered:
+            answer = await self._answer(scope, token, raw)
+            if answer is not None:
+                status, body, headers = answer
+                await send({"type": "http.response.start", "status": status, "headers": headers})
+                await send({"type": "http.response.body", "body": body})
+                self.metrics.submit_seconds.labels(str(status)).observe(time.perf_counter() - start)
                 return
-        await self.app(scope, replay, send)
+        await self.app(scope, _replaying(raw, complete, receive), send)
 
-    async def _answer(self, scope: Scope, token: bytes, raw: bytes, send: Send) -> bool:
-        """Answer from the lane when it can; False leaves the request to the route."""
+    async def _answer(
+        self, scope: Scope, token: bytes, raw: bytes
+    ) -> tuple[int, bytes, list[tuple[bytes, bytes]]] | None:
+        """(status, body, headers) when the lane answers; None leaves it to the route."""
         app = scope["app"]
         state: AppState = app.state.longrun
         sec: Security = app.state.security
         if state.submits is None:
-            return False
+            return None
         try:
             who = cached_principal(sec, token.decode("ascii"))
         except UnicodeDecodeError:
-            return False
+            return None
         if who is None:
-            return False
+            return None
         try:
             body = SubmitRun.model_validate_json(raw)
         except ValidationError:
-            return False
+            return None
         if body.thread_id is not None:
-            return False
-        request = Request(scope)
+            return None
         try:
             agent = validate_submit(state, body)
         except ApiError:
-            return False
+            return None
         new = NewRun(
             user_id=who.user,
             agent=agent,
@@ -103,23 +121,63 @@ class SubmitLane:
         try:
             sub = await state.submits.submit(Ticket(new, who.epoch))
         except (StaleKey, NeedsLock, Fallback):
-            return False
+            return None
         except ApiError as exc:
-            response = error_response(
-                exc.status, exc.code, exc.detail, exc.headers, scope_request_id(scope)
-            )
+            return _error(scope, exc.status, exc.code, exc.detail, exc.headers)
         except Unavailable as exc:
-            response = error_response(
-                503,
-                exc.code,
-                exc.detail,
-                {"Retry-After": str(exc.retry_after)},
-                scope_request_id(scope),
-            )
-        else:
-            response = accepted(request, who.user, agent, sub)
-        await response(scope, _no_receive, send)
-        return True
+            retry = {"Retry-After": str(exc.retry_after)}
+            return _error(scope, 503, exc.code, exc.detail, retry)
+        return _accepted(scope, sec, who.user, agent, sub)
+
+
+def _base_url(scope: Scope) -> str:
+    """What `Request.base_url` gives, for the answer's links."""
+    host = next((v for k, v in scope["headers"] if k == b"host"), None)
+    if host is None:
+        server = scope.get("server") or ("localhost", 80)
+        host = f"{server[0]}:{server[1]}".encode()
+    return f"{scope.get('scheme', 'http')}://{host.decode('latin-1')}{scope.get('root_path', '')}"
+
+
+def _accepted(
+    scope: Scope, sec: Security, user: str, agent: str, sub: Submitted
+) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+    """`api.runs.accepted`'s answer, built without a Request."""
+    base = _base_url(scope).rstrip("/")
+    url, _ = events_url_at(base, sec, sub.run_id, user)
+    body = orjson.dumps(
+        {
+            "run_id": sub.run_id,
+            "status": sub.status,
+            "agent": agent,
+            "thread_id": sub.thread_id,
+            "created_at": sub.created_at.isoformat(),
+            "url": f"{base}/runs/{sub.run_id}",
+            "events_url": url,
+        }
+    )
+    return 202, body, _headers(scope, body, {"location": f"/runs/{sub.run_id}"})
+
+
+def _error(
+    scope: Scope, status: int, code: str, detail: str, extra: dict[str, str]
+) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+    """`api.errors.error_response`'s answer, with this request's id."""
+    rid = request_id_from(scope["headers"])
+    body = orjson.dumps({"error": code, "detail": detail, "request_id": rid})
+    return status, body, _headers(scope, body, {k.lower(): v for k, v in extra.items()}, rid)
+
+
+def _headers(
+    scope: Scope, body: bytes, extra: dict[str, str], rid: str | None = None
+) -> list[tuple[bytes, bytes]]:
+    rid = rid or request_id_from(scope["headers"])
+    return [
+        (b"content-length", str(len(body)).encode()),
+        (b"content-type", b"application/json"),
+        *((k.encode("latin-1"), v.encode("latin-1")) for k, v in extra.items()),
+        (b"x-request-id", rid.encode("ascii")),
+    ]
 
 
 async def _read_body(receive: Receive) -> tuple[bytes, bool]:
@@ -147,7 +205,3 @@ def _replaying(raw: bytes, complete: bool, receive: Receive) -> Receive:
         return await receive()
 
     return replay
-
-
-async def _no_receive() -> dict[str, Any]:  # a complete answer never reads the request again
-    return {"type": "http.disconnect"}
