@@ -2,46 +2,144 @@
 subscriber, instead of one blocked Redis connection per client.
 
     subscriber A ─┐                      ┌─ XREAD BLOCK STREAMS ev:{r1} ev:{r2} hub:wake ...
-    subscriber B ─┼─ queue (bounded) <───┤   (one connection, all watched runs)
+    subscriber B ─┼─ pending (bounded) <─┤   (one connection, all watched runs)
     subscriber C ─┘                      └─ a new watch XADDs hub:wake to break the block
 
-A subscriber's queue is bounded: when it is full the hub stops pushing to it and marks it
-`behind`; the subscriber then catches up with `XRANGE` on its own, so a slow client costs at
-most one queue of memory and never delays the others. Subscribers also heal any gap they see
+The hub is also the only Redis reader of the streams: a subscriber's replay and gap healing
+(`XRANGE`) go through `events_after`, on a small blocking pool of the hub's own, so serving any
+number of streams holds 1 + READERS Redis connections (named like the hub's client).
+
+A subscriber's buffer is bounded: when it would overflow, the hub stops pushing to it and marks
+it `behind`; the subscriber then catches up with `XRANGE` on its own, so a slow client costs at
+most one buffer of memory and never delays the others. Subscribers also heal any gap they see
 (an event whose seq is not cursor + 1) with `XRANGE`, so the hub only has to be fast, not
 perfect.
+
+The per-event path costs the hub one list append and at most one future wake-up per
+subscriber: no asyncio.Queue, no timeout object per wait. A subscriber's idle keep-alive and its
+stalled-send watchdog share one timer, re-armed only when it fires.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 import structlog
 
+from api.admission import SLOT_TTL
 from shared.keys import Keys
 from shared.models import Event
 from shared.redisio import REDIS_DOWN, parse_stream_events
 
 log = structlog.get_logger("longrun.api.hub")
 
-QUEUE_SIZE = 512
+QUEUE_SIZE = 512  # events buffered per subscriber before it is marked behind
 BLOCK_MS = 5000
 READ_COUNT = 1000
+READERS = 2  # connections for subscribers' XRANGE (replay, gap healing)
+SEND_TIMEOUT = 30.0  # a send blocked this long (the client stopped reading) ends the stream
+LEASE_REFRESH = SLOT_TTL / 3
+LEASE_RELEASE_BUDGET = 2.0  # seconds given to pending releases when the hub closes
+
+Chore = Callable[[], Awaitable[None]]
 
 
-@dataclass(eq=False)
 class Subscription:
-    run_id: str
-    queue: asyncio.Queue[Event] = field(default_factory=lambda: asyncio.Queue(QUEUE_SIZE))
-    behind: bool = False
-    woken: asyncio.Event = field(default_factory=asyncio.Event)
-    read_at: float = 0.0  # monotonic time of the hub read that pushed the queued events
+    """One SSE client's view of a run: events the hub pushed and flags telling it why it woke.
+
+    `wait()` returns when there is something to do: pending events, `behind` (re-read from
+    Redis), `idle` (no delivery for `idle_seconds`: send a keep-alive), or `stopped` (server
+    shutting down, client gone)."""
+
+    __slots__ = (
+        "_loop",
+        "_timer",
+        "_waiter",
+        "active_at",
+        "behind",
+        "idle",
+        "idle_seconds",
+        "pending",
+        "read_at",
+        "run_id",
+        "sending_since",
+        "stalled",
+        "stopped",
+        "task",
+    )
+
+    def __init__(self, run_id: str, idle_seconds: float) -> None:
+        self.run_id = run_id
+        self.pending: list[Event] = []
+        self.behind = False
+        self.idle = False
+        self.stopped = False
+        self.stalled = False
+        self.read_at = 0.0  # monotonic time of the hub read that pushed the oldest pending event
+        self._loop = asyncio.get_running_loop()
+        self.active_at = self._loop.time()
+        self.sending_since = 0.0  # loop time a send started, 0 when not sending
+        self.idle_seconds = idle_seconds
+        self.task: asyncio.Task[object] | None = None  # cancelled when a send stalls
+        self._waiter: asyncio.Future[None] | None = None
+        self._timer: asyncio.TimerHandle | None = self._loop.call_at(
+            self.active_at + idle_seconds, self._tick
+        )
+
+    def take(self) -> list[Event]:
+        got, self.pending = self.pending, []
+        return got
+
+    def wake(self) -> None:
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    async def wait(self) -> None:
+        if self.pending or self.behind or self.idle or self.stopped:
+            return
+        self._waiter = self._loop.create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+
+    def mark_active(self) -> None:
+        self.active_at = self._loop.time()
+        self.idle = False
+
+    def stop(self) -> None:
+        self.stopped = True
+        self.wake()
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _tick(self) -> None:
+        now = self._loop.time()
+        if self.sending_since and now - self.sending_since >= SEND_TIMEOUT:
+            self.stalled = True
+            if self.task is not None:
+                self.task.cancel()
+            self._timer = None
+            return
+        due = self.active_at + self.idle_seconds
+        if now >= due:
+            self.idle = True
+            self.wake()
+            due = now + self.idle_seconds
+        if self.sending_since:
+            due = min(due, self.sending_since + SEND_TIMEOUT)
+        self._timer = self._loop.call_at(due, self._tick)
 
 
 @dataclass
@@ -53,17 +151,38 @@ class Watch:
 
 class Hub:
     def __init__(self, r: aioredis.Redis, keys: Keys, waker: aioredis.Redis | None = None) -> None:
-        # A dedicated client: its one connection sits in XREAD BLOCK. Wake-ups go through
-        # `waker` (the process's shared client): sent on the hub's own small pool, a burst of
-        # new subscribers ran it out of connections and failed the blocking read itself.
+        # `r` is a dedicated client: its one connection sits in XREAD BLOCK. Subscribers' reads
+        # and the wake-ups go through `reader`, a separate blocking pool of READERS connections
+        # with the same settings and client name: a burst of subscribers waits for a free
+        # connection there instead of running the blocking read out of its own. (`waker` is
+        # accepted for compatibility and not used.)
         self.r = r
-        self.waker = waker or r
+        pool = r.connection_pool
+        self.reader = aioredis.Redis.from_pool(
+            aioredis.BlockingConnectionPool(
+                connection_class=pool.connection_class,
+                max_connections=READERS,
+                timeout=10,
+                **pool.connection_kwargs,
+            )
+        )
         self.keys = keys
         self.watches: dict[str, Watch] = {}
         self.wake_key = keys.scoped("hub", uuid.uuid4().hex)
         self._wake_id = "0-0"
         self._task: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.stopping = False
+        # Leases (a stream's per-user slot): refreshed together and released by one task, so
+        # that neither costs a Redis call on a stream's event path, nor a burst of concurrent
+        # calls on the shared pool when many streams end at once.
+        self._leases: dict[int, Chore] = {}
+        self._lease_releases: dict[int, Chore] = {}
+        self._lease_ids = itertools.count()
+        self._releases: list[Chore] = []
+        self._chores_due = asyncio.Event()
+        self._chores_task: asyncio.Task[None] | None = None
         # Called with the seconds from the hub's read to a subscriber taking the events.
         self.on_delivery: Callable[[float], None] | None = None
 
@@ -72,19 +191,81 @@ class Hub:
         return sum(len(w.subs) for w in self.watches.values())
 
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         self._task = asyncio.create_task(self._run())
+        self._chores_task = asyncio.create_task(self._chores())
+
+    def hold(self, refresh: Chore, release: Chore) -> int:
+        """Keep a lease while a stream lives: `refresh` runs every LEASE_REFRESH seconds until
+        `let_go`, then `release` runs once (all from the hub's chores task)."""
+        lease = next(self._lease_ids)
+        self._leases[lease] = refresh
+        self._lease_releases[lease] = release
+        return lease
+
+    def let_go(self, lease: int) -> None:
+        self._leases.pop(lease, None)
+        release = self._lease_releases.pop(lease, None)
+        if release is not None:
+            self._releases.append(release)
+            self._chores_due.set()
+
+    async def _chores(self) -> None:
+        loop = asyncio.get_running_loop()
+        refresh_at = loop.time() + LEASE_REFRESH
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._chores_due.wait(), refresh_at - loop.time())
+            self._chores_due.clear()
+            await self._run_releases()
+            if loop.time() >= refresh_at:
+                refresh_at = loop.time() + LEASE_REFRESH
+                for refresh in list(self._leases.values()):
+                    await _quietly(refresh)
+
+    async def _run_releases(self) -> None:
+        while self._releases:
+            await _quietly(self._releases.pop(0))
+
+    def stop_streams(self) -> None:
+        """End every stream between two events (server shutting down). Safe to call from a
+        signal handler: the work is handed to the event loop."""
+        self.stopping = True
+        if self._loop is not None and not self._loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(self._stop_all)
+
+    def _stop_all(self) -> None:
+        for w in self.watches.values():
+            for sub in w.subs:
+                sub.stop()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+        for task in (self._task, self._chores_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        for lease in list(self._lease_releases):
+            self.let_go(lease)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._run_releases(), LEASE_RELEASE_BUDGET)
         with contextlib.suppress(*REDIS_DOWN):
-            await self.r.delete(self.wake_key)
+            await self.reader.delete(self.wake_key)
+        await self.reader.aclose()
         await self.r.aclose()
 
-    async def subscribe(self, run_id: str, cursor: int) -> Subscription:
-        sub = Subscription(run_id)
+    async def events_after(self, run_id: str, after_seq: int, count: int) -> list[Event]:
+        """Up to `count` events of the run after `after_seq`, from Redis (XRANGE)."""
+        entries = await self.reader.xrange(
+            self.keys.events(run_id), min=f"0-{after_seq + 1}", max="+", count=count
+        )
+        return parse_stream_events(entries)
+
+    async def subscribe(self, run_id: str, cursor: int, idle_seconds: float) -> Subscription:
+        sub = Subscription(run_id, idle_seconds)
+        if self.stopping:
+            sub.stopped = True
         key = self.keys.events(run_id)
         watch = self.watches.get(key)
         if watch is None:
@@ -100,6 +281,7 @@ class Hub:
             self.on_delivery(time.monotonic() - sub.read_at)
 
     def unsubscribe(self, sub: Subscription) -> None:
+        sub.close()
         key = self.keys.events(sub.run_id)
         watch = self.watches.get(key)
         if watch is None:
@@ -111,7 +293,7 @@ class Hub:
     async def _wake(self) -> None:
         self._changed.set()
         with contextlib.suppress(*REDIS_DOWN):
-            await self.waker.xadd(self.wake_key, {"w": 1}, maxlen=1, approximate=False)
+            await self.reader.xadd(self.wake_key, {"w": 1}, maxlen=1, approximate=False)
 
     async def _run(self) -> None:
         delay = 0.05
@@ -151,18 +333,28 @@ class Hub:
 
     @staticmethod
     def _push(sub: Subscription, events: list[Event], read_at: float = 0.0) -> None:
-        if not sub.behind:
-            sub.read_at = read_at
-            for e in events:
-                try:
-                    sub.queue.put_nowait(e)
-                except asyncio.QueueFull:
-                    sub.behind = True
-                    break
-        sub.woken.set()
+        if sub.behind:
+            return  # already woken; it re-reads from Redis
+        pending = sub.pending
+        if len(pending) + len(events) > QUEUE_SIZE:
+            sub.behind = True  # keep what is buffered; the rest comes from XRANGE
+        else:
+            if not pending:
+                sub.read_at = read_at
+            pending.extend(events)
+        w = sub._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
 
     def _wake_all(self) -> None:
         for w in self.watches.values():
             for sub in w.subs:
                 sub.behind = True
-                sub.woken.set()
+                sub.wake()
+
+
+async def _quietly(chore: Chore) -> None:
+    try:
+        await chore()
+    except Exception as exc:  # a lease chore must not end the chores task
+        log.warning("hub_chore_failed", error=repr(exc))

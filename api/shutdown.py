@@ -2,8 +2,8 @@
 
     SIGTERM ─> GracefulServer.handle_exit
                  ├─ state.shutting_down = True     /ready answers 503 from now on
-                 ├─ sse-starlette's exit flag      every open stream's generator is stopped
-                 │                                 (its watcher polls every 0.5 s)
+                 ├─ hub.stop_streams()             every open stream ends between two events
+                 │                                 (woken through the event loop, no polling)
                  └─ uvicorn: stop accepting, wait for connections (timeout_graceful_shutdown),
                     then the lifespan closes the hub, Redis and Postgres
 
@@ -38,7 +38,8 @@ def begin_shutdown(app: Any) -> None:
     state = getattr(app.state, "longrun", None)
     if state is not None:
         state.shutting_down = True
-    AppStatus.should_exit = True
+        state.hub.stop_streams()
+    AppStatus.should_exit = True  # any sse-starlette response (the expired-token one)
 
 
 class GracefulServer(uvicorn.Server):

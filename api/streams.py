@@ -1,38 +1,34 @@
 """A run's event stream for one SSE client: replay after a cursor, then follow live, gapless.
 
-Sources, in order of preference: the live hub (pushed events), Redis `XRANGE` (replay and gap
-healing), and the Postgres archive (when Redis no longer has the events: expired, evicted,
-flushed). Events carry the same ids from every source, so a client can switch sources across
-reconnects without noticing. No database connection is held between reads.
+Sources, in order of preference: the live hub (pushed events), Redis `XRANGE` through the hub's
+reader pool (replay and gap healing), and the Postgres archive (when Redis no longer has the
+events: expired, evicted, flushed). Events carry the same ids from every source, so a client can
+switch sources across reconnects without noticing. No database connection is held between reads.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 
 from api.hub import Hub, Subscription
 from shared.models import Event
-from shared.redisio import REDIS_DOWN, RedisIO
+from shared.redisio import REDIS_DOWN
 from shared.store import Store
 
 PAGE = 500
 
 
 class RunStream:
-    def __init__(
-        self, store: Store, rio: RedisIO, hub: Hub, run_id: str, idle_seconds: float
-    ) -> None:
+    def __init__(self, store: Store, hub: Hub, run_id: str, idle_seconds: float) -> None:
         self.store = store
-        self.rio = rio
         self.hub = hub
         self.run_id = run_id
         self.idle_seconds = idle_seconds
+        self.sub: Subscription | None = None  # while `batches` runs
 
     async def _from_redis(self, cursor: int) -> list[Event]:
         try:
-            return await self.rio.events_after(self.run_id, cursor, PAGE)
+            return await self.hub.events_after(self.run_id, cursor, PAGE)
         except REDIS_DOWN:
             return []
 
@@ -47,20 +43,29 @@ class RunStream:
                 return archived
         return [e for e in events if e.seq > cursor]
 
-    async def events(self, after: int, terminal_known: bool) -> AsyncIterator[Event | None]:
-        """Yields events after `after` until the terminal one; yields None when idle for
-        `idle_seconds` (the caller may send a keep-alive).
+    async def subscribe(self, after: int) -> Subscription:
+        """Register with the hub (before the first read, so nothing is missed in between);
+        `batches` does it when not done yet."""
+        self.sub = await self.hub.subscribe(self.run_id, after, self.idle_seconds)
+        return self.sub
+
+    async def batches(
+        self, after: int, terminal_known: bool
+    ) -> AsyncGenerator[list[Event] | None, None]:
+        """Yields the events after `after` in order, in batches (all that is ready at once),
+        until the terminal one; yields None when idle for `idle_seconds` (the caller sends a
+        keep-alive). Ends early, without the terminal event, when the subscription is stopped
+        (`self.sub.stopped`: server shutdown or client gone).
 
         Two modes: catching up (XRANGE pages, healed from the archive) until Redis has
         nothing newer, then live (events the hub pushes, no Redis call per event). Any sign
-        of a miss (a gap, the hub's queue overflowed, an idle period) goes back to catching
+        of a miss (a gap, the hub's buffer overflowed, an idle period) goes back to catching
         up."""
         cursor = after
-        sub: Subscription | None = None
         catching_up = True
+        sub = self.sub or await self.subscribe(after)
         try:
-            sub = await self.hub.subscribe(self.run_id, cursor)
-            while True:
+            while not sub.stopped:
                 if catching_up:
                     batch = await self._catch_up(cursor, terminal_known)
                     if not batch:
@@ -69,47 +74,57 @@ class RunStream:
                         catching_up = False
                         continue
                 else:
-                    got = await self._wait_live(sub, cursor)
-                    if got is None:
+                    await sub.wait()
+                    batch = sub.take()
+                    if batch:
+                        self.hub.delivered(sub)
+                    elif sub.stopped:
+                        return
+                    elif sub.behind:  # the hub dropped events for us: read them ourselves
+                        sub.behind = False
+                        catching_up = True
+                        continue
+                    elif sub.idle:
+                        sub.mark_active()
                         run = await self.store.get_run(self.run_id)
                         terminal_known = run is None or run.status.terminal
                         catching_up = True
                         yield None
                         continue
-                    if not got:  # the hub dropped events for us: read them ourselves
-                        catching_up = True
+                    else:
                         continue
-                    batch = got
-                for e in batch:
-                    if e.seq <= cursor:
-                        continue
-                    if e.seq != cursor + 1:
-                        catching_up = True  # a gap: heal it from Redis or the archive
-                        break
-                    cursor = e.seq
-                    yield e
-                    if e.terminal:
-                        return
+                out, gap, end = _in_order(batch, cursor)
+                catching_up = catching_up or gap  # a gap: heal it from Redis or the archive
+                if out:
+                    cursor = out[-1].seq
+                    sub.mark_active()
+                    yield out
+                if end:
+                    return
         finally:
-            if sub is not None:
-                self.hub.unsubscribe(sub)
+            self.hub.unsubscribe(sub)
 
-    async def _wait_live(self, sub: Subscription, cursor: int) -> list[Event] | None:
-        """Events pushed by the hub after `cursor`; [] when the hub says to re-read; None on
-        idle timeout."""
-        while True:
-            sub.woken.clear()  # before draining: a push after this point wakes the wait
-            drained: list[Event] = []
-            while not sub.queue.empty():
-                drained.append(sub.queue.get_nowait())
-            fresh = [e for e in drained if e.seq > cursor]
-            if fresh:
-                self.hub.delivered(sub)
-                return fresh
-            if sub.behind:
-                sub.behind = False
-                return []
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(sub.woken.wait(), self.idle_seconds)
+    async def events(self, after: int, terminal_known: bool) -> AsyncIterator[Event | None]:
+        """`batches`, one event at a time."""
+        async for batch in self.batches(after, terminal_known):
+            if batch is None:
+                yield None
                 continue
-            return None
+            for e in batch:
+                yield e
+
+
+def _in_order(batch: list[Event], cursor: int) -> tuple[list[Event], bool, bool]:
+    """The events of `batch` that follow `cursor` without a gap, up to the terminal one;
+    whether a gap stopped them; whether the terminal event is among them."""
+    out: list[Event] = []
+    for e in batch:
+        if e.seq <= cursor:
+            continue
+        if e.seq != cursor + 1:
+            return out, True, False
+        cursor = e.seq
+        out.append(e)
+        if e.terminal:
+            return out, False, True
+    return out, False, False

@@ -22,10 +22,10 @@ from bench.agents import parse_stamp
 from bench.lib import (
     REDIS_URL,
     Proc,
+    _local_ports_to,
     cpu_seconds,
     free_port,
     latency_ms,
-    redis_clients_of,
     redis_port,
     rss_bytes,
     tcp_connections_to,
@@ -44,6 +44,31 @@ def redis_pid() -> int:
         return int(r.info("server")["process_id"])
     finally:
         r.close()
+
+
+def redis_clients(pid: int, window_s: float) -> tuple[dict[str, int], dict[str, int]]:
+    """Redis connections held by process `pid`, by client name: all of them, and those that
+    carried a command during the last `window_s` seconds minus one (CLIENT LIST's `idle`, in whole
+    seconds, is below that). The second count leaves out pooled connections opened by the burst
+    of requests that connected the subscribers and idle since: the connections used to serve
+    the streams while they were live."""
+    import redis
+
+    ports = set(_local_ports_to(pid, redis_port()))
+    r = redis.Redis.from_url(REDIS_URL)
+    try:
+        clients = r.client_list()
+    finally:
+        r.close()
+    held: dict[str, int] = {}
+    live: dict[str, int] = {}
+    for c in clients:
+        if int(str(c.get("addr", ":0")).rsplit(":", 1)[1]) in ports:
+            name = str(c.get("name") or "-")
+            held[name] = held.get(name, 0) + 1
+            if int(c.get("idle", 0)) < window_s - 1:
+                live[name] = live.get(name, 0) + 1
+    return held, live
 
 
 def cpu_sample(st: Stack, server: Server) -> dict[str, float]:
@@ -88,8 +113,18 @@ def longrun_server(st: Stack) -> Server:
 
 
 async def submit_stamp_runs(
-    st: Stack, runs: int, count: int, rate: float, start_at: float, pad: int = 0
+    st: Stack,
+    runs: int,
+    count: int,
+    rate: float,
+    start_at: float,
+    pad: int = 0,
+    lockstep: bool = False,
 ) -> list[dict[str, Any]]:
+    """`runs` stamp runs emitting `count` events at `rate`/s from `start_at`. Their phases are
+    spread evenly over one period (run i starts i / (runs x rate) s later), so the process
+    delivers a steady runs x rate events/s; `lockstep` starts them all at the same instant,
+    so each period begins with a burst of one event per run for every subscriber."""
     async with httpx.AsyncClient(base_url=st.base_url, headers=st.auth, timeout=30) as c:
         out = []
         for i in range(runs):
@@ -98,7 +133,12 @@ async def submit_stamp_runs(
                 json={
                     "input": f"fanout{i}",
                     "agent": "bench",
-                    "params": {"count": count, "rate": rate, "start_at": start_at, "pad": pad},
+                    "params": {
+                        "count": count,
+                        "rate": rate,
+                        "start_at": start_at + (0.0 if lockstep else i / (runs * rate)),
+                        "pad": pad,
+                    },
                 },
             )
             if r.status_code != 202:
@@ -118,11 +158,12 @@ async def fanout(
     pad: int = 0,
     slow: int = 0,
     connect_s: float = 2.0,
+    lockstep: bool = False,
 ) -> dict[str, Any]:
     """Subscribe runs x subs_per_run clients (the first `slow` of them never read after the
     headers), let each run emit `count` stamped tokens at `rate`/s, and measure delivery."""
     start_at = time.time() + connect_s
-    made = await submit_stamp_runs(st, runs, count, rate, start_at, pad)
+    made = await submit_stamp_runs(st, runs, count, rate, start_at, pad, lockstep)
     lat: list[float] = []
     first_last = [float("inf"), 0.0]
     connected = [0]
@@ -168,9 +209,11 @@ async def fanout(
     cpu0, t_cpu0 = cpu_sample(st, server), time.monotonic()
     # Sample server-side figures halfway through the emission.
     await asyncio.sleep(count / rate / 2)
+    held, live = redis_clients(server.proc.pid, time.time() - start_at)
     mid = {
         "redis_conns": tcp_connections_to(server.proc.pid, redis_port()),
-        "redis_names": redis_clients_of(server.proc.pid),
+        "redis_names": held,
+        "redis_live": live,
         "rss": rss_bytes(server.proc.pid),
     }
     fast = [t for i, t in enumerate(tasks) if i >= slow]
@@ -191,6 +234,7 @@ async def fanout(
         "subscribers": runs * subs_per_run,
         "slow_subscribers": slow,
         "rate_per_run": rate,
+        "lockstep": lockstep,
         "count": count,
         "pad": pad,
         "produced_per_s": runs * rate,
@@ -200,6 +244,8 @@ async def fanout(
         **latency_ms(lat),
         "redis_conns": mid["redis_conns"],
         "redis_conns_by_name": mid["redis_names"],
+        "redis_conns_live": sum(mid["redis_live"].values()),
+        "redis_conns_live_by_name": mid["redis_live"],
         "rss_before_mb": rss0 / 2**20,
         "rss_mid_mb": mid["rss"] / 2**20,
         "cpu_cores": cpu,

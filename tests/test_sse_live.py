@@ -1,0 +1,178 @@
+"""The live phase of an SSE stream: the hub's bounded per-subscriber buffer, batching, keep-alive
+comments, disconnect detection, the stalled-send watchdog, and the shutdown hint."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Callable
+
+import httpx
+import pytest
+import redis.asyncio as aioredis
+
+from api import hub as hub_mod
+from api.hub import Hub, Subscription
+from api.streams import RunStream
+from shared.config import Settings
+from shared.keys import Keys
+from shared.models import Event
+from shared.store import Store
+from tests.helpers import submit, wait_for
+
+pytestmark = pytest.mark.timeout(30)
+
+QUEUED = {"input": "x", "agent": "ticker", "params": {"count": 3, "interval_ms": 0}}
+
+
+@pytest.fixture
+async def hub(settings: Settings) -> AsyncIterator[Hub]:
+    h = Hub(aioredis.Redis.from_url(settings.redis_url), Keys.from_settings(settings))
+    await h.start()
+    try:
+        yield h
+    finally:
+        await h.close()
+
+
+async def append(r: aioredis.Redis, key: str, first: int, last: int, *, end: bool = False) -> None:
+    """Events first..last of a run in one pipeline (the last one `done` when `end`)."""
+    async with r.pipeline(transaction=False) as p:
+        for seq in range(first, last + 1):
+            etype = "done" if end and seq == last else "token"
+            p.xadd(key, {"t": etype, "d": json.dumps({"seq": seq, "type": etype})}, id=f"0-{seq}")
+        await p.execute()
+
+
+async def test_a_subscriber_whose_buffer_overflows_catches_up_from_redis_without_gap(
+    hub: Hub, store: Store, redis_client: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(hub_mod, "QUEUE_SIZE", 4)
+    key = hub.keys.events("r1")
+    stream = RunStream(store, hub, "r1", idle_seconds=30)
+    sub = await stream.subscribe(0)
+    batches: list[list[Event]] = []
+    reads: list[int] = []
+    events_after = hub.events_after
+
+    async def counted(run_id: str, after: int, count: int) -> list[Event]:
+        reads.append(after)
+        return await events_after(run_id, after, count)
+
+    monkeypatch.setattr(hub, "events_after", counted)
+
+    async def consume() -> None:
+        async for batch in stream.batches(0, False):
+            assert batch is not None
+            batches.append(batch)
+
+    task = asyncio.create_task(consume())
+    await append(redis_client, key, 1, 2)
+    await until(lambda: _seqs(batches) == [1, 2] and sub._waiter is not None)  # live again
+    reads.clear()
+    # 30 events in one hub read: more than the buffer holds, so the hub marks it behind
+    await append(redis_client, key, 3, 32, end=True)
+    await asyncio.wait_for(task, 10)
+    assert _seqs(batches) == list(range(1, 33))
+    assert reads  # it re-read from Redis what the hub did not buffer
+    assert hub.subscribers == 0
+    assert len(batches) < 32  # delivered in batches, not one event per send
+
+
+async def test_a_live_subscriber_gets_every_event_in_order_in_batches(
+    hub: Hub, store: Store, redis_client: aioredis.Redis
+) -> None:
+    key = hub.keys.events("r2")
+    stream = RunStream(store, hub, "r2", idle_seconds=30)
+    await stream.subscribe(0)
+    batches: list[list[Event]] = []
+
+    async def consume() -> None:
+        async for batch in stream.batches(0, False):
+            assert batch is not None
+            batches.append(batch)
+
+    task = asyncio.create_task(consume())
+    for first in range(1, 100, 10):
+        await append(redis_client, key, first, first + 9, end=first == 91)
+    await asyncio.wait_for(task, 10)
+    assert _seqs(batches) == list(range(1, 101))
+
+
+async def until(pred: Callable[[], bool]) -> None:
+    async def check() -> bool:
+        return pred()
+
+    await wait_for(check, timeout=5)
+
+
+def _seqs(batches: list[list[Event]]) -> list[int]:
+    return [e.seq for b in batches for e in b]
+
+
+async def test_a_send_blocked_past_the_timeout_cancels_the_stream(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(hub_mod, "SEND_TIMEOUT", 0.05)
+    sub = Subscription("r", idle_seconds=30)
+    blocked = asyncio.create_task(asyncio.sleep(30))
+    sub.task = blocked  # type: ignore[assignment]
+    loop = asyncio.get_running_loop()
+    sub.sending_since = loop.time() - 1
+    sub._tick()
+    assert sub.stalled
+    with contextlib.suppress(asyncio.CancelledError):
+        await blocked
+    assert blocked.cancelled()
+    sub.close()
+
+
+async def test_an_idle_subscriber_is_woken_for_a_keepalive_and_not_while_events_flow() -> None:
+    sub = Subscription("r", idle_seconds=0.05)
+    try:
+        await asyncio.wait_for(sub.wait(), 2)
+        assert sub.idle
+        sub.mark_active()
+        assert not sub.idle
+    finally:
+        sub.close()
+
+
+async def _lines(resp: httpx.Response) -> AsyncIterator[str]:
+    async for line in resp.aiter_lines():
+        yield line
+
+
+async def test_an_idle_stream_sends_keepalive_comments(client: httpx.AsyncClient) -> None:
+    run_id = await submit(client, **QUEUED)  # no worker: it stays queued, the stream idles
+    async with client.stream("GET", f"/runs/{run_id}/events") as resp:
+        assert resp.status_code == 200
+        assert resp.headers["content-type"].startswith("text/event-stream")
+        assert resp.headers["cache-control"] == "no-store"
+        async for line in _lines(resp):
+            if line.startswith(":"):
+                break  # the settings fixture pings every 0.5 s
+
+
+async def test_a_client_leaving_ends_its_stream_and_subscription(api, client) -> None:
+    hub = api.server.config.app.state.longrun.hub
+    run_id = await submit(client, **QUEUED)
+    async with client.stream("GET", f"/runs/{run_id}/events") as resp:
+        assert resp.status_code == 200
+        await until(lambda: hub.subscribers == 1)
+    await until(lambda: hub.subscribers == 0)
+
+
+async def test_stopping_the_streams_ends_each_with_the_reconnect_hint(api, client) -> None:
+    hub = api.server.config.app.state.longrun.hub
+    run_id = await submit(client, **QUEUED)
+    got: list[str] = []
+    async with client.stream("GET", f"/runs/{run_id}/events") as resp:
+        await until(lambda: hub.subscribers == 1)
+        hub.stop_streams()
+        async for line in _lines(resp):
+            got.append(line)
+    assert "retry: 250" in got
+    assert not any(line.startswith("id:") for line in got)
+    assert hub.subscribers == 0
