@@ -39,6 +39,7 @@ from dataclasses import dataclass
 import asyncpg
 import redis.asyncio as aioredis
 import structlog
+from redis.exceptions import ResponseError
 
 from api.admission import Admission, rate_refusal
 from api.errors import ApiError
@@ -109,8 +110,9 @@ class InFlightGate:
         return {u for u, n in wanted.items() if self._counts[u][1] + n + self.margin < self.cap}
 
     def added(self, user: str, n: int) -> None:
-        at, count = self._counts[user]
-        self._counts[user] = (at, count + n)
+        seen = self._counts.get(user)
+        if seen is not None:  # else forgotten meanwhile: the next group counts afresh
+            self._counts[user] = (seen[0], seen[1] + n)
 
 
 class SubmitGroups:
@@ -144,7 +146,7 @@ class SubmitGroups:
         outcomes: list[Submitted | BaseException | None] = [None] * len(tickets)
         try:
             verdict = await self.admission.check_batch(Counter(t.new.user_id for t in tickets))
-        except REDIS_DOWN as exc:
+        except (*REDIS_DOWN, ResponseError) as exc:  # away, or refusing (e.g. out of memory)
             raise Unavailable("redis is unavailable: the run was not accepted") from exc
         if (refusal := verdict.refusal) is not None:
             headers = {"Retry-After": str(refusal.retry_after)}
