@@ -1,7 +1,12 @@
 """The SSE fan-out engine shared by the fan-out and memory benchmarks.
 
-Producer: the `stamp` bench agent run by a real longrun worker (the worker's fenced append), each
-token carrying the producer's clock just before the append. Consumers: `bench.sse_client`
+Producers, two kinds. `worker`: the `stamp` bench agent run by a real longrun worker (the worker's
+fenced append), each token carrying the agent's clock when it yields the token, so the latency
+also holds the worker's batching (a 2 ms linger) and whatever delays its appends (an inline
+archive to Postgres every 2 s). `redis`: this process appends the runs' events itself (same
+stream entries as a worker's, XADD with the event's seq as its id), each token carrying the clock
+just before its XADD: the latency from the append to the client, which is what the API serves;
+the runs stay queued (no worker) and are cancelled afterwards. Consumers: `bench.sse_client`
 subscribers in this process, all connected before the producer's `start_at`. Two designs serve
 the same runs: longrun's API (`GET /runs/{id}/events`) and the naive sse-starlette app (one
 `XREAD BLOCK` per subscriber) reading the same Redis event streams.
@@ -47,11 +52,11 @@ def redis_pid() -> int:
 
 
 def redis_clients(pid: int, window_s: float) -> tuple[dict[str, int], dict[str, int]]:
-    """Redis connections held by process `pid`, by client name: all of them, and those that
-    carried a command during the last `window_s` seconds minus one (CLIENT LIST's `idle`, in whole
-    seconds, is below that). The second count leaves out pooled connections opened by the burst
-    of requests that connected the subscribers and idle since: the connections used to serve
-    the streams while they were live."""
+    """Redis connections held by process `pid`, by client name: all of them, and those in use
+    during the last `window_s` seconds minus one (CLIENT LIST's `idle`, in whole seconds, is
+    below that, or the connection is blocked in a read right now). The second count leaves out
+    pooled connections opened by the burst of requests that connected the subscribers and idle
+    since: the connections used to serve the streams while they were live."""
     import redis
 
     ports = set(_local_ports_to(pid, redis_port()))
@@ -66,7 +71,7 @@ def redis_clients(pid: int, window_s: float) -> tuple[dict[str, int], dict[str, 
         if int(str(c.get("addr", ":0")).rsplit(":", 1)[1]) in ports:
             name = str(c.get("name") or "-")
             held[name] = held.get(name, 0) + 1
-            if int(c.get("idle", 0)) < window_s - 1:
+            if int(c.get("idle", 0)) < window_s - 1 or "b" in str(c.get("flags", "")):
                 live[name] = live.get(name, 0) + 1
     return held, live
 
@@ -147,6 +152,46 @@ async def submit_stamp_runs(
         return out
 
 
+async def append_stamps(
+    st: Stack,
+    made: list[dict[str, Any]],
+    count: int,
+    rate: float,
+    start_at: float,
+    pad: int,
+    lockstep: bool,
+) -> None:
+    """The `redis` producer: each run's `count` tokens then `done`, appended on the same
+    schedule as the `stamp` agent's, each stamped just before its XADD."""
+    import redis.asyncio as aioredis
+
+    r = aioredis.Redis.from_url(REDIS_URL)
+    padding = " " + "x" * pad if pad else ""
+
+    async def one(i: int, run: dict[str, Any]) -> None:
+        key = st.events_key(run["run_id"])
+        t0 = start_at + (0.0 if lockstep else i / (len(made) * rate))
+        for n in range(count):
+            delay = t0 + n / rate - time.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            body = {"seq": n + 1, "type": "token", "text": f"{time.time():.6f}{padding}"}
+            await r.xadd(key, {"t": "token", "d": json.dumps(body)}, id=f"0-{n + 1}")
+        done = {"seq": count + 1, "type": "done", "output": {"count": count}}
+        await r.xadd(key, {"t": "done", "d": json.dumps(done)}, id=f"0-{count + 1}")
+
+    try:
+        await asyncio.gather(*(one(i, run) for i, run in enumerate(made)))
+    finally:
+        await r.aclose()
+
+
+async def cancel_runs(st: Stack, made: list[dict[str, Any]]) -> None:
+    async with httpx.AsyncClient(base_url=st.base_url, headers=st.auth, timeout=30) as c:
+        for run in made:
+            await c.post(f"/runs/{run['run_id']}/cancel")
+
+
 async def fanout(
     st: Stack,
     server: Server,
@@ -159,11 +204,17 @@ async def fanout(
     slow: int = 0,
     connect_s: float = 2.0,
     lockstep: bool = False,
+    producer: str = "worker",
 ) -> dict[str, Any]:
     """Subscribe runs x subs_per_run clients (the first `slow` of them never read after the
     headers), let each run emit `count` stamped tokens at `rate`/s, and measure delivery."""
     start_at = time.time() + connect_s
     made = await submit_stamp_runs(st, runs, count, rate, start_at, pad, lockstep)
+    appending: asyncio.Task[None] | None = None
+    if producer == "redis":
+        appending = asyncio.create_task(
+            append_stamps(st, made, count, rate, start_at, pad, lockstep)
+        )
     lat: list[float] = []
     first_last = [float("inf"), 0.0]
     connected = [0]
@@ -210,7 +261,7 @@ async def fanout(
     # Sample server-side figures halfway through the emission.
     await asyncio.sleep(count / rate / 2)
     held, live = redis_clients(server.proc.pid, time.time() - start_at)
-    mid = {
+    mid: dict[str, Any] = {
         "redis_conns": tcp_connections_to(server.proc.pid, redis_port()),
         "redis_names": held,
         "redis_live": live,
@@ -224,6 +275,9 @@ async def fanout(
         t.cancel()
     cpu1, t_cpu1 = cpu_sample(st, server), time.monotonic()
     await asyncio.gather(*tasks, return_exceptions=True)
+    if appending is not None:
+        await appending
+        await cancel_runs(st, made)
     cpu = {k: round((cpu1[k] - cpu0[k]) / (t_cpu1 - t_cpu0), 3) for k in cpu0}
     errors = [repr(t.exception()) for t in done if t.exception() is not None]
     expected = count * (runs * subs_per_run - slow)
@@ -235,6 +289,7 @@ async def fanout(
         "slow_subscribers": slow,
         "rate_per_run": rate,
         "lockstep": lockstep,
+        "producer": producer,
         "count": count,
         "pad": pad,
         "produced_per_s": runs * rate,

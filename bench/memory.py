@@ -150,8 +150,8 @@ async def slow_client(st: Stack, smoke: bool) -> dict[str, Any]:
     if smoke:
         sc = {**sc, "subs_per_run": 4, "count": 20, "pad": 4096, "connect_s": 1.0}
     st.start_workers(1)
-    base = await fanout(st, longrun_server(st), **sc)  # type: ignore[arg-type]
-    slow = await fanout(st, longrun_server(st), slow=1, **sc)  # type: ignore[arg-type]
+    base = await fanout(st, longrun_server(st), **sc)
+    slow = await fanout(st, longrun_server(st), slow=1, **sc)
     assert st.api is not None
     rss_after = rss_bytes(st.api.pid)
     st.stop_workers()

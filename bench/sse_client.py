@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 TERMINAL = frozenset({"done", "error", "cancelled"})
 OnEvent = Callable[[str, str, str | None], None]
@@ -37,7 +37,9 @@ async def _read_head(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]]
     return int(parts[1]), headers
 
 
-async def _chunks(reader: asyncio.StreamReader, chunked: bool, pause: asyncio.Event | None):
+async def _chunks(
+    reader: asyncio.StreamReader, chunked: bool, pause: asyncio.Event | None
+) -> AsyncIterator[bytes]:
     while True:
         if pause is not None and pause.is_set():
             await _wait_cleared(pause)
