@@ -160,6 +160,11 @@ def validate_submit(state: AppState, body: SubmitRun) -> str:
     return agent
 
 
+def submit_digest(body: SubmitRun, agent: str) -> bytes:
+    """What an Idempotency-Key is bound to: the normalised body, the agent resolved."""
+    return body_hash({**body.model_dump(), "agent": agent})
+
+
 def _idempotency_key(raw: str | None) -> str | None:
     if raw is None:
         return None
@@ -223,11 +228,14 @@ async def submit(
         metadata=body.metadata,
         thread_id=body.thread_id,
     )
-    admitted = False
-    if key is None and body.thread_id is None and state.submits is not None:
+    # What the submit lane already tried (api/submit_lane.py): the group, or admission.
+    admitted = bool(request.scope.get("longrun.admitted"))
+    grouped = admitted or bool(request.scope.get("longrun.grouped"))
+    if body.thread_id is None and state.submits is not None and not grouped:
         # The common case goes with every concurrent submit in one group (`api.submit_batch`).
+        keyed = None if key is None else (key, submit_digest(body, agent))
         try:
-            sub = await state.submits.submit(Ticket(new, who.epoch))
+            sub = await state.submits.submit(Ticket(new, who.epoch, keyed))
             return accepted(request, user, agent, sub)
         except StaleKey:  # a key was revoked since this one's look-up was cached: check again
             sec.key_cache.clear()
@@ -252,7 +260,7 @@ async def _submit_alone(
 ) -> JSONResp:
     """One submit on its own: idempotency keys, threads, and the locked in-flight count."""
     user, agent = new.user_id, new.agent
-    digest = body_hash({**body.model_dump(), "agent": agent}) if key is not None else b""
+    digest = submit_digest(body, agent) if key is not None else b""
     try:
         if key is not None and (replay := await lookup(state.store, user, key, digest)):
             return accepted(request, user, agent, replay)  # a retry: no admission needed

@@ -1,24 +1,29 @@
-"""Grouped submits: the plain `POST /runs` (no Idempotency-Key, no thread) of every request that
-arrives while the previous group is being committed goes into the next group, which costs
+"""Grouped submits: the `POST /runs` (without a thread) of every request that arrives while the
+previous group is being committed goes into the next group, which costs
 
     one Redis round trip   the kill switch, the backlog, the API-key epoch, and one token-bucket
                            call per user for as many tokens as that user has submits in the group
     one Postgres statement the runs, inserted and committed together (INSERT ... SELECT unnest)
     one Redis round trip   their queue entries, pipelined XADDs
 
-whatever the group's size, instead of five round trips per request. An idle API answers a lone
-submit at once (a group of one): load sets the group size, not a timer (`shared.batching`).
+whatever the group's size, instead of five round trips per request. Idempotency-Keys go in the
+same statement (the key and its run inserted together; a key that is live already leaves its
+run uninserted and the request replays the key's run on the per-request path). An idle API
+answers a lone submit at once (a group of one): load sets the group size, not a timer
+(`shared.batching`).
 
 Nothing about durability changes: a submit is answered 202 only after its row is committed and
 its entry added; an entry Redis refused takes its row back out (that submit answers 503).
 
-Three things leave the group for the per-request path in `api.runs`:
+These leave the group for the per-request path in `api.runs`:
 - a cached API-key look-up made under an older key epoch (a key was revoked since): `StaleKey`,
   the request is authenticated again from Postgres;
 - a user whose in-flight count is near the cap: `NeedsLock`, the exact count under the user's
   lock decides (`api.submit.insert_run`);
 - a group Postgres refused for a reason other than being away: `Fallback`, each request is
-  retried alone, so one bad row cannot fail the others.
+  retried alone, so one bad row cannot fail the others;
+- an Idempotency-Key that is live (a retry), that appears twice in one group, or whose user
+  has no token left (a retry is answered without admission): `Fallback`.
 
 The in-flight cap without a count per request: `InFlightGate` counts a user's queued + running
 runs at most once a second (one statement for every user of a group) and adds the runs this
@@ -41,7 +46,7 @@ import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import ResponseError
 
-from api.admission import Admission, rate_refusal
+from api.admission import Admission, BatchVerdict, rate_refusal
 from api.errors import ApiError
 from api.submit import UNLOCKED_HEADROOM, Submitted
 from shared.batching import Coalescer
@@ -56,6 +61,7 @@ log = structlog.get_logger("longrun.api.submit")
 COUNT_FRESH_SECONDS = 1.0
 GATE_MAX_USERS = 10_000
 MAX_GROUP = 256
+KEY_SWEEP_SECONDS = 10.0
 GROUPS_IN_FLIGHT = 2
 
 
@@ -77,6 +83,8 @@ class Ticket:
     # The epoch a cached API-key look-up was made under, to confirm against the current one;
     # None when the caller was authenticated from Postgres (or a JWT) in this request.
     epoch: bytes | None
+    # The Idempotency-Key and the body's digest, when the request has one.
+    key: tuple[str, bytes] | None = None
 
 
 class InFlightGate:
@@ -124,6 +132,8 @@ class SubmitGroups:
         self.keys = keys
         self.admission = admission
         self.gate = InFlightGate(store, settings)
+        self.key_ttl_seconds = float(settings.idempotency_ttl_seconds)
+        self._swept = 0.0
         self.coalescer: Coalescer[Ticket, Submitted] = Coalescer(
             self._flush, max_batch=MAX_GROUP, concurrency=GROUPS_IN_FLIGHT, name="submit"
         )
@@ -151,23 +161,7 @@ class SubmitGroups:
         if (refusal := verdict.refusal) is not None:
             headers = {"Retry-After": str(refusal.retry_after)}
             return [ApiError(refusal.status, refusal.code, refusal.detail, headers)] * len(tickets)
-        tokens = {u: taken for u, (taken, _) in verdict.granted.items()}
-        admitted: list[int] = []
-        for i, t in enumerate(tickets):
-            user = t.new.user_id
-            if t.epoch is not None and not hmac.compare_digest(t.epoch, verdict.epoch):
-                outcomes[i] = StaleKey()
-            elif tokens[user] <= 0:
-                refusal = rate_refusal(verdict.granted[user][1])
-                outcomes[i] = ApiError(
-                    refusal.status,
-                    refusal.code,
-                    refusal.detail,
-                    {"Retry-After": str(refusal.retry_after)},
-                )
-            else:
-                tokens[user] -= 1
-                admitted.append(i)
+        admitted = _triage(tickets, verdict, outcomes)
         clear = await self.gate.clear(Counter(tickets[i].new.user_id for i in admitted))
         go = []
         for i in admitted:
@@ -176,17 +170,35 @@ class SubmitGroups:
             else:
                 outcomes[i] = NeedsLock()
         if go:
-            for i, sub in zip(go, await self._commit([tickets[i].new for i in go]), strict=True):
+            news = [tickets[i].new for i in go]
+            keys = [tickets[i].key for i in go]
+            for i, sub in zip(go, await self._commit(news, keys), strict=True):
                 outcomes[i] = sub
+            if any(keys):
+                await self._sweep_keys()
         return [o if o is not None else Fallback() for o in outcomes]
 
-    async def _commit(self, news: list[NewRun]) -> list[Submitted | BaseException]:
+    async def _sweep_keys(self) -> None:
+        """Expired idempotency keys go, a thousand at most every KEY_SWEEP_SECONDS."""
+        now = time.monotonic()
+        if now - self._swept < KEY_SWEEP_SECONDS:
+            return
+        self._swept = now
         try:
-            rows = await self.store.insert_runs(news)
+            await self.store.sweep_expired_keys()
+        except (Unavailable, asyncpg.PostgresError):
+            log.warning("idempotency_sweep_failed")
+
+    async def _commit(
+        self, news: list[NewRun], keys: list[tuple[str, bytes] | None] | None = None
+    ) -> list[Submitted | BaseException]:
+        try:
+            inserted = await self.store.insert_runs(news, keys, self.key_ttl_seconds)
         except asyncpg.PostgresError:
             return [Fallback() for _ in news]  # each alone: one bad row fails only itself
         for user, n in Counter(n.user_id for n in news).items():
             self.gate.added(user, n)
+        rows = [row for row in inserted if row is not None]
         try:
             async with self.r.pipeline(transaction=False) as p:
                 for run_id, _ in rows:
@@ -202,9 +214,42 @@ class SubmitGroups:
                 # The rows stay queued without entries: the reconciler enqueues them later.
                 log.warning("submit_undo_failed", runs=len(failed))
         down = Unavailable("redis is unavailable: the run was not accepted")
-        return [
+        answers = iter(
             down
             if isinstance(x, Exception)
             else Submitted(run_id, "queued", None, created_at, replayed=False)
             for (run_id, created_at), x in zip(rows, added, strict=True)
-        ]
+        )
+        # A key that was live already: its run is replayed by the per-request path.
+        return [Fallback() if row is None else next(answers) for row in inserted]
+
+
+def _triage(
+    tickets: list[Ticket], verdict: BatchVerdict, outcomes: list[Submitted | BaseException | None]
+) -> list[int]:
+    """Which tickets the admission verdict lets through (indexes); the others' outcomes set."""
+    tokens = {u: taken for u, (taken, _) in verdict.granted.items()}
+    admitted: list[int] = []
+    keys_seen: set[tuple[str, str]] = set()
+    for i, t in enumerate(tickets):
+        user = t.new.user_id
+        if t.epoch is not None and not hmac.compare_digest(t.epoch, verdict.epoch):
+            outcomes[i] = StaleKey()
+        elif t.key is not None and (tokens[user] <= 0 or (user, t.key[0]) in keys_seen):
+            # Perhaps a retry (replayed without admission), or the same key twice in one
+            # group: alone, after this group, the key's look-up decides.
+            outcomes[i] = Fallback()
+        elif tokens[user] <= 0:
+            refusal = rate_refusal(verdict.granted[user][1])
+            outcomes[i] = ApiError(
+                refusal.status,
+                refusal.code,
+                refusal.detail,
+                {"Retry-After": str(refusal.retry_after)},
+            )
+        else:
+            tokens[user] -= 1
+            admitted.append(i)
+            if t.key is not None:
+                keys_seen.add((user, t.key[0]))
+    return admitted

@@ -4,7 +4,7 @@ Why: in `bench.submit`, FastAPI's routing, dependency solving and exception laye
 per submit than the whole grouped commit (`api.submit_batch`) does. Driving the app in-process,
 a submit took ~330 us of CPU with about two thirds of it in those layers (see bench/RESULTS.md).
 
-What this lane takes: a JSON body that `SubmitRun` accepts, no Idempotency-Key, no thread, a
+What this lane takes: a JSON body that `SubmitRun` accepts, no thread, a
 bearer token known without I/O (a JWT, or an API key whose look-up is cached: the group confirms
 its epoch), and parameters `validate_submit` accepts. Anything else, and every request the lane
 cannot answer 202 or with a refusal of the group itself (rate limit, pause, backlog, Redis or
@@ -32,9 +32,9 @@ from api.auth import Security, cached_principal
 from api.errors import ApiError
 from api.metrics import ApiMetrics
 from api.middleware import request_id_from
-from api.runs import SubmitRun, events_url_at, validate_submit
+from api.runs import SubmitRun, events_url_at, submit_digest, validate_submit
 from api.state import AppState
-from api.submit import Submitted
+from api.submit import IDEMPOTENCY_KEY_RE, Submitted
 from api.submit_batch import Fallback, NeedsLock, StaleKey, Ticket
 from shared.errors import Unavailable
 from shared.store import NewRun
@@ -42,6 +42,9 @@ from shared.store import NewRun
 log = structlog.get_logger("longrun.api.submit")
 
 _JSON = (b"application/json", b"application/json; charset=utf-8")
+# Marks the lane leaves in the scope for the route (`api.runs.submit`).
+GROUPED = "longrun.grouped"
+ADMITTED = "longrun.admitted"
 
 
 class SubmitLane:
@@ -57,6 +60,7 @@ class SubmitLane:
             return
         start = time.perf_counter()
         token = None
+        key: bytes | None = None
         size = -1
         plain = True
         for name, value in scope["headers"]:
@@ -66,10 +70,10 @@ class SubmitLane:
                     token = rest.strip()
             elif name == b"content-length":
                 size = int(value) if value.isdigit() else -1
-            elif (
-                name == b"idempotency-key"
-                or (name == b"content-type" and value.lower() not in _JSON)
-                or (name == b"origin" and self.cors)
+            elif name == b"idempotency-key":
+                key = value
+            elif (name == b"content-type" and value.lower() not in _JSON) or (
+                name == b"origin" and self.cors
             ):
                 plain = False
         if token is None or not plain or not 0 <= size <= self.max_bytes:
@@ -77,7 +81,7 @@ class SubmitLane:
             return
         raw, complete = await _read_body(receive)
         if complete:
-            answer = await self._answer(scope, token, raw)
+            answer = await self._answer(scope, token, raw, key)
             if answer is not None:
                 status, body, headers = answer
                 await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -87,7 +91,7 @@ class SubmitLane:
         await self.app(scope, _replaying(raw, complete, receive), send)
 
     async def _answer(
-        self, scope: Scope, token: bytes, raw: bytes
+        self, scope: Scope, token: bytes, raw: bytes, key: bytes | None
     ) -> tuple[int, bytes, list[tuple[bytes, bytes]]] | None:
         """(status, body, headers) when the lane answers; None leaves it to the route."""
         app = scope["app"]
@@ -95,39 +99,61 @@ class SubmitLane:
         sec: Security = app.state.security
         if state.submits is None:
             return None
-        try:
-            who = cached_principal(sec, token.decode("ascii"))
-        except UnicodeDecodeError:
-            return None
-        if who is None:
+        ticket = _ticket(state, sec, token, raw, key)
+        if ticket is None:
             return None
         try:
-            body = SubmitRun.model_validate_json(raw)
-        except ValidationError:
+            sub = await state.submits.submit(ticket)
+        except NeedsLock:
+            scope[ADMITTED] = True  # the route takes the locked path without a second token
             return None
-        if body.thread_id is not None:
+        except Fallback:
+            scope[GROUPED] = True  # the route submits it alone, not in a group again
             return None
-        try:
-            agent = validate_submit(state, body)
-        except ApiError:
-            return None
-        new = NewRun(
-            user_id=who.user,
-            agent=agent,
-            input=body.input,
-            params=body.params,
-            metadata=body.metadata,
-        )
-        try:
-            sub = await state.submits.submit(Ticket(new, who.epoch))
-        except (StaleKey, NeedsLock, Fallback):
+        except StaleKey:
             return None
         except ApiError as exc:
             return _error(scope, exc.status, exc.code, exc.detail, exc.headers)
         except Unavailable as exc:
             retry = {"Retry-After": str(exc.retry_after)}
             return _error(scope, 503, exc.code, exc.detail, retry)
-        return _accepted(scope, sec, who.user, agent, sub)
+        return _accepted(scope, sec, ticket.new.user_id, ticket.new.agent, sub)
+
+
+def _ticket(
+    state: AppState, sec: Security, token: bytes, raw: bytes, key: bytes | None
+) -> Ticket | None:
+    """The request as a group's ticket, or None when the route must see it."""
+    try:
+        who = cached_principal(sec, token.decode("ascii"))
+    except UnicodeDecodeError:
+        return None
+    if who is None:
+        return None
+    try:
+        body = SubmitRun.model_validate_json(raw)
+    except ValidationError:
+        return None
+    if body.thread_id is not None:
+        return None
+    try:
+        agent = validate_submit(state, body)
+    except ApiError:
+        return None
+    keyed = None
+    if key is not None:
+        text = key.decode("latin-1")
+        if not IDEMPOTENCY_KEY_RE.match(text):
+            return None
+        keyed = (text, submit_digest(body, agent))
+    new = NewRun(
+        user_id=who.user,
+        agent=agent,
+        input=body.input,
+        params=body.params,
+        metadata=body.metadata,
+    )
+    return Ticket(new, who.epoch, keyed)
 
 
 def _base_url(scope: Scope) -> str:

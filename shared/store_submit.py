@@ -16,16 +16,42 @@ if TYPE_CHECKING:
 
 
 class SubmitQueries(StoreBase):
-    async def insert_runs(self, news: Sequence[NewRun]) -> list[tuple[str, datetime]]:
+    async def insert_runs(
+        self,
+        news: Sequence[NewRun],
+        keys: Sequence[tuple[str, bytes] | None] | None = None,
+        key_ttl_seconds: float = 0.0,
+    ) -> list[tuple[str, datetime] | None]:
         """Insert queued runs (no thread) in one statement, committed when it returns.
-        Returns (run_id, created_at) per run, in the order given."""
+
+        `keys` gives some runs an Idempotency-Key (the key, the body's digest), unique per
+        (user, key) within the call. A run whose key is live already is not inserted: None in
+        its place (the caller replays the key's run). Otherwise (run_id, created_at), in the
+        order given. The runs and their keys are inserted by the same statement: foreign keys
+        are checked at its end, and a racing insert of the same key waits for this one and then
+        finds the key taken."""
         ids = [uuid.uuid4() for _ in news]
+        keys = keys or [None] * len(news)
         async with self.conn() as c:
             rows = await c.fetch(
-                """INSERT INTO runs (run_id, user_id, agent, input, params, metadata, status)
-                   SELECT u.run_id, u.user_id, u.agent, u.input, u.params, u.metadata, 'queued'
-                   FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::jsonb[],
-                               $6::jsonb[]) AS u(run_id, user_id, agent, input, params, metadata)
+                """WITH input AS (
+                       SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[],
+                                            $5::jsonb[], $6::jsonb[], $7::text[], $8::bytea[])
+                       AS u(run_id, user_id, agent, input, params, metadata, key, body_hash)
+                   ), keyed AS (
+                       INSERT INTO idempotency_keys (user_id, key, body_hash, run_id, expires_at)
+                       SELECT user_id, key, body_hash, run_id,
+                              now() + make_interval(secs => $9)
+                       FROM input WHERE key IS NOT NULL
+                       ON CONFLICT (user_id, key) DO UPDATE
+                       SET body_hash = excluded.body_hash, run_id = excluded.run_id,
+                           created_at = now(), expires_at = excluded.expires_at
+                       WHERE idempotency_keys.expires_at <= now()
+                       RETURNING run_id
+                   )
+                   INSERT INTO runs (run_id, user_id, agent, input, params, metadata, status)
+                   SELECT run_id, user_id, agent, input, params, metadata, 'queued' FROM input
+                   WHERE key IS NULL OR run_id IN (SELECT run_id FROM keyed)
                    RETURNING run_id, created_at""",
                 ids,
                 [n.user_id for n in news],
@@ -33,9 +59,22 @@ class SubmitQueries(StoreBase):
                 [n.input for n in news],
                 [n.params for n in news],
                 [n.metadata for n in news],
+                [k[0] if k else None for k in keys],
+                [k[1] if k else None for k in keys],
+                float(key_ttl_seconds),
             )
         created: dict[Any, datetime] = {r["run_id"]: r["created_at"] for r in rows}
-        return [(str(i), created[i]) for i in ids]
+        return [(str(i), created[i]) if i in created else None for i in ids]
+
+    async def sweep_expired_keys(self, limit: int = 1000) -> int:
+        """Delete up to `limit` expired idempotency keys; how many went."""
+        async with self.conn() as c:
+            done = await c.execute(
+                """DELETE FROM idempotency_keys WHERE ctid = ANY(ARRAY(
+                       SELECT ctid FROM idempotency_keys WHERE expires_at <= now() LIMIT $1))""",
+                limit,
+            )
+        return int(done.split()[-1])
 
     async def in_flight_counts(self, users: Sequence[str]) -> dict[str, int]:
         """Queued + running runs per user (users with none are 0)."""

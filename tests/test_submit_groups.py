@@ -247,3 +247,52 @@ async def test_entries_redis_did_not_take_remove_their_rows(store, settings):
         await dead.aclose()
     assert all(isinstance(o, Unavailable) for o in outcomes)
     assert await store.list_runs("erin", limit=10) == []
+
+
+async def test_keyed_submits_are_grouped_and_each_key_keeps_its_run(api, client, store):
+    await client.post("/runs", json=BODY)  # caches the key
+    before = _groups(api).coalescer.flushes
+    first = await asyncio.gather(
+        *(client.post("/runs", json=BODY, headers={"Idempotency-Key": f"g-{i}"}) for i in range(20))
+    )
+    assert [a.status_code for a in first] == [202] * 20
+    assert _groups(api).coalescer.flushes - before < 20
+    assert all("idempotent-replayed" not in a.headers for a in first)
+    # Retried all at once, with the same bodies: the same runs, replayed, nothing new
+    again = await asyncio.gather(
+        *(client.post("/runs", json=BODY, headers={"Idempotency-Key": f"g-{i}"}) for i in range(20))
+    )
+    assert [a.json()["run_id"] for a in again] == [a.json()["run_id"] for a in first]
+    assert all(a.headers["idempotent-replayed"] == "true" for a in again)
+    assert len(await store.list_runs("alice", limit=50)) == 21
+    async with store.conn() as c:
+        keyed = await c.fetchval("SELECT count(*) FROM idempotency_keys WHERE user_id = 'alice'")
+    assert keyed == 20
+
+
+async def test_one_key_sent_many_times_at_once_makes_one_run(client, store):
+    await client.post("/runs", json=BODY)
+    answers = await asyncio.gather(
+        *(client.post("/runs", json=BODY, headers={"Idempotency-Key": "same"}) for _ in range(10))
+    )
+    assert {a.status_code for a in answers} == {202}
+    assert len({a.json()["run_id"] for a in answers}) == 1
+    assert sum(a.headers.get("idempotent-replayed") == "true" for a in answers) == 9
+    assert len(await store.list_runs("alice", limit=50)) == 2
+
+
+async def test_a_keyed_retry_is_replayed_even_when_the_rate_limit_is_spent(
+    api_factory, settings, api_key
+):
+    srv = await api_factory(settings.with_(submit_rate_per_second=0.01, submit_burst=1))
+    async with httpx.AsyncClient(
+        base_url=srv.url, headers={"Authorization": f"Bearer {api_key}"}, timeout=10
+    ) as c:
+        assert (await c.get("/runs")).status_code == 200
+        first = await c.post("/runs", json=BODY, headers={"Idempotency-Key": "once"})
+        retry = await c.post("/runs", json=BODY, headers={"Idempotency-Key": "once"})
+        fresh = await c.post("/runs", json=BODY, headers={"Idempotency-Key": "new"})
+    assert first.status_code == 202
+    assert retry.status_code == 202
+    assert retry.json()["run_id"] == first.json()["run_id"]
+    assert fresh.status_code == 429
