@@ -23,6 +23,21 @@ wrk.body = os.getenv("BENCH_BODY")
 wrk.headers["Content-Type"] = "application/json"
 local auth = os.getenv("BENCH_AUTH")
 if auth and auth ~= "" then wrk.headers["Authorization"] = auth end
+if os.getenv("BENCH_KEYED") == "1" then
+  -- a fresh Idempotency-Key per request: "<run>-<thread>-<n>"
+  local threads = 0
+  function setup(thread)
+    threads = threads + 1
+    thread:set("tid", threads)
+  end
+  local n = 0
+  local run = os.getenv("BENCH_KEY_PREFIX") or "k"
+  function request()
+    n = n + 1
+    wrk.headers["Idempotency-Key"] = run .. "-" .. tostring(tid) .. "-" .. n
+    return wrk.format()
+  end
+end
 function done(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(
@@ -38,10 +53,20 @@ def have_wrk() -> bool:
 
 
 def run_load(
-    url: str, body: str, auth: str | None, *, connections: int, duration: float, threads: int = 2
+    url: str,
+    body: str,
+    auth: str | None,
+    *,
+    connections: int,
+    duration: float,
+    threads: int = 2,
+    keyed: bool = False,
 ) -> dict[str, Any]:
+    """`keyed`: a fresh Idempotency-Key on every request (wrk only)."""
     if have_wrk():
-        return _wrk(url, body, auth, connections, duration, threads)
+        return _wrk(url, body, auth, connections, duration, threads, keyed)
+    if keyed:
+        raise RuntimeError("keyed load needs wrk")
     res = subprocess.run(
         [
             sys.executable,
@@ -67,13 +92,25 @@ def run_load(
 
 
 def _wrk(
-    url: str, body: str, auth: str | None, connections: int, duration: float, threads: int
+    url: str,
+    body: str,
+    auth: str | None,
+    connections: int,
+    duration: float,
+    threads: int,
+    keyed: bool,
 ) -> dict[str, Any]:
     from bench.lib import out_dir
 
     script = out_dir() / "post.lua"
     script.write_text(LUA)
-    env = {**os.environ, "BENCH_BODY": body, "BENCH_AUTH": auth or ""}
+    env = {
+        **os.environ,
+        "BENCH_BODY": body,
+        "BENCH_AUTH": auth or "",
+        "BENCH_KEYED": "1" if keyed else "0",
+        "BENCH_KEY_PREFIX": f"k{time.time_ns()}",
+    }
     res = subprocess.run(
         [
             "wrk",
