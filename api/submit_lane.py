@@ -158,11 +158,13 @@ def _ticket(
 
 def _base_url(scope: Scope) -> str:
     """What `Request.base_url` gives, for the answer's links."""
+    scheme = scope.get("scheme", "http")
     host = next((v for k, v in scope["headers"] if k == b"host"), None)
     if host is None:
-        server = scope.get("server") or ("localhost", 80)
-        host = f"{server[0]}:{server[1]}".encode()
-    return f"{scope.get('scheme', 'http')}://{host.decode('latin-1')}{scope.get('root_path', '')}"
+        name, port = scope.get("server") or ("localhost", None)
+        default = {"http": 80, "https": 443, "ws": 80, "wss": 443}.get(scheme)
+        host = (name if port in (None, default) else f"{name}:{port}").encode()
+    return f"{scheme}://{host.decode('latin-1')}{scope.get('root_path', '')}"
 
 
 def _accepted(
