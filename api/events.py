@@ -26,6 +26,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from api import tokens
 from api.auth import current_user, security
 from api.errors import ERROR_RESPONSES, ApiError
+from api.middleware import OUTER_SEND
 from api.runs import _owned_run, _state, parse_run_id
 from api.state import AppState
 from api.streams import RunStream
@@ -104,7 +105,8 @@ class EventStream(Response):
     under its send path, anyio's `current_task`/`move_on_after` alone ~20%).
 
     One ASGI send per batch of ready events, their frames (encoded once per event, shared by
-    every subscriber) joined. A keep-alive comment after `idle_seconds` without an event. A
+    every subscriber) joined, sent past the middlewares that only touch a response's start or
+    end (`api.middleware.OUTER_SEND`). A keep-alive comment after `idle_seconds` without an event. A
     task waiting on `receive` notices the client leaving. Stopped (client gone, server shutting
     down), it ends without finishing the body, so `ReconnectHint` appends the reconnect hint.
     A send blocked for `SEND_TIMEOUT` (a client that stopped reading) raises `SendStalled`,
@@ -134,7 +136,9 @@ class EventStream(Response):
             if scope.get("method") == "HEAD":
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
                 return
-            if await self._pump(receive, send):
+            # Body frames skip the middlewares below RequestId (see OUTER_SEND); the end of the
+            # body goes through all of them, so ReconnectHint sees whether the stream finished.
+            if await self._pump(receive, scope.get(OUTER_SEND, send)):
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             self.stream.hub.let_go(lease)

@@ -39,6 +39,15 @@ async def _refuse(send: Send, scope: Scope, limit: int) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+def _may_have_body(scope: Scope) -> bool:
+    """Whether the request can carry a body: HTTP/1.1 frames one only with Content-Length (not
+    0) or Transfer-Encoding."""
+    for name, value in scope.get("headers", ()):
+        if name == b"transfer-encoding" or (name == b"content-length" and value != b"0"):
+            return True
+    return False
+
+
 class BodyLimit:
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
@@ -49,11 +58,14 @@ class BodyLimit:
             await self.app(scope, receive, send)
             return
         for name, value in scope.get("headers", ()):
-            if name == b"content-length" and (
-                not value.isdigit() or int(value) > self.max_bytes
-            ):
-                    await _refuse(send, scope, self.max_bytes)
-                    return
+            if name == b"content-length" and (not value.isdigit() or int(value) > self.max_bytes):
+                await _refuse(send, scope, self.max_bytes)
+                return
+        if not _may_have_body(scope):
+            # Nothing to limit: no wrappers, so a long response (an event stream) pays no
+            # extra layer per send.
+            await self.app(scope, receive, send)
+            return
         seen = 0
         started = False
 

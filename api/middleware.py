@@ -17,6 +17,11 @@ import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 HEADER = b"x-request-id"
+# The scope key under which the `send` this middleware received is kept: an event stream sends
+# its body frames there once its response has started through the whole stack (see
+# `api.events.EventStream`), past the layers below that act only on the response start (the
+# request id header, CORS) or on its end (`ReconnectHint`).
+OUTER_SEND = "longrun.outer_send"
 _USABLE = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
 
 
@@ -43,6 +48,7 @@ class RequestId:
             return
         rid = request_id_from(scope.get("headers", ()))
         scope.setdefault("state", {})["request_id"] = rid
+        scope[OUTER_SEND] = send
         raw = rid.encode("ascii")
 
         async def send_with_id(message: Message) -> None:
