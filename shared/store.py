@@ -53,6 +53,49 @@ class NewRun:
     thread_id: str | None = None
 
 
+@dataclass(frozen=True)
+class Finishing:
+    """One run's terminal write, for `Store.finish_many` (runs outside a thread)."""
+
+    run_id: str
+    attempt: int
+    move: Transition
+    events: Sequence[Event]
+    output: Any = None
+    error: dict[str, Any] | None = None
+    usage: dict[str, Any] | None = None
+    cost_usd: float = 0.0
+
+
+_TARGETS = {
+    Transition.SUCCEED: "succeeded",
+    Transition.FAIL: "failed",
+    Transition.CANCEL: "cancelled",
+}
+
+
+def _qualified(columns: str) -> str:
+    """`a, b` -> `runs.a, runs.b` (a RETURNING next to a FROM that has a run_id too)."""
+    return ", ".join(f"runs.{c.strip()}" for c in columns.split(","))
+
+
+def _rounds(keys: Sequence[str]) -> list[list[int]]:
+    """Split item indexes into rounds where no key repeats; a repeated key goes to a later
+    round, so each round can be one statement with one outcome per row."""
+    rounds: list[list[int]] = []
+    seen: list[set[str]] = []
+    for i, key in enumerate(keys):
+        for r, keys_of_round in enumerate(seen):
+            if key not in keys_of_round:
+                keys_of_round.add(key)
+                rounds[r].append(i)
+                break
+        else:
+            seen.append({key})
+            rounds.append([i])
+    return rounds
+
+
 class Store(KeyQueries, ThreadQueries, SpendQueries, SubmitQueries):
     """All Postgres access. Built with `await Store.open(settings, app_name)`; close with
     `await store.close()`. Every call acquires a pooled connection with a timeout."""
@@ -188,6 +231,139 @@ class Store(KeyQueries, ThreadQueries, SpendQueries, SubmitQueries):
             return None  # its thread is busy: the running run's end enqueues the next one
         return None if row is None else _run(row)
 
+    async def claim_many(self, items: Sequence[tuple[str, bool]]) -> list[Run | None]:
+        """`claim` for many (run_id, reclaim) at once, in one statement: the rows are locked in
+        run_id order (two workers' batches cannot deadlock on each other), then claimed.
+        One outcome per item, in order. A run named twice is claimed by its first item only
+        here, the later ones in a following statement (as if they had come after)."""
+        out: list[Run | None] = [None] * len(items)
+        for round_ in _rounds([run_id for run_id, _ in items]):
+            try:
+                async with self.conn() as c:
+                    rows = await c.fetch(
+                        f"""WITH req AS (
+                               SELECT * FROM unnest($1::uuid[], $2::bool[]) AS r(run_id, reclaim)
+                           ), locked AS (
+                               SELECT runs.run_id FROM runs JOIN req USING (run_id)
+                               WHERE (runs.status = 'queued'
+                                      OR (req.reclaim AND runs.status = 'running'))
+                                 AND NOT EXISTS (
+                                     SELECT 1 FROM runs earlier
+                                     WHERE runs.thread_id IS NOT NULL
+                                       AND earlier.user_id = runs.user_id
+                                       AND earlier.thread_id = runs.thread_id
+                                       AND earlier.status = 'queued'
+                                       AND (earlier.created_at, earlier.run_id)
+                                           < (runs.created_at, runs.run_id))
+                               ORDER BY runs.run_id
+                               FOR UPDATE OF runs
+                           )
+                           UPDATE runs SET status = 'running', attempt = attempt + 1,
+                               started_at = coalesce(started_at, now()), updated_at = now()
+                           FROM locked WHERE runs.run_id = locked.run_id
+                           RETURNING {_qualified(_RUN_COLUMNS)}""",
+                        [uuid.UUID(items[i][0]) for i in round_],
+                        [items[i][1] for i in round_],
+                    )
+            except asyncpg.PostgresError:
+                # A thread's run collides with its running one (unique index), or a deadlock
+                # with a statement outside these batches: claim each alone, as before.
+                for i in round_:
+                    out[i] = await self.claim(items[i][0], reclaim=items[i][1])
+                continue
+            claimed = {str(r["run_id"]): r for r in rows}
+            for i in round_:
+                row = claimed.get(items[i][0])
+                out[i] = None if row is None else _run(row)
+        return out
+
+    async def finish_many(self, items: Sequence[Finishing]) -> list[LeaseLost | None]:
+        """`finish` (outside a thread) of many runs in one statement: each run's archive and
+        terminal state are written only if its attempt still owns it. One outcome per item:
+        None (committed) or LeaseLost for that run alone. A statement error (not an outage)
+        falls back to one statement per run, so one bad run cannot fail the others."""
+        out: list[LeaseLost | None] = [None] * len(items)
+        for round_ in _rounds([f.run_id for f in items]):
+            batch = [items[i] for i in round_]
+            ev_runs: list[uuid.UUID] = []
+            ev_seqs: list[int] = []
+            ev_types: list[str] = []
+            ev_data: list[bytes] = []
+            for f in batch:
+                rid = uuid.UUID(f.run_id)
+                for e in f.events:
+                    ev_runs.append(rid)
+                    ev_seqs.append(e.seq)
+                    ev_types.append(e.type)
+                    ev_data.append(e.data)
+            try:
+                async with self.conn() as c:
+                    rows = await c.fetch(
+                        """WITH req AS (
+                               SELECT * FROM unnest($1::uuid[], $2::int[], $3::text[],
+                                   $4::jsonb[], $5::jsonb[], $6::jsonb[], $7::float8[],
+                                   $8::int[])
+                               AS r(run_id, attempt, target, output, error, usage, cost, seq)
+                           ), fence AS (
+                               SELECT runs.run_id FROM runs JOIN req
+                                 ON runs.run_id = req.run_id AND runs.attempt = req.attempt
+                               WHERE runs.status = 'running'
+                               ORDER BY runs.run_id
+                               FOR UPDATE OF runs
+                           ), archived AS (
+                               INSERT INTO run_events (run_id, seq, type, data)
+                               SELECT e.run_id, e.seq, e.type, e.data
+                               FROM unnest($9::uuid[], $10::int[], $11::text[], $12::bytea[])
+                                   AS e(run_id, seq, type, data)
+                               WHERE e.run_id IN (SELECT run_id FROM fence)
+                               ON CONFLICT (run_id, seq) DO NOTHING
+                           )
+                           UPDATE runs SET status = req.target, output = req.output,
+                               error = req.error, usage = coalesce(req.usage, runs.usage),
+                               cost_usd = req.cost, finished_at = now(), updated_at = now(),
+                               last_seq = greatest(runs.last_seq, req.seq)
+                           FROM req
+                           WHERE runs.run_id = req.run_id
+                             AND runs.run_id IN (SELECT run_id FROM fence)
+                           RETURNING runs.run_id""",
+                        [uuid.UUID(f.run_id) for f in batch],
+                        [f.attempt for f in batch],
+                        [_TARGETS[f.move] for f in batch],
+                        [f.output for f in batch],
+                        [f.error for f in batch],
+                        [f.usage for f in batch],
+                        [f.cost_usd for f in batch],
+                        [f.events[-1].seq if f.events else 0 for f in batch],
+                        ev_runs,
+                        ev_seqs,
+                        ev_types,
+                        ev_data,
+                    )
+            except asyncpg.PostgresError:
+                for i in round_:
+                    f = items[i]
+                    try:
+                        await self.finish(
+                            f.run_id,
+                            f.attempt,
+                            f.move,
+                            f.events,
+                            output=f.output,
+                            error=f.error,
+                            usage=f.usage,
+                            cost_usd=f.cost_usd,
+                            thread=False,
+                        )
+                    except LeaseLost as exc:
+                        out[i] = exc
+                continue
+            done = {str(r["run_id"]) for r in rows}
+            for i in round_:
+                f = items[i]
+                if f.run_id not in done:
+                    out[i] = LeaseLost(f"run {f.run_id} attempt {f.attempt} no longer owns the run")
+        return out
+
     async def archive(self, c: asyncpg.Connection, run_id: str, events: Sequence[Event]) -> None:
         if events:
             await c.executemany(
@@ -275,11 +451,7 @@ class Store(KeyQueries, ThreadQueries, SpendQueries, SubmitQueries):
         """Commit the terminal state, the rest of the event archive and the run's new thread
         messages in one transaction, fenced on the attempt. Raises LeaseLost when another
         attempt owns the run. Returns the next queued run of its thread, to enqueue."""
-        target = {
-            Transition.SUCCEED: "succeeded",
-            Transition.FAIL: "failed",
-            Transition.CANCEL: "cancelled",
-        }[move]
+        target = _TARGETS[move]
         args = (run_id, attempt, target, events, output, error, usage, cost_usd)
         if not thread:
             async with self.conn() as c:  # one statement: its own transaction, one round trip
@@ -434,6 +606,7 @@ class Store(KeyQueries, ThreadQueries, SpendQueries, SubmitQueries):
 __all__ = [
     "PG_DOWN",
     "ApiKey",
+    "Finishing",
     "NewRun",
     "Store",
     "StoreBase",

@@ -29,7 +29,8 @@ from shared.errors import AgentError, LeaseLost, Unavailable
 from shared.history import invalidate, load_history
 from shared.models import TERMINAL_EVENT_TYPES, Event, Run, Transition, encode_event
 from shared.redisio import REDIS_DOWN, EventCapExceeded, QueueEntry, RedisIO, SeqConflict
-from shared.store import Store
+from shared.store import Finishing, Store
+from worker.batches import Claimed, RunWrites
 from worker.policies import (
     RETRYABLE,
     remaining_seconds,
@@ -61,14 +62,48 @@ class Ending(StrEnum):
     TIMEOUT = "timeout"
 
 
-@dataclass
-class Signals:
-    """Set from outside the attempt (cancel listener, heartbeat, drain)."""
+class _Signal(asyncio.Event):
+    """An event that also wakes its attempt's supervisor when set."""
 
-    cancel: asyncio.Event = field(default_factory=asyncio.Event)
-    lost: asyncio.Event = field(default_factory=asyncio.Event)
-    handoff: asyncio.Event = field(default_factory=asyncio.Event)
-    broken: asyncio.Event = field(default_factory=asyncio.Event)  # a background append failed
+    def __init__(self, owner: Signals) -> None:
+        super().__init__()
+        self._owner = owner
+
+    def set(self) -> None:
+        if not self.is_set():
+            super().set()
+            self._owner.wake()
+
+
+class Signals:
+    """Set from outside the attempt (cancel listener, heartbeat, drain). The supervisor waits
+    on one future that any of them resolves (not one task per signal)."""
+
+    def __init__(self) -> None:
+        self._waiter: asyncio.Future[None] | None = None
+        self.cancel: asyncio.Event = _Signal(self)
+        self.lost: asyncio.Event = _Signal(self)
+        self.handoff: asyncio.Event = _Signal(self)
+        self.broken: asyncio.Event = _Signal(self)  # a background append failed
+
+    def wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def any_set(self) -> bool:
+        return (
+            self.cancel.is_set()
+            or self.lost.is_set()
+            or self.handoff.is_set()
+            or self.broken.is_set()
+        )
+
+    def waiter(self) -> asyncio.Future[None]:
+        """A future resolved when any signal is set (at once if one already is)."""
+        self._waiter = asyncio.get_running_loop().create_future()
+        if self.any_set():
+            self._waiter.set_result(None)
+        return self._waiter
 
 
 @dataclass
@@ -79,6 +114,8 @@ class Deps:
     agents: dict[str, Agent]
     consumer: str
     services: dict[str, Any] = field(default_factory=dict)
+    # Claims and terminal commits grouped with other attempts' (None: one statement each).
+    writes: RunWrites | None = None
 
 
 class Attempt:
@@ -101,8 +138,10 @@ class Attempt:
         self.pending: list[dict[str, Any]] = []
         self.lock = asyncio.Lock()
         self.flusher: asyncio.Task[None] | None = None
+        self.linger: asyncio.TimerHandle | None = None
         self.flush_error: BaseException | None = None
         self.terminal_events: list[Event] = []
+        self.acked = False
 
     @property
     def run_id(self) -> str:
@@ -116,14 +155,12 @@ class Attempt:
     # -- entry point -------------------------------------------------------------------------
     async def execute(self) -> None:
         d = self.deps
-        run = None
+        claimed = Claimed(None, None)
         if self.run_id:
-            run = await retry_unavailable(
-                "claim",
-                lambda: d.store.claim(self.run_id, reclaim=self.reclaimed),
-                stop=self.signals.lost,
-                deadline=self._deadline(),
+            claimed = await retry_unavailable(
+                "claim", self._claim, stop=self.signals.lost, deadline=self._deadline()
             )
+        run = claimed.run
         if run is None:
             # Unknown, finished, cancelled, or a duplicate entry of a run another worker holds.
             await d.rio.ack(d.consumer, self.entry.entry_id)
@@ -131,8 +168,11 @@ class Attempt:
             return
         self.run = run
         structlog.contextvars.bind_contextvars(run_id=run.run_id, attempt=run.attempt)
+        if isinstance(claimed.fence, LeaseLost):
+            log.warning("lease_lost", stage="fence")
+            return
         try:
-            fence = await retry_unavailable(
+            fence = claimed.fence or await retry_unavailable(
                 "fence",
                 lambda: d.rio.fence(
                     run.run_id, run.attempt, d.consumer, run.last_seq, self.entry.entry_id
@@ -151,6 +191,15 @@ class Attempt:
         if fence.cancel_requested or run.cancel_requested:
             self.signals.cancel.set()
         await self._drive_and_end(run)
+
+    async def _claim(self) -> Claimed:
+        """Claim the run in Postgres; with grouped writes its fence comes in the same flush."""
+        d = self.deps
+        if d.writes is not None:
+            return await d.writes.claim(
+                self.run_id, reclaim=self.reclaimed, entry_id=self.entry.entry_id
+            )
+        return Claimed(await d.store.claim(self.run_id, reclaim=self.reclaimed), None)
 
     async def _drive_and_end(self, run: Run) -> None:
         d = self.deps
@@ -223,15 +272,11 @@ class Attempt:
     ) -> tuple[Ending, dict[str, Any] | None]:
         """Run the agent until it ends or a signal stops it. Returns how and the terminal body."""
         drive = asyncio.create_task(self._drive(agent(ctx)))
-        waits = {
-            asyncio.create_task(self.signals.cancel.wait()): Ending.CANCELLED,
-            asyncio.create_task(self.signals.lost.wait()): Ending.LEASE_LOST,
-            asyncio.create_task(self.signals.handoff.wait()): Ending.HANDOFF,
-            asyncio.create_task(self.signals.broken.wait()): Ending.FINISHED,
-        }
+        signalled = self.signals.waiter()
+        both: set[asyncio.Future[Any]] = {drive, signalled}
         try:
             done, _ = await asyncio.wait(
-                {drive, *waits}, timeout=limit_seconds, return_when=asyncio.FIRST_COMPLETED
+                both, timeout=limit_seconds, return_when=asyncio.FIRST_COMPLETED
             )
         except BaseException:
             # This attempt itself is being cancelled (the worker closes): take the agent along.
@@ -240,20 +285,25 @@ class Attempt:
                 await drive
             raise
         finally:
-            for w in waits:
-                w.cancel()
+            signalled.cancel()
         if drive in done:
             return self._drive_result(drive)
         drive.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await drive
         await self._stop_flusher()
-        for w, ending in waits.items():
-            if w in done:
-                if ending is Ending.FINISHED and self.flush_error is not None:
-                    return self._outcome(self.flush_error)
-                return ending, None
-        return Ending.TIMEOUT, None
+        if signalled not in done:
+            return Ending.TIMEOUT, None
+        sig = self.signals
+        if sig.cancel.is_set():
+            return Ending.CANCELLED, None
+        if sig.lost.is_set():
+            return Ending.LEASE_LOST, None
+        if sig.handoff.is_set():
+            return Ending.HANDOFF, None
+        if self.flush_error is not None:  # broken: a background append failed
+            return self._outcome(self.flush_error)
+        return Ending.FINISHED, None
 
     def _drive_result(self, drive: asyncio.Task[dict[str, Any]]) -> tuple[Ending, dict[str, Any]]:
         exc = drive.exception()
@@ -308,13 +358,19 @@ class Attempt:
         self.pending.append(body)
         if len(self.pending) >= BATCH_MAX:
             await self._flush()
-        elif self.flusher is None or self.flusher.done():
-            self.flusher = asyncio.create_task(self._flush_later())
+        elif self.linger is None and (self.flusher is None or self.flusher.done()):
+            # A timer, not a task: a run that ends within the linger (its pending events go
+            # with the terminal one) never starts a flusher.
+            self.linger = asyncio.get_running_loop().call_later(LINGER_SECONDS, self._linger_over)
+
+    def _linger_over(self) -> None:
+        self.linger = None
+        self.flusher = asyncio.create_task(self._flush_later())
 
     async def _flush_later(self) -> None:
-        await asyncio.sleep(LINGER_SECONDS)
         try:
-            await self._flush()
+            while self.pending:  # what was queued during an append goes next
+                await self._flush()
         except asyncio.CancelledError:
             raise
         except BaseException as exc:
@@ -341,6 +397,9 @@ class Attempt:
     async def _stop_flusher(self) -> None:
         """Stop the flusher without appending its batch: a flush in progress completes (its
         append may have landed), a waiting one is cancelled."""
+        if self.linger is not None:
+            self.linger.cancel()
+            self.linger = None
         task, self.flusher = self.flusher, None
         if task is None or task.done():
             return
@@ -438,7 +497,6 @@ class Attempt:
     async def _finish(self, terminal: dict[str, Any], move: Transition) -> None:
         d = self.deps
         assert self.run is not None
-        attempt = self.run.attempt
         ctx = self.ctx
         if ctx is not None and ctx.usage:
             self.usage = dict(ctx.usage)  # the agent's own totals include a cut-off turn
@@ -460,18 +518,7 @@ class Attempt:
                 error = {"code": terminal.get("code"), "message": terminal.get("message")}
             next_run = await retry_unavailable(
                 "commit_terminal",
-                lambda: d.store.finish(
-                    self.run_id,
-                    attempt,
-                    move,
-                    self.unarchived,
-                    output=terminal.get("output"),
-                    error=error,
-                    usage=self.usage or None,
-                    cost_usd=float(self.usage.get("cost_usd", 0.0)),
-                    messages=messages,
-                    thread=self.run.thread_id is not None,
-                ),
+                lambda: self._commit_terminal(move, terminal, error, messages),
                 stop=self.signals.lost,
                 deadline=deadline,
             )
@@ -489,13 +536,56 @@ class Attempt:
                 stop=self.signals.lost,
                 deadline=deadline,
             )
-        await retry_unavailable(
-            "ack",
-            lambda: d.rio.ack(d.consumer, self.entry.entry_id),
-            stop=self.signals.lost,
-            deadline=deadline,
-        )
+        if not self.acked:  # (grouped terminal commits ack in the same flush)
+            await retry_unavailable(
+                "ack",
+                lambda: d.rio.ack(d.consumer, self.entry.entry_id),
+                stop=self.signals.lost,
+                deadline=deadline,
+            )
         log.info("run_finished", status=str(move), terminal=terminal["type"])
+
+    async def _commit_terminal(
+        self,
+        move: Transition,
+        terminal: dict[str, Any],
+        error: dict[str, Any] | None,
+        messages: list[dict[str, Any]],
+    ) -> str | None:
+        """The terminal state and the rest of the archive, fenced on the attempt. A run outside
+        a thread goes with other attempts' in one statement; a thread's run in its own
+        transaction (its messages, and the thread's next run to enqueue)."""
+        d = self.deps
+        assert self.run is not None
+        usage = self.usage or None
+        cost = float(self.usage.get("cost_usd", 0.0))
+        if self.run.thread_id is None and d.writes is not None:
+            self.acked = await d.writes.finish(
+                Finishing(
+                    self.run_id,
+                    self.run.attempt,
+                    move,
+                    list(self.unarchived),
+                    output=terminal.get("output"),
+                    error=error,
+                    usage=usage,
+                    cost_usd=cost,
+                ),
+                self.entry.entry_id,
+            )
+            return None
+        return await d.store.finish(
+            self.run_id,
+            self.run.attempt,
+            move,
+            self.unarchived,
+            output=terminal.get("output"),
+            error=error,
+            usage=usage,
+            cost_usd=cost,
+            messages=messages,
+            thread=self.run.thread_id is not None,
+        )
 
     async def _emit_terminal(self, body: dict[str, Any]) -> None:
         """Append what is pending plus the terminal event in one call (the terminal one is

@@ -46,6 +46,7 @@ from shared.redisio import (
     parse_queue_entry,
 )
 from shared.store import Store, connect
+from worker.batches import RunWrites
 from worker.executor import Attempt, Deps
 from worker.policies import RETRYABLE
 from worker.reconcile import reconcile_once
@@ -112,7 +113,7 @@ class Worker:
             await self.store.close()
             self.store = None
             raise
-        self.rio = RedisIO(r, self.keys, s)
+        self.rio = RedisIO(r, self.keys, s, batched=True)
         await self.rio.ensure_group()
         # One set of LLM services per process: breakers shared through Redis, daily spend
         # through Postgres, so ceilings and breakers hold across every worker.
@@ -126,6 +127,7 @@ class Worker:
             agents=load_agents(s.agent_modules),
             consumer=self.name,
             services={LLM_SERVICE: self.llm},
+            writes=RunWrites(self.store, self.rio, self.name),
         )
         for loop in (self._consume, self._reclaim, self._reconcile):
             self._tasks.append(asyncio.create_task(self._forever(loop, self.stopping)))
@@ -187,6 +189,7 @@ class Worker:
             t.cancel()
         if running:
             await asyncio.gather(*running, return_exceptions=True)
+        await self._settle()
         if self.rio is not None:
             with contextlib.suppress(*REDIS_DOWN):
                 await self.rio.r.zrem(self.keys.workers, self.name)
@@ -197,7 +200,30 @@ class Worker:
         if self.store is not None:
             await self.store.close()
         self.stopped.set()
-        log.info("worker_stopped")
+        log.info("worker_stopped", batches=self.batch_stats())
+
+    async def _settle(self, limit: float = 5.0) -> None:
+        """Let grouped writes already sent finish (a cancelled attempt's flush still runs)
+        before the clients close under them."""
+        end = time.monotonic() + limit
+        while time.monotonic() < end:
+            writes = self.deps.writes if self.deps is not None else None
+            if (self.rio is None or self.rio.idle) and (writes is None or writes.idle):
+                return
+            await asyncio.sleep(0.01)
+
+    def batch_stats(self) -> dict[str, float]:
+        """Items per round trip of each grouped write (for logs and benches)."""
+        out: dict[str, float] = {}
+        coalescers: list[Any] = []
+        if self.rio is not None and self.rio.scripts is not None:
+            coalescers.append(self.rio.scripts)
+        if self.deps is not None and self.deps.writes is not None:
+            coalescers += [self.deps.writes.claims, self.deps.writes.finishes]
+        for c in coalescers:
+            out[f"{c.name}_flushes"] = c.flushes
+            out[f"{c.name}_per_flush"] = round(c.items / c.flushes, 1) if c.flushes else 0.0
+        return out
 
     # -- running attempts --------------------------------------------------------------------
     def _launch(self, entry: QueueEntry, *, reclaimed: bool, poison: bool = False) -> None:

@@ -1,0 +1,154 @@
+"""The writes of concurrent attempts, grouped (group commit, `shared.batching.Coalescer`, no
+timer): claims that arrive while a claim statement is in flight go together in the next one, and
+so do terminal commits. Each attempt still gets its own outcome: a run whose attempt lost its
+lease gets `LeaseLost` alone, the others in its batch commit.
+
+Two steps that always follow each other ride in one flush, so an attempt queues once for both:
+- a claim, then its Redis fence (one pipeline for the batch's claimed runs);
+- a terminal commit, then its ack (one call for the batch's committed entries): the ack still
+  goes only after the commit.
+If Redis fails after Postgres succeeded, the Postgres part stands (it is never redone) and the
+attempt does the Redis step itself, with its own retries.
+
+Each kind has `LANES` coalescers: a call goes to one with no flush in flight, so an attempt
+waits for its own round trip, not for the one before it (Postgres shares the fsync of
+concurrent commits). Statements lock their rows in run_id order: lanes cannot deadlock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import structlog
+
+from shared.batching import Coalescer
+from shared.errors import LeaseLost
+from shared.models import Run
+from shared.redisio import Fence, RedisIO
+from shared.store import Finishing, Store
+
+log = structlog.get_logger("longrun.worker")
+
+MAX_BATCH = 256
+LANES = 2
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class Claimed:
+    run: Run | None  # None: not claimable (unknown, finished, held by another attempt)
+    # The run's fence, raised in the same flush; LeaseLost if a later attempt holds it;
+    # None if it could not be raised (Redis away, a script error): the attempt raises it.
+    fence: Fence | LeaseLost | None
+
+
+class Lanes(Generic[T, R]):
+    """`n` coalescers over one flush function; a call joins an idle one if there is one, else
+    the one with the fewest calls waiting."""
+
+    def __init__(
+        self,
+        flush: Callable[[list[T]], Awaitable[Sequence[R | BaseException]]],
+        n: int,
+        name: str,
+    ) -> None:
+        self.in_flight = [0] * n
+        self.waiting = [0] * n
+        self.lanes: list[Coalescer[T, R]] = [
+            Coalescer(self._counted(i, flush), max_batch=MAX_BATCH, name=name) for i in range(n)
+        ]
+        self.name = name
+
+    def _counted(
+        self, i: int, flush: Callable[[list[T]], Awaitable[Sequence[R | BaseException]]]
+    ) -> Callable[[list[T]], Awaitable[Sequence[R | BaseException]]]:
+        async def run(items: list[T]) -> Sequence[R | BaseException]:
+            self.waiting[i] -= len(items)
+            self.in_flight[i] += 1
+            try:
+                return await flush(items)
+            finally:
+                self.in_flight[i] -= 1
+
+        return run
+
+    async def call(self, item: T) -> R:
+        best = 0
+        for i, busy in enumerate(self.in_flight):
+            if not busy:
+                best = i
+                break
+            if self.waiting[i] < self.waiting[best]:
+                best = i
+        self.waiting[best] += 1  # the flush that takes the item counts it off
+        return await self.lanes[best].call(item)
+
+    @property
+    def idle(self) -> bool:
+        return not any(self.waiting) and not any(self.in_flight)
+
+    @property
+    def flushes(self) -> int:
+        return sum(c.flushes for c in self.lanes)
+
+    @property
+    def items(self) -> int:
+        return sum(c.items for c in self.lanes)
+
+
+class RunWrites:
+    def __init__(self, store: Store, rio: RedisIO, consumer: str, lanes: int = LANES) -> None:
+        self.store = store
+        self.rio = rio
+        self.consumer = consumer
+        self.claims: Lanes[tuple[str, bool, str], Claimed] = Lanes(self._claim, lanes, "claim")
+        self.finishes: Lanes[tuple[Finishing, str], bool] = Lanes(self._finish, lanes, "finish")
+
+    @property
+    def idle(self) -> bool:
+        return self.claims.idle and self.finishes.idle
+
+    async def claim(self, run_id: str, *, reclaim: bool, entry_id: str) -> Claimed:
+        return await self.claims.call((run_id, reclaim, entry_id))
+
+    async def finish(self, item: Finishing, entry_id: str) -> bool:
+        """Commit a run's terminal state (outside a thread), then ack its entry. Raises
+        LeaseLost if another attempt owns the run; returns False when committed but not acked
+        (Redis away): the caller acks."""
+        return await self.finishes.call((item, entry_id))
+
+    async def _claim(self, items: list[tuple[str, bool, str]]) -> list[Claimed]:
+        runs = await self.store.claim_many([(run_id, reclaim) for run_id, reclaim, _ in items])
+        claimed = [(i, run) for i, run in enumerate(runs) if run is not None]
+        fences: dict[int, Fence | LeaseLost] = {}
+        if claimed:
+            try:
+                outcomes = await self.rio.fence_many(
+                    [
+                        (run.run_id, run.attempt, self.consumer, run.last_seq, items[i][2])
+                        for i, run in claimed
+                    ]
+                )
+            except Exception as exc:  # the claims stand; each attempt fences itself
+                log.warning("batch_fence_failed", error=type(exc).__name__, runs=len(claimed))
+            else:
+                for (i, _), out in zip(claimed, outcomes, strict=True):
+                    if isinstance(out, Fence | LeaseLost):
+                        fences[i] = out
+        return [Claimed(run, fences.get(i)) for i, run in enumerate(runs)]
+
+    async def _finish(self, items: list[tuple[Finishing, str]]) -> list[bool | BaseException]:
+        outcomes: list[Any] = await self.store.finish_many([f for f, _ in items])
+        committed = [i for i, out in enumerate(outcomes) if out is None]
+        acked = False
+        if committed:
+            try:
+                await self.rio.ack_many(self.consumer, [items[i][1] for i in committed])
+                acked = True
+            except Exception as exc:  # committed all the same; each attempt acks itself
+                log.warning("batch_ack_failed", error=type(exc).__name__, runs=len(committed))
+        return [acked if out is None else out for out in outcomes]
