@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Annotated, Any
 
 import orjson
@@ -30,7 +30,7 @@ from api.middleware import OUTER_SEND
 from api.runs import _owned_run, _state, parse_run_id
 from api.state import AppState
 from api.streams import RunStream
-from shared.models import Run, parse_event_id
+from shared.models import Event, Run, parse_event_id
 from shared.redisio import REDIS_DOWN
 
 router = APIRouter(responses=ERROR_RESPONSES)
@@ -86,12 +86,35 @@ async def _stream_user(request: Request, run_id: str, token: str | None) -> str 
 
 
 PING = b": ping\r\n\r\n"
+SEND_BYTES = 64 * 1024
 _SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-store"),
     (b"connection", b"keep-alive"),
     (b"x-accel-buffering", b"no"),
 ]
+
+
+def _bodies(batch: list[Event] | None) -> Iterator[bytes]:
+    """The bodies to send for a batch: the frames joined, at most about SEND_BYTES per send, so
+    that a client that stops reading holds at most that much in the server's write buffer (a
+    send waits while the buffer is above its high-water mark) besides its hub buffer."""
+    if batch is None:
+        yield PING
+        return
+    if len(batch) == 1:
+        yield batch[0].frame
+        return
+    part: list[bytes] = []
+    size = 0
+    for e in batch:
+        part.append(e.frame)
+        size += len(e.frame)
+        if size >= SEND_BYTES:
+            yield b"".join(part)
+            part, size = [], 0
+    if part:
+        yield b"".join(part)
 
 
 class SendStalled(Exception):
@@ -155,14 +178,9 @@ class EventStream(Response):
                 sub = stream.sub
                 assert sub is not None
                 sub.task = task
-                if batch is None:
-                    body = PING
-                elif len(batch) == 1:
-                    body = batch[0].frame
-                else:
-                    body = b"".join([e.frame for e in batch])
                 sub.sending_since = sub.active_at
-                await send({"type": "http.response.body", "body": body, "more_body": True})
+                for body in _bodies(batch):
+                    await send({"type": "http.response.body", "body": body, "more_body": True})
                 sub.sending_since = 0.0
             sub = stream.sub
             return sub is None or not sub.stopped

@@ -9,7 +9,8 @@ The hub is also the only Redis reader of the streams: a subscriber's replay and 
 (`XRANGE`) go through `events_after`, on a small blocking pool of the hub's own, so serving any
 number of streams holds 1 + READERS Redis connections (named like the hub's client).
 
-A subscriber's buffer is bounded: when it would overflow, the hub stops pushing to it and marks
+A subscriber's buffer is bounded (QUEUE_SIZE events, QUEUE_BYTES of event data): when it would
+overflow, the hub stops pushing to it and marks
 it `behind`; the subscriber then catches up with `XRANGE` on its own, so a slow client costs at
 most one buffer of memory and never delays the others. Subscribers also heal any gap they see
 (an event whose seq is not cursor + 1) with `XRANGE`, so the hub only has to be fast, not
@@ -41,6 +42,7 @@ from shared.redisio import REDIS_DOWN, parse_stream_events
 log = structlog.get_logger("longrun.api.hub")
 
 QUEUE_SIZE = 512  # events buffered per subscriber before it is marked behind
+QUEUE_BYTES = 1 << 20  # or this many bytes of event data, whichever comes first
 BLOCK_MS = 5000
 READ_COUNT = 1000
 READERS = 2  # connections for subscribers' XRANGE (replay, gap healing)
@@ -67,6 +69,7 @@ class Subscription:
         "idle",
         "idle_seconds",
         "pending",
+        "pending_bytes",
         "read_at",
         "run_id",
         "sending_since",
@@ -78,6 +81,7 @@ class Subscription:
     def __init__(self, run_id: str, idle_seconds: float) -> None:
         self.run_id = run_id
         self.pending: list[Event] = []
+        self.pending_bytes = 0
         self.behind = False
         self.idle = False
         self.stopped = False
@@ -95,6 +99,7 @@ class Subscription:
 
     def take(self) -> list[Event]:
         got, self.pending = self.pending, []
+        self.pending_bytes = 0
         return got
 
     def wake(self) -> None:
@@ -328,20 +333,24 @@ class Hub:
                 continue
             events = parse_stream_events(entries)
             watch.last_seq = max(watch.last_seq, events[-1].seq)
+            size = sum(len(e.data) for e in events)
             for sub in watch.subs:
-                self._push(sub, events, read_at)
+                self._push(sub, events, read_at, size)
 
     @staticmethod
-    def _push(sub: Subscription, events: list[Event], read_at: float = 0.0) -> None:
+    def _push(sub: Subscription, events: list[Event], read_at: float, size: int) -> None:
         if sub.behind:
             return  # already woken; it re-reads from Redis
         pending = sub.pending
-        if len(pending) + len(events) > QUEUE_SIZE:
+        # (An empty buffer takes one read whatever its size: a single huge event still flows.)
+        over = pending and sub.pending_bytes + size > QUEUE_BYTES
+        if over or len(pending) + len(events) > QUEUE_SIZE:
             sub.behind = True  # keep what is buffered; the rest comes from XRANGE
         else:
             if not pending:
                 sub.read_at = read_at
             pending.extend(events)
+            sub.pending_bytes += size
         w = sub._waiter
         if w is not None and not w.done():
             w.set_result(None)

@@ -176,3 +176,30 @@ async def test_stopping_the_streams_ends_each_with_the_reconnect_hint(api, clien
     assert "retry: 250" in got
     assert not any(line.startswith("id:") for line in got)
     assert hub.subscribers == 0
+
+
+def test_a_large_batch_is_sent_in_parts_of_bounded_size() -> None:
+    from api.events import PING, SEND_BYTES, _bodies
+
+    big = [Event(seq=i, type="token", data=b'"' + b"x" * 10_000 + b'"') for i in range(1, 41)]
+    parts = list(_bodies(big))
+    assert b"".join(parts) == b"".join(e.frame for e in big)
+    assert len(parts) > 1
+    assert all(len(p) < SEND_BYTES + 11_000 for p in parts)
+    assert list(_bodies(None)) == [PING]
+    assert list(_bodies(big[:1])) == [big[0].frame]
+
+
+async def test_the_hub_buffer_is_bounded_in_bytes_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hub_mod, "QUEUE_BYTES", 1000)
+    sub = Subscription("r", idle_seconds=30)
+    try:
+        one = [Event(seq=1, type="token", data=b"x" * 800)]
+        Hub._push(sub, one, 0.0, 800)  # an empty buffer takes a read of any size
+        assert sub.pending == one
+        assert not sub.behind
+        Hub._push(sub, [Event(seq=2, type="token", data=b"x" * 800)], 0.0, 800)
+        assert sub.behind
+        assert [e.seq for e in sub.pending] == [1]
+    finally:
+        sub.close()
