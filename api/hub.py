@@ -24,8 +24,10 @@ stalled-send watchdog share one timer, re-armed only when it fires.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import itertools
+import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -48,6 +50,7 @@ READ_COUNT = 1000
 READERS = 2  # connections for subscribers' XRANGE (replay, gap healing)
 SEND_TIMEOUT = 30.0  # a send blocked this long (the client stopped reading) ends the stream
 LEASE_REFRESH = SLOT_TTL / 3
+CHORE_TICK = 1.0  # how often the chores task looks for leases due for a refresh
 LEASE_RELEASE_BUDGET = 2.0  # seconds given to pending releases when the hub closes
 
 Chore = Callable[[], Awaitable[None]]
@@ -179,13 +182,16 @@ class Hub:
         self._changed = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self.stopping = False
-        # Leases (a stream's per-user slot): refreshed together and released by one task, so
-        # that neither costs a Redis call on a stream's event path, nor a burst of concurrent
-        # calls on the shared pool when many streams end at once.
+        # Leases (a stream's per-user slot): refreshed and released by one task, so that
+        # neither costs a Redis call on a stream's event path, nor a burst of concurrent calls
+        # on the shared pool when many streams start or end at once. A lease's first refresh
+        # falls at a random point of the second half of the period, so streams that connected
+        # together do not all refresh in the same instant ever after.
         self._leases: dict[int, Chore] = {}
+        self._refresh_due: dict[int, float] = {}
         self._lease_releases: dict[int, Chore] = {}
         self._lease_ids = itertools.count()
-        self._releases: list[Chore] = []
+        self._releases: collections.deque[Chore] = collections.deque()
         self._chores_due = asyncio.Event()
         self._chores_task: asyncio.Task[None] | None = None
         # Called with the seconds from the hub's read to a subscriber taking the events.
@@ -206,31 +212,34 @@ class Hub:
         lease = next(self._lease_ids)
         self._leases[lease] = refresh
         self._lease_releases[lease] = release
+        jitter = random.uniform(0.5, 1.0)  # noqa: S311 (spreading load, not a secret)
+        self._refresh_due[lease] = time.monotonic() + LEASE_REFRESH * jitter
         return lease
 
     def let_go(self, lease: int) -> None:
         self._leases.pop(lease, None)
+        self._refresh_due.pop(lease, None)
         release = self._lease_releases.pop(lease, None)
         if release is not None:
             self._releases.append(release)
             self._chores_due.set()
 
     async def _chores(self) -> None:
-        loop = asyncio.get_running_loop()
-        refresh_at = loop.time() + LEASE_REFRESH
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._chores_due.wait(), refresh_at - loop.time())
+                await asyncio.wait_for(self._chores_due.wait(), CHORE_TICK)
             self._chores_due.clear()
             await self._run_releases()
-            if loop.time() >= refresh_at:
-                refresh_at = loop.time() + LEASE_REFRESH
-                for refresh in list(self._leases.values()):
+            now = time.monotonic()
+            for lease in [k for k, due in self._refresh_due.items() if due <= now]:
+                refresh = self._leases.get(lease)
+                if refresh is not None:
+                    self._refresh_due[lease] = time.monotonic() + LEASE_REFRESH
                     await _quietly(refresh)
 
     async def _run_releases(self) -> None:
         while self._releases:
-            await _quietly(self._releases.pop(0))
+            await _quietly(self._releases.popleft())
 
     def stop_streams(self) -> None:
         """End every stream between two events (server shutting down). Safe to call from a

@@ -257,12 +257,19 @@ async def fanout(
                 await asyncio.sleep(0)
     rss0 = rss_bytes(server.proc.pid)
     await asyncio.sleep(max(0.0, start_at - time.time()))
-    cpu0, t_cpu0 = cpu_sample(st, server), time.monotonic()
+    cpu0, t_cpu0 = await asyncio.to_thread(cpu_sample, st, server), time.monotonic()
     # Sample server-side figures halfway through the emission.
     await asyncio.sleep(count / rate / 2)
-    held, live = redis_clients(server.proc.pid, time.time() - start_at)
+    # In a thread: with thousands of sockets, reading /proc and CLIENT LIST takes tens of ms,
+    # which would stall this process's subscribers and show up as their latency.
+    conns, (held, live) = await asyncio.to_thread(
+        lambda: (
+            tcp_connections_to(server.proc.pid, redis_port()),
+            redis_clients(server.proc.pid, time.time() - start_at),
+        )
+    )
     mid: dict[str, Any] = {
-        "redis_conns": tcp_connections_to(server.proc.pid, redis_port()),
+        "redis_conns": conns,
         "redis_names": held,
         "redis_live": live,
         "rss": rss_bytes(server.proc.pid),
@@ -273,7 +280,7 @@ async def fanout(
     slow_dropped = sum(1 for t in tasks[:slow] if t.done())
     for t in [*pending, *tasks[:slow]]:
         t.cancel()
-    cpu1, t_cpu1 = cpu_sample(st, server), time.monotonic()
+    cpu1, t_cpu1 = await asyncio.to_thread(cpu_sample, st, server), time.monotonic()
     await asyncio.gather(*tasks, return_exceptions=True)
     if appending is not None:
         await appending

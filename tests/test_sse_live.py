@@ -203,3 +203,26 @@ async def test_the_hub_buffer_is_bounded_in_bytes_too(monkeypatch: pytest.Monkey
         assert [e.seq for e in sub.pending] == [1]
     finally:
         sub.close()
+
+
+async def test_leases_are_refreshed_until_let_go_then_released_once(
+    hub: Hub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(hub_mod, "LEASE_REFRESH", 0.1)
+    monkeypatch.setattr(hub_mod, "CHORE_TICK", 0.02)
+    calls: list[str] = []
+
+    async def refresh() -> None:
+        calls.append("refresh")
+
+    async def release() -> None:
+        calls.append("release")
+
+    lease = hub.hold(refresh, release)
+    await until(lambda: calls.count("refresh") >= 2)
+    hub.let_go(lease)
+    await until(lambda: "release" in calls)
+    settled = len(calls)
+    await asyncio.sleep(0.3)  # several refresh periods: nothing more may happen
+    assert calls[settled - 1 :] == ["release"]
+    assert calls.count("release") == 1
