@@ -17,25 +17,29 @@ concurrent commits). Statements lock their rows in run_id order: lanes cannot de
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+import asyncpg
 import structlog
 
 from shared.batching import Coalescer
-from shared.errors import LeaseLost
+from shared.errors import LeaseLost, Unavailable
 from shared.models import Run
 from shared.redisio import Fence, RedisIO
-from shared.store import Finishing, Store
+from shared.store import PG_DOWN, Finishing, Store
 
 log = structlog.get_logger("longrun.worker")
 
 MAX_BATCH = 256
-LANES = 2
+LANES = int(__import__("os").environ.get("LR_LANES", "2"))
 
 T = TypeVar("T")
 R = TypeVar("R")
+# A lane's flush: (lane index, items) -> one outcome per item.
+LaneFlush = Callable[[int, list[T]], Awaitable[Sequence[R | BaseException]]]
 
 
 @dataclass(frozen=True)
@@ -50,12 +54,7 @@ class Lanes(Generic[T, R]):
     """`n` coalescers over one flush function; a call joins an idle one if there is one, else
     the one with the fewest calls waiting."""
 
-    def __init__(
-        self,
-        flush: Callable[[list[T]], Awaitable[Sequence[R | BaseException]]],
-        n: int,
-        name: str,
-    ) -> None:
+    def __init__(self, flush: LaneFlush[T, R], n: int, name: str) -> None:
         self.in_flight = [0] * n
         self.waiting = [0] * n
         self.lanes: list[Coalescer[T, R]] = [
@@ -64,13 +63,13 @@ class Lanes(Generic[T, R]):
         self.name = name
 
     def _counted(
-        self, i: int, flush: Callable[[list[T]], Awaitable[Sequence[R | BaseException]]]
+        self, i: int, flush: LaneFlush[T, R]
     ) -> Callable[[list[T]], Awaitable[Sequence[R | BaseException]]]:
         async def run(items: list[T]) -> Sequence[R | BaseException]:
             self.waiting[i] -= len(items)
             self.in_flight[i] += 1
             try:
-                return await flush(items)
+                return await flush(i, items)
             finally:
                 self.in_flight[i] -= 1
 
@@ -107,6 +106,31 @@ class RunWrites:
         self.consumer = consumer
         self.claims: Lanes[tuple[str, bool, str], Claimed] = Lanes(self._claim, lanes, "claim")
         self.finishes: Lanes[tuple[Finishing, str], bool] = Lanes(self._finish, lanes, "finish")
+        # Each lane keeps its own Postgres connection: a pooled acquire and release costs a
+        # reset round trip per statement.
+        self._conns: dict[tuple[str, int], asyncpg.Connection] = {}
+
+    async def _conn(self, lane: tuple[str, int]) -> asyncpg.Connection:
+        conn = self._conns.get(lane)
+        if conn is None:
+            try:
+                conn = await self.store.pool.acquire(timeout=self.store.settings.pg_acquire_timeout)
+            except PG_DOWN as exc:
+                raise Unavailable(f"postgres unavailable: {type(exc).__name__}") from exc
+            self._conns[lane] = conn
+        return conn
+
+    async def _drop(self, lane: tuple[str, int]) -> None:
+        """After an outage: give the (maybe broken) connection back; the next flush takes
+        another."""
+        conn = self._conns.pop(lane, None)
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await self.store.pool.release(conn, timeout=5)
+
+    async def close(self) -> None:
+        for lane in list(self._conns):
+            await self._drop(lane)
 
     @property
     def idle(self) -> bool:
@@ -121,8 +145,15 @@ class RunWrites:
         (Redis away): the caller acks."""
         return await self.finishes.call((item, entry_id))
 
-    async def _claim(self, items: list[tuple[str, bool, str]]) -> list[Claimed]:
-        runs = await self.store.claim_many([(run_id, reclaim) for run_id, reclaim, _ in items])
+    async def _claim(self, lane: int, items: list[tuple[str, bool, str]]) -> list[Claimed]:
+        key = ("claim", lane)
+        try:
+            runs = await self.store.claim_many(
+                [(run_id, reclaim) for run_id, reclaim, _ in items], await self._conn(key)
+            )
+        except Unavailable:
+            await self._drop(key)
+            raise
         claimed = [(i, run) for i, run in enumerate(runs) if run is not None]
         fences: dict[int, Fence | LeaseLost] = {}
         if claimed:
@@ -141,8 +172,17 @@ class RunWrites:
                         fences[i] = out
         return [Claimed(run, fences.get(i)) for i, run in enumerate(runs)]
 
-    async def _finish(self, items: list[tuple[Finishing, str]]) -> list[bool | BaseException]:
-        outcomes: list[Any] = await self.store.finish_many([f for f, _ in items])
+    async def _finish(
+        self, lane: int, items: list[tuple[Finishing, str]]
+    ) -> list[bool | BaseException]:
+        key = ("finish", lane)
+        try:
+            outcomes: list[Any] = await self.store.finish_many(
+                [f for f, _ in items], await self._conn(key)
+            )
+        except Unavailable:
+            await self._drop(key)
+            raise
         committed = [i for i, out in enumerate(outcomes) if out is None]
         acked = False
         if committed:

@@ -190,6 +190,8 @@ class Worker:
         if running:
             await asyncio.gather(*running, return_exceptions=True)
         await self._settle()
+        if self.deps is not None and self.deps.writes is not None:
+            await self.deps.writes.close()
         if self.rio is not None:
             with contextlib.suppress(*REDIS_DOWN):
                 await self.rio.r.zrem(self.keys.workers, self.name)
@@ -200,7 +202,9 @@ class Worker:
         if self.store is not None:
             await self.store.close()
         self.stopped.set()
-        log.info("worker_stopped", batches=self.batch_stats())
+        from worker.executor import _T
+        n = max(_T.get("n", 1), 1)
+        log.info("worker_stopped", batches=self.batch_stats(), stages={k: round(v * 1000 / n, 2) for k, v in _T.items() if k != "n"})
 
     async def _settle(self, limit: float = 5.0) -> None:
         """Let grouped writes already sent finish (a cancelled attempt's flush still runs)

@@ -27,7 +27,7 @@ def ticker_params(params: dict[str, Any]) -> tuple[int, int]:
         isinstance(count, int)
         and not isinstance(count, bool)
         and 0 <= count <= MAX_COUNT
-        and isinstance(interval, int | float)
+        and isinstance(interval, (int, float))
         and not isinstance(interval, bool)
         and 0 <= interval <= MAX_INTERVAL_MS
     )
