@@ -419,6 +419,40 @@ class RedisIO:
             raise reply
         return [bool(int(x)) for x in reply]
 
+    def append_call(
+        self,
+        run_id: str,
+        attempt: int,
+        events: Sequence[Event],
+        *,
+        ttl: int = 0,
+        over_cap: bool = False,
+    ) -> ScriptCall:
+        extra_events, extra_bytes = (1, len(events[-1].data)) if over_cap else (0, 0)
+        args: list[Any] = [
+            attempt,
+            events[0].seq,
+            self.settings.max_events_per_run + extra_events,
+            self.settings.max_event_bytes_per_run + extra_bytes,
+            ttl,
+        ]
+        for e in events:
+            args.extend((e.type, e.data))
+        return (self._append, [self.keys.run_meta(run_id), self.keys.events(run_id)], args)
+
+    @staticmethod
+    def append_outcome(run_id: str, attempt: int, res: Any) -> AppendResult | BaseException:
+        if isinstance(res, BaseException):
+            return res
+        code = int(res[0])
+        if code == 1:
+            return AppendResult(cancel_requested=bool(int(res[1])))
+        if code == -1:
+            return LeaseLost(f"run {run_id}: attempt {attempt} fenced out by {int(res[1])}")
+        if code == -3:
+            return EventCapExceeded("the run's events exceed the per-run cap")
+        return SeqConflict(f"run {run_id}: stream is at seq {int(res[1])}")
+
     async def append(
         self,
         run_id: str,
@@ -431,27 +465,16 @@ class RedisIO:
         """Append events (consecutive seqs) under the attempt's fence. `over_cap`: the last
         event is a terminal one and may go past the per-run caps (so a capped run can still
         end); the events before it still count against them."""
-        extra_events, extra_bytes = (1, len(events[-1].data)) if over_cap else (0, 0)
-        args: list[Any] = [
-            attempt,
-            events[0].seq,
-            self.settings.max_events_per_run + extra_events,
-            self.settings.max_event_bytes_per_run + extra_bytes,
-            ttl,
-        ]
-        for e in events:
-            args.extend((e.type, e.data))
-        res = await self._script(
-            self._append, [self.keys.run_meta(run_id), self.keys.events(run_id)], args
-        )
-        code = int(res[0])
-        if code == 1:
-            return AppendResult(cancel_requested=bool(int(res[1])))
-        if code == -1:
-            raise LeaseLost(f"run {run_id}: attempt {attempt} fenced out by {int(res[1])}")
-        if code == -3:
-            raise EventCapExceeded("the run's events exceed the per-run cap")
-        raise SeqConflict(f"run {run_id}: stream is at seq {int(res[1])}")
+        call = self.append_call(run_id, attempt, events, ttl=ttl, over_cap=over_cap)
+        out = self.append_outcome(run_id, attempt, await self._script(*call))
+        if isinstance(out, BaseException):
+            raise out
+        return out
+
+    async def run_now(self, calls: list[ScriptCall]) -> list[Any]:
+        """Script calls in one round trip now (not queued behind other grouped calls); one
+        reply (or error instance) per call. A Redis outage raises."""
+        return await self._run_scripts(calls)
 
     async def expire_run(self, run_id: str) -> None:
         ttl = self.settings.events_ttl_seconds

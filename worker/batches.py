@@ -5,10 +5,11 @@ lease gets `LeaseLost` alone, the others in its batch commit.
 
 Two steps that always follow each other ride in one flush, so an attempt queues once for both:
 - a claim, then its Redis fence (one pipeline for the batch's claimed runs);
-- a terminal commit, then its ack (one call for the batch's committed entries): the ack still
-  goes only after the commit.
-If Redis fails after Postgres succeeded, the Postgres part stands (it is never redone) and the
-attempt does the Redis step itself, with its own retries.
+- the terminal append, the terminal commit, then the ack: one pipeline of fenced appends, one
+  statement for the runs whose append went in, one call acking the runs committed (each step
+  only after the one before).
+A step that fails leaves the steps before it standing (never redone): the attempt does the
+rest itself, with its own retries.
 
 Each kind has `LANES` coalescers: a call goes to one with no flush in flight, so an attempt
 waits for its own round trip, not for the one before it (Postgres shares the fsync of
@@ -20,7 +21,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 import asyncpg
 import structlog
@@ -28,12 +29,14 @@ import structlog
 from shared.batching import Coalescer
 from shared.errors import LeaseLost, Unavailable
 from shared.models import Run
-from shared.redisio import Fence, RedisIO
+from shared.redisio import Fence, RedisIO, ScriptCall
 from shared.store import PG_DOWN, Finishing, Store
 
 log = structlog.get_logger("longrun.worker")
 
 MAX_BATCH = 256
+# How far `RunWrites.end` got for a run.
+APPENDED, COMMITTED, ACKED = 1, 2, 3
 LANES = int(__import__("os").environ.get("LR_LANES", "2"))
 
 T = TypeVar("T")
@@ -105,7 +108,9 @@ class RunWrites:
         self.rio = rio
         self.consumer = consumer
         self.claims: Lanes[tuple[str, bool, str], Claimed] = Lanes(self._claim, lanes, "claim")
-        self.finishes: Lanes[tuple[Finishing, str], bool] = Lanes(self._finish, lanes, "finish")
+        self.ends: Lanes[tuple[ScriptCall | None, Finishing, str], int] = Lanes(
+            self._end, lanes, "end"
+        )
         # Each lane keeps its own Postgres connection: a pooled acquire and release costs a
         # reset round trip per statement.
         self._conns: dict[tuple[str, int], asyncpg.Connection] = {}
@@ -134,16 +139,18 @@ class RunWrites:
 
     @property
     def idle(self) -> bool:
-        return self.claims.idle and self.finishes.idle
+        return self.claims.idle and self.ends.idle
 
     async def claim(self, run_id: str, *, reclaim: bool, entry_id: str) -> Claimed:
         return await self.claims.call((run_id, reclaim, entry_id))
 
-    async def finish(self, item: Finishing, entry_id: str) -> bool:
-        """Commit a run's terminal state (outside a thread), then ack its entry. Raises
-        LeaseLost if another attempt owns the run; returns False when committed but not acked
-        (Redis away): the caller acks."""
-        return await self.finishes.call((item, entry_id))
+    async def end(self, append: ScriptCall | None, item: Finishing, entry_id: str) -> int:
+        """End a run (outside a thread): append its terminal events under the fence (unless
+        `append` is None: already appended), commit its terminal state and archive, ack its
+        entry; each step only after the one before succeeded. Returns how far it got
+        (APPENDED, COMMITTED, ACKED): the caller does the rest itself. Raises what refused the
+        run (LeaseLost, EventCapExceeded, SeqConflict), or a Redis outage before the append."""
+        return await self.ends.call((append, item, entry_id))
 
     async def _claim(self, lane: int, items: list[tuple[str, bool, str]]) -> list[Claimed]:
         key = ("claim", lane)
@@ -172,23 +179,50 @@ class RunWrites:
                         fences[i] = out
         return [Claimed(run, fences.get(i)) for i, run in enumerate(runs)]
 
-    async def _finish(
-        self, lane: int, items: list[tuple[Finishing, str]]
-    ) -> list[bool | BaseException]:
-        key = ("finish", lane)
+    async def _end(
+        self, lane: int, items: list[tuple[ScriptCall | None, Finishing, str]]
+    ) -> list[int | BaseException]:
+        out: list[int | BaseException] = [APPENDED] * len(items)
+        appends = [(i, call) for i, (call, _, _) in enumerate(items) if call is not None]
+        if appends:
+            replies = await self.rio.run_now([call for _, call in appends])  # outage: all fail
+            for (i, _), reply in zip(appends, replies, strict=True):
+                res = self.rio.append_outcome(items[i][1].run_id, items[i][1].attempt, reply)
+                if isinstance(res, BaseException):
+                    out[i] = res
+        ok = [i for i, o in enumerate(out) if o == APPENDED]
+        if ok:
+            await self._commit_and_ack(lane, items, ok, out)
+        return out
+
+    async def _commit_and_ack(
+        self,
+        lane: int,
+        items: list[tuple[ScriptCall | None, Finishing, str]],
+        ok: list[int],
+        out: list[int | BaseException],
+    ) -> None:
+        key = ("end", lane)
         try:
-            outcomes: list[Any] = await self.store.finish_many(
-                [f for f, _ in items], await self._conn(key)
+            outcomes = await self.store.finish_many(
+                [items[i][1] for i in ok], await self._conn(key)
             )
-        except Unavailable:
-            await self._drop(key)
-            raise
-        committed = [i for i, out in enumerate(outcomes) if out is None]
-        acked = False
-        if committed:
-            try:
-                await self.rio.ack_many(self.consumer, [items[i][1] for i in committed])
-                acked = True
-            except Exception as exc:  # committed all the same; each attempt acks itself
-                log.warning("batch_ack_failed", error=type(exc).__name__, runs=len(committed))
-        return [acked if out is None else out for out in outcomes]
+        except Exception as exc:  # appended all the same: each attempt commits itself
+            if isinstance(exc, Unavailable):
+                await self._drop(key)
+            log.warning("batch_commit_failed", error=type(exc).__name__, runs=len(ok))
+            return
+        committed = []
+        for i, res in zip(ok, outcomes, strict=True):
+            out[i] = COMMITTED if res is None else res
+            if res is None:
+                committed.append(i)
+        if not committed:
+            return
+        try:
+            await self.rio.ack_many(self.consumer, [items[i][2] for i in committed])
+        except Exception as exc:  # committed all the same; each attempt acks itself
+            log.warning("batch_ack_failed", error=type(exc).__name__, runs=len(committed))
+            return
+        for i in committed:
+            out[i] = ACKED

@@ -30,7 +30,7 @@ from shared.history import invalidate, load_history
 from shared.models import TERMINAL_EVENT_TYPES, Event, Run, Transition, encode_event
 from shared.redisio import REDIS_DOWN, EventCapExceeded, QueueEntry, RedisIO, SeqConflict
 from shared.store import Finishing, Store
-from worker.batches import Claimed, RunWrites
+from worker.batches import ACKED, APPENDED, COMMITTED, Claimed, RunWrites
 from worker.policies import (
     RETRYABLE,
     remaining_seconds,
@@ -50,6 +50,8 @@ ARCHIVE_EVERY_SECONDS = 2.0
 # for company, and a batch holds at most BATCH_MAX events.
 LINGER_SECONDS = 0.002
 BATCH_MAX = 64
+# What sends a grouped ending down the attempt's own path, one step at a time.
+SLOW_PATH: tuple[type[BaseException], ...] = (EventCapExceeded, SeqConflict, *RETRYABLE)
 # Event codes that mean a model provider call failed (retried, or ending the run).
 PROVIDER_ERROR_CODES = frozenset({"provider_retry", "provider_error"})
 
@@ -142,6 +144,7 @@ class Attempt:
         self.flush_error: BaseException | None = None
         self.terminal_events: list[Event] = []
         self.acked = False
+        self.terminal_tried = False  # the terminal events were sent once, maybe landed
 
     @property
     def run_id(self) -> str:
@@ -429,12 +432,14 @@ class Attempt:
                 log.warning("archive_deferred", pending=len(self.unarchived))
         return cancel
 
-    async def _append(self, events: list[Event], *, ttl: int, over_cap: bool = False) -> bool:
+    async def _append(
+        self, events: list[Event], *, ttl: int, over_cap: bool = False, tried: bool = False
+    ) -> bool:
         """Append under the fence, riding out a short Redis outage. A retry whose first try
-        did land (the reply was lost) shows as a seq conflict with our own last event."""
+        did land (the reply was lost) shows as a seq conflict with our own last event
+        (`tried`: these events were sent before, elsewhere)."""
         assert self.run is not None
         attempt = self.run.attempt
-        tried = False
 
         async def once() -> bool:
             nonlocal tried
@@ -505,23 +510,29 @@ class Attempt:
         # Only a finished run adds to its thread: a failed or cancelled turn may have
         # unanswered tool calls, which would poison the next run's history.
         messages = ctx.new_messages if ctx is not None and move is Transition.SUCCEED else []
+        error = None
+        if terminal["type"] == "error":
+            error = {"code": terminal.get("code"), "message": terminal.get("message")}
         deadline = self._deadline()
+        next_run = None
         try:
-            await retry_unavailable(
-                "append_terminal",
-                lambda: self._emit_terminal(terminal),
-                stop=self.signals.lost,
-                deadline=deadline,
-            )
-            error = None
-            if terminal["type"] == "error":
-                error = {"code": terminal.get("code"), "message": terminal.get("message")}
-            next_run = await retry_unavailable(
-                "commit_terminal",
-                lambda: self._commit_terminal(move, terminal, error, messages),
-                stop=self.signals.lost,
-                deadline=deadline,
-            )
+            stage = 0
+            if self.run.thread_id is None and d.writes is not None:
+                stage = await self._end_grouped(terminal, move, error)
+            if stage < APPENDED:
+                await retry_unavailable(
+                    "append_terminal",
+                    lambda: self._emit_terminal(terminal),
+                    stop=self.signals.lost,
+                    deadline=deadline,
+                )
+            if stage < COMMITTED:
+                next_run = await retry_unavailable(
+                    "commit_terminal",
+                    lambda: self._commit_terminal(move, terminal, error, messages),
+                    stop=self.signals.lost,
+                    deadline=deadline,
+                )
         except LeaseLost:
             log.warning("lease_lost", stage="finish")
             return
@@ -536,7 +547,7 @@ class Attempt:
                 stop=self.signals.lost,
                 deadline=deadline,
             )
-        if not self.acked:  # (grouped terminal commits ack in the same flush)
+        if not self.acked:
             await retry_unavailable(
                 "ack",
                 lambda: d.rio.ack(d.consumer, self.entry.entry_id),
@@ -544,6 +555,55 @@ class Attempt:
                 deadline=deadline,
             )
         log.info("run_finished", status=str(move), terminal=terminal["type"])
+
+    async def _end_grouped(
+        self, terminal: dict[str, Any], move: Transition, error: dict[str, Any] | None
+    ) -> int:
+        """A run outside a thread ends with other attempts': its terminal append, commit and
+        ack ride one flush (`RunWrites.end`). Returns how far that got (0: not even the
+        append, which `_finish` then retries knowing a lost reply may hide a landed append).
+        LeaseLost passes through."""
+        d = self.deps
+        assert self.run is not None
+        assert d.writes is not None
+        async with self.lock:
+            events = self._terminal_batch(terminal)
+            call = d.rio.append_call(
+                self.run_id,
+                self.run.attempt,
+                events,
+                ttl=d.settings.events_ttl_seconds,
+                over_cap=True,
+            )
+            finishing = self._finishing(move, terminal, error, [*self.unarchived, *events])
+            try:
+                stage = await d.writes.end(call, finishing, self.entry.entry_id)
+            except SLOW_PATH:
+                self.terminal_tried = True
+                return 0
+            self.seq = events[-1].seq
+            self.unarchived.extend(events)
+            self.acked = stage >= ACKED
+            return stage
+
+    def _finishing(
+        self,
+        move: Transition,
+        terminal: dict[str, Any],
+        error: dict[str, Any] | None,
+        events: list[Event],
+    ) -> Finishing:
+        assert self.run is not None
+        return Finishing(
+            self.run_id,
+            self.run.attempt,
+            move,
+            events,
+            output=terminal.get("output"),
+            error=error,
+            usage=self.usage or None,
+            cost_usd=float(self.usage.get("cost_usd", 0.0)),
+        )
 
     async def _commit_terminal(
         self,
@@ -553,26 +613,15 @@ class Attempt:
         messages: list[dict[str, Any]],
     ) -> str | None:
         """The terminal state and the rest of the archive, fenced on the attempt. A run outside
-        a thread goes with other attempts' in one statement; a thread's run in its own
-        transaction (its messages, and the thread's next run to enqueue)."""
+        a thread goes with other attempts' in one statement (and is acked in the same flush);
+        a thread's run in its own transaction (its messages, and the thread's next run to
+        enqueue)."""
         d = self.deps
         assert self.run is not None
-        usage = self.usage or None
-        cost = float(self.usage.get("cost_usd", 0.0))
         if self.run.thread_id is None and d.writes is not None:
-            self.acked = await d.writes.finish(
-                Finishing(
-                    self.run_id,
-                    self.run.attempt,
-                    move,
-                    list(self.unarchived),
-                    output=terminal.get("output"),
-                    error=error,
-                    usage=usage,
-                    cost_usd=cost,
-                ),
-                self.entry.entry_id,
-            )
+            finishing = self._finishing(move, terminal, error, list(self.unarchived))
+            stage = await d.writes.end(None, finishing, self.entry.entry_id)
+            self.acked = stage >= ACKED
             return None
         return await d.store.finish(
             self.run_id,
@@ -581,11 +630,18 @@ class Attempt:
             self.unarchived,
             output=terminal.get("output"),
             error=error,
-            usage=usage,
-            cost_usd=cost,
+            usage=self.usage or None,
+            cost_usd=float(self.usage.get("cost_usd", 0.0)),
             messages=messages,
             thread=self.run.thread_id is not None,
         )
+
+    def _terminal_batch(self, body: dict[str, Any]) -> list[Event]:
+        """What is pending plus the terminal event, encoded once (retries send the same)."""
+        if not self.terminal_events:
+            bodies, self.pending = [*self.pending, body], []
+            self.terminal_events = [encode_event(self.seq + 1 + i, b) for i, b in enumerate(bodies)]
+        return self.terminal_events
 
     async def _emit_terminal(self, body: dict[str, Any]) -> None:
         """Append what is pending plus the terminal event in one call (the terminal one is
@@ -593,20 +649,16 @@ class Attempt:
         assert self.run is not None
         if self.unarchived and self.unarchived[-1].terminal:
             return  # appended on an earlier try
+        ttl = self.deps.settings.events_ttl_seconds
         async with self.lock:
-            if not self.terminal_events:
-                bodies, self.pending = [*self.pending, body], []
-                self.terminal_events = [
-                    encode_event(self.seq + 1 + i, b) for i, b in enumerate(bodies)
-                ]
-            events = self.terminal_events
+            events = self._terminal_batch(body)
             try:
-                await self._append(events, ttl=self.deps.settings.events_ttl_seconds, over_cap=True)
+                await self._append(events, ttl=ttl, over_cap=True, tried=self.terminal_tried)
             except EventCapExceeded:
                 # The pending events would pass the cap: end with the terminal alone.
                 log.warning("pending_events_over_cap", dropped=len(events) - 1)
                 events = self.terminal_events = [encode_event(self.seq + 1, body)]
-                await self._append(events, ttl=self.deps.settings.events_ttl_seconds, over_cap=True)
+                await self._append(events, ttl=ttl, over_cap=True)
             self.seq = events[-1].seq
             self.unarchived.extend(events)
 

@@ -202,9 +202,7 @@ class Worker:
         if self.store is not None:
             await self.store.close()
         self.stopped.set()
-        from worker.executor import _T
-        n = max(_T.get("n", 1), 1)
-        log.info("worker_stopped", batches=self.batch_stats(), stages={k: round(v * 1000 / n, 2) for k, v in _T.items() if k != "n"})
+        log.info("worker_stopped", batches=self.batch_stats())
 
     async def _settle(self, limit: float = 5.0) -> None:
         """Let grouped writes already sent finish (a cancelled attempt's flush still runs)
@@ -223,7 +221,7 @@ class Worker:
         if self.rio is not None and self.rio.scripts is not None:
             coalescers.append(self.rio.scripts)
         if self.deps is not None and self.deps.writes is not None:
-            coalescers += [self.deps.writes.claims, self.deps.writes.finishes]
+            coalescers += [self.deps.writes.claims, self.deps.writes.ends]
         for c in coalescers:
             out[f"{c.name}_flushes"] = c.flushes
             out[f"{c.name}_per_flush"] = round(c.items / c.flushes, 1) if c.flushes else 0.0
