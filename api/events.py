@@ -192,6 +192,8 @@ class EventStream(Response):
         finally:
             watcher.cancel()
             await gen.aclose()
+            if stream.sub is not None:
+                stream.hub.unsubscribe(stream.sub)  # idempotent; covers a never-started gen
 
     async def _watch_disconnect(self, receive: Any) -> None:
         while (await receive())["type"] != "http.disconnect":
