@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import httpx
 import pytest
@@ -226,3 +226,40 @@ async def test_leases_are_refreshed_until_let_go_then_released_once(
     await asyncio.sleep(0.3)  # several refresh periods: nothing more may happen
     assert calls[settled - 1 :] == ["release"]
     assert calls.count("release") == 1
+
+
+async def test_a_client_that_stops_reading_is_disconnected_after_the_send_timeout(
+    api, client, api_key, redis_client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(hub_mod, "SEND_TIMEOUT", 0.3)
+    hub = api.server.config.app.state.longrun.hub
+    run_id = await submit(client, **QUEUED)
+    _reader, writer = await asyncio.open_connection("127.0.0.1", api.port)
+    try:
+        writer.write(
+            f"GET /runs/{run_id}/events HTTP/1.1\r\nHost: t\r\nAccept: text/event-stream\r\n"
+            f"Authorization: Bearer {api_key}\r\n\r\n".encode()
+        )
+        await writer.drain()
+        await until(lambda: hub.subscribers == 1)
+        # ~24 MB of events it never reads: the socket buffers fill and a send blocks
+        key = hub.keys.events(run_id)
+        blob = "x" * 100_000
+        async with redis_client.pipeline(transaction=False) as p:
+            for seq in range(1, 241):
+                body = json.dumps({"seq": seq, "type": "token", "text": blob})
+                p.xadd(key, {"t": "token", "d": body}, id=f"0-{seq}")
+            await p.execute()
+        # The watchdog cancels the blocked send and the server drops the connection
+        await wait_for(_gone(hub), timeout=15)
+    finally:
+        writer.close()
+        with contextlib.suppress(Exception):
+            await writer.wait_closed()
+
+
+def _gone(hub: Hub) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return hub.subscribers == 0
+
+    return check
