@@ -5,9 +5,9 @@ lease gets `LeaseLost` alone, the others in its batch commit.
 
 Two steps that always follow each other ride in one flush, so an attempt queues once for both:
 - a claim, then its Redis fence (one pipeline for the batch's claimed runs);
-- the terminal append, the terminal commit, then the ack: one pipeline of fenced appends, one
-  statement for the runs whose append went in, one call acking the runs committed (each step
-  only after the one before).
+- the terminal append, then the terminal commit: one pipeline of fenced appends, then one
+  statement for the runs whose append went in. (The ack follows, grouped with other Redis
+  calls: by then the run no longer holds a slot, so no attempt waits on it to start.)
 A step that fails leaves the steps before it standing (never redone): the attempt does the
 rest itself, with its own retries.
 
@@ -36,7 +36,7 @@ log = structlog.get_logger("longrun.worker")
 
 MAX_BATCH = 256
 # How far `RunWrites.end` got for a run.
-APPENDED, COMMITTED, ACKED = 1, 2, 3
+APPENDED, COMMITTED = 1, 2
 LANES = int(__import__("os").environ.get("LR_LANES", "2"))
 
 T = TypeVar("T")
@@ -108,9 +108,7 @@ class RunWrites:
         self.rio = rio
         self.consumer = consumer
         self.claims: Lanes[tuple[str, bool, str], Claimed] = Lanes(self._claim, lanes, "claim")
-        self.ends: Lanes[tuple[ScriptCall | None, Finishing, str], int] = Lanes(
-            self._end, lanes, "end"
-        )
+        self.ends: Lanes[tuple[ScriptCall | None, Finishing], int] = Lanes(self._end, lanes, "end")
         # Each lane keeps its own Postgres connection: a pooled acquire and release costs a
         # reset round trip per statement.
         self._conns: dict[tuple[str, int], asyncpg.Connection] = {}
@@ -144,13 +142,13 @@ class RunWrites:
     async def claim(self, run_id: str, *, reclaim: bool, entry_id: str) -> Claimed:
         return await self.claims.call((run_id, reclaim, entry_id))
 
-    async def end(self, append: ScriptCall | None, item: Finishing, entry_id: str) -> int:
+    async def end(self, append: ScriptCall | None, item: Finishing) -> int:
         """End a run (outside a thread): append its terminal events under the fence (unless
-        `append` is None: already appended), commit its terminal state and archive, ack its
-        entry; each step only after the one before succeeded. Returns how far it got
-        (APPENDED, COMMITTED, ACKED): the caller does the rest itself. Raises what refused the
-        run (LeaseLost, EventCapExceeded, SeqConflict), or a Redis outage before the append."""
-        return await self.ends.call((append, item, entry_id))
+        `append` is None: already appended), then commit its terminal state and archive.
+        Returns how far it got (APPENDED, COMMITTED): the caller does the rest itself. Raises
+        what refused the run (LeaseLost, EventCapExceeded, SeqConflict), or a Redis outage
+        before the append."""
+        return await self.ends.call((append, item))
 
     async def _claim(self, lane: int, items: list[tuple[str, bool, str]]) -> list[Claimed]:
         key = ("claim", lane)
@@ -180,10 +178,10 @@ class RunWrites:
         return [Claimed(run, fences.get(i)) for i, run in enumerate(runs)]
 
     async def _end(
-        self, lane: int, items: list[tuple[ScriptCall | None, Finishing, str]]
+        self, lane: int, items: list[tuple[ScriptCall | None, Finishing]]
     ) -> list[int | BaseException]:
         out: list[int | BaseException] = [APPENDED] * len(items)
-        appends = [(i, call) for i, (call, _, _) in enumerate(items) if call is not None]
+        appends = [(i, call) for i, (call, _) in enumerate(items) if call is not None]
         if appends:
             replies = await self.rio.run_now([call for _, call in appends])  # outage: all fail
             for (i, _), reply in zip(appends, replies, strict=True):
@@ -198,7 +196,7 @@ class RunWrites:
     async def _commit_and_ack(
         self,
         lane: int,
-        items: list[tuple[ScriptCall | None, Finishing, str]],
+        items: list[tuple[ScriptCall | None, Finishing]],
         ok: list[int],
         out: list[int | BaseException],
     ) -> None:
@@ -212,17 +210,5 @@ class RunWrites:
                 await self._drop(key)
             log.warning("batch_commit_failed", error=type(exc).__name__, runs=len(ok))
             return
-        committed = []
         for i, res in zip(ok, outcomes, strict=True):
             out[i] = COMMITTED if res is None else res
-            if res is None:
-                committed.append(i)
-        if not committed:
-            return
-        try:
-            await self.rio.ack_many(self.consumer, [items[i][2] for i in committed])
-        except Exception as exc:  # committed all the same; each attempt acks itself
-            log.warning("batch_ack_failed", error=type(exc).__name__, runs=len(committed))
-            return
-        for i in committed:
-            out[i] = ACKED

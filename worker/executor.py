@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -30,7 +30,7 @@ from shared.history import invalidate, load_history
 from shared.models import TERMINAL_EVENT_TYPES, Event, Run, Transition, encode_event
 from shared.redisio import REDIS_DOWN, EventCapExceeded, QueueEntry, RedisIO, SeqConflict
 from shared.store import Finishing, Store
-from worker.batches import ACKED, APPENDED, COMMITTED, Claimed, RunWrites
+from worker.batches import APPENDED, COMMITTED, Claimed, RunWrites
 from worker.policies import (
     RETRYABLE,
     remaining_seconds,
@@ -143,7 +143,9 @@ class Attempt:
         self.linger: asyncio.TimerHandle | None = None
         self.flush_error: BaseException | None = None
         self.terminal_events: list[Event] = []
-        self.acked = False
+        # Called once the terminal state is committed (the worker frees the run's slot then;
+        # the ack follows).
+        self.on_committed: Callable[[], None] | None = None
         self.terminal_tried = False  # the terminal events were sent once, maybe landed
 
     @property
@@ -537,6 +539,8 @@ class Attempt:
             log.warning("lease_lost", stage="finish")
             return
         self.unarchived = []
+        if self.on_committed is not None:
+            self.on_committed()  # the run is durable: its slot may take the next one
         if messages and self.run.thread_id is not None:
             await invalidate(d.rio.r, d.rio.keys, self.run.user_id, self.run.thread_id)
         if next_run is not None:
@@ -547,20 +551,19 @@ class Attempt:
                 stop=self.signals.lost,
                 deadline=deadline,
             )
-        if not self.acked:
-            await retry_unavailable(
-                "ack",
-                lambda: d.rio.ack(d.consumer, self.entry.entry_id),
-                stop=self.signals.lost,
-                deadline=deadline,
-            )
+        await retry_unavailable(
+            "ack",
+            lambda: d.rio.ack(d.consumer, self.entry.entry_id),
+            stop=self.signals.lost,
+            deadline=deadline,
+        )
         log.info("run_finished", status=str(move), terminal=terminal["type"])
 
     async def _end_grouped(
         self, terminal: dict[str, Any], move: Transition, error: dict[str, Any] | None
     ) -> int:
-        """A run outside a thread ends with other attempts': its terminal append, commit and
-        ack ride one flush (`RunWrites.end`). Returns how far that got (0: not even the
+        """A run outside a thread ends with other attempts': its terminal append and commit
+        ride one flush (`RunWrites.end`). Returns how far that got (0: not even the
         append, which `_finish` then retries knowing a lost reply may hide a landed append).
         LeaseLost passes through."""
         d = self.deps
@@ -577,13 +580,12 @@ class Attempt:
             )
             finishing = self._finishing(move, terminal, error, [*self.unarchived, *events])
             try:
-                stage = await d.writes.end(call, finishing, self.entry.entry_id)
+                stage = await d.writes.end(call, finishing)
             except SLOW_PATH:
                 self.terminal_tried = True
                 return 0
             self.seq = events[-1].seq
             self.unarchived.extend(events)
-            self.acked = stage >= ACKED
             return stage
 
     def _finishing(
@@ -613,15 +615,13 @@ class Attempt:
         messages: list[dict[str, Any]],
     ) -> str | None:
         """The terminal state and the rest of the archive, fenced on the attempt. A run outside
-        a thread goes with other attempts' in one statement (and is acked in the same flush);
-        a thread's run in its own transaction (its messages, and the thread's next run to
-        enqueue)."""
+        a thread goes with other attempts' in one statement; a thread's run in its own
+        transaction (its messages, and the thread's next run to enqueue)."""
         d = self.deps
         assert self.run is not None
         if self.run.thread_id is None and d.writes is not None:
             finishing = self._finishing(move, terminal, error, list(self.unarchived))
-            stage = await d.writes.end(None, finishing, self.entry.entry_id)
-            self.acked = stage >= ACKED
+            await d.writes.end(None, finishing)
             return None
         return await d.store.finish(
             self.run_id,

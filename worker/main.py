@@ -84,12 +84,15 @@ class Worker:
         self.keys = Keys.from_settings(settings)
         self.name = consumer_name(settings)
         self.slots: dict[str, Slot] = {}  # entry id -> slot
+        self.acking: dict[str, Slot] = {}  # committed runs, their ack in flight
         self.stopping = asyncio.Event()
         self.stopped = asyncio.Event()
         self.free = asyncio.Event()
         self.free.set()
         self.last_renewal = time.monotonic()
         self._tasks: list[asyncio.Task[None]] = []
+        self.reads = 0  # XREADGROUP calls, and the entries they brought (batch_stats)
+        self.read_entries = 0
         self.store: Store | None = None
         self.rio: RedisIO | None = None
         self.deps: Deps | None = None
@@ -184,7 +187,9 @@ class Worker:
         for t in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
-        running = [slot.task for slot in self.slots.values()]
+        if self.acking:  # committed runs: let their acks go
+            await asyncio.wait([s.task for s in self.acking.values()], timeout=5)
+        running = [slot.task for slot in [*self.slots.values(), *self.acking.values()]]
         for t in running:
             t.cancel()
         if running:
@@ -216,7 +221,10 @@ class Worker:
 
     def batch_stats(self) -> dict[str, float]:
         """Items per round trip of each grouped write (for logs and benches)."""
-        out: dict[str, float] = {}
+        out: dict[str, float] = {
+            "reads": self.reads,
+            "entries_per_read": round(self.read_entries / self.reads, 1) if self.reads else 0.0,
+        }
         coalescers: list[Any] = []
         if self.rio is not None and self.rio.scripts is not None:
             coalescers.append(self.rio.scripts)
@@ -233,6 +241,7 @@ class Worker:
         attempt = Attempt(self.deps, entry, reclaimed=reclaimed, poison=poison)
         task = asyncio.create_task(self._guarded(attempt))
         self.slots[entry.entry_id] = Slot(attempt, task)
+        attempt.on_committed = lambda: self._committed(entry.entry_id)
         if len(self.slots) >= self.settings.concurrency:
             self.free.clear()
 
@@ -246,6 +255,16 @@ class Worker:
             log.exception("attempt_failed", run_id=attempt.run_id)
         finally:
             self.slots.pop(attempt.entry.entry_id, None)
+            self.acking.pop(attempt.entry.entry_id, None)
+            self.free.set()
+
+    def _committed(self, entry_id: str) -> None:
+        """A run's terminal state is committed: its slot takes the next entry while it acks
+        (the ack is grouped with other Redis calls; a run lost before it is skipped when its
+        entry is re-delivered)."""
+        slot = self.slots.pop(entry_id, None)
+        if slot is not None:
+            self.acking[entry_id] = slot
             self.free.set()
 
     def _free_slots(self) -> int:
@@ -271,7 +290,9 @@ class Worker:
                     for entry_id, fields in entries:
                         await self.rio.handoff(self.name, parse_queue_entry(entry_id, fields))
                 return
+            self.reads += 1
             for _, entries in reply or []:
+                self.read_entries += len(entries)
                 for entry_id, fields in entries:
                     self._launch(parse_queue_entry(entry_id, fields), reclaimed=False)
 
