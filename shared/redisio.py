@@ -248,6 +248,7 @@ class RedisIO:
         self._cancel = r.register_script(_CANCEL)
         self._queued = 0
         self._in_flight = 0
+        self._kept: list[Any] = []  # see _pipeline
         self.scripts: Coalescer[ScriptCall, Any] | None = (
             Coalescer(self._flush_scripts, max_batch=512, name="redis-scripts") if batched else None
         )
@@ -324,17 +325,20 @@ class RedisIO:
             ]
         )
         pool = self.r.connection_pool
-        conn = await pool.get_connection()
+        # Connections this method keeps between uses: the pool's checkout reads the socket
+        # (with a timer) on every use to see it is clean, which ours always are.
+        conn = self._kept.pop() if self._kept else await pool.get_connection()
         try:
-            await conn.send_packed_command(payload)
+            await conn.send_packed_command(payload)  # (a PING first when idle too long)
             async with asyncio.timeout(self.settings.redis_socket_timeout):
                 read = conn._parser.read_response  # replies, errors included as values
-                return [await read() for _ in calls]
+                replies = [await read() for _ in calls]
         except BaseException:
             await conn.disconnect(nowait=True)
-            raise
-        finally:
             await pool.release(conn)
+            raise
+        self._kept.append(conn)
+        return replies
 
     # -- queue -------------------------------------------------------------------------------
     async def enqueue(self, run_id: str, handoffs: int = 0) -> str:

@@ -277,12 +277,17 @@ class Attempt:
     ) -> tuple[Ending, dict[str, Any] | None]:
         """Run the agent until it ends or a signal stops it. Returns how and the terminal body."""
         drive = asyncio.create_task(self._drive(agent(ctx)))
-        signalled = self.signals.waiter()
-        both: set[asyncio.Future[Any]] = {drive, signalled}
+        # One future wakes the supervisor: the agent done, a signal, or the time limit.
+        woken = self.signals.waiter()
+
+        def wake(_: object = None) -> None:
+            if not woken.done():
+                woken.set_result(None)
+
+        drive.add_done_callback(wake)
+        timer = asyncio.get_running_loop().call_later(max(limit_seconds, 0.0), wake)
         try:
-            done, _ = await asyncio.wait(
-                both, timeout=limit_seconds, return_when=asyncio.FIRST_COMPLETED
-            )
+            await woken
         except BaseException:
             # This attempt itself is being cancelled (the worker closes): take the agent along.
             drive.cancel()
@@ -290,15 +295,13 @@ class Attempt:
                 await drive
             raise
         finally:
-            signalled.cancel()
-        if drive in done:
+            timer.cancel()
+        if drive.done():
             return self._drive_result(drive)
         drive.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await drive
         await self._stop_flusher()
-        if signalled not in done:
-            return Ending.TIMEOUT, None
         sig = self.signals
         if sig.cancel.is_set():
             return Ending.CANCELLED, None
@@ -306,9 +309,11 @@ class Attempt:
             return Ending.LEASE_LOST, None
         if sig.handoff.is_set():
             return Ending.HANDOFF, None
-        if self.flush_error is not None:  # broken: a background append failed
-            return self._outcome(self.flush_error)
-        return Ending.FINISHED, None
+        if sig.broken.is_set():  # a background append failed
+            if self.flush_error is not None:
+                return self._outcome(self.flush_error)
+            return Ending.FINISHED, None
+        return Ending.TIMEOUT, None
 
     def _drive_result(self, drive: asyncio.Task[dict[str, Any]]) -> tuple[Ending, dict[str, Any]]:
         exc = drive.exception()
