@@ -36,9 +36,15 @@ from bench.lib import (
     tool,
     wait_http,
 )
+from bench.loadgen import have_wrk, run_load
 from bench.stack import Stack, longrun_stack
 
 IN_FLIGHT = 16
+# Creates under wrk: the httpx client above binds first (a bare FastAPI 202 answers it only
+# ~400-550/s here), so the create rates it reports compare clients more than servers.
+WRK_CONNECTIONS, WRK_SECONDS = 64, 5.0
+LONGRUN_BODY = '{"input": "wrk", "agent": "ticker", "params": {"count": 1, "interval_ms": 0}}'
+LANGGRAPH_BODY = '{"assistant_id": "agent", "input": {"input": "wrk"}}'
 
 
 async def _bounded(n: int, fn: Any) -> list[Any]:
@@ -180,6 +186,7 @@ def start_langgraph(workdir: Path) -> tuple[Proc, int]:
 async def main(smoke: bool, skip_peers: bool) -> dict[str, Any]:
     n, repeats = (5, 1) if smoke else (200, 3)
     rounds: list[dict[str, Any]] = []
+    wrk: dict[str, dict[str, Any]] = {}
     have_peer = not skip_peers and peer_python("langgraph") is not None
     if not have_peer and not skip_peers:
         print("(peer langgraph skipped: run bench/setup_peers.sh langgraph)")
@@ -199,11 +206,46 @@ async def main(smoke: bool, skip_peers: bool) -> dict[str, Any]:
                 if lg is not None:
                     rnd["langgraph dev"] = await langgraph_round(lg_port, n)
                 rounds.append(rnd)
+            if have_wrk():
+                # Each system executes what it accepts meanwhile (longrun: one worker process;
+                # LangGraph: its in-memory runtime, in the server's process).
+                seconds = 1.0 if smoke else WRK_SECONDS
+                wrk["longrun POST /runs"] = run_load(
+                    f"{st.base_url}/runs",
+                    LONGRUN_BODY,
+                    st.auth["Authorization"],
+                    connections=WRK_CONNECTIONS,
+                    duration=seconds,
+                )
+                if lg is not None:
+                    wrk["langgraph dev POST /runs (stateless)"] = run_load(
+                        f"http://127.0.0.1:{lg_port}/runs",
+                        LANGGRAPH_BODY,
+                        None,
+                        connections=WRK_CONNECTIONS,
+                        duration=seconds,
+                    )
     finally:
         if lg is not None:
             lg.stop()
         shutil.rmtree(workdir, ignore_errors=True)
-    return summarize(rounds)
+    return {**summarize(rounds), "wrk": summarize_wrk(wrk)}
+
+
+def summarize_wrk(wrk: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    if not wrk:
+        return {}
+    print_table(
+        f"creates under wrk -c{WRK_CONNECTIONS} for {WRK_SECONDS:g} s, each system executing them",
+        ["endpoint", "req/s", "p50 ms", "p99 ms", "errors"],
+        [[k, v["rps"], v["p50_ms"], v["p99_ms"], v["errors"]] for k, v in wrk.items()],
+    )
+    names = list(wrk)
+    out: dict[str, Any] = {"runs": wrk}
+    if len(names) == 2:
+        out["create_ratio"] = ratio(wrk[names[0]]["rps"], wrk[names[1]]["rps"])
+        print(f"longrun / langgraph dev creates under wrk: {out['create_ratio']}x (goal >= 5)")
+    return out
 
 
 def summarize(rounds: list[dict[str, Any]]) -> dict[str, Any]:
