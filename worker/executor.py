@@ -65,16 +65,18 @@ class Ending(StrEnum):
 
 
 class _Signal(asyncio.Event):
-    """An event that also wakes its attempt's supervisor when set."""
+    """An event that also wakes its attempt's supervisor when set. (No reference back to
+    `Signals`: a cycle per attempt would leave its objects to the cyclic collector.)"""
 
-    def __init__(self, owner: Signals) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self._owner = owner
+        self.waiter: asyncio.Future[None] | None = None
 
     def set(self) -> None:
         if not self.is_set():
             super().set()
-            self._owner.wake()
+            if self.waiter is not None and not self.waiter.done():
+                self.waiter.set_result(None)
 
 
 class Signals:
@@ -82,15 +84,10 @@ class Signals:
     on one future that any of them resolves (not one task per signal)."""
 
     def __init__(self) -> None:
-        self._waiter: asyncio.Future[None] | None = None
-        self.cancel: asyncio.Event = _Signal(self)
-        self.lost: asyncio.Event = _Signal(self)
-        self.handoff: asyncio.Event = _Signal(self)
-        self.broken: asyncio.Event = _Signal(self)  # a background append failed
-
-    def wake(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
+        self.cancel: asyncio.Event = _Signal()
+        self.lost: asyncio.Event = _Signal()
+        self.handoff: asyncio.Event = _Signal()
+        self.broken: asyncio.Event = _Signal()  # a background append failed
 
     def any_set(self) -> bool:
         return (
@@ -102,10 +99,13 @@ class Signals:
 
     def waiter(self) -> asyncio.Future[None]:
         """A future resolved when any signal is set (at once if one already is)."""
-        self._waiter = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        for sig in (self.cancel, self.lost, self.handoff, self.broken):
+            assert isinstance(sig, _Signal)
+            sig.waiter = fut
         if self.any_set():
-            self._waiter.set_result(None)
-        return self._waiter
+            fut.set_result(None)
+        return fut
 
 
 @dataclass
