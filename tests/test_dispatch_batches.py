@@ -1,0 +1,115 @@
+"""Grouped worker writes keep per-run fencing: in one batch, a stale attempt's claim, fence,
+append or terminal commit is refused for that run alone, and the others go through."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from shared.errors import LeaseLost
+from shared.keys import Keys
+from shared.models import RunStatus, Transition, encode_event
+from shared.redisio import Fence, RedisIO, create_redis
+from shared.store import Finishing, NewRun, Store
+from worker.batches import APPENDED, COMMITTED, RunWrites
+
+
+async def _runs(store: Store, n: int) -> list[str]:
+    return [(await store.insert_run(NewRun("u", "ticker", "x", {}, {}))).run_id for _ in range(n)]
+
+
+async def test_one_batch_claims_each_run_once_and_skips_what_it_may_not_take(store):
+    # Given two queued runs and one already running
+    queued = await _runs(store, 2)
+    running = (await _runs(store, 1))[0]
+    await store.claim(running, reclaim=False)
+
+    # When one statement claims them all, the first queued run named twice
+    got = await store.claim_many(
+        [(queued[0], False), (running, False), (queued[1], False), (queued[0], False)]
+    )
+
+    # Then each queued run is claimed once (attempt 1), the running one is not taken by a
+    # fresh delivery, and the duplicate entry gets nothing
+    assert [r.attempt if r else None for r in got] == [1, None, 1, None]
+    # And a re-claimed entry may take over the running run
+    (taken,) = await store.claim_many([(running, True)])
+    assert taken is not None
+    assert taken.attempt == 2
+
+
+async def test_a_stale_attempt_in_a_finish_batch_is_refused_alone(store):
+    # Given three running runs, the second re-claimed (attempt 2 owns it)
+    ids = await _runs(store, 3)
+    for run_id in ids:
+        await store.claim(run_id, reclaim=False)
+    await store.claim(ids[1], reclaim=True)
+
+    def finishing(run_id: str, attempt: int) -> Finishing:
+        events = [encode_event(1, {"type": "done", "output": run_id})]
+        return Finishing(run_id, attempt, Transition.SUCCEED, events, output=run_id)
+
+    # When one statement ends all three with attempt 1
+    out = await store.finish_many([finishing(r, 1) for r in ids])
+
+    # Then only the stale one is refused, and nothing of it is written
+    assert out[0] is None
+    assert isinstance(out[1], LeaseLost)
+    assert out[2] is None
+    for run_id, status in zip(ids, ["succeeded", "running", "succeeded"], strict=True):
+        run = await store.get_run(run_id)
+        assert run is not None
+        assert run.status is RunStatus(status)
+        archived = [e.seq for e in await store.events_after(run_id, 0)]
+        assert archived == ([] if status == "running" else [1])
+        assert run.output == (None if status == "running" else run_id)
+
+
+@pytest.fixture
+async def rio(settings):
+    r = create_redis(settings, "test-dispatch")
+    io = RedisIO(r, Keys.from_settings(settings), settings, batched=True)
+    await io.ensure_group()
+    try:
+        yield io
+    finally:
+        await r.aclose()
+
+
+async def test_fences_and_appends_in_one_round_trip_are_refused_per_run(settings, store, rio):
+    # Given two runs whose fences are up for attempt 1, and a third fenced at attempt 2
+    ids = await _runs(store, 3)
+    fences = await rio.fence_many([(r, 1, "w", 0, "") for r in ids])
+    assert all(isinstance(f, Fence) for f in fences)
+    (later,) = await rio.fence_many([(ids[2], 2, "w2", 0, "")])
+    assert isinstance(later, Fence)
+    # (an older attempt cannot raise its fence again)
+    (stale,) = await rio.fence_many([(ids[2], 1, "w", 0, "")])
+    assert isinstance(stale, LeaseLost)
+
+    # When attempt 1 appends to all three in one pipeline, and ends them through RunWrites
+    for run_id in ids:
+        await store.claim(run_id, reclaim=False)
+    writes = RunWrites(store, rio, "w")
+    try:
+        outcomes = []
+        for run_id in ids:
+            events = [encode_event(1, {"type": "done", "output": "x"})]
+            call = rio.append_call(run_id, 1, events, ttl=60, over_cap=True)
+            item = Finishing(run_id, 1, Transition.SUCCEED, events, output="x")
+            outcomes.append(writes.end(call, item))
+        got = await asyncio.gather(*outcomes, return_exceptions=True)
+    finally:
+        await writes.close()
+
+    # Then the two current attempts are appended and committed, the fenced-out one refused
+    assert got[0] == COMMITTED
+    assert got[1] == COMMITTED
+    assert isinstance(got[2], LeaseLost)
+    assert COMMITTED > APPENDED
+    assert [e.seq for e in await rio.events_after(ids[0], 0)] == [1]
+    assert await rio.events_after(ids[2], 0) == []
+    run = await store.get_run(ids[2])
+    assert run is not None
+    assert run.status is RunStatus.RUNNING
