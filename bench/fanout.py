@@ -27,10 +27,10 @@ from bench.agents import parse_stamp
 from bench.lib import (
     REDIS_URL,
     Proc,
-    _local_ports_to,
     cpu_seconds,
     free_port,
     latency_ms,
+    redis_client_entries,
     redis_port,
     rss_bytes,
     tcp_connections_to,
@@ -57,22 +57,13 @@ def redis_clients(pid: int, window_s: float) -> tuple[dict[str, int], dict[str, 
     below that, or the connection is blocked in a read right now). The second count leaves out
     pooled connections opened by the burst of requests that connected the subscribers and idle
     since: the connections used to serve the streams while they were live."""
-    import redis
-
-    ports = set(_local_ports_to(pid, redis_port()))
-    r = redis.Redis.from_url(REDIS_URL)
-    try:
-        clients = r.client_list()
-    finally:
-        r.close()
     held: dict[str, int] = {}
     live: dict[str, int] = {}
-    for c in clients:
-        if int(str(c.get("addr", ":0")).rsplit(":", 1)[1]) in ports:
-            name = str(c.get("name") or "-")
-            held[name] = held.get(name, 0) + 1
-            if int(c.get("idle", 0)) < window_s - 1 or "b" in str(c.get("flags", "")):
-                live[name] = live.get(name, 0) + 1
+    for c in redis_client_entries(pid):
+        name = str(c.get("name") or "-")
+        held[name] = held.get(name, 0) + 1
+        if int(c.get("idle", 0)) < window_s - 1 or "b" in str(c.get("flags", "")):
+            live[name] = live.get(name, 0) + 1
     return held, live
 
 

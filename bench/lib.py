@@ -374,9 +374,9 @@ def tcp_connections_to(pid: int, remote_port: int) -> int:
     return len(_local_ports_to(pid, remote_port))
 
 
-def redis_clients_of(pid: int) -> dict[str, int]:
-    """Redis connections held by process `pid`, counted by client name (CLIENT LIST entries
-    matched to the process's sockets by port; '-' for a connection without a name)."""
+def redis_client_entries(pid: int) -> list[dict[str, Any]]:
+    """CLIENT LIST entries of the Redis connections process `pid` holds (matched to its
+    sockets by port)."""
     import redis
 
     ports = set(_local_ports_to(pid, redis_port()))
@@ -385,11 +385,16 @@ def redis_clients_of(pid: int) -> dict[str, int]:
         clients = r.client_list()
     finally:
         r.close()
+    return [c for c in clients if int(str(c.get("addr", ":0")).rsplit(":", 1)[1]) in ports]
+
+
+def redis_clients_of(pid: int) -> dict[str, int]:
+    """Redis connections held by process `pid`, counted by client name ('-' for a connection
+    without a name)."""
     names: dict[str, int] = {}
-    for c in clients:
-        if int(str(c.get("addr", ":0")).rsplit(":", 1)[1]) in ports:
-            name = str(c.get("name") or "-")
-            names[name] = names.get(name, 0) + 1
+    for c in redis_client_entries(pid):
+        name = str(c.get("name") or "-")
+        names[name] = names.get(name, 0) + 1
     return names
 
 

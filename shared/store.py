@@ -97,6 +97,17 @@ def _rounds(keys: Sequence[str]) -> list[list[int]]:
     return rounds
 
 
+# A run in a thread is claimed only when no earlier run of its thread is still queued (the
+# partial unique index allows one running run per thread; this keeps their order).
+_THREAD_TURN = """NOT EXISTS (
+    SELECT 1 FROM runs earlier
+    WHERE runs.thread_id IS NOT NULL
+      AND earlier.user_id = runs.user_id
+      AND earlier.thread_id = runs.thread_id
+      AND earlier.status = 'queued'
+      AND (earlier.created_at, earlier.run_id) < (runs.created_at, runs.run_id))"""
+
+
 class Store(KeyQueries, ThreadQueries, SpendQueries, SubmitQueries):
     """All Postgres access. Built with `await Store.open(settings, app_name)`; close with
     `await store.close()`. Every call acquires a pooled connection with a timeout."""
@@ -216,14 +227,7 @@ class Store(KeyQueries, ThreadQueries, SpendQueries, SubmitQueries):
                     f"""UPDATE runs SET status = 'running', attempt = attempt + 1,
                             started_at = coalesce(started_at, now()), updated_at = now()
                         WHERE run_id = $1 AND status = ANY($2::text[])
-                          AND NOT EXISTS (
-                              SELECT 1 FROM runs earlier
-                              WHERE runs.thread_id IS NOT NULL
-                                AND earlier.user_id = runs.user_id
-                                AND earlier.thread_id = runs.thread_id
-                                AND earlier.status = 'queued'
-                                AND (earlier.created_at, earlier.run_id)
-                                    < (runs.created_at, runs.run_id))
+                          AND {_THREAD_TURN}
                         RETURNING {_RUN_COLUMNS}""",
                     uuid.UUID(run_id),
                     allowed,
@@ -263,14 +267,7 @@ class Store(KeyQueries, ThreadQueries, SpendQueries, SubmitQueries):
                                SELECT runs.run_id FROM runs JOIN req USING (run_id)
                                WHERE (runs.status = 'queued'
                                       OR (req.reclaim AND runs.status = 'running'))
-                                 AND NOT EXISTS (
-                                     SELECT 1 FROM runs earlier
-                                     WHERE runs.thread_id IS NOT NULL
-                                       AND earlier.user_id = runs.user_id
-                                       AND earlier.thread_id = runs.thread_id
-                                       AND earlier.status = 'queued'
-                                       AND (earlier.created_at, earlier.run_id)
-                                           < (runs.created_at, runs.run_id))
+                                 AND {_THREAD_TURN}
                                ORDER BY runs.run_id
                                FOR UPDATE OF runs
                            )
