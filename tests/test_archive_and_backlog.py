@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from shared.keys import Keys
-from tests.helpers import assert_gapless_ticker, read_events, submit, wait_status
+from tests.helpers import assert_gapless_ticker, read_events, submit, wait_for, wait_status
 
 
 async def test_after_redis_is_flushed_the_history_comes_back_from_postgres_with_same_ids(
@@ -76,3 +76,28 @@ async def test_the_event_archive_is_complete_once_a_run_finished(client, worker,
 
     assert [e.seq for e in archived] == list(range(1, 303))
     assert archived[-1].type == "done"
+
+
+async def test_archives_taken_in_the_background_while_events_flow_lose_nothing(
+    client, worker, store, monkeypatch
+):
+    # Given an archive after every append, so that they overlap appends and the run's end
+    import worker.executor as executor
+
+    monkeypatch.setattr(executor, "ARCHIVE_EVERY_EVENTS", 1)
+    run_id = await submit(client, agent="ticker", params={"count": 80, "interval_ms": 2})
+
+    # Then events reach Postgres while the run is still going
+    async def archived_mid_run() -> bool:
+        run = await store.get_run(run_id)
+        assert run is not None
+        return run.status == "running" and len(await store.events_after(run_id, 0, 1000)) > 2
+
+    await wait_for(archived_mid_run, timeout=20)
+    await wait_status(client, run_id, "succeeded")
+    # And the archive ends complete, each event once, in order
+    archived = await store.events_after(run_id, 0, 1000)
+    assert [e.seq for e in archived] == list(range(1, 83))
+    assert archived[-1].type == "done"
+    _, served = await read_events(client, run_id)
+    assert_gapless_ticker(served, 80)
