@@ -386,8 +386,12 @@ class Attempt:
         except asyncio.CancelledError:
             raise
         except BaseException as exc:
-            self.flush_error = exc
-            (self.signals.lost if isinstance(exc, LeaseLost) else self.signals.broken).set()
+            self._failed_in_background(exc)
+
+    def _failed_in_background(self, exc: BaseException) -> None:
+        """A background append or archive failed: the supervisor ends the attempt on it."""
+        self.flush_error = exc
+        (self.signals.lost if isinstance(exc, LeaseLost) else self.signals.broken).set()
 
     async def _flush(self) -> None:
         async with self.lock:
@@ -449,8 +453,7 @@ class Attempt:
         except asyncio.CancelledError:
             raise
         except BaseException as exc:
-            self.flush_error = exc
-            (self.signals.lost if isinstance(exc, LeaseLost) else self.signals.broken).set()
+            self._failed_in_background(exc)
 
     async def _archive_settled(self) -> None:
         """Wait for a background archive (its failure is already in the signals)."""

@@ -1,0 +1,235 @@
+"""The worker's many-run statements (`worker.batches`): claims and terminal commits of many
+runs, each one statement with one outcome per run, falling back to the one-run statements of
+`Store` when a statement fails for a reason other than an outage."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import asyncpg
+
+from shared.errors import LeaseLost
+from shared.models import Event, Run, Transition
+from shared.store_base import StoreBase
+from shared.store_rows import RUN_COLUMNS, TARGETS, THREAD_TURN, run_of
+
+
+@dataclass(frozen=True)
+class Finishing:
+    """One run's terminal write, for `BatchQueries.finish_many` (runs outside a thread)."""
+
+    run_id: str
+    attempt: int
+    move: Transition
+    events: Sequence[Event]
+    output: Any = None
+    error: dict[str, Any] | None = None
+    usage: dict[str, Any] | None = None
+    cost_usd: float = 0.0
+
+
+def _qualified(columns: str) -> str:
+    """`a, b` -> `runs.a, runs.b` (a RETURNING next to a FROM that has a run_id too)."""
+    return ", ".join(f"runs.{c.strip()}" for c in columns.split(","))
+
+
+def _rounds(keys: Sequence[str]) -> list[list[int]]:
+    """Split item indexes into rounds where no key repeats; a repeated key goes to a later
+    round, so each round can be one statement with one outcome per row."""
+    rounds: list[list[int]] = []
+    seen: list[set[str]] = []
+    for i, key in enumerate(keys):
+        for r, keys_of_round in enumerate(seen):
+            if key not in keys_of_round:
+                keys_of_round.add(key)
+                rounds[r].append(i)
+                break
+        else:
+            seen.append({key})
+            rounds.append([i])
+    return rounds
+
+
+class BatchQueries(StoreBase):
+    if TYPE_CHECKING:  # the one-run claim (in `Store`) a failed batch falls back to
+
+        async def claim(self, run_id: str, *, reclaim: bool) -> Run | None: ...
+
+    async def claim_many(
+        self, items: Sequence[tuple[str, bool]], conn: asyncpg.Connection | None = None
+    ) -> list[Run | None]:
+        """`claim` for many (run_id, reclaim) at once, in one statement: the rows are locked in
+        run_id order (two workers' batches cannot deadlock on each other), then claimed.
+        One outcome per item, in order. A run named twice is claimed by its first item only
+        here, the later ones in a following statement (as if they had come after)."""
+        out: list[Run | None] = [None] * len(items)
+        for round_ in _rounds([run_id for run_id, _ in items]):
+            try:
+                async with self.held(conn) as c:
+                    rows = await c.fetch(
+                        f"""WITH req AS (
+                               SELECT * FROM unnest($1::uuid[], $2::bool[]) AS r(run_id, reclaim)
+                           ), locked AS (
+                               SELECT runs.run_id FROM runs JOIN req USING (run_id)
+                               WHERE (runs.status = 'queued'
+                                      OR (req.reclaim AND runs.status = 'running'))
+                                 AND {THREAD_TURN}
+                               ORDER BY runs.run_id
+                               FOR UPDATE OF runs
+                           )
+                           UPDATE runs SET status = 'running', attempt = attempt + 1,
+                               started_at = coalesce(started_at, now()), updated_at = now()
+                           FROM locked WHERE runs.run_id = locked.run_id
+                           RETURNING {_qualified(RUN_COLUMNS)}""",
+                        [uuid.UUID(items[i][0]) for i in round_],
+                        [items[i][1] for i in round_],
+                    )
+            except asyncpg.PostgresError:
+                # A thread's run collides with its running one (unique index), or a deadlock
+                # with a statement outside these batches: claim each alone, as before.
+                for i in round_:
+                    out[i] = await self.claim(items[i][0], reclaim=items[i][1])
+                continue
+            claimed = {str(r["run_id"]): r for r in rows}
+            for i in round_:
+                row = claimed.get(items[i][0])
+                out[i] = None if row is None else run_of(row)
+        return out
+
+    async def finish_many(
+        self, items: Sequence[Finishing], conn: asyncpg.Connection | None = None
+    ) -> list[LeaseLost | None]:
+        """`finish` (outside a thread) of many runs in one statement: each run's archive and
+        terminal state are written only if its attempt still owns it. One outcome per item:
+        None (committed) or LeaseLost for that run alone. A statement error (not an outage)
+        falls back to one statement per run, so one bad run cannot fail the others."""
+        out: list[LeaseLost | None] = [None] * len(items)
+        for round_ in _rounds([f.run_id for f in items]):
+            batch = [items[i] for i in round_]
+            ev_runs: list[uuid.UUID] = []
+            ev_seqs: list[int] = []
+            ev_types: list[str] = []
+            ev_data: list[bytes] = []
+            for f in batch:
+                rid = uuid.UUID(f.run_id)
+                for e in f.events:
+                    ev_runs.append(rid)
+                    ev_seqs.append(e.seq)
+                    ev_types.append(e.type)
+                    ev_data.append(e.data)
+            try:
+                async with self.held(conn) as c:
+                    rows = await c.fetch(
+                        """WITH req AS (
+                               SELECT * FROM unnest($1::uuid[], $2::int[], $3::text[],
+                                   $4::jsonb[], $5::jsonb[], $6::jsonb[], $7::float8[],
+                                   $8::int[])
+                               AS r(run_id, attempt, target, output, error, usage, cost, seq)
+                           ), fence AS (
+                               SELECT runs.run_id FROM runs JOIN req
+                                 ON runs.run_id = req.run_id AND runs.attempt = req.attempt
+                               WHERE runs.status = 'running'
+                               ORDER BY runs.run_id
+                               FOR UPDATE OF runs
+                           ), archived AS (
+                               INSERT INTO run_events (run_id, seq, type, data)
+                               SELECT e.run_id, e.seq, e.type, e.data
+                               FROM unnest($9::uuid[], $10::int[], $11::text[], $12::bytea[])
+                                   AS e(run_id, seq, type, data)
+                               WHERE e.run_id IN (SELECT run_id FROM fence)
+                               ON CONFLICT (run_id, seq) DO NOTHING
+                           )
+                           UPDATE runs SET status = req.target, output = req.output,
+                               error = req.error, usage = coalesce(req.usage, runs.usage),
+                               cost_usd = req.cost, finished_at = now(), updated_at = now(),
+                               last_seq = greatest(runs.last_seq, req.seq)
+                           FROM req
+                           WHERE runs.run_id = req.run_id
+                             AND runs.run_id IN (SELECT run_id FROM fence)
+                           RETURNING runs.run_id""",
+                        [uuid.UUID(f.run_id) for f in batch],
+                        [f.attempt for f in batch],
+                        [TARGETS[f.move] for f in batch],
+                        [f.output for f in batch],
+                        [f.error for f in batch],
+                        [f.usage for f in batch],
+                        [f.cost_usd for f in batch],
+                        [f.events[-1].seq if f.events else 0 for f in batch],
+                        ev_runs,
+                        ev_seqs,
+                        ev_types,
+                        ev_data,
+                    )
+            except asyncpg.PostgresError:
+                for i in round_:
+                    f = items[i]
+                    try:
+                        async with self.held(conn) as c:
+                            await self._finish_statement(
+                                c,
+                                f.run_id,
+                                f.attempt,
+                                TARGETS[f.move],
+                                f.events,
+                                f.output,
+                                f.error,
+                                f.usage,
+                                f.cost_usd,
+                            )
+                    except LeaseLost as exc:
+                        out[i] = exc
+                continue
+            done = {str(r["run_id"]) for r in rows}
+            for i in round_:
+                f = items[i]
+                if f.run_id not in done:
+                    out[i] = LeaseLost(f"run {f.run_id} attempt {f.attempt} no longer owns the run")
+        return out
+
+    async def _finish_statement(
+        self,
+        c: asyncpg.Connection,
+        run_id: str,
+        attempt: int,
+        target: str,
+        events: Sequence[Event],
+        output: Any,
+        error: dict[str, Any] | None,
+        usage: dict[str, Any] | None,
+        cost_usd: float,
+    ) -> None:
+        """The terminal write as one statement: the fence row is locked, the archive and the
+        terminal state written only if this attempt still owns the run (else LeaseLost)."""
+        row = await c.fetchval(
+            """WITH fence AS (
+                   SELECT run_id FROM runs
+                   WHERE run_id = $1 AND attempt = $2 AND status = 'running' FOR UPDATE
+               ), archived AS (
+                   INSERT INTO run_events (run_id, seq, type, data)
+                   SELECT $1, e.seq, e.type, e.data
+                   FROM unnest($9::int[], $10::text[], $11::bytea[]) AS e(seq, type, data)
+                   WHERE EXISTS (SELECT 1 FROM fence)
+                   ON CONFLICT (run_id, seq) DO NOTHING
+               )
+               UPDATE runs SET status = $3, output = $4, error = $5,
+                   usage = coalesce($6, usage), cost_usd = $7, finished_at = now(),
+                   updated_at = now(), last_seq = greatest(last_seq, $8)
+               WHERE run_id = (SELECT run_id FROM fence)
+               RETURNING 1""",
+            uuid.UUID(run_id),
+            attempt,
+            target,
+            output,
+            error,
+            usage,
+            cost_usd,
+            events[-1].seq if events else 0,
+            [e.seq for e in events],
+            [e.type for e in events],
+            [e.data for e in events],
+        )
+        if row is None:
+            raise LeaseLost(f"run {run_id} attempt {attempt} no longer owns the run")
