@@ -53,6 +53,69 @@ def _rounds(keys: Sequence[str]) -> list[list[int]]:
     return rounds
 
 
+# The terminal commit of many runs (outside a thread) in one statement. The fence locks each
+# run's row through its primary key: `(status = 'running') IS TRUE` is not an index condition,
+# so the planner cannot scan `runs_active` for every running run instead (it did when the
+# statistics said few runs were running: each batch then walked all of them, and the dead
+# index entries every claim leaves behind).
+FINISH_MANY = """WITH req AS (
+        SELECT * FROM unnest($1::uuid[], $2::int[], $3::text[],
+            $4::jsonb[], $5::jsonb[], $6::jsonb[], $7::float8[],
+            $8::int[])
+        AS r(run_id, attempt, target, output, error, usage, cost, seq)
+    ), fence AS (
+        SELECT runs.run_id FROM runs JOIN req
+          ON runs.run_id = req.run_id AND runs.attempt = req.attempt
+        WHERE (runs.status = 'running') IS TRUE
+        ORDER BY runs.run_id
+        FOR UPDATE OF runs
+    ), archived AS (
+        INSERT INTO run_events (run_id, seq, type, data)
+        SELECT e.run_id, e.seq, e.type, e.data
+        FROM unnest($9::uuid[], $10::int[], $11::text[], $12::bytea[])
+            AS e(run_id, seq, type, data)
+        WHERE e.run_id IN (SELECT run_id FROM fence)
+        ON CONFLICT (run_id, seq) DO NOTHING
+    )
+    UPDATE runs SET status = req.target, output = req.output,
+        error = req.error, usage = coalesce(req.usage, runs.usage),
+        cost_usd = req.cost, finished_at = now(), updated_at = now(),
+        last_seq = greatest(runs.last_seq, req.seq)
+    FROM req
+    WHERE runs.run_id = req.run_id
+      AND runs.run_id IN (SELECT run_id FROM fence)
+    RETURNING runs.run_id"""
+
+
+def finish_many_args(batch: Sequence[Finishing]) -> list[Any]:
+    """`FINISH_MANY`'s parameters: one array per run column, one per event column."""
+    ev_runs: list[uuid.UUID] = []
+    ev_seqs: list[int] = []
+    ev_types: list[str] = []
+    ev_data: list[bytes] = []
+    for f in batch:
+        rid = uuid.UUID(f.run_id)
+        for e in f.events:
+            ev_runs.append(rid)
+            ev_seqs.append(e.seq)
+            ev_types.append(e.type)
+            ev_data.append(e.data)
+    return [
+        [uuid.UUID(f.run_id) for f in batch],
+        [f.attempt for f in batch],
+        [TARGETS[f.move] for f in batch],
+        [f.output for f in batch],
+        [f.error for f in batch],
+        [f.usage for f in batch],
+        [f.cost_usd for f in batch],
+        [f.events[-1].seq if f.events else 0 for f in batch],
+        ev_runs,
+        ev_seqs,
+        ev_types,
+        ev_data,
+    ]
+
+
 class BatchQueries(StoreBase):
     if TYPE_CHECKING:  # the one-run claim (in `Store`) a failed batch falls back to
 
@@ -109,60 +172,9 @@ class BatchQueries(StoreBase):
         out: list[LeaseLost | None] = [None] * len(items)
         for round_ in _rounds([f.run_id for f in items]):
             batch = [items[i] for i in round_]
-            ev_runs: list[uuid.UUID] = []
-            ev_seqs: list[int] = []
-            ev_types: list[str] = []
-            ev_data: list[bytes] = []
-            for f in batch:
-                rid = uuid.UUID(f.run_id)
-                for e in f.events:
-                    ev_runs.append(rid)
-                    ev_seqs.append(e.seq)
-                    ev_types.append(e.type)
-                    ev_data.append(e.data)
             try:
                 async with self.held(conn) as c:
-                    rows = await c.fetch(
-                        """WITH req AS (
-                               SELECT * FROM unnest($1::uuid[], $2::int[], $3::text[],
-                                   $4::jsonb[], $5::jsonb[], $6::jsonb[], $7::float8[],
-                                   $8::int[])
-                               AS r(run_id, attempt, target, output, error, usage, cost, seq)
-                           ), fence AS (
-                               SELECT runs.run_id FROM runs JOIN req
-                                 ON runs.run_id = req.run_id AND runs.attempt = req.attempt
-                               WHERE runs.status = 'running'
-                               ORDER BY runs.run_id
-                               FOR UPDATE OF runs
-                           ), archived AS (
-                               INSERT INTO run_events (run_id, seq, type, data)
-                               SELECT e.run_id, e.seq, e.type, e.data
-                               FROM unnest($9::uuid[], $10::int[], $11::text[], $12::bytea[])
-                                   AS e(run_id, seq, type, data)
-                               WHERE e.run_id IN (SELECT run_id FROM fence)
-                               ON CONFLICT (run_id, seq) DO NOTHING
-                           )
-                           UPDATE runs SET status = req.target, output = req.output,
-                               error = req.error, usage = coalesce(req.usage, runs.usage),
-                               cost_usd = req.cost, finished_at = now(), updated_at = now(),
-                               last_seq = greatest(runs.last_seq, req.seq)
-                           FROM req
-                           WHERE runs.run_id = req.run_id
-                             AND runs.run_id IN (SELECT run_id FROM fence)
-                           RETURNING runs.run_id""",
-                        [uuid.UUID(f.run_id) for f in batch],
-                        [f.attempt for f in batch],
-                        [TARGETS[f.move] for f in batch],
-                        [f.output for f in batch],
-                        [f.error for f in batch],
-                        [f.usage for f in batch],
-                        [f.cost_usd for f in batch],
-                        [f.events[-1].seq if f.events else 0 for f in batch],
-                        ev_runs,
-                        ev_seqs,
-                        ev_types,
-                        ev_data,
-                    )
+                    rows = await c.fetch(FINISH_MANY, *finish_many_args(batch))
             except asyncpg.PostgresError:
                 for i in round_:
                     f = items[i]
