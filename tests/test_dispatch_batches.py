@@ -4,6 +4,7 @@ append or terminal commit is refused for that run alone, and the others go throu
 from __future__ import annotations
 
 import asyncio
+import gc
 
 import pytest
 
@@ -12,7 +13,10 @@ from shared.keys import Keys
 from shared.models import RunStatus, Transition, encode_event
 from shared.redisio import Fence, RedisIO, create_redis
 from shared.store import Finishing, NewRun, Store
+from shared.store_batches import FINISH_MANY, finish_many_args
+from tests.helpers import wait_for
 from worker.batches import APPENDED, COMMITTED, RunWrites
+from worker.executor import Attempt
 
 
 async def _runs(store: Store, n: int) -> list[str]:
@@ -113,3 +117,53 @@ async def test_fences_and_appends_in_one_round_trip_are_refused_per_run(settings
     run = await store.get_run(ids[2])
     assert run is not None
     assert run.status is RunStatus.RUNNING
+
+
+async def test_a_finished_attempt_leaves_nothing_to_the_cyclic_collector(settings, store, worker):
+    # Given the cyclic collector off (what it would have to free stays in memory)
+    gc.collect()
+    gc.disable()
+    try:
+        rio = worker.rio
+        assert rio is not None
+        ids = await _runs(store, 5)
+        for run_id in ids:
+            await rio.enqueue(run_id)
+
+        # When five ticker runs go through the worker
+        async def all_done() -> bool:
+            runs = [await store.get_run(r) for r in ids]
+            ended = all(r is not None and r.status is RunStatus.SUCCEEDED for r in runs)
+            return ended and not worker.slots and not worker.acking
+
+        await wait_for(all_done, timeout=20, interval=0.02)
+
+        # Then no attempt outlives its run: its objects were freed by reference counting,
+        # none is kept alive by a reference cycle
+        left = [o for o in gc.get_objects() if type(o) is Attempt]
+        assert left == []
+    finally:
+        gc.enable()
+
+
+async def test_the_terminal_commit_finds_its_runs_by_key_whatever_the_statistics_say(store):
+    # Given statistics taken when no run was running, then 300 runs claimed
+    ids = await _runs(store, 300)
+    async with store.conn() as c:
+        await c.execute("ANALYZE runs")
+    claimed = await store.claim_many([(r, False) for r in ids])
+
+    # When the statement ending 20 of them is planned
+    batch = [
+        Finishing(r.run_id, r.attempt, Transition.SUCCEED, [encode_event(1, {"type": "done"})])
+        for r in claimed[:20]
+        if r is not None
+    ]
+    async with store.conn() as c:
+        plan = "\n".join(
+            row[0] for row in await c.fetch("EXPLAIN " + FINISH_MANY, *finish_many_args(batch))
+        )
+
+    # Then it reaches each run through the primary key, not by scanning every running run
+    assert "runs_pkey" in plan
+    assert "runs_active" not in plan

@@ -27,6 +27,7 @@ from shared.agents.base import RunContext
 from shared.config import Settings
 from shared.errors import AgentError, LeaseLost, Unavailable
 from shared.history import invalidate, load_history
+from shared.logs import info_line
 from shared.models import TERMINAL_EVENT_TYPES, Event, Run, Transition, encode_event
 from shared.redisio import REDIS_DOWN, EventCapExceeded, QueueEntry, RedisIO, SeqConflict
 from shared.store import Finishing, Store
@@ -153,6 +154,14 @@ class Attempt:
     def run_id(self) -> str:
         return self.entry.run_id
 
+    def release(self) -> None:
+        """Drop what ties the attempt's objects into reference cycles (its context's checkpoint
+        closure refers back to the attempt), so they are freed when the attempt ends, not
+        left to the cyclic collector: ~30 objects a run that made its full passes cost ~20%
+        of a busy worker's CPU."""
+        self.ctx = None
+        self.on_committed = None
+
     def _deadline(self) -> float:
         """How long to ride out a Redis/Postgres outage before giving the run up to the
         lease (which moves it to a worker that can reach them)."""
@@ -190,7 +199,7 @@ class Attempt:
             log.warning("lease_lost", stage="fence")
             return
         self.seq = fence.seq
-        log.info("run_claimed", agent=run.agent, reclaimed=self.reclaimed)
+        info_line("longrun.worker", "run_claimed", agent=run.agent, reclaimed=self.reclaimed)
         if self.poison:
             await self._finish_error("max_attempts", "the run was delivered too many times")
             return
@@ -588,7 +597,7 @@ class Attempt:
             stop=self.signals.lost,
             deadline=deadline,
         )
-        log.info("run_finished", status=str(move), terminal=terminal["type"])
+        info_line("longrun.worker", "run_finished", status=str(move), terminal=terminal["type"])
 
     async def _end_grouped(
         self, terminal: dict[str, Any], move: Transition, error: dict[str, Any] | None

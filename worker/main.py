@@ -31,6 +31,7 @@ from typing import Any
 import structlog
 from redis.exceptions import ResponseError
 
+from shared import logs
 from shared.agents import load_agents
 from shared.config import Settings
 from shared.errors import Unavailable
@@ -261,6 +262,7 @@ class Worker:
             self.slots.pop(attempt.entry.entry_id, None)
             self.acking.pop(attempt.entry.entry_id, None)
             self.free.set()
+            attempt.release()
 
     def _committed(self, entry_id: str) -> None:
         """A run's terminal state is committed: its slot takes the next entry while it acks
@@ -454,6 +456,7 @@ async def run_worker(settings: Settings) -> int:
         signals_seen += 1
         if signals_seen > 1:
             log.warning("worker_forced_exit")
+            logs.SINK.flush()
             os._exit(1)
         drains.append(asyncio.ensure_future(worker.drain()))
 
