@@ -7,6 +7,9 @@ processors, so every line of a process has one format. Context (`run_id`, `attem
 
 from __future__ import annotations
 
+import asyncio
+import atexit
+import contextlib
 import logging
 import re
 import sys
@@ -80,13 +83,21 @@ def scrub(value: Any, depth: int = 0) -> Any:
 
 
 def redact(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    """structlog processor: no secret leaves in a log line (see `scrub`)."""
-    for k, v in list(event_dict.items()):
-        if secret_key(k):
+    """structlog processor: no secret leaves in a log line (see `scrub`). Strings, the common
+    case, are checked inline (this runs on every line, two per run on a busy worker)."""
+    verdicts = _KEY_VERDICTS
+    for k, v in event_dict.items():  # values are replaced in place: the keys stay the same
+        secret = verdicts.get(k)
+        if secret is None:
+            secret = secret_key(k)
+        if secret:
             event_dict[k] = REDACTED
-        elif v is None or type(v) in _PLAIN:  # nothing to scrub in a number
+        elif v is None or type(v) in _PLAIN or k.startswith("_"):  # nothing to scrub in a number
             continue
-        elif not k.startswith("_"):  # structlog's own `_record` / `_from_structlog`
+        elif type(v) is str:
+            if "sk-ant-" in v or "lr_" in v or "bearer" in v.lower():
+                event_dict[k] = _SECRET_TEXT.sub(REDACTED, v)
+        else:
             event_dict[k] = scrub(v)
     return event_dict
 
@@ -121,29 +132,89 @@ def _orjson_bytes(value: Any, **_: Any) -> bytes:
     return orjson.dumps(value, default=str, option=orjson.OPT_APPEND_NEWLINE)
 
 
+class _Sink:
+    """Where our rendered lines go: stderr, looked up at each write (a redirected stderr still
+    gets them).
+
+    Inside a running event loop, info and debug lines are gathered and written together once
+    the loop's current round of callbacks is done (`call_soon`): a busy worker writes two info
+    lines per run, and a `write` system call each was a visible share of its CPU (py-spy).
+    Warnings and errors, and every line outside a loop, go out at once, after any gathered
+    ones (order is kept). `flush()` writes what is gathered (at exit, before a forced exit)."""
+
+    def __init__(self) -> None:
+        self.pending: list[bytes] = []
+        self.scheduled = False
+
+    def gather(self, line: bytes) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.now(line)
+            return
+        self.pending.append(line)
+        if not self.scheduled:
+            self.scheduled = True
+            loop.call_soon(self.flush)
+
+    def now(self, line: bytes) -> None:
+        self.pending.append(line)
+        self.flush()
+
+    def flush(self) -> None:
+        self.scheduled = False
+        if not self.pending:
+            return
+        lines, self.pending = self.pending, []
+        stream = sys.stderr
+        with contextlib.suppress(ValueError, OSError):  # closed at shutdown: nothing to do
+            stream.flush()  # (nothing is pending in the text layer, or it goes first)
+            stream.buffer.write(b"".join(lines))
+            stream.buffer.flush()
+
+
+SINK = _Sink()
+atexit.register(SINK.flush)
+
+
 class _LineLogger:
-    """structlog's last step for our own lines: write the rendered line to stderr at once.
+    """structlog's last step for our own lines: hand the rendered line to `SINK`.
 
     Our lines skip the standard library's logging (a `LogRecord`, caller lookup, handler lock
-    and a second formatting pass per line cost a busy worker ~25% of its CPU); the stream is
-    looked up at each write, so a redirected stderr still gets them. Library lines still go
-    through `logging`, rendered by the same processors."""
+    and a second formatting pass per line cost a busy worker ~25% of its CPU)."""
 
     def __init__(self, name: str = "") -> None:
         self.name = name
 
-    def msg(self, line: str | bytes) -> None:
-        stream = sys.stderr
-        if isinstance(line, bytes):  # JSON, newline included: one write to the byte stream
-            stream.flush()  # (nothing is pending in the text layer, or it goes first)
-            stream.buffer.write(line)
-            stream.buffer.flush()
-        else:
-            stream.write(line + "\n")
-            stream.flush()
+    def _gathered(self, line: str | bytes) -> None:
+        SINK.gather(line if isinstance(line, bytes) else (line + "\n").encode())
 
-    debug = info = warning = warn = error = critical = exception = fatal = failure = err = msg
-    log = msg
+    def _now(self, line: str | bytes) -> None:
+        SINK.now(line if isinstance(line, bytes) else (line + "\n").encode())
+
+    debug = info = _gathered
+    msg = warning = warn = error = critical = exception = fatal = failure = err = log = _now
+
+
+_JSON_INFO = False  # set by `configure`: JSON lines, info enabled (the fast path's condition)
+_STAMPER: _Stamper | None = None
+
+
+def info_line(logger: str, event: str, **fields: Any) -> None:
+    """An info line for hot paths (a worker's per-run lines): the same JSON line the structlog
+    chain writes (bound context vars, level, logger, timestamp, secrets redacted), built in a
+    fifth of the time by skipping the bound logger's per-call machinery. Outside JSON mode or
+    below the level it takes the ordinary path."""
+    if not _JSON_INFO or _STAMPER is None:
+        structlog.get_logger(logger).info(event, **fields)
+        return
+    d: dict[str, Any] = structlog.contextvars.get_contextvars()
+    d.update(fields)
+    d["event"] = event
+    d["level"] = "info"
+    d["logger"] = logger
+    redact(None, "info", _STAMPER(None, "info", d))
+    SINK.gather(_orjson_bytes(d))
 
 
 def _line_logger(*args: Any) -> _LineLogger:
@@ -151,12 +222,15 @@ def _line_logger(*args: Any) -> _LineLogger:
 
 
 def configure(json: bool | None = None, level: int = logging.INFO) -> None:
+    global _JSON_INFO, _STAMPER
     use_json = (not sys.stderr.isatty()) if json is None else json
+    _STAMPER = _Stamper()
+    _JSON_INFO = use_json and level <= logging.INFO
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
-        _Stamper(),
+        _STAMPER,
     ]
     renderer: Any = (
         structlog.processors.JSONRenderer(serializer=_orjson_dumps)

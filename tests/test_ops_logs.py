@@ -167,3 +167,62 @@ def test_library_and_warning_lines_become_redacted_json(tmp_path: Path) -> None:
     assert [line["logger"] for line in lines] == ["asyncpg", "py.warnings", "redis"]
     assert "CANARY" not in done.stderr
     assert "RuntimeError" in lines[2]["exception"]
+
+
+def test_info_lines_in_a_loop_are_written_together_in_order_and_the_hot_path_matches(
+    tmp_path: Path,
+) -> None:
+    # Given a process whose stderr counts its writes
+    script = (
+        "import asyncio, json, sys, structlog\n"
+        "from shared import logs\n"
+        "logs.configure(json=True)\n"
+        "writes = []\n"
+        "real = sys.stderr.buffer.write\n"
+        "class Counting:\n"
+        "    def __getattr__(self, name): return getattr(sys.__stderr__.buffer, name)\n"
+        "    def write(self, b): writes.append(b); return real(b)\n"
+        "class Err:\n"
+        "    buffer = Counting()\n"
+        "    def write(self, s): return sys.__stderr__.write(s)\n"
+        "    def flush(self): sys.__stderr__.flush()\n"
+        "sys.stderr = Err()\n"
+        "log = structlog.get_logger('longrun.worker')\n"
+        "async def main():\n"
+        "    structlog.contextvars.bind_contextvars(run_id='r1', attempt=2, worker='w')\n"
+        "    log.info('run_claimed', agent='ticker', reclaimed=False)\n"
+        "    logs.info_line('longrun.worker', 'run_claimed', agent='ticker', reclaimed=False,\n"
+        f"                   detail='Bearer {BAD_KEY_CANARY}')\n"
+        "    log.warning('lease_lost', stage='run')\n"
+        "    log.info('after')\n"
+        "    await asyncio.sleep(0)\n"
+        "    print(len(writes), file=sys.__stdout__)\n"
+        "asyncio.run(main())\n"
+    )
+    # When, within one round of the loop, it logs two info lines (one by the hot path), a
+    # warning and another info line
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=str(ROOT),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    lines = [json.loads(raw) for raw in done.stderr.splitlines() if raw.strip()]
+    # Then the lines keep their order; the warning went out at once with the info lines before
+    # it, the last info line at the end of the round: two writes, not four
+    assert [line["event"] for line in lines] == [
+        "run_claimed",
+        "run_claimed",
+        "lease_lost",
+        "after",
+    ]
+    assert done.stdout.strip() == "2"
+    # And the hot path's line is the structlog line, with its secret redacted
+    slow, fast = lines[0], lines[1]
+    assert fast.pop("detail") == REDACTED
+    assert "CANARY" not in done.stderr
+    for line in (slow, fast):
+        assert line.pop("timestamp").endswith("Z")
+    assert slow == fast
