@@ -72,22 +72,33 @@ async def check_eviction_policy(r: aioredis.Redis) -> None:
         )
 
 
-# KEYS: meta, events. ARGV: attempt, first_seq, max_events, max_bytes, ttl, (type, data)...
+# KEYS: meta, events. ARGV: attempt, first_seq, max_events, max_bytes, ttl, owner, entry,
+# meta_ttl, (type, data)... With an `owner`, the attempt's first write also raises its fence
+# (as `_FENCE` does, with `first_seq - 1` as the known seq) unless a later attempt holds it.
 # Returns {1, cancel} on success, {-1, attempt} when fenced out, {-2, seq} on a seq conflict,
 # {-3, 0} when the per-run cap would be exceeded.
 _APPEND = """
+local a = tonumber(ARGV[1])
 local attempt = tonumber(redis.call('HGET', KEYS[1], 'attempt') or '0')
-if attempt ~= tonumber(ARGV[1]) then return {-1, attempt} end
+if attempt < a and ARGV[6] ~= '' then
+  if not redis.call('HGET', KEYS[1], 'seq') then
+    redis.call('HSET', KEYS[1], 'seq', tonumber(ARGV[2]) - 1, 'bytes', 0)
+  end
+  redis.call('HSET', KEYS[1], 'attempt', a, 'owner', ARGV[6], 'entry', ARGV[7])
+  redis.call('EXPIRE', KEYS[1], tonumber(ARGV[8]))
+  attempt = a
+end
+if attempt ~= a then return {-1, attempt} end
 local seq = tonumber(redis.call('HGET', KEYS[1], 'seq') or '0')
 local first = tonumber(ARGV[2])
 if seq ~= first - 1 then return {-2, seq} end
-local n = (#ARGV - 5) / 2
+local n = (#ARGV - 8) / 2
 local bytes = tonumber(redis.call('HGET', KEYS[1], 'bytes') or '0')
 local add = 0
-for i = 0, n - 1 do add = add + string.len(ARGV[7 + 2 * i]) end
+for i = 0, n - 1 do add = add + string.len(ARGV[10 + 2 * i]) end
 if seq + n > tonumber(ARGV[3]) or bytes + add > tonumber(ARGV[4]) then return {-3, 0} end
 for i = 0, n - 1 do
-  redis.call('XADD', KEYS[2], '0-' .. (first + i), 't', ARGV[6 + 2 * i], 'd', ARGV[7 + 2 * i])
+  redis.call('XADD', KEYS[2], '0-' .. (first + i), 't', ARGV[9 + 2 * i], 'd', ARGV[10 + 2 * i])
 end
 redis.call('HSET', KEYS[1], 'seq', seq + n, 'bytes', bytes + add)
 local ttl = tonumber(ARGV[5])
@@ -190,6 +201,9 @@ class AppendResult:
 class Fence:
     seq: int
     cancel_requested: bool
+    # Not raised yet: a run's first attempt (no earlier attempt can have written) raises its
+    # fence with its first append, one script call and one round trip fewer per run.
+    deferred: bool = False
 
 
 @dataclass(frozen=True)
@@ -431,14 +445,21 @@ class RedisIO:
         *,
         ttl: int = 0,
         over_cap: bool = False,
+        fence: tuple[str, str] | None = None,
     ) -> ScriptCall:
+        """The append script's call. `fence` (owner, entry id): this is the attempt's first
+        write and raises its fence too (see `Fence.deferred`)."""
         extra_events, extra_bytes = (1, len(events[-1].data)) if over_cap else (0, 0)
+        owner, entry = fence or ("", "")
         args: list[Any] = [
             attempt,
             events[0].seq,
             self.settings.max_events_per_run + extra_events,
             self.settings.max_event_bytes_per_run + extra_bytes,
             ttl,
+            owner,
+            entry,
+            self.settings.events_ttl_seconds * 24,
         ]
         for e in events:
             args.extend((e.type, e.data))
@@ -465,11 +486,12 @@ class RedisIO:
         *,
         ttl: int = 0,
         over_cap: bool = False,
+        fence: tuple[str, str] | None = None,
     ) -> AppendResult:
         """Append events (consecutive seqs) under the attempt's fence. `over_cap`: the last
         event is a terminal one and may go past the per-run caps (so a capped run can still
-        end); the events before it still count against them."""
-        call = self.append_call(run_id, attempt, events, ttl=ttl, over_cap=over_cap)
+        end); the events before it still count against them. `fence`: see `append_call`."""
+        call = self.append_call(run_id, attempt, events, ttl=ttl, over_cap=over_cap, fence=fence)
         out = self.append_outcome(run_id, attempt, await self._script(*call))
         if isinstance(out, BaseException):
             raise out

@@ -11,7 +11,7 @@ import pytest
 from shared.errors import LeaseLost
 from shared.keys import Keys
 from shared.models import RunStatus, Transition, encode_event
-from shared.redisio import Fence, RedisIO, create_redis
+from shared.redisio import Fence, RedisIO, SeqConflict, create_redis
 from shared.store import Finishing, NewRun, Store
 from shared.store_batches import FINISH_MANY, finish_many_args
 from tests.helpers import wait_for
@@ -167,3 +167,43 @@ async def test_the_terminal_commit_finds_its_runs_by_key_whatever_the_statistics
     # Then it reaches each run through the primary key, not by scanning every running run
     assert "runs_pkey" in plan
     assert "runs_active" not in plan
+
+
+async def test_a_first_attempt_raises_its_fence_with_its_first_append(settings, store, rio):
+    # Given two runs claimed in one batch for their first attempt (no fence raised yet)
+    ids = await _runs(store, 2)
+    writes = RunWrites(store, rio, "w1")
+    try:
+        claimed = await asyncio.gather(
+            *(writes.claim(r, reclaim=False, entry_id=f"1-{n}") for n, r in enumerate(ids))
+        )
+    finally:
+        await writes.close()
+    for c in claimed:
+        assert c.run is not None
+        assert c.run.attempt == 1
+        assert isinstance(c.fence, Fence)
+        assert c.fence.deferred
+    assert (await rio.diagnostics(ids[0]))["fence_attempt"] is None
+    # And the second run is taken over by attempt 2 before attempt 1 wrote anything
+    await store.claim(ids[1], reclaim=True)
+    await rio.fence(ids[1], 2, "w2", 0, "2-0")
+
+    # When attempt 1 appends its first events to both, raising its fence as it goes
+    first = [encode_event(1, {"type": "start", "agent": "ticker"})]
+    ok = await rio.append(ids[0], 1, first, fence=("w1", "1-0"))
+    with pytest.raises(LeaseLost):
+        await rio.append(ids[1], 1, first, fence=("w1", "1-1"))
+
+    # Then the first run's fence is up for attempt 1, as a separate fence would have left it
+    assert not ok.cancel_requested
+    diag = await rio.diagnostics(ids[0])
+    assert (diag["fence_attempt"], diag["owner"], diag["entry_id"]) == (1, "w1", "1-0")
+    assert diag["redis_seq"] == 1
+    # And the run attempt 2 owns got nothing from attempt 1
+    assert await rio.events_after(ids[1], 0) == []
+    assert (await rio.diagnostics(ids[1]))["owner"] == "w2"
+    # And attempt 1 cannot raise the fence again once it is up: a later first-append from a
+    # stale copy of the same attempt is only an ordinary append (here a seq conflict)
+    with pytest.raises(SeqConflict):
+        await rio.append(ids[0], 1, first, fence=("w1", "1-0"))

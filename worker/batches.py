@@ -159,8 +159,17 @@ class RunWrites:
         except Unavailable:
             await self._drop(key)
             raise
-        claimed = [(i, run) for i, run in enumerate(runs) if run is not None]
         fences: dict[int, Fence | LeaseLost] = {}
+        claimed = []
+        for i, run in enumerate(runs):
+            if run is None:
+                continue
+            if run.attempt == 1:
+                # The run's first attempt: no attempt before it wrote anything, so its fence
+                # goes up with its first append.
+                fences[i] = Fence(seq=run.last_seq, cancel_requested=False, deferred=True)
+            else:
+                claimed.append((i, run))
         if claimed:
             try:
                 outcomes = await self.rio.fence_many(

@@ -149,6 +149,9 @@ class Attempt:
         # the ack follows).
         self.on_committed: Callable[[], None] | None = None
         self.terminal_tried = False  # the terminal events were sent once, maybe landed
+        # (owner, entry id) until the first append lands, when that append raises the fence
+        # (`Fence.deferred`).
+        self.first_write: tuple[str, str] | None = None
 
     @property
     def run_id(self) -> str:
@@ -199,6 +202,8 @@ class Attempt:
             log.warning("lease_lost", stage="fence")
             return
         self.seq = fence.seq
+        if fence.deferred:
+            self.first_write = (d.consumer, self.entry.entry_id)
         info_line("longrun.worker", "run_claimed", agent=run.agent, reclaimed=self.reclaimed)
         if self.poison:
             await self._finish_error("max_attempts", "the run was delivered too many times")
@@ -484,8 +489,9 @@ class Attempt:
             nonlocal tried
             try:
                 res = await self.deps.rio.append(
-                    self.run_id, attempt, events, ttl=ttl, over_cap=over_cap
+                    self.run_id, attempt, events, ttl=ttl, over_cap=over_cap, fence=self.first_write
                 )
+                self.first_write = None
                 return res.cancel_requested
             except SeqConflict:
                 last = await self.deps.rio.last_events(self.run_id, 1)
@@ -617,6 +623,7 @@ class Attempt:
                 events,
                 ttl=d.settings.events_ttl_seconds,
                 over_cap=True,
+                fence=self.first_write,
             )
             finishing = self._finishing(move, terminal, error, [*self.unarchived, *events])
             try:
@@ -624,6 +631,7 @@ class Attempt:
             except SLOW_PATH:
                 self.terminal_tried = True
                 return 0
+            self.first_write = None
             self.seq = events[-1].seq
             self.unarchived.extend(events)
             return stage
