@@ -89,19 +89,19 @@ FINISH_MANY = """WITH req AS (
 
 def finish_many_args(batch: Sequence[Finishing]) -> list[Any]:
     """`FINISH_MANY`'s parameters: one array per run column, one per event column."""
+    run_ids = [uuid.UUID(f.run_id) for f in batch]
     ev_runs: list[uuid.UUID] = []
     ev_seqs: list[int] = []
     ev_types: list[str] = []
     ev_data: list[bytes] = []
-    for f in batch:
-        rid = uuid.UUID(f.run_id)
+    for rid, f in zip(run_ids, batch, strict=True):
         for e in f.events:
             ev_runs.append(rid)
             ev_seqs.append(e.seq)
             ev_types.append(e.type)
             ev_data.append(e.data)
     return [
-        [uuid.UUID(f.run_id) for f in batch],
+        run_ids,
         [f.attempt for f in batch],
         [TARGETS[f.move] for f in batch],
         [f.output for f in batch],
