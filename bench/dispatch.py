@@ -133,7 +133,7 @@ async def longrun(st: Stack, n: int, workers: int) -> dict[str, Any]:
 
 
 async def main(smoke: bool, skip_peers: bool) -> dict[str, Any]:
-    n, repeats, scale = (40, 1, [1, 2]) if smoke else (5000, 2, [1, 2, 4])
+    n, repeats, scale = (40, 1, [1, 2]) if smoke else (5000, 3, [1, 2, 4])
     rounds: list[dict[str, Any]] = []
     async with longrun_stack() as st:
         warm = await longrun(st, min(n, 500), 1)
