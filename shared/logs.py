@@ -13,6 +13,7 @@ import contextlib
 import logging
 import re
 import sys
+import threading
 import time
 from collections.abc import MutableMapping
 from typing import Any
@@ -145,8 +146,12 @@ class _Sink:
     def __init__(self) -> None:
         self.pending: list[bytes] = []
         self.scheduled = False
+        self.thread = 0  # the thread whose loop the due flush runs on
 
     def gather(self, line: bytes) -> None:
+        if self.scheduled and threading.get_ident() == self.thread:
+            self.pending.append(line)  # the loop's flush is already due: it takes this too
+            return
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
@@ -155,6 +160,7 @@ class _Sink:
         self.pending.append(line)
         if not self.scheduled:
             self.scheduled = True
+            self.thread = threading.get_ident()
             loop.call_soon(self.flush)
 
     def now(self, line: bytes) -> None:
@@ -210,11 +216,11 @@ def info_line(logger: str, event: str, **fields: Any) -> None:
         return
     d: dict[str, Any] = structlog.contextvars.get_contextvars()
     d.update(fields)
-    d["event"] = event
+    redact(None, "info", d)
+    d["event"] = event  # ours, not caller data: no need to scrub these
     d["level"] = "info"
     d["logger"] = logger
-    redact(None, "info", _STAMPER(None, "info", d))
-    SINK.gather(_orjson_bytes(d))
+    SINK.gather(_orjson_bytes(_STAMPER(None, "info", d)))
 
 
 def _line_logger(*args: Any) -> _LineLogger:
