@@ -66,8 +66,9 @@ class Ending(StrEnum):
 
 
 class _Signal(asyncio.Event):
-    """An event that also wakes its attempt's supervisor when set. (No reference back to
-    `Signals`: a cycle per attempt would leave its objects to the cyclic collector.)"""
+    """An event that also wakes its attempt's supervisor when set (the cancel signal: agents
+    may await it). No reference back to `Signals`: a cycle per attempt would leave its objects
+    to the cyclic collector."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -80,30 +81,45 @@ class _Signal(asyncio.Event):
                 self.waiter.set_result(None)
 
 
+class _Flag:
+    """A signal nothing awaits but the supervisor (lease lost, hand-over, broken): a flag and
+    the supervisor's wake-up, without an `asyncio.Event`'s waiter queue (one per attempt)."""
+
+    __slots__ = ("_set", "waiter")
+
+    def __init__(self) -> None:
+        self._set = False
+        self.waiter: asyncio.Future[None] | None = None
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        if not self._set:
+            self._set = True
+            if self.waiter is not None and not self.waiter.done():
+                self.waiter.set_result(None)
+
+
 class Signals:
     """Set from outside the attempt (cancel listener, heartbeat, drain). The supervisor waits
     on one future that any of them resolves (not one task per signal)."""
 
+    __slots__ = ("broken", "cancel", "handoff", "lost")
+
     def __init__(self) -> None:
-        self.cancel: asyncio.Event = _Signal()
-        self.lost: asyncio.Event = _Signal()
-        self.handoff: asyncio.Event = _Signal()
-        self.broken: asyncio.Event = _Signal()  # a background append failed
+        self.cancel = _Signal()
+        self.lost = _Flag()
+        self.handoff = _Flag()
+        self.broken = _Flag()  # a background append failed
 
     def any_set(self) -> bool:
-        return (
-            self.cancel.is_set()
-            or self.lost.is_set()
-            or self.handoff.is_set()
-            or self.broken.is_set()
-        )
+        return self.cancel.is_set() or self.lost._set or self.handoff._set or self.broken._set
 
-    def waiter(self) -> asyncio.Future[None]:
+    def waiter(self, loop: asyncio.AbstractEventLoop) -> asyncio.Future[None]:
         """A future resolved when any signal is set (at once if one already is)."""
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        for sig in (self.cancel, self.lost, self.handoff, self.broken):
-            assert isinstance(sig, _Signal)
-            sig.waiter = fut
+        fut: asyncio.Future[None] = loop.create_future()
+        self.cancel.waiter = self.lost.waiter = self.handoff.waiter = self.broken.waiter = fut
         if self.any_set():
             fut.set_result(None)
         return fut
@@ -292,16 +308,17 @@ class Attempt:
         self, agent: Agent, ctx: RunContext, limit_seconds: float
     ) -> tuple[Ending, dict[str, Any] | None]:
         """Run the agent until it ends or a signal stops it. Returns how and the terminal body."""
-        drive = asyncio.create_task(self._drive(agent(ctx)))
+        loop = asyncio.get_running_loop()
+        drive = loop.create_task(self._drive(agent(ctx)))
         # One future wakes the supervisor: the agent done, a signal, or the time limit.
-        woken = self.signals.waiter()
+        woken = self.signals.waiter(loop)
 
         def wake(_: object = None) -> None:
             if not woken.done():
                 woken.set_result(None)
 
         drive.add_done_callback(wake)
-        timer = asyncio.get_running_loop().call_later(max(limit_seconds, 0.0), wake)
+        timer = loop.call_later(max(limit_seconds, 0.0), wake)
         try:
             await woken
         except BaseException:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
@@ -44,7 +44,13 @@ def usage_totals(usage: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-async def retry_unavailable(what: str, fn: Any, *, stop: asyncio.Event, deadline: float) -> Any:
+class Stop(Protocol):
+    """What ends a retry loop early (an attempt's lease-lost signal)."""
+
+    def is_set(self) -> bool: ...
+
+
+async def retry_unavailable(what: str, fn: Any, *, stop: Stop, deadline: float) -> Any:
     """Call `fn()` until it stops raising Unavailable / Redis errors, backing off up to 2 s,
     until `deadline` (monotonic) or `stop` is set. LeaseLost passes straight through."""
     delay = 0.05
