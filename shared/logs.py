@@ -146,11 +146,18 @@ class _Sink:
     def __init__(self) -> None:
         self.pending: list[bytes] = []
         self.scheduled = False
-        self.thread = 0  # the thread whose loop the due flush runs on
+        self.loop: asyncio.AbstractEventLoop | None = None  # where the due flush runs
+        self.thread = 0  # and its thread
 
     def gather(self, line: bytes) -> None:
-        if self.scheduled and threading.get_ident() == self.thread:
-            self.pending.append(line)  # the loop's flush is already due: it takes this too
+        loop = self.loop
+        if (
+            self.scheduled
+            and loop is not None
+            and loop.is_running()
+            and threading.get_ident() == self.thread
+        ):
+            self.pending.append(line)  # this loop's flush is already due: it takes this too
             return
         try:
             loop = asyncio.get_running_loop()
@@ -158,8 +165,10 @@ class _Sink:
             self.now(line)
             return
         self.pending.append(line)
-        if not self.scheduled:
+        # (A flush due on another loop, e.g. one that closed before running it, is not ours.)
+        if not self.scheduled or loop is not self.loop:
             self.scheduled = True
+            self.loop = loop
             self.thread = threading.get_ident()
             loop.call_soon(self.flush)
 

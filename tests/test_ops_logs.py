@@ -226,3 +226,36 @@ def test_info_lines_in_a_loop_are_written_together_in_order_and_the_hot_path_mat
     for line in (slow, fast):
         assert line.pop("timestamp").endswith("Z")
     assert slow == fast
+
+
+def test_a_loop_closed_with_a_flush_due_does_not_hold_back_the_next_loops_lines() -> None:
+    # Given a process whose first event loop logs an info line and stops before its flush runs
+    script = (
+        "import asyncio, structlog\n"
+        "from shared import logs\n"
+        "logs.configure(json=True)\n"
+        "log = structlog.get_logger('t')\n"
+        "loop = asyncio.new_event_loop()\n"
+        "async def first():\n"  # logs in the loop's last round: the flush would be the next
+        "    asyncio.get_running_loop().call_soon(lambda: log.info('first'))\n"
+        "loop.run_until_complete(first())\n"
+        "loop.close()\n"
+        "async def second():\n"
+        "    log.info('second')\n"
+        "    await asyncio.sleep(0.05)\n"
+        "asyncio.run(second())\n"
+        "import os; os._exit(0)\n"  # no exit flush: only what the loop wrote is there
+    )
+    # When a second loop logs and runs on
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=str(ROOT),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    # Then the second loop wrote its line itself (with the first one, still pending until then)
+    events = [json.loads(raw)["event"] for raw in done.stderr.splitlines() if raw.strip()]
+    assert "second" in events
+    assert events == ["first", "second"]
