@@ -42,7 +42,12 @@ FLAGS = [
     "--remote-debugging-port=0",
 ]
 
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")
+pytestmark = [
+    pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed"),
+    # Chromium's first launch on a fresh machine (font and profile caches) can take a minute
+    # of the default 120 s, fixtures included; a fresh-clone CI run once ran past it.
+    pytest.mark.timeout(300),
+]
 
 
 async def serve_page(
