@@ -14,33 +14,33 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from enum import StrEnum
 from typing import Any
 
 import structlog
 
 from shared.agents import Agent
 from shared.agents.base import RunContext
-from shared.config import Settings
 from shared.errors import AgentError, LeaseLost, Unavailable
-from shared.history import invalidate, load_history
+from shared.history import load_history
 from shared.logs import info_line
-from shared.models import TERMINAL_EVENT_TYPES, Event, Run, Transition, encode_event
-from shared.redisio import REDIS_DOWN, EventCapExceeded, QueueEntry, RedisIO, SeqConflict
-from shared.store import Finishing, Store
-from worker.batches import APPENDED, COMMITTED, Claimed, RunWrites
+from shared.models import TERMINAL_EVENT_TYPES, Event, Run, encode_event
+from shared.redisio import REDIS_DOWN, EventCapExceeded, SeqConflict
+from worker.attempt_base import Deps
+from worker.batches import Claimed
+from worker.ending import EndingSteps
 from worker.policies import (
-    RETRYABLE,
     remaining_seconds,
     retry_unavailable,
     run_timeout,
     usage_totals,
 )
+from worker.signals import Ending
 
 log = structlog.get_logger("longrun.worker")
+
+__all__ = ["LIFECYCLE_TYPES", "Attempt", "Deps", "Ending"]
 
 
 # Events the worker itself adds; an agent resuming looks past them for its own last event.
@@ -51,140 +51,12 @@ ARCHIVE_EVERY_SECONDS = 2.0
 # for company, and a batch holds at most BATCH_MAX events.
 LINGER_SECONDS = 0.002
 BATCH_MAX = 64
-# What sends a grouped ending down the attempt's own path, one step at a time.
-SLOW_PATH: tuple[type[BaseException], ...] = (EventCapExceeded, SeqConflict, *RETRYABLE)
 # Event codes that mean a model provider call failed (retried, or ending the run).
 PROVIDER_ERROR_CODES = frozenset({"provider_retry", "provider_error"})
 
 
-class Ending(StrEnum):
-    FINISHED = "finished"
-    CANCELLED = "cancelled"
-    LEASE_LOST = "lease_lost"
-    HANDOFF = "handoff"
-    TIMEOUT = "timeout"
-
-
-class _Signal(asyncio.Event):
-    """An event that also wakes its attempt's supervisor when set (the cancel signal: agents
-    may await it). No reference back to `Signals`: a cycle per attempt would leave its objects
-    to the cyclic collector."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.waiter: asyncio.Future[None] | None = None
-
-    def set(self) -> None:
-        if not self.is_set():
-            super().set()
-            if self.waiter is not None and not self.waiter.done():
-                self.waiter.set_result(None)
-
-
-class _Flag:
-    """A signal nothing awaits but the supervisor (lease lost, hand-over, broken): a flag and
-    the supervisor's wake-up, without an `asyncio.Event`'s waiter queue (one per attempt)."""
-
-    __slots__ = ("_set", "waiter")
-
-    def __init__(self) -> None:
-        self._set = False
-        self.waiter: asyncio.Future[None] | None = None
-
-    def is_set(self) -> bool:
-        return self._set
-
-    def set(self) -> None:
-        if not self._set:
-            self._set = True
-            if self.waiter is not None and not self.waiter.done():
-                self.waiter.set_result(None)
-
-
-class Signals:
-    """Set from outside the attempt (cancel listener, heartbeat, drain). The supervisor waits
-    on one future that any of them resolves (not one task per signal)."""
-
-    __slots__ = ("broken", "cancel", "handoff", "lost")
-
-    def __init__(self) -> None:
-        self.cancel = _Signal()
-        self.lost = _Flag()
-        self.handoff = _Flag()
-        self.broken = _Flag()  # a background append failed
-
-    def any_set(self) -> bool:
-        return self.cancel.is_set() or self.lost._set or self.handoff._set or self.broken._set
-
-    def waiter(self, loop: asyncio.AbstractEventLoop) -> asyncio.Future[None]:
-        """A future resolved when any signal is set (at once if one already is)."""
-        fut: asyncio.Future[None] = loop.create_future()
-        self.cancel.waiter = self.lost.waiter = self.handoff.waiter = self.broken.waiter = fut
-        if self.any_set():
-            fut.set_result(None)
-        return fut
-
-
-@dataclass
-class Deps:
-    settings: Settings
-    store: Store
-    rio: RedisIO
-    agents: dict[str, Agent]
-    consumer: str
-    services: dict[str, Any] = field(default_factory=dict)
-    # Claims and terminal commits grouped with other attempts' (None: one statement each).
-    writes: RunWrites | None = None
-
-
-class Attempt:
-    def __init__(self, deps: Deps, entry: QueueEntry, *, reclaimed: bool, poison: bool) -> None:
-        self.deps = deps
-        self.entry = entry
-        self.reclaimed = reclaimed
-        self.poison = poison
-        self.signals = Signals()
-        self.run: Run | None = None
-        self.seq = 0
-        self.unarchived: list[Event] = []
-        self.last_archive = time.monotonic()
-        self.usage: dict[str, Any] = {}
-        self.output_text: list[str] = []
-        self.ctx: RunContext | None = None
-        # Bodies yielded but not yet appended; appended by the flusher, a checkpoint, or
-        # together with the terminal event. Never appended ones are simply not part of the
-        # run (a re-claimed attempt resumes from what was appended).
-        self.pending: list[dict[str, Any]] = []
-        self.lock = asyncio.Lock()
-        self.flusher: asyncio.Task[None] | None = None
-        self.linger: asyncio.TimerHandle | None = None
-        self.flush_error: BaseException | None = None
-        self.archiver: asyncio.Task[None] | None = None
-        self.terminal_events: list[Event] = []
-        # Called once the terminal state is committed (the worker frees the run's slot then;
-        # the ack follows).
-        self.on_committed: Callable[[], None] | None = None
-        self.terminal_tried = False  # the terminal events were sent once, maybe landed
-        # (owner, entry id) until the first append lands, when that append raises the fence
-        # (`Fence.deferred`).
-        self.first_write: tuple[str, str] | None = None
-
-    @property
-    def run_id(self) -> str:
-        return self.entry.run_id
-
-    def release(self) -> None:
-        """Drop what ties the attempt's objects into reference cycles (its context's checkpoint
-        closure refers back to the attempt), so they are freed when the attempt ends, not
-        left to the cyclic collector: ~30 objects a run that made its full passes cost ~20%
-        of a busy worker's CPU."""
-        self.ctx = None
-        self.on_committed = None
-
-    def _deadline(self) -> float:
-        """How long to ride out a Redis/Postgres outage before giving the run up to the
-        lease (which moves it to a worker that can reach them)."""
-        return time.monotonic() + max(self.deps.settings.lease_seconds, 5.0) * 4
+class Attempt(EndingSteps):
+    """Claim, fence, drive the agent and append its events; `EndingSteps` ends the run."""
 
     # -- entry point -------------------------------------------------------------------------
     async def execute(self) -> None:
@@ -532,215 +404,3 @@ class Attempt:
             self.unarchived = batch + self.unarchived
             raise
         self.last_archive = time.monotonic()
-
-    # -- ending ------------------------------------------------------------------------------
-    async def _end(self, ending: Ending, terminal: dict[str, Any] | None, ctx: RunContext) -> None:
-        if ending is Ending.LEASE_LOST:
-            if self.archiver is not None:
-                self.archiver.cancel()  # its write would be fenced out anyway
-            log.warning("lease_lost", stage="run")
-            return
-        if ending is Ending.HANDOFF:
-            await self._handoff()
-            return
-        if ending is Ending.CANCELLED:
-            await self._finish({"type": "cancelled", "reason": "user"}, Transition.CANCEL)
-            return
-        if ending is Ending.TIMEOUT:
-            await self._finish_error("timeout", "the run exceeded its time limit")
-            return
-        assert terminal is not None
-        if terminal.get("type") == "done":
-            if "output" not in terminal:
-                output = ctx.output if ctx.output is not None else "".join(self.output_text)
-                terminal = {**terminal, "output": output}
-            await self._finish(terminal, Transition.SUCCEED)
-        elif terminal.get("type") == "cancelled":
-            await self._finish(terminal, Transition.CANCEL)
-        else:
-            await self._finish(terminal, Transition.FAIL)
-
-    async def _finish_error(self, code: str, message: str) -> None:
-        await self._finish({"type": "error", "code": code, "message": message}, Transition.FAIL)
-
-    async def _finish(self, terminal: dict[str, Any], move: Transition) -> None:
-        d = self.deps
-        assert self.run is not None
-        await self._archive_settled()
-        ctx = self.ctx
-        if ctx is not None and ctx.usage:
-            self.usage = dict(ctx.usage)  # the agent's own totals include a cut-off turn
-        if self.usage:
-            terminal = {**terminal, "usage": self.usage}
-        # Only a finished run adds to its thread: a failed or cancelled turn may have
-        # unanswered tool calls, which would poison the next run's history.
-        messages = ctx.new_messages if ctx is not None and move is Transition.SUCCEED else []
-        error = None
-        if terminal["type"] == "error":
-            error = {"code": terminal.get("code"), "message": terminal.get("message")}
-        deadline = self._deadline()
-        next_run = None
-        try:
-            stage = 0
-            if self.run.thread_id is None and d.writes is not None:
-                stage = await self._end_grouped(terminal, move, error)
-            if stage < APPENDED:
-                await retry_unavailable(
-                    "append_terminal",
-                    lambda: self._emit_terminal(terminal),
-                    stop=self.signals.lost,
-                    deadline=deadline,
-                )
-            if stage < COMMITTED:
-                next_run = await retry_unavailable(
-                    "commit_terminal",
-                    lambda: self._commit_terminal(move, terminal, error, messages),
-                    stop=self.signals.lost,
-                    deadline=deadline,
-                )
-        except LeaseLost:
-            log.warning("lease_lost", stage="finish")
-            return
-        self.unarchived = []
-        if self.on_committed is not None:
-            self.on_committed()  # the run is durable: its slot may take the next one
-        if messages and self.run.thread_id is not None:
-            await invalidate(d.rio.r, d.rio.keys, self.run.user_id, self.run.thread_id)
-        if next_run is not None:
-            # The thread's next run waited for this one: queue it now.
-            await retry_unavailable(
-                "enqueue_next",
-                lambda: d.rio.enqueue(next_run),
-                stop=self.signals.lost,
-                deadline=deadline,
-            )
-        await retry_unavailable(
-            "ack",
-            lambda: d.rio.ack(d.consumer, self.entry.entry_id),
-            stop=self.signals.lost,
-            deadline=deadline,
-        )
-        info_line("longrun.worker", "run_finished", status=str(move), terminal=terminal["type"])
-
-    async def _end_grouped(
-        self, terminal: dict[str, Any], move: Transition, error: dict[str, Any] | None
-    ) -> int:
-        """A run outside a thread ends with other attempts': its terminal append and commit
-        ride one flush (`RunWrites.end`). Returns how far that got (0: not even the
-        append, which `_finish` then retries knowing a lost reply may hide a landed append).
-        LeaseLost passes through."""
-        d = self.deps
-        assert self.run is not None
-        assert d.writes is not None
-        async with self.lock:
-            events = self._terminal_batch(terminal)
-            call = d.rio.append_call(
-                self.run_id,
-                self.run.attempt,
-                events,
-                ttl=d.settings.events_ttl_seconds,
-                over_cap=True,
-                fence=self.first_write,
-            )
-            finishing = self._finishing(move, terminal, error, [*self.unarchived, *events])
-            try:
-                stage = await d.writes.end(call, finishing)
-            except SLOW_PATH:
-                self.terminal_tried = True
-                return 0
-            self.first_write = None
-            self.seq = events[-1].seq
-            self.unarchived.extend(events)
-            return stage
-
-    def _finishing(
-        self,
-        move: Transition,
-        terminal: dict[str, Any],
-        error: dict[str, Any] | None,
-        events: list[Event],
-    ) -> Finishing:
-        assert self.run is not None
-        return Finishing(
-            self.run_id,
-            self.run.attempt,
-            move,
-            events,
-            output=terminal.get("output"),
-            error=error,
-            usage=self.usage or None,
-            cost_usd=float(self.usage.get("cost_usd", 0.0)),
-        )
-
-    async def _commit_terminal(
-        self,
-        move: Transition,
-        terminal: dict[str, Any],
-        error: dict[str, Any] | None,
-        messages: list[dict[str, Any]],
-    ) -> str | None:
-        """The terminal state and the rest of the archive, fenced on the attempt. A run outside
-        a thread goes with other attempts' in one statement; a thread's run in its own
-        transaction (its messages, and the thread's next run to enqueue)."""
-        d = self.deps
-        assert self.run is not None
-        if self.run.thread_id is None and d.writes is not None:
-            finishing = self._finishing(move, terminal, error, list(self.unarchived))
-            await d.writes.end(None, finishing)
-            return None
-        return await d.store.finish(
-            self.run_id,
-            self.run.attempt,
-            move,
-            self.unarchived,
-            output=terminal.get("output"),
-            error=error,
-            usage=self.usage or None,
-            cost_usd=float(self.usage.get("cost_usd", 0.0)),
-            messages=messages,
-            thread=self.run.thread_id is not None,
-        )
-
-    def _terminal_batch(self, body: dict[str, Any]) -> list[Event]:
-        """What is pending plus the terminal event, encoded once (retries send the same)."""
-        if not self.terminal_events:
-            bodies, self.pending = [*self.pending, body], []
-            self.terminal_events = [encode_event(self.seq + 1 + i, b) for i, b in enumerate(bodies)]
-        return self.terminal_events
-
-    async def _emit_terminal(self, body: dict[str, Any]) -> None:
-        """Append what is pending plus the terminal event in one call (the terminal one is
-        allowed past the per-run cap), and start the TTL. Idempotent across retries."""
-        assert self.run is not None
-        if self.unarchived and self.unarchived[-1].terminal:
-            return  # appended on an earlier try
-        ttl = self.deps.settings.events_ttl_seconds
-        async with self.lock:
-            events = self._terminal_batch(body)
-            try:
-                await self._append(events, ttl=ttl, over_cap=True, tried=self.terminal_tried)
-            except EventCapExceeded:
-                # The pending events would pass the cap: end with the terminal alone.
-                log.warning("pending_events_over_cap", dropped=len(events) - 1)
-                events = self.terminal_events = [encode_event(self.seq + 1, body)]
-                await self._append(events, ttl=ttl, over_cap=True)
-            self.seq = events[-1].seq
-            self.unarchived.extend(events)
-
-    async def _handoff(self) -> None:
-        d = self.deps
-        assert self.run is not None
-        await self._archive_settled()
-        try:
-            ok = await d.store.requeue(self.run_id, self.run.attempt, self.unarchived)
-        except RETRYABLE:
-            log.warning("handoff_failed", reason="postgres")
-            return  # the lease will move it
-        if not ok:
-            log.warning("lease_lost", stage="handoff")
-            return
-        self.unarchived = []
-        with contextlib.suppress(*REDIS_DOWN):
-            await d.rio.handoff(d.consumer, self.entry)
-            await d.rio.r.hincrby(d.rio.keys.counters, "handoffs", 1)
-        log.info("run_handed_over")
