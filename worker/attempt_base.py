@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,7 +32,7 @@ class Deps:
     writes: RunWrites | None = None
 
 
-class AttemptBase:
+class AttemptBase(ABC):
     """The state of one attempt at one run (see `worker.executor.Attempt`)."""
 
     def __init__(self, deps: Deps, entry: QueueEntry, *, reclaimed: bool, poison: bool) -> None:
@@ -83,10 +84,12 @@ class AttemptBase:
         return time.monotonic() + max(self.deps.settings.lease_seconds, 5.0) * 4
 
     # Implemented by `worker.executor.Attempt`; the ending steps call them.
+    @abstractmethod
     async def _archive_settled(self) -> None:
-        raise NotImplementedError
+        """Wait for a background archive of the attempt's events."""
 
+    @abstractmethod
     async def _append(
         self, events: list[Event], *, ttl: int, over_cap: bool = False, tried: bool = False
     ) -> bool:
-        raise NotImplementedError
+        """Append events under the fence; whether a cancel was requested meanwhile."""
