@@ -26,6 +26,18 @@ BAD_KEY_CANARY = "lr_deadbeef_CANARY-bad-key-0123456789abcdef"
 BEFORE_ATTEMPT = {"entry_reclaimed", "entry_skipped", "run_dead_lettered"}
 
 
+def run_python(script: str, *flags: str) -> subprocess.CompletedProcess[str]:
+    """Run `script` in a fresh interpreter at the repo root (its own logging set-up)."""
+    return subprocess.run(
+        [sys.executable, *flags, "-c", script],
+        cwd=str(ROOT),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+
+
 def json_lines(path: Path) -> list[dict[str, Any]]:
     out = []
     for raw in path.read_text().splitlines():
@@ -155,14 +167,7 @@ def test_library_and_warning_lines_become_redacted_json(tmp_path: Path) -> None:
         "except RuntimeError:\n"
         "    logging.getLogger('redis').exception('failed')\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-W", "always", "-c", script],
-        cwd=str(ROOT),
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-    )
+    done = run_python(script, "-W", "always")
     lines = [json.loads(raw) for raw in done.stderr.splitlines() if raw.strip()]
     assert [line["logger"] for line in lines] == ["asyncpg", "py.warnings", "redis"]
     assert "CANARY" not in done.stderr
@@ -201,14 +206,7 @@ def test_info_lines_in_a_loop_are_written_together_in_order_and_the_hot_path_mat
     )
     # When, within one round of the loop, it logs two info lines (one by the hot path), a
     # warning and another info line
-    done = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=str(ROOT),
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-    )
+    done = run_python(script)
     lines = [json.loads(raw) for raw in done.stderr.splitlines() if raw.strip()]
     # Then the lines keep their order; the warning went out at once with the info lines before
     # it, the last info line at the end of the round: two writes, not four
@@ -247,14 +245,7 @@ def test_a_loop_closed_with_a_flush_due_does_not_hold_back_the_next_loops_lines(
         "import os; os._exit(0)\n"  # no exit flush: only what the loop wrote is there
     )
     # When a second loop logs and runs on
-    done = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=str(ROOT),
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-    )
+    done = run_python(script)
     # Then the second loop wrote its line itself (with the first one, still pending until then)
     events = [json.loads(raw)["event"] for raw in done.stderr.splitlines() if raw.strip()]
     assert "second" in events
