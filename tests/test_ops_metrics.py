@@ -139,7 +139,7 @@ async def test_cost_counters_and_breakers_are_read_from_where_workers_keep_them(
     keys = Keys.from_settings(settings)
     # Given a run that cost something, counters workers raised, and an open breaker
     run_id = await submit(client, agent="ticker")
-    async with store.conn() as c:
+    async with store.db.conn() as c:
         await c.execute("UPDATE runs SET cost_usd = 0.25 WHERE run_id = $1::uuid", run_id)
     await redis_client.hincrby(keys.counters, "lease_losses", 2)
     await redis_client.hincrby(keys.counters, "handoffs", 3)
@@ -165,7 +165,7 @@ async def test_failed_model_calls_are_counted_as_provider_errors(
     api = await api_factory(s)
     fast_cache(api)
     await worker_factory(s)
-    _, key = await store.create_key("bob")
+    _, key = await store.users.create_key("bob")
     async with httpx.AsyncClient(
         base_url=api.url, headers={"Authorization": f"Bearer {key}"}, timeout=10
     ) as client:
