@@ -1,14 +1,15 @@
 """`GET /metrics`: Prometheus text for the whole cluster, from any API instance.
 
 Cluster-wide figures are aggregated through Redis and Postgres (see `shared.metrics`): workers
-publish their heartbeat, in-flight counts and counters in Redis, runs and cost are counted in
-Postgres, and every API process reads them back at scrape time. Workers expose no endpoint of
-their own. Figures that only exist inside one API process are local to it (sum them across
-instances): submit latency, event delivery lag, SSE subscribers.
+publish their heartbeat, in-flight counts and counters in Redis, the statements that end runs
+count them and their cost in Postgres, and every API process reads them back at scrape time.
+Workers expose no endpoint of their own. Figures that only exist inside one API process are
+local to it (sum them across instances): submit latency, event delivery lag, SSE subscribers.
 
 A scrape does not query on every request: the Redis figures are cached for `REDIS_TTL` (about
-a dozen bounded commands), the Postgres ones (`store.ops.run_figures`: one grouped scan of
-`runs`) for `POSTGRES_TTL`, each read under a short timeout and shared by concurrent scrapes.
+a dozen bounded commands), the Postgres ones (`store.ops.run_figures`: the finished-run
+counters and the active runs, both bounded) for `POSTGRES_TTL`, each read under a short timeout
+and shared by concurrent scrapes.
 When a store does not answer, its figures are left out and `longrun_metrics_source_up{source}`
 says 0.
 """
@@ -187,7 +188,9 @@ def _postgres_metrics(f: RunFigures) -> Iterator[Metric]:
         "longrun_runs_active", "Runs queued or running (Postgres)", labels=["status"]
     )
     finished = CounterMetricFamily(
-        "longrun_runs_finished", "Runs that ended, by terminal status (Postgres)", labels=["status"]
+        "longrun_runs_finished",
+        "Runs that ended, by terminal status (counted by the commits that end them)",
+        labels=["status"],
     )
     for status in ("queued", "running"):
         active.add_metric([status], f.active.get(status, 0))
@@ -196,7 +199,9 @@ def _postgres_metrics(f: RunFigures) -> Iterator[Metric]:
     yield active
     yield finished
     yield CounterMetricFamily(
-        "longrun_cost_usd", "Model spend recorded on runs, in US dollars", value=f.cost_usd
+        "longrun_cost_usd",
+        "Model spend recorded by runs' terminal commits, in US dollars",
+        value=f.cost_usd,
     )
 
 

@@ -8,9 +8,9 @@ repositories, one per concern, each a plain object holding the shared `Database`
     store.users    API keys and the daily spend ledger                      (users.py)
     store.ops      dead-letter retries and the figures of `/metrics`        (ops.py)
 
-Row shapes and the record -> model conversions are in `rows.py`, the pool and the one mapping
-of asyncpg errors to `Unavailable` in `pool.py`. No SQL lives outside this package (and the
-migrations).
+Row shapes and the record -> model conversions are in `rows.py`, the finished-run counters
+every terminal commit adds to in `counters.py`, the pool and the one mapping of asyncpg errors
+to `Unavailable` in `pool.py`. No SQL lives outside this package (and the migrations).
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ import asyncpg
 
 from shared.errors import LeaseLost
 from shared.models import Run
+from shared.store.counters import ENDED_UNDER_FENCE, count_ended
 from shared.store.pool import Database
 from shared.store.rows import RUN_COLUMNS, TARGETS, Finishing, run_of
 from shared.store.runs import THREAD_TURN, RunRepo, commit_end
@@ -39,18 +40,18 @@ def _rounds(keys: Sequence[str]) -> list[list[int]]:
     return rounds
 
 
-# The terminal commit of many runs (outside a thread) in one statement. The fence locks each
-# run's row through its primary key: `(status = 'running') IS TRUE` is not an index condition,
-# so the planner cannot scan `runs_active` for every running run instead (it did when the
-# statistics said few runs were running: each batch then walked all of them, and the dead
-# index entries every claim leaves behind).
-FINISH_MANY = """WITH req AS (
+# The terminal commit of many runs (outside a thread) in one statement, counted with them. The
+# fence locks each run's row through its primary key: `(status = 'running') IS TRUE` is not an
+# index condition, so the planner cannot scan `runs_active` for every running run instead (it
+# did when the statistics said few runs were running: each batch then walked all of them, and
+# the dead index entries every claim leaves behind).
+FINISH_MANY = f"""WITH req AS (
         SELECT * FROM unnest($1::uuid[], $2::int[], $3::text[],
             $4::jsonb[], $5::jsonb[], $6::jsonb[], $7::float8[],
             $8::int[])
         AS r(run_id, attempt, target, output, error, usage, cost, seq)
     ), fence AS (
-        SELECT runs.run_id FROM runs JOIN req
+        SELECT runs.run_id, runs.cost_usd FROM runs JOIN req
           ON runs.run_id = req.run_id AND runs.attempt = req.attempt
         WHERE (runs.status = 'running') IS TRUE
         ORDER BY runs.run_id
@@ -62,15 +63,17 @@ FINISH_MANY = """WITH req AS (
             AS e(run_id, seq, type, data)
         WHERE e.run_id IN (SELECT run_id FROM fence)
         ON CONFLICT (run_id, seq) DO NOTHING
-    )
-    UPDATE runs SET status = req.target, output = req.output,
-        error = req.error, usage = coalesce(req.usage, runs.usage),
-        cost_usd = req.cost, finished_at = now(), updated_at = now(),
-        last_seq = greatest(runs.last_seq, req.seq)
-    FROM req
-    WHERE runs.run_id = req.run_id
-      AND runs.run_id IN (SELECT run_id FROM fence)
-    RETURNING runs.run_id"""
+    ), finished AS (
+        UPDATE runs SET status = req.target, output = req.output,
+            error = req.error, usage = coalesce(req.usage, runs.usage),
+            cost_usd = req.cost, finished_at = now(), updated_at = now(),
+            last_seq = greatest(runs.last_seq, req.seq)
+        FROM req
+        WHERE runs.run_id = req.run_id
+          AND runs.run_id IN (SELECT run_id FROM fence)
+        RETURNING runs.run_id, runs.status, runs.cost_usd
+    ), {count_ended(ENDED_UNDER_FENCE)}
+    SELECT run_id FROM finished"""
 
 
 def finish_many_args(batch: Sequence[Finishing]) -> list[Any]:

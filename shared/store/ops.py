@@ -1,6 +1,6 @@
 """What operators do and read in Postgres: re-running a dead-lettered run (`longrun dlq retry`),
 the statuses of the runs behind dead letters (`longrun dlq list`), and the run figures of
-`/metrics`."""
+`/metrics` (bounded: the counters, and the active runs through their partial index)."""
 
 from __future__ import annotations
 
@@ -8,12 +8,14 @@ import uuid
 from collections.abc import Sequence
 
 from shared.models import Transition, sources
+from shared.store.counters import READ_COUNTERS
 from shared.store.pool import Database
 from shared.store.rows import RunFigures, figures_of, run_statuses_of
 
-# Runs by status and the total cost: one grouped scan of `runs` (callers cache it).
-RUN_FIGURES = """SELECT status, count(*) AS n, coalesce(sum(cost_usd), 0) AS cost_usd
-    FROM runs GROUP BY status"""
+# The runs queued or running, by status: read through the partial index `runs_active`, so its
+# cost follows the backlog, not the number of runs ever made.
+ACTIVE_RUNS = """SELECT status, count(*) AS n FROM runs
+    WHERE status IN ('queued', 'running') GROUP BY status"""
 
 
 class OpsRepo:
@@ -35,7 +37,8 @@ class OpsRepo:
 
     async def retry_failed(self, run_id: str) -> bool:
         """failed -> queued in one transaction: withdraw the archived terminal `error` event,
-        clear the outcome and the start time. False when the run is not failed (anymore)."""
+        clear the outcome and the start time. False when the run is not failed (anymore).
+        The finished-run counters keep its failure: it did fail."""
         try:
             rid = uuid.UUID(run_id)
         except ValueError:
@@ -67,6 +70,8 @@ class OpsRepo:
         return True
 
     async def run_figures(self) -> RunFigures:
-        """The runs for `/metrics`."""
+        """The runs for `/metrics`: two bounded reads, whatever the number of runs ever made."""
         async with self.db.conn() as c:
-            return figures_of(await c.fetch(RUN_FIGURES))
+            counted = await c.fetch(READ_COUNTERS)
+            active = await c.fetch(ACTIVE_RUNS)
+        return figures_of(counted, active)

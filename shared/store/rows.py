@@ -12,7 +12,7 @@ from typing import Any
 import asyncpg
 
 from shared.agents.base import Checkpoint
-from shared.models import Event, Run, RunStatus, Transition
+from shared.models import Event, Run, Transition
 
 RUN_COLUMNS = (
     "run_id, user_id, thread_id, agent, input, params, metadata, status, attempt, output, "
@@ -73,8 +73,8 @@ class ApiKey:
 
 @dataclass(frozen=True)
 class RunFigures:
-    """What operators see of the runs: the active ones by status (a gauge), the ended ones by
-    terminal status (a counter), and the model spend recorded on them."""
+    """What operators see of the runs: the active ones by status (a gauge), the runs ended by
+    terminal status and the model spend their terminal commits recorded (counters)."""
 
     active: dict[str, int] = field(default_factory=dict)
     finished: dict[str, int] = field(default_factory=dict)
@@ -136,12 +136,11 @@ def user_counts_of(records: Iterable[asyncpg.Record], users: Sequence[str]) -> d
     return counts
 
 
-def figures_of(records: Iterable[asyncpg.Record]) -> RunFigures:
-    """From the runs by status (`status, n, cost_usd`)."""
-    records = list(records)
-    by_status = {str(r["status"]): int(r["n"]) for r in records}
+def figures_of(counted: Iterable[asyncpg.Record], active: Iterable[asyncpg.Record]) -> RunFigures:
+    """From the summed counters (`status, runs, cost_usd`) and the active runs (`status, n`)."""
+    counted = list(counted)
     return RunFigures(
-        active={s: n for s, n in by_status.items() if not RunStatus(s).terminal},
-        finished={s: n for s, n in by_status.items() if RunStatus(s).terminal},
-        cost_usd=float(sum(float(r["cost_usd"]) for r in records)),
+        active={str(r["status"]): int(r["n"]) for r in active},
+        finished={str(r["status"]): int(r["runs"]) for r in counted},
+        cost_usd=float(sum(float(r["cost_usd"]) for r in counted)),
     )

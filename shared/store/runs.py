@@ -3,7 +3,8 @@ worker's writes of one attempt (claim, checkpoint, terminal commit, hand-over, h
 
 Every status write is a compare-and-set on the old status (from the transition table in
 `shared.models`) and, for a worker's writes, on the attempt it holds: a worker that lost its
-lease finds its writes refused (`LeaseLost`).
+lease finds its writes refused (`LeaseLost`). A write that ends a run adds it to the finished-run
+counters in the same statement (`shared.store.counters`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import orjson
 from shared.agents.base import Checkpoint
 from shared.errors import LeaseLost
 from shared.models import Event, Run, RunStatus, Transition, sources
+from shared.store.counters import ENDED_UNDER_FENCE, count_ended
 from shared.store.pool import Database
 from shared.store.rows import (
     RUN_COLUMNS,
@@ -41,9 +43,9 @@ THREAD_TURN = """NOT EXISTS (
       AND (earlier.created_at, earlier.run_id) < (runs.created_at, runs.run_id))"""
 
 # The terminal write of one run as one statement: the fence row is locked, the archive and the
-# terminal state written only if this attempt still owns the run.
-FINISH_ONE = """WITH fence AS (
-        SELECT run_id FROM runs
+# terminal state written (and counted) only if this attempt still owns the run.
+FINISH_ONE = f"""WITH fence AS (
+        SELECT run_id, cost_usd FROM runs
         WHERE run_id = $1 AND attempt = $2 AND status = 'running' FOR UPDATE
     ), archived AS (
         INSERT INTO run_events (run_id, seq, type, data)
@@ -51,19 +53,24 @@ FINISH_ONE = """WITH fence AS (
         FROM unnest($9::int[], $10::text[], $11::bytea[]) AS e(seq, type, data)
         WHERE EXISTS (SELECT 1 FROM fence)
         ON CONFLICT (run_id, seq) DO NOTHING
-    )
-    UPDATE runs SET status = $3, output = $4, error = $5,
-        usage = coalesce($6, usage), cost_usd = $7, finished_at = now(),
-        updated_at = now(), last_seq = greatest(last_seq, $8)
-    WHERE run_id = (SELECT run_id FROM fence)
-    RETURNING 1"""
+    ), finished AS (
+        UPDATE runs SET status = $3, output = $4, error = $5,
+            usage = coalesce($6, usage), cost_usd = $7, finished_at = now(),
+            updated_at = now(), last_seq = greatest(last_seq, $8)
+        WHERE run_id = (SELECT run_id FROM fence)
+        RETURNING run_id, status, cost_usd
+    ), {count_ended(ENDED_UNDER_FENCE)}
+    SELECT 1 FROM finished"""
 
-# queued -> cancelled (no worker holds the run); its `cancelled` event is archived as the next
-# seq by the same transaction.
-CANCEL_QUEUED = f"""UPDATE runs SET status = 'cancelled', cancel_requested = true,
-        finished_at = now(), updated_at = now(), last_seq = last_seq + 1
-    WHERE run_id = $1 AND user_id = $2 AND status = 'queued'
-    RETURNING {RUN_COLUMNS}"""
+# queued -> cancelled (no worker holds the run), counted; its `cancelled` event is archived as
+# the next seq by the same transaction.
+CANCEL_QUEUED = f"""WITH cancelled AS (
+        UPDATE runs SET status = 'cancelled', cancel_requested = true,
+            finished_at = now(), updated_at = now(), last_seq = last_seq + 1
+        WHERE run_id = $1 AND user_id = $2 AND status = 'queued'
+        RETURNING {RUN_COLUMNS}
+    ), {count_ended("(SELECT status, 0::float8 AS cost_delta FROM cancelled) AS ended")}
+    SELECT {RUN_COLUMNS} FROM cancelled"""
 
 
 def _status_list(move: Transition) -> list[str]:
