@@ -38,7 +38,7 @@ class RunStream:
         events = await self._from_redis(cursor)
         missing_head = bool(events) and events[0].seq > cursor + 1
         if missing_head or (not events and terminal_known):
-            archived = await self.store.events_after(self.run_id, cursor, PAGE)
+            archived = await self.store.runs.events_after(self.run_id, cursor, PAGE)
             if archived:
                 return archived
         return [e for e in events if e.seq > cursor]
@@ -86,7 +86,7 @@ class RunStream:
                         continue
                     elif sub.idle:
                         sub.mark_active()
-                        run = await self.store.get_run(self.run_id)
+                        run = await self.store.runs.get_run(self.run_id)
                         terminal_known = run is None or run.status.terminal
                         catching_up = True
                         yield None

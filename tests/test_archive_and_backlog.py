@@ -72,7 +72,7 @@ async def test_the_event_archive_is_complete_once_a_run_finished(client, worker,
     run_id = await submit(client, agent="ticker", params={"count": 300, "interval_ms": 0})
     await wait_status(client, run_id, "succeeded")
 
-    archived = await store.events_after(run_id, 0, 1000)
+    archived = await store.runs.events_after(run_id, 0, 1000)
 
     assert [e.seq for e in archived] == list(range(1, 303))
     assert archived[-1].type == "done"
@@ -89,14 +89,14 @@ async def test_archives_taken_in_the_background_while_events_flow_lose_nothing(
 
     # Then events reach Postgres while the run is still going
     async def archived_mid_run() -> bool:
-        run = await store.get_run(run_id)
+        run = await store.runs.get_run(run_id)
         assert run is not None
-        return run.status == "running" and len(await store.events_after(run_id, 0, 1000)) > 2
+        return run.status == "running" and len(await store.runs.events_after(run_id, 0, 1000)) > 2
 
     await wait_for(archived_mid_run, timeout=20)
     await wait_status(client, run_id, "succeeded")
     # And the archive ends complete, each event once, in order
-    archived = await store.events_after(run_id, 0, 1000)
+    archived = await store.runs.events_after(run_id, 0, 1000)
     assert [e.seq for e in archived] == list(range(1, 83))
     assert archived[-1].type == "done"
     _, served = await read_events(client, run_id)

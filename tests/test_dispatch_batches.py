@@ -12,25 +12,25 @@ from shared.errors import LeaseLost
 from shared.keys import Keys
 from shared.models import RunStatus, Transition, encode_event
 from shared.redisio import Fence, RedisIO, SeqConflict, create_redis
-from shared.store import Finishing, NewRun, Store
-from shared.store_batches import FINISH_MANY, finish_many_args
-from tests.helpers import wait_for
+from shared.store import Finishing, Store
+from shared.store.batches import FINISH_MANY, finish_many_args
+from tests.helpers import queued_run, wait_for
 from worker.batches import APPENDED, COMMITTED, RunWrites
 from worker.executor import Attempt
 
 
 async def _runs(store: Store, n: int) -> list[str]:
-    return [(await store.insert_run(NewRun("u", "ticker", "x", {}, {}))).run_id for _ in range(n)]
+    return [(await queued_run(store)).run_id for _ in range(n)]
 
 
 async def test_one_batch_claims_each_run_once_and_skips_what_it_may_not_take(store):
     # Given two queued runs and one already running
     queued = await _runs(store, 2)
     running = (await _runs(store, 1))[0]
-    await store.claim(running, reclaim=False)
+    await store.runs.claim(running, reclaim=False)
 
     # When one statement claims them all, the first queued run named twice
-    got = await store.claim_many(
+    got = await store.batches.claim_many(
         [(queued[0], False), (running, False), (queued[1], False), (queued[0], False)]
     )
 
@@ -38,7 +38,7 @@ async def test_one_batch_claims_each_run_once_and_skips_what_it_may_not_take(sto
     # fresh delivery, and the duplicate entry gets nothing
     assert [r.attempt if r else None for r in got] == [1, None, 1, None]
     # And a re-claimed entry may take over the running run
-    (taken,) = await store.claim_many([(running, True)])
+    (taken,) = await store.batches.claim_many([(running, True)])
     assert taken is not None
     assert taken.attempt == 2
 
@@ -47,25 +47,25 @@ async def test_a_stale_attempt_in_a_finish_batch_is_refused_alone(store):
     # Given three running runs, the second re-claimed (attempt 2 owns it)
     ids = await _runs(store, 3)
     for run_id in ids:
-        await store.claim(run_id, reclaim=False)
-    await store.claim(ids[1], reclaim=True)
+        await store.runs.claim(run_id, reclaim=False)
+    await store.runs.claim(ids[1], reclaim=True)
 
     def finishing(run_id: str, attempt: int) -> Finishing:
         events = [encode_event(1, {"type": "done", "output": run_id})]
         return Finishing(run_id, attempt, Transition.SUCCEED, events, output=run_id)
 
     # When one statement ends all three with attempt 1
-    out = await store.finish_many([finishing(r, 1) for r in ids])
+    out = await store.batches.finish_many([finishing(r, 1) for r in ids])
 
     # Then only the stale one is refused, and nothing of it is written
     assert out[0] is None
     assert isinstance(out[1], LeaseLost)
     assert out[2] is None
     for run_id, status in zip(ids, ["succeeded", "running", "succeeded"], strict=True):
-        run = await store.get_run(run_id)
+        run = await store.runs.get_run(run_id)
         assert run is not None
         assert run.status is RunStatus(status)
-        archived = [e.seq for e in await store.events_after(run_id, 0)]
+        archived = [e.seq for e in await store.runs.events_after(run_id, 0)]
         assert archived == ([] if status == "running" else [1])
         assert run.output == (None if status == "running" else run_id)
 
@@ -94,7 +94,7 @@ async def test_fences_and_appends_in_one_round_trip_are_refused_per_run(settings
 
     # When attempt 1 appends to all three in one pipeline, and ends them through RunWrites
     for run_id in ids:
-        await store.claim(run_id, reclaim=False)
+        await store.runs.claim(run_id, reclaim=False)
     writes = RunWrites(store, rio, "w")
     try:
         outcomes = []
@@ -114,7 +114,7 @@ async def test_fences_and_appends_in_one_round_trip_are_refused_per_run(settings
     assert COMMITTED > APPENDED
     assert [e.seq for e in await rio.events_after(ids[0], 0)] == [1]
     assert await rio.events_after(ids[2], 0) == []
-    run = await store.get_run(ids[2])
+    run = await store.runs.get_run(ids[2])
     assert run is not None
     assert run.status is RunStatus.RUNNING
 
@@ -132,7 +132,7 @@ async def test_a_finished_attempt_leaves_nothing_to_the_cyclic_collector(setting
 
         # When five ticker runs go through the worker
         async def all_done() -> bool:
-            runs = [await store.get_run(r) for r in ids]
+            runs = [await store.runs.get_run(r) for r in ids]
             ended = all(r is not None and r.status is RunStatus.SUCCEEDED for r in runs)
             return ended and not worker.slots and not worker.acking
 
@@ -149,9 +149,9 @@ async def test_a_finished_attempt_leaves_nothing_to_the_cyclic_collector(setting
 async def test_the_terminal_commit_finds_its_runs_by_key_whatever_the_statistics_say(store):
     # Given statistics taken when no run was running, then 300 runs claimed
     ids = await _runs(store, 300)
-    async with store.conn() as c:
+    async with store.db.conn() as c:
         await c.execute("ANALYZE runs")
-    claimed = await store.claim_many([(r, False) for r in ids])
+    claimed = await store.batches.claim_many([(r, False) for r in ids])
 
     # When the statement ending 20 of them is planned
     batch = [
@@ -159,7 +159,7 @@ async def test_the_terminal_commit_finds_its_runs_by_key_whatever_the_statistics
         for r in claimed[:20]
         if r is not None
     ]
-    async with store.conn() as c:
+    async with store.db.conn() as c:
         plan = "\n".join(
             row[0] for row in await c.fetch("EXPLAIN " + FINISH_MANY, *finish_many_args(batch))
         )
@@ -186,7 +186,7 @@ async def test_a_first_attempt_raises_its_fence_with_its_first_append(settings, 
         assert c.fence.deferred
     assert (await rio.diagnostics(ids[0]))["fence_attempt"] is None
     # And the second run is taken over by attempt 2 before attempt 1 wrote anything
-    await store.claim(ids[1], reclaim=True)
+    await store.runs.claim(ids[1], reclaim=True)
     await rio.fence(ids[1], 2, "w2", 0, "2-0")
 
     # When attempt 1 appends its first events to both, raising its fence as it goes

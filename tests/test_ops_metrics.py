@@ -15,6 +15,7 @@ from redis.exceptions import ResponseError
 from shared.keys import Keys
 from shared.llm.breaker import BreakerState, BreakerStatus
 from shared.llm.breaker_store import RedisBreakerStore
+from shared.models import Transition
 from tests.helpers import read_events, submit, wait_for, wait_status
 
 
@@ -137,10 +138,11 @@ async def test_cost_counters_and_breakers_are_read_from_where_workers_keep_them(
 ):
     fast_cache(api)
     keys = Keys.from_settings(settings)
-    # Given a run that cost something, counters workers raised, and an open breaker
+    # Given a run a worker ended having spent something, counters workers raised, and an open
+    # breaker
     run_id = await submit(client, agent="ticker")
-    async with store.conn() as c:
-        await c.execute("UPDATE runs SET cost_usd = 0.25 WHERE run_id = $1::uuid", run_id)
+    run = await store.runs.claim(run_id, reclaim=False)
+    await store.runs.finish(run_id, run.attempt, Transition.SUCCEED, [], cost_usd=0.25)
     await redis_client.hincrby(keys.counters, "lease_losses", 2)
     await redis_client.hincrby(keys.counters, "handoffs", 3)
     await redis_client.hincrby(keys.counters, "provider_errors", 4)
@@ -165,7 +167,7 @@ async def test_failed_model_calls_are_counted_as_provider_errors(
     api = await api_factory(s)
     fast_cache(api)
     await worker_factory(s)
-    _, key = await store.create_key("bob")
+    _, key = await store.users.create_key("bob")
     async with httpx.AsyncClient(
         base_url=api.url, headers={"Authorization": f"Bearer {key}"}, timeout=10
     ) as client:

@@ -30,7 +30,7 @@ from shared.batching import Coalescer
 from shared.errors import LeaseLost, Unavailable
 from shared.models import Run
 from shared.redisio import Fence, RedisIO, ScriptCall
-from shared.store import PG_DOWN, Finishing, Store
+from shared.store import Finishing, Store
 
 log = structlog.get_logger("longrun.worker")
 
@@ -116,10 +116,7 @@ class RunWrites:
     async def _conn(self, lane: tuple[str, int]) -> asyncpg.Connection:
         conn = self._conns.get(lane)
         if conn is None:
-            try:
-                conn = await self.store.pool.acquire(timeout=self.store.settings.pg_acquire_timeout)
-            except PG_DOWN as exc:
-                raise Unavailable(f"postgres unavailable: {type(exc).__name__}") from exc
+            conn = await self.store.db.acquire()
             self._conns[lane] = conn
         return conn
 
@@ -129,7 +126,7 @@ class RunWrites:
         conn = self._conns.pop(lane, None)
         if conn is not None:
             with contextlib.suppress(Exception):
-                await self.store.pool.release(conn, timeout=5)
+                await self.store.db.release(conn)
 
     async def close(self) -> None:
         for lane in list(self._conns):
@@ -153,7 +150,7 @@ class RunWrites:
     async def _claim(self, lane: int, items: list[tuple[str, bool, str]]) -> list[Claimed]:
         key = ("claim", lane)
         try:
-            runs = await self.store.claim_many(
+            runs = await self.store.batches.claim_many(
                 [(run_id, reclaim) for run_id, reclaim, _ in items], await self._conn(key)
             )
         except Unavailable:
@@ -211,7 +208,7 @@ class RunWrites:
     ) -> None:
         key = ("end", lane)
         try:
-            outcomes = await self.store.finish_many(
+            outcomes = await self.store.batches.finish_many(
                 [items[i][1] for i in ok], await self._conn(key)
             )
         except Exception as exc:  # appended all the same: each attempt commits itself

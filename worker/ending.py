@@ -182,7 +182,7 @@ class EndingSteps(AttemptBase):
             finishing = self._finishing(move, terminal, error, list(self.unarchived))
             await d.writes.end(None, finishing)
             return None
-        return await d.store.finish(
+        return await d.store.runs.finish(
             self.run_id,
             self.run.attempt,
             move,
@@ -226,7 +226,7 @@ class EndingSteps(AttemptBase):
         assert self.run is not None
         await self._archive_settled()
         try:
-            ok = await d.store.requeue(self.run_id, self.run.attempt, self.unarchived)
+            ok = await d.store.runs.requeue(self.run_id, self.run.attempt, self.unarchived)
         except RETRYABLE:
             log.warning("handoff_failed", reason="postgres")
             return  # the lease will move it

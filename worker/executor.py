@@ -107,7 +107,7 @@ class Attempt(EndingSteps):
             return await d.writes.claim(
                 self.run_id, reclaim=self.reclaimed, entry_id=self.entry.entry_id
             )
-        return Claimed(await d.store.claim(self.run_id, reclaim=self.reclaimed), None)
+        return Claimed(await d.store.runs.claim(self.run_id, reclaim=self.reclaimed), None)
 
     async def _drive_and_end(self, run: Run) -> None:
         d = self.deps
@@ -140,7 +140,7 @@ class Attempt(EndingSteps):
             history = await load_history(d.store, d.rio.r, d.rio.keys, run.user_id, run.thread_id)
         if run.attempt > 1:
             last_event = await self._last_agent_event(run.run_id)
-            checkpoint = await d.store.last_checkpoint(run.run_id)
+            checkpoint = await d.store.runs.last_checkpoint(run.run_id)
 
         async def save(step: int, state: dict[str, Any]) -> None:
             await self._flush()  # the events of a checkpointed step are appended first
@@ -172,7 +172,7 @@ class Attempt(EndingSteps):
         for e in await self.deps.rio.last_events(run_id, 50):
             if e.type not in LIFECYCLE_TYPES:
                 return e.payload()
-        e2 = await self.deps.store.last_archived_event(run_id, LIFECYCLE_TYPES)
+        e2 = await self.deps.store.runs.last_archived_event(run_id, LIFECYCLE_TYPES)
         return None if e2 is None else e2.payload()
 
     # -- driving the agent -------------------------------------------------------------------
@@ -399,7 +399,7 @@ class Attempt(EndingSteps):
         assert self.run is not None
         batch, self.unarchived = self.unarchived, []
         try:
-            await self.deps.store.checkpoint(self.run_id, self.run.attempt, batch, step, state)
+            await self.deps.store.runs.checkpoint(self.run_id, self.run.attempt, batch, step, state)
         except BaseException:
             self.unarchived = batch + self.unarchived
             raise

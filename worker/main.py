@@ -123,7 +123,7 @@ class Worker:
         # One set of LLM services per process: breakers shared through Redis, daily spend
         # through Postgres, so ceilings and breakers hold across every worker.
         self.llm = build_llm_services(
-            s, breaker_store=RedisBreakerStore(r, self.keys), ledger=self.store
+            s, breaker_store=RedisBreakerStore(r, self.keys), ledger=self.store.users
         )
         self.deps = Deps(
             settings=s,
@@ -410,7 +410,7 @@ class Worker:
             await p.execute()
         runs = [s.attempt.run_id for s in self.slots.values() if s.attempt.run_id]
         with contextlib.suppress(Unavailable):
-            for run_id in await self.store.touch(runs):
+            for run_id in await self.store.runs.touch(runs):
                 for slot in self.slots.values():
                     if slot.attempt.run_id == run_id:
                         slot.attempt.signals.cancel.set()

@@ -71,14 +71,14 @@ async def reconcile_once(settings: Settings, store: Store, rio: RedisIO, owner: 
         return 0
     # Only runs untouched for over two leases: live runs are touched on every heartbeat,
     # and a run just submitted has its entry added within milliseconds.
-    candidates = await store.active_runs(older_than_seconds=settings.lease_seconds * 2)
+    candidates = await store.runs.active_runs(older_than_seconds=settings.lease_seconds * 2)
     fixed = 0
     if candidates:
         present = await queued_run_ids(rio)
         for run in candidates:
             if run.run_id in present:
                 continue
-            requeued = run.status is not RunStatus.RUNNING or await store.requeue(
+            requeued = run.status is not RunStatus.RUNNING or await store.runs.requeue(
                 run.run_id, None, []
             )
             if not requeued:

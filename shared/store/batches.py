@@ -1,34 +1,21 @@
 """The worker's many-run statements (`worker.batches`): claims and terminal commits of many
 runs, each one statement with one outcome per run, falling back to the one-run statements of
-`Store` when a statement fails for a reason other than an outage."""
+`RunRepo` when a statement fails for a reason other than an outage."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import asyncpg
 
 from shared.errors import LeaseLost
-from shared.models import Event, Run, Transition
-from shared.store_base import StoreBase
-from shared.store_rows import RUN_COLUMNS, TARGETS, THREAD_TURN, run_of
-
-
-@dataclass(frozen=True)
-class Finishing:
-    """One run's terminal write, for `BatchQueries.finish_many` (runs outside a thread)."""
-
-    run_id: str
-    attempt: int
-    move: Transition
-    events: Sequence[Event]
-    output: Any = None
-    error: dict[str, Any] | None = None
-    usage: dict[str, Any] | None = None
-    cost_usd: float = 0.0
+from shared.models import Run
+from shared.store.counters import ENDED_UNDER_FENCE, count_ended
+from shared.store.pool import Database
+from shared.store.rows import RUN_COLUMNS, TARGETS, Finishing, run_of
+from shared.store.runs import THREAD_TURN, RunRepo, commit_end
 
 
 def _qualified(columns: str) -> str:
@@ -53,18 +40,18 @@ def _rounds(keys: Sequence[str]) -> list[list[int]]:
     return rounds
 
 
-# The terminal commit of many runs (outside a thread) in one statement. The fence locks each
-# run's row through its primary key: `(status = 'running') IS TRUE` is not an index condition,
-# so the planner cannot scan `runs_active` for every running run instead (it did when the
-# statistics said few runs were running: each batch then walked all of them, and the dead
-# index entries every claim leaves behind).
-FINISH_MANY = """WITH req AS (
+# The terminal commit of many runs (outside a thread) in one statement, counted with them. The
+# fence locks each run's row through its primary key: `(status = 'running') IS TRUE` is not an
+# index condition, so the planner cannot scan `runs_active` for every running run instead (it
+# did when the statistics said few runs were running: each batch then walked all of them, and
+# the dead index entries every claim leaves behind).
+FINISH_MANY = f"""WITH req AS (
         SELECT * FROM unnest($1::uuid[], $2::int[], $3::text[],
             $4::jsonb[], $5::jsonb[], $6::jsonb[], $7::float8[],
             $8::int[])
         AS r(run_id, attempt, target, output, error, usage, cost, seq)
     ), fence AS (
-        SELECT runs.run_id FROM runs JOIN req
+        SELECT runs.run_id, runs.cost_usd FROM runs JOIN req
           ON runs.run_id = req.run_id AND runs.attempt = req.attempt
         WHERE (runs.status = 'running') IS TRUE
         ORDER BY runs.run_id
@@ -76,15 +63,17 @@ FINISH_MANY = """WITH req AS (
             AS e(run_id, seq, type, data)
         WHERE e.run_id IN (SELECT run_id FROM fence)
         ON CONFLICT (run_id, seq) DO NOTHING
-    )
-    UPDATE runs SET status = req.target, output = req.output,
-        error = req.error, usage = coalesce(req.usage, runs.usage),
-        cost_usd = req.cost, finished_at = now(), updated_at = now(),
-        last_seq = greatest(runs.last_seq, req.seq)
-    FROM req
-    WHERE runs.run_id = req.run_id
-      AND runs.run_id IN (SELECT run_id FROM fence)
-    RETURNING runs.run_id"""
+    ), finished AS (
+        UPDATE runs SET status = req.target, output = req.output,
+            error = req.error, usage = coalesce(req.usage, runs.usage),
+            cost_usd = req.cost, finished_at = now(), updated_at = now(),
+            last_seq = greatest(runs.last_seq, req.seq)
+        FROM req
+        WHERE runs.run_id = req.run_id
+          AND runs.run_id IN (SELECT run_id FROM fence)
+        RETURNING runs.run_id, runs.status, runs.cost_usd
+    ), {count_ended(ENDED_UNDER_FENCE)}
+    SELECT run_id FROM finished"""
 
 
 def finish_many_args(batch: Sequence[Finishing]) -> list[Any]:
@@ -116,10 +105,10 @@ def finish_many_args(batch: Sequence[Finishing]) -> list[Any]:
     ]
 
 
-class BatchQueries(StoreBase):
-    if TYPE_CHECKING:  # the one-run claim (in `Store`) a failed batch falls back to
-
-        async def claim(self, run_id: str, *, reclaim: bool) -> Run | None: ...
+class BatchRepo:
+    def __init__(self, db: Database, runs: RunRepo) -> None:
+        self.db = db
+        self.runs = runs  # the one-run statements a failed batch falls back to
 
     async def claim_many(
         self, items: Sequence[tuple[str, bool]], conn: asyncpg.Connection | None = None
@@ -131,7 +120,7 @@ class BatchQueries(StoreBase):
         out: list[Run | None] = [None] * len(items)
         for round_ in _rounds([run_id for run_id, _ in items]):
             try:
-                async with self.held(conn) as c:
+                async with self.db.held(conn) as c:
                     rows = await c.fetch(
                         f"""WITH req AS (
                                SELECT * FROM unnest($1::uuid[], $2::bool[]) AS r(run_id, reclaim)
@@ -154,7 +143,7 @@ class BatchQueries(StoreBase):
                 # A thread's run collides with its running one (unique index), or a deadlock
                 # with a statement outside these batches: claim each alone, as before.
                 for i in round_:
-                    out[i] = await self.claim(items[i][0], reclaim=items[i][1])
+                    out[i] = await self.runs.claim(items[i][0], reclaim=items[i][1])
                 continue
             claimed = {str(r["run_id"]): r for r in rows}
             for i in round_:
@@ -173,24 +162,14 @@ class BatchQueries(StoreBase):
         for round_ in _rounds([f.run_id for f in items]):
             batch = [items[i] for i in round_]
             try:
-                async with self.held(conn) as c:
+                async with self.db.held(conn) as c:
                     rows = await c.fetch(FINISH_MANY, *finish_many_args(batch))
             except asyncpg.PostgresError:
                 for i in round_:
                     f = items[i]
                     try:
-                        async with self.held(conn) as c:
-                            await self._finish_statement(
-                                c,
-                                f.run_id,
-                                f.attempt,
-                                TARGETS[f.move],
-                                f.events,
-                                f.output,
-                                f.error,
-                                f.usage,
-                                f.cost_usd,
-                            )
+                        async with self.db.held(conn) as c:
+                            await commit_end(c, f)
                     except LeaseLost as exc:
                         out[i] = exc
                 continue
@@ -200,48 +179,3 @@ class BatchQueries(StoreBase):
                 if f.run_id not in done:
                     out[i] = LeaseLost(f"run {f.run_id} attempt {f.attempt} no longer owns the run")
         return out
-
-    async def _finish_statement(
-        self,
-        c: asyncpg.Connection,
-        run_id: str,
-        attempt: int,
-        target: str,
-        events: Sequence[Event],
-        output: Any,
-        error: dict[str, Any] | None,
-        usage: dict[str, Any] | None,
-        cost_usd: float,
-    ) -> None:
-        """The terminal write as one statement: the fence row is locked, the archive and the
-        terminal state written only if this attempt still owns the run (else LeaseLost)."""
-        row = await c.fetchval(
-            """WITH fence AS (
-                   SELECT run_id FROM runs
-                   WHERE run_id = $1 AND attempt = $2 AND status = 'running' FOR UPDATE
-               ), archived AS (
-                   INSERT INTO run_events (run_id, seq, type, data)
-                   SELECT $1, e.seq, e.type, e.data
-                   FROM unnest($9::int[], $10::text[], $11::bytea[]) AS e(seq, type, data)
-                   WHERE EXISTS (SELECT 1 FROM fence)
-                   ON CONFLICT (run_id, seq) DO NOTHING
-               )
-               UPDATE runs SET status = $3, output = $4, error = $5,
-                   usage = coalesce($6, usage), cost_usd = $7, finished_at = now(),
-                   updated_at = now(), last_seq = greatest(last_seq, $8)
-               WHERE run_id = (SELECT run_id FROM fence)
-               RETURNING 1""",
-            uuid.UUID(run_id),
-            attempt,
-            target,
-            output,
-            error,
-            usage,
-            cost_usd,
-            events[-1].seq if events else 0,
-            [e.seq for e in events],
-            [e.type for e in events],
-            [e.data for e in events],
-        )
-        if row is None:
-            raise LeaseLost(f"run {run_id} attempt {attempt} no longer owns the run")
