@@ -105,6 +105,8 @@ class Settings:
     max_run_timeout_seconds: float = 6 * 3600.0
     # Extra agents: comma-separated "name=module:attr" or "module:attr" (see shared.agents).
     agent_modules: tuple[str, ...] = ()
+    # Extra tools: comma-separated "name=module:attr" or "module:attr" (see shared.tools).
+    tool_modules: tuple[str, ...] = ()
     # Background loops
     reconcile_seconds: float = 10.0
     worker_name: str | None = None
@@ -213,6 +215,9 @@ class Settings:
             ),
             agent_modules=tuple(
                 s.strip() for s in _str(e, "LONGRUN_AGENTS", "").split(",") if s.strip()
+            ),
+            tool_modules=tuple(
+                s.strip() for s in _str(e, "LONGRUN_TOOLS", "").split(",") if s.strip()
             ),
             reconcile_seconds=_float(e, "LONGRUN_RECONCILE_SECONDS", cls.reconcile_seconds, 0.1),
             worker_name=_opt(e, "LONGRUN_WORKER_NAME"),
