@@ -92,12 +92,13 @@ def tools_problem(registered: Collection[str], params: Mapping[str, Any]) -> str
 
 
 def run_tools(registry: ToolRegistry, params: Mapping[str, Any]) -> ToolRegistry:
-    """The tools a run may use: the default set (all of `registry`), or those `params.tools`
-    names. Never more than it names: a value the API would refuse gives none, and names this
-    process does not have are left out (`tools_problem` tells an agent that cares)."""
+    """The tools a run may use, in a registry of its own: the default set (all of `registry`),
+    or those `params.tools` names. Never more than it names: a value the API would refuse gives
+    none, and names this process does not have are left out (`tools_problem` tells an agent
+    that cares)."""
     names = params.get(PARAM)
     if names is None:
-        return registry
+        return registry.only(registry)
     if not isinstance(names, list):
         return ToolRegistry()
     return registry.only(n for n in names if isinstance(n, str))

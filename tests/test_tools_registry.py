@@ -128,6 +128,7 @@ def test_a_run_may_use_every_registered_tool_unless_params_tools_names_some() ->
     registry = load_tools(configured("tests.tool_plugins:weather"))
 
     assert list(run_tools(registry, {})) == [*BUILT_IN, "weather"]
+    assert run_tools(registry, {}) is not registry  # a run's own: what it adds stays its own
     assert list(run_tools(registry, {"tools": ["weather", "clock"]})) == ["clock", "weather"]
     assert list(run_tools(registry, {"tools": []})) == []
     # What the API would have refused gives no tool at all, never more than asked for.
