@@ -41,6 +41,7 @@ from shared.errors import InFlightCapReached, KeyReused, NotFound, Unavailable
 from shared.models import Run, RunStatus
 from shared.redisio import REDIS_DOWN
 from shared.store import NewRun, Submitted
+from shared.tools import tools_problem
 
 router = APIRouter(responses=ERROR_RESPONSES)
 REDIS_OR_REPLY: tuple[type[BaseException], ...] = (*REDIS_DOWN, ResponseError)
@@ -147,6 +148,7 @@ def validate_submit(state: AppState, body: SubmitRun) -> str:
     check_json_field("params", body.params, s.max_json_depth, s.max_json_bytes)
     check_json_field("metadata", body.metadata, s.max_json_depth, s.max_json_bytes)
     problem = params_checks.get(agent, _no_check)(s, body.params)
+    problem = problem or tools_problem(state.tools, body.params)
     if problem is not None:
         raise ApiError(422, "bad_params", problem)
     return agent

@@ -13,6 +13,7 @@ from typing import Any
 from shared.agents import Agent
 from shared.agents.base import RunContext
 from shared.config import Settings
+from shared.llm.tools import ToolRegistry
 from shared.models import Event, Run
 from shared.redisio import QueueEntry, RedisIO
 from shared.store import Store
@@ -27,6 +28,7 @@ class Deps:
     rio: RedisIO
     agents: dict[str, Agent]
     consumer: str
+    tools: ToolRegistry  # every registered tool (shared.tools); a run gets its choice of them
     services: dict[str, Any] = field(default_factory=dict)
     # Claims and terminal commits grouped with other attempts' (None: one statement each).
     writes: RunWrites | None = None

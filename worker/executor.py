@@ -27,6 +27,7 @@ from shared.history import load_history
 from shared.logs import info_line
 from shared.models import TERMINAL_EVENT_TYPES, Event, Run, encode_event
 from shared.redisio import REDIS_DOWN, EventCapExceeded, SeqConflict
+from shared.tools import run_tools
 from worker.attempt_base import Deps
 from worker.batches import Claimed
 from worker.ending import EndingSteps
@@ -165,6 +166,7 @@ class Attempt(EndingSteps):
             last_event=last_event,
             cancelled=self.signals.cancel,
             save_checkpoint=save,
+            tools=run_tools(d.tools, run.params),
             services=d.services,
         )
 

@@ -48,6 +48,7 @@ from shared.redisio import (
     parse_queue_entry,
 )
 from shared.store import Store, connect
+from shared.tools import load_tools
 from worker.batches import RunWrites
 from worker.executor import Attempt, Deps
 from worker.policies import RETRYABLE
@@ -131,6 +132,7 @@ class Worker:
             rio=self.rio,
             agents=load_agents(s.agent_modules),
             consumer=self.name,
+            tools=load_tools(s.tool_modules),
             services={LLM_SERVICE: self.llm},
             writes=RunWrites(self.store, self.rio, self.name),
         )
