@@ -11,7 +11,7 @@ from typing import Any
 import asyncpg
 
 from shared.agents.base import RunContext
-from shared.agents.chat import chat_config, services_for
+from shared.agents.chat import chat_config, chat_tools, services_for
 from shared.llm.loop import LoopDeps, agent_loop
 from shared.llm.model import TurnChunk, TurnRequest
 from shared.llm.scripted import ScriptedTurn, play
@@ -106,6 +106,7 @@ async def attempt_chat(ctx: RunContext) -> AsyncIterator[dict[str, Any]]:
         tool_turns=int(p.get("tool_turns", 1)),
         calls=int(p.get("calls", 1)),
     )
-    deps = LoopDeps(model=model, breaker=svc.breaker, ledger=svc.ledger, tools=svc.tools)
+    tools = chat_tools(ctx.tools, {})
+    deps = LoopDeps(model=model, breaker=svc.breaker, ledger=svc.ledger, tools=tools)
     async for body in agent_loop(ctx, cfg, deps):
         yield body

@@ -159,7 +159,7 @@ async def build_stack(
     settings = Settings.from_env({**BASE_ENV, **env, "REDIS_URL": redis.url, "DATABASE_URL": dsn})
     store = await Store.open(settings.with_(pg_pool_min=0, pg_pool_max=1), "truth-test")
     try:
-        _, key = await store.create_key("alice")
+        _, key = await store.users.create_key("alice")
     finally:
         await store.close()
     api = ApiProc(settings, tmp, free_port())
