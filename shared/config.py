@@ -139,6 +139,9 @@ class Settings:
     max_json_depth: int = 16
     max_header_bytes: int = 16 * 1024
     max_sse_per_user: int = 20
+    # Each API process's hub wake stream (`Keys.hub_wake`) expires this long after the process
+    # stops renewing it (it renews every third of it): what a killed process leaves behind.
+    hub_key_ttl_seconds: float = 30.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -247,6 +250,9 @@ class Settings:
             max_json_depth=_int(e, "LONGRUN_MAX_JSON_DEPTH", cls.max_json_depth, 1),
             max_header_bytes=_int(e, "LONGRUN_MAX_HEADER_BYTES", cls.max_header_bytes, 1024),
             max_sse_per_user=_int(e, "LONGRUN_MAX_SSE_PER_USER", cls.max_sse_per_user, 1),
+            hub_key_ttl_seconds=_float(
+                e, "LONGRUN_HUB_KEY_TTL_SECONDS", cls.hub_key_ttl_seconds, 1.0
+            ),
         )
 
     def with_(self, **changes: Any) -> Settings:
