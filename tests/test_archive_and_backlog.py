@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from shared.keys import Keys
+from shared.redis.keys import Keys
 from tests.helpers import assert_gapless_ticker, read_events, submit, wait_for, wait_status
 
 

@@ -9,9 +9,10 @@ import gc
 import pytest
 
 from shared.errors import LeaseLost
-from shared.keys import Keys
 from shared.models import RunStatus, Transition, encode_event
-from shared.redisio import Fence, RedisIO, SeqConflict, create_redis
+from shared.redis.client import create_redis
+from shared.redis.keys import Keys
+from shared.redis.runs import Fence, RedisIO, SeqConflict
 from shared.store import Finishing, Store
 from shared.store.batches import FINISH_MANY, finish_many_args
 from tests.helpers import queued_run, wait_for

@@ -29,7 +29,8 @@ import structlog
 from shared.batching import Coalescer
 from shared.errors import LeaseLost, Unavailable
 from shared.models import Run
-from shared.redisio import Fence, RedisIO, ScriptCall
+from shared.redis.pipeline import ScriptCall
+from shared.redis.runs import Fence, RedisIO
 from shared.store import Finishing, Store
 
 log = structlog.get_logger("longrun.worker")

@@ -14,7 +14,8 @@ from shared.errors import LeaseLost
 from shared.history import invalidate
 from shared.logs import info_line
 from shared.models import Event, Transition, encode_event
-from shared.redisio import REDIS_DOWN, EventCapExceeded, SeqConflict
+from shared.redis.client import REDIS_DOWN
+from shared.redis.runs import EventCapExceeded, SeqConflict
 from shared.store import Finishing
 from worker.attempt_base import AttemptBase
 from worker.batches import APPENDED, COMMITTED
@@ -99,7 +100,7 @@ class EndingSteps(AttemptBase):
         if self.on_committed is not None:
             self.on_committed()  # the run is durable: its slot may take the next one
         if messages and self.run.thread_id is not None:
-            await invalidate(d.rio.r, d.rio.keys, self.run.user_id, self.run.thread_id)
+            await invalidate(d.rio.threads, self.run.user_id, self.run.thread_id)
         if next_run is not None:
             # The thread's next run waited for this one: queue it now.
             await retry_unavailable(
@@ -236,5 +237,5 @@ class EndingSteps(AttemptBase):
         self.unarchived = []
         with contextlib.suppress(*REDIS_DOWN):
             await d.rio.handoff(d.consumer, self.entry)
-            await d.rio.r.hincrby(d.rio.keys.counters, "handoffs", 1)
+            await d.rio.count("handoffs")
         log.info("run_handed_over")

@@ -26,7 +26,8 @@ from shared.errors import AgentError, LeaseLost, Unavailable
 from shared.history import load_history
 from shared.logs import info_line
 from shared.models import TERMINAL_EVENT_TYPES, Event, Run, encode_event
-from shared.redisio import REDIS_DOWN, EventCapExceeded, SeqConflict
+from shared.redis.client import REDIS_DOWN
+from shared.redis.runs import EventCapExceeded, SeqConflict
 from shared.tools import run_tools
 from worker.attempt_base import Deps
 from worker.batches import Claimed
@@ -138,7 +139,7 @@ class Attempt(EndingSteps):
         checkpoint = None
         history: list[dict[str, Any]] = []
         if run.thread_id is not None:
-            history = await load_history(d.store, d.rio.r, d.rio.keys, run.user_id, run.thread_id)
+            history = await load_history(d.store, d.rio.threads, run.user_id, run.thread_id)
         if run.attempt > 1:
             last_event = await self._last_agent_event(run.run_id)
             checkpoint = await d.store.runs.last_checkpoint(run.run_id)
@@ -252,7 +253,7 @@ class Attempt(EndingSteps):
             btype = body.get("type")
             if body.get("code") in PROVIDER_ERROR_CODES:  # a failed model call: for metrics
                 with contextlib.suppress(*REDIS_DOWN):
-                    await self.deps.rio.r.hincrby(self.deps.rio.keys.counters, "provider_errors", 1)
+                    await self.deps.rio.count("provider_errors")
             if btype in TERMINAL_EVENT_TYPES:
                 await self._stop_flusher()  # what is pending goes out with the terminal
                 return body
