@@ -11,6 +11,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
+from urllib.parse import urlsplit
 
 from shared.errors import ConfigError
 
@@ -49,6 +50,19 @@ def _str(env: Mapping[str, str], name: str, default: str) -> str:
 def _opt(env: Mapping[str, str], name: str) -> str | None:
     raw = env.get(name)
     return None if raw is None or raw == "" else raw
+
+
+def _base_url(env: Mapping[str, str], name: str) -> str | None:
+    """An absolute http(s) URL without query or fragment, kept without its trailing slash."""
+    raw = _opt(env, name)
+    if raw is None:
+        return None
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+        raise ConfigError(
+            f"{name} must be an http(s) URL like https://api.example.com, got {raw!r}"
+        )
+    return raw.rstrip("/")
 
 
 @dataclass(frozen=True)
@@ -139,6 +153,17 @@ class Settings:
     max_json_depth: int = 16
     max_header_bytes: int = 16 * 1024
     max_sse_per_user: int = 20
+    # -- the HTTP edge (issue 12) -------------------------------------------------------------
+    # Time a connection has to send a whole request head (from its first byte, or from the
+    # connection's start), idle time between requests on a kept-alive connection, and open
+    # connections per API process (0: the process's file-descriptor limit less a reserve).
+    head_timeout_seconds: float = 10.0
+    keepalive_seconds: float = 5.0
+    max_connections: int = 0
+    # Public links (`url`, `events_url`) start with this URL, e.g. "https://api.example.com";
+    # without it, with the request's Host when it is one of `trusted_hosts`; else relative.
+    public_url: str | None = None
+    trusted_hosts: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -247,6 +272,17 @@ class Settings:
             max_json_depth=_int(e, "LONGRUN_MAX_JSON_DEPTH", cls.max_json_depth, 1),
             max_header_bytes=_int(e, "LONGRUN_MAX_HEADER_BYTES", cls.max_header_bytes, 1024),
             max_sse_per_user=_int(e, "LONGRUN_MAX_SSE_PER_USER", cls.max_sse_per_user, 1),
+            head_timeout_seconds=_float(
+                e, "LONGRUN_HEAD_TIMEOUT_SECONDS", cls.head_timeout_seconds, 0.05
+            ),
+            keepalive_seconds=_float(e, "LONGRUN_KEEPALIVE_SECONDS", cls.keepalive_seconds, 0.05),
+            max_connections=_int(e, "LONGRUN_MAX_CONNECTIONS", cls.max_connections, 0),
+            public_url=_base_url(e, "LONGRUN_PUBLIC_URL"),
+            trusted_hosts=tuple(
+                s.strip().lower()
+                for s in _str(e, "LONGRUN_TRUSTED_HOSTS", "").split(",")
+                if s.strip()
+            ),
         )
 
     def with_(self, **changes: Any) -> Settings:
