@@ -90,6 +90,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         default_response_class=JSONResp,
         responses=ERROR_RESPONSES,
+        # A path with a stray slash is a 404: the redirect Starlette makes instead would be
+        # built from the request's Host header (see `api.links`).
+        redirect_slashes=False,
     )
     errors.install(app)
     app.state.metrics = ApiMetrics.create()

@@ -23,11 +23,13 @@ import orjson
 from fastapi import APIRouter, Depends, Header, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 from redis.exceptions import ResponseError
+from starlette.types import Scope
 
 from api import tokens
 from api.admission import IN_FLIGHT_RETRY_AFTER
 from api.auth import Principal, Security, current_user, security, submit_principal
 from api.errors import ERROR_RESPONSES, ApiError, JSONResp
+from api.links import public_base, run_url
 from api.schemas import CancelAnswer, EventsUrl, RunList, RunView, SubmitAnswer, documented
 from api.state import AppState
 from api.submit import (
@@ -115,20 +117,21 @@ def parse_run_id(raw: str) -> str:
 
 def events_url(request: Request, sec: Security, run_id: str, user: str) -> tuple[str, int]:
     """A fresh `events_url` for this run and user, and its expiry (unix seconds)."""
-    return events_url_at(str(request.base_url).rstrip("/"), sec, run_id, user)
+    return events_url_at(public_base(request.scope, sec.settings), sec, run_id, user)
 
 
 def events_url_at(base: str, sec: Security, run_id: str, user: str) -> tuple[str, int]:
     now = time.time()
     ttl = sec.settings.stream_token_ttl_seconds
     token = tokens.mint(sec.stream_secret, run_id, user, now, ttl)
-    return f"{base}/runs/{run_id}/events?token={token}", int(now) + ttl
+    return f"{run_url(base, run_id)}/events?token={token}", int(now) + ttl
 
 
-def run_links(request: Request, run_id: str, user: str) -> dict[str, str]:
-    base = str(request.base_url).rstrip("/")
-    url, _ = events_url_at(base, security(request), run_id, user)
-    return {"url": f"{base}/runs/{run_id}", "events_url": url}
+def run_links(scope: Scope, sec: Security, run_id: str, user: str) -> dict[str, str]:
+    """The `url` and `events_url` of a run's answers (`api.links` says where they point)."""
+    base = public_base(scope, sec.settings)
+    url, _ = events_url_at(base, sec, run_id, user)
+    return {"url": run_url(base, run_id), "events_url": url}
 
 
 def _no_check(settings: Settings, params: dict[str, Any]) -> str | None:
@@ -176,7 +179,8 @@ def _idempotency_key(raw: str | None) -> str | None:
 
 
 def accepted(request: Request, user: str, agent: str, sub: Submitted) -> JSONResp:
-    headers = {"Location": f"/runs/{sub.run_id}"}
+    links = run_links(request.scope, security(request), sub.run_id, user)
+    headers = {"Location": links["url"]}
     if sub.replayed:
         headers["Idempotent-Replayed"] = "true"
     return JSONResp(
@@ -186,7 +190,7 @@ def accepted(request: Request, user: str, agent: str, sub: Submitted) -> JSONRes
             "agent": agent,
             "thread_id": sub.thread_id,
             "created_at": sub.created_at.isoformat(),
-            **run_links(request, sub.run_id, user),
+            **links,
         },
         status_code=202,
         headers=headers,
@@ -302,7 +306,9 @@ async def _owned_run(state: AppState, raw_id: str, user: str) -> Run:
 @router.get("/runs/{run_id}", response_model=None, responses=documented(200, RunView, "the run"))
 async def get_run(run_id: str, request: Request, user: User) -> JSONResp:
     run = await _owned_run(_state(request), run_id, user)
-    return JSONResp({**run.public(), **run_links(request, run.run_id, user)})
+    return JSONResp(
+        {**run.public(), **run_links(request.scope, security(request), run.run_id, user)}
+    )
 
 
 @router.get(
