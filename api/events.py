@@ -27,7 +27,7 @@ from api import tokens
 from api.auth import current_user, security
 from api.errors import ERROR_RESPONSES, ApiError
 from api.middleware import OUTER_SEND
-from api.runs import _owned_run, _state, parse_run_id
+from api.runs import RunIdPath, _owned_run, _state, parse_run_id
 from api.state import AppState
 from api.streams import RunStream
 from shared.models import Event, Run, parse_event_id
@@ -212,7 +212,7 @@ class EventStream(Response):
     },
 )
 async def events(
-    run_id: str,
+    run_id: RunIdPath,
     request: Request,
     last_event_id_header: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
     last_event_id: Annotated[str | None, Query(max_length=64)] = None,

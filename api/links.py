@@ -6,13 +6,16 @@ client may write alone: a `Host` header reflected into a link (with the stream t
 - `LONGRUN_PUBLIC_URL` set: every link starts with it (`https://api.example.com/runs/...`).
 - else, `LONGRUN_TRUSTED_HOSTS` set and the request's `Host` one of them (`api.example.com`,
   `api.example.com:8443`, or `*.example.com` for any subdomain): the request's scheme and host.
-- else: links relative to the API's root (`/runs/...`), which a client resolves against the
-  URL it called. A page on another origin (CORS) needs `LONGRUN_PUBLIC_URL`.
+- else: the address the connection arrived at, the server's own socket (`http://127.0.0.1:8000`
+  under `longrun dev`): right for a client that reaches the API directly, never chosen by the
+  client, and wrong behind a proxy or a port mapping, which is where `LONGRUN_PUBLIC_URL` is
+  needed. (Links relative to the API's root when that address is unknown: a Unix socket.)
 """
 
 from __future__ import annotations
 
 import re
+from urllib.parse import urlsplit
 
 from starlette.types import Scope
 
@@ -42,14 +45,26 @@ def public_base(scope: Scope, settings: Settings) -> str:
     if settings.public_url is not None:
         return settings.public_url
     root = str(scope.get("root_path", "")).rstrip("/")
+    scheme = scope.get("scheme", "http")
     if settings.trusted_hosts:
         raw = next((v for k, v in scope.get("headers", ()) if k == b"host"), None)
         if raw is not None:
             host = raw.decode("latin-1")
             if host_trusted(host, settings.trusted_hosts):
-                return f"{scope.get('scheme', 'http')}://{host}{root}"
-    return root
+                return f"{scheme}://{host}{root}"
+    server = scope.get("server")
+    if not server or server[1] is None:
+        return root
+    name, port = server
+    name = f"[{name}]" if ":" in name else name
+    return f"{scheme}://{name}:{port}{root}"
 
 
 def run_url(base: str, run_id: str) -> str:
     return f"{base}/runs/{run_id}"
+
+
+def location(url: str) -> str:
+    """A `Location` for a public link: its path alone (a reference relative to the origin the
+    client called), as `Location` always was."""
+    return urlsplit(url).path

@@ -13,24 +13,36 @@ The event stream is in `api.events`.
 
 from __future__ import annotations
 
-import re
 import time
 import uuid
 from datetime import datetime
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Depends, Header, Query, Request
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import APIRouter, Depends, Header, Path, Query, Request
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from redis.exceptions import ResponseError
 from starlette.types import Scope
 
 from api import tokens
 from api.admission import IN_FLIGHT_RETRY_AFTER
 from api.auth import Principal, Security, current_user, security, submit_principal
-from api.errors import ERROR_RESPONSES, ApiError, JSONResp
-from api.links import public_base, run_url
-from api.schemas import CancelAnswer, EventsUrl, RunList, RunView, SubmitAnswer, documented
+from api.errors import ERROR_RESPONSES, ApiError, ErrorBody, JSONResp
+from api.links import location, public_base, run_url
+from api.schemas import (
+    NONBLANK_PATTERN,
+    RUN_ID,
+    RUN_ID_PATTERN,
+    THREAD_ID_PATTERN,
+    CancelAnswer,
+    EventsUrl,
+    RunList,
+    RunView,
+    SubmitAnswer,
+    documented,
+    has_text,
+    valid_thread_id,
+)
 from api.state import AppState
 from api.submit import (
     IDEMPOTENCY_KEY_RE,
@@ -56,7 +68,6 @@ router = APIRouter(responses=ERROR_RESPONSES)
 REDIS_OR_REPLY: tuple[type[BaseException], ...] = (*REDIS_DOWN, ResponseError)
 
 User = Annotated[str, Depends(current_user)]
-THREAD_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
 def _state(request: Request) -> AppState:
@@ -98,21 +109,32 @@ def check_json_field(name: str, value: dict[str, Any], max_depth: int, max_bytes
 class SubmitRun(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    input: str = Field(min_length=1)
+    # Whitespace alone is no input: the run would only fail `bad_input` later.
+    input: str = Field(min_length=1, json_schema_extra={"pattern": NONBLANK_PATTERN})
     agent: str | None = None
     params: dict[str, Any] = Field(default_factory=dict)
-    thread_id: str | None = None
+    thread_id: str | None = Field(default=None, json_schema_extra={"pattern": THREAD_ID_PATTERN})
     # What to do when the thread is busy: run after (enqueue), 409 (reject), or cancel the
     # running run first (interrupt).
     thread_mode: ThreadMode = "enqueue"
     metadata: dict[str, Any] = Field(default_factory=dict)
 
+    @field_validator("input")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not has_text(value):
+            raise ValueError("must hold something besides whitespace")
+        return value
+
+
+# How a route takes a run id: declared a UUID in the schema, checked by `parse_run_id` (400).
+RunIdPath = Annotated[str, Path(json_schema_extra={"format": "uuid", "pattern": RUN_ID_PATTERN})]
+
 
 def parse_run_id(raw: str) -> str:
-    try:
-        return str(uuid.UUID(raw))
-    except ValueError:
-        raise ApiError(400, "invalid_run_id", "run ids are UUIDs") from None
+    if not RUN_ID.fullmatch(raw):
+        raise ApiError(400, "invalid_run_id", "run ids are UUIDs")
+    return raw.lower()
 
 
 def events_url(request: Request, sec: Security, run_id: str, user: str) -> tuple[str, int]:
@@ -152,7 +174,7 @@ def validate_submit(state: AppState, body: SubmitRun) -> str:
         raise ApiError(
             422, "unknown_agent", f"no such agent; known: {', '.join(sorted(state.agents))}"
         )
-    if body.thread_id is not None and not THREAD_RE.match(body.thread_id):
+    if body.thread_id is not None and not valid_thread_id(body.thread_id):
         raise ApiError(422, "invalid_request", "thread_id: 1-128 of [A-Za-z0-9._:-]")
     check_text("input", body.input)
     check_json_field("params", body.params, s.max_json_depth, s.max_json_bytes)
@@ -171,7 +193,7 @@ def submit_digest(body: SubmitRun, agent: str) -> bytes:
 def _idempotency_key(raw: str | None) -> str | None:
     if raw is None:
         return None
-    if not IDEMPOTENCY_KEY_RE.match(raw):
+    if not IDEMPOTENCY_KEY_RE.fullmatch(raw):
         raise ApiError(
             422, "invalid_idempotency_key", "Idempotency-Key: 1-255 printable ASCII characters"
         )
@@ -180,7 +202,7 @@ def _idempotency_key(raw: str | None) -> str | None:
 
 def accepted(request: Request, user: str, agent: str, sub: Submitted) -> JSONResp:
     links = run_links(request.scope, security(request), sub.run_id, user)
-    headers = {"Location": links["url"]}
+    headers = {"Location": location(links["url"])}
     if sub.replayed:
         headers["Idempotent-Replayed"] = "true"
     return JSONResp(
@@ -304,7 +326,7 @@ async def _owned_run(state: AppState, raw_id: str, user: str) -> Run:
 
 
 @router.get("/runs/{run_id}", response_model=None, responses=documented(200, RunView, "the run"))
-async def get_run(run_id: str, request: Request, user: User) -> JSONResp:
+async def get_run(run_id: RunIdPath, request: Request, user: User) -> JSONResp:
     run = await _owned_run(_state(request), run_id, user)
     return JSONResp(
         {**run.public(), **run_links(request.scope, security(request), run.run_id, user)}
@@ -316,7 +338,7 @@ async def get_run(run_id: str, request: Request, user: User) -> JSONResp:
     response_model=None,
     responses=documented(200, EventsUrl, "a fresh events_url"),
 )
-async def get_events_url(run_id: str, request: Request, user: User) -> JSONResp:
+async def get_events_url(run_id: RunIdPath, request: Request, user: User) -> JSONResp:
     """A fresh `events_url` (the way back for a page whose stream token expired)."""
     run = await _owned_run(_state(request), run_id, user)
     url, expires_at = events_url(request, security(request), run.run_id, user)
@@ -340,7 +362,7 @@ async def list_runs(
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
     status: RunStatus | None = None,
-    thread_id: Annotated[str | None, Query(max_length=128)] = None,
+    thread_id: Annotated[str | None, Query(pattern=THREAD_ID_PATTERN)] = None,
 ) -> JSONResp:
     runs = await _state(request).store.list_runs(
         user, limit=limit, before=_cursor(cursor), status=status, thread_id=thread_id
@@ -356,9 +378,12 @@ async def list_runs(
     "/runs/{run_id}/cancel",
     status_code=202,
     response_model=None,
-    responses=documented(202, CancelAnswer, "cancelled or cancelling"),
+    responses={
+        **documented(202, CancelAnswer, "cancelled (a queued run) or cancelling (a running one)"),
+        409: {"model": ErrorBody, "description": "already_finished: the run had ended"},
+    },
 )
-async def cancel(run_id: str, request: Request, user: User) -> JSONResp:
+async def cancel(run_id: RunIdPath, request: Request, user: User) -> JSONResp:
     state = _state(request)
     run = await _owned_run(state, run_id, user)
     if run.status is RunStatus.QUEUED:
@@ -374,7 +399,8 @@ async def cancel(run_id: str, request: Request, user: User) -> JSONResp:
         except REDIS_DOWN as exc:
             raise Unavailable("redis is unavailable: retry the cancel") from exc
         return JSONResp({"run_id": run.run_id, "status": "cancelling"}, status_code=202)
-    return JSONResp({"run_id": run.run_id, "status": str(run.status)}, status_code=202)
+    # Ended already (perhaps just now): nothing was cancelled, and a 202 would say otherwise.
+    raise ApiError(409, "already_finished", f"the run has already finished: {run.status}")
 
 
 async def _publish_archived_terminal(state: AppState, run: Run) -> None:

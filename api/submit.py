@@ -25,7 +25,7 @@ import orjson
 from shared.errors import LongrunError, Unavailable
 from shared.store import NewRun, Store
 
-IDEMPOTENCY_KEY_RE = re.compile(r"^[\x21-\x7e]{1,255}$")
+IDEMPOTENCY_KEY_RE = re.compile(r"[\x21-\x7e]{1,255}")  # whole keys only: fullmatch
 
 
 class KeyReused(LongrunError):

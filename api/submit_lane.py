@@ -30,6 +30,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.auth import Security, cached_principal
 from api.errors import ApiError
+from api.links import location
 from api.metrics import ApiMetrics
 from api.middleware import request_id_from
 from api.runs import SubmitRun, run_links, submit_digest, validate_submit
@@ -143,7 +144,7 @@ def _ticket(
     keyed = None
     if key is not None:
         text = key.decode("latin-1")
-        if not IDEMPOTENCY_KEY_RE.match(text):
+        if not IDEMPOTENCY_KEY_RE.fullmatch(text):
             return None
         keyed = (text, submit_digest(body, agent))
     new = NewRun(
@@ -171,7 +172,7 @@ def _accepted(
             **links,
         }
     )
-    return 202, body, _headers(scope, body, {"location": links["url"]})
+    return 202, body, _headers(scope, body, {"location": location(links["url"])})
 
 
 def _error(

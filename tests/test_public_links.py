@@ -1,5 +1,6 @@
 """Public links (`url`, `events_url` with its stream token, `Location`) never come from the
-request's `Host` header: from `LONGRUN_PUBLIC_URL`, from a trusted host, or relative."""
+request's `Host` header: from `LONGRUN_PUBLIC_URL`, from a trusted host, or the address the
+server listens on."""
 
 from __future__ import annotations
 
@@ -52,12 +53,13 @@ async def test_a_forged_host_header_reaches_no_link_and_links_are_relative_by_de
     for resp in answers:
         assert EVIL not in _text(resp), (resp.request.url, _text(resp))
     lane, route, run, fresh, *slashed = answers
-    # And the links are relative to the API's root, the same from the lane and the route
+    # And the links name the address the server listens on, the same from the lane and the
+    # route
     for resp in (lane, route, run):
         rid = resp.json()["run_id"]
-        assert resp.json()["url"] == f"/runs/{rid}"
-        assert resp.json()["events_url"].startswith(f"/runs/{rid}/events?token=")
-    assert fresh.json()["events_url"].startswith(f"/runs/{lane.json()['run_id']}/events?token=")
+        assert resp.json()["url"] == f"{api.url}/runs/{rid}"
+        assert resp.json()["events_url"].startswith(f"{api.url}/runs/{rid}/events?token=")
+    assert fresh.json()["events_url"].startswith(f"{api.url}/runs/{lane.json()['run_id']}/")
     assert lane.headers["location"] == f"/runs/{lane.json()['run_id']}"
     # And a stray slash is a plain 404, not a redirect built from the Host header
     assert [r.status_code for r in slashed] == [404, 404]
@@ -75,10 +77,10 @@ async def test_links_start_with_the_configured_public_url_whatever_the_host(
             f"https://api.example.com/v1/runs/{rid}/events?token="
         )
     assert fresh.json()["events_url"].startswith("https://api.example.com/v1/runs/")
-    assert lane.headers["location"] == lane.json()["url"]
+    assert lane.headers["location"] == f"/v1/runs/{lane.json()['run_id']}"
 
 
-async def test_a_trusted_host_is_used_and_any_other_gives_relative_links(
+async def test_a_trusted_host_is_used_and_any_other_gives_the_bound_address(
     api_factory, settings, key
 ):
     srv = await api_factory(settings.with_(trusted_hosts=("api.example.com", "*.corp.test")))
@@ -87,7 +89,7 @@ async def test_a_trusted_host_is_used_and_any_other_gives_relative_links(
     forged = await _answers(srv.url, key, EVIL)
     assert trusted[0].json()["url"].startswith("http://api.example.com/runs/")
     assert sub[2].json()["events_url"].startswith("http://eu.corp.test:8443/runs/")
-    assert forged[0].json()["url"].startswith("/runs/")
+    assert forged[0].json()["url"].startswith(f"{srv.url}/runs/")
     for resp in forged:
         assert EVIL not in _text(resp)
 

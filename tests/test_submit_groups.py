@@ -150,9 +150,8 @@ async def test_the_lane_answers_like_the_route(api, client):
     assert lane.headers["x-request-id"] == "req-lane-1"
     assert route.headers["x-request-id"] == "req-route-1"
     assert lane.headers["content-type"] == route.headers["content-type"]
-    # (relative links: no public URL is configured; tests/test_public_links.py)
-    assert lane.json()["events_url"].startswith(f"/runs/{lane.json()['run_id']}/events?")
-    assert lane.json()["url"] == f"/runs/{lane.json()['run_id']}"
+    assert lane.json()["events_url"].startswith(f"{api.url}/runs/{lane.json()['run_id']}/events?")
+    assert lane.json()["url"] == f"{api.url}/runs/{lane.json()['run_id']}"
     # and the links work
     assert (await client.get(lane.json()["url"])).json()["status"] in ("queued", "running")
 
