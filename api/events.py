@@ -23,10 +23,11 @@ import structlog
 from fastapi import APIRouter, Header, Query, Request, Response
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
+from api import hub as hub_module
 from api import tokens
 from api.auth import current_user, security
 from api.errors import ERROR_RESPONSES, ApiError
-from api.middleware import OUTER_SEND
+from api.middleware import ABORT, OUTER_SEND
 from api.runs import RunIdPath, _owned_run, _state, parse_run_id
 from api.state import AppState
 from api.streams import RunStream
@@ -161,7 +162,22 @@ class EventStream(Response):
                 return
             # Body frames skip the middlewares below RequestId (see OUTER_SEND); the end of the
             # body goes through all of them, so ReconnectHint sees whether the stream finished.
-            if await self._pump(receive, scope.get(OUTER_SEND, send)):
+            try:
+                ended = await self._pump(receive, scope.get(OUTER_SEND, send))
+            except SendStalled:
+                # Normal for a phone gone to sleep: one info line, and the connection dropped
+                # here (the protocol's ABORT) rather than an error with a traceback.
+                log.info(
+                    "stream_client_stopped_reading",
+                    run_id=self.stream.run_id,
+                    stalled_seconds=hub_module.SEND_TIMEOUT,
+                )
+                abort = scope.get(ABORT)
+                if abort is None:  # a server without the hook: it closes on the exception
+                    raise
+                abort()
+                return
+            if ended:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             self.stream.hub.let_go(lease)

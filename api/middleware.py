@@ -22,6 +22,10 @@ HEADER = b"x-request-id"
 # `api.events.EventStream`), past the layers below that act only on the response start (the
 # request id header, CORS) or on its end (`ReconnectHint`).
 OUTER_SEND = "longrun.outer_send"
+# The scope key under which `api.server`'s protocol puts a callable that drops the connection at
+# once (an ASGI app has no other way to end a connection whose client stopped reading: every
+# send waits for the client).
+ABORT = "longrun.abort"
 _USABLE = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
 
 

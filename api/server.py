@@ -32,14 +32,14 @@ import resource
 import time
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Any
+from typing import Any, cast
 
 import httptools
 import orjson
 import structlog
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from api.middleware import request_id_from
+from api.middleware import ABORT, request_id_from
 from shared.config import Settings
 
 log = structlog.get_logger("longrun.api.server")
@@ -151,6 +151,7 @@ class BoundedHttpTools(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._cancel_head_timer()
+        cast(dict[str, Any], self.scope)[ABORT] = self.transport.abort
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:

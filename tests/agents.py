@@ -59,3 +59,11 @@ async def sleeper(ctx: RunContext) -> AsyncIterator[dict[str, Any]]:
 async def chatty(ctx: RunContext) -> AsyncIterator[dict[str, Any]]:
     for i in range(int(ctx.params.get("n", 100))):
         yield {"type": "token", "text": f"t{i}"}
+
+
+async def bulky(ctx: RunContext) -> AsyncIterator[dict[str, Any]]:
+    """`n` tokens of `size` characters each, as fast as they go: megabytes for a stream."""
+    text = "x" * int(ctx.params.get("size", 1000))
+    for _ in range(int(ctx.params.get("n", 100))):
+        yield {"type": "token", "text": text}
+    yield {"type": "done", "output": None}
