@@ -12,6 +12,7 @@ import asyncio
 import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
@@ -24,6 +25,7 @@ from api.limits import BodyLimit
 from api.metrics import ApiMetrics, SubmitTimer, cluster_in_flight
 from api.metrics import router as metrics_router
 from api.middleware import RequestId, install_log_redaction
+from api.schemas import declare_agents, drop_null_parameters
 from api.shutdown import ReconnectHint
 from api.state import AppState
 from api.submit_batch import SubmitGroups
@@ -158,4 +160,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.include_router(metrics_router)
 
+    schema_of = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = schema_of()
+            declare_agents(schema, list(load_agents(settings.agent_modules)))
+            drop_null_parameters(schema)
+        return schema_of()
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app

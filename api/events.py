@@ -29,6 +29,7 @@ from api.auth import current_user, security
 from api.errors import ERROR_RESPONSES, ApiError
 from api.middleware import ABORT, OUTER_SEND
 from api.runs import RunIdPath, _owned_run, _state, parse_run_id
+from api.schemas import EVENT_ID, EVENT_ID_PATTERN
 from api.state import AppState
 from api.streams import RunStream
 from shared.models import Event, Run, parse_event_id
@@ -230,8 +231,12 @@ class EventStream(Response):
 async def events(
     run_id: RunIdPath,
     request: Request,
-    last_event_id_header: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
-    last_event_id: Annotated[str | None, Query(max_length=64)] = None,
+    last_event_id_header: Annotated[
+        str | None, Header(alias="Last-Event-ID", json_schema_extra={"pattern": EVENT_ID_PATTERN})
+    ] = None,
+    last_event_id: Annotated[
+        str | None, Query(json_schema_extra={"pattern": EVENT_ID_PATTERN})
+    ] = None,
     token: Annotated[str | None, Query(max_length=2048)] = None,
 ) -> Response:
     state, sec = _state(request), security(request)
@@ -240,8 +245,11 @@ async def events(
     if isinstance(user, Response):
         return user
     run = await _owned_run(state, rid, user)
+    raw_after = last_event_id_header or last_event_id
     try:
-        after = parse_event_id(last_event_id_header or last_event_id)
+        if raw_after is not None and not EVENT_ID.fullmatch(raw_after):
+            raise ValueError("Last-Event-ID must be an event id previously sent by this stream")
+        after = parse_event_id(raw_after)
     except ValueError as exc:
         raise ApiError(400, "invalid_last_event_id", str(exc)) from None
     if after is not None and await _already_ended(state, run, after):

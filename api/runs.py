@@ -14,8 +14,7 @@ The event stream is in `api.events`.
 from __future__ import annotations
 
 import time
-import uuid
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import orjson
@@ -30,6 +29,8 @@ from api.auth import Principal, Security, current_user, security, submit_princip
 from api.errors import ERROR_RESPONSES, ApiError, ErrorBody, JSONResp
 from api.links import location, public_base, run_url
 from api.schemas import (
+    CURSOR,
+    CURSOR_PATTERN,
     NONBLANK_PATTERN,
     RUN_ID,
     RUN_ID_PATTERN,
@@ -345,14 +346,21 @@ async def get_events_url(run_id: RunIdPath, request: Request, user: User) -> JSO
     return JSONResp({"run_id": run.run_id, "events_url": url, "expires_at": expires_at})
 
 
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def make_cursor(created_at: datetime, run_id: str) -> str:
+    micros = (created_at - EPOCH) // timedelta(microseconds=1)
+    return f"{micros}~{run_id}"
+
+
 def _cursor(raw: str | None) -> tuple[datetime, str] | None:
-    if not raw:
+    if raw is None:
         return None
-    try:
-        stamp, _, rid = raw.partition("~")
-        return datetime.fromisoformat(stamp), str(uuid.UUID(rid))
-    except ValueError:
-        raise ApiError(400, "invalid_cursor", "cursor must come from next_cursor") from None
+    if not CURSOR.fullmatch(raw):
+        raise ApiError(400, "invalid_cursor", "cursor must come from next_cursor")
+    micros, _, rid = raw.partition("~")
+    return EPOCH + timedelta(microseconds=int(micros)), rid.lower()
 
 
 @router.get("/runs", response_model=None, responses=documented(200, RunList, "the runs"))
@@ -360,7 +368,7 @@ async def list_runs(
     request: Request,
     user: User,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    cursor: Annotated[str | None, Query(json_schema_extra={"pattern": CURSOR_PATTERN})] = None,
     status: RunStatus | None = None,
     thread_id: Annotated[str | None, Query(pattern=THREAD_ID_PATTERN)] = None,
 ) -> JSONResp:
@@ -370,7 +378,7 @@ async def list_runs(
     next_cursor = None
     if len(runs) == limit:
         last = runs[-1]
-        next_cursor = f"{last.created_at.isoformat()}~{last.run_id}"
+        next_cursor = make_cursor(last.created_at, last.run_id)
     return JSONResp({"runs": [r.public() for r in runs], "next_cursor": next_cursor})
 
 

@@ -9,6 +9,7 @@ import ast
 import re
 from pathlib import Path
 
+import httpx
 import pytest
 
 from api.middleware import request_id_from
@@ -126,3 +127,69 @@ async def test_cancelling_a_cancelled_run_again_is_409(client):
     assert (first.status_code, first.json()["status"]) == (202, "cancelled")
     again = await client.post(f"/runs/{run_id}/cancel")
     assert (again.status_code, again.json()["error"]) == (409, "already_finished")
+
+
+# -- the OpenAPI schema --------------------------------------------------------------------
+
+
+async def test_the_schema_declares_ids_agents_cursors_and_the_connection_layers_answers(
+    api_factory, settings
+):
+    srv = await api_factory(settings.with_(agent_modules=("bulky=tests.agents:bulky",)))
+    async with httpx.AsyncClient(base_url=srv.url) as c:
+        schema = (await c.get("/openapi.json")).json()
+    params = {
+        (path, p["name"]): p["schema"]
+        for path, ops in schema["paths"].items()
+        for op in ops.values()
+        for p in op.get("parameters", ())
+    }
+    assert params["/runs/{run_id}", "run_id"]["format"] == "uuid"
+    assert params["/runs/{run_id}/events", "Last-Event-ID"]["pattern"] == "^[0-9]{0,18}$"
+    assert params["/threads/{thread_id}/messages", "thread_id"]["pattern"].endswith("{1,128}$")
+    assert "pattern" in params["/runs", "cursor"]
+    assert all("anyOf" not in s or {"type": "null"} not in s["anyOf"] for s in params.values())
+    submit_run = schema["components"]["schemas"]["SubmitRun"]["properties"]
+    assert submit_run["agent"]["anyOf"][0]["enum"] == ["bulky", "chat", "ticker"]
+    assert "pattern" in submit_run["input"]
+    assert "pattern" in submit_run["thread_id"]
+    answers = schema["paths"]["/runs"]["post"]["responses"]
+    assert {"408", "413", "431"} <= set(answers)
+    assert "409" in schema["paths"]["/runs/{run_id}/cancel"]["post"]["responses"]
+
+
+async def test_a_page_cursor_from_next_cursor_pages_and_any_other_is_400(client):
+    for _ in range(3):
+        await submit(client, agent="ticker")
+    first = (await client.get("/runs", params={"limit": 2})).json()
+    rest = (await client.get("/runs", params={"limit": 2, "cursor": first["next_cursor"]})).json()
+    ids = [r["run_id"] for r in first["runs"] + rest["runs"]]
+    assert len(ids) == len(set(ids)) == 3
+    for bad in ("", "2024-01-01T00:00:00+00:00~" + ids[0], "1~not-a-uuid"):
+        resp = await client.get("/runs", params={"cursor": bad})
+        assert (resp.status_code, resp.json()["error"]) == (400, "invalid_cursor"), bad
+
+
+async def test_options_answers_with_every_method_of_the_path_and_so_does_a_405(client):
+    # Given a path with two routes (GET and POST /runs)
+    options = await client.options("/runs")
+    assert options.status_code == 204
+    assert options.headers["allow"] == "GET, OPTIONS, POST"
+    assert options.headers["x-request-id"]
+    wrong = await client.delete("/runs")
+    assert wrong.status_code == 405
+    assert wrong.headers["allow"] == "GET, OPTIONS, POST"
+    assert wrong.json()["error"] == "method_not_allowed"
+    run_id = await submit(client, agent="ticker")
+    cancel = await client.options(f"/runs/{run_id}/cancel")
+    assert cancel.headers["allow"] == "OPTIONS, POST"
+    assert (await client.options("/nowhere")).status_code == 404
+
+
+async def test_a_last_event_id_is_ascii_digits_only(client):
+    run_id = await submit(client, agent="ticker")
+    for bad in ("\u0661", " 1", "1a", "-1"):  # the first: ARABIC-INDIC DIGIT ONE
+        resp = await client.get(f"/runs/{run_id}/events", params={"last_event_id": bad})
+        assert resp.status_code == 400, bad
+    resp = await client.get(f"/runs/{run_id}/events", headers={"Last-Event-ID": "1a"})
+    assert resp.status_code == 400

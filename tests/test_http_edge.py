@@ -13,17 +13,16 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
 from api.server import head_size
 from shared.config import Settings
 from tests.helpers import assert_gapless_ticker, read_events, submit
-from tests.test_ops_shutdown import ApiProc, start_api
+from tests.test_ops_shutdown import ApiProc
 
 KB = 1024
 MAX_BODY = Settings.max_body_bytes
@@ -34,25 +33,6 @@ BUSY_USER = {
     "LONGRUN_SUBMIT_BURST": "100000",
     "LONGRUN_MAX_RUNS_IN_FLIGHT_PER_USER": "1000000",
 }
-
-
-@pytest.fixture
-async def api_proc(settings: Settings, tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
-    """Starts real `longrun api` processes (JSON logs in tmp_path); stops them afterwards."""
-    procs: list[ApiProc] = []
-
-    async def start(name: str = "api", **env: str) -> ApiProc:
-        api = await start_api(settings, tmp_path, name, **env)
-        procs.append(api)
-        return api
-
-    try:
-        yield start
-    finally:
-        for api in procs:
-            if api.proc.returncode is None:
-                api.proc.terminate()
-                await api.proc.wait()
 
 
 def log_lines(api: ApiProc) -> list[dict[str, Any]]:
