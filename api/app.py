@@ -17,7 +17,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 
-from api import diagnostics, errors, events, runs, threads
+from api import diagnostics, docs, errors, events, runs, threads
 from api.auth import Security
 from api.errors import ERROR_RESPONSES, JSONResp
 from api.hub import Hub
@@ -95,6 +95,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # A path with a stray slash is a 404: the redirect Starlette makes instead would be
         # built from the request's Host header (see `api.links`).
         redirect_slashes=False,
+        # served from the package by `api.docs`, not from a CDN
+        docs_url=None,
+        redoc_url=None,
     )
     errors.install(app)
     app.state.metrics = ApiMetrics.create()
@@ -124,6 +127,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(events.router)
     app.include_router(diagnostics.router)
     app.include_router(threads.router)
+    docs.install(app)
 
     @app.get("/health")
     async def health(request: Request) -> dict[str, object]:

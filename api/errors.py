@@ -20,7 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import BaseRoute, Match
+from starlette.routing import BaseRoute, Match, Mount
 from starlette.types import Scope
 
 from api.middleware import scope_request_id
@@ -118,10 +118,14 @@ def allowed_methods(routes: list[BaseRoute], scope: Scope) -> str:
     """`Allow` for the request's path: every method a route on it takes, and OPTIONS (answered
     here). Starlette's own 405 names the methods of the first route on the path only."""
     allowed = {"OPTIONS"}
-    for method in METHODS:
-        probe = {**scope, "method": method}
-        if any(route.matches(probe)[0] is Match.FULL for route in routes):
-            allowed.add(method)
+    # As the app saw the request (inside a mount, the root path has grown by the mount's path).
+    scope = {**scope, "root_path": scope.get("app_root_path", scope.get("root_path", ""))}
+    for route in routes:
+        if isinstance(route, Mount):  # the documentation's static files: any method matches
+            if route.matches(scope)[0] is Match.FULL:
+                allowed |= {"GET", "HEAD"}
+            continue
+        allowed.update(m for m in METHODS if route.matches({**scope, "method": m})[0] is Match.FULL)
     return ", ".join(sorted(allowed))
 
 
