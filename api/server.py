@@ -153,6 +153,8 @@ class BoundedHttpTools(HttpToolsProtocol):
         self._cancel_head_timer()
         cast(dict[str, Any], self.scope)[ABORT] = self.transport.abort
         super().on_headers_complete()
+        if self.cycle is not None:
+            self.cycle.transport = cast(asyncio.Transport, _CycleTransport(self))
 
     def on_message_complete(self) -> None:
         # The next bytes on this connection start the next head (its timer starts with them:
@@ -251,14 +253,28 @@ class BoundedHttpTools(HttpToolsProtocol):
         self.transport.write(
             error_answer(status, code, detail, request_id_from(self.headers or ()), extra)
         )
-        # A lingering close: stop sending, drop what the client still sends until its end (on
-        # which the transport closes) or LINGER_SECONDS. Closing at once would answer the
-        # client's next bytes with a reset, which may destroy the answer before it is read.
-        if self.transport.can_write_eof():
-            self.transport.write_eof()
-            self.loop.call_later(LINGER_SECONDS, self.transport.close)
-        else:
+        self._linger()
+
+    def _linger(self) -> None:
+        """A lingering close: stop sending, drop what the client still sends until its end (on
+        which the transport closes) or LINGER_SECONDS. Closing at once would answer the
+        client's next bytes with a reset, which may destroy the answer before it is read."""
+        self._refused = True  # what still arrives is dropped
+        if not self.transport.can_write_eof():
             self.transport.close()
+            return
+        self.transport.write_eof()
+        if self.flow is not None:
+            self.flow.resume_reading()
+        self.loop.call_later(LINGER_SECONDS, self.transport.close)
+
+    def _close_after_response(self) -> None:
+        """How a response cycle closes the connection (`connection: close`): lingering when
+        the request's body is still arriving (a 413 before the body was read), else at once."""
+        if self._in_head or self.transport.is_closing():
+            self.transport.close()
+        else:
+            self._linger()
 
     def _note(self, bound: str) -> None:
         count = self.bounds.refusals.note(bound, time.monotonic())
@@ -270,6 +286,21 @@ class BoundedHttpTools(HttpToolsProtocol):
                 connections=len(self.connections),
                 per_seconds=self.bounds.refusals.every,
             )
+
+
+class _CycleTransport:
+    """The transport as a response cycle sees it: its `close` is the protocol's
+    `_close_after_response`; everything else is the transport's."""
+
+    def __init__(self, protocol: BoundedHttpTools) -> None:
+        self._protocol = protocol
+        self._transport = protocol.transport
+
+    def close(self) -> None:
+        self._protocol._close_after_response()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 def http_protocol(bounds: Bounds) -> type[BoundedHttpTools]:

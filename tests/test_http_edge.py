@@ -167,6 +167,7 @@ async def test_inputs_of_every_size_get_the_answer_their_size_deserves_from_ever
     overhead = len(_body(0))
     chars = [n * KB for n in (1, 16, 17, 20, 50, 190, 900)]
     chars += [MAX_BODY - overhead, MAX_BODY - overhead + 1]  # the body limit, and one past it
+    chars += [5 * KB * KB]  # refused before it is read: the answer must still reach the client
     clients: dict[str, Callable[[bytes], tuple[int, bytes]]] = {
         "socket": lambda b: post_raw(port, "/runs", b, api_key),
         "curl": lambda b: post_curl(port, "/runs", b, api_key, tmp_path),
