@@ -22,7 +22,9 @@ hours is a request whose head came long ago. Every refusal is logged as one warn
 bound at most every `LOG_EVERY` seconds, with the count since the last line.
 
 Answers made here (431, 408, 503, and the 400 of an unparsable request) are JSON errors like the
-app's, with an `X-Request-ID` (the client's when its head had a usable one).
+app's, with an `X-Request-ID` (the client's when its head had a usable one). They, and any answer
+that closes the connection while the request's body is still arriving (the app's 413), close it
+lingering (`_linger`), so that the client reads the answer instead of a reset.
 """
 
 from __future__ import annotations

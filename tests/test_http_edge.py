@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 
-from api.server import head_size
+from api.server import RefusalLog, head_size
 from shared.config import Settings
 from tests.helpers import assert_gapless_ticker, read_events, submit
 from tests.test_ops_shutdown import ApiProc
@@ -143,6 +143,15 @@ def test_the_head_ends_at_its_blank_line_wherever_the_segments_split_it():
         assert head_size(b"", first) == len(first)
         assert head_size(first[-3:], rest) == len(head) - cut, cut
     assert head_size(b"", b"GET / HTTP/1.1\r\nX-Pad: aaaa") == 27
+
+
+def test_refusals_are_logged_once_per_bound_per_interval_with_their_count():
+    log = RefusalLog(every=10)
+    assert log.note("head_timeout", now=100) == 1
+    assert log.note("head_timeout", now=101) is None
+    assert log.note("max_connections", now=101) == 1  # each bound has its own interval
+    assert log.note("head_timeout", now=105) is None
+    assert log.note("head_timeout", now=110) == 3  # the two quiet ones and this one
 
 
 def _body(chars: int) -> bytes:
