@@ -12,11 +12,12 @@ import asyncio
 import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 
-from api import diagnostics, errors, events, runs, threads
+from api import diagnostics, docs, errors, events, runs, threads
 from api.auth import Security
 from api.errors import ERROR_RESPONSES, JSONResp
 from api.hub import Hub
@@ -24,6 +25,7 @@ from api.limits import BodyLimit
 from api.metrics import ApiMetrics, SubmitTimer, cluster_in_flight
 from api.metrics import router as metrics_router
 from api.middleware import RequestId, install_log_redaction
+from api.schemas import declare_agents, drop_null_parameters
 from api.shutdown import ReconnectHint
 from api.state import AppState
 from api.submit_batch import SubmitGroups
@@ -97,6 +99,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         default_response_class=JSONResp,
         responses=ERROR_RESPONSES,
+        # A path with a stray slash is a 404: the redirect Starlette makes instead would be
+        # built from the request's Host header (see `api.links`).
+        redirect_slashes=False,
+        # served from the package by `api.docs`, not from a CDN
+        docs_url=None,
+        redoc_url=None,
     )
     errors.install(app)
     app.state.metrics = ApiMetrics.create()
@@ -126,6 +134,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(events.router)
     app.include_router(diagnostics.router)
     app.include_router(threads.router)
+    docs.install(app)
 
     @app.get("/health")
     async def health(request: Request) -> dict[str, object]:
@@ -162,4 +171,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.include_router(metrics_router)
 
+    schema_of = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = schema_of()
+            declare_agents(schema, list(load_agents(settings.agent_modules)))
+            drop_null_parameters(schema)
+        return schema_of()
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app

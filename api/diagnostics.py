@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, Request
 
 from api.auth import current_user
 from api.errors import ERROR_RESPONSES
+from api.runs import RunIdPath, parse_run_id
 from api.state import AppState
 from shared.errors import NotFound, Unavailable
 from shared.redis.client import REDIS_DOWN
@@ -18,9 +19,9 @@ router = APIRouter(responses=ERROR_RESPONSES)
 
 
 @router.get("/runs/{run_id}/diagnostics")
-async def diagnostics(run_id: str, request: Request, user: str = Depends(current_user)) -> Any:
-    from api.runs import parse_run_id
-
+async def diagnostics(
+    run_id: RunIdPath, request: Request, user: str = Depends(current_user)
+) -> Any:
     state: AppState = request.app.state.longrun
     run = await state.store.runs.get_run(parse_run_id(run_id), user)
     if run is None:

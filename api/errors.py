@@ -16,11 +16,13 @@ from typing import Any
 
 import orjson
 import structlog
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import BaseRoute, Match, Mount
+from starlette.types import Scope
 
 from api.middleware import scope_request_id
 from shared.errors import (
@@ -64,10 +66,14 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: _doc("no, unknown, revoked or expired credentials"),
     404: _doc("no such run (or another user's: the same answer)"),
     409: _doc("conflict with the state of a thread or run"),
+    408: _doc("head_timeout: the request head did not arrive in time (the connection layer)"),
     413: _doc("request body too large"),
     422: _doc("invalid request"),
     429: _doc("rate limited, too many runs in flight or too many streams (Retry-After)"),
-    503: _doc("paused, backlog full or a backing service down (Retry-After)"),
+    431: _doc("headers_too_large: the request head is too large (the connection layer)"),
+    503: _doc(
+        "paused, backlog full, a backing service down, or too_many_connections (Retry-After)"
+    ),
 }
 
 STATUS: dict[type[LongrunError], int] = {
@@ -114,6 +120,24 @@ def error_response(
     return JSONResp(body, status_code=status, headers=out)
 
 
+METHODS = ("DELETE", "GET", "HEAD", "PATCH", "POST", "PUT")
+
+
+def allowed_methods(routes: list[BaseRoute], scope: Scope) -> str:
+    """`Allow` for the request's path: every method a route on it takes, and OPTIONS (answered
+    here). Starlette's own 405 names the methods of the first route on the path only."""
+    allowed = {"OPTIONS"}
+    # As the app saw the request (inside a mount, the root path has grown by the mount's path).
+    scope = {**scope, "root_path": scope.get("app_root_path", scope.get("root_path", ""))}
+    for route in routes:
+        if isinstance(route, Mount):  # the documentation's static files: any method matches
+            if route.matches(scope)[0] is Match.FULL:
+                allowed |= {"GET", "HEAD"}
+            continue
+        allowed.update(m for m in METHODS if route.matches({**scope, "method": m})[0] is Match.FULL)
+    return ", ".join(sorted(allowed))
+
+
 def _rid(request: Request) -> str | None:
     return scope_request_id(request.scope)
 
@@ -148,11 +172,15 @@ def install(app: FastAPI) -> None:
         return error_response(status, code, detail, None, _rid(request))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResp:
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
         code = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}.get(
             exc.status_code, "http_error"
         )
         headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = allowed_methods(request.app.routes, request.scope)
+            if request.method == "OPTIONS":
+                return Response(status_code=204, headers=headers)
         return error_response(exc.status_code, code, str(exc.detail), headers, _rid(request))
 
     @app.exception_handler(Exception)

@@ -23,11 +23,13 @@ import structlog
 from fastapi import APIRouter, Header, Query, Request, Response
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
+from api import hub as hub_module
 from api import tokens
 from api.auth import current_user, security
 from api.errors import ERROR_RESPONSES, ApiError
-from api.middleware import OUTER_SEND
-from api.runs import _owned_run, _state, parse_run_id
+from api.middleware import ABORT, OUTER_SEND
+from api.runs import RunIdPath, _owned_run, _state, parse_run_id
+from api.schemas import EVENT_ID, EVENT_ID_PATTERN
 from api.state import AppState
 from api.streams import RunStream
 from shared.models import Event, Run, parse_event_id
@@ -161,7 +163,22 @@ class EventStream(Response):
                 return
             # Body frames skip the middlewares below RequestId (see OUTER_SEND); the end of the
             # body goes through all of them, so ReconnectHint sees whether the stream finished.
-            if await self._pump(receive, scope.get(OUTER_SEND, send)):
+            try:
+                ended = await self._pump(receive, scope.get(OUTER_SEND, send))
+            except SendStalled:
+                # Normal for a phone gone to sleep: one info line, and the connection dropped
+                # here (the protocol's ABORT) rather than an error with a traceback.
+                log.info(
+                    "stream_client_stopped_reading",
+                    run_id=self.stream.run_id,
+                    stalled_seconds=hub_module.SEND_TIMEOUT,
+                )
+                abort = scope.get(ABORT)
+                if abort is None:  # a server without the hook: it closes on the exception
+                    raise
+                abort()
+                return
+            if ended:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             self.stream.hub.let_go(lease)
@@ -212,10 +229,14 @@ class EventStream(Response):
     },
 )
 async def events(
-    run_id: str,
+    run_id: RunIdPath,
     request: Request,
-    last_event_id_header: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
-    last_event_id: Annotated[str | None, Query(max_length=64)] = None,
+    last_event_id_header: Annotated[
+        str | None, Header(alias="Last-Event-ID", json_schema_extra={"pattern": EVENT_ID_PATTERN})
+    ] = None,
+    last_event_id: Annotated[
+        str | None, Query(json_schema_extra={"pattern": EVENT_ID_PATTERN})
+    ] = None,
     token: Annotated[str | None, Query(max_length=2048)] = None,
 ) -> Response:
     state, sec = _state(request), security(request)
@@ -224,8 +245,11 @@ async def events(
     if isinstance(user, Response):
         return user
     run = await _owned_run(state, rid, user)
+    raw_after = last_event_id_header or last_event_id
     try:
-        after = parse_event_id(last_event_id_header or last_event_id)
+        if raw_after is not None and not EVENT_ID.fullmatch(raw_after):
+            raise ValueError("Last-Event-ID must be an event id previously sent by this stream")
+        after = parse_event_id(raw_after)
     except ValueError as exc:
         raise ApiError(400, "invalid_last_event_id", str(exc)) from None
     if after is not None and await _already_ended(state, run, after):

@@ -14,21 +14,36 @@ The event stream is in `api.events`.
 from __future__ import annotations
 
 import contextlib
-import re
 import time
-import uuid
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Depends, Header, Query, Request
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import APIRouter, Depends, Header, Path, Query, Request
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from starlette.types import Scope
 
 from api import tokens
 from api.admission import IN_FLIGHT_RETRY_AFTER
 from api.auth import Principal, Security, current_user, security, submit_principal
-from api.errors import ERROR_RESPONSES, ApiError, JSONResp, redis_failure
-from api.schemas import CancelAnswer, EventsUrl, RunList, RunView, SubmitAnswer, documented
+from api.errors import ERROR_RESPONSES, ApiError, ErrorBody, JSONResp, redis_failure
+from api.links import location, public_base, run_url
+from api.schemas import (
+    CURSOR,
+    CURSOR_PATTERN,
+    NONBLANK_PATTERN,
+    RUN_ID,
+    RUN_ID_PATTERN,
+    THREAD_ID_PATTERN,
+    CancelAnswer,
+    EventsUrl,
+    RunList,
+    RunView,
+    SubmitAnswer,
+    documented,
+    has_text,
+    valid_thread_id,
+)
 from api.state import AppState
 from api.submit import IDEMPOTENCY_KEY_RE, body_hash
 from api.submit_batch import Fallback, NeedsLock, StaleKey, Ticket
@@ -46,7 +61,6 @@ from shared.tools import tools_problem
 router = APIRouter(responses=ERROR_RESPONSES)
 
 User = Annotated[str, Depends(current_user)]
-THREAD_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
 def _state(request: Request) -> AppState:
@@ -88,39 +102,51 @@ def check_json_field(name: str, value: dict[str, Any], max_depth: int, max_bytes
 class SubmitRun(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    input: str = Field(min_length=1)
+    # Whitespace alone is no input: the run would only fail `bad_input` later.
+    input: str = Field(min_length=1, json_schema_extra={"pattern": NONBLANK_PATTERN})
     agent: str | None = None
     params: dict[str, Any] = Field(default_factory=dict)
-    thread_id: str | None = None
+    thread_id: str | None = Field(default=None, json_schema_extra={"pattern": THREAD_ID_PATTERN})
     # What to do when the thread is busy: run after (enqueue), 409 (reject), or cancel the
     # running run first (interrupt).
     thread_mode: ThreadMode = "enqueue"
     metadata: dict[str, Any] = Field(default_factory=dict)
 
+    @field_validator("input")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not has_text(value):
+            raise ValueError("must hold something besides whitespace")
+        return value
+
+
+# How a route takes a run id: declared a UUID in the schema, checked by `parse_run_id` (400).
+RunIdPath = Annotated[str, Path(json_schema_extra={"format": "uuid", "pattern": RUN_ID_PATTERN})]
+
 
 def parse_run_id(raw: str) -> str:
-    try:
-        return str(uuid.UUID(raw))
-    except ValueError:
-        raise ApiError(400, "invalid_run_id", "run ids are UUIDs") from None
+    if not RUN_ID.fullmatch(raw):
+        raise ApiError(400, "invalid_run_id", "run ids are UUIDs")
+    return raw.lower()
 
 
 def events_url(request: Request, sec: Security, run_id: str, user: str) -> tuple[str, int]:
     """A fresh `events_url` for this run and user, and its expiry (unix seconds)."""
-    return events_url_at(str(request.base_url).rstrip("/"), sec, run_id, user)
+    return events_url_at(public_base(request.scope, sec.settings), sec, run_id, user)
 
 
 def events_url_at(base: str, sec: Security, run_id: str, user: str) -> tuple[str, int]:
     now = time.time()
     ttl = sec.settings.stream_token_ttl_seconds
     token = tokens.mint(sec.stream_secret, run_id, user, now, ttl)
-    return f"{base}/runs/{run_id}/events?token={token}", int(now) + ttl
+    return f"{run_url(base, run_id)}/events?token={token}", int(now) + ttl
 
 
-def run_links(request: Request, run_id: str, user: str) -> dict[str, str]:
-    base = str(request.base_url).rstrip("/")
-    url, _ = events_url_at(base, security(request), run_id, user)
-    return {"url": f"{base}/runs/{run_id}", "events_url": url}
+def run_links(scope: Scope, sec: Security, run_id: str, user: str) -> dict[str, str]:
+    """The `url` and `events_url` of a run's answers (`api.links` says where they point)."""
+    base = public_base(scope, sec.settings)
+    url, _ = events_url_at(base, sec, run_id, user)
+    return {"url": run_url(base, run_id), "events_url": url}
 
 
 def _no_check(settings: Settings, params: dict[str, Any]) -> str | None:
@@ -141,7 +167,7 @@ def validate_submit(state: AppState, body: SubmitRun) -> str:
         raise ApiError(
             422, "unknown_agent", f"no such agent; known: {', '.join(sorted(state.agents))}"
         )
-    if body.thread_id is not None and not THREAD_RE.match(body.thread_id):
+    if body.thread_id is not None and not valid_thread_id(body.thread_id):
         raise ApiError(422, "invalid_request", "thread_id: 1-128 of [A-Za-z0-9._:-]")
     check_text("input", body.input)
     check_json_field("params", body.params, s.max_json_depth, s.max_json_bytes)
@@ -161,7 +187,7 @@ def submit_digest(body: SubmitRun, agent: str) -> bytes:
 def _idempotency_key(raw: str | None) -> str | None:
     if raw is None:
         return None
-    if not IDEMPOTENCY_KEY_RE.match(raw):
+    if not IDEMPOTENCY_KEY_RE.fullmatch(raw):
         raise ApiError(
             422, "invalid_idempotency_key", "Idempotency-Key: 1-255 printable ASCII characters"
         )
@@ -169,7 +195,8 @@ def _idempotency_key(raw: str | None) -> str | None:
 
 
 def accepted(request: Request, user: str, agent: str, sub: Submitted) -> JSONResp:
-    headers = {"Location": f"/runs/{sub.run_id}"}
+    links = run_links(request.scope, security(request), sub.run_id, user)
+    headers = {"Location": location(links["url"])}
     if sub.replayed:
         headers["Idempotent-Replayed"] = "true"
     return JSONResp(
@@ -179,7 +206,7 @@ def accepted(request: Request, user: str, agent: str, sub: Submitted) -> JSONRes
             "agent": agent,
             "thread_id": sub.thread_id,
             "created_at": sub.created_at.isoformat(),
-            **run_links(request, sub.run_id, user),
+            **links,
         },
         status_code=202,
         headers=headers,
@@ -292,9 +319,11 @@ async def _owned_run(state: AppState, raw_id: str, user: str) -> Run:
 
 
 @router.get("/runs/{run_id}", response_model=None, responses=documented(200, RunView, "the run"))
-async def get_run(run_id: str, request: Request, user: User) -> JSONResp:
+async def get_run(run_id: RunIdPath, request: Request, user: User) -> JSONResp:
     run = await _owned_run(_state(request), run_id, user)
-    return JSONResp({**run.public(), **run_links(request, run.run_id, user)})
+    return JSONResp(
+        {**run.public(), **run_links(request.scope, security(request), run.run_id, user)}
+    )
 
 
 @router.get(
@@ -302,21 +331,28 @@ async def get_run(run_id: str, request: Request, user: User) -> JSONResp:
     response_model=None,
     responses=documented(200, EventsUrl, "a fresh events_url"),
 )
-async def get_events_url(run_id: str, request: Request, user: User) -> JSONResp:
+async def get_events_url(run_id: RunIdPath, request: Request, user: User) -> JSONResp:
     """A fresh `events_url` (the way back for a page whose stream token expired)."""
     run = await _owned_run(_state(request), run_id, user)
     url, expires_at = events_url(request, security(request), run.run_id, user)
     return JSONResp({"run_id": run.run_id, "events_url": url, "expires_at": expires_at})
 
 
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def make_cursor(created_at: datetime, run_id: str) -> str:
+    micros = (created_at - EPOCH) // timedelta(microseconds=1)
+    return f"{micros}~{run_id}"
+
+
 def _cursor(raw: str | None) -> tuple[datetime, str] | None:
-    if not raw:
+    if raw is None:
         return None
-    try:
-        stamp, _, rid = raw.partition("~")
-        return datetime.fromisoformat(stamp), str(uuid.UUID(rid))
-    except ValueError:
-        raise ApiError(400, "invalid_cursor", "cursor must come from next_cursor") from None
+    if not CURSOR.fullmatch(raw):
+        raise ApiError(400, "invalid_cursor", "cursor must come from next_cursor")
+    micros, _, rid = raw.partition("~")
+    return EPOCH + timedelta(microseconds=int(micros)), rid.lower()
 
 
 @router.get("/runs", response_model=None, responses=documented(200, RunList, "the runs"))
@@ -324,9 +360,9 @@ async def list_runs(
     request: Request,
     user: User,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    cursor: Annotated[str | None, Query(json_schema_extra={"pattern": CURSOR_PATTERN})] = None,
     status: RunStatus | None = None,
-    thread_id: Annotated[str | None, Query(max_length=128)] = None,
+    thread_id: Annotated[str | None, Query(pattern=THREAD_ID_PATTERN)] = None,
 ) -> JSONResp:
     runs = await _state(request).store.runs.list_runs(
         user, limit=limit, before=_cursor(cursor), status=status, thread_id=thread_id
@@ -334,7 +370,7 @@ async def list_runs(
     next_cursor = None
     if len(runs) == limit:
         last = runs[-1]
-        next_cursor = f"{last.created_at.isoformat()}~{last.run_id}"
+        next_cursor = make_cursor(last.created_at, last.run_id)
     return JSONResp({"runs": [r.public() for r in runs], "next_cursor": next_cursor})
 
 
@@ -342,9 +378,12 @@ async def list_runs(
     "/runs/{run_id}/cancel",
     status_code=202,
     response_model=None,
-    responses=documented(202, CancelAnswer, "cancelled or cancelling"),
+    responses={
+        **documented(202, CancelAnswer, "cancelled (a queued run) or cancelling (a running one)"),
+        409: {"model": ErrorBody, "description": "already_finished: the run had ended"},
+    },
 )
-async def cancel(run_id: str, request: Request, user: User) -> JSONResp:
+async def cancel(run_id: RunIdPath, request: Request, user: User) -> JSONResp:
     state = _state(request)
     run = await _owned_run(state, run_id, user)
     if run.status is RunStatus.QUEUED:
@@ -360,7 +399,8 @@ async def cancel(run_id: str, request: Request, user: User) -> JSONResp:
         except REDIS_DOWN as exc:
             raise Unavailable("redis is unavailable: retry the cancel") from exc
         return JSONResp({"run_id": run.run_id, "status": "cancelling"}, status_code=202)
-    return JSONResp({"run_id": run.run_id, "status": str(run.status)}, status_code=202)
+    # Ended already (perhaps just now): nothing was cancelled, and a 202 would say otherwise.
+    raise ApiError(409, "already_finished", f"the run has already finished: {run.status}")
 
 
 async def _publish_archived_terminal(state: AppState, run: Run) -> None:

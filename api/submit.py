@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-IDEMPOTENCY_KEY_RE = re.compile(r"^[\x21-\x7e]{1,255}$")
+IDEMPOTENCY_KEY_RE = re.compile(r"[\x21-\x7e]{1,255}")  # whole keys only: fullmatch
 
 
 def body_hash(normalised: dict[str, Any]) -> bytes:

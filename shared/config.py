@@ -15,12 +15,14 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import Field, dataclass, field, fields, replace
 from functools import cache
 from typing import Any
+from urllib.parse import urlsplit
 
 from shared.errors import ConfigError
 
 # The concerns a knob belongs to, in the order the docs list them.
 GROUPS = (
     "servers",
+    "http",
     "queue",
     "leases",
     "events",
@@ -36,18 +38,28 @@ GROUPS = (
 
 @dataclass(frozen=True)
 class Knob:
-    """How one setting is read: its variable, its concern, its lower bound, what it means."""
+    """How one setting is read: its variable, its concern, its lower bound, what it means, and
+    its parser when its type's is not enough."""
 
     env: str
     group: str
     minimum: float | None
     help: str
+    parse: Callable[[str, str], Any] | None = None
 
 
-def knob(default: Any, env: str, group: str, help: str, *, minimum: float | None = None) -> Any:
+def knob(
+    default: Any,
+    env: str,
+    group: str,
+    help: str,
+    *,
+    minimum: float | None = None,
+    parse: Callable[[str, str], Any] | None = None,
+) -> Any:
     """A `Settings` field read from `env` (see the module docstring)."""
     assert group in GROUPS, group
-    return field(default=default, metadata={"knob": Knob(env, group, minimum, help)})
+    return field(default=default, metadata={"knob": Knob(env, group, minimum, help, parse)})
 
 
 @dataclass(frozen=True)
@@ -58,6 +70,40 @@ class Settings:
     redis_url: str = knob("redis://127.0.0.1:6379/0", "REDIS_URL", "servers", "Redis")
     database_url: str = knob(
         "postgresql://postgres@127.0.0.1:5432/longrun", "DATABASE_URL", "servers", "Postgres"
+    )
+    # -- the HTTP edge ---------------------------------------------------------------------
+    # Time a connection has to send a whole request head (from its first byte, or from the
+    # connection's start), idle time between requests on a kept-alive connection, and open
+    # connections per API process (0: the process's file-descriptor limit less a reserve).
+    head_timeout_seconds: float = knob(
+        10.0, "LONGRUN_HEAD_TIMEOUT_SECONDS", "http", "time to send a request head", minimum=0.05
+    )
+    keepalive_seconds: float = knob(
+        5.0, "LONGRUN_KEEPALIVE_SECONDS", "http", "idle keep-alive time", minimum=0.05
+    )
+    max_connections: int = knob(
+        0,
+        "LONGRUN_MAX_CONNECTIONS",
+        "http",
+        "open connections per API process (0: the fd limit less a reserve)",
+        minimum=0,
+    )
+    # Public links (`url`, `events_url`) start with this URL, e.g. "https://api.example.com";
+    # without it, with the request's Host when it is one of `trusted_hosts`; else the address
+    # the connection arrived at.
+    public_url: str | None = knob(
+        None,
+        "LONGRUN_PUBLIC_URL",
+        "http",
+        "base of public links (https://api.example.com)",
+        parse=lambda env, raw: _base_url(env, raw),
+    )
+    trusted_hosts: tuple[str, ...] = knob(
+        (),
+        "LONGRUN_TRUSTED_HOSTS",
+        "http",
+        "Host headers links may be built from",
+        parse=lambda env, raw: _hosts(env, raw),
     )
     # -- queue -----------------------------------------------------------------------------
     key_prefix: str = knob(
@@ -357,7 +403,7 @@ def _types() -> dict[str, Any]:
 
 def _parse(name: str, k: Knob, raw: str) -> Any:
     kind = _types()[name]
-    parse = _PARSERS.get(kind)
+    parse = k.parse or _PARSERS.get(kind)
     if parse is None:
         raise AssertionError(f"no parser for {name}: {kind}")  # a new type in the table
     value = parse(k.env, raw)
@@ -400,6 +446,18 @@ def _csv(env: str, raw: str) -> tuple[str, ...]:
 
 def _text(env: str, raw: str) -> str:
     return raw
+
+
+def _base_url(env: str, raw: str) -> str:
+    """An absolute http(s) URL without query or fragment, kept without its trailing slash."""
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+        raise ConfigError(f"{env} must be an http(s) URL like https://api.example.com, got {raw!r}")
+    return raw.rstrip("/")
+
+
+def _hosts(env: str, raw: str) -> tuple[str, ...]:
+    return tuple(h.lower() for h in _csv(env, raw))
 
 
 _PARSERS: dict[Any, Callable[[str, str], Any]] = {

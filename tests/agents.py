@@ -110,3 +110,9 @@ async def attempt_chat(ctx: RunContext) -> AsyncIterator[dict[str, Any]]:
     deps = LoopDeps(model=model, breaker=svc.breaker, ledger=svc.ledger, tools=tools)
     async for body in agent_loop(ctx, cfg, deps):
         yield body
+async def bulky(ctx: RunContext) -> AsyncIterator[dict[str, Any]]:
+    """`n` tokens of `size` characters each, as fast as they go: megabytes for a stream."""
+    text = "x" * int(ctx.params.get("size", 1000))
+    for _ in range(int(ctx.params.get("n", 100))):
+        yield {"type": "token", "text": text}
+    yield {"type": "done", "output": None}

@@ -170,6 +170,27 @@ async def api(api_factory: Callable[..., Awaitable[ApiServer]]) -> ApiServer:
 
 
 @pytest.fixture
+async def api_proc(settings: Settings, tmp_path: Any) -> AsyncIterator[Callable[..., Any]]:
+    """Starts real `longrun api` processes (JSON logs in tmp_path); stops them afterwards."""
+    from tests.test_ops_shutdown import ApiProc, start_api
+
+    procs: list[ApiProc] = []
+
+    async def start(name: str = "api", **env: str) -> ApiProc:
+        api = await start_api(settings, tmp_path, name, **env)
+        procs.append(api)
+        return api
+
+    try:
+        yield start
+    finally:
+        for api in procs:
+            if api.proc.returncode is None:
+                api.proc.terminate()
+                await api.proc.wait()
+
+
+@pytest.fixture
 async def worker_factory(settings: Settings) -> AsyncIterator[Callable[..., Awaitable[Worker]]]:
     workers: list[Worker] = []
 

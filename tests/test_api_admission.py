@@ -273,8 +273,14 @@ async def test_longrun_pause_and_resume_commands_flip_every_api_process(
 
     async def longrun(*args: str) -> str:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "cli.main", *args, env=settings_env(settings),
-            cwd=str(ROOT), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            sys.executable,
+            "-m",
+            "cli.main",
+            *args,
+            env=settings_env(settings),
+            cwd=str(ROOT),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
         )
         out, _ = await asyncio.wait_for(proc.communicate(), 30)
         assert proc.returncode == 0, out

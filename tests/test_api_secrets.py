@@ -48,8 +48,14 @@ async def _postgres_text(dsn: str) -> dict[str, str]:
         for t in tables:
             rows = await conn.fetch(f'SELECT * FROM "{t}"')
             out[t] = "\n".join(
-                str({k: bytes(v).decode(errors="replace") if isinstance(v, bytes | memoryview)
-                     else v for k, v in dict(r).items()})
+                str(
+                    {
+                        k: bytes(v).decode(errors="replace")
+                        if isinstance(v, bytes | memoryview)
+                        else v
+                        for k, v in dict(r).items()
+                    }
+                )
                 for r in rows
             )
         return out

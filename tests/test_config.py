@@ -40,6 +40,8 @@ def test_every_knob_round_trips_through_the_environment() -> None:
             changed[f.name] = default + 1.5
         elif isinstance(default, tuple):
             changed[f.name] = ("a=b:c", "d")
+        elif f.name == "public_url":
+            changed[f.name] = "https://api.example.com"
         else:
             changed[f.name] = f"value-of-{f.name}"
     s = Settings(**changed)  # type: ignore[arg-type]
