@@ -7,6 +7,7 @@ Each function takes the settings and returns the process exit code.
 from __future__ import annotations
 
 import asyncio
+import sys
 
 from shared.config import Settings
 from shared.keys import Keys
@@ -50,7 +51,11 @@ async def revoke_key(settings: Settings, key_id: str) -> bool:
     try:
         await bump_key_epoch(r, Keys.from_settings(settings))
     except REDIS_DOWN:
-        print("warning: Redis unreachable: API processes may accept the key for 5 more seconds")
+        print(
+            "longrun: warning: Redis unreachable: API processes may accept the key for 5 more "
+            "seconds",
+            file=sys.stderr,
+        )
     finally:
         await r.aclose()
     return revoked
