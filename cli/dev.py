@@ -40,6 +40,7 @@ import redis
 import cli.embedded as emb
 from cli.config import LOCK_FILE, SOURCE_ROOT, dev_home, redacted, remove_env_file, write_env_file
 from cli.devinfo import banner, dev_key, env_values
+from cli.exits import Exit
 from shared.config import Settings
 from shared.errors import ConfigError, LongrunError
 
@@ -496,7 +497,7 @@ def run(env: Mapping[str, str], *, embedded: bool, port: int, workers: int) -> i
         return 130
     except LongrunError as exc:
         say(f"longrun dev: {exc.detail or exc}", err=True)
-        return 1
+        return Exit.USAGE if isinstance(exc, ConfigError) else Exit.NOT_SUCCEEDED
     finally:
         _stop_strays(backends, grace)
         backends.stop()

@@ -58,9 +58,9 @@ def _dispatch(args: argparse.Namespace, process_env: Mapping[str, str]) -> int:
     settings = Settings.from_env(env)
     if cmd == "api":
         return _api(settings, args.host, args.port)
-    if cmd == "worker":
-        return _worker(settings, args.concurrency)
     with servers(settings):
+        if cmd == "worker":
+            return _worker(settings, args.concurrency)
         return _admin(args, settings)
 
 

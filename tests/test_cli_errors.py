@@ -7,6 +7,7 @@ Regression: `longrun submit` against an API that was not running printed a 60-li
 
 from __future__ import annotations
 
+import socket
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -56,7 +57,15 @@ def test_an_api_command_against_an_api_that_is_not_running_says_so_in_one_line_a
 
 @pytest.mark.parametrize(
     "argv",
-    [["status"], ["status", "--json"], ["pause"], ["resume"], ["dlq", "list"], ["dlq", "ack"]],
+    [
+        ["status"],
+        ["status", "--json"],
+        ["pause"],
+        ["resume"],
+        ["dlq", "list"],
+        ["dlq", "ack"],
+        ["worker"],
+    ],
     ids=" ".join,
 )
 async def test_an_admin_command_with_redis_unreachable_names_it_in_one_line_and_exits_2(
@@ -78,6 +87,7 @@ async def test_an_admin_command_with_redis_unreachable_names_it_in_one_line_and_
         ["keys", "list"],
         ["keys", "revoke", "k_1"],
         ["dlq", "list"],
+        ["worker"],
     ],
     ids=" ".join,
 )
@@ -195,3 +205,18 @@ def test_a_malformed_command_line_exits_5_not_2_which_means_unreachable(tmp_path
 
     assert done.code == 5, done
     assert "the following arguments are required: run_id" in done.err
+
+
+def test_longrun_dev_on_a_taken_port_says_so_in_one_line_and_exits_5(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+
+        done = longrun_sync("dev", "--port", str(port), env=cli_env(tmp_path))
+
+    assert done.code == 5, done
+    assert done.err_lines == [
+        f"longrun dev: port {port} on 127.0.0.1 is taken ([Errno 98] Address already in use); "
+        "use --port"
+    ]
