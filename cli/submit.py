@@ -60,9 +60,9 @@ async def _submit(api: Api, session: Session, req: SubmitRequest) -> int:
     run_id = str(run["run_id"])
     if not req.follow:
         print(json.dumps(run, indent=2) if req.as_json else run_id)
-        say(f"run {run_id} queued")
-        return Exit.OK
     say(f"run {run_id} queued")
+    if not req.follow:
+        return Exit.OK
     session.follower = Follower(api, run_id, printer(req.as_json, req.agent))
     end = await session.follower.run()
     if end is None:  # a 204: only after a Last-Event-ID, which a first stream does not send

@@ -6,6 +6,7 @@ reads (`--json`), and the exit codes.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ import pytest
 from shared.config import Settings
 from tests.cli_proc import Running, cli_env, longrun
 from tests.helpers import submit, wait_status
+from tests.tcp_proxy import TcpProxy
 
 LONG = {"count": 1000, "interval_ms": 50}
 
@@ -187,3 +189,30 @@ async def test_runs_cancel_of_a_finished_run_says_there_is_nothing_to_cancel(
 
     assert json.loads(done.out)["run_id"] == run_id
     assert text.out == f"run {run_id} already succeeded: nothing to cancel\n"
+
+
+async def test_submit_follow_rides_out_a_dropped_connection_without_skipping_or_repeating(
+    env: dict[str, str], api, worker
+) -> None:
+    # Given a run followed through a link that can be cut
+    proxy = await TcpProxy("127.0.0.1", api.port).start()
+    params = json.dumps({"count": 30, "interval_ms": 20})
+    follow = await Running.start(
+        "submit", "x", "--agent", "ticker", "--params", params, "--follow",
+        env={**env, "LONGRUN_URL": proxy.url_for(api.url)},
+    )  # fmt: skip
+    try:
+        await follow.read_until("5 ")
+
+        # When the connection drops mid-run (and the network comes back)
+        proxy.cut()
+        proxy.restore()
+        out, err = await asyncio.wait_for(follow.proc.communicate(), 30)
+    finally:
+        await follow.kill()
+        await proxy.stop()
+
+    # Then it resumed after the last event it had, and printed every token exactly once
+    assert follow.proc.returncode == 0, err
+    assert follow.seen + out.decode() == " ".join(str(i) for i in range(1, 31)) + "\n"
+    assert "[connection lost; resuming after event " in err.decode()
