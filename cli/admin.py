@@ -7,6 +7,7 @@ Each function takes the settings and returns the process exit code.
 from __future__ import annotations
 
 import asyncio
+import sys
 
 from shared.config import Settings
 from shared.redis.admission import AdmissionIO
@@ -54,7 +55,11 @@ async def revoke_key(settings: Settings, key_id: str) -> bool:
     try:
         await switches.bump_key_epoch()
     except REDIS_DOWN:
-        print("warning: Redis unreachable: API processes may accept the key for 5 more seconds")
+        print(
+            "longrun: warning: Redis unreachable: API processes may accept the key for 5 more "
+            "seconds",
+            file=sys.stderr,
+        )
     finally:
         await switches.aclose()
     return revoked

@@ -26,6 +26,10 @@ Redis: TypeAlias = aioredis.Redis
 
 # Redis is away (down, unreachable, too slow): callers degrade or answer 503.
 REDIS_DOWN: tuple[type[BaseException], ...] = (RedisConnectionError, RedisTimeoutError, OSError)
+# Redis' own "cannot reach it" errors, without the OSError other clients raise too (the CLI
+# tells a Redis failure from a Postgres one with them); `RedisTimeout` is the timed-out one.
+REDIS_UNREACHABLE: tuple[type[BaseException], ...] = (RedisConnectionError, RedisTimeoutError)
+RedisTimeout = RedisTimeoutError
 # Any Redis failure, including replies the code does not expect (`MOVED` from a cluster node,
 # `WRONGTYPE`, `OOM`, `NOPERM`): what a caller that must not crash catches.
 REDIS_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError)
