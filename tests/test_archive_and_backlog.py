@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import time
+import uuid
 
 from shared.keys import Keys
 from tests.helpers import assert_gapless_ticker, read_events, submit, wait_for, wait_status
@@ -101,3 +103,28 @@ async def test_archives_taken_in_the_background_while_events_flow_lose_nothing(
     assert archived[-1].type == "done"
     _, served = await read_events(client, run_id)
     assert_gapless_ticker(served, 80)
+
+
+async def test_a_hole_in_the_archive_ends_the_stream_with_an_error_after_bounded_work(
+    client, worker, settings, redis_client, store
+):
+    # Given a finished run that Redis has forgotten and whose archive lost events 1-3 (what
+    # a worker killed between its Redis appends and its archive used to leave behind)
+    run_id = await submit(client, agent="ticker", params={"count": 6, "interval_ms": 0})
+    await wait_status(client, run_id, "succeeded")
+    keys = Keys.from_settings(settings)
+    await redis_client.delete(keys.events(run_id), keys.run_meta(run_id))
+    async with store.conn() as c:
+        await c.execute("DELETE FROM run_events WHERE run_id = $1 AND seq <= 3", uuid.UUID(run_id))
+
+    # When a client replays it from the start
+    t0 = time.monotonic()
+    status, got = await asyncio.wait_for(read_events(client, run_id), timeout=10)
+
+    # Then it is told, without an id, that the events are unavailable, and the stream ends
+    # within about a second (the server looked again a few times, then stopped)
+    assert status == 200
+    assert [(g.id, g.event, g.data["error"]) for g in got] == [
+        (None, "stream_error", "events_unavailable")
+    ]
+    assert time.monotonic() - t0 < 5
