@@ -13,6 +13,7 @@ The event stream is in `api.events`.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 import uuid
@@ -373,14 +374,12 @@ async def cancel(run_id: str, request: Request, user: User) -> JSONResp:
 
 async def _publish_archived_terminal(state: AppState, run: Run) -> None:
     """Copy a terminal event the API committed (a queued run cancelled) into the run's Redis
-    stream, so live followers see it at once. Best effort: the archive has it anyway."""
+    stream through the append script (which closes the run's log there), so live followers
+    see it at once. Best effort: the archive has it anyway."""
     events = await state.store.events_after(run.run_id, run.last_seq - 1, 1)
     if not events:
         return
-    e = events[0]
-    key = state.keys.events(run.run_id)
-    try:
-        await state.redis.xadd(key, {"t": e.type, "d": e.data}, id=f"0-{e.seq}")
-        await state.redis.expire(key, state.settings.events_ttl_seconds)
-    except REDIS_OR_REPLY:
-        pass
+    with contextlib.suppress(*REDIS_OR_REPLY):
+        await state.rio.append(
+            run.run_id, 0, events, ttl=state.settings.events_ttl_seconds, terminal=True
+        )

@@ -4,79 +4,107 @@ attempt stored in the run's meta hash first (the fence), atomically with the wri
 Each `redis.call` from Lua costs Redis time of its own beyond the command's: the scripts that
 run for every run (append, acks) read and write as few times as they can."""
 
-# KEYS: meta, events. ARGV: attempt, first_seq, max_events, max_bytes, ttl, owner, entry,
-# meta_ttl, (type, data)... With an `owner`, the attempt's first write also raises its fence
-# (as `FENCE` does, with `first_seq - 1` as the known seq) unless a later attempt holds it.
-# The meta hash is read once and written once: this script runs for every batch of every run.
-# Returns {1, cancel} on success, {-1, attempt} when fenced out, {-2, seq} on a seq conflict,
-# {-3, 0} when the per-run cap would be exceeded.
+# Copy events Postgres has committed into the run's Redis stream, for fan-out.
+# KEYS: meta, events.
+# ARGV: attempt (0: a writer with no attempt, e.g. the API ending a queued run), first_seq,
+#       ttl (> 0: start the run's expiry), owner, entry, meta_ttl, terminal ('1': the last
+#       event is the run's terminal one), then (type, data) per event.
+# Redis is a cache of the archive: it may have lost events (a restart, a failover) or missed
+# an append (an outage). So events it already has are skipped (a retry, or a newer writer
+# got there first: Postgres committed each seq once, the bytes are the same), a hole before
+# the first new event is allowed (readers fill it from the archive), and a missing meta hash
+# is re-created. It refuses a writer older than the attempt it knows ({-1, attempt}: that
+# writer lost its lease) and anything after the run's terminal event ({-4, terminal seq}).
+# Returns {1, cancel flag} once the events are in.
 APPEND = """
-local m = redis.call('HMGET', KEYS[1], 'attempt', 'seq', 'bytes', 'cancel')
+local m = redis.call('HMGET', KEYS[1], 'attempt', 'seq', 'closed', 'cancel')
 local a = tonumber(ARGV[1])
 local first = tonumber(ARGV[2])
-local attempt = tonumber(m[1] or '0')
-local seq = tonumber(m[2] or '0')
-local fencing = attempt < a and ARGV[6] ~= ''
-if fencing then
-  attempt = a
-  if not m[2] then seq = first - 1 end
+local known = tonumber(m[1] or '0')
+if a > 0 and known > a then return {-1, known} end
+if m[3] and first > tonumber(m[3]) then return {-4, tonumber(m[3])} end
+local seq = tonumber(m[2] or '-1')
+if seq < 0 then
+  -- No meta hash: the stream's own last id says what it holds.
+  local top = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
+  seq = 0
+  if #top == 1 then seq = tonumber(string.match(top[1][1], '%-(%d+)$')) end
 end
-if attempt ~= a then return {-1, attempt} end
-if seq ~= first - 1 then return {-2, seq} end
-local n = (#ARGV - 8) / 2
-local bytes = tonumber(m[3] or '0')
-local add = 0
-for i = 0, n - 1 do add = add + string.len(ARGV[10 + 2 * i]) end
-if seq + n > tonumber(ARGV[3]) or bytes + add > tonumber(ARGV[4]) then return {-3, 0} end
+local n = (#ARGV - 7) / 2
+local last = first + n - 1
 for i = 0, n - 1 do
-  redis.call('XADD', KEYS[2], '0-' .. (first + i), 't', ARGV[9 + 2 * i], 'd', ARGV[10 + 2 * i])
+  if first + i > seq then
+    redis.call('XADD', KEYS[2], '0-' .. (first + i), 't', ARGV[8 + 2 * i], 'd', ARGV[9 + 2 * i])
+  end
 end
-if fencing then
-  redis.call('HSET', KEYS[1], 'seq', seq + n, 'bytes', bytes + add,
-             'attempt', a, 'owner', ARGV[6], 'entry', ARGV[7])
-else
-  redis.call('HSET', KEYS[1], 'seq', seq + n, 'bytes', bytes + add)
+local fields = {}
+if last > seq or not m[2] then
+  fields[#fields + 1] = 'seq'
+  fields[#fields + 1] = math.max(last, seq)
 end
-local ttl = tonumber(ARGV[5])
+if a > known then
+  fields[#fields + 1] = 'attempt'
+  fields[#fields + 1] = a
+  fields[#fields + 1] = 'owner'
+  fields[#fields + 1] = ARGV[4]
+  fields[#fields + 1] = 'entry'
+  fields[#fields + 1] = ARGV[5]
+end
+if ARGV[7] == '1' then
+  fields[#fields + 1] = 'closed'
+  fields[#fields + 1] = last
+end
+if #fields > 0 then redis.call('HSET', KEYS[1], unpack(fields)) end
+local ttl = tonumber(ARGV[3])
 if ttl > 0 then
   redis.call('EXPIRE', KEYS[1], ttl)
   redis.call('EXPIRE', KEYS[2], ttl)
-elseif fencing then
-  redis.call('EXPIRE', KEYS[1], tonumber(ARGV[8]))
+elseif a > known or not m[2] then
+  redis.call('EXPIRE', KEYS[1], tonumber(ARGV[6]))
 end
 return {1, tonumber(m[4] or '0')}
 """
 
-# KEYS: meta. ARGV: attempt, owner, known_seq, ttl, entry id. Raises the fence to `attempt` unless a
-# later attempt holds it already. When the meta hash is gone (new run, or Redis lost it),
-# seeds `seq` from Postgres' archived seq. Returns {1, seq, cancel} or {-1, attempt}.
+# KEYS: meta, events. ARGV: attempt, owner, ttl, entry id. Raises the fence to `attempt`
+# unless a later attempt holds it already, so an older attempt's appends are refused from now
+# on. Returns {1, seq, cancel}, `seq` being the last event Redis holds for the run (from the
+# meta hash, or the stream when Redis lost the hash: the attempt copies what Redis lacks from
+# the archive), or {-1, attempt}.
 FENCE = """
-local attempt = tonumber(redis.call('HGET', KEYS[1], 'attempt') or '0')
+local m = redis.call('HMGET', KEYS[1], 'attempt', 'seq', 'cancel')
+local attempt = tonumber(m[1] or '0')
 if attempt >= tonumber(ARGV[1]) then return {-1, attempt} end
-local seq = redis.call('HGET', KEYS[1], 'seq')
-if not seq then
-  seq = ARGV[3]
-  redis.call('HSET', KEYS[1], 'seq', seq, 'bytes', 0)
+local seq = tonumber(m[2] or '-1')
+if seq < 0 then
+  local top = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
+  seq = 0
+  if #top == 1 then seq = tonumber(string.match(top[1][1], '%-(%d+)$')) end
 end
-redis.call('HSET', KEYS[1], 'attempt', ARGV[1], 'owner', ARGV[2], 'entry', ARGV[5])
-redis.call('EXPIRE', KEYS[1], tonumber(ARGV[4]))
-return {1, tonumber(seq), tonumber(redis.call('HGET', KEYS[1], 'cancel') or '0')}
+redis.call('HSET', KEYS[1], 'attempt', ARGV[1], 'owner', ARGV[2], 'entry', ARGV[4])
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
+return {1, seq, tonumber(m[3] or '0')}
 """
 
 # KEYS: queue. ARGV: group, consumer, id... For each entry still pending for this consumer,
-# reset its idle time (XCLAIM ... JUSTID, which does not count a delivery). Returns the ids
-# this consumer no longer owns: their runs must stop now.
+# reset its idle time (XCLAIM ... JUSTID, which does not count a delivery). Returns two lists:
+# the ids another consumer holds now (their runs must stop: the lease moved), and the ids no
+# one holds (Redis lost them, or the group: the run must be handed over at once, as nothing
+# would ever re-claim it).
 RENEW = """
-local lost = {}
+local lost, gone = {}, {}
 for i = 3, #ARGV do
-  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
-  if #p == 1 and p[1][2] == ARGV[2] then
+  local p = redis.pcall('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
+  if p['err'] then
+    table.insert(gone, ARGV[i])
+  elseif #p == 1 and p[1][2] == ARGV[2] then
     redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
-  else
+  elseif #p == 1 then
     table.insert(lost, ARGV[i])
+  else
+    table.insert(gone, ARGV[i])
   end
 end
-return lost
+return {lost, gone}
 """
 
 # KEYS: queue. ARGV: group, consumer, id. Ack and delete an entry only if this consumer holds
@@ -117,15 +145,20 @@ return out
 
 # KEYS: queue. ARGV: group, consumer, id, run_id, handoffs. Hand an entry over: add a fresh
 # entry for the run and ack+delete the old one, atomically, only if this consumer holds it.
+# An entry no consumer holds (Redis lost its delivery, or the entry) is replaced too: the old
+# id is deleted if it is still there (never delivered), so the run has one entry. One another
+# consumer holds is left alone. Returns 1 when a fresh entry was added.
 HANDOFF = """
-local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
-if #p == 1 and p[1][2] == ARGV[2] then
-  redis.call('XADD', KEYS[1], '*', 'run', ARGV[4], 'handoffs', ARGV[5])
-  redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
-  redis.call('XDEL', KEYS[1], ARGV[3])
-  return 1
+local p = redis.pcall('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
+if p['err'] then
+  redis.call('XGROUP', 'CREATE', KEYS[1], ARGV[1], '0', 'MKSTREAM')
+  p = {}
 end
-return 0
+if #p == 1 and p[1][2] ~= ARGV[2] then return 0 end
+redis.call('XADD', KEYS[1], '*', 'run', ARGV[4], 'handoffs', ARGV[5])
+if #p == 1 then redis.call('XACK', KEYS[1], ARGV[1], ARGV[3]) end
+redis.call('XDEL', KEYS[1], ARGV[3])
+return 1
 """
 
 # KEYS: meta. ARGV: ttl. Sets the cancel flag (kept as long as the run's keys).
@@ -134,4 +167,10 @@ redis.call('HSET', KEYS[1], 'cancel', 1)
 local ttl = redis.call('TTL', KEYS[1])
 if ttl < 0 then redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1])) end
 return 1
+"""
+
+# KEYS: lock. ARGV: owner. Release a lock only if this owner still holds it.
+RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
 """

@@ -27,19 +27,13 @@ from shared.config import Settings
 from shared.errors import ConfigError, LeaseLost, LongrunError
 from shared.keys import Keys
 from shared.models import Event
-from shared.redis_scripts import ACK, ACK_MANY, APPEND, CANCEL, FENCE, HANDOFF, RENEW
+from shared.redis_scripts import ACK, ACK_MANY, APPEND, CANCEL, FENCE, HANDOFF, RELEASE, RENEW
 
 REDIS_DOWN: tuple[type[BaseException], ...] = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
 class EventCapExceeded(LongrunError):
     code = "event_cap_exceeded"
-
-
-class SeqConflict(LongrunError):
-    """The stream's last seq is not the one this writer expected (a bug or a lost fence)."""
-
-    code = "seq_conflict"
 
 
 def create_redis(settings: Settings, name: str) -> aioredis.Redis:
@@ -142,6 +136,7 @@ class RedisIO:
         self._ack_many = r.register_script(ACK_MANY)
         self._handoff = r.register_script(HANDOFF)
         self._cancel = r.register_script(CANCEL)
+        self._release = r.register_script(RELEASE)
         self._queued = 0
         self._in_flight = 0
         self._kept: list[Any] = []  # see _pipeline
@@ -251,13 +246,15 @@ class RedisIO:
             if "BUSYGROUP" not in str(exc):
                 raise
 
-    async def renew(self, consumer: str, entry_ids: Sequence[str]) -> list[str]:
+    async def renew(self, consumer: str, entry_ids: Sequence[str]) -> tuple[list[str], list[str]]:
+        """Renew this consumer's entries. Returns (lost, gone): the ids another consumer
+        holds now, and the ids no one holds (Redis lost them)."""
         if not entry_ids:
-            return []
-        lost = await self._renew(
+            return [], []
+        lost, gone = await self._renew(
             keys=[self.keys.queue], args=[self.keys.group, consumer, *entry_ids]
         )
-        return [_s(x) for x in lost]
+        return [_s(x) for x in lost], [_s(x) for x in gone]
 
     async def ack(self, consumer: str, entry_id: str) -> bool:
         done = await self._script(
@@ -273,13 +270,11 @@ class RedisIO:
         return bool(done)
 
     # -- runs --------------------------------------------------------------------------------
-    def _fence_call(
-        self, run_id: str, attempt: int, owner: str, known_seq: int, entry_id: str
-    ) -> ScriptCall:
+    def _fence_call(self, run_id: str, attempt: int, owner: str, entry_id: str) -> ScriptCall:
         return (
             self._fence,
-            [self.keys.run_meta(run_id)],
-            [attempt, owner, known_seq, self.settings.events_ttl_seconds * 24, entry_id],
+            [self.keys.run_meta(run_id), self.keys.events(run_id)],
+            [attempt, owner, self.settings.events_ttl_seconds * 24, entry_id],
         )
 
     @staticmethod
@@ -290,19 +285,19 @@ class RedisIO:
             return LeaseLost(f"attempt {attempt} is older than attempt {int(res[1])}")
         return Fence(seq=int(res[1]), cancel_requested=bool(int(res[2])))
 
-    async def fence(
-        self, run_id: str, attempt: int, owner: str, known_seq: int, entry_id: str = ""
-    ) -> Fence:
-        call = self._fence_call(run_id, attempt, owner, known_seq, entry_id)
+    async def fence(self, run_id: str, attempt: int, owner: str, entry_id: str = "") -> Fence:
+        """Raise the run's fence in Redis to `attempt`; `Fence.seq` is the last event Redis
+        holds for the run (below the archive's end when Redis lost some)."""
+        call = self._fence_call(run_id, attempt, owner, entry_id)
         out = self._fence_outcome(attempt, await self._script(*call))
         if isinstance(out, BaseException):
             raise out
         return out
 
     async def fence_many(
-        self, items: Sequence[tuple[str, int, str, int, str]]
+        self, items: Sequence[tuple[str, int, str, str]]
     ) -> list[Fence | BaseException]:
-        """`fence` for many (run_id, attempt, owner, known_seq, entry_id) in one round trip, now
+        """`fence` for many (run_id, attempt, owner, entry_id) in one round trip, now
         (not queued behind other calls). One outcome per item: a Fence, or LeaseLost (or a
         script error) for that run alone; a Redis outage raises."""
         replies = await self._run_scripts([self._fence_call(*item) for item in items])
@@ -326,22 +321,23 @@ class RedisIO:
         events: Sequence[Event],
         *,
         ttl: int = 0,
-        over_cap: bool = False,
+        terminal: bool = False,
         fence: tuple[str, str] | None = None,
     ) -> ScriptCall:
-        """The append script's call. `fence` (owner, entry id): this is the attempt's first
-        write and raises its fence too (see `Fence.deferred`)."""
-        extra_events, extra_bytes = (1, len(events[-1].data)) if over_cap else (0, 0)
+        """The append script's call: copy events Postgres committed into the run's stream.
+        `attempt` 0: a writer with no attempt (the API ending a queued run). `terminal`: the
+        last event ends the run (Redis then refuses later seqs). `ttl` > 0 starts the run's
+        expiry. `fence` (owner, entry id): this is the attempt's first write and raises its
+        fence too (see `Fence.deferred`)."""
         owner, entry = fence or ("", "")
         args: list[Any] = [
             attempt,
             events[0].seq,
-            self.settings.max_events_per_run + extra_events,
-            self.settings.max_event_bytes_per_run + extra_bytes,
             ttl,
             owner,
             entry,
             self.settings.events_ttl_seconds * 24,
+            1 if terminal else 0,
         ]
         for e in events:
             args.extend((e.type, e.data))
@@ -356,9 +352,7 @@ class RedisIO:
             return AppendResult(cancel_requested=bool(int(res[1])))
         if code == -1:
             return LeaseLost(f"run {run_id}: attempt {attempt} fenced out by {int(res[1])}")
-        if code == -3:
-            return EventCapExceeded("the run's events exceed the per-run cap")
-        return SeqConflict(f"run {run_id}: stream is at seq {int(res[1])}")
+        return LeaseLost(f"run {run_id}: its log closed at seq {int(res[1])}")
 
     async def append(
         self,
@@ -367,13 +361,11 @@ class RedisIO:
         events: Sequence[Event],
         *,
         ttl: int = 0,
-        over_cap: bool = False,
+        terminal: bool = False,
         fence: tuple[str, str] | None = None,
     ) -> AppendResult:
-        """Append events (consecutive seqs) under the attempt's fence. `over_cap`: the last
-        event is a terminal one and may go past the per-run caps (so a capped run can still
-        end); the events before it still count against them. `fence`: see `append_call`."""
-        call = self.append_call(run_id, attempt, events, ttl=ttl, over_cap=over_cap, fence=fence)
+        """`append_call`, sent (grouped with other calls when batched)."""
+        call = self.append_call(run_id, attempt, events, ttl=ttl, terminal=terminal, fence=fence)
         out = self.append_outcome(run_id, attempt, await self._script(*call))
         if isinstance(out, BaseException):
             raise out
@@ -383,6 +375,18 @@ class RedisIO:
         """Script calls in one round trip now (not queued behind other grouped calls); one
         reply (or error instance) per call. A Redis outage raises."""
         return await self._run_scripts(calls)
+
+    async def server_run_id(self) -> str:
+        """Redis' own run id (`INFO server`): a new one means a restarted (or failed-over)
+        server, which may have lost what it had not persisted."""
+        info = await self.r.info("server")
+        return str(info.get("run_id", ""))
+
+    async def take_lock(self, key: str, owner: str, ttl_ms: int) -> bool:
+        return bool(await self.r.set(key, owner, nx=True, px=ttl_ms))
+
+    async def release_lock(self, key: str, owner: str) -> None:
+        await self._release(keys=[key], args=[owner])
 
     async def expire_run(self, run_id: str) -> None:
         ttl = self.settings.events_ttl_seconds

@@ -21,11 +21,13 @@ import asyncpg
 import orjson
 
 from shared.agents.base import Checkpoint
+from shared.config import Settings
 from shared.errors import LeaseLost
 from shared.models import Event, Run, RunStatus, Transition, sources
 from shared.store_base import PG_DOWN, StoreBase, connect
 from shared.store_batches import BatchQueries, Finishing
-from shared.store_rows import RUN_COLUMNS, TARGETS, THREAD_TURN, run_of
+from shared.store_events import EventLog
+from shared.store_rows import RUN_COLUMNS, THREAD_TURN, run_of
 from shared.store_submit import SubmitQueries
 from shared.store_threads import ThreadQueries
 from shared.store_users import ApiKey, KeyQueries, SpendQueries, hash_key, new_api_key
@@ -48,6 +50,10 @@ class NewRun:
 class Store(KeyQueries, ThreadQueries, SpendQueries, SubmitQueries, BatchQueries):
     """All Postgres access. Built with `await Store.open(settings, app_name)`; close with
     `await store.close()`. Every call acquires a pooled connection with a timeout."""
+
+    def __init__(self, pool: asyncpg.Pool, settings: Settings) -> None:
+        super().__init__(pool, settings)
+        self.log = EventLog(self)
 
     # -- runs: API side ----------------------------------------------------------------------
     async def insert_run(self, new: NewRun, conn: asyncpg.Connection | None = None) -> Run:
@@ -235,34 +241,20 @@ class Store(KeyQueries, ThreadQueries, SpendQueries, SubmitQueries, BatchQueries
             )
         return None if row is None else Event(seq=row["seq"], type=row["type"], data=row["data"])
 
-    async def finish(
-        self,
-        run_id: str,
-        attempt: int,
-        move: Transition,
-        events: Sequence[Event],
-        *,
-        output: Any = None,
-        error: dict[str, Any] | None = None,
-        usage: dict[str, Any] | None = None,
-        cost_usd: float = 0.0,
-        messages: Sequence[dict[str, Any]] = (),
-        thread: bool = True,
-    ) -> str | None:
-        """Commit the terminal state, the rest of the event archive and the run's new thread
-        messages in one transaction, fenced on the attempt. Raises LeaseLost when another
-        attempt owns the run. Returns the next queued run of its thread, to enqueue."""
-        target = TARGETS[move]
-        args = (run_id, attempt, target, events, output, error, usage, cost_usd)
-        if not thread:
-            async with self.conn() as c:  # one statement: its own transaction, one round trip
-                await self._finish_statement(c, *args)
-            return None
+    async def finish(self, f: Finishing, messages: Sequence[dict[str, Any]] = ()) -> str | None:
+        """Commit a run of a thread's terminal state, its last events and its new thread
+        messages in one transaction, fenced on the attempt and the log's seq. Raises
+        LeaseLost when another attempt owns the run. Returns the thread's next queued run, to
+        enqueue. An earlier try that committed (its reply lost) counts as committed."""
         async with self.conn() as c, c.transaction():
-            await self._finish_statement(c, *args)
-            if messages:
-                await self._add_messages(c, run_id, messages)
-            return await self.next_of_thread(c, run_id)
+            if await self._finish_statement(c, f):
+                if messages:
+                    await self._add_messages(c, f.run_id, messages)
+            else:
+                refused = await self._settle_finish(c, f)
+                if refused is not None:
+                    raise refused
+            return await self.next_of_thread(c, f.run_id)
 
     async def fail_unstarted(self, run_id: str, error: dict[str, Any]) -> Run | None:
         """Fail a run that no attempt holds (dead-lettered), archiving an `error` event."""
@@ -332,15 +324,20 @@ class Store(KeyQueries, ThreadQueries, SpendQueries, SubmitQueries, BatchQueries
             )
         return bool(done.endswith(" 1"))
 
-    async def active_runs(self, older_than_seconds: float, limit: int = 500) -> list[Run]:
-        """Queued or running runs not updated for a while (reconciler candidates)."""
+    async def active_runs(
+        self, queued_for: float, running_silent_for: float, limit: int = 500
+    ) -> list[Run]:
+        """Reconciler candidates, oldest first: runs queued for over `queued_for` seconds, and
+        running runs whose Postgres heartbeat is older than `running_silent_for`."""
         async with self.conn() as c:
             rows = await c.fetch(
                 f"""SELECT {RUN_COLUMNS} FROM runs
-                    WHERE status IN ('queued', 'running')
-                      AND updated_at < now() - make_interval(secs => $1)
-                    ORDER BY updated_at LIMIT $2""",
-                older_than_seconds,
+                    WHERE (status = 'queued' AND updated_at < now() - make_interval(secs => $1))
+                       OR (status = 'running'
+                           AND updated_at < now() - make_interval(secs => $2))
+                    ORDER BY updated_at LIMIT $3""",
+                queued_for,
+                running_silent_for,
                 limit,
             )
         return [run_of(r) for r in rows]

@@ -36,7 +36,7 @@ def _qualified(columns: str) -> str:
     return ", ".join(f"runs.{c.strip()}" for c in columns.split(","))
 
 
-def _rounds(keys: Sequence[str]) -> list[list[int]]:
+def rounds(keys: Sequence[str]) -> list[list[int]]:
     """Split item indexes into rounds where no key repeats; a repeated key goes to a later
     round, so each round can be one statement with one outcome per row."""
     rounds: list[list[int]] = []
@@ -61,12 +61,12 @@ def _rounds(keys: Sequence[str]) -> list[list[int]]:
 FINISH_MANY = """WITH req AS (
         SELECT * FROM unnest($1::uuid[], $2::int[], $3::text[],
             $4::jsonb[], $5::jsonb[], $6::jsonb[], $7::float8[],
-            $8::int[])
-        AS r(run_id, attempt, target, output, error, usage, cost, seq)
+            $8::int[], $13::int[], $14::bigint[])
+        AS r(run_id, attempt, target, output, error, usage, cost, seq, first_seq, bytes)
     ), fence AS (
         SELECT runs.run_id FROM runs JOIN req
           ON runs.run_id = req.run_id AND runs.attempt = req.attempt
-        WHERE (runs.status = 'running') IS TRUE
+        WHERE (runs.status = 'running') IS TRUE AND runs.last_seq = req.first_seq - 1
         ORDER BY runs.run_id
         FOR UPDATE OF runs
     ), archived AS (
@@ -75,12 +75,11 @@ FINISH_MANY = """WITH req AS (
         FROM unnest($9::uuid[], $10::int[], $11::text[], $12::bytea[])
             AS e(run_id, seq, type, data)
         WHERE e.run_id IN (SELECT run_id FROM fence)
-        ON CONFLICT (run_id, seq) DO NOTHING
     )
     UPDATE runs SET status = req.target, output = req.output,
         error = req.error, usage = coalesce(req.usage, runs.usage),
         cost_usd = req.cost, finished_at = now(), updated_at = now(),
-        last_seq = greatest(runs.last_seq, req.seq)
+        last_seq = req.seq, event_bytes = runs.event_bytes + req.bytes
     FROM req
     WHERE runs.run_id = req.run_id
       AND runs.run_id IN (SELECT run_id FROM fence)
@@ -108,11 +107,13 @@ def finish_many_args(batch: Sequence[Finishing]) -> list[Any]:
         [f.error for f in batch],
         [f.usage for f in batch],
         [f.cost_usd for f in batch],
-        [f.events[-1].seq if f.events else 0 for f in batch],
+        [f.events[-1].seq for f in batch],
         ev_runs,
         ev_seqs,
         ev_types,
         ev_data,
+        [f.events[0].seq for f in batch],
+        [sum(len(e.data) for e in f.events) for f in batch],
     ]
 
 
@@ -129,7 +130,7 @@ class BatchQueries(StoreBase):
         One outcome per item, in order. A run named twice is claimed by its first item only
         here, the later ones in a following statement (as if they had come after)."""
         out: list[Run | None] = [None] * len(items)
-        for round_ in _rounds([run_id for run_id, _ in items]):
+        for round_ in rounds([run_id for run_id, _ in items]):
             try:
                 async with self.held(conn) as c:
                     rows = await c.fetch(
@@ -170,7 +171,7 @@ class BatchQueries(StoreBase):
         None (committed) or LeaseLost for that run alone. A statement error (not an outage)
         falls back to one statement per run, so one bad run cannot fail the others."""
         out: list[LeaseLost | None] = [None] * len(items)
-        for round_ in _rounds([f.run_id for f in items]):
+        for round_ in rounds([f.run_id for f in items]):
             batch = [items[i] for i in round_]
             try:
                 async with self.held(conn) as c:
@@ -178,70 +179,67 @@ class BatchQueries(StoreBase):
             except asyncpg.PostgresError:
                 for i in round_:
                     f = items[i]
-                    try:
-                        async with self.held(conn) as c:
-                            await self._finish_statement(
-                                c,
-                                f.run_id,
-                                f.attempt,
-                                TARGETS[f.move],
-                                f.events,
-                                f.output,
-                                f.error,
-                                f.usage,
-                                f.cost_usd,
-                            )
-                    except LeaseLost as exc:
-                        out[i] = exc
+                    async with self.held(conn) as c:
+                        if not await self._finish_statement(c, f):
+                            out[i] = await self._settle_finish(c, f)
                 continue
             done = {str(r["run_id"]) for r in rows}
             for i in round_:
                 f = items[i]
                 if f.run_id not in done:
-                    out[i] = LeaseLost(f"run {f.run_id} attempt {f.attempt} no longer owns the run")
+                    async with self.held(conn) as c:
+                        out[i] = await self._settle_finish(c, f)
         return out
 
-    async def _finish_statement(
-        self,
-        c: asyncpg.Connection,
-        run_id: str,
-        attempt: int,
-        target: str,
-        events: Sequence[Event],
-        output: Any,
-        error: dict[str, Any] | None,
-        usage: dict[str, Any] | None,
-        cost_usd: float,
-    ) -> None:
-        """The terminal write as one statement: the fence row is locked, the archive and the
-        terminal state written only if this attempt still owns the run (else LeaseLost)."""
+    async def _settle_finish(self, c: asyncpg.Connection, f: Finishing) -> LeaseLost | None:
+        """A terminal write the statement did not confirm: committed by an earlier try whose
+        reply was lost (the row says so), or refused (another attempt owns the run, or its
+        log is not where this attempt left it)."""
+        row = await c.fetchrow(
+            "SELECT attempt, status, last_seq FROM runs WHERE run_id = $1", uuid.UUID(f.run_id)
+        )
+        if (
+            row is not None
+            and row["attempt"] == f.attempt
+            and row["status"] == TARGETS[f.move]
+            and row["last_seq"] == f.events[-1].seq
+        ):
+            return None
+        return LeaseLost(f"run {f.run_id} attempt {f.attempt} no longer owns the run")
+
+    async def _finish_statement(self, c: asyncpg.Connection, f: Finishing) -> bool:
+        """The terminal write as one statement: the fence row is locked; the events and the
+        terminal state are written only if this attempt still owns the run and its log ends
+        right before the first of them. Whether it wrote (`_settle_finish` tells why not)."""
         row = await c.fetchval(
             """WITH fence AS (
                    SELECT run_id FROM runs
-                   WHERE run_id = $1 AND attempt = $2 AND status = 'running' FOR UPDATE
+                   WHERE run_id = $1 AND attempt = $2 AND status = 'running'
+                     AND last_seq = $12 - 1
+                   FOR UPDATE
                ), archived AS (
                    INSERT INTO run_events (run_id, seq, type, data)
                    SELECT $1, e.seq, e.type, e.data
                    FROM unnest($9::int[], $10::text[], $11::bytea[]) AS e(seq, type, data)
                    WHERE EXISTS (SELECT 1 FROM fence)
-                   ON CONFLICT (run_id, seq) DO NOTHING
                )
                UPDATE runs SET status = $3, output = $4, error = $5,
                    usage = coalesce($6, usage), cost_usd = $7, finished_at = now(),
-                   updated_at = now(), last_seq = greatest(last_seq, $8)
+                   updated_at = now(), last_seq = $8, event_bytes = event_bytes + $13
                WHERE run_id = (SELECT run_id FROM fence)
                RETURNING 1""",
-            uuid.UUID(run_id),
-            attempt,
-            target,
-            output,
-            error,
-            usage,
-            cost_usd,
-            events[-1].seq if events else 0,
-            [e.seq for e in events],
-            [e.type for e in events],
-            [e.data for e in events],
+            uuid.UUID(f.run_id),
+            f.attempt,
+            TARGETS[f.move],
+            f.output,
+            f.error,
+            f.usage,
+            f.cost_usd,
+            f.events[-1].seq,
+            [e.seq for e in f.events],
+            [e.type for e in f.events],
+            [e.data for e in f.events],
+            f.events[0].seq,
+            sum(len(e.data) for e in f.events),
         )
-        if row is None:
-            raise LeaseLost(f"run {run_id} attempt {attempt} no longer owns the run")
+        return row is not None
