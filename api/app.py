@@ -34,6 +34,7 @@ from shared.keys import Keys
 from shared.migrate import check_schema
 from shared.redisio import REDIS_DOWN, RedisIO, create_redis
 from shared.store import Store, connect
+from shared.tools import load_tools
 
 READY_TIMEOUT = 1.0
 HEALTH_MAX_AGE = 5.0
@@ -66,6 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             rio=RedisIO(r, keys, settings),
             hub=hub,
             agents=load_agents(settings.agent_modules),
+            tools=load_tools(settings.tool_modules),
         )
         app.state.longrun = state
         app.state.security = Security.build(settings, keys, r)

@@ -113,7 +113,7 @@ async def user_for_key(request: Request, sec: Security, key: str) -> str:
         and hmac.compare_digest(cached[2], epoch)
     ):
         return cached[0]
-    user = await state.store.user_for_key(key)
+    user = await state.store.users.user_for_key(key)
     if user is None:
         sec.key_cache.pop(digest, None)
         log.info("api_key_refused")  # never the key, not even its prefix

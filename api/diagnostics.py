@@ -22,14 +22,14 @@ async def diagnostics(run_id: str, request: Request, user: str = Depends(current
     from api.runs import parse_run_id
 
     state: AppState = request.app.state.longrun
-    run = await state.store.get_run(parse_run_id(run_id), user)
+    run = await state.store.runs.get_run(parse_run_id(run_id), user)
     if run is None:
         raise NotFound("no such run")
     try:
         live = await state.rio.diagnostics(run.run_id)
     except REDIS_DOWN as exc:
         raise Unavailable("redis is unavailable") from exc
-    checkpoint = await state.store.last_checkpoint(run.run_id)
+    checkpoint = await state.store.runs.last_checkpoint(run.run_id)
     beat = live.pop("owner_last_heartbeat", None)
     return {
         "run_id": run.run_id,

@@ -1,7 +1,7 @@
 """The runs resource: submit, poll, list, cancel, and the resumable event stream.
 
 Submit is thin on purpose: validate, admit (kill switch, backlog, rate: `api.admission`),
-commit the row (idempotency and the in-flight cap: `api.submit`), then `XADD`, then 202. If
+commit the row (idempotency and the in-flight cap: `store.submits`), then `XADD`, then 202. If
 Redis refuses the entry the row is removed again and the answer is 503: nothing is left
 half-way.
 
@@ -31,25 +31,18 @@ from api.auth import Principal, Security, current_user, security, submit_princip
 from api.errors import ERROR_RESPONSES, ApiError, JSONResp
 from api.schemas import CancelAnswer, EventsUrl, RunList, RunView, SubmitAnswer, documented
 from api.state import AppState
-from api.submit import (
-    IDEMPOTENCY_KEY_RE,
-    InFlightCapReached,
-    KeyReused,
-    Submitted,
-    body_hash,
-    lookup,
-    submit_once,
-)
+from api.submit import IDEMPOTENCY_KEY_RE, body_hash
 from api.submit_batch import Fallback, NeedsLock, StaleKey, Ticket
 from api.threads import ThreadMode, apply_thread_mode
 from shared.agents import DEFAULT_AGENT
 from shared.agents.chat import params_problem as chat_params_problem
 from shared.agents.ticker import params_problem as ticker_params_problem
 from shared.config import Settings
-from shared.errors import NotFound, Unavailable
+from shared.errors import InFlightCapReached, KeyReused, NotFound, Unavailable
 from shared.models import Run, RunStatus
 from shared.redisio import REDIS_DOWN
-from shared.store import NewRun
+from shared.store import NewRun, Submitted
+from shared.tools import tools_problem
 
 router = APIRouter(responses=ERROR_RESPONSES)
 REDIS_OR_REPLY: tuple[type[BaseException], ...] = (*REDIS_DOWN, ResponseError)
@@ -156,6 +149,7 @@ def validate_submit(state: AppState, body: SubmitRun) -> str:
     check_json_field("params", body.params, s.max_json_depth, s.max_json_bytes)
     check_json_field("metadata", body.metadata, s.max_json_depth, s.max_json_bytes)
     problem = params_checks.get(agent, _no_check)(s, body.params)
+    problem = problem or tools_problem(state.tools, body.params)
     if problem is not None:
         raise ApiError(422, "bad_params", problem)
     return agent
@@ -263,14 +257,13 @@ async def _submit_alone(
     user, agent = new.user_id, new.agent
     digest = submit_digest(body, agent) if key is not None else b""
     try:
-        if key is not None and (replay := await lookup(state.store, user, key, digest)):
+        if key is not None and (replay := await state.store.submits.lookup(user, key, digest)):
             return accepted(request, user, agent, replay)  # a retry: no admission needed
         if not admitted:
             await _admit(sec, user)
         if body.thread_id is not None:
             await apply_thread_mode(state, user, body.thread_id, body.thread_mode)
-        sub = await submit_once(
-            state.store,
+        sub = await state.store.submits.insert_run(
             new,
             max_in_flight=state.settings.max_runs_in_flight_per_user,
             key=key,
@@ -288,13 +281,13 @@ async def _submit_alone(
     try:
         await state.rio.enqueue(sub.run_id)
     except REDIS_DOWN as exc:
-        await state.store.delete_queued_runs([sub.run_id])
+        await state.store.submits.delete_queued_runs([sub.run_id])
         raise Unavailable("redis is unavailable: the run was not accepted") from exc
     return accepted(request, user, agent, sub)
 
 
 async def _owned_run(state: AppState, raw_id: str, user: str) -> Run:
-    run = await state.store.get_run(parse_run_id(raw_id), user)
+    run = await state.store.runs.get_run(parse_run_id(raw_id), user)
     if run is None:
         raise NotFound("no such run")
     return run
@@ -337,7 +330,7 @@ async def list_runs(
     status: RunStatus | None = None,
     thread_id: Annotated[str | None, Query(max_length=128)] = None,
 ) -> JSONResp:
-    runs = await _state(request).store.list_runs(
+    runs = await _state(request).store.runs.list_runs(
         user, limit=limit, before=_cursor(cursor), status=status, thread_id=thread_id
     )
     next_cursor = None
@@ -357,13 +350,13 @@ async def cancel(run_id: str, request: Request, user: User) -> JSONResp:
     state = _state(request)
     run = await _owned_run(state, run_id, user)
     if run.status is RunStatus.QUEUED:
-        done = await state.store.cancel_queued(run.run_id, user)
+        done = await state.store.runs.cancel_queued(run.run_id, user)
         if done is not None:
             await _publish_archived_terminal(state, done)
             return JSONResp({"run_id": run.run_id, "status": "cancelled"}, status_code=202)
         run = await _owned_run(state, run_id, user)
     if run.status is RunStatus.RUNNING:
-        await state.store.request_cancel(run.run_id, user)
+        await state.store.runs.request_cancel(run.run_id, user)
         try:
             await state.rio.request_cancel(run.run_id)
         except REDIS_DOWN as exc:
@@ -376,7 +369,7 @@ async def _publish_archived_terminal(state: AppState, run: Run) -> None:
     """Copy a terminal event the API committed (a queued run cancelled) into the run's Redis
     stream through the append script (which closes the run's log there), so live followers
     see it at once. Best effort: the archive has it anyway."""
-    events = await state.store.events_after(run.run_id, run.last_seq - 1, 1)
+    events = await state.store.runs.events_after(run.run_id, run.last_seq - 1, 1)
     if not events:
         return
     with contextlib.suppress(*REDIS_OR_REPLY):

@@ -11,6 +11,7 @@ from api.hub import Hub
 from shared.agents import Agent
 from shared.config import Settings
 from shared.keys import Keys
+from shared.llm.tools import ToolRegistry
 from shared.redisio import RedisIO
 from shared.store import Store
 
@@ -27,6 +28,7 @@ class AppState:
     rio: RedisIO
     hub: Hub
     agents: dict[str, Agent]
+    tools: ToolRegistry  # every registered tool (shared.tools), to check params.tools
     submits: SubmitGroups | None = None  # grouped plain submits (`api.submit_batch`)
     shutting_down: bool = False
     key_cache: dict[str, tuple[str, float]] = field(default_factory=dict)

@@ -62,7 +62,7 @@ class RunStream:
             # Nothing newer in Redis nor, when last asked, in Postgres: a live run's next
             # event is still to come.
             return []
-        archived = await self.store.events_after(self.run_id, cursor, PAGE)
+        archived = await self.store.runs.events_after(self.run_id, cursor, PAGE)
         if archived and archived[0].seq == cursor + 1:
             return archived
         if not events and not archived:
@@ -123,7 +123,7 @@ class RunStream:
                         continue
                     elif sub.idle:
                         sub.mark_active()
-                        run = await self.store.get_run(self.run_id)
+                        run = await self.store.runs.get_run(self.run_id)
                         terminal_known = run is None or run.status.terminal
                         if run is not None:
                             self.archived_seq = run.last_seq

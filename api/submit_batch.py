@@ -19,7 +19,7 @@ These leave the group for the per-request path in `api.runs`:
 - a cached API-key look-up made under an older key epoch (a key was revoked since): `StaleKey`,
   the request is authenticated again from Postgres;
 - a user whose in-flight count is near the cap: `NeedsLock`, the exact count under the user's
-  lock decides (`api.submit.insert_run`);
+  lock decides (`store.submits.insert_run`);
 - a group Postgres refused for a reason other than being away: `Fallback`, each request is
   retried alone, so one bad row cannot fail the others;
 - an Idempotency-Key that is live (a retry), that appears twice in one group, or whose user
@@ -48,13 +48,13 @@ from redis.exceptions import ResponseError
 
 from api.admission import Admission, BatchVerdict, rate_refusal
 from api.errors import ApiError
-from api.submit import UNLOCKED_HEADROOM, Submitted
 from shared.batching import Coalescer
 from shared.config import Settings
 from shared.errors import Unavailable
 from shared.keys import Keys
 from shared.redisio import REDIS_DOWN
-from shared.store import NewRun, Store
+from shared.store import NewRun, Store, Submitted
+from shared.store.submits import UNLOCKED_HEADROOM
 
 log = structlog.get_logger("longrun.api.submit")
 
@@ -112,7 +112,7 @@ class InFlightGate:
                 self._counts = {
                     u: c for u, c in self._counts.items() if now - c[0] <= COUNT_FRESH_SECONDS
                 }
-            counts = await self.store.in_flight_counts(stale)
+            counts = await self.store.submits.in_flight_counts(stale)
             for user, n in counts.items():
                 self._counts[user] = (now, n)
         return {u for u, n in wanted.items() if self._counts[u][1] + n + self.margin < self.cap}
@@ -185,7 +185,7 @@ class SubmitGroups:
             return
         self._swept = now
         try:
-            await self.store.sweep_expired_keys()
+            await self.store.submits.sweep_expired_keys()
         except (Unavailable, asyncpg.PostgresError):
             log.warning("idempotency_sweep_failed")
 
@@ -193,7 +193,7 @@ class SubmitGroups:
         self, news: list[NewRun], keys: list[tuple[str, bytes] | None] | None = None
     ) -> list[Submitted | BaseException]:
         try:
-            inserted = await self.store.insert_runs(news, keys, self.key_ttl_seconds)
+            inserted = await self.store.submits.insert_runs(news, keys, self.key_ttl_seconds)
         except asyncpg.PostgresError:
             return [Fallback() for _ in news]  # each alone: one bad row fails only itself
         for user, n in Counter(n.user_id for n in news).items():
@@ -209,7 +209,7 @@ class SubmitGroups:
         failed = [r for (r, _), x in zip(rows, added, strict=True) if isinstance(x, Exception)]
         if failed:
             try:
-                await self.store.delete_queued_runs(failed)
+                await self.store.submits.delete_queued_runs(failed)
             except Unavailable:
                 # The rows stay queued without entries: the reconciler enqueues them later.
                 log.warning("submit_undo_failed", runs=len(failed))

@@ -34,10 +34,10 @@ from api.metrics import ApiMetrics
 from api.middleware import request_id_from
 from api.runs import SubmitRun, events_url_at, submit_digest, validate_submit
 from api.state import AppState
-from api.submit import IDEMPOTENCY_KEY_RE, Submitted
+from api.submit import IDEMPOTENCY_KEY_RE
 from api.submit_batch import Fallback, NeedsLock, StaleKey, Ticket
 from shared.errors import Unavailable
-from shared.store import NewRun
+from shared.store import NewRun, Submitted
 
 log = structlog.get_logger("longrun.api.submit")
 

@@ -30,14 +30,14 @@ async def apply_thread_mode(state: AppState, user: str, thread_id: str, mode: Th
     """Before a run is added to a busy thread: refuse it, or cancel the running run."""
     if mode == "enqueue":
         return
-    active = await state.store.thread_active_runs(user, thread_id)
+    active = await state.store.threads.thread_active_runs(user, thread_id)
     if not active:
         return
     if mode == "reject":
         raise ApiError(409, "thread_busy", f"thread {thread_id!r} has a run queued or running")
     for run_id, status in active:
         if status == "running":
-            await state.store.request_cancel(run_id, user)
+            await state.store.runs.request_cancel(run_id, user)
             # Without Redis the flag in Postgres stands: the worker reads it on its heartbeat.
             with contextlib.suppress(*REDIS_DOWN):
                 await state.rio.request_cancel(run_id)
@@ -54,8 +54,8 @@ async def thread_messages(
     if not THREAD_RE.match(thread_id):
         raise ApiError(400, "invalid_thread_id", "thread ids are 1-128 of [A-Za-z0-9._:-]")
     state: AppState = request.app.state.longrun
-    messages = await state.store.thread_messages(user, thread_id, after, limit)
-    if not messages and after == 0 and not await state.store.thread_exists(user, thread_id):
+    messages = await state.store.threads.thread_messages(user, thread_id, after, limit)
+    if not messages and after == 0 and not await state.store.threads.thread_exists(user, thread_id):
         raise NotFound("no such thread")
     return {
         "thread_id": thread_id,

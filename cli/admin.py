@@ -43,7 +43,7 @@ async def revoke_key(settings: Settings, key_id: str) -> bool:
     is unreachable the revocation still holds, within the API's 5-second key cache."""
     store = await Store.open(settings.with_(pg_pool_min=0, pg_pool_max=2), "longrun-cli")
     try:
-        revoked = await store.revoke_key(key_id)
+        revoked = await store.users.revoke_key(key_id)
     finally:
         await store.close()
     r = create_redis(settings, "longrun-cli")

@@ -36,6 +36,7 @@ import redis
 import cli.embedded as emb
 from shared.config import Settings
 from shared.errors import ConfigError, LongrunError
+from shared.migrate import create_database
 
 SOURCE_ROOT = Path(__file__).resolve().parents[1]
 API_HOST = "127.0.0.1"
@@ -184,10 +185,7 @@ async def _create_database(url: str) -> None:
     name = database_name(url)
     conn = await asyncpg.connect(with_database(url, "postgres"), timeout=10)
     try:
-        quoted = '"' + name.replace('"', '""') + '"'
-        await conn.execute(f"CREATE DATABASE {quoted}")
-    except asyncpg.DuplicateDatabaseError:
-        pass  # created concurrently: fine
+        await create_database(conn, name)
     finally:
         await conn.close()
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-import uuid
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -26,7 +25,6 @@ import redis.asyncio as aioredis
 from shared.config import Settings
 from shared.keys import Keys
 from shared.metrics import DeadLetter, dlq_watermark_key, parse_dead_letter
-from shared.models import Transition, sources
 from shared.redisio import RedisIO, create_redis
 from shared.store import Store
 
@@ -45,58 +43,10 @@ def select(letters: list[DeadLetter], ids: list[str], everything: bool) -> list[
     return [d for d in letters if d.entry_id in wanted or d.run_id in wanted]
 
 
-async def _statuses(store: Store, run_ids: list[str]) -> dict[str, str]:
-    valid = []
-    for rid in run_ids:
-        try:
-            valid.append(uuid.UUID(rid))
-        except ValueError:
-            continue
-    async with store.conn() as c:
-        rows = await c.fetch(
-            "SELECT run_id, status FROM runs WHERE run_id = ANY($1::uuid[])", valid
-        )
-    return {str(r["run_id"]): str(r["status"]) for r in rows}
-
-
-async def requeue_failed(store: Store, run_id: str) -> bool:
-    """failed -> queued in one transaction: withdraw the archived terminal `error` event,
-    clear the outcome and the start time. False when the run is not failed (anymore)."""
-    try:
-        rid = uuid.UUID(run_id)
-    except ValueError:
-        return False
-    allowed = sorted(str(s) for s in sources(Transition.RETRY))
-    async with store.conn() as c, c.transaction():
-        row = await c.fetchrow(
-            "SELECT last_seq FROM runs WHERE run_id = $1 AND status = ANY($2::text[]) FOR UPDATE",
-            rid,
-            allowed,
-        )
-        if row is None:
-            return False
-        last_seq = int(row["last_seq"])
-        withdrawn = await c.execute(
-            "DELETE FROM run_events WHERE run_id = $1 AND seq = $2 AND type = 'error'",
-            rid,
-            last_seq,
-        )
-        if withdrawn.endswith(" 1"):
-            last_seq -= 1
-        await c.execute(
-            """UPDATE runs SET status = 'queued', output = NULL, error = NULL,
-                   started_at = NULL, finished_at = NULL, updated_at = now(), last_seq = $2
-               WHERE run_id = $1""",
-            rid,
-            last_seq,
-        )
-    return True
-
-
 async def retry(store: Store, rio: RedisIO, letter: DeadLetter) -> str:
     """Re-run one dead-lettered run; returns what happened, for the operator."""
     keys = rio.keys
-    if not await requeue_failed(store, letter.run_id):
+    if not await store.ops.retry_failed(letter.run_id):
         return "skipped (the run is not failed)"
     # Redis still holds the failed attempt's fence and events (with the withdrawn error):
     # drop them; the next attempt seeds its seq from the archive and the archive serves them.
@@ -125,7 +75,7 @@ async def main(settings: Settings, args: Any) -> int:
         letters = await dead_letters(r, keys)
         cmd = args.dlq_command
         if cmd == "list":
-            statuses = await _statuses(store, [d.run_id for d in letters])
+            statuses = await store.ops.run_statuses([d.run_id for d in letters])
             now = time.time()
             rows = [_row(d, statuses.get(d.run_id), now) for d in letters]
             if args.json:

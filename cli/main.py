@@ -171,7 +171,7 @@ async def _keys(settings: Settings, args: Any) -> int:
     store = await Store.open(settings.with_(pg_pool_min=0, pg_pool_max=2), "longrun-cli")
     try:
         if args.keys_command == "create":
-            key_id, key = await store.create_key(args.user, args.name)
+            key_id, key = await store.users.create_key(args.user, args.name)
             print(f"created key {key_id} for user {args.user} (shown once):")
             print(key)
             return 0
@@ -181,7 +181,7 @@ async def _keys(settings: Settings, args: Any) -> int:
             ok = await revoke_key(settings, args.key_id)  # and API caches drop it at once
             print("revoked" if ok else "no such active key")
             return 0 if ok else 1
-        for k in await store.list_keys(args.user):
+        for k in await store.users.list_keys(args.user):
             state = f"revoked {k.revoked_at.isoformat()}" if k.revoked_at else "active"
             print(f"{k.key_id}\t{k.user_id}\t{k.name or ''}\t{k.created_at.isoformat()}\t{state}")
         return 0

@@ -287,6 +287,10 @@ class Settings:
     agent_modules: tuple[str, ...] = knob(
         (), "LONGRUN_AGENTS", "agents", "extra agents, name=package.module:function, ..."
     )
+    # Extra tools: comma-separated "name=module:attr" or "module:attr" (see shared.tools).
+    tool_modules: tuple[str, ...] = knob(
+        (), "LONGRUN_TOOLS", "agents", "extra tools, name=package.module:attr, ..."
+    )
     # -- ops -------------------------------------------------------------------------------
     log_json: bool | None = knob(
         None, "LONGRUN_LOG_JSON", "ops", "JSON logs (default: when not on a terminal)"

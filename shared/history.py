@@ -36,7 +36,7 @@ async def load_history(
         if cached is not None:
             value: list[dict[str, Any]] = orjson.loads(cached)
             return value
-    rows = await store.recent_thread_messages(user_id, thread_id, RECENT)
+    rows = await store.threads.recent_thread_messages(user_id, thread_id, RECENT)
     messages = [{"role": m["role"], "content": m["content"]} for m in rows]
     with contextlib.suppress(*REDIS_DOWN):
         await r.set(key, orjson.dumps(messages), ex=CACHE_TTL_SECONDS)

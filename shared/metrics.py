@@ -1,12 +1,13 @@
-"""The cluster as operators see it: one snapshot of the queue, the workers, the dead letters,
-the counters and the runs, read from Redis and Postgres, for `GET /metrics` and `longrun status`.
+"""The cluster as operators see it: one snapshot of the queue, the workers, the dead letters and
+the counters, read from Redis, for `GET /metrics` and `longrun status` (the run figures come
+from Postgres: `store.ops.run_figures()`).
 
 Cluster-wide figures are aggregated through the shared stores, not scraped per worker: workers
 publish their live figures in Redis (heartbeat: `Keys.workers`, `Keys.worker_info`; counters:
 `Keys.counters`; breakers: `Keys.scoped("breaker", ...)`), and any API process (or the CLI)
 reads them back. So one scrape of any API instance sees every worker, and workers need no port.
 
-Reading is `cluster_redis` / `cluster_postgres` (thin, bounded reads); deciding is pure
+Reading is `cluster_redis` (thin, bounded reads); deciding is pure
 (`parse_*`, `problems`). The dead-letter watermark (`longrun dlq ack`) lives here too, so the
 status command and the dlq command agree on what "new dead letters" means.
 """
@@ -14,14 +15,13 @@ status command and the dlq command agree on what "new dead letters" means.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
 
 from shared.config import Settings
 from shared.keys import Keys
-from shared.store import Store
 
 # Workers whose last heartbeat is older than this are dropped from the snapshot (a killed
 # worker never removes itself from the heartbeat set).
@@ -248,25 +248,6 @@ async def cluster_redis(r: aioredis.Redis, keys: Keys, settings: Settings) -> Re
         ),
         counters=counters,
         breakers=await _breakers(r, keys),
-    )
-
-
-@dataclass(frozen=True)
-class PostgresFigures:
-    runs_by_status: dict[str, int] = field(default_factory=dict)
-    cost_usd_total: float = 0.0
-
-
-async def cluster_postgres(store: Store) -> PostgresFigures:
-    """Runs by status and the total cost. One grouped scan of `runs`: callers cache it."""
-    async with store.conn() as c:
-        rows = await c.fetch(
-            "SELECT status, count(*) AS n, coalesce(sum(cost_usd), 0) AS cost "
-            "FROM runs GROUP BY status"
-        )
-    return PostgresFigures(
-        runs_by_status={str(r["status"]): int(r["n"]) for r in rows},
-        cost_usd_total=float(sum(float(r["cost"]) for r in rows)),
     )
 
 

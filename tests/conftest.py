@@ -194,7 +194,7 @@ async def worker(worker_factory: Callable[..., Awaitable[Worker]]) -> Worker:
 
 @pytest.fixture
 async def api_key(store: Store) -> str:
-    _, key = await store.create_key("alice")
+    _, key = await store.users.create_key("alice")
     return key
 
 
@@ -209,7 +209,7 @@ async def client(api: ApiServer, api_key: str) -> AsyncIterator[httpx.AsyncClien
 @pytest.fixture
 async def bob(api: ApiServer, store: Store) -> AsyncIterator[httpx.AsyncClient]:
     """A client of a second user, for isolation tests."""
-    _, key = await store.create_key("bob")
+    _, key = await store.users.create_key("bob")
     async with httpx.AsyncClient(
         base_url=api.url, headers={"Authorization": f"Bearer {key}"}, timeout=10
     ) as c:

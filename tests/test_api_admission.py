@@ -25,7 +25,7 @@ async def _client(srv, key: str) -> httpx.AsyncClient:
 
 
 async def _runs(store, user: str = "alice") -> list[str]:
-    return [r.run_id for r in await store.list_runs(user, limit=100)]
+    return [r.run_id for r in await store.runs.list_runs(user, limit=100)]
 
 
 async def test_a_retry_with_the_same_key_and_body_returns_the_same_run(client, store, settings):
@@ -85,7 +85,7 @@ async def test_identical_submits_racing_through_two_api_processes_make_one_run(
 async def test_idempotency_keys_expire(client, store):
     first = await client.post("/runs", json=BODY, headers={"Idempotency-Key": "k-3"})
     # Given the key's time is up (moved into the past rather than waited for)
-    async with store.conn() as c:
+    async with store.db.conn() as c:
         await c.execute("UPDATE idempotency_keys SET expires_at = now() - interval '1 second'")
 
     later = await client.post("/runs", json=BODY, headers={"Idempotency-Key": "k-3"})
@@ -105,7 +105,7 @@ async def test_the_submit_rate_is_limited_per_user_with_retry_after(
     api_factory, settings, api_key, store
 ):
     srv = await api_factory(settings.with_(submit_rate_per_second=0.2, submit_burst=2))
-    _, bob_key = await store.create_key("bob")
+    _, bob_key = await store.users.create_key("bob")
     async with await _client(srv, api_key) as alice, await _client(srv, bob_key) as bob:
         answers = [await alice.post("/runs", json=BODY) for _ in range(3)]
         bobs = await bob.post("/runs", json=BODY)

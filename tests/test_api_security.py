@@ -73,7 +73,7 @@ async def test_another_users_objects_answer_byte_identically_to_missing_ones_eve
 
 async def test_a_revoked_key_is_refused_on_the_very_next_request(client, store, settings):
     # Given a key that has just been used (so the API has it cached)
-    key_id, key = await store.create_key("carol")
+    key_id, key = await store.users.create_key("carol")
     async with httpx.AsyncClient(
         base_url=str(client.base_url), headers={"Authorization": f"Bearer {key}"}
     ) as carol:
@@ -428,7 +428,7 @@ async def test_es256_tokens_from_a_jwks_file_name_the_user_by_the_configured_cla
     assert made.status_code == 202, made.text
     assert codes == [401, 401]
     state = srv.server.config.app.state.longrun
-    assert (await state.store.get_run(made.json()["run_id"])).user_id == "erin@example.test"
+    assert (await state.store.runs.get_run(made.json()["run_id"])).user_id == "erin@example.test"
 
 
 def test_half_configured_jwt_auth_fails_at_start_up(settings):

@@ -8,7 +8,7 @@ import uuid
 
 from cli.sse import aparse_lines
 from shared.keys import Keys
-from tests.helpers import assert_gapless_ticker, read_events, submit, wait_for, wait_status
+from tests.helpers import assert_gapless_ticker, read_events, submit, wait_status
 
 
 async def test_after_redis_is_flushed_the_history_comes_back_from_postgres_with_same_ids(
@@ -75,7 +75,7 @@ async def test_the_event_archive_is_complete_once_a_run_finished(client, worker,
     run_id = await submit(client, agent="ticker", params={"count": 300, "interval_ms": 0})
     await wait_status(client, run_id, "succeeded")
 
-    archived = await store.events_after(run_id, 0, 1000)
+    archived = await store.runs.events_after(run_id, 0, 1000)
 
     assert [e.seq for e in archived] == list(range(1, 303))
     assert archived[-1].type == "done"
@@ -92,7 +92,7 @@ async def test_every_event_a_client_sees_is_already_in_postgres(client, worker, 
         async for f in aparse_lines(resp.aiter_lines()):
             seen += 1
             seq = int(f.id or 0)
-            archived = await store.events_after(run_id, seq - 1, 1)
+            archived = await store.runs.events_after(run_id, seq - 1, 1)
             if not archived or archived[0].seq != seq or archived[0].data != f.data.encode():
                 missing.append(seq)
 
@@ -110,7 +110,7 @@ async def test_a_hole_in_the_archive_ends_the_stream_with_an_error_after_bounded
     await wait_status(client, run_id, "succeeded")
     keys = Keys.from_settings(settings)
     await redis_client.delete(keys.events(run_id), keys.run_meta(run_id))
-    async with store.conn() as c:
+    async with store.db.conn() as c:
         await c.execute("DELETE FROM run_events WHERE run_id = $1 AND seq <= 3", uuid.UUID(run_id))
 
     # When a client replays it from the start

@@ -12,26 +12,25 @@ from shared.errors import LeaseLost
 from shared.keys import Keys
 from shared.models import RunStatus, Transition, encode_event
 from shared.redisio import Fence, RedisIO, create_redis
-from shared.store import Finishing, NewRun, Store
-from shared.store_batches import FINISH_MANY, finish_many_args
-from shared.store_events import EventBatch
-from tests.helpers import wait_for
+from shared.store import EventBatch, Finishing, Store
+from shared.store.batches import FINISH_MANY, finish_many_args
+from tests.helpers import queued_run, wait_for
 from worker.attempt import AttemptState
 from worker.batches import RunWrites, Written
 
 
 async def _runs(store: Store, n: int) -> list[str]:
-    return [(await store.insert_run(NewRun("u", "ticker", "x", {}, {}))).run_id for _ in range(n)]
+    return [(await queued_run(store)).run_id for _ in range(n)]
 
 
 async def test_one_batch_claims_each_run_once_and_skips_what_it_may_not_take(store):
     # Given two queued runs and one already running
     queued = await _runs(store, 2)
     running = (await _runs(store, 1))[0]
-    await store.claim(running, reclaim=False)
+    await store.runs.claim(running, reclaim=False)
 
     # When one statement claims them all, the first queued run named twice
-    got = await store.claim_many(
+    got = await store.batches.claim_many(
         [(queued[0], False), (running, False), (queued[1], False), (queued[0], False)]
     )
 
@@ -39,7 +38,7 @@ async def test_one_batch_claims_each_run_once_and_skips_what_it_may_not_take(sto
     # fresh delivery, and the duplicate entry gets nothing
     assert [r.attempt if r else None for r in got] == [1, None, 1, None]
     # And a re-claimed entry may take over the running run
-    (taken,) = await store.claim_many([(running, True)])
+    (taken,) = await store.batches.claim_many([(running, True)])
     assert taken is not None
     assert taken.attempt == 2
 
@@ -48,25 +47,25 @@ async def test_a_stale_attempt_in_a_finish_batch_is_refused_alone(store):
     # Given three running runs, the second re-claimed (attempt 2 owns it)
     ids = await _runs(store, 3)
     for run_id in ids:
-        await store.claim(run_id, reclaim=False)
-    await store.claim(ids[1], reclaim=True)
+        await store.runs.claim(run_id, reclaim=False)
+    await store.runs.claim(ids[1], reclaim=True)
 
     def finishing(run_id: str, attempt: int) -> Finishing:
         events = [encode_event(1, {"type": "done", "output": run_id})]
         return Finishing(run_id, attempt, Transition.SUCCEED, events, output=run_id)
 
     # When one statement ends all three with attempt 1
-    out = await store.finish_many([finishing(r, 1) for r in ids])
+    out = await store.batches.finish_many([finishing(r, 1) for r in ids])
 
     # Then only the stale one is refused, and nothing of it is written
     assert out[0] is None
     assert isinstance(out[1], LeaseLost)
     assert out[2] is None
     for run_id, status in zip(ids, ["succeeded", "running", "succeeded"], strict=True):
-        run = await store.get_run(run_id)
+        run = await store.runs.get_run(run_id)
         assert run is not None
         assert run.status is RunStatus(status)
-        archived = [e.seq for e in await store.events_after(run_id, 0)]
+        archived = [e.seq for e in await store.runs.events_after(run_id, 0)]
         assert archived == ([] if status == "running" else [1])
         assert run.output == (None if status == "running" else run_id)
 
@@ -86,10 +85,10 @@ async def test_fences_and_ends_in_one_round_trip_are_refused_per_run(settings, s
     # Given three runs claimed by attempt 1, the third then re-claimed by attempt 2
     ids = await _runs(store, 3)
     for run_id in ids:
-        await store.claim(run_id, reclaim=False)
+        await store.runs.claim(run_id, reclaim=False)
     fences = await rio.fence_many([(r, 1, "w", "") for r in ids])
     assert all(isinstance(f, Fence) for f in fences)
-    await store.claim(ids[2], reclaim=True)
+    await store.runs.claim(ids[2], reclaim=True)
     (later,) = await rio.fence_many([(ids[2], 2, "w2", "")])
     assert isinstance(later, Fence)
     # (an older attempt cannot raise its fence again)
@@ -115,35 +114,35 @@ async def test_fences_and_ends_in_one_round_trip_are_refused_per_run(settings, s
     assert isinstance(got[2], LeaseLost)
     assert [e.seq for e in await rio.events_after(ids[0], 0)] == [1]
     assert await rio.events_after(ids[2], 0) == []
-    run = await store.get_run(ids[2])
+    run = await store.runs.get_run(ids[2])
     assert run is not None
     assert run.status is RunStatus.RUNNING
-    assert await store.events_after(ids[2], 0) == []
+    assert await store.runs.events_after(ids[2], 0) == []
 
 
 async def test_an_event_batch_commits_only_where_it_continues_its_attempts_log(store):
     # Given three running runs; the second re-claimed by attempt 2; the third at seq 1
     ids = await _runs(store, 3)
     for run_id in ids:
-        await store.claim(run_id, reclaim=False)
-    await store.claim(ids[1], reclaim=True)
+        await store.runs.claim(run_id, reclaim=False)
+    await store.runs.claim(ids[1], reclaim=True)
     one = [encode_event(1, {"type": "start", "agent": "ticker"})]
-    assert await store.log.append_many([EventBatch(ids[2], 1, one)]) == [None]
+    assert await store.events.append_many([EventBatch(ids[2], 1, one)]) == [None]
 
     # When attempt 1 commits seq 1-2 to all three in one statement
     events = [encode_event(1, {"type": "start"}), encode_event(2, {"type": "token", "text": "1"})]
-    out = await store.log.append_many([EventBatch(r, 1, events) for r in ids])
+    out = await store.events.append_many([EventBatch(r, 1, events) for r in ids])
 
     # Then the first commits; the stale attempt and the batch that does not follow its log
     # (seq 1 is there already) write nothing
     assert out[0] is None
     assert isinstance(out[1], LeaseLost)
     assert isinstance(out[2], LeaseLost)
-    assert [e.seq for e in await store.events_after(ids[0], 0)] == [1, 2]
-    assert await store.events_after(ids[1], 0) == []
-    assert [e.data for e in await store.events_after(ids[2], 0)] == [one[0].data]
+    assert [e.seq for e in await store.runs.events_after(ids[0], 0)] == [1, 2]
+    assert await store.runs.events_after(ids[1], 0) == []
+    assert [e.data for e in await store.runs.events_after(ids[2], 0)] == [one[0].data]
     # And the log's end and size moved with the first run's commit only
-    first = await store.get_run(ids[0])
+    first = await store.runs.get_run(ids[0])
     assert first is not None
     assert (first.last_seq, first.event_bytes) == (2, sum(len(e.data) for e in events))
 
@@ -151,26 +150,26 @@ async def test_an_event_batch_commits_only_where_it_continues_its_attempts_log(s
 async def test_a_retried_commit_whose_first_try_landed_is_settled_by_reading(store):
     # Given a batch committed once (its reply lost, say)
     (run_id,) = await _runs(store, 1)
-    await store.claim(run_id, reclaim=False)
+    await store.runs.claim(run_id, reclaim=False)
     events = [encode_event(1, {"type": "start"}), encode_event(2, {"type": "token", "text": "a"})]
     batch = EventBatch(run_id, 1, events)
-    assert await store.log.append_many([batch]) == [None]
+    assert await store.events.append_many([batch]) == [None]
 
     # When the attempt sends it again
-    again = await store.log.append_many([batch])
+    again = await store.events.append_many([batch])
 
     # Then it is told the batch is committed, and nothing is written twice
     assert again == [None]
-    assert [e.seq for e in await store.events_after(run_id, 0)] == [1, 2]
+    assert [e.seq for e in await store.runs.events_after(run_id, 0)] == [1, 2]
     # And the same holds for a terminal commit sent twice
     done = Finishing(run_id, 1, Transition.SUCCEED, [encode_event(3, {"type": "done"})])
-    assert await store.finish_many([done]) == [None]
-    assert await store.finish_many([done]) == [None]
+    assert await store.batches.finish_many([done]) == [None]
+    assert await store.batches.finish_many([done]) == [None]
     # But another attempt's ending is refused, and the run stays as the first one left it
     other = Finishing(run_id, 2, Transition.FAIL, [encode_event(3, {"type": "error"})])
-    (refused,) = await store.finish_many([other])
+    (refused,) = await store.batches.finish_many([other])
     assert isinstance(refused, LeaseLost)
-    run = await store.get_run(run_id)
+    run = await store.runs.get_run(run_id)
     assert run is not None
     assert (run.status, run.last_seq) == (RunStatus.SUCCEEDED, 3)
 
@@ -214,7 +213,7 @@ async def test_a_finished_attempt_leaves_nothing_to_the_cyclic_collector(setting
 
         # When five ticker runs go through the worker
         async def all_done() -> bool:
-            runs = [await store.get_run(r) for r in ids]
+            runs = [await store.runs.get_run(r) for r in ids]
             ended = all(r is not None and r.status is RunStatus.SUCCEEDED for r in runs)
             return ended and not worker.slots and not worker.acking
 
@@ -231,9 +230,9 @@ async def test_a_finished_attempt_leaves_nothing_to_the_cyclic_collector(setting
 async def test_the_terminal_commit_finds_its_runs_by_key_whatever_the_statistics_say(store):
     # Given statistics taken when no run was running, then 300 runs claimed
     ids = await _runs(store, 300)
-    async with store.conn() as c:
+    async with store.db.conn() as c:
         await c.execute("ANALYZE runs")
-    claimed = await store.claim_many([(r, False) for r in ids])
+    claimed = await store.batches.claim_many([(r, False) for r in ids])
 
     # When the statement ending 20 of them is planned
     batch = [
@@ -241,7 +240,7 @@ async def test_the_terminal_commit_finds_its_runs_by_key_whatever_the_statistics
         for r in claimed[:20]
         if r is not None
     ]
-    async with store.conn() as c:
+    async with store.db.conn() as c:
         plan = "\n".join(
             row[0] for row in await c.fetch("EXPLAIN " + FINISH_MANY, *finish_many_args(batch))
         )
@@ -268,7 +267,7 @@ async def test_a_first_attempt_raises_its_fence_with_its_first_copy(settings, st
         assert c.fence.deferred
     assert (await rio.diagnostics(ids[0]))["fence_attempt"] is None
     # And the second run is taken over by attempt 2 before attempt 1 wrote anything
-    await store.claim(ids[1], reclaim=True)
+    await store.runs.claim(ids[1], reclaim=True)
     await rio.fence(ids[1], 2, "w2", "2-0")
 
     # When attempt 1 copies its first events to both, raising its fence as it goes

@@ -49,7 +49,7 @@ def json_lines(path: Path) -> list[dict[str, Any]]:
 async def test_a_full_runs_logs_are_json_with_its_run_attempt_and_worker_and_no_secret(
     settings, store, redis_client, tmp_path
 ):
-    _, key = await store.create_key("alice")
+    _, key = await store.users.create_key("alice")
     env = {"ANTHROPIC_API_KEY": PROVIDER_CANARY}
     workers: list[WorkerProc] = []
     apis: list[ApiProc] = []

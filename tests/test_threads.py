@@ -42,7 +42,7 @@ async def test_the_second_run_of_a_thread_sees_the_first_runs_messages(
     await wait_status(client, first, "succeeded", timeout=30)
     await wait_status(client, second, "succeeded", timeout=30)
 
-    messages = await store.thread_messages("alice", "conv")
+    messages = await store.threads.thread_messages("alice", "conv")
 
     by_run = [m["run_id"] for m in messages]
     assert by_run.index(first) < by_run.index(second)  # first's messages come first
@@ -50,7 +50,7 @@ async def test_the_second_run_of_a_thread_sees_the_first_runs_messages(
     assert "my name is Ada" in str(messages[0]["content"])
     assert [m["seq"] for m in messages] == list(range(1, len(messages) + 1))
     # Another user's thread of the same name is a different thread
-    assert await store.thread_messages("bob", "conv") == []
+    assert await store.threads.thread_messages("bob", "conv") == []
 
 
 async def test_history_read_after_a_write_is_never_stale(
@@ -111,7 +111,7 @@ async def test_thread_messages_endpoint_returns_the_history_and_isolates_users(
 
     assert body["messages"][0]["role"] == "user"
     assert body["messages"][0]["run_id"] == rid
-    _, key = await store.create_key("bob")
+    _, key = await store.users.create_key("bob")
     async with httpx.AsyncClient(
         base_url=api.url, headers={"Authorization": f"Bearer {key}"}
     ) as bob:
@@ -124,11 +124,11 @@ async def test_thread_messages_endpoint_returns_the_history_and_isolates_users(
 
 async def test_the_daily_ceiling_counts_spend_recorded_by_any_worker(client, worker, store):
     # Given spend over the daily ceiling already recorded in Postgres (by any process)
-    await store.add_spend("alice", 25.0)
+    await store.users.add_spend("alice", 25.0)
 
     rid = await submit(client, agent="chat", input="hello")
 
     run = await wait_status(client, rid, "failed", timeout=30)
     assert run["error"]["code"] == "daily_budget_exceeded"
-    assert await store.spent_today("alice") >= 25.0
-    assert await store.spent_today("bob") == 0.0
+    assert await store.users.spent_today("alice") >= 25.0
+    assert await store.users.spent_today("bob") == 0.0

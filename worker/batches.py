@@ -32,8 +32,7 @@ from shared.batching import Coalescer
 from shared.errors import LeaseLost, Unavailable
 from shared.models import Run
 from shared.redisio import AppendResult, Fence, RedisIO, ScriptCall
-from shared.store import PG_DOWN, Finishing, Store
-from shared.store_events import EventBatch
+from shared.store import EventBatch, Finishing, Store
 
 log = structlog.get_logger("longrun.worker")
 
@@ -128,10 +127,7 @@ class RunWrites:
     async def _conn(self, lane: tuple[str, int]) -> asyncpg.Connection:
         conn = self._conns.get(lane)
         if conn is None:
-            try:
-                conn = await self.store.pool.acquire(timeout=self.store.settings.pg_acquire_timeout)
-            except PG_DOWN as exc:
-                raise Unavailable(f"postgres unavailable: {type(exc).__name__}") from exc
+            conn = await self.store.db.acquire()
             self._conns[lane] = conn
         return conn
 
@@ -141,7 +137,7 @@ class RunWrites:
         conn = self._conns.pop(lane, None)
         if conn is not None:
             with contextlib.suppress(Exception):
-                await self.store.pool.release(conn, timeout=5)
+                await self.store.db.release(conn)
 
     async def close(self) -> None:
         for lane in list(self._conns):
@@ -169,7 +165,7 @@ class RunWrites:
     async def _claim(self, lane: int, items: list[tuple[str, bool, str]]) -> list[Claimed]:
         key = ("claim", lane)
         try:
-            runs = await self.store.claim_many(
+            runs = await self.store.batches.claim_many(
                 [(run_id, reclaim) for run_id, reclaim, _ in items], await self._conn(key)
             )
         except Unavailable:
@@ -204,7 +200,9 @@ class RunWrites:
     ) -> list[Written | BaseException]:
         key = ("append", lane)
         try:
-            refused = await self.store.log.append_many([b for b, _ in items], await self._conn(key))
+            refused = await self.store.events.append_many(
+                [b for b, _ in items], await self._conn(key)
+            )
         except Unavailable:
             await self._drop(key)
             raise
@@ -215,7 +213,9 @@ class RunWrites:
     ) -> list[Written | BaseException]:
         key = ("end", lane)
         try:
-            refused = await self.store.finish_many([f for f, _ in items], await self._conn(key))
+            refused = await self.store.batches.finish_many(
+                [f for f, _ in items], await self._conn(key)
+            )
         except Unavailable:
             await self._drop(key)
             raise

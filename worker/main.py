@@ -52,6 +52,7 @@ from shared.redisio import (
     parse_queue_entry,
 )
 from shared.store import Store, connect
+from shared.tools import load_tools
 from worker.attempt import AttemptState, Deps, execute
 from worker.batches import RunWrites
 from worker.policies import RETRYABLE
@@ -131,7 +132,7 @@ class Worker:
         # One set of LLM services per process: breakers shared through Redis, daily spend
         # through Postgres, so ceilings and breakers hold across every worker.
         self.llm = build_llm_services(
-            s, breaker_store=RedisBreakerStore(r, self.keys), ledger=self.store
+            s, breaker_store=RedisBreakerStore(r, self.keys), ledger=self.store.users
         )
         self.deps = Deps(
             settings=s,
@@ -140,6 +141,7 @@ class Worker:
             writes=RunWrites(self.store, self.rio, self.name),
             agents=load_agents(s.agent_modules),
             consumer=self.name,
+            tools=load_tools(s.tool_modules),
             services={LLM_SERVICE: self.llm},
         )
         self.redis_run_id = await self.rio.server_run_id()
@@ -452,7 +454,7 @@ class Worker:
         while not self.stopped.is_set():
             runs = [x.attempt.run_id for x in self.slots.values() if x.attempt.run is not None]
             with contextlib.suppress(Unavailable):
-                for run_id in await self.store.touch(runs):
+                for run_id in await self.store.runs.touch(runs):
                     for slot in self.slots.values():
                         if slot.attempt.run_id == run_id:
                             slot.attempt.signals.cancel.set()

@@ -97,7 +97,7 @@ async def _pass(settings: Settings, store: Store, rio: RedisIO, owner: str) -> i
 
 
 async def _reenqueue_lost(settings: Settings, store: Store, rio: RedisIO) -> int:
-    candidates = await store.active_runs(
+    candidates = await store.runs.active_runs(
         queued_for=QUEUED_GRACE, running_silent_for=settings.lease_seconds * 2
     )
     fixed = 0
@@ -106,7 +106,7 @@ async def _reenqueue_lost(settings: Settings, store: Store, rio: RedisIO) -> int
         for run in candidates:
             if run.run_id in present:
                 continue
-            requeued = run.status is not RunStatus.RUNNING or await store.requeue(
+            requeued = run.status is not RunStatus.RUNNING or await store.runs.requeue(
                 run.run_id, run.attempt, []
             )
             if not requeued:

@@ -27,6 +27,7 @@ from shared.history import load_history
 from shared.logs import info_line
 from shared.models import TERMINAL_EVENT_TYPES, Run
 from shared.redisio import REDIS_DOWN, EventCapExceeded, Fence
+from shared.tools import run_tools
 from worker.attempt.end import end, finish_error
 from worker.attempt.log import flush, queue, stop_flusher
 from worker.attempt.state import AttemptState, Deps, outage_deadline
@@ -110,7 +111,7 @@ async def _fence(st: AttemptState, d: Deps, got: Fence | LeaseLost | None) -> Fe
         st.first_write = (d.consumer, st.entry.entry_id)
     elif fence.seq < run.last_seq:
         after = max(fence.seq, run.last_seq - BACKFILL_MAX)
-        st.unsent = await d.store.events_after(run.run_id, after, BACKFILL_MAX)
+        st.unsent = await d.store.runs.events_after(run.run_id, after, BACKFILL_MAX)
     return fence
 
 
@@ -144,15 +145,15 @@ async def _context(st: AttemptState, d: Deps, run: Run) -> RunContext:
         history = await load_history(d.store, d.rio.r, d.rio.keys, run.user_id, run.thread_id)
     if run.attempt > 1:
         # From Postgres: the log as committed is the only one any client may have seen.
-        archived = await d.store.last_archived_event(run.run_id, LIFECYCLE_TYPES)
+        archived = await d.store.runs.last_archived_event(run.run_id, LIFECYCLE_TYPES)
         last_event = None if archived is None else archived.payload()
-        checkpoint = await d.store.last_checkpoint(run.run_id)
+        checkpoint = await d.store.runs.last_checkpoint(run.run_id)
 
     async def save(step: int, state: dict[str, Any]) -> None:
         await flush(st, d)  # the events of a checkpointed step are committed first
         await retry_unavailable(
             "checkpoint",
-            lambda: d.store.checkpoint(run.run_id, run.attempt, [], step, state),
+            lambda: d.store.runs.checkpoint(run.run_id, run.attempt, [], step, state),
             stop=st.signals.lost,
             deadline=outage_deadline(d.settings),
         )
@@ -170,6 +171,7 @@ async def _context(st: AttemptState, d: Deps, run: Run) -> RunContext:
         last_event=last_event,
         cancelled=st.signals.cancel,
         save_checkpoint=save,
+        tools=run_tools(d.tools, run.params),
         services=d.services,
     )
 

@@ -119,7 +119,7 @@ async def finish(st: AttemptState, d: Deps, terminal: dict[str, Any], move: Tran
         else:
             next_run = await retry_unavailable(
                 "commit_terminal",
-                lambda: d.store.finish(finishing, messages),
+                lambda: d.store.runs.finish(finishing, messages),
                 stop=st.signals.lost,
                 deadline=outage_deadline(d.settings),
             )
@@ -185,7 +185,7 @@ async def handoff(st: AttemptState, d: Deps) -> None:
     what is pending is not part of the run (the next attempt resumes from the commit)."""
     assert st.run is not None
     try:
-        ok = await d.store.requeue(st.run_id, st.run.attempt, [])
+        ok = await d.store.runs.requeue(st.run_id, st.run.attempt, [])
     except RETRYABLE:
         log.warning("handoff_failed", reason="postgres")
         return  # the lease will move it

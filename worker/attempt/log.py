@@ -19,7 +19,7 @@ from typing import Any
 from shared.errors import LeaseLost
 from shared.models import Event, encode_event
 from shared.redisio import EventCapExceeded, ScriptCall
-from shared.store_events import EventBatch
+from shared.store import EventBatch
 from worker.attempt.state import UNSENT_MAX, AttemptState, Deps, outage_deadline
 from worker.batches import Written
 from worker.policies import retry_unavailable

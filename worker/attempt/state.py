@@ -13,6 +13,7 @@ from typing import Any
 from shared.agents import Agent
 from shared.agents.base import RunContext
 from shared.config import Settings
+from shared.llm.tools import ToolRegistry
 from shared.models import Event, Run
 from shared.redisio import QueueEntry, RedisIO
 from shared.store import Store
@@ -36,6 +37,7 @@ class Deps:
     rio: RedisIO
     writes: RunWrites
     agents: dict[str, Agent]
+    tools: ToolRegistry  # every registered tool (shared.tools); a run gets its choice of them
     consumer: str
     services: dict[str, Any] = field(default_factory=dict)
 

@@ -9,10 +9,14 @@ from typing import Any
 
 import asyncpg
 
-from shared.store_base import StoreBase
+from shared.store.pool import Database
+from shared.store.rows import chat_message_of, thread_message_of
 
 
-class ThreadQueries(StoreBase):
+class ThreadRepo:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
     async def next_of_thread(self, c: asyncpg.Connection, run_id: str) -> str | None:
         """The oldest queued run of `run_id`'s thread (to enqueue when this one ends)."""
         nxt = await c.fetchval(
@@ -24,9 +28,10 @@ class ThreadQueries(StoreBase):
         )
         return None if nxt is None else str(nxt)
 
-    async def _add_messages(
+    async def add_messages(
         self, c: asyncpg.Connection, run_id: str, messages: Sequence[dict[str, Any]]
     ) -> None:
+        """Append a run's new messages to its thread, on `c` (the run's terminal transaction)."""
         head = await c.fetchrow(
             """SELECT r.user_id, r.thread_id,
                       coalesce((SELECT max(seq) FROM thread_messages m
@@ -56,57 +61,44 @@ class ThreadQueries(StoreBase):
     async def thread_messages(
         self, user_id: str, thread_id: str, after: int = 0, limit: int = 1000
     ) -> list[dict[str, Any]]:
-        async with self.conn() as c:
-            rows = await c.fetch(
-                "SELECT seq, run_id, role, content, created_at FROM thread_messages "
-                "WHERE user_id = $1 AND thread_id = $2 AND seq > $3 ORDER BY seq LIMIT $4",
-                user_id,
-                thread_id,
-                after,
-                limit,
-            )
-        return [
-            {
-                "seq": r["seq"],
-                "run_id": str(r["run_id"]),
-                "role": r["role"],
-                "content": r["content"],
-                "created_at": r["created_at"].isoformat(),
-            }
-            for r in rows
-        ]
+        rows = await self.db.fetch(
+            "SELECT seq, run_id, role, content, created_at FROM thread_messages "
+            "WHERE user_id = $1 AND thread_id = $2 AND seq > $3 ORDER BY seq LIMIT $4",
+            user_id,
+            thread_id,
+            after,
+            limit,
+        )
+        return [thread_message_of(r) for r in rows]
 
     async def thread_active_runs(self, user_id: str, thread_id: str) -> list[tuple[str, str]]:
         """(run_id, status) of the thread's queued and running runs."""
-        async with self.conn() as c:
-            rows = await c.fetch(
-                "SELECT run_id, status FROM runs WHERE user_id = $1 AND thread_id = $2 "
-                "AND status IN ('queued', 'running') ORDER BY created_at",
-                user_id,
-                thread_id,
-            )
+        rows = await self.db.fetch(
+            "SELECT run_id, status FROM runs WHERE user_id = $1 AND thread_id = $2 "
+            "AND status IN ('queued', 'running') ORDER BY created_at",
+            user_id,
+            thread_id,
+        )
         return [(str(r["run_id"]), r["status"]) for r in rows]
 
     async def thread_exists(self, user_id: str, thread_id: str) -> bool:
-        async with self.conn() as c:
-            found = await c.fetchval(
-                "SELECT 1 FROM runs WHERE user_id = $1 AND thread_id = $2 LIMIT 1",
-                user_id,
-                thread_id,
-            )
+        found = await self.db.fetchval(
+            "SELECT 1 FROM runs WHERE user_id = $1 AND thread_id = $2 LIMIT 1",
+            user_id,
+            thread_id,
+        )
         return found is not None
 
     async def recent_thread_messages(
         self, user_id: str, thread_id: str, limit: int
     ) -> list[dict[str, Any]]:
         """The newest `limit` messages of a thread, oldest first."""
-        async with self.conn() as c:
-            rows = await c.fetch(
-                "SELECT role, content FROM (SELECT seq, role, content FROM thread_messages "
-                "WHERE user_id = $1 AND thread_id = $2 ORDER BY seq DESC LIMIT $3) m "
-                "ORDER BY seq",
-                user_id,
-                thread_id,
-                limit,
-            )
-        return [{"role": r["role"], "content": r["content"]} for r in rows]
+        rows = await self.db.fetch(
+            "SELECT role, content FROM (SELECT seq, role, content FROM thread_messages "
+            "WHERE user_id = $1 AND thread_id = $2 ORDER BY seq DESC LIMIT $3) m "
+            "ORDER BY seq",
+            user_id,
+            thread_id,
+            limit,
+        )
+        return [chat_message_of(r) for r in rows]

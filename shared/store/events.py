@@ -14,8 +14,8 @@ import asyncpg
 
 from shared.errors import LeaseLost
 from shared.models import Event
-from shared.store_base import StoreBase
-from shared.store_batches import rounds
+from shared.store.batches import rounds
+from shared.store.pool import Database
 
 # One statement for the event batches of many runs. The fence locks each run's row through
 # its primary key (see FINISH_MANY on why `IS TRUE`); a run whose attempt, status or last seq
@@ -115,16 +115,16 @@ def settled_append(batch: EventBatch, state: RunState | None) -> LeaseLost | Non
     return LeaseLost(f"run {batch.run_id} attempt {batch.attempt} no longer owns the run")
 
 
-class EventLog:
-    """The event log repository (Postgres side)."""
+class EventRepo:
+    """The event log's appends (the archive's reads are `RunRepo.events_after`)."""
 
-    def __init__(self, base: StoreBase) -> None:
-        self.base = base
+    def __init__(self, db: Database) -> None:
+        self.db = db
 
     async def run_states(
         self, run_ids: Sequence[str], conn: asyncpg.Connection | None = None
     ) -> dict[str, RunState]:
-        async with self.base.held(conn) as c:
+        async with self.db.held(conn) as c:
             rows = await c.fetch(RUN_STATES, [uuid.UUID(r) for r in run_ids])
         return {str(r["run_id"]): RunState(r["attempt"], r["status"], r["last_seq"]) for r in rows}
 
@@ -137,7 +137,7 @@ class EventLog:
         out: list[LeaseLost | None] = [None] * len(batches)
         for round_ in rounds([b.run_id for b in batches]):
             part = [batches[i] for i in round_]
-            async with self.base.held(conn) as c:
+            async with self.db.held(conn) as c:
                 rows = await c.fetch(APPEND_MANY, *append_many_args(part))
             done = {str(r["run_id"]) for r in rows}
             unconfirmed = [i for i in round_ if batches[i].run_id not in done]

@@ -1,11 +1,12 @@
-"""The Postgres connection layer under the store: the pool, its timeouts, and which asyncpg
-errors mean "the database is not there right now" (mapped to `Unavailable` here)."""
+"""The Postgres connection layer under the repositories: the pool, its timeouts, the codecs,
+and which asyncpg errors mean "the database is not there right now" (mapped to `Unavailable`
+here, for pooled connections and for connections a caller holds alike)."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from typing import Self
+from typing import Any
 
 import asyncpg
 import orjson
@@ -48,6 +49,7 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
 
 
 async def connect(settings: Settings, app_name: str) -> asyncpg.Connection:
+    """One connection outside the pool (migrations, the schema check at start-up)."""
     conn: asyncpg.Connection = await asyncpg.connect(
         settings.database_url,
         timeout=settings.pg_acquire_timeout,
@@ -58,16 +60,17 @@ async def connect(settings: Settings, app_name: str) -> asyncpg.Connection:
     return conn
 
 
-class StoreBase:
-    """All Postgres access. Built with `await Store.open(settings, app_name)`; close with
-    `await store.close()`. Every call acquires a pooled connection with a timeout."""
+class Database:
+    """The pool every repository shares. Every call acquires a pooled connection with a
+    timeout; a caller that keeps a connection of its own (a worker's batch lane) takes it with
+    `acquire` and hands it to the repositories, which run on it through `held`."""
 
     def __init__(self, pool: asyncpg.Pool, settings: Settings) -> None:
         self.pool = pool
         self.settings = settings
 
     @classmethod
-    async def open(cls, settings: Settings, app_name: str) -> Self:
+    async def open(cls, settings: Settings, app_name: str) -> Database:
         try:
             pool = await asyncpg.create_pool(
                 settings.database_url,
@@ -102,6 +105,37 @@ class StoreBase:
         with _mapped():
             yield conn
 
+    async def acquire(self) -> asyncpg.Connection:
+        """A pooled connection for the caller to keep (give it back with `release`)."""
+        with _mapped():
+            conn: asyncpg.Connection = await self.pool.acquire(
+                timeout=self.settings.pg_acquire_timeout
+            )
+        return conn
+
+    async def release(self, conn: asyncpg.Connection) -> None:
+        await self.pool.release(conn, timeout=5)
+
     async def ping(self) -> None:
+        await self.fetchval("SELECT 1")
+
+    # One statement on a pooled connection (its own transaction): the common case.
+    async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
         async with self.conn() as c:
-            await c.fetchval("SELECT 1")
+            rows: list[asyncpg.Record] = await c.fetch(query, *args)
+        return rows
+
+    async def fetchrow(self, query: str, *args: Any) -> asyncpg.Record | None:
+        async with self.conn() as c:
+            row: asyncpg.Record | None = await c.fetchrow(query, *args)
+        return row
+
+    async def fetchval(self, query: str, *args: Any) -> Any:
+        async with self.conn() as c:
+            return await c.fetchval(query, *args)
+
+    async def execute(self, query: str, *args: Any) -> str:
+        """The command's status line (e.g. `UPDATE 1`)."""
+        async with self.conn() as c:
+            done: str = await c.execute(query, *args)
+        return done

@@ -1,34 +1,21 @@
 """The worker's many-run statements (`worker.batches`): claims and terminal commits of many
 runs, each one statement with one outcome per run, falling back to the one-run statements of
-`Store` when a statement fails for a reason other than an outage."""
+`RunRepo` when a statement fails for a reason other than an outage."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import asyncpg
 
 from shared.errors import LeaseLost
-from shared.models import Event, Run, Transition
-from shared.store_base import StoreBase
-from shared.store_rows import RUN_COLUMNS, TARGETS, THREAD_TURN, run_of
-
-
-@dataclass(frozen=True)
-class Finishing:
-    """One run's terminal write, for `BatchQueries.finish_many` (runs outside a thread)."""
-
-    run_id: str
-    attempt: int
-    move: Transition
-    events: Sequence[Event]
-    output: Any = None
-    error: dict[str, Any] | None = None
-    usage: dict[str, Any] | None = None
-    cost_usd: float = 0.0
+from shared.models import Run
+from shared.store.counters import ENDED_UNDER_FENCE, count_ended
+from shared.store.pool import Database
+from shared.store.rows import RUN_COLUMNS, TARGETS, Finishing, run_of
+from shared.store.runs import THREAD_TURN, RunRepo, commit_end, settle_end
 
 
 def _qualified(columns: str) -> str:
@@ -53,18 +40,18 @@ def rounds(keys: Sequence[str]) -> list[list[int]]:
     return rounds
 
 
-# The terminal commit of many runs (outside a thread) in one statement. The fence locks each
-# run's row through its primary key: `(status = 'running') IS TRUE` is not an index condition,
-# so the planner cannot scan `runs_active` for every running run instead (it did when the
-# statistics said few runs were running: each batch then walked all of them, and the dead
-# index entries every claim leaves behind).
-FINISH_MANY = """WITH req AS (
+# The terminal commit of many runs (outside a thread) in one statement, counted with them. The
+# fence locks each run's row through its primary key: `(status = 'running') IS TRUE` is not an
+# index condition, so the planner cannot scan `runs_active` for every running run instead (it
+# did when the statistics said few runs were running: each batch then walked all of them, and
+# the dead index entries every claim leaves behind).
+FINISH_MANY = f"""WITH req AS (
         SELECT * FROM unnest($1::uuid[], $2::int[], $3::text[],
             $4::jsonb[], $5::jsonb[], $6::jsonb[], $7::float8[],
             $8::int[], $13::int[], $14::bigint[])
         AS r(run_id, attempt, target, output, error, usage, cost, seq, first_seq, bytes)
     ), fence AS (
-        SELECT runs.run_id FROM runs JOIN req
+        SELECT runs.run_id, runs.cost_usd FROM runs JOIN req
           ON runs.run_id = req.run_id AND runs.attempt = req.attempt
         WHERE (runs.status = 'running') IS TRUE AND runs.last_seq = req.first_seq - 1
         ORDER BY runs.run_id
@@ -75,15 +62,17 @@ FINISH_MANY = """WITH req AS (
         FROM unnest($9::uuid[], $10::int[], $11::text[], $12::bytea[])
             AS e(run_id, seq, type, data)
         WHERE e.run_id IN (SELECT run_id FROM fence)
-    )
-    UPDATE runs SET status = req.target, output = req.output,
-        error = req.error, usage = coalesce(req.usage, runs.usage),
-        cost_usd = req.cost, finished_at = now(), updated_at = now(),
-        last_seq = req.seq, event_bytes = runs.event_bytes + req.bytes
-    FROM req
-    WHERE runs.run_id = req.run_id
-      AND runs.run_id IN (SELECT run_id FROM fence)
-    RETURNING runs.run_id"""
+    ), finished AS (
+        UPDATE runs SET status = req.target, output = req.output,
+            error = req.error, usage = coalesce(req.usage, runs.usage),
+            cost_usd = req.cost, finished_at = now(), updated_at = now(),
+            last_seq = req.seq, event_bytes = runs.event_bytes + req.bytes
+        FROM req
+        WHERE runs.run_id = req.run_id
+          AND runs.run_id IN (SELECT run_id FROM fence)
+        RETURNING runs.run_id, runs.status, runs.cost_usd
+    ), {count_ended(ENDED_UNDER_FENCE)}
+    SELECT run_id FROM finished"""
 
 
 def finish_many_args(batch: Sequence[Finishing]) -> list[Any]:
@@ -117,10 +106,10 @@ def finish_many_args(batch: Sequence[Finishing]) -> list[Any]:
     ]
 
 
-class BatchQueries(StoreBase):
-    if TYPE_CHECKING:  # the one-run claim (in `Store`) a failed batch falls back to
-
-        async def claim(self, run_id: str, *, reclaim: bool) -> Run | None: ...
+class BatchRepo:
+    def __init__(self, db: Database, runs: RunRepo) -> None:
+        self.db = db
+        self.runs = runs  # the one-run statements a failed batch falls back to
 
     async def claim_many(
         self, items: Sequence[tuple[str, bool]], conn: asyncpg.Connection | None = None
@@ -132,7 +121,7 @@ class BatchQueries(StoreBase):
         out: list[Run | None] = [None] * len(items)
         for round_ in rounds([run_id for run_id, _ in items]):
             try:
-                async with self.held(conn) as c:
+                async with self.db.held(conn) as c:
                     rows = await c.fetch(
                         f"""WITH req AS (
                                SELECT * FROM unnest($1::uuid[], $2::bool[]) AS r(run_id, reclaim)
@@ -155,7 +144,7 @@ class BatchQueries(StoreBase):
                 # A thread's run collides with its running one (unique index), or a deadlock
                 # with a statement outside these batches: claim each alone, as before.
                 for i in round_:
-                    out[i] = await self.claim(items[i][0], reclaim=items[i][1])
+                    out[i] = await self.runs.claim(items[i][0], reclaim=items[i][1])
                 continue
             claimed = {str(r["run_id"]): r for r in rows}
             for i in round_:
@@ -174,72 +163,20 @@ class BatchQueries(StoreBase):
         for round_ in rounds([f.run_id for f in items]):
             batch = [items[i] for i in round_]
             try:
-                async with self.held(conn) as c:
+                async with self.db.held(conn) as c:
                     rows = await c.fetch(FINISH_MANY, *finish_many_args(batch))
             except asyncpg.PostgresError:
                 for i in round_:
                     f = items[i]
-                    async with self.held(conn) as c:
-                        if not await self._finish_statement(c, f):
-                            out[i] = await self._settle_finish(c, f)
+                    async with self.db.held(conn) as c:
+                        if not await commit_end(c, f):
+                            out[i] = await settle_end(c, f)
                 continue
             done = {str(r["run_id"]) for r in rows}
             for i in round_:
                 f = items[i]
                 if f.run_id not in done:
-                    async with self.held(conn) as c:
-                        out[i] = await self._settle_finish(c, f)
+                    # Refused, or committed by an earlier try whose reply was lost: read it.
+                    async with self.db.held(conn) as c:
+                        out[i] = await settle_end(c, f)
         return out
-
-    async def _settle_finish(self, c: asyncpg.Connection, f: Finishing) -> LeaseLost | None:
-        """A terminal write the statement did not confirm: committed by an earlier try whose
-        reply was lost (the row says so), or refused (another attempt owns the run, or its
-        log is not where this attempt left it)."""
-        row = await c.fetchrow(
-            "SELECT attempt, status, last_seq FROM runs WHERE run_id = $1", uuid.UUID(f.run_id)
-        )
-        if (
-            row is not None
-            and row["attempt"] == f.attempt
-            and row["status"] == TARGETS[f.move]
-            and row["last_seq"] == f.events[-1].seq
-        ):
-            return None
-        return LeaseLost(f"run {f.run_id} attempt {f.attempt} no longer owns the run")
-
-    async def _finish_statement(self, c: asyncpg.Connection, f: Finishing) -> bool:
-        """The terminal write as one statement: the fence row is locked; the events and the
-        terminal state are written only if this attempt still owns the run and its log ends
-        right before the first of them. Whether it wrote (`_settle_finish` tells why not)."""
-        row = await c.fetchval(
-            """WITH fence AS (
-                   SELECT run_id FROM runs
-                   WHERE run_id = $1 AND attempt = $2 AND status = 'running'
-                     AND last_seq = $12 - 1
-                   FOR UPDATE
-               ), archived AS (
-                   INSERT INTO run_events (run_id, seq, type, data)
-                   SELECT $1, e.seq, e.type, e.data
-                   FROM unnest($9::int[], $10::text[], $11::bytea[]) AS e(seq, type, data)
-                   WHERE EXISTS (SELECT 1 FROM fence)
-               )
-               UPDATE runs SET status = $3, output = $4, error = $5,
-                   usage = coalesce($6, usage), cost_usd = $7, finished_at = now(),
-                   updated_at = now(), last_seq = $8, event_bytes = event_bytes + $13
-               WHERE run_id = (SELECT run_id FROM fence)
-               RETURNING 1""",
-            uuid.UUID(f.run_id),
-            f.attempt,
-            TARGETS[f.move],
-            f.output,
-            f.error,
-            f.usage,
-            f.cost_usd,
-            f.events[-1].seq,
-            [e.seq for e in f.events],
-            [e.type for e in f.events],
-            [e.data for e in f.events],
-            f.events[0].seq,
-            sum(len(e.data) for e in f.events),
-        )
-        return row is not None
