@@ -41,6 +41,7 @@ from shared.config import Settings
 from shared.errors import Unavailable
 from shared.keys import Keys
 from shared.llm.breaker_store import RedisBreakerStore
+from shared.llm.budget import PatientLedger
 from shared.llm.services import LLM_SERVICE, LLMServices, build_llm_services
 from shared.migrate import check_schema
 from shared.redisio import (
@@ -54,6 +55,7 @@ from shared.redisio import (
 from shared.store import Store, connect
 from shared.tools import load_tools
 from worker.attempt import AttemptState, Deps, execute
+from worker.attempt.state import outage_seconds
 from worker.batches import RunWrites
 from worker.policies import RETRYABLE
 from worker.reconcile import reconcile_once
@@ -132,7 +134,10 @@ class Worker:
         # One set of LLM services per process: breakers shared through Redis, daily spend
         # through Postgres, so ceilings and breakers hold across every worker.
         self.llm = build_llm_services(
-            s, breaker_store=RedisBreakerStore(r, self.keys), ledger=self.store.users
+            s,
+            breaker_store=RedisBreakerStore(r, self.keys),
+            # A Postgres outage pauses a run's spending like its event writes, not fail it.
+            ledger=PatientLedger(self.store.users, outage_seconds(s)),
         )
         self.deps = Deps(
             settings=s,

@@ -96,6 +96,20 @@ async def finish(st: AttemptState, d: Deps, terminal: dict[str, Any], move: Tran
     error = None
     if terminal["type"] == "error":
         error = {"code": terminal.get("code"), "message": terminal.get("message")}
+    async with st.lock:  # a flush still committing (its caller was cancelled) ends first
+        return await _commit_end(st, d, terminal, move, messages, error)
+
+
+async def _commit_end(
+    st: AttemptState,
+    d: Deps,
+    terminal: dict[str, Any],
+    move: Transition,
+    messages: list[dict[str, Any]],
+    error: dict[str, Any] | None,
+) -> None:
+    run = st.run
+    assert run is not None
     events = terminal_batch(st, d, terminal)
     finishing = Finishing(
         st.run_id,

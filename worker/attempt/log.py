@@ -66,7 +66,26 @@ def failed_in_background(st: AttemptState, exc: BaseException) -> None:
 
 
 async def flush(st: AttemptState, d: Deps) -> None:
-    """Commit what is pending (then copy it to Redis)."""
+    """Commit what is pending (then copy it to Redis). The commit runs to its end even when the
+    caller is cancelled meanwhile (the agent stopped by a cancel, a time limit): its outcome is
+    the attempt's state (`seq`), which the run's end reads under the same lock."""
+    if not st.pending:
+        return
+    task = asyncio.ensure_future(_flush_locked(st, d))
+    task.add_done_callback(lambda t: _noted(st, t))
+    await asyncio.shield(task)
+
+
+def _noted(st: AttemptState, task: asyncio.Future[None]) -> None:
+    """A flush's failure is the attempt's, whether or not its caller is still there."""
+    if task.cancelled():
+        return
+    exc = task.exception()
+    if isinstance(exc, LeaseLost):
+        failed_in_background(st, exc)
+
+
+async def _flush_locked(st: AttemptState, d: Deps) -> None:
     async with st.lock:
         if not st.pending:
             return

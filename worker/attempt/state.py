@@ -89,6 +89,11 @@ class AttemptState:
         self.on_committed = None
 
 
+def outage_seconds(settings: Settings) -> float:
+    """How long to ride out an outage of Postgres or Redis."""
+    return max(OUTAGE_SECONDS, settings.lease_seconds * OUTAGE_LEASES)
+
+
 def outage_deadline(settings: Settings) -> float:
     """Until when (monotonic) to ride out an outage of Postgres or Redis."""
-    return time.monotonic() + max(OUTAGE_SECONDS, settings.lease_seconds * OUTAGE_LEASES)
+    return time.monotonic() + outage_seconds(settings)
