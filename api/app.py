@@ -30,15 +30,16 @@ from api.submit_batch import SubmitGroups
 from api.submit_lane import SubmitLane
 from shared.agents import load_agents
 from shared.config import Settings
-from shared.keys import Keys
 from shared.migrate import check_schema
-from shared.redisio import REDIS_DOWN, RedisIO, create_redis
+from shared.redis.client import REDIS_ERRORS, create_redis
+from shared.redis.keys import Keys
+from shared.redis.runs import RedisIO
 from shared.store import Store, connect
 from shared.tools import load_tools
 
 READY_TIMEOUT = 1.0
-HEALTH_MAX_AGE = 5.0
-REDIS_OR_TIMEOUT: tuple[type[BaseException], ...] = (TimeoutError, *REDIS_DOWN)
+HEALTH_MAX_AGE = 0.5  # /health follows a freed slot within about a second (issue 12)
+REDIS_OR_TIMEOUT: tuple[type[BaseException], ...] = (TimeoutError, *REDIS_ERRORS)
 CORS_HEADERS = ["Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID", "X-Request-ID"]
 
 
@@ -56,7 +57,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         store = await Store.open(settings, "longrun-api")
         r = create_redis(settings, "longrun-api")
         # The hub's XREAD client holds one connection; its readers keep their own small pool.
-        hub = Hub(create_redis(settings.with_(redis_max_connections=1), "longrun-api-hub"), keys)
+        hub = Hub(
+            create_redis(settings.with_(redis_max_connections=1), "longrun-api-hub"),
+            keys,
+            wake_ttl=settings.hub_key_ttl_seconds,
+        )
         hub.on_delivery = app.state.metrics.delivery_lag_seconds.observe
         await hub.start()
         state = AppState(
@@ -83,7 +88,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             state.shutting_down = True
             await hub.close()
-            await r.aclose()
+            await state.rio.aclose()
             await store.close()
 
     app = FastAPI(
@@ -138,7 +143,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         state: AppState = request.app.state.longrun
         checks: dict[str, str] = {}
         try:
-            await asyncio.wait_for(state.redis.ping(), READY_TIMEOUT)
+            await asyncio.wait_for(state.rio.ping(), READY_TIMEOUT)
             checks["redis"] = "ok"
         except REDIS_OR_TIMEOUT:
             checks["redis"] = "down"

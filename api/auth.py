@@ -19,7 +19,6 @@ import secrets
 import time
 from dataclasses import dataclass, field
 
-import redis.asyncio as aioredis
 import structlog
 from fastapi import Request
 
@@ -28,9 +27,8 @@ from api.errors import ApiError
 from api.jwt_auth import JwtRefused, JwtVerifier, looks_like_jwt
 from api.state import AppState
 from shared.config import Settings
-from shared.keys import Keys
-from shared.redisio import REDIS_DOWN
-from shared.switches import key_epoch_key
+from shared.redis.client import REDIS_DOWN, Redis
+from shared.redis.keys import Keys
 
 log = structlog.get_logger("longrun.api.auth")
 
@@ -45,14 +43,13 @@ class Security:
 
     settings: Settings
     keys: Keys
-    redis: aioredis.Redis
     admission: Admission
     stream_secret: bytes
     jwt: JwtVerifier | None = None
     key_cache: dict[bytes, tuple[str, float, bytes | None]] = field(default_factory=dict)
 
     @classmethod
-    def build(cls, settings: Settings, keys: Keys, r: aioredis.Redis) -> Security:
+    def build(cls, settings: Settings, keys: Keys, r: Redis) -> Security:
         if settings.stream_token_secret:
             secret = settings.stream_token_secret.encode()
         else:
@@ -64,7 +61,6 @@ class Security:
         return cls(
             settings=settings,
             keys=keys,
-            redis=r,
             admission=Admission(r, keys, settings),
             stream_secret=secret,
             jwt=JwtVerifier.from_settings(settings),
@@ -93,10 +89,9 @@ def _bearer(request: Request) -> str:
 
 async def _epoch(sec: Security) -> bytes | None:
     try:
-        value: bytes | None = await sec.redis.get(key_epoch_key(sec.keys))
+        return await sec.admission.key_epoch()
     except REDIS_DOWN:
         return None
-    return value or b"0"
 
 
 async def user_for_key(request: Request, sec: Security, key: str) -> str:

@@ -12,7 +12,7 @@ from api.auth import current_user
 from api.errors import ERROR_RESPONSES
 from api.state import AppState
 from shared.errors import NotFound, Unavailable
-from shared.redisio import REDIS_DOWN
+from shared.redis.client import REDIS_DOWN
 
 router = APIRouter(responses=ERROR_RESPONSES)
 

@@ -5,7 +5,8 @@ middleware).
 No error body ever echoes what the client sent (no `input` of a validation error, no header,
 no query string): a secret pasted into the wrong place must not come back in an error or a log.
 Validation failures are 422 (400 for a body that is not JSON at all); a backing service that is
-down is 503 with `Retry-After`; anything unexpected is a 500 with no internals in the body.
+down, or a Redis that answers with an error the code does not expect, is 503 with `Retry-After`;
+anything else unexpected is a 500 with no internals in the body.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from shared.errors import (
     Unauthorized,
     Unavailable,
 )
-from shared.redisio import REDIS_DOWN
+from shared.redis.client import REDIS_DOWN, REDIS_ERRORS, reply_word
 from shared.store import PG_DOWN
 
 log = structlog.get_logger("longrun.api")
@@ -88,6 +89,14 @@ class ApiError(LongrunError):
         super().__init__(detail, code=code)
         self.status = status
         self.headers = headers or {}
+
+
+def redis_failure(exc: BaseException, detail: str) -> Unavailable:
+    """The 503 for a Redis failure. One that is not an outage (an error reply the code does not
+    expect: `MOVED` from a cluster node, `WRONGTYPE`, `OOM`, `NOPERM`) is logged, once."""
+    if not isinstance(exc, REDIS_DOWN):
+        log.warning("redis_error", error=type(exc).__name__, reply=reply_word(exc))
+    return Unavailable(detail)
 
 
 def error_response(
@@ -148,7 +157,9 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResp:
-        if isinstance(exc, (*REDIS_DOWN, *PG_DOWN)):
+        if isinstance(exc, REDIS_ERRORS):
+            redis_failure(exc, "")
+        if isinstance(exc, (*REDIS_ERRORS, *PG_DOWN)):
             return error_response(
                 503,
                 "unavailable",

@@ -31,7 +31,7 @@ from api.runs import _owned_run, _state, parse_run_id
 from api.state import AppState
 from api.streams import Hole, RunStream
 from shared.models import Event, Run, parse_event_id
-from shared.redisio import REDIS_DOWN
+from shared.redis.client import REDIS_DOWN
 
 router = APIRouter(responses=ERROR_RESPONSES)
 log = structlog.get_logger("longrun.api.events")

@@ -30,9 +30,9 @@ from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.config import Settings
-from shared.keys import Keys
 from shared.metrics import BREAKER_VALUES, RedisFigures, cluster_redis
-from shared.redisio import REDIS_DOWN
+from shared.redis.client import REDIS_DOWN
+from shared.redis.ops import OpsIO
 from shared.store import RunFigures, Store
 
 REDIS_TTL = 1.0
@@ -88,9 +88,9 @@ class ClusterCollector(Collector):
         self.postgres: Cached[RunFigures] = Cached(POSTGRES_TTL)
         self.subscribers: Callable[[], int] = lambda: 0
 
-    async def refresh(self, r: Any, keys: Keys, settings: Settings, store: Store) -> None:
+    async def refresh(self, ops: OpsIO, settings: Settings, store: Store) -> None:
         await asyncio.gather(
-            self.redis.get(lambda: cluster_redis(r, keys, settings)),
+            self.redis.get(lambda: cluster_redis(ops, settings)),
             self.postgres.get(store.ops.run_figures),
         )
 
@@ -297,7 +297,7 @@ async def cluster_in_flight(request: Request, max_age: float) -> int | None:
     cached = metrics_of(request).cluster.redis
     try:
         figures = await cached.get(
-            lambda: cluster_redis(state.redis, state.keys, state.settings), max_age=max_age
+            lambda: cluster_redis(OpsIO(state.redis, state.keys), state.settings), max_age=max_age
         )
     except REDIS_DOWN:
         return None
@@ -316,5 +316,5 @@ async def metrics(request: Request) -> Response:
     state = request.app.state.longrun
     m = metrics_of(request)
     m.cluster.subscribers = lambda: state.hub.subscribers
-    await m.cluster.refresh(state.redis, state.keys, state.settings, state.store)
+    await m.cluster.refresh(OpsIO(state.redis, state.keys), state.settings, state.store)
     return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)

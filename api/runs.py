@@ -23,12 +23,11 @@ from typing import Annotated, Any
 import orjson
 from fastapi import APIRouter, Depends, Header, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
-from redis.exceptions import ResponseError
 
 from api import tokens
 from api.admission import IN_FLIGHT_RETRY_AFTER
 from api.auth import Principal, Security, current_user, security, submit_principal
-from api.errors import ERROR_RESPONSES, ApiError, JSONResp
+from api.errors import ERROR_RESPONSES, ApiError, JSONResp, redis_failure
 from api.schemas import CancelAnswer, EventsUrl, RunList, RunView, SubmitAnswer, documented
 from api.state import AppState
 from api.submit import IDEMPOTENCY_KEY_RE, body_hash
@@ -40,12 +39,11 @@ from shared.agents.ticker import params_problem as ticker_params_problem
 from shared.config import Settings
 from shared.errors import InFlightCapReached, KeyReused, NotFound, Unavailable
 from shared.models import Run, RunStatus
-from shared.redisio import REDIS_DOWN
+from shared.redis.client import REDIS_DOWN, REDIS_ERRORS
 from shared.store import NewRun, Submitted
 from shared.tools import tools_problem
 
 router = APIRouter(responses=ERROR_RESPONSES)
-REDIS_OR_REPLY: tuple[type[BaseException], ...] = (*REDIS_DOWN, ResponseError)
 
 User = Annotated[str, Depends(current_user)]
 THREAD_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -191,8 +189,8 @@ def accepted(request: Request, user: str, agent: str, sub: Submitted) -> JSONRes
 async def _admit(sec: Security, user: str) -> None:
     try:
         refusal = await sec.admission.check_submit(user)
-    except REDIS_DOWN as exc:
-        raise Unavailable("redis is unavailable: the run was not accepted") from exc
+    except REDIS_ERRORS as exc:
+        raise redis_failure(exc, "redis is unavailable: the run was not accepted") from exc
     if refusal is not None:
         raise ApiError(
             refusal.status, refusal.code, refusal.detail, {"Retry-After": str(refusal.retry_after)}
@@ -280,9 +278,9 @@ async def _submit_alone(
         return accepted(request, user, agent, sub)
     try:
         await state.rio.enqueue(sub.run_id)
-    except REDIS_DOWN as exc:
+    except REDIS_ERRORS as exc:
         await state.store.submits.delete_queued_runs([sub.run_id])
-        raise Unavailable("redis is unavailable: the run was not accepted") from exc
+        raise redis_failure(exc, "redis is unavailable: the run was not accepted") from exc
     return accepted(request, user, agent, sub)
 
 
@@ -372,7 +370,5 @@ async def _publish_archived_terminal(state: AppState, run: Run) -> None:
     events = await state.store.runs.events_after(run.run_id, run.last_seq - 1, 1)
     if not events:
         return
-    with contextlib.suppress(*REDIS_OR_REPLY):
-        await state.rio.append(
-            run.run_id, 0, events, ttl=state.settings.events_ttl_seconds, terminal=True
-        )
+    with contextlib.suppress(*REDIS_ERRORS):
+        await state.rio.publish_terminal(run.run_id, events[0])

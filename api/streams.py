@@ -13,7 +13,7 @@ from collections.abc import AsyncGenerator, AsyncIterator
 
 from api.hub import Hub, Subscription
 from shared.models import Event
-from shared.redisio import REDIS_DOWN
+from shared.redis.client import REDIS_DOWN
 from shared.store import Store
 
 PAGE = 500

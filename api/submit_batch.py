@@ -4,7 +4,7 @@ previous group is being committed goes into the next group, which costs
     one Redis round trip   the kill switch, the backlog, the API-key epoch, and one token-bucket
                            call per user for as many tokens as that user has submits in the group
     one Postgres statement the runs, inserted and committed together (INSERT ... SELECT unnest)
-    one Redis round trip   their queue entries, pipelined XADDs
+    one Redis round trip   their queue entries (`RedisIO.enqueue_many`)
 
 whatever the group's size, instead of five round trips per request. Idempotency-Keys go in the
 same statement (the key and its run inserted together; a key that is live already leaves its
@@ -42,17 +42,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import asyncpg
-import redis.asyncio as aioredis
 import structlog
-from redis.exceptions import ResponseError
 
 from api.admission import Admission, BatchVerdict, rate_refusal
-from api.errors import ApiError
+from api.errors import ApiError, redis_failure
 from shared.batching import Coalescer
 from shared.config import Settings
 from shared.errors import Unavailable
-from shared.keys import Keys
-from shared.redisio import REDIS_DOWN
+from shared.redis.client import REDIS_ERRORS, Redis
+from shared.redis.keys import Keys
+from shared.redis.runs import RedisIO
 from shared.store import NewRun, Store, Submitted
 from shared.store.submits import UNLOCKED_HEADROOM
 
@@ -63,6 +62,7 @@ GATE_MAX_USERS = 10_000
 MAX_GROUP = 256
 KEY_SWEEP_SECONDS = 10.0
 GROUPS_IN_FLIGHT = 2
+DOWN = "redis is unavailable: the run was not accepted"
 
 
 class StaleKey(Exception):
@@ -125,11 +125,10 @@ class InFlightGate:
 
 class SubmitGroups:
     def __init__(
-        self, store: Store, r: aioredis.Redis, keys: Keys, admission: Admission, settings: Settings
+        self, store: Store, r: Redis, keys: Keys, admission: Admission, settings: Settings
     ) -> None:
         self.store = store
-        self.r = r
-        self.keys = keys
+        self.rio = RedisIO(r, keys, settings)
         self.admission = admission
         self.gate = InFlightGate(store, settings)
         self.key_ttl_seconds = float(settings.idempotency_ttl_seconds)
@@ -156,8 +155,8 @@ class SubmitGroups:
         outcomes: list[Submitted | BaseException | None] = [None] * len(tickets)
         try:
             verdict = await self.admission.check_batch(Counter(t.new.user_id for t in tickets))
-        except (*REDIS_DOWN, ResponseError) as exc:  # away, or refusing (e.g. out of memory)
-            raise Unavailable("redis is unavailable: the run was not accepted") from exc
+        except REDIS_ERRORS as exc:  # away, or refusing (out of memory, MOVED ...)
+            raise redis_failure(exc, DOWN) from exc
         if (refusal := verdict.refusal) is not None:
             headers = {"Retry-After": str(refusal.retry_after)}
             return [ApiError(refusal.status, refusal.code, refusal.detail, headers)] * len(tickets)
@@ -199,24 +198,19 @@ class SubmitGroups:
         for user, n in Counter(n.user_id for n in news).items():
             self.gate.added(user, n)
         rows = [row for row in inserted if row is not None]
-        try:
-            async with self.r.pipeline(transaction=False) as p:
-                for run_id, _ in rows:
-                    p.xadd(self.keys.queue, {"run": run_id})
-                added = await p.execute(raise_on_error=False)
-        except REDIS_DOWN as exc:
-            added = [exc] * len(rows)
-        failed = [r for (r, _), x in zip(rows, added, strict=True) if isinstance(x, Exception)]
+        added = await self.rio.enqueue_many([run_id for run_id, _ in rows])
+        errors = [x for x in added if isinstance(x, BaseException)]
+        failed = [r for (r, _), x in zip(rows, added, strict=True) if isinstance(x, BaseException)]
         if failed:
             try:
                 await self.store.submits.delete_queued_runs(failed)
             except Unavailable:
                 # The rows stay queued without entries: the reconciler enqueues them later.
                 log.warning("submit_undo_failed", runs=len(failed))
-        down = Unavailable("redis is unavailable: the run was not accepted")
+        down = redis_failure(errors[0], DOWN) if errors else Unavailable(DOWN)
         answers = iter(
             down
-            if isinstance(x, Exception)
+            if isinstance(x, BaseException)
             else Submitted(run_id, "queued", None, created_at, replayed=False)
             for (run_id, created_at), x in zip(rows, added, strict=True)
         )

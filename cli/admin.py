@@ -9,18 +9,22 @@ from __future__ import annotations
 import asyncio
 
 from shared.config import Settings
-from shared.keys import Keys
-from shared.redisio import REDIS_DOWN, create_redis
+from shared.redis.admission import AdmissionIO
+from shared.redis.client import REDIS_DOWN, create_redis
+from shared.redis.keys import Keys
 from shared.store import Store
-from shared.switches import bump_key_epoch, set_paused
+
+
+def _switches(settings: Settings) -> AdmissionIO:
+    return AdmissionIO(create_redis(settings, "longrun-cli"), Keys.from_settings(settings))
 
 
 async def _set_paused(settings: Settings, reason: str | None) -> None:
-    r = create_redis(settings, "longrun-cli")
+    switches = _switches(settings)
     try:
-        await set_paused(r, Keys.from_settings(settings), reason)
+        await switches.set_paused(reason)
     finally:
-        await r.aclose()
+        await switches.aclose()
 
 
 def pause(settings: Settings, reason: str = "paused by an operator") -> int:
@@ -46,13 +50,13 @@ async def revoke_key(settings: Settings, key_id: str) -> bool:
         revoked = await store.users.revoke_key(key_id)
     finally:
         await store.close()
-    r = create_redis(settings, "longrun-cli")
+    switches = _switches(settings)
     try:
-        await bump_key_epoch(r, Keys.from_settings(settings))
+        await switches.bump_key_epoch()
     except REDIS_DOWN:
         print("warning: Redis unreachable: API processes may accept the key for 5 more seconds")
     finally:
-        await r.aclose()
+        await switches.aclose()
     return revoked
 
 

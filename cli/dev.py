@@ -31,12 +31,12 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 import asyncpg
 import httpx
-import redis
 
 import cli.embedded as emb
 from shared.config import Settings
 from shared.errors import ConfigError, LongrunError
 from shared.migrate import create_database
+from shared.redis.client import url_answers
 
 SOURCE_ROOT = Path(__file__).resolve().parents[1]
 API_HOST = "127.0.0.1"
@@ -152,16 +152,7 @@ def banner(
 def redis_answers(url: str, timeout: float = PROBE_TIMEOUT) -> bool:
     """True if the Redis at `url` answers PING; False if nothing (usable) listens there.
     A Redis that answers but refuses us is a configuration error, not a reason to embed."""
-    client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
-    try:
-        client.ping()
-    except redis.AuthenticationError as exc:
-        raise ConfigError(f"Redis at {redacted(url)} refused our credentials: {exc}") from exc
-    except (redis.ConnectionError, redis.TimeoutError, OSError):
-        return False
-    finally:
-        client.close()
-    return True
+    return url_answers(url, timeout, shown_as=redacted(url))
 
 
 async def _postgres_state(url: str, connect_timeout: float) -> PgState:

@@ -16,21 +16,22 @@ import sys
 from typing import Any
 
 from shared.config import Settings
-from shared.keys import Keys
 from shared.metrics import RedisFigures, cluster_redis, problems
-from shared.redisio import REDIS_DOWN, create_redis
+from shared.redis.client import REDIS_DOWN, create_redis
+from shared.redis.keys import Keys
+from shared.redis.ops import OpsIO
 
 TIMEOUT = 5.0
 UNREACHABLE: tuple[type[BaseException], ...] = (*REDIS_DOWN, TimeoutError)
 
 
 async def gather(settings: Settings) -> RedisFigures:
-    keys = Keys.from_settings(settings)
     r = create_redis(settings.with_(redis_max_connections=2), "longrun-status")
+    ops = OpsIO(r, Keys.from_settings(settings))
     try:
-        return await asyncio.wait_for(cluster_redis(r, keys, settings), TIMEOUT)
+        return await asyncio.wait_for(cluster_redis(ops, settings), TIMEOUT)
     finally:
-        await r.aclose()
+        await ops.aclose()
 
 
 def as_dict(f: RedisFigures, settings: Settings) -> dict[str, Any]:

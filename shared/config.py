@@ -130,6 +130,15 @@ class Settings:
     sse_ping_seconds: float = knob(
         15.0, "LONGRUN_SSE_PING_SECONDS", "events", "SSE keep-alive interval", minimum=0.05
     )
+    # An API process's hub wake key expires this long after its last refresh (a crashed
+    # process leaves nothing behind for longer).
+    hub_key_ttl_seconds: float = knob(
+        30.0,
+        "LONGRUN_HUB_KEY_TTL_SECONDS",
+        "events",
+        "lifetime of an API's hub wake key",
+        minimum=1.0,
+    )
     # -- pools and timeouts ----------------------------------------------------------------
     pg_pool_min: int = knob(1, "LONGRUN_PG_POOL_MIN", "pools", "Postgres pool size", minimum=0)
     pg_pool_max: int = knob(16, "LONGRUN_PG_POOL_MAX", "pools", "Postgres pool cap", minimum=1)

@@ -11,8 +11,8 @@ import httpx
 import pytest
 
 from api.admission import submit_refusal
-from shared.keys import Keys
-from shared.switches import set_paused
+from shared.redis.admission import AdmissionIO
+from shared.redis.keys import Keys
 from tests.helpers import submit, wait_for
 
 BODY = {"input": "hello", "agent": "ticker", "params": {"count": 1}}
@@ -172,10 +172,10 @@ async def test_pause_and_resume_switch_submits_off_and_on(client, settings, redi
     keys = Keys.from_settings(settings)
     running = await submit(client, **BODY)
 
-    await set_paused(redis_client, keys, "maintenance")
+    await AdmissionIO(redis_client, keys).set_paused("maintenance")
     paused = await client.post("/runs", json=BODY)
     still_readable = await client.get(f"/runs/{running}")
-    await set_paused(redis_client, keys, None)
+    await AdmissionIO(redis_client, keys).set_paused(None)
     resumed = await client.post("/runs", json=BODY)
 
     assert paused.status_code == 503
@@ -255,7 +255,7 @@ async def test_a_crashed_processes_stream_slots_expire(
     srv = await api_factory(settings.with_(max_sse_per_user=1))
     keys = Keys.from_settings(settings)
     # Given a slot left behind by a process that died (never refreshed: its expiry passed)
-    await redis_client.zadd(keys.scoped("sse", "alice"), {"dead-process-slot": time.time() - 1})
+    await redis_client.zadd(keys.sse_slots("alice"), {"dead-process-slot": time.time() - 1})
     async with await _client(srv, api_key) as c:
         run_id = await submit(c, **{**BODY, "params": {"count": 0}})
         await c.post(f"/runs/{run_id}/cancel")

@@ -8,7 +8,7 @@ import uuid
 import httpx
 import pytest
 
-from shared.keys import Keys
+from shared.redis.keys import Keys
 from tests.helpers import read_events, submit, wait_status
 from tests.tcp_proxy import TcpProxy
 

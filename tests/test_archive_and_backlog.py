@@ -7,7 +7,7 @@ import time
 import uuid
 
 from cli.sse import aparse_lines
-from shared.keys import Keys
+from shared.redis.keys import Keys
 from tests.helpers import assert_gapless_ticker, read_events, submit, wait_status
 
 

@@ -9,9 +9,10 @@ import gc
 import pytest
 
 from shared.errors import LeaseLost
-from shared.keys import Keys
 from shared.models import RunStatus, Transition, encode_event
-from shared.redisio import Fence, RedisIO, create_redis
+from shared.redis.client import create_redis
+from shared.redis.keys import Keys
+from shared.redis.runs import Fence, Gap, RedisIO
 from shared.store import EventBatch, Finishing, Store
 from shared.store.batches import FINISH_MANY, finish_many_args
 from tests.helpers import queued_run, wait_for
@@ -174,19 +175,23 @@ async def test_a_retried_commit_whose_first_try_landed_is_settled_by_reading(sto
     assert (run.status, run.last_seq) == (RunStatus.SUCCEEDED, 3)
 
 
-async def test_the_redis_copy_skips_what_it_has_allows_a_hole_and_closes_with_the_end(
+async def test_the_redis_copy_skips_what_it_has_reports_a_hole_and_closes_with_the_end(
     settings, rio
 ):
     run_id = "00000000-0000-4000-8000-000000000001"
     ev = [encode_event(i, {"type": "token", "text": str(i)}) for i in range(1, 9)]
     # Given seqs 1-2 copied by attempt 1
     await rio.append(run_id, 1, ev[0:2])
-    # When a retry sends 1-3, then Redis misses 4 and gets 5, then the meta hash is lost
+    # When a retry sends 1-3, then a copy starts at 5 (Redis missed 4)
     await rio.append(run_id, 1, ev[0:3])
-    await rio.append(run_id, 1, ev[4:5])
+    gap = await rio.append(run_id, 1, ev[4:5])
+    # Then the hole is reported, with where Redis stands, and nothing is added
+    assert gap == Gap(redis_seq=3)
+    # And a copy allowed to leave the hole takes it, even once the meta hash is lost (the
+    # stream's last id says where it stands)
+    await rio.append(run_id, 1, ev[4:5], gaps=True)
     await rio.r.delete(rio.keys.run_meta(run_id))
     await rio.append(run_id, 1, ev[4:6])
-    # Then each seq is there once, with the hole at 4 left for the archive to fill
     assert [e.seq for e in await rio.events_after(run_id, 0)] == [1, 2, 3, 5, 6]
     # And an older attempt is refused once a newer one copied
     await rio.append(run_id, 2, ev[6:7])

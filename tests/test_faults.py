@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from shared.config import Settings
-from shared.keys import Keys
+from shared.redis.keys import Keys
 from tests.helpers import read_events, submit, wait_for, wait_status
 from tests.history import History, check
 from tests.procs import WorkerProc, start_worker, stop_all

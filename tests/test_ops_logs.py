@@ -14,8 +14,8 @@ from typing import Any
 
 import httpx
 
-from shared.keys import Keys
 from shared.logs import REDACTED, redact, scrub
+from shared.redis.keys import Keys
 from tests.helpers import wait_for, wait_status
 from tests.procs import ROOT, WorkerProc, start_worker, stop_all
 from tests.test_ops_shutdown import ApiProc, start_api

@@ -12,10 +12,10 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 from redis.exceptions import ResponseError
 
-from shared.keys import Keys
 from shared.llm.breaker import BreakerState, BreakerStatus
 from shared.llm.breaker_store import RedisBreakerStore
 from shared.models import Transition, encode_event
+from shared.redis.keys import Keys
 from shared.store import Finishing
 from tests.helpers import read_events, submit, wait_for, wait_status
 

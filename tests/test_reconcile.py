@@ -3,9 +3,10 @@ consumers leave the group only when they hold nothing."""
 
 from __future__ import annotations
 
-from shared.keys import Keys
 from shared.models import RunStatus
-from shared.redisio import RedisIO, create_redis
+from shared.redis.client import create_redis
+from shared.redis.keys import Keys
+from shared.redis.runs import RedisIO
 from tests.helpers import queued_run, wait_for
 from worker.reconcile import reconcile_once
 

@@ -14,7 +14,7 @@ from api.submit_batch import SubmitGroups
 from cli.admin import revoke_key
 from shared.batching import Coalescer
 from shared.errors import Unavailable
-from shared.keys import Keys
+from shared.redis.keys import Keys
 from shared.store import NewRun
 
 pytestmark = pytest.mark.timeout(60)

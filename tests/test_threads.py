@@ -6,8 +6,9 @@ from __future__ import annotations
 import itertools
 from datetime import datetime
 
-from shared.history import cache_key, load_history
-from shared.keys import Keys
+from shared.history import load_history
+from shared.redis.cache import ThreadCache
+from shared.redis.keys import Keys
 from tests.helpers import submit, wait_status
 
 
@@ -60,13 +61,13 @@ async def test_history_read_after_a_write_is_never_stale(
     first = await submit(client, agent="chat", thread_id="c", input="one")
     await wait_status(client, first, "succeeded", timeout=30)
     # Given a warm cache
-    warm = await load_history(store, redis_client, keys, "alice", "c")
-    assert await redis_client.exists(cache_key(keys, "alice", "c"))
+    warm = await load_history(store, ThreadCache(redis_client, keys), "alice", "c")
+    assert await redis_client.exists(keys.thread_history("alice", "c"))
     # When another run writes to the thread
     second = await submit(client, agent="chat", thread_id="c", input="two")
     await wait_status(client, second, "succeeded", timeout=30)
     # Then the next read sees the write
-    after = await load_history(store, redis_client, keys, "alice", "c")
+    after = await load_history(store, ThreadCache(redis_client, keys), "alice", "c")
     assert len(after) > len(warm)
     assert after[: len(warm)] == warm
     assert "two" in str(after[len(warm)]["content"])

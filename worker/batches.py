@@ -31,7 +31,8 @@ import structlog
 from shared.batching import Coalescer
 from shared.errors import LeaseLost, Unavailable
 from shared.models import Run
-from shared.redisio import AppendResult, Fence, RedisIO, ScriptCall
+from shared.redis.pipeline import ScriptCall
+from shared.redis.runs import AppendResult, Fence, Gap, RedisIO
 from shared.store import EventBatch, Finishing, Store
 
 log = structlog.get_logger("longrun.worker")
@@ -56,9 +57,11 @@ class Claimed:
 @dataclass(frozen=True)
 class Written:
     """Committed to Postgres; `redis` is the copy's outcome, None when Redis did not take it
-    (away, or a script error): the events are safe, their fan-out is late."""
+    (away, a script error, or `gap`: it holds the run's events only up to that seq, having
+    lost some): the events are safe, their fan-out is late."""
 
     redis: AppendResult | None
+    gap: int | None = None
 
 
 class Lanes(Generic[T, R]):
@@ -243,6 +246,8 @@ class RunWrites:
             res = self.rio.append_outcome(item.run_id, item.attempt, reply)
             if isinstance(res, AppendResult):
                 out[i] = Written(res)
+            elif isinstance(res, Gap):
+                out[i] = Written(None, gap=res.redis_seq)
             elif isinstance(res, LeaseLost):
                 out[i] = res
         return out

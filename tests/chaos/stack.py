@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 
 from shared.config import Settings
-from shared.keys import Keys
+from shared.redis.keys import Keys
 from shared.store import Store
 from tests.chaos.followers import Followers
 from tests.chaos.servers import PostgresCluster, RedisServer

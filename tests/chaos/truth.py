@@ -31,7 +31,7 @@ import httpx
 import redis.asyncio as aioredis
 
 from cli.sse import aparse_lines
-from shared.keys import Keys
+from shared.redis.keys import Keys
 from tests.chaos.followers import Followers, Received
 from tests.history import History
 

@@ -26,7 +26,8 @@ from shared.errors import AgentError, LeaseLost
 from shared.history import load_history
 from shared.logs import info_line
 from shared.models import TERMINAL_EVENT_TYPES, Run
-from shared.redisio import REDIS_DOWN, EventCapExceeded, Fence
+from shared.redis.client import REDIS_DOWN
+from shared.redis.runs import EventCapExceeded, Fence
 from shared.tools import run_tools
 from worker.attempt.end import end, finish_error
 from worker.attempt.log import flush, queue, stop_flusher
@@ -142,7 +143,7 @@ async def _context(st: AttemptState, d: Deps, run: Run) -> RunContext:
     checkpoint = None
     history: list[dict[str, Any]] = []
     if run.thread_id is not None:
-        history = await load_history(d.store, d.rio.r, d.rio.keys, run.user_id, run.thread_id)
+        history = await load_history(d.store, d.rio.threads, run.user_id, run.thread_id)
     if run.attempt > 1:
         # From Postgres: the log as committed is the only one any client may have seen.
         archived = await d.store.runs.last_archived_event(run.run_id, LIFECYCLE_TYPES)
@@ -257,7 +258,7 @@ async def _drive(
         btype = body.get("type")
         if body.get("code") in PROVIDER_ERROR_CODES:  # a failed model call: for metrics
             with contextlib.suppress(*REDIS_DOWN):
-                await d.rio.r.hincrby(d.rio.keys.counters, "provider_errors", 1)
+                await d.rio.count("provider_errors")
         if btype in TERMINAL_EVENT_TYPES:
             await stop_flusher(st)  # what is pending goes out with the terminal
             return body

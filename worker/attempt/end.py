@@ -18,9 +18,10 @@ from shared.errors import LeaseLost
 from shared.history import invalidate
 from shared.logs import info_line
 from shared.models import Event, Transition, transition
-from shared.redisio import REDIS_DOWN, EventCapExceeded
+from shared.redis.client import REDIS_DOWN
+from shared.redis.runs import EventCapExceeded, Gap
 from shared.store import Finishing
-from worker.attempt.log import check_caps, copied, copy_call, encode
+from worker.attempt.log import check_caps, copied, copy_call, encode, fill_gap
 from worker.attempt.state import AttemptState, Deps, outage_deadline
 from worker.batches import Written
 from worker.policies import RETRYABLE, retry_unavailable
@@ -145,12 +146,12 @@ async def _commit_end(
     st.seq = events[-1].seq
     if st.on_committed is not None:
         st.on_committed()
-    copied(st, events, written)
-    if written.redis is None:
+    await copied(st, d, events, written, terminal=True)
+    if written.redis is None and written.gap is None:
         await _copy_terminal(st, d)
     if messages and run.thread_id is not None:
         with contextlib.suppress(*REDIS_DOWN):
-            await invalidate(d.rio.r, d.rio.keys, run.user_id, run.thread_id)
+            await invalidate(d.rio.threads, run.user_id, run.thread_id)
     deadline = outage_deadline(d.settings)
     if next_run is not None:
         # The thread's next run waited for this one: queue it now.
@@ -170,17 +171,17 @@ async def _copy_terminal(st: AttemptState, d: Deps) -> None:
     """Copy the run's last events to Redis after the commit (a thread's run, or a copy that
     failed with the commit): best effort, since readers fill a hole from the archive; a live
     follower sees the end at once only through Redis."""
-    assert st.run is not None
+    run = st.run
+    assert run is not None
     events = st.unsent
-    st.unsent = []
     if not events:
         return
     try:
-        await retry_unavailable(
+        res = await retry_unavailable(
             "copy_terminal",
             lambda: d.rio.append(
-                st.run_id,
-                st.run.attempt if st.run else 0,
+                run.run_id,
+                run.attempt,
                 events,
                 ttl=d.settings.events_ttl_seconds,
                 terminal=True,
@@ -191,6 +192,11 @@ async def _copy_terminal(st: AttemptState, d: Deps) -> None:
         )
     except COPY_GIVES_UP as exc:
         log.warning("terminal_copy_failed", error=type(exc).__name__)
+        return
+    if isinstance(res, Gap):
+        await fill_gap(st, d, res.redis_seq, terminal=True)
+    else:
+        st.unsent.clear()
 
 
 async def handoff(st: AttemptState, d: Deps) -> None:
@@ -208,5 +214,5 @@ async def handoff(st: AttemptState, d: Deps) -> None:
         return
     with contextlib.suppress(*REDIS_DOWN):
         await d.rio.handoff(d.consumer, st.entry)
-        await d.rio.r.hincrby(d.rio.keys.counters, "handoffs", 1)
+        await d.rio.count("handoffs")
     log.info("run_handed_over", reason=st.handoff_reason)

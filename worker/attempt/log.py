@@ -16,13 +16,20 @@ import asyncio
 import contextlib
 from typing import Any
 
+import structlog
+
 from shared.errors import LeaseLost
 from shared.models import Event, encode_event
-from shared.redisio import EventCapExceeded, ScriptCall
+from shared.redis.pipeline import ScriptCall
+from shared.redis.runs import AppendResult, EventCapExceeded
 from shared.store import EventBatch
 from worker.attempt.state import UNSENT_MAX, AttemptState, Deps, outage_deadline
 from worker.batches import Written
-from worker.policies import retry_unavailable
+from worker.policies import RETRYABLE, retry_unavailable
+
+log = structlog.get_logger("longrun.worker")
+# What ends a best-effort refill of Redis.
+REFILL_GIVES_UP: tuple[type[BaseException], ...] = (LeaseLost, *RETRYABLE)
 
 # Events an agent yields in a burst are committed together: the first waits at most this long
 # for company, and a batch holds at most BATCH_MAX events.
@@ -147,16 +154,53 @@ def copy_call(st: AttemptState, d: Deps, events: list[Event], *, terminal: bool)
     )
 
 
-def copied(st: AttemptState, events: list[Event], written: Written) -> None:
-    """After a commit: note how the Redis copy went."""
-    if written.redis is None:
-        st.unsent.extend(events)
-        del st.unsent[:-UNSENT_MAX]
+async def copied(
+    st: AttemptState, d: Deps, events: list[Event], written: Written, *, terminal: bool = False
+) -> None:
+    """After a commit: note how the Redis copy went, and fill the hole Redis reported."""
+    if written.redis is not None:
+        _took(st, written.redis)
         return
+    st.unsent.extend(events)
+    del st.unsent[:-UNSENT_MAX]
+    if written.gap is not None:
+        await fill_gap(st, d, written.gap, terminal=terminal)
+
+
+def _took(st: AttemptState, res: AppendResult) -> None:
     st.unsent.clear()
     st.first_write = None
-    if written.redis.cancel_requested:
+    if res.cancel_requested:
         st.signals.cancel.set()
+
+
+async def fill_gap(st: AttemptState, d: Deps, redis_seq: int, *, terminal: bool = False) -> None:
+    """Redis lost events of the run (restarted, failed over): copy it what it lacks from the
+    archive, up to the attempt's last commit, so live readers need not go to the archive.
+    At most UNSENT_MAX of the newest (older ones stay a hole the archive fills). Best effort:
+    a failure leaves the events in `unsent` for the next copy."""
+    assert st.run is not None
+    run = st.run
+    after = max(redis_seq, st.seq - UNSENT_MAX)
+    try:
+        missing = await d.store.runs.events_after(run.run_id, after, st.seq - after)
+        if not missing:
+            return
+        res = await d.rio.append(
+            run.run_id,
+            run.attempt,
+            missing,
+            ttl=d.settings.events_ttl_seconds if terminal else 0,
+            terminal=terminal,
+            gaps=True,
+            fence=st.first_write,
+        )
+    except REFILL_GIVES_UP as exc:
+        log.warning("redis_refill_failed", error=type(exc).__name__)
+        return
+    if isinstance(res, AppendResult):
+        _took(st, res)
+        log.info("redis_refilled", from_seq=missing[0].seq, to_seq=missing[-1].seq)
 
 
 async def commit(st: AttemptState, d: Deps, events: list[Event]) -> None:
@@ -173,4 +217,4 @@ async def commit(st: AttemptState, d: Deps, events: list[Event]) -> None:
     )
     st.seq = events[-1].seq
     st.event_bytes += batch.size
-    copied(st, events, written)
+    await copied(st, d, events, written)

@@ -15,7 +15,8 @@ from shared.agents.base import RunContext
 from shared.config import Settings
 from shared.llm.tools import ToolRegistry
 from shared.models import Event, Run
-from shared.redisio import QueueEntry, RedisIO
+from shared.redis.codec import QueueEntry
+from shared.redis.runs import RedisIO
 from shared.store import Store
 from worker.batches import RunWrites
 from worker.signals import Signals
