@@ -31,7 +31,7 @@ from api.middleware import ABORT, OUTER_SEND
 from api.runs import RunIdPath, _owned_run, _state, parse_run_id
 from api.schemas import EVENT_ID, EVENT_ID_PATTERN
 from api.state import AppState
-from api.streams import RunStream
+from api.streams import Hole, RunStream
 from shared.models import Event, Run, parse_event_id
 from shared.redis.client import REDIS_DOWN
 
@@ -88,6 +88,15 @@ async def _stream_user(request: Request, run_id: str, token: str | None) -> str 
 
 
 PING = b": ping\r\n\r\n"
+# Sent (without an id) when a stream cannot go on: the next event is in neither Redis nor the
+# archive. A browser's EventSource reconnects after `retry`; the run itself is not affected.
+HOLE_FRAME = (
+    b"retry: 10000\r\nevent: stream_error\r\ndata: "
+    + orjson.dumps(
+        {"error": "events_unavailable", "detail": "the next event of this run is unavailable"}
+    )
+    + b"\r\n\r\n"
+)
 SEND_BYTES = 64 * 1024
 _SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
@@ -191,14 +200,19 @@ class EventStream(Response):
         watcher = asyncio.ensure_future(self._watch_disconnect(receive))
         gen = stream.batches(self.after, self.terminal_known)
         try:
-            async for batch in gen:
-                sub = stream.sub
-                assert sub is not None
-                sub.task = task
-                sub.sending_since = sub.active_at
-                for body in _bodies(batch):
-                    await send({"type": "http.response.body", "body": body, "more_body": True})
-                sub.sending_since = 0.0
+            try:
+                async for batch in gen:
+                    sub = stream.sub
+                    assert sub is not None
+                    sub.task = task
+                    sub.sending_since = sub.active_at
+                    for body in _bodies(batch):
+                        await send({"type": "http.response.body", "body": body, "more_body": True})
+                    sub.sending_since = 0.0
+            except Hole as hole:
+                log.error("stream_hole", run_id=stream.run_id, seq=hole.seq)
+                await send({"type": "http.response.body", "body": HOLE_FRAME, "more_body": True})
+                return True
             sub = stream.sub
             return sub is None or not sub.stopped
         except asyncio.CancelledError:
@@ -262,7 +276,9 @@ async def events(
             f"at most {state.settings.max_sse_per_user} open event streams per user",
             {"Retry-After": "5"},
         )
-    stream = RunStream(state.store, state.hub, run.run_id, state.settings.sse_ping_seconds)
+    stream = RunStream(
+        state.store, state.hub, run.run_id, state.settings.sse_ping_seconds, run.last_seq
+    )
 
     async def refresh() -> None:
         await sec.admission.refresh_sse_slot(user, slot)

@@ -405,7 +405,8 @@ async def cancel(run_id: RunIdPath, request: Request, user: User) -> JSONResp:
 
 async def _publish_archived_terminal(state: AppState, run: Run) -> None:
     """Copy a terminal event the API committed (a queued run cancelled) into the run's Redis
-    stream, so live followers see it at once. Best effort: the archive has it anyway."""
+    stream through the append script (which closes the run's log there), so live followers
+    see it at once. Best effort: the archive has it anyway."""
     events = await state.store.runs.events_after(run.run_id, run.last_seq - 1, 1)
     if not events:
         return

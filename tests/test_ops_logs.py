@@ -66,8 +66,9 @@ async def test_a_full_runs_logs_are_json_with_its_run_attempt_and_worker_and_no_
                 json={"input": "x", "agent": "ticker", "params": {"count": 30, "interval_ms": 100}},
             )
             run_id = resp.json()["run_id"]
-            await wait_status(client, run_id, "running")
             meta = Keys.from_settings(settings).run_meta(run_id)
+            # (the owner is recorded in Redis with the run's first events)
+            await wait_for(lambda: redis_client.hget(meta, "owner"), timeout=20)
             owner_name = (await redis_client.hget(meta, "owner")).decode()
             owner = next(w for w in workers if w.name == owner_name)
             # When that worker is paused past its lease, the other takes the run over

@@ -14,8 +14,9 @@ from redis.exceptions import ResponseError
 
 from shared.llm.breaker import BreakerState, BreakerStatus
 from shared.llm.breaker_store import RedisBreakerStore
-from shared.models import Transition
+from shared.models import Transition, encode_event
 from shared.redis.keys import Keys
+from shared.store import Finishing
 from tests.helpers import read_events, submit, wait_for, wait_status
 
 
@@ -142,7 +143,9 @@ async def test_cost_counters_and_breakers_are_read_from_where_workers_keep_them(
     # breaker
     run_id = await submit(client, agent="ticker")
     run = await store.runs.claim(run_id, reclaim=False)
-    await store.runs.finish(run_id, run.attempt, Transition.SUCCEED, [], cost_usd=0.25)
+    done = encode_event(run.last_seq + 1, {"type": "done"})
+    ending = Finishing(run_id, run.attempt, Transition.SUCCEED, [done], cost_usd=0.25)
+    assert await store.batches.finish_many([ending]) == [None]
     await redis_client.hincrby(keys.counters, "lease_losses", 2)
     await redis_client.hincrby(keys.counters, "handoffs", 3)
     await redis_client.hincrby(keys.counters, "provider_errors", 4)

@@ -30,6 +30,13 @@ def _end(run_id: str, move: Transition, cost: float = 0.0, attempt: int = 1) -> 
     return Finishing(run_id, attempt, move, [encode_event(1, {"type": kind[move]})], cost_usd=cost)
 
 
+async def _end_alone(store: Store, f: Finishing) -> None:
+    """A run ending on its own (a batch of one), refused when its attempt lost it."""
+    (refused,) = await store.batches.finish_many([f])
+    if refused is not None:
+        raise refused
+
+
 async def test_every_way_a_run_ends_is_counted_once_with_its_cost(store):
     # Given five running runs and two queued ones
     a, b, c, d, e = await _running(store, 5)
@@ -46,13 +53,13 @@ async def test_every_way_a_run_ends_is_counted_once_with_its_cost(store):
         ]
     )
     assert out == [None, None, None]
-    await store.runs.finish(d, 1, Transition.SUCCEED, [], cost_usd=0.125, thread=False)
-    await store.runs.finish(e, 1, Transition.CANCEL, [], thread=True)
+    await _end_alone(store, _end(d, Transition.SUCCEED, 0.125))
+    await store.runs.finish(_end(e, Transition.CANCEL))
     assert await store.runs.cancel_queued(f, "u") is not None
     # And writes that end nothing are refused: a stale attempt, alone and in a batch, and a
     # second cancel
     with pytest.raises(LeaseLost):
-        await store.runs.finish(a, 1, Transition.SUCCEED, [], cost_usd=9.0, thread=False)
+        await _end_alone(store, _end(a, Transition.FAIL, 9.0))
     (lost,) = await store.batches.finish_many([_end(b, Transition.FAIL, 9.0)])
     assert isinstance(lost, LeaseLost)
     assert await store.runs.cancel_queued(f, "u") is None
@@ -84,12 +91,12 @@ async def test_deleting_old_finished_runs_takes_nothing_from_the_counters(store)
 async def test_a_run_retried_from_the_dead_letters_counts_both_endings_and_its_spend_once(store):
     # Given a run that failed having spent 0.25
     (run_id,) = await _running(store, 1)
-    await store.runs.finish(run_id, 1, Transition.FAIL, [], cost_usd=0.25, thread=False)
+    await _end_alone(store, _end(run_id, Transition.FAIL, 0.25))
 
     # When an operator re-runs it, and its second attempt resumes and succeeds at 0.75 in all
     assert await store.ops.retry_failed(run_id)
     assert await store.runs.claim(run_id, reclaim=False) is not None
-    await store.runs.finish(run_id, 2, Transition.SUCCEED, [], cost_usd=0.75, thread=False)
+    await _end_alone(store, _end(run_id, Transition.SUCCEED, 0.75, attempt=2))
 
     # Then it ended twice, and its spend is counted once: 0.75, not 0.25 + 0.75
     figures = await store.ops.run_figures()

@@ -5,11 +5,15 @@ Loops, each its own task:
 - consume: `XREADGROUP >` for as many entries as there are free slots;
 - reclaim: `XAUTOCLAIM` entries idle past the lease (a dead worker's), dead-lettering entries
   delivered more than `max_attempts` times;
-- heartbeat: owner-checked lease renewal of every entry it runs (Lua), the worker's own
-  heartbeat, and a Postgres touch; a worker that cannot renew for most of a lease stops its
-  runs itself, before anyone else may take them;
+- heartbeat: owner-checked lease renewal of every entry it runs (Lua) and the worker's own
+  heartbeat, in Redis only (a Postgres stall must not cost a lease); a worker that cannot
+  renew for most of a lease stops its runs itself, before anyone else may take them; a run
+  whose entry Redis lost is handed over at once;
+- touch: the Postgres heartbeat of its runs (the reconciler's hint; cancels seen without
+  Redis), on its own loop;
 - cancel listener: pub/sub of cancel requests;
-- reconciler: one worker at a time re-enqueues runs Postgres has as active but Redis lost.
+- reconciler: one worker at a time re-enqueues runs Postgres has as active but Redis lost;
+  at once when this worker sees Redis restarted or its group gone, else periodically.
 
 Shutdown is two-stage: the first SIGTERM/SIGINT drains (stop reading, let runs finish for
 `drain_seconds`, hand the rest over at once), a second one exits immediately.
@@ -36,6 +40,7 @@ from shared.agents import load_agents
 from shared.config import Settings
 from shared.errors import Unavailable
 from shared.llm.breaker_store import RedisBreakerStore
+from shared.llm.budget import PatientLedger
 from shared.llm.services import LLM_SERVICE, LLMServices, build_llm_services
 from shared.migrate import check_schema
 from shared.redis.client import (
@@ -51,8 +56,9 @@ from shared.redis.keys import Keys
 from shared.redis.runs import RedisIO
 from shared.store import Store, connect
 from shared.tools import load_tools
+from worker.attempt import AttemptState, Deps, execute
+from worker.attempt.state import outage_seconds
 from worker.batches import RunWrites
-from worker.executor import Attempt, Deps
 from worker.policies import RETRYABLE
 from worker.reconcile import reconcile_once
 
@@ -66,7 +72,7 @@ IN_FLIGHT_PUBLISH_SECONDS = 0.25
 
 @dataclass
 class Slot:
-    attempt: Attempt
+    attempt: AttemptState
     task: asyncio.Task[None]
 
 
@@ -99,6 +105,10 @@ class Worker:
         self.free.set()
         self.load_changed = asyncio.Event()  # a slot filled or freed: publish the figure
         self.last_renewal = time.monotonic()
+        # Set when Redis may have lost data (restarted, group gone): the reconciler runs now.
+        self.reconcile_now = asyncio.Event()
+        self.redis_run_id: str | None = None  # Redis' INFO run_id, to see a restart
+        self.redis_broken = False  # a heartbeat failed since the last good one
         self._tasks: list[asyncio.Task[None]] = []
         self.reads = 0  # XREADGROUP calls, and the entries they brought (batch_stats)
         self.read_entries = 0
@@ -130,22 +140,26 @@ class Worker:
         # One set of LLM services per process: breakers shared through Redis, daily spend
         # through Postgres, so ceilings and breakers hold across every worker.
         self.llm = build_llm_services(
-            s, breaker_store=RedisBreakerStore(r, self.keys), ledger=self.store.users
+            s,
+            breaker_store=RedisBreakerStore(r, self.keys),
+            # A Postgres outage pauses a run's spending like its event writes, not fail it.
+            ledger=PatientLedger(self.store.users, outage_seconds(s)),
         )
         self.deps = Deps(
             settings=s,
             store=self.store,
             rio=self.rio,
+            writes=RunWrites(self.store, self.rio, self.name),
             agents=load_agents(s.agent_modules),
             consumer=self.name,
             tools=load_tools(s.tool_modules),
             services={LLM_SERVICE: self.llm},
-            writes=RunWrites(self.store, self.rio, self.name),
         )
+        self.redis_run_id = await self.rio.group.server_run_id()
         for loop in (self._consume, self._reclaim, self._reconcile):
             self._tasks.append(asyncio.create_task(self._forever(loop, self.stopping)))
         # These keep serving in-flight runs while the worker drains.
-        for loop in (self._heartbeat, self._cancel_listener, self._publish_in_flight):
+        for loop in (self._heartbeat, self._touch, self._cancel_listener, self._publish_in_flight):
             self._tasks.append(asyncio.create_task(self._forever(loop, self.stopped)))
         # What start-up allocated (modules, clients) lives as long as the process: keep it out
         # of the cyclic collector's full passes, which then cost ~40% less on a busy worker.
@@ -165,8 +179,11 @@ class Worker:
                 log.warning("loop_backoff", loop=loop.__name__, error=type(exc).__name__)
             except REDIS_ERRORS as exc:
                 if group_lost(exc) and self.rio is not None:
-                    # Redis lost the group (restarted empty, flushed): make it again.
+                    # Redis lost the group (restarted empty, flushed): make it again, and
+                    # re-enqueue the runs whose entries went with it.
+                    self.reconcile_now.set()
                     log.warning("group_recreated")
+                    self.reconcile_now.set()
                     with contextlib.suppress(*REDIS_DOWN):
                         await self.rio.ensure_group()
                 else:  # an error reply the code does not expect (MOVED, WRONGTYPE, OOM ...)
@@ -259,17 +276,17 @@ class Worker:
     # -- running attempts --------------------------------------------------------------------
     def _launch(self, entry: QueueEntry, *, reclaimed: bool, poison: bool = False) -> None:
         assert self.deps is not None
-        attempt = Attempt(self.deps, entry, reclaimed=reclaimed, poison=poison)
-        task = asyncio.create_task(self._guarded(attempt))
+        attempt = AttemptState(entry, reclaimed=reclaimed, poison=poison)
+        task = asyncio.create_task(self._guarded(attempt, self.deps))
         self.slots[entry.entry_id] = Slot(attempt, task)
         attempt.on_committed = lambda: self._committed(entry.entry_id)
         self.load_changed.set()
         if len(self.slots) >= self.settings.concurrency:
             self.free.clear()
 
-    async def _guarded(self, attempt: Attempt) -> None:
+    async def _guarded(self, attempt: AttemptState, deps: Deps) -> None:
         try:
-            await attempt.execute()
+            await execute(attempt, deps)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -352,7 +369,6 @@ class Worker:
 
     async def _beat(self) -> None:
         assert self.rio is not None
-        assert self.store is not None
         now = time.monotonic()
         if self.slots and lease_expired_locally(
             self.last_renewal, now, self.settings.lease_seconds
@@ -361,16 +377,30 @@ class Worker:
                 slot.attempt.signals.lost.set()
         ids = list(self.slots)
         try:
-            lost = await self.rio.renew(self.name, ids)
+            lost, gone = await self.rio.renew(self.name, ids)
         except REDIS_DOWN:
             log.warning("heartbeat_failed")
+            self.redis_broken = True
             raise
         self.last_renewal = now
+        if self.redis_broken:
+            self.redis_broken = False
+            await self._check_redis_restarted()
         for entry_id in lost:
             lost_slot = self.slots.get(entry_id)
             if lost_slot is not None:
                 lost_slot.attempt.signals.lost.set()
                 await self.rio.count("lease_losses")
+        for entry_id in gone:
+            # No one holds the entry any more (Redis lost it): hand the run over now, or
+            # nothing would re-claim it until the reconciler found it.
+            gone_slot = self.slots.get(entry_id)
+            if gone_slot is not None and gone_slot.attempt.run is not None:
+                log.warning("entry_lost", run_id=gone_slot.attempt.run_id, entry=entry_id)
+                gone_slot.attempt.handoff_reason = "entry_lost"
+                gone_slot.attempt.signals.handoff.set()
+        if gone:
+            self.reconcile_now.set()
         figures = {
             "in_flight": len(self.slots),
             "concurrency": self.settings.concurrency,
@@ -378,12 +408,32 @@ class Worker:
             "host": socket.gethostname(),
         }
         await self.rio.group.beat(self.name, figures, self._info_ttl())
-        runs = [s.attempt.run_id for s in self.slots.values() if s.attempt.run_id]
-        with contextlib.suppress(Unavailable):
-            for run_id in await self.store.runs.touch(runs):
-                for slot in self.slots.values():
-                    if slot.attempt.run_id == run_id:
-                        slot.attempt.signals.cancel.set()
+
+    async def _check_redis_restarted(self) -> None:
+        """After a failed heartbeat: if Redis is another process now (restarted, failed over),
+        it may have lost entries: reconcile at once."""
+        assert self.rio is not None
+        run_id = await self.rio.group.server_run_id()
+        if run_id != self.redis_run_id:
+            log.warning("redis_restarted")
+            self.redis_run_id = run_id
+            self.reconcile_now.set()
+
+    async def _touch(self) -> None:
+        """The Postgres heartbeat of this worker's runs: keeps live runs out of the
+        reconciler's view and sees cancels recorded only in Postgres. Its own loop: a
+        Postgres stall delays only this."""
+        assert self.store is not None
+        s = self.settings
+        while not self.stopped.is_set():
+            runs = [x.attempt.run_id for x in self.slots.values() if x.attempt.run is not None]
+            with contextlib.suppress(Unavailable):
+                for run_id in await self.store.runs.touch(runs):
+                    for slot in self.slots.values():
+                        if slot.attempt.run_id == run_id:
+                            slot.attempt.signals.cancel.set()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopped.wait(), renew_interval(s.lease_seconds))
 
     def _info_ttl(self) -> int:
         """How long the worker's figures outlive its last heartbeat."""
@@ -416,10 +466,22 @@ class Worker:
         assert self.store is not None
         while not self.stopping.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stopping.wait(), self.settings.reconcile_seconds)
+                await asyncio.wait_for(self._reconcile_due(), self.settings.reconcile_seconds)
             if self.stopping.is_set():
                 return
-            await reconcile_once(self.settings, self.store, self.rio, self.name)
+            now = self.reconcile_now.is_set()
+            self.reconcile_now.clear()
+            await reconcile_once(self.settings, self.store, self.rio, self.name, urgent=now)
+
+    async def _reconcile_due(self) -> None:
+        """Returns when the worker stops or Redis may have lost data."""
+        stop = asyncio.ensure_future(self.stopping.wait())
+        now = asyncio.ensure_future(self.reconcile_now.wait())
+        try:
+            await asyncio.wait({stop, now}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            now.cancel()
 
 
 async def run_worker(settings: Settings) -> int:

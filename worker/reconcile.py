@@ -1,13 +1,19 @@
 """The reconciler: Postgres is the truth, so a run it has as queued or running must have a
 queue entry. Redis can lose entries (restarted empty, flushed, failed over); one worker at a
-time (a lock with a TTL) finds active runs with no entry and re-enqueues them. A duplicate entry
-is harmless: a worker starts a run only through a conditional transition in Postgres.
+time (a lock, released after each pass) finds active runs with no entry and re-enqueues them:
+queued runs older than a moment (a submit adds the entry, and a hand-over its fresh one, within
+milliseconds of the row), and running runs whose Postgres heartbeat stopped two leases ago
+(their worker is gone: a live worker hands a run whose entry vanished over itself), re-queued
+fenced on their attempt. A duplicate entry is harmless: a worker starts a run only through a
+conditional transition in Postgres.
 
 It also removes dead consumers from the group, only once they hold nothing pending (Lua:
 checked and deleted atomically, since XGROUP DELCONSUMER drops a consumer's pending entries).
 """
 
 from __future__ import annotations
+
+import asyncio
 
 import structlog
 
@@ -18,16 +24,39 @@ from shared.store import Store
 
 log = structlog.get_logger("longrun.reconciler")
 
+# A queued run with no entry is lost once it is older than this.
+QUEUED_GRACE = 2.0
 
-async def reconcile_once(settings: Settings, store: Store, rio: RedisIO, owner: str) -> int:
-    """One pass under the lock; returns how many runs were re-enqueued."""
+
+async def reconcile_once(
+    settings: Settings, store: Store, rio: RedisIO, owner: str, *, urgent: bool = False
+) -> int:
+    """One pass under the lock; returns how many runs were re-enqueued. `urgent`: Redis may
+    just have lost data (a worker saw it restart): a second pass follows once the runs
+    submitted just before the loss are past the grace."""
+    fixed = await _pass(settings, store, rio, owner)
+    if urgent:
+        await asyncio.sleep(QUEUED_GRACE + 0.5)
+        fixed += await _pass(settings, store, rio, owner)
+    return fixed
+
+
+async def _pass(settings: Settings, store: Store, rio: RedisIO, owner: str) -> int:
     group = rio.group
     lock_ms = int(max(settings.reconcile_seconds * 3, 1.0) * 1000)
     if not await group.take_reconcile_lock(owner, lock_ms):
         return 0
-    # Only runs untouched for over two leases: live runs are touched on every heartbeat,
-    # and a run just submitted has its entry added within milliseconds.
-    candidates = await store.runs.active_runs(older_than_seconds=settings.lease_seconds * 2)
+    try:
+        return await _reenqueue_lost(settings, store, rio)
+    finally:
+        await group.release_reconcile_lock(owner)
+
+
+async def _reenqueue_lost(settings: Settings, store: Store, rio: RedisIO) -> int:
+    group = rio.group
+    candidates = await store.runs.active_runs(
+        queued_for=QUEUED_GRACE, running_silent_for=settings.lease_seconds * 2
+    )
     fixed = 0
     if candidates:
         present = await group.queued_run_ids()
@@ -35,7 +64,7 @@ async def reconcile_once(settings: Settings, store: Store, rio: RedisIO, owner: 
             if run.run_id in present:
                 continue
             requeued = run.status is not RunStatus.RUNNING or await store.runs.requeue(
-                run.run_id, None, []
+                run.run_id, run.attempt, []
             )
             if not requeued:
                 continue

@@ -56,6 +56,7 @@ class GroupIO:
         self.r = r
         self.keys = keys
         self._drop_idle = r.register_script(scripts.DROP_IDLE_CONSUMERS)
+        self._release = r.register_script(scripts.RELEASE)
 
     # -- the consumer group ------------------------------------------------------------------
     async def ensure(self) -> None:
@@ -156,6 +157,16 @@ class GroupIO:
     # -- the reconciler ----------------------------------------------------------------------
     async def take_reconcile_lock(self, owner: str, ttl_ms: int) -> bool:
         return bool(await self.r.set(self.keys.reconcile_lock, owner, nx=True, px=ttl_ms))
+
+    async def release_reconcile_lock(self, owner: str) -> None:
+        """Let the next pass (any worker's) run at once, if this owner still holds it."""
+        await self._release(keys=[self.keys.reconcile_lock], args=[owner])
+
+    async def server_run_id(self) -> str:
+        """Redis' own run id (`INFO server`): a new one means a restarted (or failed-over)
+        server, which may have lost what it had not persisted."""
+        info = await self.r.info("server")
+        return str(info.get("run_id", ""))
 
     async def queued_run_ids(self, batch: int = 1000) -> set[str]:
         """Run ids of every entry in the queue stream (pending ones included)."""

@@ -37,19 +37,15 @@ class EventCapExceeded(LongrunError):
     code = "event_cap_exceeded"
 
 
-class SeqConflict(LongrunError):
-    """The stream's last seq is not the one this writer expected (a bug or a lost fence)."""
-
-    code = "seq_conflict"
-
-
 class AppendOptions(TypedDict, total=False):
-    # Set the events' TTL (and the meta hash's): the run has ended.
+    # > 0: start the run's expiry (its end was committed).
     ttl: int
-    # The last event is a terminal one and may go past the per-run caps (so a capped run can
-    # still end); the events before it still count against them.
-    over_cap: bool
-    # (owner, entry id): this is the attempt's first write and raises its fence too (see
+    # The last event is the run's terminal one: Redis closes the run's log after it.
+    terminal: bool
+    # A hole before the first event is allowed (else the copy is refused with `Gap`, and the
+    # writer sends what Redis lacks first).
+    gaps: bool
+    # (owner, entry id): this is the attempt's first copy and raises its fence too (see
     # `Fence.deferred`).
     fence: tuple[str, str] | None
 
@@ -57,6 +53,14 @@ class AppendOptions(TypedDict, total=False):
 @dataclass(frozen=True)
 class AppendResult:
     cancel_requested: bool
+
+
+@dataclass(frozen=True)
+class Gap:
+    """A copy refused: Redis holds the run's events only up to `redis_seq`, short of the copy's
+    first one (it lost some). The writer sends what it lacks from the archive, then again."""
+
+    redis_seq: int
 
 
 @dataclass(frozen=True)
@@ -172,13 +176,15 @@ class RedisIO:
     async def ensure_group(self) -> None:
         await self.group.ensure()
 
-    async def renew(self, consumer: str, entry_ids: Sequence[str]) -> list[str]:
+    async def renew(self, consumer: str, entry_ids: Sequence[str]) -> tuple[list[str], list[str]]:
+        """Renew this consumer's entries. Returns (lost, gone): the ids another consumer
+        holds now, and the ids no one holds (Redis lost them)."""
         if not entry_ids:
-            return []
-        lost = await self._renew(
+            return [], []
+        lost, gone = await self._renew(
             keys=[self.keys.queue], args=[self.keys.group, consumer, *entry_ids]
         )
-        return [text(x) for x in lost]
+        return [text(x) for x in lost], [text(x) for x in gone]
 
     async def ack(self, consumer: str, entry_id: str) -> bool:
         done = await self._script(
@@ -197,13 +203,11 @@ class RedisIO:
         await self.r.hincrby(self.keys.counters, counter, n)
 
     # -- runs --------------------------------------------------------------------------------
-    def _fence_call(
-        self, run_id: str, attempt: int, owner: str, known_seq: int, entry_id: str
-    ) -> ScriptCall:
+    def _fence_call(self, run_id: str, attempt: int, owner: str, entry_id: str) -> ScriptCall:
         return (
             self._fence,
-            [self.keys.run_meta(run_id)],
-            [attempt, owner, known_seq, self.settings.events_ttl_seconds * 24, entry_id],
+            [self.keys.run_meta(run_id), self.keys.events(run_id)],
+            [attempt, owner, self.settings.events_ttl_seconds * 24, entry_id],
         )
 
     @staticmethod
@@ -214,19 +218,19 @@ class RedisIO:
             return LeaseLost(f"attempt {attempt} is older than attempt {int(res[1])}")
         return Fence(seq=int(res[1]), cancel_requested=bool(int(res[2])))
 
-    async def fence(
-        self, run_id: str, attempt: int, owner: str, known_seq: int, entry_id: str = ""
-    ) -> Fence:
-        call = self._fence_call(run_id, attempt, owner, known_seq, entry_id)
+    async def fence(self, run_id: str, attempt: int, owner: str, entry_id: str = "") -> Fence:
+        """Raise the run's fence in Redis to `attempt`; `Fence.seq` is the last event Redis
+        holds for the run (below the archive's end when Redis lost some)."""
+        call = self._fence_call(run_id, attempt, owner, entry_id)
         out = self._fence_outcome(attempt, await self._script(*call))
         if isinstance(out, BaseException):
             raise out
         return out
 
     async def fence_many(
-        self, items: Sequence[tuple[str, int, str, int, str]]
+        self, items: Sequence[tuple[str, int, str, str]]
     ) -> list[Fence | BaseException]:
-        """`fence` for many (run_id, attempt, owner, known_seq, entry_id) in one round trip, now
+        """`fence` for many (run_id, attempt, owner, entry_id) in one round trip, now
         (not queued behind other calls). One outcome per item: a Fence, or LeaseLost (or a
         script error) for that run alone; a Redis outage raises."""
         replies = await self._run_scripts([self._fence_call(*item) for item in items])
@@ -246,40 +250,41 @@ class RedisIO:
     def append_call(
         self, run_id: str, attempt: int, events: Sequence[Event], **options: Unpack[AppendOptions]
     ) -> ScriptCall:
-        """The append script's call (see `AppendOptions`)."""
-        extra_events, extra_bytes = (1, len(events[-1].data)) if options.get("over_cap") else (0, 0)
+        """The append script's call: copy events Postgres committed into the run's stream
+        (see `AppendOptions`). `attempt` 0: a writer with no attempt (the API ending a queued
+        run)."""
         owner, entry = options.get("fence") or ("", "")
         args: list[Any] = [
             attempt,
             events[0].seq,
-            self.settings.max_events_per_run + extra_events,
-            self.settings.max_event_bytes_per_run + extra_bytes,
             options.get("ttl", 0),
             owner,
             entry,
             self.settings.events_ttl_seconds * 24,
+            1 if options.get("terminal") else 0,
+            1 if options.get("gaps") else 0,
         ]
         for e in events:
             args.extend((e.type, e.data))
         return (self._append, [self.keys.run_meta(run_id), self.keys.events(run_id)], args)
 
     @staticmethod
-    def append_outcome(run_id: str, attempt: int, res: Any) -> AppendResult | BaseException:
+    def append_outcome(run_id: str, attempt: int, res: Any) -> AppendResult | Gap | BaseException:
         if isinstance(res, BaseException):
             return res
         code = int(res[0])
         if code == 1:
             return AppendResult(cancel_requested=bool(int(res[1])))
+        if code == -2:
+            return Gap(redis_seq=int(res[1]))
         if code == -1:
             return LeaseLost(f"run {run_id}: attempt {attempt} fenced out by {int(res[1])}")
-        if code == -3:
-            return EventCapExceeded("the run's events exceed the per-run cap")
-        return SeqConflict(f"run {run_id}: stream is at seq {int(res[1])}")
+        return LeaseLost(f"run {run_id}: its log closed at seq {int(res[1])}")
 
     async def append(
         self, run_id: str, attempt: int, events: Sequence[Event], **options: Unpack[AppendOptions]
-    ) -> AppendResult:
-        """Append events (consecutive seqs) under the attempt's fence."""
+    ) -> AppendResult | Gap:
+        """`append_call`, sent (grouped with other calls when batched)."""
         call = self.append_call(run_id, attempt, events, **options)
         out = self.append_outcome(run_id, attempt, await self._script(*call))
         if isinstance(out, BaseException):
@@ -304,11 +309,11 @@ class RedisIO:
 
     async def publish_terminal(self, run_id: str, event: Event) -> None:
         """Copy a terminal event committed outside any attempt (the API cancelling a queued
-        run) into the run's stream, so live followers see it at once; it expires like a
-        finished run's events. Raises when Redis refuses it (the stream has moved past it)."""
-        key = self.keys.events(run_id)
-        await self.r.xadd(key, {"t": event.type, "d": event.data}, id=f"0-{event.seq}")
-        await self.r.expire(key, self.settings.events_ttl_seconds)
+        run) into the run's stream through the append script, which closes the run's log
+        there, so live followers see it at once; it expires like a finished run's events."""
+        await self.append(
+            run_id, 0, [event], ttl=self.settings.events_ttl_seconds, terminal=True, gaps=True
+        )
 
     async def request_cancel(self, run_id: str) -> None:
         await self._cancel(

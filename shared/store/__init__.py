@@ -3,6 +3,7 @@ repositories, one per concern, each a plain object holding the shared `Database`
 
     store.runs     one run: reads, cancels, an attempt's fenced writes      (runs.py)
     store.batches  the worker's many-run claims and terminal commits        (batches.py)
+    store.events   an attempt's event appends, fenced on attempt and seq    (events.py)
     store.submits  the submit transaction: idempotency, the in-flight cap   (submits.py)
     store.threads  a thread's messages and queue order                      (threads.py)
     store.users    API keys and the daily spend ledger                      (users.py)
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 from shared.config import Settings
 from shared.store.batches import BatchRepo
+from shared.store.events import EventBatch, EventRepo
 from shared.store.ops import OpsRepo
 from shared.store.pool import PG_DOWN, Database, connect
 from shared.store.rows import ApiKey, Finishing, NewRun, RunFigures, Submitted
@@ -35,6 +37,7 @@ class Store:
         self.threads = ThreadRepo(db)
         self.runs = RunRepo(db, self.threads)
         self.batches = BatchRepo(db, self.runs)
+        self.events = EventRepo(db)
         self.submits = SubmitRepo(db)
         self.users = UserRepo(db)
         self.ops = OpsRepo(db)
@@ -54,6 +57,7 @@ __all__ = [
     "PG_DOWN",
     "ApiKey",
     "Database",
+    "EventBatch",
     "Finishing",
     "NewRun",
     "RunFigures",

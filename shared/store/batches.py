@@ -15,7 +15,7 @@ from shared.models import Run
 from shared.store.counters import ENDED_UNDER_FENCE, count_ended
 from shared.store.pool import Database
 from shared.store.rows import RUN_COLUMNS, TARGETS, Finishing, run_of
-from shared.store.runs import THREAD_TURN, RunRepo, commit_end
+from shared.store.runs import THREAD_TURN, RunRepo, commit_end, settle_end
 
 
 def _qualified(columns: str) -> str:
@@ -23,7 +23,7 @@ def _qualified(columns: str) -> str:
     return ", ".join(f"runs.{c.strip()}" for c in columns.split(","))
 
 
-def _rounds(keys: Sequence[str]) -> list[list[int]]:
+def rounds(keys: Sequence[str]) -> list[list[int]]:
     """Split item indexes into rounds where no key repeats; a repeated key goes to a later
     round, so each round can be one statement with one outcome per row."""
     rounds: list[list[int]] = []
@@ -48,12 +48,12 @@ def _rounds(keys: Sequence[str]) -> list[list[int]]:
 FINISH_MANY = f"""WITH req AS (
         SELECT * FROM unnest($1::uuid[], $2::int[], $3::text[],
             $4::jsonb[], $5::jsonb[], $6::jsonb[], $7::float8[],
-            $8::int[])
-        AS r(run_id, attempt, target, output, error, usage, cost, seq)
+            $8::int[], $13::int[], $14::bigint[])
+        AS r(run_id, attempt, target, output, error, usage, cost, seq, first_seq, bytes)
     ), fence AS (
         SELECT runs.run_id, runs.cost_usd FROM runs JOIN req
           ON runs.run_id = req.run_id AND runs.attempt = req.attempt
-        WHERE (runs.status = 'running') IS TRUE
+        WHERE (runs.status = 'running') IS TRUE AND runs.last_seq = req.first_seq - 1
         ORDER BY runs.run_id
         FOR UPDATE OF runs
     ), archived AS (
@@ -62,12 +62,11 @@ FINISH_MANY = f"""WITH req AS (
         FROM unnest($9::uuid[], $10::int[], $11::text[], $12::bytea[])
             AS e(run_id, seq, type, data)
         WHERE e.run_id IN (SELECT run_id FROM fence)
-        ON CONFLICT (run_id, seq) DO NOTHING
     ), finished AS (
         UPDATE runs SET status = req.target, output = req.output,
             error = req.error, usage = coalesce(req.usage, runs.usage),
             cost_usd = req.cost, finished_at = now(), updated_at = now(),
-            last_seq = greatest(runs.last_seq, req.seq)
+            last_seq = req.seq, event_bytes = runs.event_bytes + req.bytes
         FROM req
         WHERE runs.run_id = req.run_id
           AND runs.run_id IN (SELECT run_id FROM fence)
@@ -97,11 +96,13 @@ def finish_many_args(batch: Sequence[Finishing]) -> list[Any]:
         [f.error for f in batch],
         [f.usage for f in batch],
         [f.cost_usd for f in batch],
-        [f.events[-1].seq if f.events else 0 for f in batch],
+        [f.events[-1].seq for f in batch],
         ev_runs,
         ev_seqs,
         ev_types,
         ev_data,
+        [f.events[0].seq for f in batch],
+        [sum(len(e.data) for e in f.events) for f in batch],
     ]
 
 
@@ -118,7 +119,7 @@ class BatchRepo:
         One outcome per item, in order. A run named twice is claimed by its first item only
         here, the later ones in a following statement (as if they had come after)."""
         out: list[Run | None] = [None] * len(items)
-        for round_ in _rounds([run_id for run_id, _ in items]):
+        for round_ in rounds([run_id for run_id, _ in items]):
             try:
                 async with self.db.held(conn) as c:
                     rows = await c.fetch(
@@ -159,7 +160,7 @@ class BatchRepo:
         None (committed) or LeaseLost for that run alone. A statement error (not an outage)
         falls back to one statement per run, so one bad run cannot fail the others."""
         out: list[LeaseLost | None] = [None] * len(items)
-        for round_ in _rounds([f.run_id for f in items]):
+        for round_ in rounds([f.run_id for f in items]):
             batch = [items[i] for i in round_]
             try:
                 async with self.db.held(conn) as c:
@@ -167,15 +168,15 @@ class BatchRepo:
             except asyncpg.PostgresError:
                 for i in round_:
                     f = items[i]
-                    try:
-                        async with self.db.held(conn) as c:
-                            await commit_end(c, f)
-                    except LeaseLost as exc:
-                        out[i] = exc
+                    async with self.db.held(conn) as c:
+                        if not await commit_end(c, f):
+                            out[i] = await settle_end(c, f)
                 continue
             done = {str(r["run_id"]) for r in rows}
             for i in round_:
                 f = items[i]
                 if f.run_id not in done:
-                    out[i] = LeaseLost(f"run {f.run_id} attempt {f.attempt} no longer owns the run")
+                    # Refused, or committed by an earlier try whose reply was lost: read it.
+                    async with self.db.held(conn) as c:
+                        out[i] = await settle_end(c, f)
         return out

@@ -16,8 +16,8 @@ from shared.models import Event, Run, Transition
 
 RUN_COLUMNS = (
     "run_id, user_id, thread_id, agent, input, params, metadata, status, attempt, output, "
-    "error, usage, cost_usd, last_seq, cancel_requested, created_at, started_at, finished_at, "
-    "updated_at"
+    "error, usage, cost_usd, last_seq, event_bytes, cancel_requested, created_at, started_at, "
+    "finished_at, updated_at"
 )
 
 TARGETS = {

@@ -42,21 +42,22 @@ THREAD_TURN = """NOT EXISTS (
       AND earlier.status = 'queued'
       AND (earlier.created_at, earlier.run_id) < (runs.created_at, runs.run_id))"""
 
-# The terminal write of one run as one statement: the fence row is locked, the archive and the
-# terminal state written (and counted) only if this attempt still owns the run.
+# The terminal write of one run as one statement: the fence row is locked; the last events and
+# the terminal state are written (and counted) only if this attempt still owns the run and its
+# log ends right before the first of those events.
 FINISH_ONE = f"""WITH fence AS (
         SELECT run_id, cost_usd FROM runs
-        WHERE run_id = $1 AND attempt = $2 AND status = 'running' FOR UPDATE
+        WHERE run_id = $1 AND attempt = $2 AND status = 'running' AND last_seq = $12 - 1
+        FOR UPDATE
     ), archived AS (
         INSERT INTO run_events (run_id, seq, type, data)
         SELECT $1, e.seq, e.type, e.data
         FROM unnest($9::int[], $10::text[], $11::bytea[]) AS e(seq, type, data)
         WHERE EXISTS (SELECT 1 FROM fence)
-        ON CONFLICT (run_id, seq) DO NOTHING
     ), finished AS (
         UPDATE runs SET status = $3, output = $4, error = $5,
             usage = coalesce($6, usage), cost_usd = $7, finished_at = now(),
-            updated_at = now(), last_seq = greatest(last_seq, $8)
+            updated_at = now(), last_seq = $8, event_bytes = event_bytes + $13
         WHERE run_id = (SELECT run_id FROM fence)
         RETURNING run_id, status, cost_usd
     ), {count_ended(ENDED_UNDER_FENCE)}
@@ -77,8 +78,8 @@ def _status_list(move: Transition) -> list[str]:
     return sorted(str(s) for s in sources(move))
 
 
-async def commit_end(c: asyncpg.Connection, f: Finishing) -> None:
-    """`FINISH_ONE` for `f` on `c`; LeaseLost when another attempt owns the run."""
+async def commit_end(c: asyncpg.Connection, f: Finishing) -> bool:
+    """`FINISH_ONE` for `f` on `c`: whether it wrote (`settle_end` tells why not)."""
     row = await c.fetchval(
         FINISH_ONE,
         uuid.UUID(f.run_id),
@@ -88,13 +89,31 @@ async def commit_end(c: asyncpg.Connection, f: Finishing) -> None:
         f.error,
         f.usage,
         f.cost_usd,
-        f.events[-1].seq if f.events else 0,
+        f.events[-1].seq,
         [e.seq for e in f.events],
         [e.type for e in f.events],
         [e.data for e in f.events],
+        f.events[0].seq,
+        sum(len(e.data) for e in f.events),
     )
-    if row is None:
-        raise LeaseLost(f"run {f.run_id} attempt {f.attempt} no longer owns the run")
+    return row is not None
+
+
+async def settle_end(c: asyncpg.Connection, f: Finishing) -> LeaseLost | None:
+    """A terminal write the statement did not confirm: committed by an earlier try whose reply
+    was lost (the row says so: this attempt's status, its last seq), or refused (another
+    attempt owns the run, or its log is not where this attempt left it)."""
+    row = await c.fetchrow(
+        "SELECT attempt, status, last_seq FROM runs WHERE run_id = $1", uuid.UUID(f.run_id)
+    )
+    if (
+        row is not None
+        and row["attempt"] == f.attempt
+        and row["status"] == TARGETS[f.move]
+        and row["last_seq"] == f.events[-1].seq
+    ):
+        return None
+    return LeaseLost(f"run {f.run_id} attempt {f.attempt} no longer owns the run")
 
 
 async def archive(c: asyncpg.Connection, run_id: str, events: Sequence[Event]) -> None:
@@ -260,33 +279,21 @@ class RunRepo:
         )
         return None if row is None else event_of(row)
 
-    async def finish(
-        self,
-        run_id: str,
-        attempt: int,
-        move: Transition,
-        events: Sequence[Event],
-        *,
-        output: Any = None,
-        error: dict[str, Any] | None = None,
-        usage: dict[str, Any] | None = None,
-        cost_usd: float = 0.0,
-        messages: Sequence[dict[str, Any]] = (),
-        thread: bool = True,
-    ) -> str | None:
-        """Commit the terminal state, the rest of the event archive and the run's new thread
-        messages in one transaction, fenced on the attempt. Raises LeaseLost when another
-        attempt owns the run. Returns the next queued run of its thread, to enqueue."""
-        f = Finishing(run_id, attempt, move, events, output, error, usage, cost_usd)
-        if not thread:
-            async with self.db.conn() as c:  # one statement: its own transaction, one round trip
-                await commit_end(c, f)
-            return None
+    async def finish(self, f: Finishing, messages: Sequence[dict[str, Any]] = ()) -> str | None:
+        """Commit a thread's run's terminal state, its last events and its new thread messages
+        in one transaction, fenced on the attempt and the log's seq. Raises LeaseLost when
+        another attempt owns the run. Returns the thread's next queued run, to enqueue. An
+        earlier try that committed (its reply lost) counts as committed. (A run outside a
+        thread ends through `BatchRepo.finish_many`.)"""
         async with self.db.conn() as c, c.transaction():
-            await commit_end(c, f)
-            if messages:
-                await self.threads.add_messages(c, run_id, messages)
-            return await self.threads.next_of_thread(c, run_id)
+            if await commit_end(c, f):
+                if messages:
+                    await self.threads.add_messages(c, f.run_id, messages)
+            else:
+                refused = await settle_end(c, f)
+                if refused is not None:
+                    raise refused
+            return await self.threads.next_of_thread(c, f.run_id)
 
     async def requeue(self, run_id: str, attempt: int | None, events: Sequence[Event]) -> bool:
         """running -> queued (a hand-over, or the reconciler). With `attempt`, fenced on it."""
@@ -309,14 +316,18 @@ class RunRepo:
             )
         return bool(done.endswith(" 1"))
 
-    async def active_runs(self, older_than_seconds: float, limit: int = 500) -> list[Run]:
-        """Queued or running runs not updated for a while (reconciler candidates)."""
+    async def active_runs(
+        self, queued_for: float, running_silent_for: float, limit: int = 500
+    ) -> list[Run]:
+        """Reconciler candidates, oldest first: runs queued for over `queued_for` seconds, and
+        running runs whose Postgres heartbeat is older than `running_silent_for`."""
         rows = await self.db.fetch(
             f"""SELECT {RUN_COLUMNS} FROM runs
-                WHERE status IN ('queued', 'running')
-                  AND updated_at < now() - make_interval(secs => $1)
-                ORDER BY updated_at LIMIT $2""",
-            older_than_seconds,
+                WHERE (status = 'queued' AND updated_at < now() - make_interval(secs => $1))
+                   OR (status = 'running' AND updated_at < now() - make_interval(secs => $2))
+                ORDER BY updated_at LIMIT $3""",
+            queued_for,
+            running_silent_for,
             limit,
         )
         return [run_of(r) for r in rows]

@@ -88,10 +88,6 @@ async def _read_for(client: httpx.AsyncClient, run_id: str, seconds: float) -> d
     return out
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 14 (2): a replay across a hole in the archive spins the API and never ends",
-)
 async def test_a_replay_the_archive_cannot_serve_is_a_clear_error_after_bounded_work(
     make_stack: StackFactory,
 ) -> None:

@@ -28,11 +28,6 @@ CANCEL_BOUND = 2.0  # seconds from the cancel request to the run's `cancelled` e
 CHAT = {"words": 2, "delay_ms": 10, "tool_turns": 30, "calls": 6}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 14 (6): a cancel during a checkpoint's append breaks the attempt "
-    "(SeqConflict), the run waits out its lease and its archive has a gap",
-)
 async def test_cancels_racing_appends_end_every_run_cancelled_at_once_with_a_whole_archive(
     make_stack: StackFactory,
 ) -> None:

@@ -18,11 +18,6 @@ OUTAGE_SECONDS = 6.0
 STALL_SECONDS = 5.0  # two and a half leases
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 14 (3): a terminal commit that failed while Postgres was down is taken for "
-    "success; the run executes again and its log has two endings",
-)
 async def test_postgres_crashing_under_runs_ends_each_exactly_once_without_a_second_execution(
     make_stack: StackFactory,
 ) -> None:
@@ -49,11 +44,6 @@ async def test_postgres_crashing_under_runs_ends_each_exactly_once_without_a_sec
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 14 (4): leases wait on a Postgres touch, so a stall past the lease moves "
-    "every run to a second attempt (or kills it)",
-)
 async def test_postgres_stalled_past_the_lease_neither_kills_nor_duplicates_a_run(
     make_stack: StackFactory,
 ) -> None:

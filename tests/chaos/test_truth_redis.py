@@ -32,11 +32,6 @@ async def recovery(stack: Stack) -> tuple[float | None, list[str]]:
     return took, []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 14 (5): after Redis loses its last second, the next attempt reuses seqs "
-    "clients already received, with other content",
-)
 async def test_redis_losing_its_last_second_reuses_no_seq_and_stalls_no_run(
     make_stack: StackFactory,
 ) -> None:
@@ -63,11 +58,6 @@ async def test_redis_losing_its_last_second_reuses_no_seq_and_stalls_no_run(
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 14 (5): after Redis restarts empty, seqs clients saw are reused, and runs "
-    "wait for the reconciler far longer than a few seconds",
-)
 async def test_redis_restarted_empty_reuses_no_seq_and_stalls_no_run(
     make_stack: StackFactory,
 ) -> None:

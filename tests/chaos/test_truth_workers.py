@@ -30,11 +30,6 @@ async def held_by(stack: Stack) -> dict[str, int]:
     }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 14 (1): a re-claimed run's archive lacks the events its killed attempt "
-    "appended after its last periodic archive",
-)
 async def test_one_worker_of_three_killed_mid_run_leaves_no_hole_and_no_stitching(
     make_stack: StackFactory,
 ) -> None:
@@ -63,10 +58,6 @@ async def test_one_worker_of_three_killed_mid_run_leaves_no_hole_and_no_stitchin
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 14 (1): every re-claimed run is archived from the seq Redis held, not from 1",
-)
 async def test_all_three_workers_killed_mid_run_then_new_ones_finish_every_run_whole(
     make_stack: StackFactory,
 ) -> None:

@@ -3,7 +3,7 @@ this module is imported. Each file opens with its contract (KEYS, ARGV, the repl
 
 Where they run: the run-level scripts (append, fence, renew, ack, ack_many, handoff, cancel) in
 `shared.redis.runs`, the admission scripts (bucket, take_slot, refresh_slot) in
-`shared.redis.admission`, drop_idle_consumers in `shared.redis.group`, breaker_cas in
+`shared.redis.admission`, drop_idle_consumers and release in `shared.redis.group`, breaker_cas in
 `shared.redis.breakers`. Redis caches a script by its SHA-1 after the first `SCRIPT LOAD`; calls
 go by EVALSHA and load the script again when Redis answers NOSCRIPT (restarted, flushed).
 """
@@ -32,6 +32,7 @@ NAMES: Final = (
     "refresh_slot",
     "drop_idle_consumers",
     "breaker_cas",
+    "release",
 )
 # File name -> source.
 ALL: Final[dict[str, str]] = {name: _read(name) for name in NAMES}
@@ -48,4 +49,5 @@ ALL: Final[dict[str, str]] = {name: _read(name) for name in NAMES}
     REFRESH_SLOT,
     DROP_IDLE_CONSUMERS,
     BREAKER_CAS,
+    RELEASE,
 ) = ALL.values()
