@@ -52,7 +52,7 @@ from shared.llm.model import (
     TurnRequest,
     UsageUpdate,
 )
-from shared.llm.pricing import DEFAULT_PRICES, Price, PriceTable, Usage, turn_cost
+from shared.llm.pricing import PriceTable, Usage, turn_cost
 from shared.llm.retry import RetryPolicy, retry_delay
 from shared.llm.state import (
     LoopState,
@@ -69,24 +69,31 @@ log = structlog.get_logger("longrun.agent")
 Body = dict[str, Any]
 
 
+# A model turn's output budget unless the run asks for another (`params.max_tokens`).
+DEFAULT_MAX_TOKENS = 4096
+
+
 @dataclass(frozen=True)
 class LoopConfig:
+    """One run's loop settings: `from_settings` (the knobs, each declared once in
+    `shared.config`), narrowed per run by `shared.agents.chat.chat_config`."""
+
     model: str
-    fallback_model: str | None = None
-    max_steps: int = 20
-    max_tokens: int = 4096
-    system: str | None = None
-    max_run_cost_usd: float = 1.0
-    max_user_day_cost_usd: float = 20.0
-    tool_timeout_seconds: float = 30.0
-    retry: RetryPolicy = field(default_factory=lambda: RetryPolicy(4, 0.5, 30.0))
-    prices: PriceTable = field(
-        default_factory=lambda: PriceTable(rows=DEFAULT_PRICES, fallback=Price.of(15, 75))
-    )
+    fallback_model: str | None
+    max_steps: int
+    max_tokens: int
+    system: str | None
+    max_run_cost_usd: float
+    max_user_day_cost_usd: float
+    tool_timeout_seconds: float
+    retry: RetryPolicy
+    prices: PriceTable
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> LoopConfig:
         values: dict[str, Any] = {
+            "max_tokens": DEFAULT_MAX_TOKENS,
+            "system": None,
             "model": settings.model,
             "fallback_model": settings.fallback_model,
             "max_steps": settings.max_steps,
