@@ -8,10 +8,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.fake_anthropic import FakeAnthropic, Reply
-from tests.helpers import read_events, submit, wait_status
+from tests.helpers import read_events, submit, wait_for, wait_status
 from tests.procs import WorkerProc, start_worker, stop_all
 
 pytestmark = pytest.mark.slow
@@ -61,3 +62,44 @@ async def test_a_chat_run_cancelled_mid_stream_in_a_worker_process_keeps_its_usa
             assert events[-1].data["usage"]["input_tokens"] == 4000
         finally:
             await stop_all([worker])
+
+
+async def test_the_worker_logs_the_status_a_run_ended_with_as_the_api_names_it(
+    settings, api_factory, api_key, tmp_path
+):
+    # Given a worker process that knows an agent which raises
+    s = settings.with_(agent_modules=("raiser=tests.agents:raiser",))
+    api = await api_factory(s)
+    worker = await start_worker(s, "w1", tmp_path)
+    try:
+        async with httpx.AsyncClient(
+            base_url=api.url, headers={"Authorization": f"Bearer {api_key}"}, timeout=10
+        ) as client:
+            # When one run succeeds, one fails and one is cancelled while running
+            ok = await submit(client, agent="ticker", params={"count": 1, "interval_ms": 0})
+            bad = await submit(client, agent="raiser")
+            slow = await submit(client, agent="ticker", params={"count": 1000, "interval_ms": 50})
+            await wait_status(client, slow, "running")
+            await client.post(f"/runs/{slow}/cancel")
+            ended = {
+                rid: await wait_status(client, rid, "succeeded", "failed", "cancelled")
+                for rid in (ok, bad, slow)
+            }
+        lines = await wait_for(lambda: _all_logged(worker, ended), timeout=20, interval=0.1)
+    finally:
+        await stop_all([worker])
+
+    # Then each run's `run_finished` line says the status GET /runs/{id} says
+    assert {rid: ended[rid]["status"] for rid in ended} == {
+        ok: "succeeded",
+        bad: "failed",
+        slow: "cancelled",
+    }
+    assert {rid: lines[rid]["status"] for rid in ended} == {
+        rid: ended[rid]["status"] for rid in ended
+    }
+
+
+async def _all_logged(worker: WorkerProc, runs: dict[str, Any]) -> dict[str, dict[str, Any]] | None:
+    lines = finished_lines(worker)
+    return lines if all(rid in lines for rid in runs) else None

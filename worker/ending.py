@@ -13,7 +13,7 @@ from shared.agents.base import RunContext
 from shared.errors import LeaseLost
 from shared.history import invalidate
 from shared.logs import info_line
-from shared.models import Event, Transition, encode_event
+from shared.models import Event, RunStatus, Transition, encode_event, transition
 from shared.redisio import REDIS_DOWN, EventCapExceeded, SeqConflict
 from shared.store import Finishing
 from worker.attempt_base import AttemptBase
@@ -114,7 +114,9 @@ class EndingSteps(AttemptBase):
             stop=self.signals.lost,
             deadline=deadline,
         )
-        info_line("longrun.worker", "run_finished", status=str(move), terminal=terminal["type"])
+        # The status the run ended with, as the API names it (`succeeded`, not `succeed`).
+        ended = transition(RunStatus.RUNNING, move)
+        info_line("longrun.worker", "run_finished", status=str(ended), terminal=terminal["type"])
 
     async def _end_grouped(
         self, terminal: dict[str, Any], move: Transition, error: dict[str, Any] | None
