@@ -24,9 +24,15 @@ from fastapi import APIRouter, Depends, Header, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 from redis.exceptions import ResponseError
 
-from api import tokens
 from api.admission import IN_FLIGHT_RETRY_AFTER
-from api.auth import Principal, Security, current_user, security, submit_principal
+from api.auth import (
+    Principal,
+    Security,
+    current_user,
+    principal_of,
+    security,
+    submit_principal,
+)
 from api.errors import ERROR_RESPONSES, ApiError, JSONResp
 from api.schemas import CancelAnswer, EventsUrl, RunList, RunView, SubmitAnswer, documented
 from api.state import AppState
@@ -115,19 +121,19 @@ def parse_run_id(raw: str) -> str:
 
 def events_url(request: Request, sec: Security, run_id: str, user: str) -> tuple[str, int]:
     """A fresh `events_url` for this run and user, and its expiry (unix seconds)."""
-    return events_url_at(str(request.base_url).rstrip("/"), sec, run_id, user)
+    who = principal_of(request, user)
+    return events_url_at(str(request.base_url).rstrip("/"), sec, run_id, who)
 
 
-def events_url_at(base: str, sec: Security, run_id: str, user: str) -> tuple[str, int]:
-    now = time.time()
-    ttl = sec.settings.stream_token_ttl_seconds
-    token = tokens.mint(sec.stream_secret, run_id, user, now, ttl)
-    return f"{base}/runs/{run_id}/events?token={token}", int(now) + ttl
+def events_url_at(base: str, sec: Security, run_id: str, who: Principal) -> tuple[str, int]:
+    """The token is bound to the run, the user, and the key that minted it (`api.tokens`)."""
+    token, expires_at = sec.stream_token(run_id, who, time.time())
+    return f"{base}/runs/{run_id}/events?token={token}", expires_at
 
 
 def run_links(request: Request, run_id: str, user: str) -> dict[str, str]:
     base = str(request.base_url).rstrip("/")
-    url, _ = events_url_at(base, security(request), run_id, user)
+    url, _ = events_url_at(base, security(request), run_id, principal_of(request, user))
     return {"url": f"{base}/runs/{run_id}", "events_url": url}
 
 

@@ -28,7 +28,7 @@ import structlog
 from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.auth import Security, cached_principal
+from api.auth import Principal, Security, cached_principal
 from api.errors import ApiError
 from api.metrics import ApiMetrics
 from api.middleware import request_id_from
@@ -99,9 +99,10 @@ class SubmitLane:
         sec: Security = app.state.security
         if state.submits is None:
             return None
-        ticket = _ticket(state, sec, token, raw, key)
-        if ticket is None:
+        found = _ticket(state, sec, token, raw, key)
+        if found is None:
             return None
+        ticket, who = found
         try:
             sub = await state.submits.submit(ticket)
         except NeedsLock:
@@ -117,13 +118,13 @@ class SubmitLane:
         except Unavailable as exc:
             retry = {"Retry-After": str(exc.retry_after)}
             return _error(scope, 503, exc.code, exc.detail, retry)
-        return _accepted(scope, sec, ticket.new.user_id, ticket.new.agent, sub)
+        return _accepted(scope, sec, who, ticket.new.agent, sub)
 
 
 def _ticket(
     state: AppState, sec: Security, token: bytes, raw: bytes, key: bytes | None
-) -> Ticket | None:
-    """The request as a group's ticket, or None when the route must see it."""
+) -> tuple[Ticket, Principal] | None:
+    """The request as a group's ticket (and who sent it), or None when the route must see it."""
     try:
         who = cached_principal(sec, token.decode("ascii"))
     except UnicodeDecodeError:
@@ -153,7 +154,7 @@ def _ticket(
         params=body.params,
         metadata=body.metadata,
     )
-    return Ticket(new, who.epoch, keyed)
+    return Ticket(new, who.epoch, keyed), who
 
 
 def _base_url(scope: Scope) -> str:
@@ -168,11 +169,11 @@ def _base_url(scope: Scope) -> str:
 
 
 def _accepted(
-    scope: Scope, sec: Security, user: str, agent: str, sub: Submitted
+    scope: Scope, sec: Security, who: Principal, agent: str, sub: Submitted
 ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
     """`api.runs.accepted`'s answer, built without a Request."""
     base = _base_url(scope).rstrip("/")
-    url, _ = events_url_at(base, sec, sub.run_id, user)
+    url, _ = events_url_at(base, sec, sub.run_id, who)
     body = orjson.dumps(
         {
             "run_id": sub.run_id,

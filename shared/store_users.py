@@ -1,16 +1,22 @@
 """Per-user rows of the store: API keys (stored as digests only) and the daily spend ledger
-(the agent loop's `SpendLedger`, shared by every worker)."""
+(the agent loop's `SpendLedger`, shared by every worker).
+
+User ids beginning `jwt:` are reserved for JWT callers (`jwt:<issuer>:<subject>`, see
+`api.jwt_auth`): no API key is made for one, so a JWT can never name an API-key user."""
 
 from __future__ import annotations
 
 import hashlib
 import secrets
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 
+from shared.errors import BadRequest
 from shared.store_base import StoreBase
 
 KEY_PREFIX = "lr_"
+JWT_USER_PREFIX = "jwt:"
 
 
 def hash_key(key: str) -> bytes:
@@ -25,6 +31,12 @@ def new_api_key() -> tuple[str, str]:
 
 
 @dataclass(frozen=True)
+class ActiveKey:
+    key_id: str
+    user_id: str
+
+
+@dataclass(frozen=True)
 class ApiKey:
     key_id: str
     user_id: str
@@ -36,6 +48,8 @@ class ApiKey:
 class KeyQueries(StoreBase):
     # -- keys --------------------------------------------------------------------------------
     async def create_key(self, user_id: str, name: str | None = None) -> tuple[str, str]:
+        if user_id.startswith(JWT_USER_PREFIX):
+            raise BadRequest(f"user ids beginning {JWT_USER_PREFIX!r} are reserved for JWT callers")
         key_id, key = new_api_key()
         async with self.conn() as c:
             await c.execute(
@@ -56,6 +70,24 @@ class KeyQueries(StoreBase):
                 hash_key(key),
             )
         return user
+
+    async def active_key(self, key: str) -> ActiveKey | None:
+        """The unrevoked key `key` is, or None (looked up by hash, as `user_for_key`)."""
+        async with self.conn() as c:
+            row = await c.fetchrow(
+                "SELECT key_id, user_id FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
+                hash_key(key),
+            )
+        return None if row is None else ActiveKey(row["key_id"], row["user_id"])
+
+    async def active_key_ids(self, key_ids: Collection[str]) -> set[str]:
+        """Which of `key_ids` name unrevoked keys (a revoked or unknown id is left out)."""
+        async with self.conn() as c:
+            rows = await c.fetch(
+                "SELECT key_id FROM api_keys WHERE key_id = ANY($1::text[]) AND revoked_at IS NULL",
+                list(key_ids),
+            )
+        return {r["key_id"] for r in rows}
 
     async def revoke_key(self, key_id: str) -> bool:
         async with self.conn() as c:
