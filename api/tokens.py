@@ -8,7 +8,10 @@ that one run of that one user until it expires, and is checked when a stream con
 stream is not cut at expiry; its lifetime is capped elsewhere). Revoking the minting key ends it
 sooner: the API checks the key id when a stream connects and while it is open
 (`api.revocation`). A token never outlives the credential that minted it (`not_after`: a JWT's
-`exp`). Version 2 added the key id: version-1 tokens are refused as invalid.
+`exp`). Version 2 added the key id. Version-1 tokens (minted before the upgrade, naming no
+key) are still good until they expire, at most `LONGRUN_STREAM_TOKEN_TTL_SECONDS` after the
+upgrade, so pages following a run across a rolling upgrade are not cut off; no revocation
+reaches them.
 
 Every API process must verify with the same secret: set `LONGRUN_STREAM_TOKEN_SECRET` in a
 deployment with more than one API process (`longrun dev` generates one per run). Unset, each
@@ -29,6 +32,7 @@ from enum import StrEnum
 import orjson
 
 VERSION = "2"
+LEGACY_VERSION = "1"  # no key id
 
 
 class TokenProblem(StrEnum):
@@ -59,8 +63,8 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def _mac(secret: bytes, payload: str) -> bytes:
-    return hmac.new(secret, f"{VERSION}.{payload}".encode("ascii"), hashlib.sha256).digest()
+def _mac(secret: bytes, payload: str, version: str = VERSION) -> bytes:
+    return hmac.new(secret, f"{version}.{payload}".encode("ascii"), hashlib.sha256).digest()
 
 
 def expiry(now: float, ttl_seconds: int, not_after: int | None = None) -> int:
@@ -91,10 +95,15 @@ def verify(secret: bytes, token: str, run_id: str, now: float) -> StreamGrant:
         raise TokenRefused(TokenProblem.INVALID)
     try:
         given = _unb64(mac)
+        legacy = False
         if not hmac.compare_digest(given, _mac(secret, payload)):
-            raise TokenRefused(TokenProblem.INVALID)
+            legacy = hmac.compare_digest(given, _mac(secret, payload, LEGACY_VERSION))
+            if not legacy:
+                raise TokenRefused(TokenProblem.INVALID)
         claims = orjson.loads(_unb64(payload))
-        key_id = claims["k"]
+        if legacy and "k" in claims:  # no version-1 token ever named a key
+            raise TokenRefused(TokenProblem.INVALID)
+        key_id = None if legacy else claims["k"]
         grant = StreamGrant(
             str(claims["r"]),
             str(claims["u"]),

@@ -6,13 +6,17 @@ real `longrun api` process with `longrun keys revoke` run as a subprocess, and f
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
+import hmac
 import sys
 import time
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
+import orjson
 import pytest
 import redis.asyncio as aioredis
 from httpx_sse import ServerSentEvent, aconnect_sse
@@ -183,21 +187,28 @@ async def test_a_stream_token_names_the_key_that_minted_it_and_a_revoked_one_is_
     assert refused.json()["error"] == "stream_token_revoked"
 
 
-def test_a_version_1_token_without_a_key_id_is_refused():
-    import base64
-    import hashlib
-    import hmac
-
-    import orjson
-
+def test_a_version_1_token_naming_no_key_is_good_until_it_expires():
+    # Given a token minted before tokens named their key (version 1)
     secret = b"k" * 32
     payload = base64.urlsafe_b64encode(
         orjson.dumps({"r": "run-a", "u": "alice", "e": 2000})
     ).rstrip(b"=")
     mac = hmac.new(secret, b"1." + payload, hashlib.sha256).digest()
     old = f"{payload.decode()}.{base64.urlsafe_b64encode(mac).rstrip(b'=').decode()}"
+    # Then it streams its run until it expires (a rolling upgrade cuts no page off)
+    assert tokens.verify(secret, old, "run-a", now=1000) == tokens.StreamGrant(
+        "run-a", "alice", 2000, None
+    )
+    with pytest.raises(tokens.TokenRefused) as expired:
+        tokens.verify(secret, old, "run-a", now=2000)
+    assert expired.value.problem is tokens.TokenProblem.EXPIRED
+    # And a payload naming a key under a version-1 mac is no token at all
+    v2 = tokens.mint(secret, "run-a", "alice", now=1000, ttl_seconds=60, key_id="lr_1")
+    body = v2.split(".")[0]
+    mixed = hmac.new(secret, b"1." + body.encode(), hashlib.sha256).digest()
+    mixed_token = f"{body}.{base64.urlsafe_b64encode(mixed).rstrip(b'=').decode()}"
     with pytest.raises(tokens.TokenRefused) as refused:
-        tokens.verify(secret, old, "run-a", now=1000)
+        tokens.verify(secret, mixed_token, "run-a", now=1000)
     assert refused.value.problem is tokens.TokenProblem.INVALID
 
 
