@@ -32,5 +32,8 @@ typecheck: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench
 
+# clean: removes .venv and .longrun/ (the embedded servers' data, the dev key, the settings
+# file). It does not remove what lives on servers you configured with REDIS_URL/DATABASE_URL:
+# their database (`longrun`) and Redis keys (`longrun:*`) stay until you drop them.
 clean:
 	rm -rf $(VENV) .longrun

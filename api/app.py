@@ -12,11 +12,12 @@ import asyncio
 import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 
-from api import diagnostics, errors, events, runs, threads
+from api import diagnostics, docs, errors, events, runs, threads
 from api.auth import Security
 from api.errors import ERROR_RESPONSES, JSONResp
 from api.hub import Hub
@@ -24,20 +25,23 @@ from api.limits import BodyLimit
 from api.metrics import ApiMetrics, SubmitTimer, cluster_in_flight
 from api.metrics import router as metrics_router
 from api.middleware import RequestId, install_log_redaction
+from api.schemas import declare_agents, drop_null_parameters
 from api.shutdown import ReconnectHint
 from api.state import AppState
 from api.submit_batch import SubmitGroups
 from api.submit_lane import SubmitLane
 from shared.agents import load_agents
 from shared.config import Settings
-from shared.keys import Keys
 from shared.migrate import check_schema
-from shared.redisio import REDIS_DOWN, RedisIO, create_redis
+from shared.redis.client import REDIS_ERRORS, create_redis
+from shared.redis.keys import Keys
+from shared.redis.runs import RedisIO
 from shared.store import Store, connect
+from shared.tools import load_tools
 
 READY_TIMEOUT = 1.0
-HEALTH_MAX_AGE = 5.0
-REDIS_OR_TIMEOUT: tuple[type[BaseException], ...] = (TimeoutError, *REDIS_DOWN)
+HEALTH_MAX_AGE = 0.5  # /health follows a freed slot within about a second (issue 12)
+REDIS_OR_TIMEOUT: tuple[type[BaseException], ...] = (TimeoutError, *REDIS_ERRORS)
 CORS_HEADERS = ["Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID", "X-Request-ID"]
 
 
@@ -55,7 +59,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         store = await Store.open(settings, "longrun-api")
         r = create_redis(settings, "longrun-api")
         # The hub's XREAD client holds one connection; its readers keep their own small pool.
-        hub = Hub(create_redis(settings.with_(redis_max_connections=1), "longrun-api-hub"), keys)
+        hub = Hub(
+            create_redis(settings.with_(redis_max_connections=1), "longrun-api-hub"),
+            keys,
+            wake_ttl=settings.hub_key_ttl_seconds,
+        )
         hub.on_delivery = app.state.metrics.delivery_lag_seconds.observe
         await hub.start()
         state = AppState(
@@ -66,6 +74,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             rio=RedisIO(r, keys, settings),
             hub=hub,
             agents=load_agents(settings.agent_modules),
+            tools=load_tools(settings.tool_modules),
         )
         app.state.longrun = state
         app.state.security = Security.build(settings, keys, r, store)
@@ -83,7 +92,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             state.shutting_down = True
             await app.state.security.revocations.close()
             await hub.close()
-            await r.aclose()
+            await state.rio.aclose()
             await store.close()
 
     app = FastAPI(
@@ -92,6 +101,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         default_response_class=JSONResp,
         responses=ERROR_RESPONSES,
+        # A path with a stray slash is a 404: the redirect Starlette makes instead would be
+        # built from the request's Host header (see `api.links`).
+        redirect_slashes=False,
+        # served from the package by `api.docs`, not from a CDN
+        docs_url=None,
+        redoc_url=None,
     )
     errors.install(app)
     app.state.metrics = ApiMetrics.create()
@@ -121,6 +136,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(events.router)
     app.include_router(diagnostics.router)
     app.include_router(threads.router)
+    docs.install(app)
 
     @app.get("/health")
     async def health(request: Request) -> dict[str, object]:
@@ -138,7 +154,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         state: AppState = request.app.state.longrun
         checks: dict[str, str] = {}
         try:
-            await asyncio.wait_for(state.redis.ping(), READY_TIMEOUT)
+            await asyncio.wait_for(state.rio.ping(), READY_TIMEOUT)
             checks["redis"] = "ok"
         except REDIS_OR_TIMEOUT:
             checks["redis"] = "down"
@@ -157,4 +173,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.include_router(metrics_router)
 
+    schema_of = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = schema_of()
+            declare_agents(schema, list(load_agents(settings.agent_modules)))
+            drop_null_parameters(schema)
+        return schema_of()
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app

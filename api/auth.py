@@ -27,7 +27,6 @@ import time
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-import redis.asyncio as aioredis
 import structlog
 from fastapi import Request
 
@@ -38,10 +37,9 @@ from api.jwt_auth import JwtRefused, JwtVerifier, looks_like_jwt
 from api.revocation import RECHECK_SECONDS, Revocations
 from api.state import AppState
 from shared.config import Settings
-from shared.keys import Keys
-from shared.redisio import REDIS_DOWN
+from shared.redis.client import REDIS_DOWN, Redis
+from shared.redis.keys import Keys
 from shared.store import Store
-from shared.switches import key_epoch_key
 
 log = structlog.get_logger("longrun.api.auth")
 
@@ -77,7 +75,6 @@ class Security:
 
     settings: Settings
     keys: Keys
-    redis: aioredis.Redis
     admission: Admission
     stream_secret: bytes
     revocations: Revocations
@@ -87,7 +84,7 @@ class Security:
     key_id_cache: dict[str, tuple[float, bytes | None]] = field(default_factory=dict)
 
     @classmethod
-    def build(cls, settings: Settings, keys: Keys, r: aioredis.Redis, store: Store) -> Security:
+    def build(cls, settings: Settings, keys: Keys, r: Redis, store: Store) -> Security:
         if settings.stream_token_secret:
             secret = settings.stream_token_secret.encode()
         else:
@@ -96,13 +93,13 @@ class Security:
                 "stream_token_secret_generated",
                 note="set LONGRUN_STREAM_TOKEN_SECRET when running more than one API process",
             )
+        admission = Admission(r, keys, settings)
         return cls(
             settings=settings,
             keys=keys,
-            redis=r,
-            admission=Admission(r, keys, settings),
+            admission=admission,
             stream_secret=secret,
-            revocations=Revocations(r, keys, store.active_key_ids),
+            revocations=Revocations(admission.key_epoch, store.users.active_key_ids),
             jwt=JwtVerifier.from_settings(settings),
         )
 
@@ -137,10 +134,9 @@ def _bearer(request: Request) -> str:
 
 async def _epoch(sec: Security) -> bytes | None:
     try:
-        value: bytes | None = await sec.redis.get(key_epoch_key(sec.keys))
+        return await sec.admission.key_epoch()
     except REDIS_DOWN:
         return None
-    return value or b"0"
 
 
 async def key_principal(request: Request, sec: Security, key: str) -> Principal:
@@ -157,7 +153,7 @@ async def key_principal(request: Request, sec: Security, key: str) -> Principal:
         and hmac.compare_digest(cached.epoch, epoch)
     ):
         return Principal(cached.user, None, cached.key_id, epoch)
-    found = await state.store.active_key(key)
+    found = await state.store.users.active_key(key)
     if found is None:
         sec.key_cache.pop(digest, None)
         log.info("api_key_refused")  # never the key, not even its prefix
@@ -183,7 +179,7 @@ async def key_id_checked(request: Request, sec: Security, key_id: str) -> bytes 
         and hmac.compare_digest(cached[1], epoch)
     ):
         return epoch
-    if key_id not in await state.store.active_key_ids([key_id]):
+    if key_id not in await state.store.users.active_key_ids([key_id]):
         sec.key_id_cache.pop(key_id, None)
         log.info("stream_token_refused", problem=tokens.TokenProblem.REVOKED.value)
         raise ApiError(

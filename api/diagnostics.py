@@ -10,26 +10,27 @@ from fastapi import APIRouter, Depends, Request
 
 from api.auth import current_user
 from api.errors import ERROR_RESPONSES
+from api.runs import RunIdPath, parse_run_id
 from api.state import AppState
 from shared.errors import NotFound, Unavailable
-from shared.redisio import REDIS_DOWN
+from shared.redis.client import REDIS_DOWN
 
 router = APIRouter(responses=ERROR_RESPONSES)
 
 
 @router.get("/runs/{run_id}/diagnostics")
-async def diagnostics(run_id: str, request: Request, user: str = Depends(current_user)) -> Any:
-    from api.runs import parse_run_id
-
+async def diagnostics(
+    run_id: RunIdPath, request: Request, user: str = Depends(current_user)
+) -> Any:
     state: AppState = request.app.state.longrun
-    run = await state.store.get_run(parse_run_id(run_id), user)
+    run = await state.store.runs.get_run(parse_run_id(run_id), user)
     if run is None:
         raise NotFound("no such run")
     try:
         live = await state.rio.diagnostics(run.run_id)
     except REDIS_DOWN as exc:
         raise Unavailable("redis is unavailable") from exc
-    checkpoint = await state.store.last_checkpoint(run.run_id)
+    checkpoint = await state.store.runs.last_checkpoint(run.run_id)
     beat = live.pop("owner_last_heartbeat", None)
     return {
         "run_id": run.run_id,

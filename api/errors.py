@@ -5,7 +5,8 @@ middleware).
 No error body ever echoes what the client sent (no `input` of a validation error, no header,
 no query string): a secret pasted into the wrong place must not come back in an error or a log.
 Validation failures are 422 (400 for a body that is not JSON at all); a backing service that is
-down is 503 with `Retry-After`; anything unexpected is a 500 with no internals in the body.
+down, or a Redis that answers with an error the code does not expect, is 503 with `Retry-After`;
+anything else unexpected is a 500 with no internals in the body.
 """
 
 from __future__ import annotations
@@ -15,11 +16,13 @@ from typing import Any
 
 import orjson
 import structlog
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import BaseRoute, Match, Mount
+from starlette.types import Scope
 
 from api.middleware import scope_request_id
 from shared.errors import (
@@ -31,7 +34,7 @@ from shared.errors import (
     Unauthorized,
     Unavailable,
 )
-from shared.redisio import REDIS_DOWN
+from shared.redis.client import REDIS_DOWN, REDIS_ERRORS, reply_word
 from shared.store import PG_DOWN
 
 log = structlog.get_logger("longrun.api")
@@ -63,10 +66,14 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: _doc("no, unknown, revoked or expired credentials"),
     404: _doc("no such run (or another user's: the same answer)"),
     409: _doc("conflict with the state of a thread or run"),
+    408: _doc("head_timeout: the request head did not arrive in time (the connection layer)"),
     413: _doc("request body too large"),
     422: _doc("invalid request"),
     429: _doc("rate limited, too many runs in flight or too many streams (Retry-After)"),
-    503: _doc("paused, backlog full or a backing service down (Retry-After)"),
+    431: _doc("headers_too_large: the request head is too large (the connection layer)"),
+    503: _doc(
+        "paused, backlog full, a backing service down, or too_many_connections (Retry-After)"
+    ),
 }
 
 STATUS: dict[type[LongrunError], int] = {
@@ -90,6 +97,14 @@ class ApiError(LongrunError):
         self.headers = headers or {}
 
 
+def redis_failure(exc: BaseException, detail: str) -> Unavailable:
+    """The 503 for a Redis failure. One that is not an outage (an error reply the code does not
+    expect: `MOVED` from a cluster node, `WRONGTYPE`, `OOM`, `NOPERM`) is logged, once."""
+    if not isinstance(exc, REDIS_DOWN):
+        log.warning("redis_error", error=type(exc).__name__, reply=reply_word(exc))
+    return Unavailable(detail)
+
+
 def error_response(
     status: int,
     code: str,
@@ -103,6 +118,24 @@ def error_response(
         body["request_id"] = request_id
         out["X-Request-ID"] = request_id
     return JSONResp(body, status_code=status, headers=out)
+
+
+METHODS = ("DELETE", "GET", "HEAD", "PATCH", "POST", "PUT")
+
+
+def allowed_methods(routes: list[BaseRoute], scope: Scope) -> str:
+    """`Allow` for the request's path: every method a route on it takes, and OPTIONS (answered
+    here). Starlette's own 405 names the methods of the first route on the path only."""
+    allowed = {"OPTIONS"}
+    # As the app saw the request (inside a mount, the root path has grown by the mount's path).
+    scope = {**scope, "root_path": scope.get("app_root_path", scope.get("root_path", ""))}
+    for route in routes:
+        if isinstance(route, Mount):  # the documentation's static files: any method matches
+            if route.matches(scope)[0] is Match.FULL:
+                allowed |= {"GET", "HEAD"}
+            continue
+        allowed.update(m for m in METHODS if route.matches({**scope, "method": m})[0] is Match.FULL)
+    return ", ".join(sorted(allowed))
 
 
 def _rid(request: Request) -> str | None:
@@ -139,16 +172,22 @@ def install(app: FastAPI) -> None:
         return error_response(status, code, detail, None, _rid(request))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResp:
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
         code = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}.get(
             exc.status_code, "http_error"
         )
         headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = allowed_methods(request.app.routes, request.scope)
+            if request.method == "OPTIONS":
+                return Response(status_code=204, headers=headers)
         return error_response(exc.status_code, code, str(exc.detail), headers, _rid(request))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResp:
-        if isinstance(exc, (*REDIS_DOWN, *PG_DOWN)):
+        if isinstance(exc, REDIS_ERRORS):
+            redis_failure(exc, "")
+        if isinstance(exc, (*REDIS_ERRORS, *PG_DOWN)):
             return error_response(
                 503,
                 "unavailable",

@@ -25,16 +25,18 @@ import structlog
 from fastapi import APIRouter, Header, Query, Request, Response
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
+from api import hub as hub_module
 from api import tokens
 from api.auth import Principal, authenticate, key_id_checked, security
 from api.errors import ERROR_RESPONSES, ApiError
-from api.middleware import OUTER_SEND
+from api.middleware import ABORT, OUTER_SEND
 from api.revocation import Held, KeyGuard
-from api.runs import _owned_run, _state, parse_run_id
+from api.runs import RunIdPath, _owned_run, _state, parse_run_id
+from api.schemas import EVENT_ID, EVENT_ID_PATTERN
 from api.state import AppState
-from api.streams import RunStream
+from api.streams import Hole, RunStream
 from shared.models import Event, Run, parse_event_id
-from shared.redisio import REDIS_DOWN
+from shared.redis.client import REDIS_DOWN
 
 router = APIRouter(responses=ERROR_RESPONSES)
 log = structlog.get_logger("longrun.api.events")
@@ -95,6 +97,15 @@ async def _stream_user(request: Request, run_id: str, token: str | None) -> Prin
 
 PING = b": ping\r\n\r\n"
 REVOKED = b": the API key of this stream was revoked\r\n\r\n"
+# Sent (without an id) when a stream cannot go on: the next event is in neither Redis nor the
+# archive. A browser's EventSource reconnects after `retry`; the run itself is not affected.
+HOLE_FRAME = (
+    b"retry: 10000\r\nevent: stream_error\r\ndata: "
+    + orjson.dumps(
+        {"error": "events_unavailable", "detail": "the next event of this run is unavailable"}
+    )
+    + b"\r\n\r\n"
+)
 SEND_BYTES = 64 * 1024
 _SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
@@ -174,7 +185,22 @@ class EventStream(Response):
                 return
             # Body frames skip the middlewares below RequestId (see OUTER_SEND); the end of the
             # body goes through all of them, so ReconnectHint sees whether the stream finished.
-            if await self._pump(receive, scope.get(OUTER_SEND, send)):
+            try:
+                ended = await self._pump(receive, scope.get(OUTER_SEND, send))
+            except SendStalled:
+                # Normal for a phone gone to sleep: one info line, and the connection dropped
+                # here (the protocol's ABORT) rather than an error with a traceback.
+                log.info(
+                    "stream_client_stopped_reading",
+                    run_id=self.stream.run_id,
+                    stalled_seconds=hub_module.SEND_TIMEOUT,
+                )
+                abort = scope.get(ABORT)
+                if abort is None:  # a server without the hook: it closes on the exception
+                    raise
+                abort()
+                return
+            if ended:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
             elif self.held is not None and self.held.revoked:
                 await send({"type": "http.response.body", "body": REVOKED, "more_body": False})
@@ -191,14 +217,19 @@ class EventStream(Response):
         watcher = asyncio.ensure_future(self._watch_disconnect(receive))
         gen = stream.batches(self.after, self.terminal_known)
         try:
-            async for batch in gen:
-                sub = stream.sub
-                assert sub is not None
-                sub.task = task
-                sub.sending_since = sub.active_at
-                for body in _bodies(batch):
-                    await send({"type": "http.response.body", "body": body, "more_body": True})
-                sub.sending_since = 0.0
+            try:
+                async for batch in gen:
+                    sub = stream.sub
+                    assert sub is not None
+                    sub.task = task
+                    sub.sending_since = sub.active_at
+                    for body in _bodies(batch):
+                        await send({"type": "http.response.body", "body": body, "more_body": True})
+                    sub.sending_since = 0.0
+            except Hole as hole:
+                log.error("stream_hole", run_id=stream.run_id, seq=hole.seq)
+                await send({"type": "http.response.body", "body": HOLE_FRAME, "more_body": True})
+                return True
             sub = stream.sub
             return sub is None or not sub.stopped
         except asyncio.CancelledError:
@@ -231,10 +262,14 @@ class EventStream(Response):
     },
 )
 async def events(
-    run_id: str,
+    run_id: RunIdPath,
     request: Request,
-    last_event_id_header: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
-    last_event_id: Annotated[str | None, Query(max_length=64)] = None,
+    last_event_id_header: Annotated[
+        str | None, Header(alias="Last-Event-ID", json_schema_extra={"pattern": EVENT_ID_PATTERN})
+    ] = None,
+    last_event_id: Annotated[
+        str | None, Query(json_schema_extra={"pattern": EVENT_ID_PATTERN})
+    ] = None,
     token: Annotated[str | None, Query(max_length=2048)] = None,
 ) -> Response:
     state, sec = _state(request), security(request)
@@ -244,8 +279,11 @@ async def events(
         return who
     user = who.user
     run = await _owned_run(state, rid, user)
+    raw_after = last_event_id_header or last_event_id
     try:
-        after = parse_event_id(last_event_id_header or last_event_id)
+        if raw_after is not None and not EVENT_ID.fullmatch(raw_after):
+            raise ValueError("Last-Event-ID must be an event id previously sent by this stream")
+        after = parse_event_id(raw_after)
     except ValueError as exc:
         raise ApiError(400, "invalid_last_event_id", str(exc)) from None
     if after is not None and await _already_ended(state, run, after):
@@ -258,7 +296,9 @@ async def events(
             f"at most {state.settings.max_sse_per_user} open event streams per user",
             {"Retry-After": "5"},
         )
-    stream = RunStream(state.store, state.hub, run.run_id, state.settings.sse_ping_seconds)
+    stream = RunStream(
+        state.store, state.hub, run.run_id, state.settings.sse_ping_seconds, run.last_seq
+    )
 
     async def refresh() -> None:
         await sec.admission.refresh_sse_slot(user, slot)

@@ -5,6 +5,9 @@ subscriber, instead of one blocked Redis connection per client.
     subscriber B ─┼─ pending (bounded) <─┤   (one connection, all watched runs)
     subscriber C ─┘                      └─ a new watch XADDs hub:wake to break the block
 
+The wake stream lives as long as the process: it has a TTL (`hub_key_ttl_seconds`) that the
+chores task renews, so a killed process leaves nothing behind for longer than that.
+
 The hub is also the only Redis reader of the streams: a subscriber's replay and gap healing
 (`XRANGE`) go through `events_after`, on a small blocking pool of the hub's own, so serving any
 number of streams holds 1 + READERS Redis connections (named like the hub's client).
@@ -29,17 +32,16 @@ import contextlib
 import itertools
 import random
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-import redis.asyncio as aioredis
 import structlog
 
 from api.admission import SLOT_TTL
-from shared.keys import Keys
 from shared.models import Event
-from shared.redisio import REDIS_DOWN, parse_stream_events
+from shared.redis.client import REDIS_DOWN, REDIS_ERRORS, Redis, reply_word
+from shared.redis.hub import HubIO
+from shared.redis.keys import Keys
 
 log = structlog.get_logger("longrun.api.hub")
 
@@ -51,6 +53,7 @@ READERS = 2  # connections for subscribers' XRANGE (replay, gap healing)
 SEND_TIMEOUT = 30.0  # a send blocked this long (the client stopped reading) ends the stream
 LEASE_REFRESH = SLOT_TTL / 3
 CHORE_TICK = 1.0  # how often the chores task looks for leases due for a refresh
+WAKE_TTL = 30.0  # the wake stream outlives a killed process by at most this (see keep_alive)
 LEASE_RELEASE_BUDGET = 2.0  # seconds given to pending releases when the hub closes
 
 Chore = Callable[[], Awaitable[None]]
@@ -158,26 +161,17 @@ class Watch:
 
 
 class Hub:
-    def __init__(self, r: aioredis.Redis, keys: Keys, waker: aioredis.Redis | None = None) -> None:
-        # `r` is a dedicated client: its one connection sits in XREAD BLOCK. Subscribers' reads
-        # and the wake-ups go through `reader`, a separate blocking pool of READERS connections
-        # with the same settings and client name: a burst of subscribers waits for a free
-        # connection there instead of running the blocking read out of its own. (`waker` is
-        # accepted for compatibility and not used.)
-        self.r = r
-        pool = r.connection_pool
-        self.reader = aioredis.Redis.from_pool(
-            aioredis.BlockingConnectionPool(
-                connection_class=pool.connection_class,
-                max_connections=READERS,
-                timeout=10,
-                **pool.connection_kwargs,
-            )
-        )
+    def __init__(
+        self, r: Redis, keys: Keys, waker: Redis | None = None, wake_ttl: float = WAKE_TTL
+    ) -> None:
+        # `r` is a dedicated client: its one connection sits in XREAD BLOCK; subscribers'
+        # reads and the wake-ups share a small pool of READERS connections (`HubIO`). (`waker`
+        # is accepted for compatibility and not used.)
+        self.io = HubIO(r, keys, readers=READERS, wake_ttl_seconds=wake_ttl)
         self.keys = keys
+        self.wake_ttl = wake_ttl
         self.watches: dict[str, Watch] = {}
-        self.wake_key = keys.scoped("hub", uuid.uuid4().hex)
-        self._wake_id = "0-0"
+        self._kept_alive = time.monotonic()
         self._task: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -231,6 +225,9 @@ class Hub:
             self._chores_due.clear()
             await self._run_releases()
             now = time.monotonic()
+            if now - self._kept_alive >= self.wake_ttl / 3:
+                self._kept_alive = now
+                await _quietly(self.io.keep_alive)
             for lease in [k for k, due in self._refresh_due.items() if due <= now]:
                 refresh = self._leases.get(lease)
                 if refresh is not None:
@@ -264,17 +261,11 @@ class Hub:
             self.let_go(lease)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._run_releases(), LEASE_RELEASE_BUDGET)
-        with contextlib.suppress(*REDIS_DOWN):
-            await self.reader.delete(self.wake_key)
-        await self.reader.aclose()
-        await self.r.aclose()
+        await self.io.aclose()
 
     async def events_after(self, run_id: str, after_seq: int, count: int) -> list[Event]:
         """Up to `count` events of the run after `after_seq`, from Redis (XRANGE)."""
-        entries = await self.reader.xrange(
-            self.keys.events(run_id), min=f"0-{after_seq + 1}", max="+", count=count
-        )
-        return parse_stream_events(entries)
+        return await self.io.events_after(run_id, after_seq, count)
 
     async def subscribe(self, run_id: str, cursor: int, idle_seconds: float) -> Subscription:
         sub = Subscription(run_id, idle_seconds)
@@ -307,7 +298,7 @@ class Hub:
     async def _wake(self) -> None:
         self._changed.set()
         with contextlib.suppress(*REDIS_DOWN):
-            await self.reader.xadd(self.wake_key, {"w": 1}, maxlen=1, approximate=False)
+            await self.io.wake()
 
     async def _run(self) -> None:
         delay = 0.05
@@ -319,28 +310,21 @@ class Hub:
             try:
                 await self._read_once()
                 delay = 0.05
-            except REDIS_DOWN as exc:
-                log.warning("hub_read_failed", error=type(exc).__name__)
+            except REDIS_ERRORS as exc:
+                log.warning("hub_read_failed", error=type(exc).__name__, reply=reply_word(exc))
                 self._wake_all()  # subscribers fall back to their own reads
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
 
     async def _read_once(self) -> None:
-        streams = {w.key: f"0-{w.last_seq}" for w in self.watches.values()}
-        streams[self.wake_key] = self._wake_id
+        cursors = {w.key: w.last_seq for w in self.watches.values()}
         self._changed.clear()
-        reply = await self.r.xread(streams, count=READ_COUNT, block=BLOCK_MS)
+        reply = await self.io.read(cursors, READ_COUNT, BLOCK_MS)
         read_at = time.monotonic()
-        for raw_key, entries in reply or []:
-            key = raw_key.decode() if isinstance(raw_key, bytes) else raw_key
-            if key == self.wake_key:
-                last = entries[-1][0]
-                self._wake_id = last.decode() if isinstance(last, bytes) else last
-                continue
+        for key, events in reply:
             watch = self.watches.get(key)
-            if watch is None or not entries:
+            if watch is None:
                 continue
-            events = parse_stream_events(entries)
             watch.last_seq = max(watch.last_seq, events[-1].seq)
             size = sum(len(e.data) for e in events)
             for sub in watch.subs:

@@ -24,7 +24,7 @@ import jwt
 
 from shared.config import Settings
 from shared.errors import ConfigError
-from shared.store_users import JWT_USER_PREFIX
+from shared.store.users import JWT_USER_PREFIX
 
 HMAC_ALGS = frozenset({"HS256", "HS384", "HS512"})
 PUBLIC_ALGS = frozenset({"RS256", "RS384", "RS512", "ES256", "ES384", "PS256"})

@@ -1,15 +1,17 @@
 """`GET /metrics`: Prometheus text for the whole cluster, from any API instance.
 
 Cluster-wide figures are aggregated through Redis and Postgres (see `shared.metrics`): workers
-publish their heartbeat, in-flight counts and counters in Redis, runs and cost are counted in
-Postgres, and every API process reads them back at scrape time. Workers expose no endpoint of
-their own. Figures that only exist inside one API process are local to it (sum them across
-instances): submit latency, event delivery lag, SSE subscribers.
+publish their heartbeat, in-flight counts and counters in Redis, the statements that end runs
+count them and their cost in Postgres, and every API process reads them back at scrape time.
+Workers expose no endpoint of their own. Figures that only exist inside one API process are
+local to it (sum them across instances): submit latency, event delivery lag, SSE subscribers.
 
 A scrape does not query on every request: the Redis figures are cached for `REDIS_TTL` (about
-a dozen bounded commands), the Postgres ones (one grouped scan of `runs`) for `POSTGRES_TTL`,
-each read under a short timeout and shared by concurrent scrapes. When a store does not
-answer, its figures are left out and `longrun_metrics_source_up{source}` says 0.
+a dozen bounded commands), the Postgres ones (`store.ops.run_figures`: the finished-run
+counters and the active runs, both bounded) for `POSTGRES_TTL`, each read under a short timeout
+and shared by concurrent scrapes.
+When a store does not answer, its figures are left out and `longrun_metrics_source_up{source}`
+says 0.
 """
 
 from __future__ import annotations
@@ -28,16 +30,10 @@ from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.config import Settings
-from shared.keys import Keys
-from shared.metrics import (
-    BREAKER_VALUES,
-    PostgresFigures,
-    RedisFigures,
-    cluster_postgres,
-    cluster_redis,
-)
-from shared.redisio import REDIS_DOWN
-from shared.store import Store
+from shared.metrics import BREAKER_VALUES, RedisFigures, cluster_redis
+from shared.redis.client import REDIS_DOWN
+from shared.redis.ops import OpsIO
+from shared.store import RunFigures, Store
 
 REDIS_TTL = 1.0
 POSTGRES_TTL = 10.0
@@ -89,13 +85,13 @@ class ClusterCollector(Collector):
 
     def __init__(self) -> None:
         self.redis: Cached[RedisFigures] = Cached(REDIS_TTL)
-        self.postgres: Cached[PostgresFigures] = Cached(POSTGRES_TTL)
+        self.postgres: Cached[RunFigures] = Cached(POSTGRES_TTL)
         self.subscribers: Callable[[], int] = lambda: 0
 
-    async def refresh(self, r: Any, keys: Keys, settings: Settings, store: Store) -> None:
+    async def refresh(self, ops: OpsIO, settings: Settings, store: Store) -> None:
         await asyncio.gather(
-            self.redis.get(lambda: cluster_redis(r, keys, settings)),
-            self.postgres.get(lambda: cluster_postgres(store)),
+            self.redis.get(lambda: cluster_redis(ops, settings)),
+            self.postgres.get(store.ops.run_figures),
         )
 
     def collect(self) -> Iterator[Metric]:
@@ -187,21 +183,25 @@ def _redis_metrics(f: RedisFigures) -> Iterator[Metric]:
     yield breaker
 
 
-def _postgres_metrics(f: PostgresFigures) -> Iterator[Metric]:
+def _postgres_metrics(f: RunFigures) -> Iterator[Metric]:
     active = GaugeMetricFamily(
         "longrun_runs_active", "Runs queued or running (Postgres)", labels=["status"]
     )
     finished = CounterMetricFamily(
-        "longrun_runs_finished", "Runs that ended, by terminal status (Postgres)", labels=["status"]
+        "longrun_runs_finished",
+        "Runs that ended, by terminal status (counted by the commits that end them)",
+        labels=["status"],
     )
     for status in ("queued", "running"):
-        active.add_metric([status], f.runs_by_status.get(status, 0))
+        active.add_metric([status], f.active.get(status, 0))
     for status in ("succeeded", "failed", "cancelled"):
-        finished.add_metric([status], f.runs_by_status.get(status, 0))
+        finished.add_metric([status], f.finished.get(status, 0))
     yield active
     yield finished
     yield CounterMetricFamily(
-        "longrun_cost_usd", "Model spend recorded on runs, in US dollars", value=f.cost_usd_total
+        "longrun_cost_usd",
+        "Model spend recorded by runs' terminal commits, in US dollars",
+        value=f.cost_usd,
     )
 
 
@@ -297,7 +297,7 @@ async def cluster_in_flight(request: Request, max_age: float) -> int | None:
     cached = metrics_of(request).cluster.redis
     try:
         figures = await cached.get(
-            lambda: cluster_redis(state.redis, state.keys, state.settings), max_age=max_age
+            lambda: cluster_redis(OpsIO(state.redis, state.keys), state.settings), max_age=max_age
         )
     except REDIS_DOWN:
         return None
@@ -316,5 +316,5 @@ async def metrics(request: Request) -> Response:
     state = request.app.state.longrun
     m = metrics_of(request)
     m.cluster.subscribers = lambda: state.hub.subscribers
-    await m.cluster.refresh(state.redis, state.keys, state.settings, state.store)
+    await m.cluster.refresh(OpsIO(state.redis, state.keys), state.settings, state.store)
     return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)

@@ -22,13 +22,17 @@ HEADER = b"x-request-id"
 # `api.events.EventStream`), past the layers below that act only on the response start (the
 # request id header, CORS) or on its end (`ReconnectHint`).
 OUTER_SEND = "longrun.outer_send"
-_USABLE = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
+# The scope key under which `api.server`'s protocol puts a callable that drops the connection at
+# once (an ASGI app has no other way to end a connection whose client stopped reading: every
+# send waits for the client).
+ABORT = "longrun.abort"
+_USABLE = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
 
 
 def request_id_from(headers: list[tuple[bytes, bytes]] | tuple[tuple[bytes, bytes], ...]) -> str:
     """The client's id when usable, else a new random one."""
     for name, value in headers:
-        if name == HEADER and _USABLE.match(value):
+        if name == HEADER and _USABLE.fullmatch(value):
             return value.decode("ascii")
     return uuid.uuid4().hex
 

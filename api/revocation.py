@@ -26,12 +26,9 @@ import time
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 
-import redis.asyncio as aioredis
 import structlog
 
-from shared.keys import Keys
-from shared.redisio import REDIS_DOWN
-from shared.switches import key_epoch_key
+from shared.redis.client import REDIS_DOWN
 
 log = structlog.get_logger("longrun.api.revocation")
 
@@ -39,6 +36,7 @@ POLL_SECONDS = 1.0
 RECHECK_SECONDS = 5.0  # = api.auth.KEY_CACHE_SECONDS: a revocation holds within it regardless
 
 ActiveKeyIds = Callable[[Collection[str]], Awaitable[set[str]]]
+KeyEpoch = Callable[[], Awaitable[bytes]]  # the API-key epoch now (`Admission.key_epoch`)
 
 
 @dataclass(eq=False)
@@ -65,14 +63,12 @@ def due(held: Held, epoch: bytes | None, now: float, recheck_seconds: float) -> 
 class Revocations:
     def __init__(
         self,
-        r: aioredis.Redis,
-        keys: Keys,
+        key_epoch: KeyEpoch,
         active_key_ids: ActiveKeyIds,
         poll_seconds: float = POLL_SECONDS,
         recheck_seconds: float = RECHECK_SECONDS,
     ) -> None:
-        self.r = r
-        self.keys = keys
+        self.key_epoch = key_epoch
         self.active_key_ids = active_key_ids
         self.poll_seconds = poll_seconds
         self.recheck_seconds = recheck_seconds
@@ -108,10 +104,9 @@ class Revocations:
 
     async def _epoch(self) -> bytes | None:
         try:
-            value: bytes | None = await self.r.get(key_epoch_key(self.keys))
+            return await self.key_epoch()
         except REDIS_DOWN:
             return None
-        return value or b"0"
 
     async def sweep(self) -> int:
         """One pass: stops the held streams whose key is no longer active; returns how many."""

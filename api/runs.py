@@ -1,7 +1,7 @@
 """The runs resource: submit, poll, list, cancel, and the resumable event stream.
 
 Submit is thin on purpose: validate, admit (kill switch, backlog, rate: `api.admission`),
-commit the row (idempotency and the in-flight cap: `api.submit`), then `XADD`, then 202. If
+commit the row (idempotency and the in-flight cap: `store.submits`), then `XADD`, then 202. If
 Redis refuses the entry the row is removed again and the answer is 503: nothing is left
 half-way.
 
@@ -13,16 +13,15 @@ The event stream is in `api.events`.
 
 from __future__ import annotations
 
-import re
+import contextlib
 import time
-import uuid
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Depends, Header, Query, Request
-from pydantic import BaseModel, ConfigDict, Field
-from redis.exceptions import ResponseError
+from fastapi import APIRouter, Depends, Header, Path, Query, Request
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from starlette.types import Scope
 
 from api.admission import IN_FLIGHT_RETRY_AFTER
 from api.auth import (
@@ -33,34 +32,41 @@ from api.auth import (
     security,
     submit_principal,
 )
-from api.errors import ERROR_RESPONSES, ApiError, JSONResp
-from api.schemas import CancelAnswer, EventsUrl, RunList, RunView, SubmitAnswer, documented
-from api.state import AppState
-from api.submit import (
-    IDEMPOTENCY_KEY_RE,
-    InFlightCapReached,
-    KeyReused,
-    Submitted,
-    body_hash,
-    lookup,
-    submit_once,
+from api.errors import ERROR_RESPONSES, ApiError, ErrorBody, JSONResp, redis_failure
+from api.links import location, public_base, run_url
+from api.schemas import (
+    CURSOR,
+    CURSOR_PATTERN,
+    NONBLANK_PATTERN,
+    RUN_ID,
+    RUN_ID_PATTERN,
+    THREAD_ID_PATTERN,
+    CancelAnswer,
+    EventsUrl,
+    RunList,
+    RunView,
+    SubmitAnswer,
+    documented,
+    has_text,
+    valid_thread_id,
 )
+from api.state import AppState
+from api.submit import IDEMPOTENCY_KEY_RE, body_hash
 from api.submit_batch import Fallback, NeedsLock, StaleKey, Ticket
 from api.threads import ThreadMode, apply_thread_mode
 from shared.agents import DEFAULT_AGENT
 from shared.agents.chat import params_problem as chat_params_problem
 from shared.agents.ticker import params_problem as ticker_params_problem
 from shared.config import Settings
-from shared.errors import NotFound, Unavailable
+from shared.errors import InFlightCapReached, KeyReused, NotFound, Unavailable
 from shared.models import Run, RunStatus
-from shared.redisio import REDIS_DOWN
-from shared.store import NewRun
+from shared.redis.client import REDIS_DOWN, REDIS_ERRORS
+from shared.store import NewRun, Submitted
+from shared.tools import tools_problem
 
 router = APIRouter(responses=ERROR_RESPONSES)
-REDIS_OR_REPLY: tuple[type[BaseException], ...] = (*REDIS_DOWN, ResponseError)
 
 User = Annotated[str, Depends(current_user)]
-THREAD_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
 def _state(request: Request) -> AppState:
@@ -102,39 +108,52 @@ def check_json_field(name: str, value: dict[str, Any], max_depth: int, max_bytes
 class SubmitRun(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    input: str = Field(min_length=1)
+    # Whitespace alone is no input: the run would only fail `bad_input` later.
+    input: str = Field(min_length=1, json_schema_extra={"pattern": NONBLANK_PATTERN})
     agent: str | None = None
     params: dict[str, Any] = Field(default_factory=dict)
-    thread_id: str | None = None
+    thread_id: str | None = Field(default=None, json_schema_extra={"pattern": THREAD_ID_PATTERN})
     # What to do when the thread is busy: run after (enqueue), 409 (reject), or cancel the
     # running run first (interrupt).
     thread_mode: ThreadMode = "enqueue"
     metadata: dict[str, Any] = Field(default_factory=dict)
 
+    @field_validator("input")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not has_text(value):
+            raise ValueError("must hold something besides whitespace")
+        return value
+
+
+# How a route takes a run id: declared a UUID in the schema, checked by `parse_run_id` (400).
+RunIdPath = Annotated[str, Path(json_schema_extra={"format": "uuid", "pattern": RUN_ID_PATTERN})]
+
 
 def parse_run_id(raw: str) -> str:
-    try:
-        return str(uuid.UUID(raw))
-    except ValueError:
-        raise ApiError(400, "invalid_run_id", "run ids are UUIDs") from None
+    if not RUN_ID.fullmatch(raw):
+        raise ApiError(400, "invalid_run_id", "run ids are UUIDs")
+    return raw.lower()
 
 
 def events_url(request: Request, sec: Security, run_id: str, user: str) -> tuple[str, int]:
     """A fresh `events_url` for this run and user, and its expiry (unix seconds)."""
     who = principal_of(request, user)
-    return events_url_at(str(request.base_url).rstrip("/"), sec, run_id, who)
+    return events_url_at(public_base(request.scope, sec.settings), sec, run_id, who)
 
 
 def events_url_at(base: str, sec: Security, run_id: str, who: Principal) -> tuple[str, int]:
     """The token is bound to the run, the user, and the key that minted it (`api.tokens`)."""
     token, expires_at = sec.stream_token(run_id, who, time.time())
-    return f"{base}/runs/{run_id}/events?token={token}", expires_at
+    return f"{run_url(base, run_id)}/events?token={token}", expires_at
 
 
-def run_links(request: Request, run_id: str, user: str) -> dict[str, str]:
-    base = str(request.base_url).rstrip("/")
-    url, _ = events_url_at(base, security(request), run_id, principal_of(request, user))
-    return {"url": f"{base}/runs/{run_id}", "events_url": url}
+def run_links(scope: Scope, sec: Security, run_id: str, who: Principal) -> dict[str, str]:
+    """The `url` and `events_url` of a run's answers (`api.links` says where they point), the
+    stream token minted by `who`."""
+    base = public_base(scope, sec.settings)
+    url, _ = events_url_at(base, sec, run_id, who)
+    return {"url": run_url(base, run_id), "events_url": url}
 
 
 def _no_check(settings: Settings, params: dict[str, Any]) -> str | None:
@@ -155,12 +174,13 @@ def validate_submit(state: AppState, body: SubmitRun) -> str:
         raise ApiError(
             422, "unknown_agent", f"no such agent; known: {', '.join(sorted(state.agents))}"
         )
-    if body.thread_id is not None and not THREAD_RE.match(body.thread_id):
+    if body.thread_id is not None and not valid_thread_id(body.thread_id):
         raise ApiError(422, "invalid_request", "thread_id: 1-128 of [A-Za-z0-9._:-]")
     check_text("input", body.input)
     check_json_field("params", body.params, s.max_json_depth, s.max_json_bytes)
     check_json_field("metadata", body.metadata, s.max_json_depth, s.max_json_bytes)
     problem = params_checks.get(agent, _no_check)(s, body.params)
+    problem = problem or tools_problem(state.tools, body.params)
     if problem is not None:
         raise ApiError(422, "bad_params", problem)
     return agent
@@ -174,7 +194,7 @@ def submit_digest(body: SubmitRun, agent: str) -> bytes:
 def _idempotency_key(raw: str | None) -> str | None:
     if raw is None:
         return None
-    if not IDEMPOTENCY_KEY_RE.match(raw):
+    if not IDEMPOTENCY_KEY_RE.fullmatch(raw):
         raise ApiError(
             422, "invalid_idempotency_key", "Idempotency-Key: 1-255 printable ASCII characters"
         )
@@ -182,7 +202,8 @@ def _idempotency_key(raw: str | None) -> str | None:
 
 
 def accepted(request: Request, user: str, agent: str, sub: Submitted) -> JSONResp:
-    headers = {"Location": f"/runs/{sub.run_id}"}
+    links = run_links(request.scope, security(request), sub.run_id, principal_of(request, user))
+    headers = {"Location": location(links["url"])}
     if sub.replayed:
         headers["Idempotent-Replayed"] = "true"
     return JSONResp(
@@ -192,7 +213,7 @@ def accepted(request: Request, user: str, agent: str, sub: Submitted) -> JSONRes
             "agent": agent,
             "thread_id": sub.thread_id,
             "created_at": sub.created_at.isoformat(),
-            **run_links(request, sub.run_id, user),
+            **links,
         },
         status_code=202,
         headers=headers,
@@ -202,8 +223,8 @@ def accepted(request: Request, user: str, agent: str, sub: Submitted) -> JSONRes
 async def _admit(sec: Security, user: str) -> None:
     try:
         refusal = await sec.admission.check_submit(user)
-    except REDIS_DOWN as exc:
-        raise Unavailable("redis is unavailable: the run was not accepted") from exc
+    except REDIS_ERRORS as exc:
+        raise redis_failure(exc, "redis is unavailable: the run was not accepted") from exc
     if refusal is not None:
         raise ApiError(
             refusal.status, refusal.code, refusal.detail, {"Retry-After": str(refusal.retry_after)}
@@ -268,14 +289,13 @@ async def _submit_alone(
     user, agent = new.user_id, new.agent
     digest = submit_digest(body, agent) if key is not None else b""
     try:
-        if key is not None and (replay := await lookup(state.store, user, key, digest)):
+        if key is not None and (replay := await state.store.submits.lookup(user, key, digest)):
             return accepted(request, user, agent, replay)  # a retry: no admission needed
         if not admitted:
             await _admit(sec, user)
         if body.thread_id is not None:
             await apply_thread_mode(state, user, body.thread_id, body.thread_mode)
-        sub = await submit_once(
-            state.store,
+        sub = await state.store.submits.insert_run(
             new,
             max_in_flight=state.settings.max_runs_in_flight_per_user,
             key=key,
@@ -292,23 +312,26 @@ async def _submit_alone(
         return accepted(request, user, agent, sub)
     try:
         await state.rio.enqueue(sub.run_id)
-    except REDIS_DOWN as exc:
-        await state.store.delete_queued_runs([sub.run_id])
-        raise Unavailable("redis is unavailable: the run was not accepted") from exc
+    except REDIS_ERRORS as exc:
+        await state.store.submits.delete_queued_runs([sub.run_id])
+        raise redis_failure(exc, "redis is unavailable: the run was not accepted") from exc
     return accepted(request, user, agent, sub)
 
 
 async def _owned_run(state: AppState, raw_id: str, user: str) -> Run:
-    run = await state.store.get_run(parse_run_id(raw_id), user)
+    run = await state.store.runs.get_run(parse_run_id(raw_id), user)
     if run is None:
         raise NotFound("no such run")
     return run
 
 
 @router.get("/runs/{run_id}", response_model=None, responses=documented(200, RunView, "the run"))
-async def get_run(run_id: str, request: Request, user: User) -> JSONResp:
+async def get_run(run_id: RunIdPath, request: Request, user: User) -> JSONResp:
     run = await _owned_run(_state(request), run_id, user)
-    return JSONResp({**run.public(), **run_links(request, run.run_id, user)})
+    who = principal_of(request, user)
+    return JSONResp(
+        {**run.public(), **run_links(request.scope, security(request), run.run_id, who)}
+    )
 
 
 @router.get(
@@ -316,21 +339,28 @@ async def get_run(run_id: str, request: Request, user: User) -> JSONResp:
     response_model=None,
     responses=documented(200, EventsUrl, "a fresh events_url"),
 )
-async def get_events_url(run_id: str, request: Request, user: User) -> JSONResp:
+async def get_events_url(run_id: RunIdPath, request: Request, user: User) -> JSONResp:
     """A fresh `events_url` (the way back for a page whose stream token expired)."""
     run = await _owned_run(_state(request), run_id, user)
     url, expires_at = events_url(request, security(request), run.run_id, user)
     return JSONResp({"run_id": run.run_id, "events_url": url, "expires_at": expires_at})
 
 
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def make_cursor(created_at: datetime, run_id: str) -> str:
+    micros = (created_at - EPOCH) // timedelta(microseconds=1)
+    return f"{micros}~{run_id}"
+
+
 def _cursor(raw: str | None) -> tuple[datetime, str] | None:
-    if not raw:
+    if raw is None:
         return None
-    try:
-        stamp, _, rid = raw.partition("~")
-        return datetime.fromisoformat(stamp), str(uuid.UUID(rid))
-    except ValueError:
-        raise ApiError(400, "invalid_cursor", "cursor must come from next_cursor") from None
+    if not CURSOR.fullmatch(raw):
+        raise ApiError(400, "invalid_cursor", "cursor must come from next_cursor")
+    micros, _, rid = raw.partition("~")
+    return EPOCH + timedelta(microseconds=int(micros)), rid.lower()
 
 
 @router.get("/runs", response_model=None, responses=documented(200, RunList, "the runs"))
@@ -338,17 +368,17 @@ async def list_runs(
     request: Request,
     user: User,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    cursor: Annotated[str | None, Query(json_schema_extra={"pattern": CURSOR_PATTERN})] = None,
     status: RunStatus | None = None,
-    thread_id: Annotated[str | None, Query(max_length=128)] = None,
+    thread_id: Annotated[str | None, Query(pattern=THREAD_ID_PATTERN)] = None,
 ) -> JSONResp:
-    runs = await _state(request).store.list_runs(
+    runs = await _state(request).store.runs.list_runs(
         user, limit=limit, before=_cursor(cursor), status=status, thread_id=thread_id
     )
     next_cursor = None
     if len(runs) == limit:
         last = runs[-1]
-        next_cursor = f"{last.created_at.isoformat()}~{last.run_id}"
+        next_cursor = make_cursor(last.created_at, last.run_id)
     return JSONResp({"runs": [r.public() for r in runs], "next_cursor": next_cursor})
 
 
@@ -356,37 +386,37 @@ async def list_runs(
     "/runs/{run_id}/cancel",
     status_code=202,
     response_model=None,
-    responses=documented(202, CancelAnswer, "cancelled or cancelling"),
+    responses={
+        **documented(202, CancelAnswer, "cancelled (a queued run) or cancelling (a running one)"),
+        409: {"model": ErrorBody, "description": "already_finished: the run had ended"},
+    },
 )
-async def cancel(run_id: str, request: Request, user: User) -> JSONResp:
+async def cancel(run_id: RunIdPath, request: Request, user: User) -> JSONResp:
     state = _state(request)
     run = await _owned_run(state, run_id, user)
     if run.status is RunStatus.QUEUED:
-        done = await state.store.cancel_queued(run.run_id, user)
+        done = await state.store.runs.cancel_queued(run.run_id, user)
         if done is not None:
             await _publish_archived_terminal(state, done)
             return JSONResp({"run_id": run.run_id, "status": "cancelled"}, status_code=202)
         run = await _owned_run(state, run_id, user)
     if run.status is RunStatus.RUNNING:
-        await state.store.request_cancel(run.run_id, user)
+        await state.store.runs.request_cancel(run.run_id, user)
         try:
             await state.rio.request_cancel(run.run_id)
         except REDIS_DOWN as exc:
             raise Unavailable("redis is unavailable: retry the cancel") from exc
         return JSONResp({"run_id": run.run_id, "status": "cancelling"}, status_code=202)
-    return JSONResp({"run_id": run.run_id, "status": str(run.status)}, status_code=202)
+    # Ended already (perhaps just now): nothing was cancelled, and a 202 would say otherwise.
+    raise ApiError(409, "already_finished", f"the run has already finished: {run.status}")
 
 
 async def _publish_archived_terminal(state: AppState, run: Run) -> None:
     """Copy a terminal event the API committed (a queued run cancelled) into the run's Redis
-    stream, so live followers see it at once. Best effort: the archive has it anyway."""
-    events = await state.store.events_after(run.run_id, run.last_seq - 1, 1)
+    stream through the append script (which closes the run's log there), so live followers
+    see it at once. Best effort: the archive has it anyway."""
+    events = await state.store.runs.events_after(run.run_id, run.last_seq - 1, 1)
     if not events:
         return
-    e = events[0]
-    key = state.keys.events(run.run_id)
-    try:
-        await state.redis.xadd(key, {"t": e.type, "d": e.data}, id=f"0-{e.seq}")
-        await state.redis.expire(key, state.settings.events_ttl_seconds)
-    except REDIS_OR_REPLY:
-        pass
+    with contextlib.suppress(*REDIS_ERRORS):
+        await state.rio.publish_terminal(run.run_id, events[0])

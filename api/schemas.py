@@ -1,11 +1,49 @@
 """The shapes of the API's successful answers, for the OpenAPI schema (clients and the fuzz test
-check answers against it). Handlers build their JSON directly; these models document it."""
+check answers against it). Handlers build their JSON directly; these models document it.
+
+And the formats of what clients send, each written once, as a regular expression that the
+server checks with Python's `re` (always whole-string: `fullmatch`, or `search` for the
+unanchored ones) and the OpenAPI schema declares (ECMA-262 for JSON Schema, the Rust `regex`
+crate for pydantic): only escapes and classes that mean the same to all three.
+"""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from pydantic import BaseModel
+
+# A run id: a UUID, hyphenated (either case).
+RUN_ID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+# A page cursor (`next_cursor`): the last run's creation time in microseconds since the epoch
+# and its id. Every string of this form is a valid cursor.
+CURSOR_PATTERN = (
+    r"^[0-9]{1,16}~[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+)
+# An event id (`Last-Event-ID`): a seq as sent in an event's `id:` field; empty means none.
+EVENT_ID_PATTERN = r"^[0-9]{0,18}$"
+# A thread id, named by the client.
+THREAD_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
+# Text with something besides whitespace: one character that is whitespace neither to Python
+# (`str.isspace`, what an agent strips) nor to ECMA-262's `\s` (what a schema's `\S` means).
+BLANK_CHARS = r"\x09-\x0d\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
+NONBLANK_PATTERN = f"[^{BLANK_CHARS}]"
+
+RUN_ID = re.compile(RUN_ID_PATTERN)
+CURSOR = re.compile(CURSOR_PATTERN)
+EVENT_ID = re.compile(EVENT_ID_PATTERN)
+THREAD_ID = re.compile(THREAD_ID_PATTERN)
+NONBLANK = re.compile(NONBLANK_PATTERN)
+
+
+def valid_thread_id(raw: str) -> bool:
+    return THREAD_ID.fullmatch(raw) is not None
+
+
+def has_text(raw: str) -> bool:
+    """Whether `raw` holds a character that is not whitespace (`NONBLANK_PATTERN`)."""
+    return NONBLANK.search(raw) is not None
 
 
 class Links(BaseModel):
@@ -63,3 +101,32 @@ class CancelAnswer(BaseModel):
 
 def documented(status: int, model: type[BaseModel], text: str) -> dict[int | str, Any]:
     return {status: {"model": model, "description": text}}
+
+
+def declare_agents(schema: dict[str, Any], names: list[str]) -> None:
+    """Name the agents a submit may ask for (those registered in this process) in the OpenAPI
+    schema: `SubmitRun.agent` becomes one of them, or null for the default."""
+    submit = schema.get("components", {}).get("schemas", {}).get("SubmitRun")
+    if submit is None:
+        return
+    agent = submit["properties"]["agent"]
+    agent["anyOf"] = [{"type": "string", "enum": sorted(names)}, {"type": "null"}]
+    agent["description"] = "the agent to run; null or absent: the default agent"
+
+
+def drop_null_parameters(schema: dict[str, Any]) -> None:
+    """A query, header or path parameter is a string or absent: it cannot be null, though an
+    optional one is typed `X | None` in Python. Declare it as its non-null type alone."""
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            for param in operation.get("parameters", ()):
+                body = param.get("schema", {})
+                options = body.get("anyOf")
+                if not options:
+                    continue
+                kept = [o for o in options if o.get("type") != "null"]
+                if len(kept) == 1:
+                    del body["anyOf"]
+                    body.update(kept[0])
+                else:
+                    body["anyOf"] = kept

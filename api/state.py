@@ -5,13 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-import redis.asyncio as aioredis
-
 from api.hub import Hub
 from shared.agents import Agent
 from shared.config import Settings
-from shared.keys import Keys
-from shared.redisio import RedisIO
+from shared.llm.tools import ToolRegistry
+from shared.redis.client import Redis
+from shared.redis.keys import Keys
+from shared.redis.runs import RedisIO
 from shared.store import Store
 
 if TYPE_CHECKING:
@@ -23,10 +23,11 @@ class AppState:
     settings: Settings
     keys: Keys
     store: Store
-    redis: aioredis.Redis
+    redis: Redis  # shared by the io objects below; commands go through them
     rio: RedisIO
     hub: Hub
     agents: dict[str, Agent]
+    tools: ToolRegistry  # every registered tool (shared.tools), to check params.tools
     submits: SubmitGroups | None = None  # grouped plain submits (`api.submit_batch`)
     shutting_down: bool = False
     key_cache: dict[str, tuple[str, float]] = field(default_factory=dict)

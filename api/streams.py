@@ -8,22 +8,40 @@ switch sources across reconnects without noticing. No database connection is hel
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator
 
 from api.hub import Hub, Subscription
 from shared.models import Event
-from shared.redisio import REDIS_DOWN
+from shared.redis.client import REDIS_DOWN
 from shared.store import Store
 
 PAGE = 500
+# A hole (events after the cursor exist, the next one nowhere) is looked for again this many
+# times, HOLE_WAIT apart, before the stream ends with an error: bounded work, never a spin.
+HOLE_TRIES = 4
+HOLE_WAIT = 0.25
+
+
+class Hole(Exception):
+    """Neither Redis nor the archive has this seq although later events exist."""
+
+    def __init__(self, seq: int) -> None:
+        super().__init__(f"event {seq} is in neither Redis nor the archive")
+        self.seq = seq
 
 
 class RunStream:
-    def __init__(self, store: Store, hub: Hub, run_id: str, idle_seconds: float) -> None:
+    def __init__(
+        self, store: Store, hub: Hub, run_id: str, idle_seconds: float, archived_seq: int = 0
+    ) -> None:
         self.store = store
         self.hub = hub
         self.run_id = run_id
         self.idle_seconds = idle_seconds
+        # The run's last seq Postgres had when last asked: below it, events exist even when
+        # Redis has none (it lost or expired them).
+        self.archived_seq = archived_seq
         self.sub: Subscription | None = None  # while `batches` runs
 
     async def _from_redis(self, cursor: int) -> list[Event]:
@@ -33,15 +51,34 @@ class RunStream:
             return []
 
     async def _catch_up(self, cursor: int, terminal_known: bool) -> list[Event]:
-        """The next events after `cursor` from Redis, healed from the archive when Redis
-        misses the beginning (or everything, for a finished run)."""
+        """The next events after `cursor`, starting at `cursor + 1`: from Redis, or from the
+        archive when Redis misses them (it expired, lost or never got them: Postgres commits
+        every event before Redis sees it). [] when neither holds anything newer yet. Raises
+        `Hole` when later events exist but neither source has `cursor + 1`."""
         events = await self._from_redis(cursor)
-        missing_head = bool(events) and events[0].seq > cursor + 1
-        if missing_head or (not events and terminal_known):
-            archived = await self.store.events_after(self.run_id, cursor, PAGE)
-            if archived:
-                return archived
-        return [e for e in events if e.seq > cursor]
+        if events and events[0].seq == cursor + 1:
+            return events
+        if not events and not terminal_known and cursor >= self.archived_seq:
+            # Nothing newer in Redis nor, when last asked, in Postgres: a live run's next
+            # event is still to come.
+            return []
+        archived = await self.store.runs.events_after(self.run_id, cursor, PAGE)
+        if archived and archived[0].seq == cursor + 1:
+            return archived
+        if not events and not archived:
+            return []
+        raise Hole(cursor + 1)
+
+    async def _patient_catch_up(self, cursor: int, terminal_known: bool) -> list[Event]:
+        """`_catch_up`, looking for a hole again a few times before giving up (`Hole`)."""
+        for tries_left in range(HOLE_TRIES - 1, -1, -1):
+            try:
+                return await self._catch_up(cursor, terminal_known)
+            except Hole:
+                if tries_left == 0:
+                    raise
+                await asyncio.sleep(HOLE_WAIT)
+        raise AssertionError("unreachable")
 
     async def subscribe(self, after: int) -> Subscription:
         """Register with the hub (before the first read, so nothing is missed in between);
@@ -67,7 +104,7 @@ class RunStream:
         try:
             while not sub.stopped:
                 if catching_up:
-                    batch = await self._catch_up(cursor, terminal_known)
+                    batch = await self._patient_catch_up(cursor, terminal_known)
                     if not batch:
                         if terminal_known:
                             return
@@ -86,8 +123,10 @@ class RunStream:
                         continue
                     elif sub.idle:
                         sub.mark_active()
-                        run = await self.store.get_run(self.run_id)
+                        run = await self.store.runs.get_run(self.run_id)
                         terminal_known = run is None or run.status.terminal
+                        if run is not None:
+                            self.archived_seq = run.last_seq
                         catching_up = True
                         yield None
                         continue

@@ -4,7 +4,7 @@ previous group is being committed goes into the next group, which costs
     one Redis round trip   the kill switch, the backlog, the API-key epoch, and one token-bucket
                            call per user for as many tokens as that user has submits in the group
     one Postgres statement the runs, inserted and committed together (INSERT ... SELECT unnest)
-    one Redis round trip   their queue entries, pipelined XADDs
+    one Redis round trip   their queue entries (`RedisIO.enqueue_many`)
 
 whatever the group's size, instead of five round trips per request. Idempotency-Keys go in the
 same statement (the key and its run inserted together; a key that is live already leaves its
@@ -19,7 +19,7 @@ These leave the group for the per-request path in `api.runs`:
 - a cached API-key look-up made under an older key epoch (a key was revoked since): `StaleKey`,
   the request is authenticated again from Postgres;
 - a user whose in-flight count is near the cap: `NeedsLock`, the exact count under the user's
-  lock decides (`api.submit.insert_run`);
+  lock decides (`store.submits.insert_run`);
 - a group Postgres refused for a reason other than being away: `Fallback`, each request is
   retried alone, so one bad row cannot fail the others;
 - an Idempotency-Key that is live (a retry), that appears twice in one group, or whose user
@@ -42,19 +42,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import asyncpg
-import redis.asyncio as aioredis
 import structlog
-from redis.exceptions import ResponseError
 
 from api.admission import Admission, BatchVerdict, rate_refusal
-from api.errors import ApiError
-from api.submit import UNLOCKED_HEADROOM, Submitted
+from api.errors import ApiError, redis_failure
 from shared.batching import Coalescer
 from shared.config import Settings
 from shared.errors import Unavailable
-from shared.keys import Keys
-from shared.redisio import REDIS_DOWN
-from shared.store import NewRun, Store
+from shared.redis.client import REDIS_ERRORS, Redis
+from shared.redis.keys import Keys
+from shared.redis.runs import RedisIO
+from shared.store import NewRun, Store, Submitted
+from shared.store.submits import UNLOCKED_HEADROOM
 
 log = structlog.get_logger("longrun.api.submit")
 
@@ -63,6 +62,7 @@ GATE_MAX_USERS = 10_000
 MAX_GROUP = 256
 KEY_SWEEP_SECONDS = 10.0
 GROUPS_IN_FLIGHT = 2
+DOWN = "redis is unavailable: the run was not accepted"
 
 
 class StaleKey(Exception):
@@ -112,7 +112,7 @@ class InFlightGate:
                 self._counts = {
                     u: c for u, c in self._counts.items() if now - c[0] <= COUNT_FRESH_SECONDS
                 }
-            counts = await self.store.in_flight_counts(stale)
+            counts = await self.store.submits.in_flight_counts(stale)
             for user, n in counts.items():
                 self._counts[user] = (now, n)
         return {u for u, n in wanted.items() if self._counts[u][1] + n + self.margin < self.cap}
@@ -125,11 +125,10 @@ class InFlightGate:
 
 class SubmitGroups:
     def __init__(
-        self, store: Store, r: aioredis.Redis, keys: Keys, admission: Admission, settings: Settings
+        self, store: Store, r: Redis, keys: Keys, admission: Admission, settings: Settings
     ) -> None:
         self.store = store
-        self.r = r
-        self.keys = keys
+        self.rio = RedisIO(r, keys, settings)
         self.admission = admission
         self.gate = InFlightGate(store, settings)
         self.key_ttl_seconds = float(settings.idempotency_ttl_seconds)
@@ -156,8 +155,8 @@ class SubmitGroups:
         outcomes: list[Submitted | BaseException | None] = [None] * len(tickets)
         try:
             verdict = await self.admission.check_batch(Counter(t.new.user_id for t in tickets))
-        except (*REDIS_DOWN, ResponseError) as exc:  # away, or refusing (e.g. out of memory)
-            raise Unavailable("redis is unavailable: the run was not accepted") from exc
+        except REDIS_ERRORS as exc:  # away, or refusing (out of memory, MOVED ...)
+            raise redis_failure(exc, DOWN) from exc
         if (refusal := verdict.refusal) is not None:
             headers = {"Retry-After": str(refusal.retry_after)}
             return [ApiError(refusal.status, refusal.code, refusal.detail, headers)] * len(tickets)
@@ -185,7 +184,7 @@ class SubmitGroups:
             return
         self._swept = now
         try:
-            await self.store.sweep_expired_keys()
+            await self.store.submits.sweep_expired_keys()
         except (Unavailable, asyncpg.PostgresError):
             log.warning("idempotency_sweep_failed")
 
@@ -193,30 +192,25 @@ class SubmitGroups:
         self, news: list[NewRun], keys: list[tuple[str, bytes] | None] | None = None
     ) -> list[Submitted | BaseException]:
         try:
-            inserted = await self.store.insert_runs(news, keys, self.key_ttl_seconds)
+            inserted = await self.store.submits.insert_runs(news, keys, self.key_ttl_seconds)
         except asyncpg.PostgresError:
             return [Fallback() for _ in news]  # each alone: one bad row fails only itself
         for user, n in Counter(n.user_id for n in news).items():
             self.gate.added(user, n)
         rows = [row for row in inserted if row is not None]
-        try:
-            async with self.r.pipeline(transaction=False) as p:
-                for run_id, _ in rows:
-                    p.xadd(self.keys.queue, {"run": run_id})
-                added = await p.execute(raise_on_error=False)
-        except REDIS_DOWN as exc:
-            added = [exc] * len(rows)
-        failed = [r for (r, _), x in zip(rows, added, strict=True) if isinstance(x, Exception)]
+        added = await self.rio.enqueue_many([run_id for run_id, _ in rows])
+        errors = [x for x in added if isinstance(x, BaseException)]
+        failed = [r for (r, _), x in zip(rows, added, strict=True) if isinstance(x, BaseException)]
         if failed:
             try:
-                await self.store.delete_queued_runs(failed)
+                await self.store.submits.delete_queued_runs(failed)
             except Unavailable:
                 # The rows stay queued without entries: the reconciler enqueues them later.
                 log.warning("submit_undo_failed", runs=len(failed))
-        down = Unavailable("redis is unavailable: the run was not accepted")
+        down = redis_failure(errors[0], DOWN) if errors else Unavailable(DOWN)
         answers = iter(
             down
-            if isinstance(x, Exception)
+            if isinstance(x, BaseException)
             else Submitted(run_id, "queued", None, created_at, replayed=False)
             for (run_id, created_at), x in zip(rows, added, strict=True)
         )

@@ -30,14 +30,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.auth import Principal, Security, cached_principal
 from api.errors import ApiError
+from api.links import location
 from api.metrics import ApiMetrics
 from api.middleware import request_id_from
-from api.runs import SubmitRun, events_url_at, submit_digest, validate_submit
+from api.runs import SubmitRun, run_links, submit_digest, validate_submit
 from api.state import AppState
-from api.submit import IDEMPOTENCY_KEY_RE, Submitted
+from api.submit import IDEMPOTENCY_KEY_RE
 from api.submit_batch import Fallback, NeedsLock, StaleKey, Ticket
 from shared.errors import Unavailable
-from shared.store import NewRun
+from shared.store import NewRun, Submitted
 
 log = structlog.get_logger("longrun.api.submit")
 
@@ -144,7 +145,7 @@ def _ticket(
     keyed = None
     if key is not None:
         text = key.decode("latin-1")
-        if not IDEMPOTENCY_KEY_RE.match(text):
+        if not IDEMPOTENCY_KEY_RE.fullmatch(text):
             return None
         keyed = (text, submit_digest(body, agent))
     new = NewRun(
@@ -157,23 +158,11 @@ def _ticket(
     return Ticket(new, who.epoch, keyed), who
 
 
-def _base_url(scope: Scope) -> str:
-    """What `Request.base_url` gives, for the answer's links."""
-    scheme = scope.get("scheme", "http")
-    host = next((v for k, v in scope["headers"] if k == b"host"), None)
-    if host is None:
-        name, port = scope.get("server") or ("localhost", None)
-        default = {"http": 80, "https": 443, "ws": 80, "wss": 443}.get(scheme)
-        host = (name if port in (None, default) else f"{name}:{port}").encode()
-    return f"{scheme}://{host.decode('latin-1')}{scope.get('root_path', '')}"
-
-
 def _accepted(
     scope: Scope, sec: Security, who: Principal, agent: str, sub: Submitted
 ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
     """`api.runs.accepted`'s answer, built without a Request."""
-    base = _base_url(scope).rstrip("/")
-    url, _ = events_url_at(base, sec, sub.run_id, who)
+    links = run_links(scope, sec, sub.run_id, who)
     body = orjson.dumps(
         {
             "run_id": sub.run_id,
@@ -181,11 +170,10 @@ def _accepted(
             "agent": agent,
             "thread_id": sub.thread_id,
             "created_at": sub.created_at.isoformat(),
-            "url": f"{base}/runs/{sub.run_id}",
-            "events_url": url,
+            **links,
         }
     )
-    return 202, body, _headers(scope, body, {"location": f"/runs/{sub.run_id}"})
+    return 202, body, _headers(scope, body, {"location": location(links["url"])})
 
 
 def _error(

@@ -64,7 +64,7 @@ class Stack:
 
     def events_key(self, run_id: str) -> str:
         from shared.config import Settings
-        from shared.keys import Keys
+        from shared.redis.keys import Keys
 
         return Keys.from_settings(Settings.from_env(self.env)).events(run_id)
 

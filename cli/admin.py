@@ -9,20 +9,25 @@ Each function takes the settings and returns the process exit code.
 from __future__ import annotations
 
 import asyncio
+import sys
 
 from shared.config import Settings
-from shared.keys import Keys
-from shared.redisio import REDIS_DOWN, create_redis
+from shared.redis.admission import AdmissionIO
+from shared.redis.client import REDIS_DOWN, create_redis
+from shared.redis.keys import Keys
 from shared.store import Store
-from shared.switches import bump_key_epoch, set_paused
+
+
+def _switches(settings: Settings) -> AdmissionIO:
+    return AdmissionIO(create_redis(settings, "longrun-cli"), Keys.from_settings(settings))
 
 
 async def _set_paused(settings: Settings, reason: str | None) -> None:
-    r = create_redis(settings, "longrun-cli")
+    switches = _switches(settings)
     try:
-        await set_paused(r, Keys.from_settings(settings), reason)
+        await switches.set_paused(reason)
     finally:
-        await r.aclose()
+        await switches.aclose()
 
 
 def pause(settings: Settings, reason: str = "paused by an operator") -> int:
@@ -46,19 +51,20 @@ async def revoke_key(settings: Settings, key_id: str) -> bool:
     requests within the API's 5-second key cache, open streams within 12 seconds."""
     store = await Store.open(settings.with_(pg_pool_min=0, pg_pool_max=2), "longrun-cli")
     try:
-        revoked = await store.revoke_key(key_id)
+        revoked = await store.users.revoke_key(key_id)
     finally:
         await store.close()
-    r = create_redis(settings, "longrun-cli")
+    switches = _switches(settings)
     try:
-        await bump_key_epoch(r, Keys.from_settings(settings))
+        await switches.bump_key_epoch()
     except REDIS_DOWN:
         print(
-            "warning: Redis unreachable: API processes may accept the key for 5 more seconds,"
-            " and keep its open event streams for 12"
+            "longrun: warning: Redis unreachable: API processes may accept the key for 5 more "
+            "seconds, and keep its open event streams for 12",
+            file=sys.stderr,
         )
     finally:
-        await r.aclose()
+        await switches.aclose()
     return revoked
 
 

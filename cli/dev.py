@@ -6,7 +6,11 @@ server lacks it, migrates, creates a dev API key, then runs `supervisord.conf` (
 `--workers` worker processes) as a child and prints how to use it. On SIGINT or SIGTERM it stops
 supervisord (which drains the workers), then the embedded servers: nothing it started outlives it.
 
-Being an entry point, it reads `os.environ` once and hands URLs to its children by environment.
+It holds `.longrun/dev.lock` while it runs, reuses the API key of its last start
+(`cli.devinfo`), and writes the stack's connection settings to `.longrun/env` (removed when it
+stops) so that `longrun status`, `keys`, `submit`... in another shell reach this stack
+(`cli.config`). It takes the environment `cli.main` read once and hands URLs to its children by
+environment.
 """
 
 from __future__ import annotations
@@ -31,15 +35,17 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 import asyncpg
 import httpx
-import redis
 
 import cli.embedded as emb
+from cli.config import LOCK_FILE, SOURCE_ROOT, dev_home, redacted, remove_env_file, write_env_file
+from cli.devinfo import banner, dev_key, env_values
+from cli.exits import Exit
 from shared.config import Settings
 from shared.errors import ConfigError, LongrunError
+from shared.migrate import create_database
+from shared.redis.client import url_answers
 
-SOURCE_ROOT = Path(__file__).resolve().parents[1]
 API_HOST = "127.0.0.1"
-DEV_USER = "dev"
 PROBE_TIMEOUT = 1.5  # seconds a configured server gets to answer before we embed our own
 API_READY_TIMEOUT = 60.0
 FORCE_AFTER_SECONDS = 75.0  # the workers' stopwaitsecs in supervisord.conf (60) plus room
@@ -50,20 +56,14 @@ PgState = Literal["ok", "missing_database", "down"]
 # ---- pure decisions
 
 
-def dev_home(
-    env: Mapping[str, str], source_root: Path = SOURCE_ROOT, cwd: Path | None = None
-) -> Path:
-    """Where embedded servers keep data: `LONGRUN_DEV_DIR`, else `.longrun/` in the source
-    checkout (gitignored), else `.longrun/` in the working directory."""
-    if env.get("LONGRUN_DEV_DIR"):
-        return Path(env["LONGRUN_DEV_DIR"]).resolve()
-    if (source_root / "pyproject.toml").exists():
-        return source_root / ".longrun"
-    return (cwd or Path.cwd()) / ".longrun"
-
-
 def supervisord_conf(env: Mapping[str, str], source_root: Path = SOURCE_ROOT) -> Path:
     return Path(env.get("LONGRUN_SUPERVISORD_CONF") or source_root / "supervisord.conf")
+
+
+def supervisord_args(conf: Path, uid: int) -> list[str]:
+    """`-u` names the user we already are: supervisord then has nothing to drop, and as root
+    it no longer logs a CRIT "running as root" line on every start."""
+    return [sys.executable, "-m", "supervisor.supervisord", "-n", "-c", str(conf), "-u", str(uid)]
 
 
 def database_name(url: str) -> str:
@@ -76,15 +76,6 @@ def database_name(url: str) -> str:
 def with_database(url: str, name: str) -> str:
     parts = urlsplit(url)
     return urlunsplit(parts._replace(path="/" + name))
-
-
-def redacted(url: str) -> str:
-    """The URL without its password, fit to print."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def child_env(
@@ -114,53 +105,13 @@ def child_env(
     return env
 
 
-def banner(
-    url: str, key: str, redis_desc: str, postgres_desc: str, workers: int, cli: str = "longrun"
-) -> str:
-    """What `longrun dev` prints once the API answers; `cli` is how the user's shell reaches
-    the `longrun` command (a full path when it is not on their PATH)."""
-    body = '{"input":"hi","agent":"ticker","params":{"count":5}}'
-    return "\n".join(
-        [
-            "",
-            f"longrun is up: API {url}, {workers} worker process(es)",
-            f"  Redis:    {redis_desc}",
-            f"  Postgres: {postgres_desc}",
-            "",
-            f"  URL={url}",
-            f"  KEY={key}",
-            "",
-            "Submit a run:",
-            f'  curl -X POST $URL/runs -H "Authorization: Bearer $KEY" '
-            f"-H 'content-type: application/json' -d '{body}'",
-            "Follow it (run_id from the answer above):",
-            '  curl -N $URL/runs/<run_id>/events -H "Authorization: Bearer $KEY"',
-            "Or with the CLI:",
-            f"  export LONGRUN_URL={url} LONGRUN_API_KEY={key}",
-            f'  {cli} submit "hello" --follow',
-            "",
-            "Ctrl-C stops everything.",
-            "",
-        ]
-    )
-
-
 # ---- probing the configured servers
 
 
 def redis_answers(url: str, timeout: float = PROBE_TIMEOUT) -> bool:
     """True if the Redis at `url` answers PING; False if nothing (usable) listens there.
     A Redis that answers but refuses us is a configuration error, not a reason to embed."""
-    client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
-    try:
-        client.ping()
-    except redis.AuthenticationError as exc:
-        raise ConfigError(f"Redis at {redacted(url)} refused our credentials: {exc}") from exc
-    except (redis.ConnectionError, redis.TimeoutError, OSError):
-        return False
-    finally:
-        client.close()
-    return True
+    return url_answers(url, timeout, shown_as=redacted(url))
 
 
 async def _postgres_state(url: str, connect_timeout: float) -> PgState:
@@ -184,10 +135,7 @@ async def _create_database(url: str) -> None:
     name = database_name(url)
     conn = await asyncpg.connect(with_database(url, "postgres"), timeout=10)
     try:
-        quoted = '"' + name.replace('"', '""') + '"'
-        await conn.execute(f"CREATE DATABASE {quoted}")
-    except asyncpg.DuplicateDatabaseError:
-        pass  # created concurrently: fine
+        await create_database(conn, name)
     finally:
         await conn.close()
 
@@ -206,9 +154,9 @@ def lock_home(home: Path) -> IO[str]:
     data directory: a second one would take the first one's servers for leftovers and stop
     them."""
     home.mkdir(parents=True, exist_ok=True)
-    handle = (home / "dev.lock").open("a+")
+    handle = (home / LOCK_FILE).open("a+")
     try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        _flock_soon(handle)
     except BlockingIOError:
         handle.seek(0)
         holder = handle.read().strip() or "?"
@@ -223,6 +171,20 @@ def lock_home(home: Path) -> IO[str]:
     return handle
 
 
+def _flock_soon(handle: IO[str], patience: float = 0.5) -> None:
+    """Take the lock, waiting out another command's momentary look (`cli.config.dev_running`)
+    but not another `longrun dev`."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
 @dataclass
 class Backends:
     redis_url: str = ""
@@ -231,12 +193,17 @@ class Backends:
     postgres_desc: str = ""
     servers: tuple[emb.Server, ...] = ()
     lock: IO[str] | None = None
+    home: Path | None = None
 
     def own(self, home: Path) -> None:
         if self.lock is None:
             self.lock = lock_home(home)
+            self.home = home
 
     def stop(self) -> None:
+        # The settings file goes first: nobody should reach for servers that are stopping.
+        if self.home is not None:
+            remove_env_file(self.home)
         # Reverse start order; each server gets its own clean shutdown.
         for server in reversed(self.servers):
             emb.stop(server)
@@ -253,7 +220,6 @@ def _provide_redis(settings: Settings, force: bool, home: Path, into: Backends) 
         return
     if not force:
         say(f"longrun: no Redis answers at {redacted(settings.redis_url)}; starting one")
-    into.own(home)
     server = emb.start_redis(home / "redis")
     into.servers = (*into.servers, server)
     into.redis_url = server.url
@@ -274,7 +240,6 @@ def _provide_postgres(
             into.postgres_desc = f"{redacted(url)} (configured)"
             return
         say(f"longrun: no Postgres answers at {redacted(url)}; starting one")
-    into.own(home)
     server = emb.start_postgres(home / "postgres", env=env)
     into.servers = (*into.servers, server)
     into.database_url = emb.pg_url(server.port)
@@ -394,7 +359,7 @@ def _supervise(
     env: Mapping[str, str], conf: Path, url: str, text: str, servers: tuple[emb.Server, ...]
 ) -> int:
     supervisor = subprocess.Popen(
-        [sys.executable, "-m", "supervisor.supervisord", "-n", "-c", str(conf)],
+        supervisord_args(conf, os.getuid()),
         env=dict(env),
         cwd=str(conf.parent),
         stdin=subprocess.DEVNULL,
@@ -453,9 +418,37 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
-def run(embedded: bool, port: int, workers: int) -> int:
-    """Run everything until SIGINT/SIGTERM; the exit code is 0 after a requested, clean stop."""
-    env = dict(os.environ)
+def _announce(
+    settings: Settings,
+    backends: Backends,
+    home: Path,
+    *,
+    env: Mapping[str, str],
+    longrun: str,
+    url: str,
+    workers: int,
+) -> str:
+    """Reuse or make the dev key, write `.longrun/env`, and return the banner."""
+    key, created = asyncio.run(dev_key(settings, home))
+    env_file = write_env_file(home, env_values(settings, url, key))
+    on_path = shutil.which("longrun", path=env.get("PATH"))
+    bin_dir = None if on_path and Path(on_path).samefile(longrun) else Path(longrun).parent
+    return banner(
+        url=url,
+        key=key,
+        key_created=created,
+        settings=settings,
+        redis_desc=backends.redis_desc,
+        postgres_desc=backends.postgres_desc,
+        workers=workers,
+        env_file=env_file,
+        bin_dir=bin_dir,
+    )
+
+
+def run(env: Mapping[str, str], *, embedded: bool, port: int, workers: int) -> int:
+    """Run everything until SIGINT/SIGTERM; the exit code is 0 after a requested, clean stop.
+    `env` is the process environment as the user set it (never `.longrun/env`)."""
     # Until supervisord runs, SIGINT and SIGTERM unwind (and embedded servers get stopped), even
     # where SIGINT came in ignored (a shell's `&` without job control).
     previous = (
@@ -469,6 +462,7 @@ def run(embedded: bool, port: int, workers: int) -> int:
         settings = Settings.from_env(env)
         grace = settings.drain_seconds + 5
         home = dev_home(env)
+        backends.own(home)  # one `longrun dev` per folder, embedded servers or not
         _check_port_free(port)
         _provide_redis(settings, embedded, home, backends)
         _provide_postgres(settings, env, embedded, home, backends)
@@ -482,18 +476,17 @@ def run(embedded: bool, port: int, workers: int) -> int:
         )
         longrun = _longrun(children)
         _run_step([longrun, "migrate"], children, "longrun migrate")
-        keys_out = _run_step([longrun, "keys", "create", "--user", DEV_USER], children, "keys")
-        key = keys_out.strip().splitlines()[-1].strip()
         url = f"http://{API_HOST}:{port}"
-        on_path = shutil.which("longrun", path=env.get("PATH"))
-        cli = "longrun" if on_path and Path(on_path).samefile(longrun) else longrun
-        text = banner(url, key, backends.redis_desc, backends.postgres_desc, workers, cli)
+        resolved = Settings.from_env(children)
+        text = _announce(
+            resolved, backends, home, env=env, longrun=longrun, url=url, workers=workers
+        )
         return _supervise(children, supervisord_conf(env), url, text, backends.servers)
     except KeyboardInterrupt:
         return 130
     except LongrunError as exc:
         say(f"longrun dev: {exc.detail or exc}", err=True)
-        return 1
+        return Exit.USAGE if isinstance(exc, ConfigError) else Exit.NOT_SUCCEEDED
     finally:
         _stop_strays(backends, grace)
         backends.stop()

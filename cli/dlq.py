@@ -18,24 +18,23 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-import uuid
 from typing import Any
 
-import redis.asyncio as aioredis
-
 from shared.config import Settings
-from shared.keys import Keys
-from shared.metrics import DeadLetter, dlq_watermark_key, parse_dead_letter
-from shared.models import Transition, sources
-from shared.redisio import RedisIO, create_redis
+from shared.metrics import DeadLetter, parse_dead_letter
+from shared.redis.client import create_redis
+from shared.redis.keys import Keys
+from shared.redis.ops import OpsIO
+from shared.redis.runs import RedisIO
 from shared.store import Store
 
 LIST_CAP = 10_000
 
 
-async def dead_letters(r: aioredis.Redis, keys: Keys) -> list[DeadLetter]:
-    rows = await r.xrange(keys.dead_letters, min="-", max="+", count=LIST_CAP)
-    return [parse_dead_letter(eid, fields) for eid, fields in rows]
+async def dead_letters(ops: OpsIO) -> list[DeadLetter]:
+    return [
+        parse_dead_letter(eid, fields) for eid, fields in await ops.dead_letters(limit=LIST_CAP)
+    ]
 
 
 def select(letters: list[DeadLetter], ids: list[str], everything: bool) -> list[DeadLetter]:
@@ -45,64 +44,15 @@ def select(letters: list[DeadLetter], ids: list[str], everything: bool) -> list[
     return [d for d in letters if d.entry_id in wanted or d.run_id in wanted]
 
 
-async def _statuses(store: Store, run_ids: list[str]) -> dict[str, str]:
-    valid = []
-    for rid in run_ids:
-        try:
-            valid.append(uuid.UUID(rid))
-        except ValueError:
-            continue
-    async with store.conn() as c:
-        rows = await c.fetch(
-            "SELECT run_id, status FROM runs WHERE run_id = ANY($1::uuid[])", valid
-        )
-    return {str(r["run_id"]): str(r["status"]) for r in rows}
-
-
-async def requeue_failed(store: Store, run_id: str) -> bool:
-    """failed -> queued in one transaction: withdraw the archived terminal `error` event,
-    clear the outcome and the start time. False when the run is not failed (anymore)."""
-    try:
-        rid = uuid.UUID(run_id)
-    except ValueError:
-        return False
-    allowed = sorted(str(s) for s in sources(Transition.RETRY))
-    async with store.conn() as c, c.transaction():
-        row = await c.fetchrow(
-            "SELECT last_seq FROM runs WHERE run_id = $1 AND status = ANY($2::text[]) FOR UPDATE",
-            rid,
-            allowed,
-        )
-        if row is None:
-            return False
-        last_seq = int(row["last_seq"])
-        withdrawn = await c.execute(
-            "DELETE FROM run_events WHERE run_id = $1 AND seq = $2 AND type = 'error'",
-            rid,
-            last_seq,
-        )
-        if withdrawn.endswith(" 1"):
-            last_seq -= 1
-        await c.execute(
-            """UPDATE runs SET status = 'queued', output = NULL, error = NULL,
-                   started_at = NULL, finished_at = NULL, updated_at = now(), last_seq = $2
-               WHERE run_id = $1""",
-            rid,
-            last_seq,
-        )
-    return True
-
-
-async def retry(store: Store, rio: RedisIO, letter: DeadLetter) -> str:
+async def retry(store: Store, rio: RedisIO, ops: OpsIO, letter: DeadLetter) -> str:
     """Re-run one dead-lettered run; returns what happened, for the operator."""
-    keys = rio.keys
-    if not await requeue_failed(store, letter.run_id):
+    if not await store.ops.retry_failed(letter.run_id):
         return "skipped (the run is not failed)"
     # Redis still holds the failed attempt's fence and events (with the withdrawn error):
     # drop them; the next attempt seeds its seq from the archive and the archive serves them.
-    await rio.r.delete(keys.run_meta(letter.run_id), keys.events(letter.run_id))
+    await rio.forget_run(letter.run_id)
     await rio.enqueue(letter.run_id)
-    await rio.r.xdel(keys.dead_letters, letter.entry_id)
+    await ops.drop_dead_letters([letter.entry_id])
     return "requeued"
 
 
@@ -120,12 +70,13 @@ def _row(d: DeadLetter, status: str | None, now: float) -> dict[str, Any]:
 async def main(settings: Settings, args: Any) -> int:
     keys = Keys.from_settings(settings)
     r = create_redis(settings.with_(redis_max_connections=2), "longrun-dlq")
+    rio, ops = RedisIO(r, keys, settings), OpsIO(r, keys)
     store = await Store.open(settings.with_(pg_pool_min=0, pg_pool_max=2), "longrun-dlq")
     try:
-        letters = await dead_letters(r, keys)
+        letters = await dead_letters(ops)
         cmd = args.dlq_command
         if cmd == "list":
-            statuses = await _statuses(store, [d.run_id for d in letters])
+            statuses = await store.ops.run_statuses([d.run_id for d in letters])
             now = time.time()
             rows = [_row(d, statuses.get(d.run_id), now) for d in letters]
             if args.json:
@@ -141,7 +92,7 @@ async def main(settings: Settings, args: Any) -> int:
             return 0
         if cmd == "ack":
             newest = letters[-1].entry_id if letters else "0-0"
-            await r.set(dlq_watermark_key(keys), newest)
+            await ops.set_dlq_watermark(newest)
             print(f"acknowledged dead letters up to {newest}")
             return 0
         chosen = select(letters, args.ids, args.all)
@@ -149,17 +100,16 @@ async def main(settings: Settings, args: Any) -> int:
             print("no matching dead letters")
             return 1
         if cmd == "drop":
-            await r.xdel(keys.dead_letters, *[d.entry_id for d in chosen])
+            await ops.drop_dead_letters([d.entry_id for d in chosen])
             for d in chosen:
                 print(f"{d.entry_id}\trun {d.run_id}\tdropped")
             return 0
-        rio = RedisIO(r, keys, settings)
         for d in chosen:
-            print(f"{d.entry_id}\trun {d.run_id}\t{await retry(store, rio, d)}")
+            print(f"{d.entry_id}\trun {d.run_id}\t{await retry(store, rio, ops, d)}")
         return 0
     finally:
         await store.close()
-        await r.aclose()
+        await ops.aclose()
 
 
 def run(settings: Settings, args: Any) -> int:

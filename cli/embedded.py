@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import IO
 
 from shared.errors import LongrunError
+from shared.redis.client import port_answers
 
 LOOPBACK = "127.0.0.1"
 PG_SUPERUSER = "postgres"
@@ -299,12 +300,7 @@ def _wait_ready(server: Server, ready: Callable[[], bool], timeout: float) -> No
 
 def redis_pings(port: int, timeout: float = 0.5) -> bool:
     """True when a Redis on loopback:`port` answers PING (not while it is still loading data)."""
-    try:
-        with socket.create_connection((LOOPBACK, port), timeout=timeout) as sock:
-            sock.sendall(b"*1\r\n$4\r\nPING\r\n")
-            return sock.recv(64).startswith(b"+PONG")
-    except OSError:
-        return False
+    return port_answers(LOOPBACK, port, timeout)
 
 
 def start_redis(data_dir: Path, *, port: int | None = None, timeout: float = 20.0) -> Server:

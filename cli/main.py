@@ -1,93 +1,71 @@
-"""`longrun`: the console script. Reads the environment once into Settings and dispatches."""
+"""`longrun`: the console script. Reads the configuration once (`cli.config.environment`: the
+environment, completed by a running `longrun dev`'s `.longrun/env`), parses the command line
+(`cli.parser`) and dispatches. Every failure ends here as one line on stderr and an exit code
+from the table in `cli.exits`.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
+from collections.abc import Mapping
 from typing import Any
 
+from cli import config
+from cli.exits import Exit, Failure, postgres_failure, servers
+from cli.parser import build as _parser
 from shared.config import Settings
-from shared.errors import LongrunError
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="longrun", description="long-running agent runs")
-    sub = p.add_subparsers(dest="command", required=True)
-
-    dev = sub.add_parser("dev", help="run everything on this machine")
-    dev.add_argument("--embedded", action="store_true", help="force embedded Redis/Postgres")
-    dev.add_argument("--port", type=int, default=8000)
-    dev.add_argument("--workers", type=int, default=2)
-
-    api = sub.add_parser("api", help="the HTTP API")
-    api.add_argument("--host", default="127.0.0.1")
-    api.add_argument("--port", type=int, default=8000)
-
-    worker = sub.add_parser("worker", help="one worker process")
-    worker.add_argument("--concurrency", type=int)
-
-    sub.add_parser("migrate", help="apply database migrations")
-
-    keys = sub.add_parser("keys", help="API keys")
-    ksub = keys.add_subparsers(dest="keys_command", required=True)
-    kc = ksub.add_parser("create")
-    kc.add_argument("--user", required=True)
-    kc.add_argument("--name")
-    kr = ksub.add_parser("revoke")
-    kr.add_argument("key_id")
-    kl = ksub.add_parser("list")
-    kl.add_argument("--user")
-
-    pause = sub.add_parser("pause", help="refuse new runs (503 paused) until resume")
-    pause.add_argument("--reason", default="paused by an operator")
-    sub.add_parser("resume", help="accept new runs again")
-
-    status = sub.add_parser("status", help="queue depth, workers, dead letters")
-    status.add_argument("--json", action="store_true")
-
-    dlq = sub.add_parser("dlq", help="dead letters: list, retry, drop, ack")
-    dsub = dlq.add_subparsers(dest="dlq_command", required=True)
-    dsub.add_parser("list").add_argument("--json", action="store_true")
-    dsub.add_parser("ack", help="mark the current dead letters as seen by an operator")
-    for verb in ("retry", "drop"):
-        dv = dsub.add_parser(verb)
-        dv.add_argument("ids", nargs="*", help="dead-letter entry ids or run ids")
-        dv.add_argument("--all", action="store_true")
-
-    submit = sub.add_parser("submit", help="submit a run")
-    submit.add_argument("text")
-    submit.add_argument("--agent")
-    submit.add_argument("--params", help="JSON object")
-    submit.add_argument("--thread")
-    submit.add_argument("--follow", action="store_true")
-    submit.add_argument("--url", help="API URL (default $LONGRUN_URL or http://127.0.0.1:8000)")
-    submit.add_argument("--key", help="API key (default $LONGRUN_API_KEY)")
-    return p
+from shared.errors import BadRequest, ConfigError, LongrunError
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return _dispatch(args)
+        return _dispatch(args, os.environ)
+    except Failure as failure:
+        _fail(failure.message)
+        return failure.code
+    except ConfigError as exc:
+        _fail(exc.detail or exc.code)
+        return Exit.USAGE
     except LongrunError as exc:
-        print(f"longrun: {exc.detail or exc.code}", file=sys.stderr)
-        return 2
+        _fail(exc.detail or exc.code)
+        return Exit.NOT_SUCCEEDED
     except KeyboardInterrupt:
-        return 130
+        return Exit.INTERRUPTED
+    except BrokenPipeError:  # `longrun runs list | head`: the reader left, nothing to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return Exit.OK
 
 
-def _dispatch(args: Any) -> int:
+def _fail(message: str) -> None:
+    sys.stdout.flush()
+    print(f"longrun: {message}", file=sys.stderr)
+
+
+def _dispatch(args: argparse.Namespace, process_env: Mapping[str, str]) -> int:
     cmd = args.command
     if cmd == "dev":
         from cli.dev import run as run_dev
 
-        return run_dev(embedded=args.embedded, port=args.port, workers=args.workers)
-    settings = Settings.from_env()
+        # `longrun dev` writes .longrun/env; it reads only what the user set.
+        return run_dev(process_env, embedded=args.embedded, port=args.port, workers=args.workers)
+    env = config.environment(process_env)
+    if cmd in ("submit", "runs"):
+        return _api_client(args, env)
+    settings = Settings.from_env(env)
     if cmd == "api":
         return _api(settings, args.host, args.port)
-    if cmd == "worker":
-        return _worker(settings, args.concurrency)
+    with servers(settings):
+        if cmd == "worker":
+            return _worker(settings, args.concurrency)
+        return _admin(args, settings)
+
+
+def _admin(args: argparse.Namespace, settings: Settings) -> int:
+    cmd = args.command
     if cmd == "migrate":
         return asyncio.run(_migrate(settings))
     if cmd == "keys":
@@ -97,18 +75,39 @@ def _dispatch(args: Any) -> int:
 
         return admin.pause(settings, args.reason) if cmd == "pause" else admin.resume(settings)
     if cmd == "status":
-        from cli.status import run as run_status
+        from cli import status
 
-        return run_status(settings, as_json=args.json)
+        if args.watch:
+            return status.watch(settings, interval=args.interval, as_json=args.json)
+        return status.run(settings, as_json=args.json)
     if cmd == "dlq":
         from cli.dlq import run as run_dlq
 
         return run_dlq(settings, args)
-    if cmd == "submit":
+    raise AssertionError(cmd)
+
+
+def _api_client(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    target = config.api_target(env, args.url, args.key)
+    if args.command == "submit":
+        from cli.submit import SubmitRequest
         from cli.submit import run as run_submit
 
-        return run_submit(args)
-    raise AssertionError(cmd)
+        req = SubmitRequest(args.text, args.agent, args.params, args.thread, args.follow, args.json)
+        return run_submit(target, req)
+    from cli import runs
+
+    sub = args.runs_command
+    if sub == "get":
+        return runs.get(target, args.run_id, as_json=args.json)
+    if sub == "list":
+        query = runs.ListQuery(args.status, args.thread, args.limit, args.cursor)
+        return runs.list_runs(target, query, as_json=args.json)
+    if sub == "cancel":
+        return runs.cancel(target, args.run_id, as_json=args.json)
+    if sub == "events":
+        return runs.events(target, args.run_id, after=args.after, as_json=args.json)
+    return runs.wait(target, args.run_id, timeout=args.timeout, as_json=args.json)
 
 
 def _api(settings: Settings, host: str, port: int) -> int:
@@ -154,9 +153,12 @@ def _worker(settings: Settings, concurrency: int | None) -> int:
 
 async def _migrate(settings: Settings) -> int:
     from shared.migrate import migrate
-    from shared.store import connect
+    from shared.store import PG_DOWN, connect
 
-    conn = await connect(settings, "longrun-migrate")
+    try:
+        conn = await connect(settings, "longrun-migrate")
+    except PG_DOWN as exc:
+        raise postgres_failure(settings, exc) from exc
     try:
         applied = await migrate(conn)
     finally:
@@ -171,7 +173,10 @@ async def _keys(settings: Settings, args: Any) -> int:
     store = await Store.open(settings.with_(pg_pool_min=0, pg_pool_max=2), "longrun-cli")
     try:
         if args.keys_command == "create":
-            key_id, key = await store.create_key(args.user, args.name)
+            try:
+                key_id, key = await store.users.create_key(args.user, args.name)
+            except BadRequest as exc:  # a user id reserved for JWT callers
+                raise Failure(Exit.USAGE, exc.detail) from exc
             print(f"created key {key_id} for user {args.user} (shown once):")
             print(key)
             return 0
@@ -180,8 +185,8 @@ async def _keys(settings: Settings, args: Any) -> int:
 
             ok = await revoke_key(settings, args.key_id)  # and API caches drop it at once
             print("revoked" if ok else "no such active key")
-            return 0 if ok else 1
-        for k in await store.list_keys(args.user):
+            return Exit.OK if ok else Exit.NOT_SUCCEEDED
+        for k in await store.users.list_keys(args.user):
             state = f"revoked {k.revoked_at.isoformat()}" if k.revoked_at else "active"
             print(f"{k.key_id}\t{k.user_id}\t{k.name or ''}\t{k.created_at.isoformat()}\t{state}")
         return 0

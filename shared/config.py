@@ -1,253 +1,496 @@
-"""Settings: every knob longrun reads from the environment, parsed once at an entry point.
+"""Settings: every knob longrun reads from the environment, declared once, parsed once.
 
-`Settings.from_env()` is called by the CLI (or a test) and the frozen result is passed down;
-nothing else in the code base reads `os.environ`. Unknown or malformed values fail at start-up
-with a message that names the variable.
+Each knob is one line of the `Settings` table below: its name, type, default, environment
+variable, lower bound and the concern it belongs to (`GROUPS`). `Settings.from_env()` is called
+by an entry point (the CLI, or a test) and the frozen result is passed down; nothing else in the
+code base reads `os.environ`. A malformed or out-of-bounds value fails at start-up with a
+message naming the variable. `Settings.to_env()` is the inverse, for starting child processes.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+import typing
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import Field, dataclass, field, fields, replace
+from functools import cache
 from typing import Any
+from urllib.parse import urlsplit
 
 from shared.errors import ConfigError
 
-
-def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
-    if value < minimum:
-        raise ConfigError(f"{name} must be >= {minimum}, got {value}")
-    return value
-
-
-def _float(env: Mapping[str, str], name: str, default: float, minimum: float = 0.0) -> float:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
-    if value < minimum:
-        raise ConfigError(f"{name} must be >= {minimum}, got {value}")
-    return value
+# The concerns a knob belongs to, in the order the docs list them.
+GROUPS = (
+    "servers",
+    "http",
+    "queue",
+    "leases",
+    "events",
+    "pools",
+    "limits",
+    "admission",
+    "auth",
+    "llm",
+    "agents",
+    "ops",
+)
 
 
-def _str(env: Mapping[str, str], name: str, default: str) -> str:
-    raw = env.get(name)
-    return default if raw is None or raw == "" else raw
+@dataclass(frozen=True)
+class Knob:
+    """How one setting is read: its variable, its concern, its lower bound, what it means, and
+    its parser when its type's is not enough."""
+
+    env: str
+    group: str
+    minimum: float | None
+    help: str
+    parse: Callable[[str, str], Any] | None = None
 
 
-def _opt(env: Mapping[str, str], name: str) -> str | None:
-    raw = env.get(name)
-    return None if raw is None or raw == "" else raw
+def knob(
+    default: Any,
+    env: str,
+    group: str,
+    help: str,
+    *,
+    minimum: float | None = None,
+    parse: Callable[[str, str], Any] | None = None,
+) -> Any:
+    """A `Settings` field read from `env` (see the module docstring)."""
+    assert group in GROUPS, group
+    return field(default=default, metadata={"knob": Knob(env, group, minimum, help, parse)})
 
 
 @dataclass(frozen=True)
 class Settings:
     """The whole configuration of one process. Frozen: derive variants with `with_()`."""
 
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    database_url: str = "postgresql://postgres@127.0.0.1:5432/longrun"
-    # Every Redis key starts with this prefix (tests use a unique one per run).
-    key_prefix: str = "longrun"
-    queue: str = "longrun:runs"
-    group: str = "workers"
-    concurrency: int = 32
-    lease_seconds: float = 30.0
-    drain_seconds: float = 20.0
-    max_attempts: int = 3
-    events_ttl_seconds: int = 3600
+    # -- servers ---------------------------------------------------------------------------
+    redis_url: str = knob("redis://127.0.0.1:6379/0", "REDIS_URL", "servers", "Redis")
+    database_url: str = knob(
+        "postgresql://postgres@127.0.0.1:5432/longrun", "DATABASE_URL", "servers", "Postgres"
+    )
+    # -- the HTTP edge ---------------------------------------------------------------------
+    # Time a connection has to send a whole request head (from its first byte, or from the
+    # connection's start), idle time between requests on a kept-alive connection, and open
+    # connections per API process (0: the process's file-descriptor limit less a reserve).
+    head_timeout_seconds: float = knob(
+        10.0, "LONGRUN_HEAD_TIMEOUT_SECONDS", "http", "time to send a request head", minimum=0.05
+    )
+    keepalive_seconds: float = knob(
+        5.0, "LONGRUN_KEEPALIVE_SECONDS", "http", "idle keep-alive time", minimum=0.05
+    )
+    max_connections: int = knob(
+        0,
+        "LONGRUN_MAX_CONNECTIONS",
+        "http",
+        "open connections per API process (0: the fd limit less a reserve)",
+        minimum=0,
+    )
+    # Public links (`url`, `events_url`) start with this URL, e.g. "https://api.example.com";
+    # without it, with the request's Host when it is one of `trusted_hosts`; else the address
+    # the connection arrived at.
+    public_url: str | None = knob(
+        None,
+        "LONGRUN_PUBLIC_URL",
+        "http",
+        "base of public links (https://api.example.com)",
+        parse=lambda env, raw: _base_url(env, raw),
+    )
+    trusted_hosts: tuple[str, ...] = knob(
+        (),
+        "LONGRUN_TRUSTED_HOSTS",
+        "http",
+        "Host headers links may be built from",
+        parse=lambda env, raw: _hosts(env, raw),
+    )
+    # -- queue -----------------------------------------------------------------------------
+    key_prefix: str = knob(
+        "longrun", "LONGRUN_KEY_PREFIX", "queue", "prefix of every Redis key (tests: one each)"
+    )
+    queue: str = knob(
+        "longrun:runs", "LONGRUN_QUEUE", "queue", "the queue stream (default <prefix>:runs)"
+    )
+    group: str = knob("workers", "LONGRUN_GROUP", "queue", "the consumer group")
+    concurrency: int = knob(
+        32, "LONGRUN_CONCURRENCY", "queue", "runs in flight per worker process", minimum=1
+    )
+    max_attempts: int = knob(
+        3, "LONGRUN_MAX_ATTEMPTS", "queue", "deliveries before dead-lettering", minimum=1
+    )
+    reconcile_seconds: float = knob(
+        10.0,
+        "LONGRUN_RECONCILE_SECONDS",
+        "queue",
+        "how often one worker re-enqueues runs Redis lost",
+        minimum=0.1,
+    )
+    # -- leases ----------------------------------------------------------------------------
+    lease_seconds: float = knob(
+        30.0,
+        "LONGRUN_LEASE_SECONDS",
+        "leases",
+        "a silent worker's runs move after this",
+        minimum=0.3,
+    )
+    drain_seconds: float = knob(
+        20.0, "LONGRUN_DRAIN_SECONDS", "leases", "SIGTERM grace before hand-over", minimum=0.0
+    )
+    run_timeout_seconds: float = knob(
+        3600.0,
+        "LONGRUN_RUN_TIMEOUT_SECONDS",
+        "leases",
+        "run time limit (params.timeout_seconds may ask for more, up to the max)",
+        minimum=0.1,
+    )
+    max_run_timeout_seconds: float = knob(
+        6 * 3600.0,
+        "LONGRUN_MAX_RUN_TIMEOUT_SECONDS",
+        "leases",
+        "the most params.timeout_seconds may ask for",
+        minimum=0.1,
+    )
+    worker_name: str | None = knob(
+        None, "LONGRUN_WORKER_NAME", "leases", "consumer name (default host-pid-random)"
+    )
+    # -- events ----------------------------------------------------------------------------
+    events_ttl_seconds: int = knob(
+        3600,
+        "LONGRUN_EVENTS_TTL_SECONDS",
+        "events",
+        "Redis keeps a finished run's events this long",
+        minimum=1,
+    )
     # A run's event stream is capped in count and bytes; past either the run fails.
-    max_events_per_run: int = 100_000
-    max_event_bytes_per_run: int = 64 * 1024 * 1024
-    # Requests
-    max_body_bytes: int = 1024 * 1024
-    max_input_chars: int = 200_000
-    sse_ping_seconds: float = 15.0
-    # Pools and timeouts
-    pg_pool_min: int = 1
-    pg_pool_max: int = 16
-    pg_command_timeout: float = 10.0
-    pg_acquire_timeout: float = 5.0
-    redis_socket_timeout: float = 10.0
-    redis_connect_timeout: float = 3.0
-    redis_max_connections: int = 64
-    # Provider (the SDK's own variables) and agent loop
-    anthropic_api_key: str | None = None
-    anthropic_base_url: str | None = None
-    model: str = "claude-sonnet-4-6"
-    fallback_model: str | None = None
-    max_steps: int = 20
-    max_run_cost_usd: float = 1.0
-    max_user_day_cost_usd: float = 20.0
-    # JSON: model -> {"input": usd_per_mtok, "output": usd_per_mtok}; merged over defaults.
-    model_prices_json: str | None = None
-    fallback_price_input_per_mtok: float = 15.0
-    fallback_price_output_per_mtok: float = 75.0
-    provider_max_retries: int = 4
-    provider_retry_base_seconds: float = 0.5
-    provider_retry_max_seconds: float = 30.0
-    breaker_window_seconds: float = 60.0
-    breaker_min_calls: int = 5
-    breaker_error_rate: float = 0.5
-    breaker_open_seconds: float = 30.0
-    tool_timeout_seconds: float = 30.0
-    run_timeout_seconds: float = 3600.0
-    max_run_timeout_seconds: float = 6 * 3600.0
-    # Extra agents: comma-separated "name=module:attr" or "module:attr" (see shared.agents).
-    agent_modules: tuple[str, ...] = ()
-    # Background loops
-    reconcile_seconds: float = 10.0
-    worker_name: str | None = None
-    log_json: bool | None = None
-    extra: Mapping[str, Any] = field(default_factory=dict)
-    # -- the public API's hardening (issue 5) ------------------------------------------------
+    max_events_per_run: int = knob(
+        100_000, "LONGRUN_MAX_EVENTS_PER_RUN", "events", "per-run event cap", minimum=3
+    )
+    max_event_bytes_per_run: int = knob(
+        64 * 1024 * 1024,
+        "LONGRUN_MAX_EVENT_BYTES_PER_RUN",
+        "events",
+        "per-run event bytes cap",
+        minimum=1024,
+    )
+    sse_ping_seconds: float = knob(
+        15.0, "LONGRUN_SSE_PING_SECONDS", "events", "SSE keep-alive interval", minimum=0.05
+    )
+    # An API process's hub wake key expires this long after its last refresh (a crashed
+    # process leaves nothing behind for longer).
+    hub_key_ttl_seconds: float = knob(
+        30.0,
+        "LONGRUN_HUB_KEY_TTL_SECONDS",
+        "events",
+        "lifetime of an API's hub wake key",
+        minimum=1.0,
+    )
+    # -- pools and timeouts ----------------------------------------------------------------
+    pg_pool_min: int = knob(1, "LONGRUN_PG_POOL_MIN", "pools", "Postgres pool size", minimum=0)
+    pg_pool_max: int = knob(16, "LONGRUN_PG_POOL_MAX", "pools", "Postgres pool cap", minimum=1)
+    pg_command_timeout: float = knob(
+        10.0, "LONGRUN_PG_TIMEOUT", "pools", "Postgres statement timeout (s)", minimum=0.1
+    )
+    pg_acquire_timeout: float = knob(
+        5.0,
+        "LONGRUN_PG_ACQUIRE_TIMEOUT",
+        "pools",
+        "wait for a pooled Postgres connection (s)",
+        minimum=0.1,
+    )
+    redis_socket_timeout: float = knob(
+        10.0, "LONGRUN_REDIS_TIMEOUT", "pools", "Redis read timeout (s)", minimum=0.1
+    )
+    redis_connect_timeout: float = knob(
+        3.0, "LONGRUN_REDIS_CONNECT_TIMEOUT", "pools", "Redis connect timeout (s)", minimum=0.05
+    )
+    redis_max_connections: int = knob(
+        64, "LONGRUN_REDIS_MAX_CONNECTIONS", "pools", "Redis pool cap", minimum=2
+    )
+    # -- limits on what a client controls --------------------------------------------------
+    max_body_bytes: int = knob(
+        1024 * 1024, "LONGRUN_MAX_BODY_BYTES", "limits", "request body limit", minimum=1024
+    )
+    max_input_chars: int = knob(
+        200_000, "LONGRUN_MAX_INPUT_CHARS", "limits", "a run's input limit", minimum=1
+    )
+    max_json_bytes: int = knob(
+        64 * 1024, "LONGRUN_MAX_JSON_BYTES", "limits", "params/metadata size", minimum=2
+    )
+    max_json_depth: int = knob(
+        16, "LONGRUN_MAX_JSON_DEPTH", "limits", "params/metadata nesting", minimum=1
+    )
+    max_header_bytes: int = knob(
+        16 * 1024, "LONGRUN_MAX_HEADER_BYTES", "limits", "request head limit", minimum=1024
+    )
+    max_sse_per_user: int = knob(
+        20, "LONGRUN_MAX_SSE_PER_USER", "limits", "open SSE streams per user", minimum=1
+    )
+    # -- admission -------------------------------------------------------------------------
+    # A per-user token bucket, a per-user cap on queued + running runs, the backlog depth
+    # (XLEN of the queue) past which submits get 503, and the kill switch.
+    submit_rate_per_second: float = knob(
+        50.0,
+        "LONGRUN_SUBMIT_RATE_PER_SECOND",
+        "admission",
+        "per-user submit rate",
+        minimum=0.001,
+    )
+    submit_burst: int = knob(
+        100, "LONGRUN_SUBMIT_BURST", "admission", "per-user submit burst", minimum=1
+    )
+    max_runs_in_flight_per_user: int = knob(
+        1000,
+        "LONGRUN_MAX_RUNS_IN_FLIGHT_PER_USER",
+        "admission",
+        "queued + running runs per user",
+        minimum=1,
+    )
+    max_backlog: int = knob(
+        100_000,
+        "LONGRUN_MAX_BACKLOG",
+        "admission",
+        "queue depth past which submits get 503",
+        minimum=1,
+    )
+    accept_runs: bool = knob(
+        True, "LONGRUN_ACCEPT_RUNS", "admission", "false: submits get 503 paused"
+    )
+    idempotency_ttl_seconds: int = knob(
+        24 * 3600,
+        "LONGRUN_IDEMPOTENCY_TTL_SECONDS",
+        "admission",
+        "how long an Idempotency-Key is remembered",
+        minimum=1,
+    )
+    # -- auth ------------------------------------------------------------------------------
     # JWT bearer tokens, besides API keys: HS256 with a shared secret, or RS256/ES256 with the
     # public keys of a JWKS file. The algorithm is pinned; `exp`, `aud` and `iss` are required.
-    jwt_secret: str | None = None
-    jwt_jwks_file: str | None = None
-    jwt_algorithm: str | None = None  # default: HS256 with a secret, RS256 with a JWKS file
-    jwt_audience: str | None = None
-    jwt_issuer: str | None = None
-    jwt_user_claim: str = "sub"
-    jwt_leeway_seconds: float = 5.0
+    jwt_secret: str | None = knob(None, "LONGRUN_JWT_SECRET", "auth", "HS256 secret")
+    jwt_jwks_file: str | None = knob(None, "LONGRUN_JWT_JWKS_FILE", "auth", "JWKS file path")
+    jwt_algorithm: str | None = knob(
+        None, "LONGRUN_JWT_ALGORITHM", "auth", "pinned algorithm (HS256 / RS256 default)"
+    )
+    jwt_audience: str | None = knob(None, "LONGRUN_JWT_AUDIENCE", "auth", "required aud")
+    jwt_issuer: str | None = knob(None, "LONGRUN_JWT_ISSUER", "auth", "required iss")
+    jwt_user_claim: str = knob("sub", "LONGRUN_JWT_USER_CLAIM", "auth", "claim naming the user")
+    jwt_leeway_seconds: float = knob(
+        5.0, "LONGRUN_JWT_LEEWAY_SECONDS", "auth", "clock skew allowed", minimum=0.0
+    )
     # Short-lived tokens in `events_url` (browsers' EventSource cannot send headers). Every API
     # process must share the secret; unset, each process generates its own.
-    stream_token_secret: str | None = None
-    stream_token_ttl_seconds: int = 900
-    # CORS: comma-separated origins ("*" for any); empty (the default) sends no CORS headers.
-    cors_origins: tuple[str, ...] = ()
-    idempotency_ttl_seconds: int = 24 * 3600
-    # Admission: a per-user token bucket, a per-user cap on queued + running runs, the backlog
-    # depth (XLEN of the queue) past which submits get 503, and the kill switch.
-    submit_rate_per_second: float = 50.0
-    submit_burst: int = 100
-    max_runs_in_flight_per_user: int = 1000
-    max_backlog: int = 100_000
-    accept_runs: bool = True
-    # Limits on what a client controls.
-    max_json_bytes: int = 64 * 1024
-    max_json_depth: int = 16
-    max_header_bytes: int = 16 * 1024
-    max_sse_per_user: int = 20
+    stream_token_secret: str | None = knob(
+        None, "LONGRUN_STREAM_TOKEN_SECRET", "auth", "signs events_url tokens (share it)"
+    )
+    stream_token_ttl_seconds: int = knob(
+        900, "LONGRUN_STREAM_TOKEN_TTL_SECONDS", "auth", "events_url token lifetime", minimum=1
+    )
+    # Comma-separated origins ("*" for any); empty (the default) sends no CORS headers.
+    cors_origins: tuple[str, ...] = knob((), "LONGRUN_CORS_ORIGINS", "auth", "CORS origins")
+    # -- the chat agent's provider (the SDK's own variables) and loop ----------------------
+    anthropic_api_key: str | None = knob(
+        None, "ANTHROPIC_API_KEY", "llm", "without it chat runs an offline model"
+    )
+    anthropic_base_url: str | None = knob(None, "ANTHROPIC_BASE_URL", "llm", "provider URL")
+    model: str = knob("claude-sonnet-4-6", "LONGRUN_MODEL", "llm", "the chat agent's model")
+    fallback_model: str | None = knob(
+        None, "LONGRUN_FALLBACK_MODEL", "llm", "used while the model's breaker is open"
+    )
+    max_steps: int = knob(20, "LONGRUN_MAX_STEPS", "llm", "model turns per run", minimum=1)
+    max_run_cost_usd: float = knob(
+        1.0, "LONGRUN_MAX_RUN_COST_USD", "llm", "per-run cost ceiling", minimum=0.0
+    )
+    max_user_day_cost_usd: float = knob(
+        20.0, "LONGRUN_MAX_USER_DAY_COST_USD", "llm", "per-user daily ceiling", minimum=0.0
+    )
+    # JSON: model -> {"input": usd_per_mtok, "output": usd_per_mtok}; merged over defaults.
+    model_prices_json: str | None = knob(
+        None, "LONGRUN_MODEL_PRICES", "llm", "JSON prices per model over the built-in list"
+    )
+    fallback_price_input_per_mtok: float = knob(
+        15.0, "LONGRUN_FALLBACK_PRICE_INPUT_PER_MTOK", "llm", "unknown models' input price"
+    )
+    fallback_price_output_per_mtok: float = knob(
+        75.0, "LONGRUN_FALLBACK_PRICE_OUTPUT_PER_MTOK", "llm", "unknown models' output price"
+    )
+    provider_max_retries: int = knob(
+        4, "LONGRUN_PROVIDER_MAX_RETRIES", "llm", "retries of a failed model call", minimum=0
+    )
+    provider_retry_base_seconds: float = knob(
+        0.5, "LONGRUN_PROVIDER_RETRY_BASE_SECONDS", "llm", "backoff base", minimum=0.0
+    )
+    provider_retry_max_seconds: float = knob(
+        30.0, "LONGRUN_PROVIDER_RETRY_MAX_SECONDS", "llm", "backoff cap", minimum=0.0
+    )
+    breaker_window_seconds: float = knob(
+        60.0, "LONGRUN_BREAKER_WINDOW_SECONDS", "llm", "breaker error window", minimum=0.1
+    )
+    breaker_min_calls: int = knob(
+        5, "LONGRUN_BREAKER_MIN_CALLS", "llm", "calls before the breaker judges", minimum=1
+    )
+    breaker_error_rate: float = knob(
+        0.5, "LONGRUN_BREAKER_ERROR_RATE", "llm", "error rate that opens it", minimum=0.0
+    )
+    breaker_open_seconds: float = knob(
+        30.0, "LONGRUN_BREAKER_OPEN_SECONDS", "llm", "how long it stays open", minimum=0.05
+    )
+    tool_timeout_seconds: float = knob(
+        30.0, "LONGRUN_TOOL_TIMEOUT_SECONDS", "llm", "per tool call", minimum=0.01
+    )
+    # -- agents ----------------------------------------------------------------------------
+    # Extra agents: comma-separated "name=module:attr" or "module:attr" (see shared.agents).
+    agent_modules: tuple[str, ...] = knob(
+        (), "LONGRUN_AGENTS", "agents", "extra agents, name=package.module:function, ..."
+    )
+    # Extra tools: comma-separated "name=module:attr" or "module:attr" (see shared.tools).
+    tool_modules: tuple[str, ...] = knob(
+        (), "LONGRUN_TOOLS", "agents", "extra tools, name=package.module:attr, ..."
+    )
+    # -- ops -------------------------------------------------------------------------------
+    log_json: bool | None = knob(
+        None, "LONGRUN_LOG_JSON", "ops", "JSON logs (default: when not on a terminal)"
+    )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         e: Mapping[str, str] = os.environ if env is None else env
-        prefix = _str(e, "LONGRUN_KEY_PREFIX", "longrun")
-        log_json_raw = _opt(e, "LONGRUN_LOG_JSON")
-        return cls(
-            redis_url=_str(e, "REDIS_URL", cls.redis_url),
-            database_url=_str(e, "DATABASE_URL", cls.database_url),
-            key_prefix=prefix,
-            queue=_str(e, "LONGRUN_QUEUE", f"{prefix}:runs"),
-            group=_str(e, "LONGRUN_GROUP", cls.group),
-            concurrency=_int(e, "LONGRUN_CONCURRENCY", cls.concurrency, 1),
-            lease_seconds=_float(e, "LONGRUN_LEASE_SECONDS", cls.lease_seconds, 0.3),
-            drain_seconds=_float(e, "LONGRUN_DRAIN_SECONDS", cls.drain_seconds),
-            max_attempts=_int(e, "LONGRUN_MAX_ATTEMPTS", cls.max_attempts, 1),
-            events_ttl_seconds=_int(e, "LONGRUN_EVENTS_TTL_SECONDS", cls.events_ttl_seconds, 1),
-            max_events_per_run=_int(e, "LONGRUN_MAX_EVENTS_PER_RUN", cls.max_events_per_run, 3),
-            max_event_bytes_per_run=_int(
-                e, "LONGRUN_MAX_EVENT_BYTES_PER_RUN", cls.max_event_bytes_per_run, 1024
-            ),
-            max_body_bytes=_int(e, "LONGRUN_MAX_BODY_BYTES", cls.max_body_bytes, 1024),
-            max_input_chars=_int(e, "LONGRUN_MAX_INPUT_CHARS", cls.max_input_chars, 1),
-            sse_ping_seconds=_float(e, "LONGRUN_SSE_PING_SECONDS", cls.sse_ping_seconds, 0.05),
-            pg_pool_min=_int(e, "LONGRUN_PG_POOL_MIN", cls.pg_pool_min, 0),
-            pg_pool_max=_int(e, "LONGRUN_PG_POOL_MAX", cls.pg_pool_max, 1),
-            pg_command_timeout=_float(e, "LONGRUN_PG_TIMEOUT", cls.pg_command_timeout, 0.1),
-            pg_acquire_timeout=_float(e, "LONGRUN_PG_ACQUIRE_TIMEOUT", cls.pg_acquire_timeout, 0.1),
-            redis_socket_timeout=_float(e, "LONGRUN_REDIS_TIMEOUT", cls.redis_socket_timeout, 0.1),
-            redis_max_connections=_int(
-                e, "LONGRUN_REDIS_MAX_CONNECTIONS", cls.redis_max_connections, 2
-            ),
-            anthropic_api_key=_opt(e, "ANTHROPIC_API_KEY"),
-            anthropic_base_url=_opt(e, "ANTHROPIC_BASE_URL"),
-            model=_str(e, "LONGRUN_MODEL", cls.model),
-            fallback_model=_opt(e, "LONGRUN_FALLBACK_MODEL"),
-            max_steps=_int(e, "LONGRUN_MAX_STEPS", cls.max_steps, 1),
-            max_run_cost_usd=_float(e, "LONGRUN_MAX_RUN_COST_USD", cls.max_run_cost_usd),
-            max_user_day_cost_usd=_float(
-                e, "LONGRUN_MAX_USER_DAY_COST_USD", cls.max_user_day_cost_usd
-            ),
-            model_prices_json=_opt(e, "LONGRUN_MODEL_PRICES"),
-            fallback_price_input_per_mtok=_float(
-                e, "LONGRUN_FALLBACK_PRICE_INPUT_PER_MTOK", cls.fallback_price_input_per_mtok
-            ),
-            fallback_price_output_per_mtok=_float(
-                e, "LONGRUN_FALLBACK_PRICE_OUTPUT_PER_MTOK", cls.fallback_price_output_per_mtok
-            ),
-            provider_max_retries=_int(e, "LONGRUN_PROVIDER_MAX_RETRIES", cls.provider_max_retries),
-            provider_retry_base_seconds=_float(
-                e, "LONGRUN_PROVIDER_RETRY_BASE_SECONDS", cls.provider_retry_base_seconds
-            ),
-            provider_retry_max_seconds=_float(
-                e, "LONGRUN_PROVIDER_RETRY_MAX_SECONDS", cls.provider_retry_max_seconds
-            ),
-            breaker_window_seconds=_float(
-                e, "LONGRUN_BREAKER_WINDOW_SECONDS", cls.breaker_window_seconds, 0.1
-            ),
-            breaker_min_calls=_int(e, "LONGRUN_BREAKER_MIN_CALLS", cls.breaker_min_calls, 1),
-            breaker_error_rate=_float(e, "LONGRUN_BREAKER_ERROR_RATE", cls.breaker_error_rate),
-            breaker_open_seconds=_float(
-                e, "LONGRUN_BREAKER_OPEN_SECONDS", cls.breaker_open_seconds, 0.05
-            ),
-            tool_timeout_seconds=_float(
-                e, "LONGRUN_TOOL_TIMEOUT_SECONDS", cls.tool_timeout_seconds, 0.01
-            ),
-            run_timeout_seconds=_float(
-                e, "LONGRUN_RUN_TIMEOUT_SECONDS", cls.run_timeout_seconds, 0.1
-            ),
-            max_run_timeout_seconds=_float(
-                e, "LONGRUN_MAX_RUN_TIMEOUT_SECONDS", cls.max_run_timeout_seconds, 0.1
-            ),
-            agent_modules=tuple(
-                s.strip() for s in _str(e, "LONGRUN_AGENTS", "").split(",") if s.strip()
-            ),
-            reconcile_seconds=_float(e, "LONGRUN_RECONCILE_SECONDS", cls.reconcile_seconds, 0.1),
-            worker_name=_opt(e, "LONGRUN_WORKER_NAME"),
-            log_json=None if log_json_raw is None else log_json_raw.lower() in ("1", "true"),
-            jwt_secret=_opt(e, "LONGRUN_JWT_SECRET"),
-            jwt_jwks_file=_opt(e, "LONGRUN_JWT_JWKS_FILE"),
-            jwt_algorithm=_opt(e, "LONGRUN_JWT_ALGORITHM"),
-            jwt_audience=_opt(e, "LONGRUN_JWT_AUDIENCE"),
-            jwt_issuer=_opt(e, "LONGRUN_JWT_ISSUER"),
-            jwt_user_claim=_str(e, "LONGRUN_JWT_USER_CLAIM", cls.jwt_user_claim),
-            jwt_leeway_seconds=_float(e, "LONGRUN_JWT_LEEWAY_SECONDS", cls.jwt_leeway_seconds),
-            stream_token_secret=_opt(e, "LONGRUN_STREAM_TOKEN_SECRET"),
-            stream_token_ttl_seconds=_int(
-                e, "LONGRUN_STREAM_TOKEN_TTL_SECONDS", cls.stream_token_ttl_seconds, 1
-            ),
-            cors_origins=tuple(
-                s.strip() for s in _str(e, "LONGRUN_CORS_ORIGINS", "").split(",") if s.strip()
-            ),
-            idempotency_ttl_seconds=_int(
-                e, "LONGRUN_IDEMPOTENCY_TTL_SECONDS", cls.idempotency_ttl_seconds, 1
-            ),
-            submit_rate_per_second=_float(
-                e, "LONGRUN_SUBMIT_RATE_PER_SECOND", cls.submit_rate_per_second, 0.001
-            ),
-            submit_burst=_int(e, "LONGRUN_SUBMIT_BURST", cls.submit_burst, 1),
-            max_runs_in_flight_per_user=_int(
-                e, "LONGRUN_MAX_RUNS_IN_FLIGHT_PER_USER", cls.max_runs_in_flight_per_user, 1
-            ),
-            max_backlog=_int(e, "LONGRUN_MAX_BACKLOG", cls.max_backlog, 1),
-            accept_runs=_str(e, "LONGRUN_ACCEPT_RUNS", "true").lower() not in ("0", "false", "no"),
-            max_json_bytes=_int(e, "LONGRUN_MAX_JSON_BYTES", cls.max_json_bytes, 2),
-            max_json_depth=_int(e, "LONGRUN_MAX_JSON_DEPTH", cls.max_json_depth, 1),
-            max_header_bytes=_int(e, "LONGRUN_MAX_HEADER_BYTES", cls.max_header_bytes, 1024),
-            max_sse_per_user=_int(e, "LONGRUN_MAX_SSE_PER_USER", cls.max_sse_per_user, 1),
-        )
+        values: dict[str, Any] = {}
+        for f, k in knobs():
+            raw = e.get(k.env)
+            if raw is None or raw == "":
+                continue
+            values[f.name] = _parse(f.name, k, raw)
+        if "queue" not in values and "key_prefix" in values:
+            values["queue"] = f"{values['key_prefix']}:runs"
+        return cls(**values)
+
+    def to_env(self) -> dict[str, str]:
+        """The environment that makes `from_env` build these settings (every knob that is set;
+        for a child process)."""
+        out: dict[str, str] = {}
+        for f, k in knobs():
+            value = getattr(self, f.name)
+            if value is None:
+                continue
+            if isinstance(value, tuple):
+                out[k.env] = ",".join(value)
+            elif isinstance(value, bool):
+                out[k.env] = "true" if value else "false"
+            else:
+                out[k.env] = str(value)
+        return out
 
     def with_(self, **changes: Any) -> Settings:
         return replace(self, **changes)
+
+
+@cache
+def knobs() -> tuple[tuple[Field[Any], Knob], ...]:
+    """Every setting with how it is read, in declaration order."""
+    return tuple((f, f.metadata["knob"]) for f in fields(Settings))
+
+
+def by_group() -> Iterator[tuple[str, list[tuple[Field[Any], Knob]]]]:
+    """The knobs grouped by concern, in `GROUPS` order (for docs and `--help`)."""
+    for g in GROUPS:
+        yield g, [(f, k) for f, k in knobs() if k.group == g]
+
+
+@cache
+def _types() -> dict[str, Any]:
+    return typing.get_type_hints(Settings)
+
+
+def _parse(name: str, k: Knob, raw: str) -> Any:
+    kind = _types()[name]
+    parse = k.parse or _PARSERS.get(kind)
+    if parse is None:
+        raise AssertionError(f"no parser for {name}: {kind}")  # a new type in the table
+    value = parse(k.env, raw)
+    if k.minimum is not None and isinstance(value, int | float) and value < k.minimum:
+        bound = int(k.minimum) if isinstance(value, int) else k.minimum
+        raise ConfigError(f"{k.env} must be >= {bound}, got {value}")
+    return value
+
+
+def _int(env: str, raw: str) -> int:
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"{env} must be an integer, got {raw!r}") from None
+
+
+def _float(env: str, raw: str) -> float:
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigError(f"{env} must be a number, got {raw!r}") from None
+
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def _bool(env: str, raw: str) -> bool:
+    text = raw.strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ConfigError(f"{env} must be true or false, got {raw!r}")
+
+
+def _csv(env: str, raw: str) -> tuple[str, ...]:
+    return tuple(s.strip() for s in raw.split(",") if s.strip())
+
+
+def _text(env: str, raw: str) -> str:
+    return raw
+
+
+def _base_url(env: str, raw: str) -> str:
+    """An absolute http(s) URL without query or fragment, kept without its trailing slash."""
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+        raise ConfigError(f"{env} must be an http(s) URL like https://api.example.com, got {raw!r}")
+    return raw.rstrip("/")
+
+
+def _hosts(env: str, raw: str) -> tuple[str, ...]:
+    return tuple(h.lower() for h in _csv(env, raw))
+
+
+_PARSERS: dict[Any, Callable[[str, str], Any]] = {
+    int: _int,
+    float: _float,
+    bool: _bool,
+    bool | None: _bool,
+    str: _text,
+    str | None: _text,
+    tuple[str, ...]: _csv,
+}
+
+
+def markdown() -> str:
+    """The configuration reference (docs/CONFIGURATION.md is this text; a test keeps it so)."""
+    lines = [
+        "# Configuration",
+        "",
+        "Every knob longrun reads, by concern. Generated from `shared/config.py`, the one place",
+        "each is declared (`python -m shared.config > docs/CONFIGURATION.md`). Values are read",
+        "once, at start-up; a malformed or out-of-bounds value stops the process with a message",
+        "naming the variable.",
+    ]
+    for group, rows in by_group():
+        lines += ["", f"## {group}", "", "| variable | default | minimum | meaning |"]
+        lines.append("|---|---|---|---|")
+        for f, k in rows:
+            default = f.default
+            shown = "unset" if default in (None, ()) else f"`{default}`"
+            minimum = "" if k.minimum is None else f"{k.minimum:g}"
+            lines.append(f"| `{k.env}` | {shown} | {minimum} | {k.help} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(markdown(), end="")  # noqa: T201  (the docs generator)

@@ -48,6 +48,16 @@ class Unavailable(LongrunError):
         self.retry_after = retry_after
 
 
+class KeyReused(LongrunError):
+    """The Idempotency-Key was used with a different body."""
+
+    code = "idempotency_key_reused"
+
+
+class InFlightCapReached(LongrunError):
+    code = "too_many_runs_in_flight"
+
+
 class SchemaOutdated(LongrunError):
     code = "schema_outdated"
 

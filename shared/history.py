@@ -12,37 +12,31 @@ import contextlib
 from typing import Any
 
 import orjson
-import redis.asyncio as aioredis
 
-from shared.keys import Keys
-from shared.redisio import REDIS_DOWN
+from shared.redis.cache import ThreadCache
+from shared.redis.client import REDIS_DOWN
 from shared.store import Store
 
 RECENT = 200
 CACHE_TTL_SECONDS = 300
 
 
-def cache_key(keys: Keys, user_id: str, thread_id: str) -> str:
-    return keys.scoped("thread", f"{{{user_id}:{thread_id}}}", "recent")
-
-
 async def load_history(
-    store: Store, r: aioredis.Redis, keys: Keys, user_id: str, thread_id: str
+    store: Store, cache: ThreadCache, user_id: str, thread_id: str
 ) -> list[dict[str, Any]]:
     """The thread's recent messages, oldest first, as `{"role", "content"}`."""
-    key = cache_key(keys, user_id, thread_id)
     with contextlib.suppress(*REDIS_DOWN):
-        cached = await r.get(key)
+        cached = await cache.get(user_id, thread_id)
         if cached is not None:
             value: list[dict[str, Any]] = orjson.loads(cached)
             return value
-    rows = await store.recent_thread_messages(user_id, thread_id, RECENT)
+    rows = await store.threads.recent_thread_messages(user_id, thread_id, RECENT)
     messages = [{"role": m["role"], "content": m["content"]} for m in rows]
     with contextlib.suppress(*REDIS_DOWN):
-        await r.set(key, orjson.dumps(messages), ex=CACHE_TTL_SECONDS)
+        await cache.put(user_id, thread_id, orjson.dumps(messages), CACHE_TTL_SECONDS)
     return messages
 
 
-async def invalidate(r: aioredis.Redis, keys: Keys, user_id: str, thread_id: str) -> None:
+async def invalidate(cache: ThreadCache, user_id: str, thread_id: str) -> None:
     with contextlib.suppress(*REDIS_DOWN):
-        await r.delete(cache_key(keys, user_id, thread_id))
+        await cache.drop(user_id, thread_id)

@@ -1,27 +1,26 @@
-"""The cluster as operators see it: one snapshot of the queue, the workers, the dead letters,
-the counters and the runs, read from Redis and Postgres, for `GET /metrics` and `longrun status`.
+"""The cluster as operators see it: one snapshot of the queue, the workers, the dead letters and
+the counters, read from Redis, for `GET /metrics` and `longrun status` (the run figures come
+from Postgres: `store.ops.run_figures()`).
 
 Cluster-wide figures are aggregated through the shared stores, not scraped per worker: workers
 publish their live figures in Redis (heartbeat: `Keys.workers`, `Keys.worker_info`; counters:
-`Keys.counters`; breakers: `Keys.scoped("breaker", ...)`), and any API process (or the CLI)
-reads them back. So one scrape of any API instance sees every worker, and workers need no port.
+`Keys.counters`; breakers: `Keys.breaker_state`), and any API process (or the CLI) reads them
+back. So one scrape of any API instance sees every worker, and workers need no port.
 
-Reading is `cluster_redis` / `cluster_postgres` (thin, bounded reads); deciding is pure
-(`parse_*`, `problems`). The dead-letter watermark (`longrun dlq ack`) lives here too, so the
-status command and the dlq command agree on what "new dead letters" means.
+Reading is `cluster_redis` (bounded reads through `shared.redis.ops`); deciding is pure
+(`parse_*`, `problems`). "New dead letters" are those after the watermark `longrun dlq ack`
+sets (`Keys.dlq_watermark`), for the status command and the dlq command alike.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-import redis.asyncio as aioredis
-
 from shared.config import Settings
-from shared.keys import Keys
-from shared.store import Store
+from shared.redis.ops import OpsIO
 
 # Workers whose last heartbeat is older than this are dropped from the snapshot (a killed
 # worker never removes itself from the heartbeat set).
@@ -96,7 +95,7 @@ class WorkerView:
 
 def parse_workers(
     beats: list[tuple[str, float]],
-    infos: list[dict[bytes, bytes]],
+    infos: Sequence[Mapping[bytes, bytes] | Mapping[str, str]],
     now: float,
     lease_seconds: float,
 ) -> list[WorkerView]:
@@ -132,7 +131,9 @@ class DeadLetter:
     at: float  # unix seconds when it was dead-lettered
 
 
-def parse_dead_letter(entry_id: bytes | str, fields: dict[bytes, bytes]) -> DeadLetter:
+def parse_dead_letter(
+    entry_id: bytes | str, fields: Mapping[bytes, bytes] | Mapping[str, str]
+) -> DeadLetter:
     f = {_s(k): _s(v) for k, v in fields.items()}
     eid = _s(entry_id)
     try:
@@ -147,11 +148,6 @@ def parse_dead_letter(entry_id: bytes | str, fields: dict[bytes, bytes]) -> Dead
         reason=f.get("reason", ""),
         at=at,
     )
-
-
-def dlq_watermark_key(keys: Keys) -> str:
-    """String: the newest dead-letter id an operator has acknowledged (`longrun dlq ack`)."""
-    return keys.scoped("dlq", "acked")
 
 
 @dataclass(frozen=True)
@@ -186,54 +182,22 @@ class RedisFigures:
         return max(0, self.backlog - self.group.pending)
 
 
-async def _oldest_waiting(r: aioredis.Redis, keys: Keys, group: GroupInfo) -> str | None:
-    """The id of the oldest queue entry not yet delivered to the group."""
-    low = f"({group.last_delivered}" if group.exists else "-"
-    rows = await r.xrange(keys.queue, min=low, max="+", count=1)
-    return _s(rows[0][0]) if rows else None
-
-
-async def _breakers(r: aioredis.Redis, keys: Keys) -> dict[str, str]:
-    head = keys.scoped("breaker", "")
-    tail = ":state"
-    names: list[str] = []
-    async for raw in r.scan_iter(match=keys.scoped("breaker", "*", "state"), count=200):
-        names.append(_s(raw))
-        if len(names) >= BREAKER_CAP:
-            break
-    out: dict[str, str] = {}
-    for key in sorted(names):
-        status = _s(await r.hget(key, "status")) or "closed"
-        model = key[len(head) : -len(tail)]
-        if model and ":" not in model:  # skip anything that is not a breaker's state hash
-            out[model] = status
-    return out
-
-
-async def cluster_redis(r: aioredis.Redis, keys: Keys, settings: Settings) -> RedisFigures:
+async def cluster_redis(io: OpsIO, settings: Settings) -> RedisFigures:
     """Everything the snapshot needs from Redis: about a dozen commands, none unbounded."""
     now = time.time()
-    backlog = int(await r.xlen(keys.queue))
-    try:
-        group = parse_group(await r.xinfo_groups(keys.queue), keys.group)
-    except aioredis.ResponseError:  # no queue stream yet
-        group = GroupInfo()
-    oldest = await _oldest_waiting(r, keys, group) if backlog else None
-    beats = [(_s(n), float(s)) for n, s in await r.zrange(keys.workers, 0, -1, withscores=True)]
-    async with r.pipeline(transaction=False) as p:
-        for name, _ in beats:
-            p.hgetall(keys.worker_info(name))
-        infos = await p.execute() if beats else []
-    dead = int(await r.xlen(keys.dead_letters))
-    acked = _s(await r.get(dlq_watermark_key(keys))) or "0-0"
-    unacked = await r.xrange(keys.dead_letters, min=f"({acked}", max="+", count=DLQ_COUNT_CAP)
-    newest = await r.xrevrange(keys.dead_letters, count=1)
-    raw_counters = await r.hgetall(keys.counters)
+    backlog = await io.backlog()
+    group = parse_group(await io.groups(), settings.group)
+    oldest = None
+    if backlog:  # the oldest entry not yet delivered to the group
+        oldest = await io.first_entry_after(group.last_delivered if group.exists else None)
+    beats, infos = await io.workers()
+    dead = await io.dead_letter_count()
+    unacked = await io.dead_letters(after=await io.dlq_watermark(), limit=DLQ_COUNT_CAP)
+    newest = await io.newest_dead_letter()
     counters = dict.fromkeys(COUNTER_NAMES, 0)
-    for k, v in raw_counters.items():
-        text = _s(v)
-        if text.lstrip("-").isdigit():
-            counters[_s(k)] = int(text)
+    for k, v in (await io.counters()).items():
+        if v.lstrip("-").isdigit():
+            counters[k] = int(v)
     return RedisFigures(
         backlog=backlog,
         group=group,
@@ -244,29 +208,10 @@ async def cluster_redis(r: aioredis.Redis, keys: Keys, settings: Settings) -> Re
         dead_letters=dead,
         dead_letters_unacked=len(unacked),
         newest_dead_letter_age_seconds=(
-            None if not newest else round(max(0.0, now - parse_dead_letter(*newest[0]).at), 3)
+            None if newest is None else round(max(0.0, now - parse_dead_letter(*newest).at), 3)
         ),
         counters=counters,
-        breakers=await _breakers(r, keys),
-    )
-
-
-@dataclass(frozen=True)
-class PostgresFigures:
-    runs_by_status: dict[str, int] = field(default_factory=dict)
-    cost_usd_total: float = 0.0
-
-
-async def cluster_postgres(store: Store) -> PostgresFigures:
-    """Runs by status and the total cost. One grouped scan of `runs`: callers cache it."""
-    async with store.conn() as c:
-        rows = await c.fetch(
-            "SELECT status, count(*) AS n, coalesce(sum(cost_usd), 0) AS cost "
-            "FROM runs GROUP BY status"
-        )
-    return PostgresFigures(
-        runs_by_status={str(r["status"]): int(r["n"]) for r in rows},
-        cost_usd_total=float(sum(float(r["cost"]) for r in rows)),
+        breakers=await io.breaker_states(BREAKER_CAP),
     )
 
 

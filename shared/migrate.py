@@ -7,6 +7,7 @@ connection). `check_schema()` is what the API and workers call on start.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from importlib import resources
 
@@ -59,6 +60,14 @@ async def migrate(conn: asyncpg.Connection) -> list[str]:
             )
             applied.append(m.name)
     return applied
+
+
+async def create_database(admin: asyncpg.Connection, name: str) -> None:
+    """Create the database `name` through `admin` (a connection to another database of the
+    same server); one created concurrently meanwhile is fine."""
+    quoted = '"' + name.replace('"', '""') + '"'
+    with contextlib.suppress(asyncpg.DuplicateDatabaseError):
+        await admin.execute(f"CREATE DATABASE {quoted}")
 
 
 async def current_version(conn: asyncpg.Connection) -> int:

@@ -155,7 +155,8 @@ class Run(BaseModel):
     error: dict[str, Any] | None = None
     usage: dict[str, Any] = {}
     cost_usd: float = 0.0
-    last_seq: int = 0
+    last_seq: int = 0  # the last event Postgres holds (the log's end: see shared.store.events)
+    event_bytes: int = 0  # bytes of the run's events so far (the per-run cap)
     created_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None

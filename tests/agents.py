@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
 
 from shared.agents.base import RunContext
+from shared.agents.chat import chat_config, chat_tools, services_for
+from shared.llm.loop import LoopDeps, agent_loop
+from shared.llm.model import TurnChunk, TurnRequest
+from shared.llm.scripted import ScriptedTurn, play
 
 
 async def side_effect(ctx: RunContext) -> AsyncIterator[dict[str, Any]]:
@@ -59,3 +64,55 @@ async def sleeper(ctx: RunContext) -> AsyncIterator[dict[str, Any]]:
 async def chatty(ctx: RunContext) -> AsyncIterator[dict[str, Any]]:
     for i in range(int(ctx.params.get("n", 100))):
         yield {"type": "token", "text": f"t{i}"}
+
+
+class AttemptModel:
+    """A scripted model whose every word names the attempt that generated it and a nonce drawn
+    per attempt (`a2.9f3c1e.s1.w07`): two attempts never produce the same text, so an event log
+    that stitches two generations together shows it. Turns 1..`tool_turns` each call the
+    calculator `calls` times; the next turn answers. The step is read from the conversation, so
+    a resumed attempt goes on from its checkpoint."""
+
+    def __init__(self, attempt: int, words: int, delay: float, tool_turns: int, calls: int) -> None:
+        self.tag = f"a{attempt}.{secrets.token_hex(3)}"
+        self.words = words
+        self.delay = delay
+        self.tool_turns = tool_turns
+        self.calls = calls
+
+    async def stream_turn(self, request: TurnRequest) -> AsyncIterator[TurnChunk]:
+        step = 1 + sum(1 for m in request.messages if m.get("role") == "assistant")
+        text = " ".join(f"{self.tag}.s{step}.w{i:02d}" for i in range(1, self.words + 1))
+        calls: list[tuple[str, dict[str, Any] | str]] = []
+        if step <= self.tool_turns:
+            calls = [("calculator", {"expression": f"{step} * {i}"}) for i in range(self.calls)]
+        turn = ScriptedTurn(text=text, calls=calls, delay=self.delay)
+        async for chunk in play(turn, request, step):
+            yield chunk
+
+
+async def attempt_chat(ctx: RunContext) -> AsyncIterator[dict[str, Any]]:
+    """The `chat` agent loop with the worker's own services (breakers, Postgres spend ledger,
+    built-in tools) on an `AttemptModel`. `params`: `words` per turn (10), `delay_ms` per word
+    (50), `tool_turns` (1), `calls` per tool turn (1). Checkpoints as `chat` does: after each
+    model turn and each tool call."""
+    svc = services_for(ctx)
+    cfg = chat_config(ctx.settings, {}, prices=svc.prices)
+    p = ctx.params
+    model = AttemptModel(
+        ctx.attempt,
+        words=int(p.get("words", 10)),
+        delay=float(p.get("delay_ms", 50)) / 1000,
+        tool_turns=int(p.get("tool_turns", 1)),
+        calls=int(p.get("calls", 1)),
+    )
+    tools = chat_tools(ctx.tools, {})
+    deps = LoopDeps(model=model, breaker=svc.breaker, ledger=svc.ledger, tools=tools)
+    async for body in agent_loop(ctx, cfg, deps):
+        yield body
+async def bulky(ctx: RunContext) -> AsyncIterator[dict[str, Any]]:
+    """`n` tokens of `size` characters each, as fast as they go: megabytes for a stream."""
+    text = "x" * int(ctx.params.get("size", 1000))
+    for _ in range(int(ctx.params.get("n", 100))):
+        yield {"type": "token", "text": text}
+    yield {"type": "done", "output": None}

@@ -170,6 +170,27 @@ async def api(api_factory: Callable[..., Awaitable[ApiServer]]) -> ApiServer:
 
 
 @pytest.fixture
+async def api_proc(settings: Settings, tmp_path: Any) -> AsyncIterator[Callable[..., Any]]:
+    """Starts real `longrun api` processes (JSON logs in tmp_path); stops them afterwards."""
+    from tests.test_ops_shutdown import ApiProc, start_api
+
+    procs: list[ApiProc] = []
+
+    async def start(name: str = "api", **env: str) -> ApiProc:
+        api = await start_api(settings, tmp_path, name, **env)
+        procs.append(api)
+        return api
+
+    try:
+        yield start
+    finally:
+        for api in procs:
+            if api.proc.returncode is None:
+                api.proc.terminate()
+                await api.proc.wait()
+
+
+@pytest.fixture
 async def worker_factory(settings: Settings) -> AsyncIterator[Callable[..., Awaitable[Worker]]]:
     workers: list[Worker] = []
 
@@ -194,7 +215,7 @@ async def worker(worker_factory: Callable[..., Awaitable[Worker]]) -> Worker:
 
 @pytest.fixture
 async def api_key(store: Store) -> str:
-    _, key = await store.create_key("alice")
+    _, key = await store.users.create_key("alice")
     return key
 
 
@@ -209,7 +230,7 @@ async def client(api: ApiServer, api_key: str) -> AsyncIterator[httpx.AsyncClien
 @pytest.fixture
 async def bob(api: ApiServer, store: Store) -> AsyncIterator[httpx.AsyncClient]:
     """A client of a second user, for isolation tests."""
-    _, key = await store.create_key("bob")
+    _, key = await store.users.create_key("bob")
     async with httpx.AsyncClient(
         base_url=api.url, headers={"Authorization": f"Bearer {key}"}, timeout=10
     ) as c:

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 
 from cli.sse import aparse_lines
+from shared.store import NewRun, Store, Submitted
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,12 @@ async def read_events(
             if limit is not None and len(out) >= limit:
                 break
     return 200, out
+
+
+async def queued_run(store: Store, thread_id: str | None = None) -> Submitted:
+    """A queued run of user `u`, inserted as a submit inserts it (without its queue entry)."""
+    new = NewRun("u", "ticker", "x", {}, {}, thread_id=thread_id)
+    return await store.submits.insert_run(new, max_in_flight=1_000_000)
 
 
 async def submit(client: httpx.AsyncClient, **body: Any) -> str:

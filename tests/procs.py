@@ -1,14 +1,17 @@
-"""Worker processes for fault tests: started as real `longrun worker` subprocesses so they can
-be killed with SIGKILL, paused with SIGSTOP and drained with SIGTERM."""
+"""Worker and API processes for fault tests: started as real `longrun worker` / `longrun api`
+subprocesses so they can be killed with SIGKILL, paused with SIGSTOP and drained with SIGTERM."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
+
+import httpx
 
 from shared.config import Settings
 
@@ -29,6 +32,10 @@ ENV_NAMES = {
     "redis_socket_timeout": "LONGRUN_REDIS_TIMEOUT",
     "run_timeout_seconds": "LONGRUN_RUN_TIMEOUT_SECONDS",
     "max_events_per_run": "LONGRUN_MAX_EVENTS_PER_RUN",
+    "sse_ping_seconds": "LONGRUN_SSE_PING_SECONDS",
+    "max_sse_per_user": "LONGRUN_MAX_SSE_PER_USER",
+    "submit_rate_per_second": "LONGRUN_SUBMIT_RATE_PER_SECOND",
+    "submit_burst": "LONGRUN_SUBMIT_BURST",
 }
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -94,3 +101,88 @@ async def stop_all(procs: list[WorkerProc]) -> None:
             except ProcessLookupError:
                 pass
             await p.proc.wait()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (from /proc)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class ApiProc:
+    """`longrun api` on a fixed port: it can be killed and started again on the same port."""
+
+    def __init__(self, settings: Settings, tmp: Path, port: int, **extra: str) -> None:
+        self.settings = settings
+        self.tmp = tmp
+        self.port = port
+        self.extra = extra
+        self.url = f"http://127.0.0.1:{port}"
+        self.proc: asyncio.subprocess.Process | None = None
+        self.starts = 0
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    @property
+    def log_path(self) -> Path:
+        return self.tmp / f"api-{self.port}.log"
+
+    async def start(self, timeout: float = 30.0) -> None:
+        out = self.log_path.open("ab")
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "cli.main",
+            "api",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            env=settings_env(self.settings, **self.extra),
+            stdout=out,
+            stderr=asyncio.subprocess.STDOUT,
+            cwd=str(ROOT),
+        )
+        out.close()
+        self.starts += 1
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        async with httpx.AsyncClient(base_url=self.url, timeout=2) as c:
+            while True:
+                if self.proc.returncode is not None:
+                    raise RuntimeError(
+                        f"the API exited {self.proc.returncode}: {self.log()[-2000:]}"
+                    )
+                with contextlib.suppress(httpx.TransportError):
+                    if (await c.get("/health")).status_code == 200:
+                        return
+                if loop.time() > deadline:
+                    raise TimeoutError(f"the API did not start in {timeout}s: {self.log()[-2000:]}")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.proc.wait(), 0.05)
+
+    async def kill9(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.kill()
+            await self.proc.wait()
+
+    async def stop(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.proc.pid, signal.SIGCONT)
+            self.proc.terminate()
+            try:
+                await asyncio.wait_for(self.proc.wait(), 5)
+            except TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+
+    def cpu_seconds(self) -> float:
+        return cpu_seconds(self.pid)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -16,7 +16,6 @@ import redis.asyncio as aioredis
 from shared.agents.base import Checkpoint, RunContext
 from shared.config import Settings
 from shared.errors import RunCancelled
-from shared.keys import Keys
 from shared.llm.anthropic_model import AnthropicModel, create_client
 from shared.llm.breaker import BreakerPolicy, CircuitBreaker, MemoryBreakerStore
 from shared.llm.breaker_store import RedisBreakerStore
@@ -24,6 +23,7 @@ from shared.llm.budget import MemoryLedger
 from shared.llm.loop import LoopConfig, LoopDeps, agent_loop
 from shared.llm.pricing import PriceTable, Usage, turn_cost
 from shared.llm.tools import Tool, ToolContext, ToolRegistry, builtin_tools
+from shared.redis.keys import Keys
 from tests.fake_anthropic import Fail, FakeAnthropic, Reply
 
 REDIS_URL = "redis://127.0.0.1:6379/0"

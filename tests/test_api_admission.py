@@ -11,8 +11,8 @@ import httpx
 import pytest
 
 from api.admission import submit_refusal
-from shared.keys import Keys
-from shared.switches import set_paused
+from shared.redis.admission import AdmissionIO
+from shared.redis.keys import Keys
 from tests.helpers import submit, wait_for
 
 BODY = {"input": "hello", "agent": "ticker", "params": {"count": 1}}
@@ -25,7 +25,7 @@ async def _client(srv, key: str) -> httpx.AsyncClient:
 
 
 async def _runs(store, user: str = "alice") -> list[str]:
-    return [r.run_id for r in await store.list_runs(user, limit=100)]
+    return [r.run_id for r in await store.runs.list_runs(user, limit=100)]
 
 
 async def test_a_retry_with_the_same_key_and_body_returns_the_same_run(client, store, settings):
@@ -85,7 +85,7 @@ async def test_identical_submits_racing_through_two_api_processes_make_one_run(
 async def test_idempotency_keys_expire(client, store):
     first = await client.post("/runs", json=BODY, headers={"Idempotency-Key": "k-3"})
     # Given the key's time is up (moved into the past rather than waited for)
-    async with store.conn() as c:
+    async with store.db.conn() as c:
         await c.execute("UPDATE idempotency_keys SET expires_at = now() - interval '1 second'")
 
     later = await client.post("/runs", json=BODY, headers={"Idempotency-Key": "k-3"})
@@ -105,7 +105,7 @@ async def test_the_submit_rate_is_limited_per_user_with_retry_after(
     api_factory, settings, api_key, store
 ):
     srv = await api_factory(settings.with_(submit_rate_per_second=0.2, submit_burst=2))
-    _, bob_key = await store.create_key("bob")
+    _, bob_key = await store.users.create_key("bob")
     async with await _client(srv, api_key) as alice, await _client(srv, bob_key) as bob:
         answers = [await alice.post("/runs", json=BODY) for _ in range(3)]
         bobs = await bob.post("/runs", json=BODY)
@@ -172,10 +172,10 @@ async def test_pause_and_resume_switch_submits_off_and_on(client, settings, redi
     keys = Keys.from_settings(settings)
     running = await submit(client, **BODY)
 
-    await set_paused(redis_client, keys, "maintenance")
+    await AdmissionIO(redis_client, keys).set_paused("maintenance")
     paused = await client.post("/runs", json=BODY)
     still_readable = await client.get(f"/runs/{running}")
-    await set_paused(redis_client, keys, None)
+    await AdmissionIO(redis_client, keys).set_paused(None)
     resumed = await client.post("/runs", json=BODY)
 
     assert paused.status_code == 503
@@ -255,7 +255,7 @@ async def test_a_crashed_processes_stream_slots_expire(
     srv = await api_factory(settings.with_(max_sse_per_user=1))
     keys = Keys.from_settings(settings)
     # Given a slot left behind by a process that died (never refreshed: its expiry passed)
-    await redis_client.zadd(keys.scoped("sse", "alice"), {"dead-process-slot": time.time() - 1})
+    await redis_client.zadd(keys.sse_slots("alice"), {"dead-process-slot": time.time() - 1})
     async with await _client(srv, api_key) as c:
         run_id = await submit(c, **{**BODY, "params": {"count": 0}})
         await c.post(f"/runs/{run_id}/cancel")
@@ -273,8 +273,14 @@ async def test_longrun_pause_and_resume_commands_flip_every_api_process(
 
     async def longrun(*args: str) -> str:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "cli.main", *args, env=settings_env(settings),
-            cwd=str(ROOT), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            sys.executable,
+            "-m",
+            "cli.main",
+            *args,
+            env=settings_env(settings),
+            cwd=str(ROOT),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
         )
         out, _ = await asyncio.wait_for(proc.communicate(), 30)
         assert proc.returncode == 0, out

@@ -8,7 +8,7 @@ import uuid
 import httpx
 import pytest
 
-from shared.keys import Keys
+from shared.redis.keys import Keys
 from tests.helpers import read_events, submit, wait_status
 from tests.tcp_proxy import TcpProxy
 
@@ -183,7 +183,7 @@ async def test_when_redis_is_down_submit_is_503_with_retry_after_and_writes_noth
     assert resp.json()["error"] == "unavailable"
     assert ready.status_code == 503
     assert ready.json()["checks"] == {"redis": "down", "postgres": "ok"}
-    assert await store.list_runs("alice", limit=10) == []
+    assert await store.runs.list_runs("alice", limit=10) == []
 
 
 async def test_when_postgres_is_down_submit_is_503_and_nothing_is_queued(

@@ -11,9 +11,7 @@ BIG = {"input": "x", "agent": "ticker"}
 
 @pytest.fixture
 async def tight(api_factory, settings, api_key):
-    srv = await api_factory(
-        settings.with_(max_input_chars=10, max_json_bytes=64, max_json_depth=2)
-    )
+    srv = await api_factory(settings.with_(max_input_chars=10, max_json_bytes=64, max_json_depth=2))
     async with httpx.AsyncClient(
         base_url=srv.url, headers={"Authorization": f"Bearer {api_key}"}, timeout=10
     ) as c:

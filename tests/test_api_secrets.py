@@ -48,8 +48,14 @@ async def _postgres_text(dsn: str) -> dict[str, str]:
         for t in tables:
             rows = await conn.fetch(f'SELECT * FROM "{t}"')
             out[t] = "\n".join(
-                str({k: bytes(v).decode(errors="replace") if isinstance(v, bytes | memoryview)
-                     else v for k, v in dict(r).items()})
+                str(
+                    {
+                        k: bytes(v).decode(errors="replace")
+                        if isinstance(v, bytes | memoryview)
+                        else v
+                        for k, v in dict(r).items()
+                    }
+                )
                 for r in rows
             )
         return out
@@ -95,7 +101,7 @@ async def test_canary_secrets_appear_only_where_the_users_data_goes(
     # Given an API and a worker that hold the provider key, and a user with a key
     srv = await api_factory(canary_settings)
     await worker_factory(canary_settings)
-    _, key = await store.create_key("alice")
+    _, key = await store.users.create_key("alice")
     answers: list[httpx.Response] = []
     async with httpx.AsyncClient(
         base_url=srv.url, headers={"Authorization": f"Bearer {key}"}, timeout=20

@@ -73,7 +73,7 @@ async def test_another_users_objects_answer_byte_identically_to_missing_ones_eve
 
 async def test_a_revoked_key_is_refused_on_the_very_next_request(client, store, settings):
     # Given a key that has just been used (so the API has it cached)
-    key_id, key = await store.create_key("carol")
+    key_id, key = await store.users.create_key("carol")
     async with httpx.AsyncClient(
         base_url=str(client.base_url), headers={"Authorization": f"Bearer {key}"}
     ) as carol:
@@ -158,9 +158,7 @@ async def test_an_hs256_token_signed_with_the_rsa_public_key_is_refused(
     )
     payload = jwt.utils.base64url_encode(json.dumps(_jwt_claims()).encode())
     signing_input = header + b"." + payload
-    sig = jwt.utils.base64url_encode(
-        hmac.new(public_pem, signing_input, hashlib.sha256).digest()
-    )
+    sig = jwt.utils.base64url_encode(hmac.new(public_pem, signing_input, hashlib.sha256).digest())
     confused = (signing_input + b"." + sig).decode()
     async with httpx.AsyncClient(base_url=srv.url) as c:
         ok = await c.get("/runs", headers={"Authorization": f"Bearer {good}"})
@@ -311,8 +309,13 @@ async def test_oversized_request_heads_are_refused_by_both_http_implementations(
             opts["http"] = "h11"
         server = uvicorn.Server(
             uvicorn.Config(
-                create_app(small), host="127.0.0.1", port=port, log_config=None,
-                access_log=False, lifespan="on", **opts,
+                create_app(small),
+                host="127.0.0.1",
+                port=port,
+                log_config=None,
+                access_log=False,
+                lifespan="on",
+                **opts,
             )
         )
         task = asyncio.create_task(server.serve())
@@ -348,8 +351,12 @@ async def test_stream_tokens_never_reach_a_log_line_even_with_access_logs_on(
     port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(
-            create_app(settings), host="127.0.0.1", port=port, log_config=None,
-            access_log=True, lifespan="on",
+            create_app(settings),
+            host="127.0.0.1",
+            port=port,
+            log_config=None,
+            access_log=True,
+            lifespan="on",
         )
     )
     task = asyncio.create_task(server.serve())
@@ -418,7 +425,8 @@ async def test_es256_tokens_from_a_jwks_file_name_the_user_by_the_configured_cla
     )
     async with httpx.AsyncClient(base_url=srv.url) as c:
         made = await c.post(
-            "/runs", json={"input": "x", "agent": "ticker"},
+            "/runs",
+            json={"input": "x", "agent": "ticker"},
             headers={"Authorization": f"Bearer {good}"},
         )
         codes = [
@@ -428,7 +436,7 @@ async def test_es256_tokens_from_a_jwks_file_name_the_user_by_the_configured_cla
     assert made.status_code == 202, made.text
     assert codes == [401, 401]
     state = srv.server.config.app.state.longrun
-    run = await state.store.get_run(made.json()["run_id"])
+    run = await state.store.runs.get_run(made.json()["run_id"])
     assert run.user_id == "jwt:https://issuer.test:erin@example.test"  # namespaced by issuer
 
 
@@ -439,8 +447,9 @@ def test_half_configured_jwt_auth_fails_at_start_up(settings):
     for bad in (
         settings.with_(jwt_secret=JWT_SECRET),  # no audience/issuer
         settings.with_(jwt_secret="short", jwt_audience="a", jwt_issuer="i"),
-        settings.with_(jwt_secret=JWT_SECRET, jwt_audience="a", jwt_issuer="i",
-                       jwt_algorithm="RS256"),
+        settings.with_(
+            jwt_secret=JWT_SECRET, jwt_audience="a", jwt_issuer="i", jwt_algorithm="RS256"
+        ),
     ):
         with pytest.raises(ConfigError):
             JwtVerifier.from_settings(bad)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import time
+import uuid
 
-from shared.keys import Keys
-from tests.helpers import assert_gapless_ticker, read_events, submit, wait_for, wait_status
+from cli.sse import aparse_lines
+from shared.redis.keys import Keys
+from tests.helpers import assert_gapless_ticker, read_events, submit, wait_status
 
 
 async def test_after_redis_is_flushed_the_history_comes_back_from_postgres_with_same_ids(
@@ -72,32 +75,52 @@ async def test_the_event_archive_is_complete_once_a_run_finished(client, worker,
     run_id = await submit(client, agent="ticker", params={"count": 300, "interval_ms": 0})
     await wait_status(client, run_id, "succeeded")
 
-    archived = await store.events_after(run_id, 0, 1000)
+    archived = await store.runs.events_after(run_id, 0, 1000)
 
     assert [e.seq for e in archived] == list(range(1, 303))
     assert archived[-1].type == "done"
 
 
-async def test_archives_taken_in_the_background_while_events_flow_lose_nothing(
-    client, worker, store, monkeypatch
+async def test_every_event_a_client_sees_is_already_in_postgres(client, worker, store):
+    # Given a run streaming tokens
+    run_id = await submit(client, agent="ticker", params={"count": 40, "interval_ms": 5})
+
+    # When a client follows it, and looks each event up in Postgres the moment it arrives
+    missing = []
+    seen = 0
+    async with client.stream("GET", f"/runs/{run_id}/events") as resp:
+        async for f in aparse_lines(resp.aiter_lines()):
+            seen += 1
+            seq = int(f.id or 0)
+            archived = await store.runs.events_after(run_id, seq - 1, 1)
+            if not archived or archived[0].seq != seq or archived[0].data != f.data.encode():
+                missing.append(seq)
+
+    # Then Postgres had every one of them, byte for byte, before the client saw it
+    assert seen == 42
+    assert missing == []
+
+
+async def test_a_hole_in_the_archive_ends_the_stream_with_an_error_after_bounded_work(
+    client, worker, settings, redis_client, store
 ):
-    # Given an archive after every append, so that they overlap appends and the run's end
-    import worker.executor as executor
-
-    monkeypatch.setattr(executor, "ARCHIVE_EVERY_EVENTS", 1)
-    run_id = await submit(client, agent="ticker", params={"count": 80, "interval_ms": 2})
-
-    # Then events reach Postgres while the run is still going
-    async def archived_mid_run() -> bool:
-        run = await store.get_run(run_id)
-        assert run is not None
-        return run.status == "running" and len(await store.events_after(run_id, 0, 1000)) > 2
-
-    await wait_for(archived_mid_run, timeout=20)
+    # Given a finished run that Redis has forgotten and whose archive lost events 1-3 (what
+    # a worker killed between its Redis appends and its archive used to leave behind)
+    run_id = await submit(client, agent="ticker", params={"count": 6, "interval_ms": 0})
     await wait_status(client, run_id, "succeeded")
-    # And the archive ends complete, each event once, in order
-    archived = await store.events_after(run_id, 0, 1000)
-    assert [e.seq for e in archived] == list(range(1, 83))
-    assert archived[-1].type == "done"
-    _, served = await read_events(client, run_id)
-    assert_gapless_ticker(served, 80)
+    keys = Keys.from_settings(settings)
+    await redis_client.delete(keys.events(run_id), keys.run_meta(run_id))
+    async with store.db.conn() as c:
+        await c.execute("DELETE FROM run_events WHERE run_id = $1 AND seq <= 3", uuid.UUID(run_id))
+
+    # When a client replays it from the start
+    t0 = time.monotonic()
+    status, got = await asyncio.wait_for(read_events(client, run_id), timeout=10)
+
+    # Then it is told, without an id, that the events are unavailable, and the stream ends
+    # within about a second (the server looked again a few times, then stopped)
+    assert status == 200
+    assert [(g.id, g.event, g.data["error"]) for g in got] == [
+        (None, "stream_error", "events_unavailable")
+    ]
+    assert time.monotonic() - t0 < 5

@@ -13,6 +13,7 @@ import httpx
 import jwt
 
 from api import tokens
+from cli.exits import Exit
 from tests.helpers import submit
 from tests.procs import ROOT, settings_env
 
@@ -39,7 +40,7 @@ async def test_a_jwt_naming_an_api_key_user_reads_none_of_that_users_runs(
     srv = await api_factory(
         settings.with_(jwt_secret=SECRET, jwt_audience="longrun-test", jwt_issuer=ISSUER)
     )
-    _, key = await store.create_key("alice")
+    _, key = await store.users.create_key("alice")
     async with (
         httpx.AsyncClient(
             base_url=srv.url, headers={"Authorization": f"Bearer {key}"}, timeout=10
@@ -67,8 +68,8 @@ async def test_a_jwt_naming_an_api_key_user_reads_none_of_that_users_runs(
     assert listed.json()["runs"] == []
     assert alice_sees.status_code == 404
     # And the JWT's run belongs to the issuer-namespaced user
-    assert (await store.get_run(own)).user_id == f"jwt:{ISSUER}:alice"
-    assert (await store.get_run(run_id)).user_id == "alice"
+    assert (await store.runs.get_run(own)).user_id == f"jwt:{ISSUER}:alice"
+    assert (await store.runs.get_run(run_id)).user_id == "alice"
 
 
 async def test_no_api_key_can_be_made_for_a_jwt_users_id(settings, store):
@@ -87,13 +88,13 @@ async def test_no_api_key_can_be_made_for_a_jwt_users_id(settings, store):
         stderr=asyncio.subprocess.PIPE,
     )
     out, err = await proc.communicate()
-    # Then it is refused with one clear line, and no key exists
-    assert proc.returncode == 2, (out, err)
+    # Then it is refused as bad usage with one clear line, and no key exists
+    assert proc.returncode == Exit.USAGE, (out, err)
     assert out == b""
     assert err.decode().strip().splitlines() == [
         "longrun: user ids beginning 'jwt:' are reserved for JWT callers"
     ]
-    assert await store.list_keys() == []
+    assert await store.users.list_keys() == []
 
 
 async def test_a_stream_token_minted_with_a_jwt_expires_with_it(api_factory, settings):

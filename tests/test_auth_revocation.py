@@ -23,8 +23,8 @@ from httpx_sse import ServerSentEvent, aconnect_sse
 
 from api import tokens
 from api.revocation import Held, Revocations, due
-from shared.keys import Keys
-from shared.switches import bump_key_epoch
+from shared.redis.admission import AdmissionIO
+from shared.redis.keys import Keys
 from tests.conftest import REDIS_URL
 from tests.helpers import wait_for, wait_status
 from tests.procs import ROOT, settings_env, start_worker, stop_all
@@ -90,8 +90,8 @@ async def test_revoking_a_key_ends_its_open_streams_and_stream_tokens_within_the
     settings, store, tmp_path
 ):
     # Given a real API process, a worker, and two keys of one user
-    revoked_id, revoked_key = await store.create_key("carol")
-    _, kept_key = await store.create_key("carol")
+    revoked_id, revoked_key = await store.users.create_key("carol")
+    _, kept_key = await store.users.create_key("carol")
     api = await start_api(settings, tmp_path, "api")
     worker = await start_worker(settings, "w1", tmp_path)
     followers: list[Follower] = []
@@ -169,18 +169,18 @@ async def test_a_stream_token_names_the_key_that_minted_it_and_a_revoked_one_is_
     token = parse_qs(urlsplit(made["events_url"]).query)["token"][0]
     secret = api.server.config.app.state.security.stream_secret
     grant = tokens.verify(secret, token, made["run_id"], time.time())
-    (key,) = await store.list_keys("alice")
+    (key,) = await store.users.list_keys("alice")
     assert grant.key_id == key.key_id
     await client.post(f"/runs/{made['run_id']}/cancel")
     async with httpx.AsyncClient(timeout=10) as anon:
         assert (await anon.get(made["events_url"])).status_code == 200
         # When the key is revoked in Postgres and the epoch bumped (as `keys revoke` does)
-        assert await store.revoke_key(key.key_id)
-        r = aioredis.Redis.from_url(REDIS_URL)
+        assert await store.users.revoke_key(key.key_id)
+        switches = AdmissionIO(aioredis.Redis.from_url(REDIS_URL), Keys.from_settings(settings))
         try:
-            await bump_key_epoch(r, Keys.from_settings(settings))
+            await switches.bump_key_epoch()
         finally:
-            await r.aclose()
+            await switches.aclose()
         # Then the token it minted is refused, even before its expiry
         refused = await anon.get(made["events_url"])
     assert refused.status_code == 401
@@ -234,21 +234,20 @@ def test_a_held_stream_is_checked_again_when_the_epoch_moves_or_its_check_is_old
 
 async def test_a_revocation_whose_epoch_bump_was_lost_still_ends_the_stream(store, settings):
     # Given a held stream whose key is active, under the current epoch
-    key_id, _ = await store.create_key("dana")
-    r = aioredis.Redis.from_url(REDIS_URL)
-    keys = Keys.from_settings(settings)
-    revocations = Revocations(r, keys, store.active_key_ids, recheck_seconds=0.3)
+    key_id, _ = await store.users.create_key("dana")
+    switches = AdmissionIO(aioredis.Redis.from_url(REDIS_URL), Keys.from_settings(settings))
+    revocations = Revocations(switches.key_epoch, store.users.active_key_ids, recheck_seconds=0.3)
     stopped = asyncio.Event()
     try:
         held = revocations.hold(key_id, b"0", stopped.set)
         assert await revocations.sweep() == 0
         # When the key is revoked in Postgres but the epoch is never bumped (Redis was away
         # from the CLI)
-        assert await store.revoke_key(key_id)
+        assert await store.users.revoke_key(key_id)
         # Then a sweep after the re-check interval stops the stream all the same
         await wait_for(revocations.sweep, timeout=5)
         assert stopped.is_set()
         assert held.revoked
         assert revocations.held == set()
     finally:
-        await r.aclose()
+        await switches.aclose()

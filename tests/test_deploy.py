@@ -5,9 +5,9 @@ and validated: Kubernetes manifests against the official schemas (kubernetes-val
 KEDA objects against the CRD fields and the redis-streams scaler's own rules, compose.yaml against
 the Compose Specification schema (vendored by check-jsonschema), fly.toml against flyctl's config
 fields, the Dockerfile with hadolint plus structural checks. Above all, every recipe is checked
-against the code: the stream and group names equal `shared.keys.Keys`, every knob a recipe sets is
-one `shared.config.Settings` reads (and parses), and every shutdown grace period exceeds the
-workers' drain time.
+against the code: the stream and group names equal `shared.redis.keys.Keys`, every knob a recipe
+sets is one `shared.config.Settings` reads (and parses), and every shutdown grace period exceeds
+the workers' drain time.
 
 Linters are dev dependencies: missing, their tests skip locally and fail in CI.
 """
@@ -37,7 +37,7 @@ import pytest
 import yaml
 
 from shared.config import Settings
-from shared.keys import Keys
+from shared.redis.keys import Keys
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"

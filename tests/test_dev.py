@@ -30,10 +30,13 @@ import httpx
 import pytest
 import redis
 
+import cli.config as config
 import cli.dev as dev
+import cli.devinfo as devinfo
 import cli.embedded as emb
 from shared.config import Settings
 from shared.errors import ConfigError
+from tests.cli_proc import cli_env, longrun_sync
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_REDIS = "redis://127.0.0.1:6379/0"
@@ -126,9 +129,9 @@ def test_parent_pid_is_read_past_a_process_name_with_spaces_and_parens() -> None
 def test_dev_data_lives_in_the_checkout_unless_longrun_dev_dir_says_otherwise(
     tmp_path: Path,
 ) -> None:
-    assert dev.dev_home({}, source_root=REPO) == REPO / ".longrun"
-    assert dev.dev_home({"LONGRUN_DEV_DIR": str(tmp_path)}, source_root=REPO) == tmp_path
-    assert dev.dev_home({}, source_root=tmp_path / "site", cwd=tmp_path) == tmp_path / ".longrun"
+    assert config.dev_home({}, source_root=REPO) == REPO / ".longrun"
+    assert config.dev_home({"LONGRUN_DEV_DIR": str(tmp_path)}, source_root=REPO) == tmp_path
+    assert config.dev_home({}, source_root=tmp_path / "site", cwd=tmp_path) == tmp_path / ".longrun"
 
 
 def test_only_one_longrun_dev_at_a_time_uses_a_data_folder(tmp_path: Path) -> None:
@@ -171,23 +174,43 @@ def test_database_urls_are_taken_apart_and_printed_without_passwords() -> None:
         dev.with_database(url, "postgres")
         == "postgresql://app:s3cret@db:5432/postgres?sslmode=disable"
     )
-    assert dev.redacted(url) == "postgresql://app:***@db:5432/longrun?sslmode=disable"
-    assert dev.redacted("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
+    assert config.redacted(url) == "postgresql://app:***@db:5432/longrun?sslmode=disable"
+    assert config.redacted("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
 
 
-def test_banner_gives_url_key_and_copy_paste_commands() -> None:
-    text = dev.banner("http://127.0.0.1:8123", "lr_abc", "r", "p", 2)
-    assert "URL=http://127.0.0.1:8123" in text
-    assert "KEY=lr_abc" in text
+def test_banner_gives_the_settings_as_exports_and_copy_paste_commands(tmp_path: Path) -> None:
+    settings = Settings(
+        redis_url="redis://127.0.0.1:7000/0",
+        database_url="postgresql://app:s3cret@127.0.0.1:7001/longrun",
+    )
+    common = {
+        "url": "http://127.0.0.1:8123",
+        "key": "lr_abc",
+        "settings": settings,
+        "redis_desc": "r",
+        "postgres_desc": "p",
+        "workers": 2,
+        "env_file": tmp_path / "env",
+    }
+    text = devinfo.banner(key_created=True, **common)  # type: ignore[arg-type]
+    lines = [line.strip() for line in text.splitlines()]
+
+    assert "export LONGRUN_URL=http://127.0.0.1:8123 LONGRUN_API_KEY=lr_abc" in lines
     assert (
-        'curl -X POST $URL/runs -H "Authorization: Bearer $KEY" '
-        "-H 'content-type: application/json' "
-        """-d '{"input":"hi","agent":"ticker","params":{"count":5}}'"""
-    ) in text
-    assert 'curl -N $URL/runs/<run_id>/events -H "Authorization: Bearer $KEY"' in text
-    assert 'longrun submit "hello" --follow' in text
-    off_path = dev.banner("http://127.0.0.1:8123", "lr_abc", "r", "p", 2, cli="/v/bin/longrun")
-    assert '/v/bin/longrun submit "hello" --follow' in off_path
+        "export REDIS_URL=redis://127.0.0.1:7000/0 "
+        "DATABASE_URL=postgresql://app:***@127.0.0.1:7001/longrun"
+    ) in lines
+    assert (
+        f"Settings (saved in {tmp_path / 'env'}; longrun commands in another shell read it):"
+        in lines
+    )
+    assert all(command in lines for command in devinfo.TRY_IT)
+    assert "API key:  user dev, new (kept in " + str(tmp_path / "dev-key") + ")" in lines
+    assert not any(line.startswith("export PATH") for line in lines)
+
+    off_path = devinfo.banner(key_created=False, bin_dir=Path("/v/bin"), **common)  # type: ignore[arg-type]
+    assert 'export PATH="/v/bin:$PATH"' in [line.strip() for line in off_path.splitlines()]
+    assert "user dev, reused" in off_path
 
 
 # ---- supervisord.conf
@@ -425,8 +448,8 @@ def _longrun_dev(data_dir: Path, workers: int = 1) -> Iterator[_Dev]:
     out = _Lines(proc.stdout)
     family: list[int] = []
     try:
-        url = out.wait_for(r"^\s*URL=(\S+)", timeout=60).group(1)
-        key = out.wait_for(r"^\s*KEY=(\S+)", timeout=5).group(1)
+        found = out.wait_for(r"^\s*export LONGRUN_URL=(\S+) LONGRUN_API_KEY=(\S+)$", timeout=60)
+        url, key = found.group(1), found.group(2)
         assert url == f"http://127.0.0.1:{port}"
         family = emb.descendants(proc.pid)
         yield _Dev(proc, out, url, key)
@@ -506,3 +529,76 @@ def test_when_an_embedded_server_dies_longrun_dev_stops_everything_and_fails(
         dev_proc.out.wait_for(r"embedded redis exited", timeout=10)
         assert dev_proc.proc.wait(45) == 1
         assert _alive(family) == []
+
+
+# ---- `longrun dev` and the other shells: its settings file, its key, a quiet supervisord
+
+
+def _stop(dev_proc: _Dev) -> None:
+    dev_proc.proc.send_signal(signal.SIGINT)
+    assert dev_proc.proc.wait(45) == 0
+
+
+def _active_dev_keys(shell: dict[str, str]) -> list[str]:
+    listed = longrun_sync("keys", "list", "--user", "dev", env=shell)
+    assert listed.code == 0, listed
+    return [line.split("\t")[0] for line in listed.out.splitlines() if line.endswith("active")]
+
+
+def _answers(url: str, key: str) -> int:
+    return httpx.get(
+        f"{url}/runs", headers={"Authorization": f"Bearer {key}"}, timeout=10
+    ).status_code
+
+
+@pytest.mark.timeout(240)
+def test_longrun_dev_leaves_its_settings_for_other_shells_and_reuses_its_key(
+    data_dir: Path,
+) -> None:
+    dev_dir = data_dir / "dev"
+    shell = cli_env(dev_dir)  # another terminal: no REDIS_URL, DATABASE_URL or LONGRUN_*
+    # Given `longrun dev --embedded`, whose servers listen on ports that change every start
+    with _longrun_dev(data_dir) as first:
+        # Then it wrote the settings its banner printed to .longrun/env, for its owner only
+        env_file = dev_dir / "env"
+        values = config.parse_env_file(env_file.read_text())
+        assert (values["LONGRUN_URL"], values["LONGRUN_API_KEY"]) == (first.url, first.key)
+        assert env_file.stat().st_mode & 0o777 == 0o600
+        # And supervisord started without a CRIT line (as root: "Supervisor is running as root")
+        assert not [line for line in first.out.seen if " CRIT " in line]
+
+        # When another shell makes a key, asks for the status and follows a run
+        made = longrun_sync("keys", "create", "--user", "other", env=shell)
+        status = longrun_sync("status", "--json", env=shell)
+        followed = longrun_sync(
+            "submit", "hi", "--agent", "ticker", "--params", '{"count": 3, "interval_ms": 1}',
+            "--follow", env=shell,
+        )  # fmt: skip
+
+        # Then each reached this stack: the key works on its API, its worker is alive
+        assert made.code == 0, made
+        assert _answers(first.url, made.out.strip().splitlines()[-1]) == 200
+        assert status.code == 0, status
+        assert json.loads(status.out)["workers_alive"] == 1
+        assert (followed.code, followed.out) == (0, "1 2 3\n"), followed
+        assert _active_dev_keys(shell) != []
+        _stop(first)
+    # And once it stopped, its settings are gone
+    assert not env_file.exists()
+
+    # When it starts again, it uses the key it made the first time, and makes no other
+    with _longrun_dev(data_dir) as second:
+        assert second.key == first.key
+        assert "user dev, reused" in "\n".join(second.out.seen)
+        keys = _active_dev_keys(shell)
+        assert len(keys) == 1
+        # (and an operator revokes that key meanwhile)
+        assert longrun_sync("keys", "revoke", keys[0], env=shell).code == 0
+        _stop(second)
+
+    # Then the next start makes a new key, which works
+    with _longrun_dev(data_dir) as third:
+        assert third.key != first.key
+        assert _answers(third.url, third.key) == 200
+        assert _active_dev_keys(shell) != keys
+        _stop(third)

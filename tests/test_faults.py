@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from shared.config import Settings
-from shared.keys import Keys
+from shared.redis.keys import Keys
 from tests.helpers import read_events, submit, wait_for, wait_status
 from tests.history import History, check
 from tests.procs import WorkerProc, start_worker, stop_all
@@ -205,7 +205,7 @@ async def test_a_worker_cut_off_from_redis_stops_its_runs_before_others_take_the
 async def test_a_tool_with_a_side_effect_runs_once_per_call_across_crashes(
     fclient, fault_settings, procs, store
 ):
-    async with store.conn() as c:
+    async with store.db.conn() as c:
         await c.execute(
             "CREATE TABLE side_effects (key text PRIMARY KEY, run_id text, step int, "
             "duplicates int NOT NULL DEFAULT 0)"
@@ -226,7 +226,7 @@ async def test_a_tool_with_a_side_effect_runs_once_per_call_across_crashes(
     workers.append(last)
     totals = await finish_history(h, fclient, workers)
 
-    async with store.conn() as c:
+    async with store.db.conn() as c:
         rows = await c.fetch("SELECT step, duplicates FROM side_effects ORDER BY step")
         checkpoints = await c.fetchval("SELECT count(*) FROM run_checkpoints")
     assert [r["step"] for r in rows] == list(range(1, 13))
@@ -443,7 +443,7 @@ async def test_diagnostics_explain_who_holds_a_run_and_when_it_would_move(
     assert diag["pending"]["consumer"] == diag["owner"]
     assert 0 <= diag["pending"]["reclaimable_in_ms"] <= 2000
     assert diag["owner_heartbeat_age_s"] < 2
-    _, other_key = await store.create_key("mallory")
+    _, other_key = await store.users.create_key("mallory")
     async with httpx.AsyncClient(
         base_url=str(fclient.base_url), headers={"Authorization": f"Bearer {other_key}"}
     ) as other:

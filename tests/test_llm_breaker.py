@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 
-from shared.keys import Keys
 from shared.llm.breaker import (
     Admission,
     BreakerPolicy,
@@ -25,6 +24,7 @@ from shared.llm.breaker import (
     window_tally,
 )
 from shared.llm.breaker_store import RedisBreakerStore
+from shared.redis.keys import Keys
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 POLICY = BreakerPolicy(window_seconds=60, min_calls=4, error_rate=0.5, open_seconds=30)
@@ -138,10 +138,11 @@ async def test_workers_sharing_redis_see_one_breaker_per_model(store: RedisBreak
     state = await store.load("m")
     assert state.status is BreakerStatus.OPEN
     # And its keys live under the deployment's prefix, with bounded lifetimes
-    keys = [k.decode() async for k in store.r.scan_iter(match=store.keys.scoped("breaker", "*"))]
-    assert store.state_key("m") in keys
+    r, named = store.io.r, store.io.keys
+    keys = [k.decode() async for k in r.scan_iter(match=f"{named.prefix}:breaker:*")]
+    assert named.breaker_state("m") in keys
     for key in keys:
-        assert await store.r.ttl(key) > 0
+        assert await r.ttl(key) > 0
 
 
 async def test_when_two_workers_race_for_the_probe_only_one_gets_it(

@@ -22,6 +22,7 @@ from shared.llm.scripted import OfflineModel, ScriptedModel, ScriptedTurn
 from shared.llm.services import LLM_SERVICE, build_llm_services
 from shared.llm.state import LoopState, Pending, transcript, usable_history
 from shared.llm.tools import Tool, ToolContext, ToolRegistry, builtin_tools
+from shared.tools import load_tools
 
 
 def context(text: str = "what is (2+3)*4? tell me about cancel", **kw: Any) -> RunContext:
@@ -37,7 +38,10 @@ async def run_chat(ctx: RunContext) -> list[dict[str, Any]]:
 
 
 async def test_without_an_api_key_chat_runs_the_offline_model_with_tool_events() -> None:
-    ctx = context(services={LLM_SERVICE: build_llm_services(Settings(), model=OfflineModel(0))})
+    ctx = context(
+        tools=load_tools(),
+        services={LLM_SERVICE: build_llm_services(Settings(), model=OfflineModel(0))},
+    )
 
     events = await run_chat(ctx)
 
@@ -103,19 +107,30 @@ def test_params_narrow_the_settings() -> None:
     )
 
 
-async def test_a_deployments_tool_is_offered_and_params_tools_narrow_the_offer() -> None:
+async def test_the_model_is_offered_exactly_the_runs_tools_as_params_tools_narrows_them() -> None:
     async def weather(args: dict[str, Any], tctx: ToolContext) -> str:
         return "sunny"
 
-    extra = {"weather": Tool("weather", "the weather", {"type": "object"}, weather)}
+    # Given a run handed the built-ins and a deployment's tool, of which it asked for one
+    tools = ToolRegistry(
+        [*builtin_tools(), Tool("weather", "the weather", {"type": "object"}, weather)]
+    )
     model = ScriptedModel([ScriptedTurn(calls=[("weather", {})]), ScriptedTurn(text="Sunny.")])
     services = {LLM_SERVICE: build_llm_services(Settings(), model=model)}
-    ctx = context(tools=extra, services=services, params={"tools": ["weather"]})
+    ctx = context(tools=tools, services=services, params={"tools": ["weather"]})
 
     events = await run_chat(ctx)
 
-    assert [t["name"] for t in model.requests[0].tools] == ["weather"]
+    assert model.requests[0].tools == [tools["weather"].definition()]
     assert next(e for e in events if e["type"] == "tool_end")["preview"] == "sunny"
+
+
+async def test_a_run_that_asked_for_a_tool_this_worker_lacks_ends_with_bad_params() -> None:
+    # The API's registry had it, this worker's does not: no silent run without it.
+    ctx = context(tools=ToolRegistry(builtin_tools()), params={"tools": ["weather"]})
+    with pytest.raises(AgentError, match="unknown tools") as info:
+        await run_chat(ctx)
+    assert info.value.code == "bad_params"
 
 
 # -- the loop's pieces --------------------------------------------------------------------------
@@ -249,7 +264,8 @@ def test_no_loop_module_imports_redis_or_postgres() -> None:
                 f"{path.name}: {n}"
                 for n in names
                 if n.split(".")[0] in {"redis", "asyncpg"}
-                or n in {"shared.store", "shared.redisio", "shared.llm.breaker_store"}
+                or n.startswith(("shared.redis", "shared.store."))
+                or n in {"shared.store", "shared.llm.breaker_store"}
             ]
     assert offenders == []
 
@@ -268,7 +284,8 @@ def test_the_api_can_refuse_bad_chat_params_before_queueing_the_run() -> None:
     assert params_problem(Settings(), {"max_steps": 0}) == (
         "params.max_steps must be an integer from 1 to 20"
     )
-    assert "unknown tools" in (params_problem(Settings(), {"tools": ["nope"]}) or "")
+    # params.tools is checked for every agent, against the registry (shared.tools).
+    assert params_problem(Settings(), {"tools": ["nope"]}) is None
 
 
 def test_malformed_configured_prices_fail_when_the_services_are_built() -> None:

@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 
 from shared.errors import RunCancelled
-from shared.llm.schema import SchemaError, check_schema, validate
+from shared.llm.schema import SchemaError, compile_schema, problem
 from shared.llm.tools import (
+    InvalidTool,
     Tool,
     ToolContext,
     ToolError,
@@ -19,7 +20,6 @@ from shared.llm.tools import (
     builtin_tools,
     evaluate,
     run_tool,
-    validate_args,
 )
 
 TCTX = ToolContext(
@@ -79,13 +79,13 @@ async def test_the_built_in_tools_answer_offline() -> None:
 
 
 def test_arguments_are_checked_against_the_tools_schema() -> None:
-    schema = builtin_tools()[0].input_schema
-    assert validate_args(schema, {"expression": "1"}) is None
-    assert validate_args(schema, {}) == "arguments: 'expression' is a required property"
-    assert validate_args(schema, {"expression": 1}) == "expression: 1 is not of type 'string'"
-    assert validate_args(schema, {"expression": ""}) == "expression: '' breaks minLength 1"
-    assert validate_args(schema, {"expression": "1", "x": 2}) == (
-        "arguments: unexpected property 'x'"
+    calculator = builtin_tools()[0]
+    assert calculator.problem({"expression": "1"}) is None
+    assert calculator.problem({}) == "arguments: 'expression' is a required property"
+    assert calculator.problem({"expression": 1}) == "expression: 1 is not of type 'string'"
+    assert calculator.problem({"expression": ""}) == "expression: '' should be non-empty"
+    assert calculator.problem({"expression": "1", "x": 2}) == (
+        "arguments: Additional properties are not allowed ('x' was unexpected)"
     )
 
 
@@ -93,8 +93,8 @@ def test_a_tool_with_an_invalid_schema_is_refused_at_registration() -> None:
     async def fn(args: dict[str, Any], tctx: ToolContext) -> str:
         return ""
 
-    with pytest.raises(SchemaError):
-        ToolRegistry([Tool("bad", "bad", {"type": "no-such-type"}, fn)])
+    with pytest.raises(InvalidTool, match=r"input_schema\.properties\.a\.type"):
+        ToolRegistry([Tool("bad", "bad", {"type": "object", "properties": {"a": {"type": 1}}}, fn)])
 
 
 async def test_every_way_a_call_can_go_wrong_is_an_outcome_not_an_exception() -> None:
@@ -175,42 +175,69 @@ async def test_a_tool_gets_the_runs_idempotency_key() -> None:
 
 
 @pytest.mark.parametrize(
-    ("schema", "value", "problem"),
+    ("schema", "value", "expected"),
     [
         ({"type": "integer"}, 3, None),
         ({"type": "integer"}, 3.0, None),
-        ({"type": "integer"}, 3.5, "arguments: 3.5 is not of type 'integer'"),
-        ({"type": "integer"}, True, "arguments: True is not of type 'integer'"),
+        ({"type": "integer"}, 3.5, "x: 3.5 is not of type 'integer'"),
+        ({"type": "integer"}, True, "x: True is not of type 'integer'"),
         ({"type": ["string", "null"]}, None, None),
-        ({"enum": ["a", "b"]}, "c", "arguments: 'c' is not one of ['a', 'b']"),
-        ({"type": "number", "maximum": 10}, 11, "arguments: 11 breaks maximum 10"),
+        ({"enum": ["a", "b"]}, "c", "x: 'c' is not one of ['a', 'b']"),
+        ({"type": "number", "maximum": 10}, 11, "x: 11 is greater than the maximum of 10"),
+        ({"type": "string", "pattern": "^[a-z]+$"}, "A1", "x: 'A1' does not match '^[a-z]+$'"),
         (
             {"type": "array", "items": {"type": "string"}, "maxItems": 3},
             ["a", 2],
-            "1: 2 is not of type 'string'",
+            "x/1: 2 is not of type 'string'",
         ),
         (
             {"type": "object", "properties": {"a": {"type": "object", "required": ["b"]}}},
             {"a": {}},
-            "a: 'b' is a required property",
+            "x/a: 'b' is a required property",
         ),
         (
             {"type": "object", "additionalProperties": {"type": "integer"}},
-            {"x": 1, "y": "2"},
-            "y: '2' is not of type 'integer'",
+            {"y": 1, "z": "2"},
+            "x/z: '2' is not of type 'integer'",
         ),
+        ({"oneOf": [{"type": "string"}, {"type": "integer"}]}, 1, None),
     ],
 )
-def test_the_schema_subset_tools_use_is_enforced(
-    schema: dict[str, Any], value: Any, problem: str | None
+def test_the_whole_of_json_schema_is_enforced(
+    schema: dict[str, Any], value: Any, expected: str | None
 ) -> None:
-    assert validate(schema, value) == problem
+    # Each schema as the property `x` of a tool's object schema.
+    validator = compile_schema({"type": "object", "properties": {"x": schema}})
+    assert problem(validator, {"x": value}) == expected
+
+
+def test_references_resolve_within_the_schema_and_are_never_fetched() -> None:
+    local = compile_schema(
+        {
+            "type": "object",
+            "$defs": {"n": {"type": "integer"}},
+            "properties": {"x": {"$ref": "#/$defs/n"}},
+        }
+    )
+    assert problem(local, {"x": "1"}) == "x: '1' is not of type 'integer'"
+    remote = compile_schema(
+        {"type": "object", "properties": {"x": {"$ref": "http://127.0.0.1:9/schema.json"}}}
+    )
+    assert problem(remote, {"x": 1}) == (
+        "the arguments could not be checked: the tool's schema cannot be applied"
+    )
 
 
 @pytest.mark.parametrize(
     "schema",
-    [{"type": "string"}, [], {"type": "object", "properties": {"a": {"type": "uuid"}}}],
+    [
+        {"type": "string"},
+        [],
+        {"properties": {}},
+        {"type": "object", "properties": {"a": {"type": "uuid"}}},
+        {"type": "object", "required": "a"},
+    ],
 )
-def test_a_schema_that_would_be_misread_is_refused(schema: Any) -> None:
+def test_a_schema_that_is_invalid_or_not_of_an_object_is_refused(schema: Any) -> None:
     with pytest.raises(SchemaError):
-        check_schema(schema)
+        compile_schema(schema)

@@ -14,8 +14,8 @@ from typing import Any
 
 import httpx
 
-from shared.keys import Keys
 from shared.logs import REDACTED, redact, scrub
+from shared.redis.keys import Keys
 from tests.helpers import wait_for, wait_status
 from tests.procs import ROOT, WorkerProc, start_worker, stop_all
 from tests.test_ops_shutdown import ApiProc, start_api
@@ -49,7 +49,7 @@ def json_lines(path: Path) -> list[dict[str, Any]]:
 async def test_a_full_runs_logs_are_json_with_its_run_attempt_and_worker_and_no_secret(
     settings, store, redis_client, tmp_path
 ):
-    _, key = await store.create_key("alice")
+    _, key = await store.users.create_key("alice")
     env = {"ANTHROPIC_API_KEY": PROVIDER_CANARY}
     workers: list[WorkerProc] = []
     apis: list[ApiProc] = []
@@ -66,8 +66,9 @@ async def test_a_full_runs_logs_are_json_with_its_run_attempt_and_worker_and_no_
                 json={"input": "x", "agent": "ticker", "params": {"count": 30, "interval_ms": 100}},
             )
             run_id = resp.json()["run_id"]
-            await wait_status(client, run_id, "running")
             meta = Keys.from_settings(settings).run_meta(run_id)
+            # (the owner is recorded in Redis with the run's first events)
+            await wait_for(lambda: redis_client.hget(meta, "owner"), timeout=20)
             owner_name = (await redis_client.hget(meta, "owner")).decode()
             owner = next(w for w in workers if w.name == owner_name)
             # When that worker is paused past its lease, the other takes the run over

@@ -12,9 +12,11 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 from redis.exceptions import ResponseError
 
-from shared.keys import Keys
 from shared.llm.breaker import BreakerState, BreakerStatus
 from shared.llm.breaker_store import RedisBreakerStore
+from shared.models import Transition, encode_event
+from shared.redis.keys import Keys
+from shared.store import Finishing
 from tests.helpers import read_events, submit, wait_for, wait_status
 
 
@@ -137,10 +139,13 @@ async def test_cost_counters_and_breakers_are_read_from_where_workers_keep_them(
 ):
     fast_cache(api)
     keys = Keys.from_settings(settings)
-    # Given a run that cost something, counters workers raised, and an open breaker
+    # Given a run a worker ended having spent something, counters workers raised, and an open
+    # breaker
     run_id = await submit(client, agent="ticker")
-    async with store.conn() as c:
-        await c.execute("UPDATE runs SET cost_usd = 0.25 WHERE run_id = $1::uuid", run_id)
+    run = await store.runs.claim(run_id, reclaim=False)
+    done = encode_event(run.last_seq + 1, {"type": "done"})
+    ending = Finishing(run_id, run.attempt, Transition.SUCCEED, [done], cost_usd=0.25)
+    assert await store.batches.finish_many([ending]) == [None]
     await redis_client.hincrby(keys.counters, "lease_losses", 2)
     await redis_client.hincrby(keys.counters, "handoffs", 3)
     await redis_client.hincrby(keys.counters, "provider_errors", 4)
@@ -165,7 +170,7 @@ async def test_failed_model_calls_are_counted_as_provider_errors(
     api = await api_factory(s)
     fast_cache(api)
     await worker_factory(s)
-    _, key = await store.create_key("bob")
+    _, key = await store.users.create_key("bob")
     async with httpx.AsyncClient(
         base_url=api.url, headers={"Authorization": f"Bearer {key}"}, timeout=10
     ) as client:

@@ -119,7 +119,7 @@ class Follower:
 async def test_sigterm_with_100_open_streams_hands_every_client_to_another_instance(
     settings, store, tmp_path
 ):
-    _, key = await store.create_key("alice")
+    _, key = await store.users.create_key("alice")
     auth = {"Authorization": f"Bearer {key}"}
     limits = httpx.Limits(max_connections=300, max_keepalive_connections=300)
     s = settings.with_(concurrency=RUNS)

@@ -13,16 +13,15 @@ from typing import Any
 from redis.exceptions import ResponseError
 
 from shared.config import Settings
-from shared.keys import Keys
 from shared.metrics import (
     GroupInfo,
     RedisFigures,
     WorkerView,
-    dlq_watermark_key,
     parse_group,
     parse_workers,
     problems,
 )
+from shared.redis.keys import Keys
 from tests.helpers import assert_gapless_ticker, read_events, submit, wait_for, wait_status
 from tests.procs import ROOT, settings_env
 
@@ -140,7 +139,7 @@ async def test_new_dead_letters_degrade_the_status_until_acknowledged(
     code, s = await status_json(settings)
     assert code == 1
     assert s["dead_letters_unacknowledged"] == 1
-    assert await redis_client.get(dlq_watermark_key(keys))
+    assert await redis_client.get(keys.dlq_watermark)
 
 
 async def test_dlq_retry_runs_a_dead_run_again_to_success(

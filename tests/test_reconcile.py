@@ -3,11 +3,11 @@ consumers leave the group only when they hold nothing."""
 
 from __future__ import annotations
 
-from shared.keys import Keys
 from shared.models import RunStatus
-from shared.redisio import RedisIO, create_redis
-from shared.store import NewRun
-from tests.helpers import wait_for
+from shared.redis.client import create_redis
+from shared.redis.keys import Keys
+from shared.redis.runs import RedisIO
+from tests.helpers import queued_run, wait_for
 from worker.reconcile import reconcile_once
 
 
@@ -50,8 +50,8 @@ async def test_a_running_run_without_a_queue_entry_is_requeued_once(settings, st
     r = create_redis(s, "test")
     rio = RedisIO(r, keys, s)
     try:
-        run = await store.insert_run(NewRun("u", "ticker", "x", {}, {}))
-        claimed = await store.claim(run.run_id, reclaim=False)
+        run = await queued_run(store)
+        claimed = await store.runs.claim(run.run_id, reclaim=False)
         assert claimed is not None
         assert claimed.status is RunStatus.RUNNING
 
@@ -60,7 +60,7 @@ async def test_a_running_run_without_a_queue_entry_is_requeued_once(settings, st
             return await reconcile_once(s, store, rio, "me")
 
         assert await wait_for(requeued, timeout=5) == 1
-        again = await store.get_run(run.run_id)
+        again = await store.runs.get_run(run.run_id)
         assert again is not None
         assert again.status is RunStatus.QUEUED
         assert again.attempt == 1  # the attempt count is kept

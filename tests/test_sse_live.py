@@ -16,8 +16,8 @@ from api import hub as hub_mod
 from api.hub import Hub, Subscription
 from api.streams import RunStream
 from shared.config import Settings
-from shared.keys import Keys
 from shared.models import Event
+from shared.redis.keys import Keys
 from shared.store import Store
 from tests.helpers import submit, wait_for
 

@@ -14,7 +14,7 @@ from api.submit_batch import SubmitGroups
 from cli.admin import revoke_key
 from shared.batching import Coalescer
 from shared.errors import Unavailable
-from shared.keys import Keys
+from shared.redis.keys import Keys
 from shared.store import NewRun
 
 pytestmark = pytest.mark.timeout(60)
@@ -124,7 +124,7 @@ async def test_concurrent_submits_are_committed_in_groups_each_durable_and_queue
     assert len(ids) == 40
     assert groups.coalescer.flushes - before < 40  # they shared round trips
     for a in answers:
-        run = await store.get_run(a.json()["run_id"])
+        run = await store.runs.get_run(a.json()["run_id"])
         assert run is not None
         assert run.status == "queued"
         assert a.headers["location"] == f"/runs/{a.json()['run_id']}"
@@ -172,7 +172,7 @@ async def test_bad_bodies_still_get_the_routes_errors(api, client):
 
 
 async def test_a_key_revoked_while_cached_is_refused_by_the_next_submit(client, store, settings):
-    key_id, key = await store.create_key("carol")
+    key_id, key = await store.users.create_key("carol")
     async with httpx.AsyncClient(
         base_url=str(client.base_url), headers={"Authorization": f"Bearer {key}"}
     ) as carol:
@@ -180,7 +180,7 @@ async def test_a_key_revoked_while_cached_is_refused_by_the_next_submit(client, 
         assert await revoke_key(settings, key_id)
         refused = await asyncio.gather(*(carol.post("/runs", json=BODY) for _ in range(5)))
     assert [r.status_code for r in refused] == [401] * 5
-    listed = await store.list_runs("carol", limit=10)
+    listed = await store.runs.list_runs("carol", limit=10)
     assert len(listed) == 1
     assert (await client.post("/runs", json=BODY)).status_code == 202  # others unaffected
 
@@ -199,7 +199,7 @@ async def test_the_rate_limit_holds_for_a_group(api_factory, settings, api_key, 
         if a.status_code == 429:
             assert a.json()["error"] == "rate_limited"
             assert int(a.headers["retry-after"]) >= 1
-    assert len(await store.list_runs("alice", limit=20)) == 3
+    assert len(await store.runs.list_runs("alice", limit=20)) == 3
 
 
 async def test_the_in_flight_cap_is_exact_under_concurrent_submits(
@@ -216,7 +216,7 @@ async def test_the_in_flight_cap_is_exact_under_concurrent_submits(
     assert {a.json()["error"] for a in answers if a.status_code == 429} == {
         "too_many_runs_in_flight"
     }
-    assert len(await store.list_runs("alice", limit=20)) == 5
+    assert len(await store.runs.list_runs("alice", limit=20)) == 5
 
 
 async def test_redis_refusing_the_group_is_a_503_that_writes_nothing(
@@ -232,7 +232,7 @@ async def test_redis_refusing_the_group_is_a_503_that_writes_nothing(
         await redis_client.delete(queue)
     assert [a.status_code for a in answers] == [503] * 6
     assert all(a.json()["error"] == "unavailable" and "request_id" in a.json() for a in answers)
-    assert len(await store.list_runs("alice", limit=20)) == 1
+    assert len(await store.runs.list_runs("alice", limit=20)) == 1
 
 
 async def test_entries_redis_did_not_take_remove_their_rows(store, settings):
@@ -246,7 +246,7 @@ async def test_entries_redis_did_not_take_remove_their_rows(store, settings):
     finally:
         await dead.aclose()
     assert all(isinstance(o, Unavailable) for o in outcomes)
-    assert await store.list_runs("erin", limit=10) == []
+    assert await store.runs.list_runs("erin", limit=10) == []
 
 
 async def test_keyed_submits_are_grouped_and_each_key_keeps_its_run(api, client, store):
@@ -264,8 +264,8 @@ async def test_keyed_submits_are_grouped_and_each_key_keeps_its_run(api, client,
     )
     assert [a.json()["run_id"] for a in again] == [a.json()["run_id"] for a in first]
     assert all(a.headers["idempotent-replayed"] == "true" for a in again)
-    assert len(await store.list_runs("alice", limit=50)) == 21
-    async with store.conn() as c:
+    assert len(await store.runs.list_runs("alice", limit=50)) == 21
+    async with store.db.conn() as c:
         keyed = await c.fetchval("SELECT count(*) FROM idempotency_keys WHERE user_id = 'alice'")
     assert keyed == 20
 
@@ -278,7 +278,7 @@ async def test_one_key_sent_many_times_at_once_makes_one_run(client, store):
     assert {a.status_code for a in answers} == {202}
     assert len({a.json()["run_id"] for a in answers}) == 1
     assert sum(a.headers.get("idempotent-replayed") == "true" for a in answers) == 9
-    assert len(await store.list_runs("alice", limit=50)) == 2
+    assert len(await store.runs.list_runs("alice", limit=50)) == 2
 
 
 async def test_a_keyed_retry_is_replayed_even_when_the_rate_limit_is_spent(

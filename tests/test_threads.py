@@ -6,8 +6,9 @@ from __future__ import annotations
 import itertools
 from datetime import datetime
 
-from shared.history import cache_key, load_history
-from shared.keys import Keys
+from shared.history import load_history
+from shared.redis.cache import ThreadCache
+from shared.redis.keys import Keys
 from tests.helpers import submit, wait_status
 
 
@@ -42,7 +43,7 @@ async def test_the_second_run_of_a_thread_sees_the_first_runs_messages(
     await wait_status(client, first, "succeeded", timeout=30)
     await wait_status(client, second, "succeeded", timeout=30)
 
-    messages = await store.thread_messages("alice", "conv")
+    messages = await store.threads.thread_messages("alice", "conv")
 
     by_run = [m["run_id"] for m in messages]
     assert by_run.index(first) < by_run.index(second)  # first's messages come first
@@ -50,7 +51,7 @@ async def test_the_second_run_of_a_thread_sees_the_first_runs_messages(
     assert "my name is Ada" in str(messages[0]["content"])
     assert [m["seq"] for m in messages] == list(range(1, len(messages) + 1))
     # Another user's thread of the same name is a different thread
-    assert await store.thread_messages("bob", "conv") == []
+    assert await store.threads.thread_messages("bob", "conv") == []
 
 
 async def test_history_read_after_a_write_is_never_stale(
@@ -60,13 +61,13 @@ async def test_history_read_after_a_write_is_never_stale(
     first = await submit(client, agent="chat", thread_id="c", input="one")
     await wait_status(client, first, "succeeded", timeout=30)
     # Given a warm cache
-    warm = await load_history(store, redis_client, keys, "alice", "c")
-    assert await redis_client.exists(cache_key(keys, "alice", "c"))
+    warm = await load_history(store, ThreadCache(redis_client, keys), "alice", "c")
+    assert await redis_client.exists(keys.thread_history("alice", "c"))
     # When another run writes to the thread
     second = await submit(client, agent="chat", thread_id="c", input="two")
     await wait_status(client, second, "succeeded", timeout=30)
     # Then the next read sees the write
-    after = await load_history(store, redis_client, keys, "alice", "c")
+    after = await load_history(store, ThreadCache(redis_client, keys), "alice", "c")
     assert len(after) > len(warm)
     assert after[: len(warm)] == warm
     assert "two" in str(after[len(warm)]["content"])
@@ -111,7 +112,7 @@ async def test_thread_messages_endpoint_returns_the_history_and_isolates_users(
 
     assert body["messages"][0]["role"] == "user"
     assert body["messages"][0]["run_id"] == rid
-    _, key = await store.create_key("bob")
+    _, key = await store.users.create_key("bob")
     async with httpx.AsyncClient(
         base_url=api.url, headers={"Authorization": f"Bearer {key}"}
     ) as bob:
@@ -124,11 +125,11 @@ async def test_thread_messages_endpoint_returns_the_history_and_isolates_users(
 
 async def test_the_daily_ceiling_counts_spend_recorded_by_any_worker(client, worker, store):
     # Given spend over the daily ceiling already recorded in Postgres (by any process)
-    await store.add_spend("alice", 25.0)
+    await store.users.add_spend("alice", 25.0)
 
     rid = await submit(client, agent="chat", input="hello")
 
     run = await wait_status(client, rid, "failed", timeout=30)
     assert run["error"]["code"] == "daily_budget_exceeded"
-    assert await store.spent_today("alice") >= 25.0
-    assert await store.spent_today("bob") == 0.0
+    assert await store.users.spent_today("alice") >= 25.0
+    assert await store.users.spent_today("bob") == 0.0

@@ -55,7 +55,7 @@ async def test_a_chat_run_cancelled_mid_stream_in_a_worker_process_keeps_its_usa
             assert run["usage"]["cost_usd"] > 0, run
             assert run["cost_usd"] == pytest.approx(run["usage"]["cost_usd"]), run
             # And the user's daily spend counts it
-            assert await store.spent_today("alice") == pytest.approx(run["cost_usd"])
+            assert await store.users.spent_today("alice") == pytest.approx(run["cost_usd"])
             # And the stream's terminal event carries the same usage
             _, events = await read_events(client, run_id)
             assert events[-1].event == "cancelled"

@@ -1,15 +1,17 @@
 """The writes of concurrent attempts, grouped (group commit, `shared.batching.Coalescer`, no
-timer): claims that arrive while a claim statement is in flight go together in the next one, and
-so do terminal commits. Each attempt still gets its own outcome: a run whose attempt lost its
-lease gets `LeaseLost` alone, the others in its batch commit.
+timer): calls that arrive while a statement is in flight go together in the next one. Each
+attempt still gets its own outcome: a run whose attempt lost its lease gets `LeaseLost` alone,
+the others in its batch commit.
 
-Two steps that always follow each other ride in one flush, so an attempt queues once for both:
-- a claim, then its Redis fence (one pipeline for the batch's claimed runs);
-- the terminal append, then the terminal commit: one pipeline of fenced appends, then one
-  statement for the runs whose append went in. (The ack follows, grouped with other Redis
-  calls: by then the run no longer holds a slot, so no attempt waits on it to start.)
-A step that fails leaves the steps before it standing (never redone): the attempt does the
-rest itself, with its own retries.
+Three kinds, each two steps riding one flush so an attempt queues once for both:
+- a claim, then its Redis fence (one pipeline for the batch's re-claimed runs);
+- events: committed to Postgres (one statement for the batch, fenced per run on its attempt
+  and its log's last seq), THEN copied to Redis for fan-out (one pipeline). Postgres first:
+  no client can see an event a fault could later take back;
+- a run's end: its terminal state and last events committed (one statement), then copied to
+  Redis, which closes the run's log there too.
+A Redis step that fails does not undo the Postgres one: the outcome says the copy is missing
+(`Written.redis` None) and the attempt sends it again with its next copy.
 
 Each kind has `LANES` coalescers: a call goes to one with no flush in flight, so an attempt
 waits for its own round trip, not for the one before it (Postgres shares the fsync of
@@ -29,15 +31,14 @@ import structlog
 from shared.batching import Coalescer
 from shared.errors import LeaseLost, Unavailable
 from shared.models import Run
-from shared.redisio import Fence, RedisIO, ScriptCall
-from shared.store import PG_DOWN, Finishing, Store
+from shared.redis.pipeline import ScriptCall
+from shared.redis.runs import AppendResult, Fence, Gap, RedisIO
+from shared.store import EventBatch, Finishing, Store
 
 log = structlog.get_logger("longrun.worker")
 
 MAX_BATCH = 256
-# How far `RunWrites.end` got for a run.
-APPENDED, COMMITTED = 1, 2
-LANES = int(__import__("os").environ.get("LR_LANES", "2"))
+LANES = 2
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -51,6 +52,16 @@ class Claimed:
     # The run's fence, raised in the same flush; LeaseLost if a later attempt holds it;
     # None if it could not be raised (Redis away, a script error): the attempt raises it.
     fence: Fence | LeaseLost | None
+
+
+@dataclass(frozen=True)
+class Written:
+    """Committed to Postgres; `redis` is the copy's outcome, None when Redis did not take it
+    (away, a script error, or `gap`: it holds the run's events only up to that seq, having
+    lost some): the events are safe, their fan-out is late."""
+
+    redis: AppendResult | None
+    gap: int | None = None
 
 
 class Lanes(Generic[T, R]):
@@ -108,7 +119,10 @@ class RunWrites:
         self.rio = rio
         self.consumer = consumer
         self.claims: Lanes[tuple[str, bool, str], Claimed] = Lanes(self._claim, lanes, "claim")
-        self.ends: Lanes[tuple[ScriptCall | None, Finishing], int] = Lanes(self._end, lanes, "end")
+        self.appends: Lanes[tuple[EventBatch, ScriptCall], Written] = Lanes(
+            self._append, lanes, "append"
+        )
+        self.ends: Lanes[tuple[Finishing, ScriptCall], Written] = Lanes(self._end, lanes, "end")
         # Each lane keeps its own Postgres connection: a pooled acquire and release costs a
         # reset round trip per statement.
         self._conns: dict[tuple[str, int], asyncpg.Connection] = {}
@@ -116,10 +130,7 @@ class RunWrites:
     async def _conn(self, lane: tuple[str, int]) -> asyncpg.Connection:
         conn = self._conns.get(lane)
         if conn is None:
-            try:
-                conn = await self.store.pool.acquire(timeout=self.store.settings.pg_acquire_timeout)
-            except PG_DOWN as exc:
-                raise Unavailable(f"postgres unavailable: {type(exc).__name__}") from exc
+            conn = await self.store.db.acquire()
             self._conns[lane] = conn
         return conn
 
@@ -129,7 +140,7 @@ class RunWrites:
         conn = self._conns.pop(lane, None)
         if conn is not None:
             with contextlib.suppress(Exception):
-                await self.store.pool.release(conn, timeout=5)
+                await self.store.db.release(conn)
 
     async def close(self) -> None:
         for lane in list(self._conns):
@@ -137,23 +148,27 @@ class RunWrites:
 
     @property
     def idle(self) -> bool:
-        return self.claims.idle and self.ends.idle
+        return self.claims.idle and self.appends.idle and self.ends.idle
 
     async def claim(self, run_id: str, *, reclaim: bool, entry_id: str) -> Claimed:
         return await self.claims.call((run_id, reclaim, entry_id))
 
-    async def end(self, append: ScriptCall | None, item: Finishing) -> int:
-        """End a run (outside a thread): append its terminal events under the fence (unless
-        `append` is None: already appended), then commit its terminal state and archive.
-        Returns how far it got (APPENDED, COMMITTED): the caller does the rest itself. Raises
-        what refused the run (LeaseLost, EventCapExceeded, SeqConflict), or a Redis outage
-        before the append."""
-        return await self.ends.call((append, item))
+    async def append(self, batch: EventBatch, copy: ScriptCall) -> Written:
+        """Commit a run's events, then copy them to Redis (`copy`: the append script's call,
+        which may carry earlier events Redis missed). Raises LeaseLost when the attempt no
+        longer owns the run's log, Unavailable when Postgres is away (nothing committed, or
+        committed with the reply lost: a retry finds out by reading)."""
+        return await self.appends.call((batch, copy))
+
+    async def end(self, finishing: Finishing, copy: ScriptCall) -> Written:
+        """Commit a run's terminal state and last events, then copy them to Redis (which
+        closes the run's log there). Raises as `append` does."""
+        return await self.ends.call((finishing, copy))
 
     async def _claim(self, lane: int, items: list[tuple[str, bool, str]]) -> list[Claimed]:
         key = ("claim", lane)
         try:
-            runs = await self.store.claim_many(
+            runs = await self.store.batches.claim_many(
                 [(run_id, reclaim) for run_id, reclaim, _ in items], await self._conn(key)
             )
         except Unavailable:
@@ -166,17 +181,14 @@ class RunWrites:
                 continue
             if run.attempt == 1:
                 # The run's first attempt: no attempt before it wrote anything, so its fence
-                # goes up with its first append.
+                # goes up with its first copy to Redis.
                 fences[i] = Fence(seq=run.last_seq, cancel_requested=False, deferred=True)
             else:
                 claimed.append((i, run))
         if claimed:
             try:
                 outcomes = await self.rio.fence_many(
-                    [
-                        (run.run_id, run.attempt, self.consumer, run.last_seq, items[i][2])
-                        for i, run in claimed
-                    ]
+                    [(run.run_id, run.attempt, self.consumer, items[i][2]) for i, run in claimed]
                 )
             except Exception as exc:  # the claims stand; each attempt fences itself
                 log.warning("batch_fence_failed", error=type(exc).__name__, runs=len(claimed))
@@ -186,38 +198,56 @@ class RunWrites:
                         fences[i] = out
         return [Claimed(run, fences.get(i)) for i, run in enumerate(runs)]
 
-    async def _end(
-        self, lane: int, items: list[tuple[ScriptCall | None, Finishing]]
-    ) -> list[int | BaseException]:
-        out: list[int | BaseException] = [APPENDED] * len(items)
-        appends = [(i, call) for i, (call, _) in enumerate(items) if call is not None]
-        if appends:
-            replies = await self.rio.run_now([call for _, call in appends])  # outage: all fail
-            for (i, _), reply in zip(appends, replies, strict=True):
-                res = self.rio.append_outcome(items[i][1].run_id, items[i][1].attempt, reply)
-                if isinstance(res, BaseException):
-                    out[i] = res
-        ok = [i for i, o in enumerate(out) if o == APPENDED]
-        if ok:
-            await self._commit_and_ack(lane, items, ok, out)
-        return out
+    async def _append(
+        self, lane: int, items: list[tuple[EventBatch, ScriptCall]]
+    ) -> list[Written | BaseException]:
+        key = ("append", lane)
+        try:
+            refused = await self.store.events.append_many(
+                [b for b, _ in items], await self._conn(key)
+            )
+        except Unavailable:
+            await self._drop(key)
+            raise
+        return await self._copy(items, refused)
 
-    async def _commit_and_ack(
-        self,
-        lane: int,
-        items: list[tuple[ScriptCall | None, Finishing]],
-        ok: list[int],
-        out: list[int | BaseException],
-    ) -> None:
+    async def _end(
+        self, lane: int, items: list[tuple[Finishing, ScriptCall]]
+    ) -> list[Written | BaseException]:
         key = ("end", lane)
         try:
-            outcomes = await self.store.finish_many(
-                [items[i][1] for i in ok], await self._conn(key)
+            refused = await self.store.batches.finish_many(
+                [f for f, _ in items], await self._conn(key)
             )
-        except Exception as exc:  # appended all the same: each attempt commits itself
-            if isinstance(exc, Unavailable):
-                await self._drop(key)
-            log.warning("batch_commit_failed", error=type(exc).__name__, runs=len(ok))
-            return
-        for i, res in zip(ok, outcomes, strict=True):
-            out[i] = COMMITTED if res is None else res
+        except Unavailable:
+            await self._drop(key)
+            raise
+        return await self._copy(items, refused)
+
+    async def _copy(
+        self,
+        items: Sequence[tuple[EventBatch | Finishing, ScriptCall]],
+        refused: Sequence[LeaseLost | None],
+    ) -> list[Written | BaseException]:
+        """Copy to Redis what Postgres committed; one outcome per item."""
+        out: list[Written | BaseException] = [
+            r if r is not None else Written(None) for r in refused
+        ]
+        committed = [i for i, r in enumerate(refused) if r is None]
+        if not committed:
+            return out
+        try:
+            replies = await self.rio.run_now([items[i][1] for i in committed])
+        except Exception as exc:  # Redis away: committed all the same, the copy comes later
+            log.warning("events_copy_failed", error=type(exc).__name__, runs=len(committed))
+            return out
+        for i, reply in zip(committed, replies, strict=True):
+            item = items[i][0]
+            res = self.rio.append_outcome(item.run_id, item.attempt, reply)
+            if isinstance(res, AppendResult):
+                out[i] = Written(res)
+            elif isinstance(res, Gap):
+                out[i] = Written(None, gap=res.redis_seq)
+            elif isinstance(res, LeaseLost):
+                out[i] = res
+        return out

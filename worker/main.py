@@ -5,11 +5,15 @@ Loops, each its own task:
 - consume: `XREADGROUP >` for as many entries as there are free slots;
 - reclaim: `XAUTOCLAIM` entries idle past the lease (a dead worker's), dead-lettering entries
   delivered more than `max_attempts` times;
-- heartbeat: owner-checked lease renewal of every entry it runs (Lua), the worker's own
-  heartbeat, and a Postgres touch; a worker that cannot renew for most of a lease stops its
-  runs itself, before anyone else may take them;
+- heartbeat: owner-checked lease renewal of every entry it runs (Lua) and the worker's own
+  heartbeat, in Redis only (a Postgres stall must not cost a lease); a worker that cannot
+  renew for most of a lease stops its runs itself, before anyone else may take them; a run
+  whose entry Redis lost is handed over at once;
+- touch: the Postgres heartbeat of its runs (the reconciler's hint; cancels seen without
+  Redis), on its own loop;
 - cancel listener: pub/sub of cancel requests;
-- reconciler: one worker at a time re-enqueues runs Postgres has as active but Redis lost.
+- reconciler: one worker at a time re-enqueues runs Postgres has as active but Redis lost;
+  at once when this worker sees Redis restarted or its group gone, else periodically.
 
 Shutdown is two-stage: the first SIGTERM/SIGINT drains (stop reading, let runs finish for
 `drain_seconds`, hand the rest over at once), a second one exits immediately.
@@ -25,42 +29,50 @@ import signal
 import socket
 import time
 import uuid
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from redis.exceptions import ResponseError
 
 from shared import logs
 from shared.agents import load_agents
 from shared.config import Settings
 from shared.errors import Unavailable
-from shared.keys import Keys
 from shared.llm.breaker_store import RedisBreakerStore
+from shared.llm.budget import PatientLedger
 from shared.llm.services import LLM_SERVICE, LLMServices, build_llm_services
 from shared.migrate import check_schema
-from shared.redisio import (
+from shared.redis.client import (
     REDIS_DOWN,
-    QueueEntry,
-    RedisIO,
+    REDIS_ERRORS,
     check_eviction_policy,
     create_redis,
-    parse_queue_entry,
+    group_lost,
+    reply_word,
 )
+from shared.redis.codec import QueueEntry
+from shared.redis.keys import Keys
+from shared.redis.runs import RedisIO
 from shared.store import Store, connect
+from shared.tools import load_tools
+from worker.attempt import AttemptState, Deps, execute
+from worker.attempt.state import outage_seconds
 from worker.batches import RunWrites
-from worker.executor import Attempt, Deps
 from worker.policies import RETRYABLE
 from worker.reconcile import reconcile_once
 
 log = structlog.get_logger("longrun.worker")
 
 BLOCK_MS = 1000
+# The in-flight figure goes out when a slot fills or frees, at most this often (and with every
+# heartbeat): `/health` and `/metrics` follow a run's end within about a second.
+IN_FLIGHT_PUBLISH_SECONDS = 0.25
 
 
 @dataclass
 class Slot:
-    attempt: Attempt
+    attempt: AttemptState
     task: asyncio.Task[None]
 
 
@@ -91,7 +103,12 @@ class Worker:
         self.stopped = asyncio.Event()
         self.free = asyncio.Event()
         self.free.set()
+        self.load_changed = asyncio.Event()  # a slot filled or freed: publish the figure
         self.last_renewal = time.monotonic()
+        # Set when Redis may have lost data (restarted, group gone): the reconciler runs now.
+        self.reconcile_now = asyncio.Event()
+        self.redis_run_id: str | None = None  # Redis' INFO run_id, to see a restart
+        self.redis_broken = False  # a heartbeat failed since the last good one
         self._tasks: list[asyncio.Task[None]] = []
         self.reads = 0  # XREADGROUP calls, and the entries they brought (batch_stats)
         self.read_entries = 0
@@ -111,33 +128,38 @@ class Worker:
             await conn.close()
         self.store = await Store.open(s, f"longrun-worker:{self.name}")
         r = create_redis(s, f"longrun-worker:{self.name}")
+        self.rio = RedisIO(r, self.keys, s, batched=True)
         try:
             await check_eviction_policy(r)
+            await self.rio.ensure_group()
         except BaseException:
-            await r.aclose()
+            await self.rio.aclose()
             await self.store.close()
-            self.store = None
+            self.rio = self.store = None
             raise
-        self.rio = RedisIO(r, self.keys, s, batched=True)
-        await self.rio.ensure_group()
         # One set of LLM services per process: breakers shared through Redis, daily spend
         # through Postgres, so ceilings and breakers hold across every worker.
         self.llm = build_llm_services(
-            s, breaker_store=RedisBreakerStore(r, self.keys), ledger=self.store
+            s,
+            breaker_store=RedisBreakerStore(r, self.keys),
+            # A Postgres outage pauses a run's spending like its event writes, not fail it.
+            ledger=PatientLedger(self.store.users, outage_seconds(s)),
         )
         self.deps = Deps(
             settings=s,
             store=self.store,
             rio=self.rio,
+            writes=RunWrites(self.store, self.rio, self.name),
             agents=load_agents(s.agent_modules),
             consumer=self.name,
+            tools=load_tools(s.tool_modules),
             services={LLM_SERVICE: self.llm},
-            writes=RunWrites(self.store, self.rio, self.name),
         )
+        self.redis_run_id = await self.rio.group.server_run_id()
         for loop in (self._consume, self._reclaim, self._reconcile):
             self._tasks.append(asyncio.create_task(self._forever(loop, self.stopping)))
         # These keep serving in-flight runs while the worker drains.
-        for loop in (self._heartbeat, self._cancel_listener):
+        for loop in (self._heartbeat, self._touch, self._cancel_listener, self._publish_in_flight):
             self._tasks.append(asyncio.create_task(self._forever(loop, self.stopped)))
         # What start-up allocated (modules, clients) lives as long as the process: keep it out
         # of the cyclic collector's full passes, which then cost ~40% less on a busy worker.
@@ -155,14 +177,17 @@ class Worker:
                 raise
             except RETRYABLE as exc:
                 log.warning("loop_backoff", loop=loop.__name__, error=type(exc).__name__)
-            except ResponseError as exc:
-                if ("NOGROUP" in str(exc) or "UNBLOCKED" in str(exc)) and self.rio is not None:
-                    # Redis lost the group (restarted empty, flushed): make it again.
+            except REDIS_ERRORS as exc:
+                if group_lost(exc) and self.rio is not None:
+                    # Redis lost the group (restarted empty, flushed): make it again, and
+                    # re-enqueue the runs whose entries went with it.
+                    self.reconcile_now.set()
                     log.warning("group_recreated")
+                    self.reconcile_now.set()
                     with contextlib.suppress(*REDIS_DOWN):
                         await self.rio.ensure_group()
-                else:
-                    log.exception("loop_crashed", loop=loop.__name__)
+                else:  # an error reply the code does not expect (MOVED, WRONGTYPE, OOM ...)
+                    log.warning("redis_error", loop=loop.__name__, reply=reply_word(exc))
             except Exception:
                 log.exception("loop_crashed", loop=loop.__name__)
             with contextlib.suppress(TimeoutError):
@@ -186,7 +211,17 @@ class Worker:
         await self.close()
 
     async def close(self) -> None:
+        """Stop every loop and attempt, then close the clients. Always completes (and sets
+        `stopped`): a step that fails is logged and the next one runs."""
         self.stopping.set()
+        try:
+            await self._stop_tasks()
+            await self._close_clients()
+        finally:
+            self.stopped.set()
+            log.info("worker_stopped", batches=self.batch_stats())
+
+    async def _stop_tasks(self) -> None:
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
@@ -200,19 +235,17 @@ class Worker:
         if running:
             await asyncio.gather(*running, return_exceptions=True)
         await self._settle()
+
+    async def _close_clients(self) -> None:
         if self.deps is not None and self.deps.writes is not None:
-            await self.deps.writes.close()
+            await _logged("close_writes", self.deps.writes.close())
         if self.rio is not None:
-            with contextlib.suppress(*REDIS_DOWN):
-                await self.rio.r.zrem(self.keys.workers, self.name)
-                await self.rio.r.delete(self.keys.worker_info(self.name))
-            await self.rio.r.aclose()
+            await _logged("leave_workers", self.rio.group.leave(self.name))
+            await _logged("close_redis", self.rio.aclose())
         if self.llm is not None:
-            await self.llm.aclose()
+            await _logged("close_llm", self.llm.aclose())
         if self.store is not None:
-            await self.store.close()
-        self.stopped.set()
-        log.info("worker_stopped", batches=self.batch_stats())
+            await _logged("close_store", self.store.close())
 
     async def _settle(self, limit: float = 5.0) -> None:
         """Let grouped writes already sent finish (a cancelled attempt's flush still runs)
@@ -243,23 +276,25 @@ class Worker:
     # -- running attempts --------------------------------------------------------------------
     def _launch(self, entry: QueueEntry, *, reclaimed: bool, poison: bool = False) -> None:
         assert self.deps is not None
-        attempt = Attempt(self.deps, entry, reclaimed=reclaimed, poison=poison)
-        task = asyncio.create_task(self._guarded(attempt))
+        attempt = AttemptState(entry, reclaimed=reclaimed, poison=poison)
+        task = asyncio.create_task(self._guarded(attempt, self.deps))
         self.slots[entry.entry_id] = Slot(attempt, task)
         attempt.on_committed = lambda: self._committed(entry.entry_id)
+        self.load_changed.set()
         if len(self.slots) >= self.settings.concurrency:
             self.free.clear()
 
-    async def _guarded(self, attempt: Attempt) -> None:
+    async def _guarded(self, attempt: AttemptState, deps: Deps) -> None:
         try:
-            await attempt.execute()
+            await execute(attempt, deps)
         except asyncio.CancelledError:
             raise
         except Exception:
             # The entry stays pending: its lease expires and another attempt takes over.
             log.exception("attempt_failed", run_id=attempt.run_id)
         finally:
-            self.slots.pop(attempt.entry.entry_id, None)
+            if self.slots.pop(attempt.entry.entry_id, None) is not None:
+                self.load_changed.set()
             self.acking.pop(attempt.entry.entry_id, None)
             self.free.set()
             attempt.release()
@@ -272,6 +307,7 @@ class Worker:
         if slot is not None:
             self.acking[entry_id] = slot
             self.free.set()
+            self.load_changed.set()
 
     def _free_slots(self) -> int:
         return max(0, self.settings.concurrency - len(self.slots))
@@ -283,24 +319,16 @@ class Worker:
                 self.free.clear()
                 await self.free.wait()
                 continue
-            reply = await self.rio.r.xreadgroup(
-                self.keys.group,
-                self.name,
-                {self.keys.queue: ">"},
-                count=self._free_slots(),
-                block=BLOCK_MS,
-            )
+            entries = await self.rio.group.read(self.name, self._free_slots(), BLOCK_MS)
             if self.stopping.is_set():
                 # Read after the drain began: hand straight back, not run.
-                for _, entries in reply or []:
-                    for entry_id, fields in entries:
-                        await self.rio.handoff(self.name, parse_queue_entry(entry_id, fields))
+                for entry in entries:
+                    await self.rio.handoff(self.name, entry)
                 return
             self.reads += 1
-            for _, entries in reply or []:
-                self.read_entries += len(entries)
-                for entry_id, fields in entries:
-                    self._launch(parse_queue_entry(entry_id, fields), reclaimed=False)
+            self.read_entries += len(entries)
+            for entry in entries:
+                self._launch(entry, reclaimed=False)
 
     async def _reclaim(self) -> None:
         assert self.rio is not None
@@ -315,55 +343,22 @@ class Worker:
 
     async def _reclaim_batch(self, lease_ms: int, count: int) -> None:
         assert self.rio is not None
-        r = self.rio.r
+        group = self.rio.group
         start = "0-0"
         while count > 0:
-            reply = await r.xautoclaim(
-                self.keys.queue, self.keys.group, self.name, lease_ms, start, count=count
-            )
-            start = reply[0]
-            claimed = reply[1]
-            deleted = reply[2] if len(reply) > 2 else []  # Redis 7: ids that no longer exist
-            for entry_id in deleted:
-                await r.xack(self.keys.queue, self.keys.group, entry_id)
-            for entry_id, fields in claimed:
-                if fields is None:  # Redis 6.2 reports deleted entries as nil fields
-                    await r.xack(self.keys.queue, self.keys.group, entry_id)
-                    continue
-                entry = parse_queue_entry(entry_id, fields)
-                deliveries = await self._deliveries(entry.entry_id)
+            start, entries = await group.reclaim(self.name, lease_ms, start, count)
+            for entry in entries:
+                deliveries = await group.deliveries(entry.entry_id)
                 poison = deliveries > self.settings.max_attempts
-                await r.hincrby(self.keys.counters, "reclaims", 1)
+                await self.rio.count("reclaims")
                 if poison:
-                    await self._dead_letter(entry, deliveries)
+                    await group.dead_letter(entry, deliveries, "max_attempts")
+                    log.warning("run_dead_lettered", run_id=entry.run_id, deliveries=deliveries)
                 log.info("entry_reclaimed", run_id=entry.run_id, deliveries=deliveries)
                 self._launch(entry, reclaimed=True, poison=poison)
                 count -= 1
-            if start in (b"0-0", "0-0"):
+            if start == "0-0":
                 return
-
-    async def _deliveries(self, entry_id: str) -> int:
-        assert self.rio is not None
-        info = await self.rio.r.xpending_range(
-            self.keys.queue, self.keys.group, min=entry_id, max=entry_id, count=1
-        )
-        return int(info[0]["times_delivered"]) if info else 1
-
-    async def _dead_letter(self, entry: QueueEntry, deliveries: int) -> None:
-        assert self.rio is not None
-        await self.rio.r.xadd(
-            self.keys.dead_letters,
-            {
-                "run": entry.run_id,
-                "entry": entry.entry_id,
-                "deliveries": deliveries,
-                "reason": "max_attempts",
-                "at": f"{time.time():.3f}",
-            },
-            maxlen=100_000,
-            approximate=True,
-        )
-        log.warning("run_dead_lettered", run_id=entry.run_id, deliveries=deliveries)
 
     async def _heartbeat(self) -> None:
         s = self.settings
@@ -374,7 +369,6 @@ class Worker:
 
     async def _beat(self) -> None:
         assert self.rio is not None
-        assert self.store is not None
         now = time.monotonic()
         if self.slots and lease_expired_locally(
             self.last_renewal, now, self.settings.lease_seconds
@@ -383,65 +377,111 @@ class Worker:
                 slot.attempt.signals.lost.set()
         ids = list(self.slots)
         try:
-            lost = await self.rio.renew(self.name, ids)
+            lost, gone = await self.rio.renew(self.name, ids)
         except REDIS_DOWN:
             log.warning("heartbeat_failed")
+            self.redis_broken = True
             raise
         self.last_renewal = now
+        if self.redis_broken:
+            self.redis_broken = False
+            await self._check_redis_restarted()
         for entry_id in lost:
             lost_slot = self.slots.get(entry_id)
             if lost_slot is not None:
                 lost_slot.attempt.signals.lost.set()
-                await self.rio.r.hincrby(self.keys.counters, "lease_losses", 1)
-        wall = time.time()
-        async with self.rio.r.pipeline(transaction=False) as p:
-            p.zadd(self.keys.workers, {self.name: wall})
-            p.hset(
-                self.keys.worker_info(self.name),
-                mapping={
-                    "in_flight": len(self.slots),
-                    "concurrency": self.settings.concurrency,
-                    "pid": os.getpid(),
-                    "host": socket.gethostname(),
-                    "heartbeat": f"{wall:.3f}",
-                },
-            )
-            p.expire(self.keys.worker_info(self.name), int(self.settings.lease_seconds * 3) + 1)
-            await p.execute()
-        runs = [s.attempt.run_id for s in self.slots.values() if s.attempt.run_id]
-        with contextlib.suppress(Unavailable):
-            for run_id in await self.store.touch(runs):
-                for slot in self.slots.values():
-                    if slot.attempt.run_id == run_id:
-                        slot.attempt.signals.cancel.set()
+                await self.rio.count("lease_losses")
+        for entry_id in gone:
+            # No one holds the entry any more (Redis lost it): hand the run over now, or
+            # nothing would re-claim it until the reconciler found it.
+            gone_slot = self.slots.get(entry_id)
+            if gone_slot is not None and gone_slot.attempt.run is not None:
+                log.warning("entry_lost", run_id=gone_slot.attempt.run_id, entry=entry_id)
+                gone_slot.attempt.handoff_reason = "entry_lost"
+                gone_slot.attempt.signals.handoff.set()
+        if gone:
+            self.reconcile_now.set()
+        figures = {
+            "in_flight": len(self.slots),
+            "concurrency": self.settings.concurrency,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+        }
+        await self.rio.group.beat(self.name, figures, self._info_ttl())
+
+    async def _check_redis_restarted(self) -> None:
+        """After a failed heartbeat: if Redis is another process now (restarted, failed over),
+        it may have lost entries: reconcile at once."""
+        assert self.rio is not None
+        run_id = await self.rio.group.server_run_id()
+        if run_id != self.redis_run_id:
+            log.warning("redis_restarted")
+            self.redis_run_id = run_id
+            self.reconcile_now.set()
+
+    async def _touch(self) -> None:
+        """The Postgres heartbeat of this worker's runs: keeps live runs out of the
+        reconciler's view and sees cancels recorded only in Postgres. Its own loop: a
+        Postgres stall delays only this."""
+        assert self.store is not None
+        s = self.settings
+        while not self.stopped.is_set():
+            runs = [x.attempt.run_id for x in self.slots.values() if x.attempt.run is not None]
+            with contextlib.suppress(Unavailable):
+                for run_id in await self.store.runs.touch(runs):
+                    for slot in self.slots.values():
+                        if slot.attempt.run_id == run_id:
+                            slot.attempt.signals.cancel.set()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopped.wait(), renew_interval(s.lease_seconds))
+
+    def _info_ttl(self) -> int:
+        """How long the worker's figures outlive its last heartbeat."""
+        return int(self.settings.lease_seconds * 3) + 1
+
+    async def _publish_in_flight(self) -> None:
+        """The in-flight figure when a slot fills or frees, at most every
+        IN_FLIGHT_PUBLISH_SECONDS, so readers need not wait for the next heartbeat."""
+        assert self.rio is not None
+        while not self.stopped.is_set():
+            await self.load_changed.wait()
+            self.load_changed.clear()
+            await self.rio.group.publish_in_flight(self.name, len(self.slots), self._info_ttl())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopped.wait(), IN_FLIGHT_PUBLISH_SECONDS)
 
     async def _cancel_listener(self) -> None:
         assert self.rio is not None
-        pubsub = self.rio.r.pubsub()
-        await pubsub.subscribe(self.keys.cancel_channel)
-        try:
+        async with self.rio.group.cancels() as feed:
             while not self.stopped.is_set():
-                msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-                if msg is None:
+                run_id = await feed.next(wait_seconds=1.0)
+                if run_id is None:
                     continue
-                data = msg["data"]
-                run_id = data.decode() if isinstance(data, bytes) else str(data)
                 for slot in self.slots.values():
                     if slot.attempt.run_id == run_id:
                         slot.attempt.signals.cancel.set()
-        finally:
-            with contextlib.suppress(*REDIS_DOWN):
-                await pubsub.aclose()
 
     async def _reconcile(self) -> None:
         assert self.rio is not None
         assert self.store is not None
         while not self.stopping.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stopping.wait(), self.settings.reconcile_seconds)
+                await asyncio.wait_for(self._reconcile_due(), self.settings.reconcile_seconds)
             if self.stopping.is_set():
                 return
-            await reconcile_once(self.settings, self.store, self.rio, self.name)
+            now = self.reconcile_now.is_set()
+            self.reconcile_now.clear()
+            await reconcile_once(self.settings, self.store, self.rio, self.name, urgent=now)
+
+    async def _reconcile_due(self) -> None:
+        """Returns when the worker stops or Redis may have lost data."""
+        stop = asyncio.ensure_future(self.stopping.wait())
+        now = asyncio.ensure_future(self.reconcile_now.wait())
+        try:
+            await asyncio.wait({stop, now}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            now.cancel()
 
 
 async def run_worker(settings: Settings) -> int:
@@ -465,3 +505,11 @@ async def run_worker(settings: Settings) -> int:
     await worker.start()
     await worker.stopped.wait()
     return 0
+
+
+async def _logged(step: str, closing: Awaitable[object]) -> None:
+    """Await one shutdown step; a failure is logged, not raised, so the next step runs."""
+    try:
+        await closing
+    except Exception as exc:
+        log.warning("shutdown_step_failed", step=step, error=type(exc).__name__)

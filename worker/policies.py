@@ -12,7 +12,7 @@ import structlog
 
 from shared.config import Settings
 from shared.errors import Unavailable
-from shared.redisio import REDIS_DOWN
+from shared.redis.client import REDIS_DOWN
 
 log = structlog.get_logger("longrun.worker")
 

@@ -12,6 +12,9 @@ last state saved with `await ctx.save_checkpoint(step, state)`) and `ctx.last_ev
 event body appended by any attempt). The agent continues from there; it must not redo a step its
 checkpoint records. `ctx.idempotency_key(step, call)` is stable across attempts, for tools with
 side effects.
+
+Tools: `ctx.tools` holds the registered tools this run may use (`shared.tools`: the default set,
+or those its `params.tools` names), filled by the worker whatever the agent.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from shared.config import Settings
+from shared.llm.tools import ToolRegistry
 
 
 @dataclass(frozen=True)
@@ -54,7 +58,8 @@ class RunContext:
     last_event: dict[str, Any] | None = None
     cancelled: asyncio.Event = field(default_factory=asyncio.Event)
     save_checkpoint: CheckpointSaver = _no_checkpoints
-    tools: dict[str, Any] = field(default_factory=dict)
+    # The tools this run may use, by name (see above).
+    tools: ToolRegistry = field(default_factory=ToolRegistry)
     # Set by the agent for the final output when it returns without a terminal event.
     output: Any = None
     # Extra services a deployment hands to agents (e.g. the shared Anthropic client, breakers).

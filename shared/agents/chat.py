@@ -4,10 +4,10 @@ deployment did not provide them). Without `ANTHROPIC_API_KEY` it runs the offlin
 demo streams text and tool events with no network.
 
 `params` (all optional): `model` (a model id), `max_steps` (1..LONGRUN_MAX_STEPS), `max_tokens`
-(1..64000), `system` (a system prompt, up to 20000 characters), `tools` (names of the tools to
-offer, default all). Anything else there is ignored; a bad value ends the run with `error`
-code `bad_params`. Extra tools come from `ctx.tools` (name -> `shared.llm.tools.Tool`).
-The run's new messages end up in `ctx.new_messages`, its usage totals in `ctx.usage`.
+(1..64000), `system` (a system prompt, up to 20000 characters), `tools` (the registered tools the
+run may use, see `shared.tools`). Anything else there is ignored; a bad value ends the run with
+`error` code `bad_params`. The model is offered exactly the run's tools, `ctx.tools`, with their
+schemas. The run's new messages end up in `ctx.new_messages`, its usage totals in `ctx.usage`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from shared.errors import AgentError
 from shared.llm.loop import LoopConfig, LoopDeps, agent_loop
 from shared.llm.pricing import PriceTable
 from shared.llm.services import LLM_SERVICE, LLMServices, build_llm_services
-from shared.llm.tools import Tool, ToolRegistry, builtin_tools
+from shared.llm.tools import ToolRegistry
+from shared.tools import run_tools, tools_problem
 
 MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/-]{0,99}")
 MAX_TOKENS = 64_000
@@ -66,31 +67,24 @@ def chat_config(
     return LoopConfig.from_settings(settings, **overrides)
 
 
-def chat_tools(
-    available: ToolRegistry, extra: dict[str, Any], params: dict[str, Any]
-) -> ToolRegistry:
-    """The tools offered to the model: built-ins plus the deployment's, narrowed by params."""
-    registry = available.merged(t for t in extra.values() if isinstance(t, Tool))
-    names = params.get("tools")
-    if names is None:
-        return registry
-    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        raise _bad("params.tools must be a list of tool names")
-    unknown = sorted(set(names) - set(registry.tools))
-    if unknown:
-        known = ", ".join(sorted(registry.tools))
-        raise _bad(f"params.tools names unknown tools {unknown}; available: {known}")
-    return registry.only(names)
+def chat_tools(tools: ToolRegistry, params: dict[str, Any]) -> ToolRegistry:
+    """The tools offered to the model: the run's, as narrowed by `params.tools`. A name it
+    lacks means the API and this worker registered different tools: the run ends `bad_params`
+    rather than go on without a tool it asked for."""
+    problem = tools_problem(tools, params)
+    if problem is not None:
+        raise _bad(problem)
+    return run_tools(tools, params)
 
 
 def params_problem(settings: Settings, params: dict[str, Any]) -> str | None:
     """Why `params` would end a chat run with `bad_params`, or None: for the API to refuse them
-    at submission with a 4xx instead (deployment tools from ctx.tools are not known there)."""
+    at submission with a 4xx instead (`params.tools` is checked for every agent, against the
+    registry: `shared.tools.tools_problem`)."""
     try:
         chat_config(
             settings, params, prices=PriceTable(rows={}, fallback=PriceTable.fallback_default())
         )
-        chat_tools(ToolRegistry(builtin_tools()), {}, params)
     except AgentError as exc:
         return exc.detail
     return None
@@ -109,7 +103,7 @@ def services_for(ctx: RunContext) -> LLMServices:
 async def chat(ctx: RunContext) -> AsyncIterator[dict[str, Any]]:
     svc = services_for(ctx)
     cfg = chat_config(ctx.settings, ctx.params, prices=svc.prices)
-    tools = chat_tools(svc.tools, ctx.tools, ctx.params)
+    tools = chat_tools(ctx.tools, ctx.params)
     if not ctx.resumed and not ctx.input.strip():
         raise AgentError("the input is empty", code="bad_input")
     deps = LoopDeps(model=svc.model, breaker=svc.breaker, ledger=svc.ledger, tools=tools)

@@ -8,10 +8,16 @@ run may go on. A ceiling of 0 (or less) means "no ceiling".
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, date, datetime
 from decimal import Decimal
-from typing import Protocol
+from typing import Protocol, TypeVar
+
+from shared.errors import Unavailable
+
+T = TypeVar("T")
 
 COST_BUDGET_EXCEEDED = "cost_budget_exceeded"
 DAILY_BUDGET_EXCEEDED = "daily_budget_exceeded"
@@ -23,6 +29,35 @@ class SpendLedger(Protocol):
         ...
 
     async def add_spend(self, user_id: str, usd: float) -> None: ...
+
+
+class PatientLedger:
+    """A ledger that rides out an outage of the store behind it (Postgres away for a while):
+    the loop's calls wait and retry, with backoff, for up to `patience` seconds instead of
+    failing the run. A spend whose reply was lost may be charged twice: the ledger guards a
+    ceiling, so it errs on the side of the ceiling."""
+
+    def __init__(self, inner: SpendLedger, patience: float) -> None:
+        self.inner = inner
+        self.patience = patience
+
+    async def _patiently(self, call: Callable[[], Awaitable[T]]) -> T:
+        deadline = time.monotonic() + self.patience
+        delay = 0.05
+        while True:
+            try:
+                return await call()
+            except Unavailable:
+                if time.monotonic() + delay > deadline:
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    async def spent_today(self, user_id: str) -> float:
+        return await self._patiently(lambda: self.inner.spent_today(user_id))
+
+    async def add_spend(self, user_id: str, usd: float) -> None:
+        await self._patiently(lambda: self.inner.add_spend(user_id, usd))
 
 
 class MemoryLedger:

@@ -4,7 +4,9 @@
 cancelled and `RunCancelled` raised, so a cancel stops a model stream, a backoff sleep or a tool
 within one scheduling round. The abandoned task gets a short grace to unwind; a task that
 ignores cancellation is left behind rather than allowed to hold the run. `until_cancelled` does
-the same for a whole stream.
+the same for a whole stream. However they end (a result, the flag, a time limit, or their own
+task cancelled from outside), they leave no helper task pending: one that is dropped while
+pending is destroyed by the collector with an error-level "Task was destroyed" log.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from shared.errors import RunCancelled
 
@@ -85,13 +87,13 @@ async def until_cancelled(
     queue: asyncio.Queue[object] = asyncio.Queue(maxsize=256)
     pump = asyncio.create_task(_pump(source, queue))
     waiter = asyncio.ensure_future(cancelled.wait())
+    get: asyncio.Future[object] | None = None
     try:
         while True:
             if queue.empty():
                 get = asyncio.ensure_future(queue.get())
                 await asyncio.wait({get, waiter}, return_when=asyncio.FIRST_COMPLETED)
                 if not get.done():
-                    get.cancel()
                     raise RunCancelled("the run was cancelled")
                 item = get.result()
             else:
@@ -104,6 +106,17 @@ async def until_cancelled(
                 raise item.exc
             yield item  # type: ignore[misc]
     finally:
-        waiter.cancel()
+        # Also when this generator's task is cancelled while it waits for the next item.
+        await _settle(get, waiter)
         if not pump.done():
             await abandon(pump)
+
+
+async def _settle(*helpers: asyncio.Future[Any] | None) -> None:
+    """Cancel the helpers still pending and let them finish: one left waiting (on a queue that
+    nobody feeds any more) would stay pending until the collector destroys it."""
+    pending = {h for h in helpers if h is not None and not h.done()}
+    for helper in pending:
+        helper.cancel()
+    if pending:
+        await asyncio.wait(pending, timeout=GRACE_SECONDS)

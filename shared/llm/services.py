@@ -1,6 +1,6 @@
 """One process's LLM services, built once and handed to every `chat` run via
 `ctx.services["llm"]`: the model client (the SDK with a key, else the offline model), the circuit
-breakers, the spend ledger and the tool registry.
+breakers and the spend ledger. (A run's tools come in `ctx.tools`.)
 
 The worker builds it at start-up with the shared pieces it owns (a `RedisBreakerStore` and a
 Postgres-backed `SpendLedger`) and closes it at shutdown. Without them it falls back to
@@ -24,7 +24,6 @@ from shared.llm.budget import MemoryLedger, SpendLedger
 from shared.llm.model import ModelClient
 from shared.llm.pricing import PriceTable
 from shared.llm.scripted import OfflineModel
-from shared.llm.tools import ToolRegistry, builtin_tools
 
 LLM_SERVICE = "llm"
 
@@ -34,7 +33,6 @@ class LLMServices:
     model: ModelClient
     breaker: Breaker
     ledger: SpendLedger
-    tools: ToolRegistry
     prices: PriceTable
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
@@ -59,7 +57,6 @@ def build_llm_services(
     *,
     breaker_store: BreakerStore | None = None,
     ledger: SpendLedger | None = None,
-    tools: ToolRegistry | None = None,
     model: ModelClient | None = None,
 ) -> LLMServices:
     """Raises ConfigError (at start-up, where it belongs) on malformed LONGRUN_MODEL_PRICES."""
@@ -75,7 +72,6 @@ def build_llm_services(
             breaker_store or MemoryBreakerStore(), BreakerPolicy.from_settings(settings)
         ),
         ledger=ledger or MemoryLedger(),
-        tools=tools or ToolRegistry(builtin_tools()),
         prices=prices,
         closers=closers,
     )

@@ -1,36 +1,48 @@
-"""Plug-in tools: a registry of (name, JSON schema, async callable), the built-in ones, and
-running one call so that nothing it does can crash the loop.
+"""Plug-in tools: what a tool is, a registry of them, the built-in ones, and running one call so
+that nothing it does can crash the loop. (Which tools a deployment registers, and which of them a
+run may use, is `shared.tools`.)
 
-A tool is `async def fn(args: dict, tctx: ToolContext) -> Any`; its result goes back to the
-model as text (a str as is, anything else as JSON). It signals a clean failure by raising
-`ToolError`. An unknown tool name, arguments that are not a JSON object or do not match the
-schema, a tool that runs past its timeout or raises: each becomes a `ToolOutcome` with `ok=False`
-whose text the model reads as an error tool result. `ToolContext.idempotency_key` is stable
-across attempts of the run, for tools with side effects.
+A tool is a name the Messages API accepts (1-64 of `[A-Za-z0-9_-]`), a description, the JSON
+Schema of its input (an object; see `shared.llm.schema`), an async callable
+`fn(args: dict, tctx: ToolContext) -> Any` and an optional timeout of its own. Its result goes
+back to the model as text (a str as is, anything else as JSON); it signals a clean failure by
+raising `ToolError`. An unknown tool name, arguments that are not a JSON object or do not match
+the schema, a tool that runs past its timeout or raises: each becomes a `ToolOutcome` with
+`ok=False` whose text the model reads as an error tool result. `ToolContext.idempotency_key` is
+stable across attempts of the run, for tools with side effects.
 """
 
 from __future__ import annotations
 
 import ast
 import asyncio
+import math
 import operator
-from collections.abc import Awaitable, Callable, Iterable
+import re
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import Any
 
 import orjson
 
 from shared.errors import RunCancelled
 from shared.llm.cancel import race
-from shared.llm.schema import check_schema, validate
+from shared.llm.schema import SchemaError, Validator, compile_schema, problem
 
 PREVIEW_CHARS = 200
 MAX_RESULT_CHARS = 20_000
+# What the Messages API accepts as a tool name.
+TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 class ToolError(Exception):
     """A tool's clean failure: the message is what the model reads."""
+
+
+class InvalidTool(ValueError):
+    """A tool definition the registry refuses; the message names the part at fault."""
 
 
 @dataclass(frozen=True)
@@ -62,6 +74,40 @@ class Tool:
             "input_schema": self.input_schema,
         }
 
+    @cached_property
+    def validator(self) -> Validator:
+        """The compiled input_schema (checked on first use: `check_tool` does it at
+        registration). SchemaError when it is not a valid schema of an object."""
+        return compile_schema(self.input_schema)
+
+    def problem(self, args: dict[str, Any]) -> str | None:
+        """None when `args` satisfy the input_schema, else a one-line reason for the model."""
+        return problem(self.validator, args)
+
+
+def check_tool(tool: Any) -> None:
+    """InvalidTool unless `tool` is a Tool the Messages API and `run_tool` can both use."""
+    if not isinstance(tool, Tool):
+        raise InvalidTool(f"{tool!r} is not a shared.llm.tools.Tool")
+    if not isinstance(tool.name, str) or not TOOL_NAME.fullmatch(tool.name):
+        raise InvalidTool(f"the name {tool.name!r} is not 1-64 of [A-Za-z0-9_-]")
+    if not isinstance(tool.description, str):
+        raise InvalidTool(f"{tool.name}: the description must be a string")
+    if not callable(tool.fn):
+        raise InvalidTool(f"{tool.name}: fn must be callable (an async function)")
+    timeout = tool.timeout_seconds
+    if timeout is not None and not (
+        isinstance(timeout, int | float)
+        and not isinstance(timeout, bool)
+        and math.isfinite(timeout)
+        and timeout > 0
+    ):
+        raise InvalidTool(f"{tool.name}: timeout_seconds must be a positive number or None")
+    try:
+        _ = tool.validator
+    except SchemaError as exc:
+        raise InvalidTool(f"{tool.name}: {exc}") from None
+
 
 @dataclass(frozen=True)
 class ToolOutcome:
@@ -74,33 +120,39 @@ class ToolOutcome:
         return self.content[:PREVIEW_CHARS]
 
 
-class ToolRegistry:
+class ToolRegistry(Mapping[str, Tool]):
+    """Tools by name, in the order their names were first registered; each one checked
+    (`check_tool`) when it is added, so InvalidTool surfaces at start-up."""
+
     def __init__(self, tools: Iterable[Tool] = ()) -> None:
-        self.tools: dict[str, Tool] = {}
+        self._tools: dict[str, Tool] = {}
         for tool in tools:
             self.add(tool)
 
     def add(self, tool: Tool) -> None:
-        check_schema(tool.input_schema)
-        self.tools[tool.name] = tool
-
-    def merged(self, extra: Iterable[Tool]) -> ToolRegistry:
-        return ToolRegistry([*self.tools.values(), *extra])
+        """Register `tool`, replacing one of the same name (in its place)."""
+        check_tool(tool)
+        self._tools[tool.name] = tool
 
     def only(self, names: Iterable[str]) -> ToolRegistry:
-        return ToolRegistry(self.tools[n] for n in names if n in self.tools)
+        """The registered tools among `names`, in registration order."""
+        wanted = set(names)
+        return ToolRegistry(t for name, t in self._tools.items() if name in wanted)
 
     def definitions(self) -> list[dict[str, Any]]:
-        return [t.definition() for t in self.tools.values()]
+        return [t.definition() for t in self._tools.values()]
 
-    def get(self, name: str) -> Tool | None:
-        return self.tools.get(name)
+    def __getitem__(self, name: str) -> Tool:
+        return self._tools[name]
 
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._tools)
 
-def validate_args(schema: dict[str, Any], args: dict[str, Any]) -> str | None:
-    """None when `args` satisfies `schema`, else a one-line reason the model can act on."""
-    problem = validate(schema, args)
-    return None if problem is None else problem[:500]
+    def __len__(self) -> int:
+        return len(self._tools)
+
+    def __repr__(self) -> str:
+        return f"ToolRegistry({list(self._tools)!r})"
 
 
 def render(result: Any) -> str:
@@ -109,7 +161,7 @@ def render(result: Any) -> str:
 
 
 async def run_tool(
-    registry: ToolRegistry,
+    registry: Mapping[str, Tool],
     name: str,
     args: dict[str, Any] | None,
     tctx: ToolContext,
@@ -120,13 +172,13 @@ async def run_tool(
     """One tool call, bounded by its timeout; RunCancelled when the run is cancelled meanwhile."""
     tool = registry.get(name)
     if tool is None:
-        known = ", ".join(sorted(registry.tools)) or "none"
+        known = ", ".join(sorted(registry)) or "none"
         return ToolOutcome(False, f"unknown tool {name!r}; available: {known}", "unknown_tool")
     if args is None:
         return ToolOutcome(False, "the arguments were not a JSON object", "bad_args")
-    problem = validate_args(tool.input_schema, args)
-    if problem is not None:
-        return ToolOutcome(False, f"invalid arguments: {problem}", "bad_args")
+    reason = tool.problem(args)
+    if reason is not None:
+        return ToolOutcome(False, f"invalid arguments: {reason}", "bad_args")
     timeout = tool.timeout_seconds or default_timeout
     try:
         result = await race(tool.fn(args, tctx), cancelled, time_limit=timeout)

@@ -1,0 +1,68 @@
+"""Postgres, the truth, and every statement longrun sends it. `Store` is a facade composed of
+repositories, one per concern, each a plain object holding the shared `Database` (the pool):
+
+    store.runs     one run: reads, cancels, an attempt's fenced writes      (runs.py)
+    store.batches  the worker's many-run claims and terminal commits        (batches.py)
+    store.events   an attempt's event appends, fenced on attempt and seq    (events.py)
+    store.submits  the submit transaction: idempotency, the in-flight cap   (submits.py)
+    store.threads  a thread's messages and queue order                      (threads.py)
+    store.users    API keys and the daily spend ledger                      (users.py)
+    store.ops      dead-letter retries and the figures of `/metrics`        (ops.py)
+
+Row shapes and the record -> model conversions are in `rows.py`, the finished-run counters
+every terminal commit adds to in `counters.py`, the pool and the one mapping of asyncpg errors
+to `Unavailable` in `pool.py`. No SQL lives outside this package (and the migrations).
+"""
+
+from __future__ import annotations
+
+from shared.config import Settings
+from shared.store.batches import BatchRepo
+from shared.store.events import EventBatch, EventRepo
+from shared.store.ops import OpsRepo
+from shared.store.pool import PG_DOWN, Database, connect
+from shared.store.rows import ActiveKey, ApiKey, Finishing, NewRun, RunFigures, Submitted
+from shared.store.runs import RunRepo
+from shared.store.submits import SubmitRepo
+from shared.store.threads import ThreadRepo
+from shared.store.users import UserRepo
+
+
+class Store:
+    """All Postgres access. Built with `await Store.open(settings, app_name)`; close with
+    `await store.close()`."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.threads = ThreadRepo(db)
+        self.runs = RunRepo(db, self.threads)
+        self.batches = BatchRepo(db, self.runs)
+        self.events = EventRepo(db)
+        self.submits = SubmitRepo(db)
+        self.users = UserRepo(db)
+        self.ops = OpsRepo(db)
+
+    @classmethod
+    async def open(cls, settings: Settings, app_name: str) -> Store:
+        return cls(await Database.open(settings, app_name))
+
+    async def close(self) -> None:
+        await self.db.close()
+
+    async def ping(self) -> None:
+        await self.db.ping()
+
+
+__all__ = [
+    "PG_DOWN",
+    "ActiveKey",
+    "ApiKey",
+    "Database",
+    "EventBatch",
+    "Finishing",
+    "NewRun",
+    "RunFigures",
+    "Store",
+    "Submitted",
+    "connect",
+]

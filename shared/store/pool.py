@@ -1,0 +1,141 @@
+"""The Postgres connection layer under the repositories: the pool, its timeouts, the codecs,
+and which asyncpg errors mean "the database is not there right now" (mapped to `Unavailable`
+here, for pooled connections and for connections a caller holds alike)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any
+
+import asyncpg
+import orjson
+
+from shared.config import Settings
+from shared.errors import Unavailable
+
+# Errors that mean "the database is not there right now", not "the query is wrong".
+PG_DOWN: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.InterfaceError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.TooManyConnectionsError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+    asyncpg.exceptions.ConnectionFailureError,
+)
+
+
+@contextmanager
+def _mapped() -> Iterator[None]:
+    """The database being away becomes `Unavailable`."""
+    try:
+        yield
+    except PG_DOWN as exc:
+        raise Unavailable(f"postgres unavailable: {type(exc).__name__}") from exc
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    for typename in ("jsonb", "json"):
+        await conn.set_type_codec(
+            typename,
+            encoder=lambda v: orjson.dumps(v).decode(),
+            decoder=orjson.loads,
+            schema="pg_catalog",
+            format="text",
+        )
+
+
+async def connect(settings: Settings, app_name: str) -> asyncpg.Connection:
+    """One connection outside the pool (migrations, the schema check at start-up)."""
+    conn: asyncpg.Connection = await asyncpg.connect(
+        settings.database_url,
+        timeout=settings.pg_acquire_timeout,
+        command_timeout=settings.pg_command_timeout,
+        server_settings={"application_name": app_name},
+    )
+    await _init_connection(conn)
+    return conn
+
+
+class Database:
+    """The pool every repository shares. Every call acquires a pooled connection with a
+    timeout; a caller that keeps a connection of its own (a worker's batch lane) takes it with
+    `acquire` and hands it to the repositories, which run on it through `held`."""
+
+    def __init__(self, pool: asyncpg.Pool, settings: Settings) -> None:
+        self.pool = pool
+        self.settings = settings
+
+    @classmethod
+    async def open(cls, settings: Settings, app_name: str) -> Database:
+        try:
+            pool = await asyncpg.create_pool(
+                settings.database_url,
+                min_size=settings.pg_pool_min,
+                max_size=settings.pg_pool_max,
+                command_timeout=settings.pg_command_timeout,
+                timeout=settings.pg_acquire_timeout,
+                init=_init_connection,
+                server_settings={"application_name": app_name},
+            )
+        except PG_DOWN as exc:
+            raise Unavailable(f"postgres unreachable: {exc}") from exc
+        return cls(pool, settings)
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    @asynccontextmanager
+    async def conn(self) -> AsyncIterator[asyncpg.Connection]:
+        with _mapped():
+            async with self.pool.acquire(timeout=self.settings.pg_acquire_timeout) as conn:
+                yield conn
+
+    @asynccontextmanager
+    async def held(self, conn: asyncpg.Connection | None) -> AsyncIterator[asyncpg.Connection]:
+        """`conn()`, or the caller's own connection (a worker's batch lane keeps one: no
+        acquire and no reset round trip per statement), with the same error mapping."""
+        if conn is None:
+            async with self.conn() as c:
+                yield c
+            return
+        with _mapped():
+            yield conn
+
+    async def acquire(self) -> asyncpg.Connection:
+        """A pooled connection for the caller to keep (give it back with `release`)."""
+        with _mapped():
+            conn: asyncpg.Connection = await self.pool.acquire(
+                timeout=self.settings.pg_acquire_timeout
+            )
+        return conn
+
+    async def release(self, conn: asyncpg.Connection) -> None:
+        await self.pool.release(conn, timeout=5)
+
+    async def ping(self) -> None:
+        await self.fetchval("SELECT 1")
+
+    # One statement on a pooled connection (its own transaction): the common case.
+    async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
+        async with self.conn() as c:
+            rows: list[asyncpg.Record] = await c.fetch(query, *args)
+        return rows
+
+    async def fetchrow(self, query: str, *args: Any) -> asyncpg.Record | None:
+        async with self.conn() as c:
+            row: asyncpg.Record | None = await c.fetchrow(query, *args)
+        return row
+
+    async def fetchval(self, query: str, *args: Any) -> Any:
+        async with self.conn() as c:
+            return await c.fetchval(query, *args)
+
+    async def execute(self, query: str, *args: Any) -> str:
+        """The command's status line (e.g. `UPDATE 1`)."""
+        async with self.conn() as c:
+            done: str = await c.execute(query, *args)
+        return done

@@ -1,0 +1,159 @@
+"""Row shapes of the store and the conversions of asyncpg records into them: what the
+repositories take (`NewRun`, `Finishing`) and give back (`Run`, `Event`, `Submitted`,
+`ApiKey`, `ActiveKey`, `RunFigures`, ...). Records become models here; no record leaves
+`shared.store`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from shared.agents.base import Checkpoint
+from shared.models import Event, Run, Transition
+
+RUN_COLUMNS = (
+    "run_id, user_id, thread_id, agent, input, params, metadata, status, attempt, output, "
+    "error, usage, cost_usd, last_seq, event_bytes, cancel_requested, created_at, started_at, "
+    "finished_at, updated_at"
+)
+
+TARGETS = {
+    Transition.SUCCEED: "succeeded",
+    Transition.FAIL: "failed",
+    Transition.CANCEL: "cancelled",
+}
+
+
+@dataclass(frozen=True)
+class NewRun:
+    user_id: str
+    agent: str
+    input: str
+    params: dict[str, Any]
+    metadata: dict[str, Any]
+    thread_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Finishing:
+    """One run's terminal write (`RunRepo.finish`, `BatchRepo.finish_many`)."""
+
+    run_id: str
+    attempt: int
+    move: Transition
+    events: Sequence[Event]
+    output: Any = None
+    error: dict[str, Any] | None = None
+    usage: dict[str, Any] | None = None
+    cost_usd: float = 0.0
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """A submit's run: inserted now, or the run an Idempotency-Key already had (`replayed`)."""
+
+    run_id: str
+    status: str
+    thread_id: str | None
+    created_at: datetime
+    replayed: bool
+
+
+@dataclass(frozen=True)
+class ActiveKey:
+    """An unrevoked API key: the key id (public, loggable) and its user."""
+
+    key_id: str
+    user_id: str
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    key_id: str
+    user_id: str
+    name: str | None
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+@dataclass(frozen=True)
+class RunFigures:
+    """What operators see of the runs: the active ones by status (a gauge), the runs ended by
+    terminal status and the model spend their terminal commits recorded (counters)."""
+
+    active: dict[str, int] = field(default_factory=dict)
+    finished: dict[str, int] = field(default_factory=dict)
+    cost_usd: float = 0.0
+
+
+def run_of(record: asyncpg.Record) -> Run:
+    data = dict(record)
+    data["run_id"] = str(data["run_id"])
+    return Run.model_validate(data)
+
+
+def event_of(record: asyncpg.Record) -> Event:
+    return Event(seq=record["seq"], type=record["type"], data=bytes(record["data"]))
+
+
+def checkpoint_of(record: asyncpg.Record) -> Checkpoint:
+    return Checkpoint(step=record["step"], state=record["state"])
+
+
+def api_key_of(record: asyncpg.Record) -> ApiKey:
+    return ApiKey(**dict(record))
+
+
+def active_key_of(record: asyncpg.Record) -> ActiveKey:
+    return ActiveKey(record["key_id"], record["user_id"])
+
+
+def keyed_run_of(record: asyncpg.Record) -> tuple[bytes, Submitted]:
+    """An Idempotency-Key's body digest and its run, as a replay."""
+    run = Submitted(
+        str(record["run_id"]),
+        record["status"],
+        record["thread_id"],
+        record["created_at"],
+        replayed=True,
+    )
+    return bytes(record["body_hash"]), run
+
+
+def thread_message_of(record: asyncpg.Record) -> dict[str, Any]:
+    return {
+        "seq": record["seq"],
+        "run_id": str(record["run_id"]),
+        "role": record["role"],
+        "content": record["content"],
+        "created_at": record["created_at"].isoformat(),
+    }
+
+
+def chat_message_of(record: asyncpg.Record) -> dict[str, Any]:
+    return {"role": record["role"], "content": record["content"]}
+
+
+def run_statuses_of(records: Iterable[asyncpg.Record]) -> dict[str, str]:
+    return {str(r["run_id"]): str(r["status"]) for r in records}
+
+
+def user_counts_of(records: Iterable[asyncpg.Record], users: Sequence[str]) -> dict[str, int]:
+    """`n` per `user_id`; the users without a row are 0."""
+    counts = dict.fromkeys(users, 0)
+    counts.update({r["user_id"]: int(r["n"]) for r in records})
+    return counts
+
+
+def figures_of(counted: Iterable[asyncpg.Record], active: Iterable[asyncpg.Record]) -> RunFigures:
+    """From the summed counters (`status, runs, cost_usd`) and the active runs (`status, n`)."""
+    counted = list(counted)
+    return RunFigures(
+        active={str(r["status"]): int(r["n"]) for r in active},
+        finished={str(r["status"]): int(r["runs"]) for r in counted},
+        cost_usd=float(sum(float(r["cost_usd"]) for r in counted)),
+    )

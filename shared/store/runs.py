@@ -1,0 +1,345 @@
+"""One run's rows: its reads (the API's polls and the event archive), the API's cancels, and the
+worker's writes of one attempt (claim, checkpoint, terminal commit, hand-over, heartbeat).
+
+Every status write is a compare-and-set on the old status (from the transition table in
+`shared.models`) and, for a worker's writes, on the attempt it holds: a worker that lost its
+lease finds its writes refused (`LeaseLost`). A write that ends a run adds it to the finished-run
+counters in the same statement (`shared.store.counters`).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+import orjson
+
+from shared.agents.base import Checkpoint
+from shared.errors import LeaseLost
+from shared.models import Event, Run, RunStatus, Transition, sources
+from shared.store.counters import ENDED_UNDER_FENCE, count_ended
+from shared.store.pool import Database
+from shared.store.rows import (
+    RUN_COLUMNS,
+    TARGETS,
+    Finishing,
+    checkpoint_of,
+    event_of,
+    run_of,
+)
+from shared.store.threads import ThreadRepo
+
+# A run in a thread is claimed only when no earlier run of its thread is still queued (the
+# partial unique index allows one running run per thread; this keeps their order).
+THREAD_TURN = """NOT EXISTS (
+    SELECT 1 FROM runs earlier
+    WHERE runs.thread_id IS NOT NULL
+      AND earlier.user_id = runs.user_id
+      AND earlier.thread_id = runs.thread_id
+      AND earlier.status = 'queued'
+      AND (earlier.created_at, earlier.run_id) < (runs.created_at, runs.run_id))"""
+
+# The terminal write of one run as one statement: the fence row is locked; the last events and
+# the terminal state are written (and counted) only if this attempt still owns the run and its
+# log ends right before the first of those events.
+FINISH_ONE = f"""WITH fence AS (
+        SELECT run_id, cost_usd FROM runs
+        WHERE run_id = $1 AND attempt = $2 AND status = 'running' AND last_seq = $12 - 1
+        FOR UPDATE
+    ), archived AS (
+        INSERT INTO run_events (run_id, seq, type, data)
+        SELECT $1, e.seq, e.type, e.data
+        FROM unnest($9::int[], $10::text[], $11::bytea[]) AS e(seq, type, data)
+        WHERE EXISTS (SELECT 1 FROM fence)
+    ), finished AS (
+        UPDATE runs SET status = $3, output = $4, error = $5,
+            usage = coalesce($6, usage), cost_usd = $7, finished_at = now(),
+            updated_at = now(), last_seq = $8, event_bytes = event_bytes + $13
+        WHERE run_id = (SELECT run_id FROM fence)
+        RETURNING run_id, status, cost_usd
+    ), {count_ended(ENDED_UNDER_FENCE)}
+    SELECT 1 FROM finished"""
+
+# queued -> cancelled (no worker holds the run), counted; its `cancelled` event is archived as
+# the next seq by the same transaction.
+CANCEL_QUEUED = f"""WITH cancelled AS (
+        UPDATE runs SET status = 'cancelled', cancel_requested = true,
+            finished_at = now(), updated_at = now(), last_seq = last_seq + 1
+        WHERE run_id = $1 AND user_id = $2 AND status = 'queued'
+        RETURNING {RUN_COLUMNS}
+    ), {count_ended("(SELECT status, 0::float8 AS cost_delta FROM cancelled) AS ended")}
+    SELECT {RUN_COLUMNS} FROM cancelled"""
+
+
+def _status_list(move: Transition) -> list[str]:
+    return sorted(str(s) for s in sources(move))
+
+
+async def commit_end(c: asyncpg.Connection, f: Finishing) -> bool:
+    """`FINISH_ONE` for `f` on `c`: whether it wrote (`settle_end` tells why not)."""
+    row = await c.fetchval(
+        FINISH_ONE,
+        uuid.UUID(f.run_id),
+        f.attempt,
+        TARGETS[f.move],
+        f.output,
+        f.error,
+        f.usage,
+        f.cost_usd,
+        f.events[-1].seq,
+        [e.seq for e in f.events],
+        [e.type for e in f.events],
+        [e.data for e in f.events],
+        f.events[0].seq,
+        sum(len(e.data) for e in f.events),
+    )
+    return row is not None
+
+
+async def settle_end(c: asyncpg.Connection, f: Finishing) -> LeaseLost | None:
+    """A terminal write the statement did not confirm: committed by an earlier try whose reply
+    was lost (the row says so: this attempt's status, its last seq), or refused (another
+    attempt owns the run, or its log is not where this attempt left it)."""
+    row = await c.fetchrow(
+        "SELECT attempt, status, last_seq FROM runs WHERE run_id = $1", uuid.UUID(f.run_id)
+    )
+    if (
+        row is not None
+        and row["attempt"] == f.attempt
+        and row["status"] == TARGETS[f.move]
+        and row["last_seq"] == f.events[-1].seq
+    ):
+        return None
+    return LeaseLost(f"run {f.run_id} attempt {f.attempt} no longer owns the run")
+
+
+async def archive(c: asyncpg.Connection, run_id: str, events: Sequence[Event]) -> None:
+    if events:
+        await c.executemany(
+            "INSERT INTO run_events (run_id, seq, type, data) VALUES ($1, $2, $3, $4) "
+            "ON CONFLICT (run_id, seq) DO NOTHING",
+            [(uuid.UUID(run_id), e.seq, e.type, e.data) for e in events],
+        )
+
+
+async def _fence(c: asyncpg.Connection, run_id: str, attempt: int) -> None:
+    """Lock the run row and refuse unless this attempt still owns it (running)."""
+    ok = await c.fetchval(
+        "SELECT 1 FROM runs WHERE run_id = $1 AND attempt = $2 AND status = 'running' FOR UPDATE",
+        uuid.UUID(run_id),
+        attempt,
+    )
+    if ok is None:
+        raise LeaseLost(f"run {run_id} attempt {attempt} no longer owns the run")
+
+
+class RunRepo:
+    def __init__(self, db: Database, threads: ThreadRepo) -> None:
+        self.db = db
+        self.threads = threads
+
+    # -- the API side --------------------------------------------------------------------------
+    async def get_run(self, run_id: str, user_id: str | None = None) -> Run | None:
+        row = await self.db.fetchrow(
+            f"SELECT {RUN_COLUMNS} FROM runs "
+            "WHERE run_id = $1 AND ($2::text IS NULL OR user_id = $2)",
+            uuid.UUID(run_id),
+            user_id,
+        )
+        return None if row is None else run_of(row)
+
+    async def list_runs(
+        self,
+        user_id: str,
+        *,
+        limit: int,
+        before: tuple[datetime, str] | None = None,
+        status: RunStatus | None = None,
+        thread_id: str | None = None,
+    ) -> list[Run]:
+        """Newest first; `before` is the (created_at, run_id) of the last run of a page."""
+        rows = await self.db.fetch(
+            f"""SELECT {RUN_COLUMNS} FROM runs
+                WHERE user_id = $1
+                  AND ($2::timestamptz IS NULL OR (created_at, run_id) < ($2, $3::uuid))
+                  AND ($4::text IS NULL OR status = $4)
+                  AND ($5::text IS NULL OR thread_id = $5)
+                ORDER BY created_at DESC, run_id DESC LIMIT $6""",
+            user_id,
+            before[0] if before else None,
+            uuid.UUID(before[1]) if before else None,
+            None if status is None else str(status),
+            thread_id,
+            limit,
+        )
+        return [run_of(r) for r in rows]
+
+    async def cancel_queued(self, run_id: str, user_id: str) -> Run | None:
+        """queued -> cancelled, archiving the `cancelled` event in the same transaction.
+        Returns the cancelled run, or None when the run was not queued."""
+        async with self.db.conn() as c, c.transaction():
+            row = await c.fetchrow(CANCEL_QUEUED, uuid.UUID(run_id), user_id)
+            if row is None:
+                return None
+            run = run_of(row)
+            event = {"type": "cancelled", "reason": "user"}
+            data = orjson.dumps({"seq": run.last_seq, **event})
+            await archive(c, run_id, [Event(seq=run.last_seq, type=event["type"], data=data)])
+        return run
+
+    async def request_cancel(self, run_id: str, user_id: str) -> Run | None:
+        """Mark a running run for cancellation (the worker ends it). None if not running."""
+        row = await self.db.fetchrow(
+            f"""UPDATE runs SET cancel_requested = true, updated_at = now()
+                WHERE run_id = $1 AND user_id = $2 AND status = 'running'
+                RETURNING {RUN_COLUMNS}""",
+            uuid.UUID(run_id),
+            user_id,
+        )
+        return None if row is None else run_of(row)
+
+    async def events_after(self, run_id: str, after_seq: int, limit: int = 1000) -> list[Event]:
+        rows = await self.db.fetch(
+            "SELECT seq, type, data FROM run_events WHERE run_id = $1 AND seq > $2 "
+            "ORDER BY seq LIMIT $3",
+            uuid.UUID(run_id),
+            after_seq,
+            limit,
+        )
+        return [event_of(r) for r in rows]
+
+    # -- the worker side (fenced by attempt) ---------------------------------------------------
+    async def claim(self, run_id: str, *, reclaim: bool) -> Run | None:
+        """Start an attempt: attempt + 1 and status running. A fresh delivery claims only a
+        queued run (a duplicate entry of a running run is not executed twice); a re-claimed
+        entry (its lease expired) may also take over a running run."""
+        allowed = ["queued", "running"] if reclaim else ["queued"]
+        try:
+            row = await self.db.fetchrow(
+                f"""UPDATE runs SET status = 'running', attempt = attempt + 1,
+                        started_at = coalesce(started_at, now()), updated_at = now()
+                    WHERE run_id = $1 AND status = ANY($2::text[])
+                      AND {THREAD_TURN}
+                    RETURNING {RUN_COLUMNS}""",
+                uuid.UUID(run_id),
+                allowed,
+            )
+        except asyncpg.exceptions.UniqueViolationError:
+            return None  # its thread is busy: the running run's end enqueues the next one
+        return None if row is None else run_of(row)
+
+    async def checkpoint(
+        self,
+        run_id: str,
+        attempt: int,
+        events: Sequence[Event],
+        step: int | None = None,
+        state: dict[str, Any] | None = None,
+    ) -> None:
+        """Archive events (and optionally a step's state) under the attempt's fence."""
+        async with self.db.conn() as c, c.transaction():
+            await _fence(c, run_id, attempt)
+            await archive(c, run_id, events)
+            if step is not None:
+                await c.execute(
+                    """INSERT INTO run_checkpoints (run_id, step, attempt, state)
+                       VALUES ($1, $2, $3, $4)
+                       ON CONFLICT (run_id, step) DO UPDATE
+                       SET state = excluded.state, attempt = excluded.attempt,
+                           created_at = now()""",
+                    uuid.UUID(run_id),
+                    step,
+                    attempt,
+                    state or {},
+                )
+            if events:
+                await c.execute(
+                    "UPDATE runs SET last_seq = greatest(last_seq, $2), updated_at = now() "
+                    "WHERE run_id = $1",
+                    uuid.UUID(run_id),
+                    events[-1].seq,
+                )
+
+    async def last_checkpoint(self, run_id: str) -> Checkpoint | None:
+        row = await self.db.fetchrow(
+            "SELECT step, state FROM run_checkpoints WHERE run_id = $1 ORDER BY step DESC LIMIT 1",
+            uuid.UUID(run_id),
+        )
+        return None if row is None else checkpoint_of(row)
+
+    async def last_archived_event(self, run_id: str, skip_types: frozenset[str]) -> Event | None:
+        row = await self.db.fetchrow(
+            "SELECT seq, type, data FROM run_events WHERE run_id = $1 "
+            "AND type <> ALL($2::text[]) ORDER BY seq DESC LIMIT 1",
+            uuid.UUID(run_id),
+            sorted(skip_types),
+        )
+        return None if row is None else event_of(row)
+
+    async def finish(self, f: Finishing, messages: Sequence[dict[str, Any]] = ()) -> str | None:
+        """Commit a thread's run's terminal state, its last events and its new thread messages
+        in one transaction, fenced on the attempt and the log's seq. Raises LeaseLost when
+        another attempt owns the run. Returns the thread's next queued run, to enqueue. An
+        earlier try that committed (its reply lost) counts as committed. (A run outside a
+        thread ends through `BatchRepo.finish_many`.)"""
+        async with self.db.conn() as c, c.transaction():
+            if await commit_end(c, f):
+                if messages:
+                    await self.threads.add_messages(c, f.run_id, messages)
+            else:
+                refused = await settle_end(c, f)
+                if refused is not None:
+                    raise refused
+            return await self.threads.next_of_thread(c, f.run_id)
+
+    async def requeue(self, run_id: str, attempt: int | None, events: Sequence[Event]) -> bool:
+        """running -> queued (a hand-over, or the reconciler). With `attempt`, fenced on it."""
+        async with self.db.conn() as c, c.transaction():
+            if attempt is not None:
+                try:
+                    await _fence(c, run_id, attempt)
+                except LeaseLost:
+                    return False
+            await archive(c, run_id, events)
+            done = await c.execute(
+                """UPDATE runs SET status = 'queued', updated_at = now(),
+                       last_seq = greatest(last_seq, $3)
+                   WHERE run_id = $1 AND ($2::int IS NULL OR attempt = $2)
+                     AND status = ANY($4::text[])""",
+                uuid.UUID(run_id),
+                attempt,
+                events[-1].seq if events else 0,
+                _status_list(Transition.REQUEUE),
+            )
+        return bool(done.endswith(" 1"))
+
+    async def active_runs(
+        self, queued_for: float, running_silent_for: float, limit: int = 500
+    ) -> list[Run]:
+        """Reconciler candidates, oldest first: runs queued for over `queued_for` seconds, and
+        running runs whose Postgres heartbeat is older than `running_silent_for`."""
+        rows = await self.db.fetch(
+            f"""SELECT {RUN_COLUMNS} FROM runs
+                WHERE (status = 'queued' AND updated_at < now() - make_interval(secs => $1))
+                   OR (status = 'running' AND updated_at < now() - make_interval(secs => $2))
+                ORDER BY updated_at LIMIT $3""",
+            queued_for,
+            running_silent_for,
+            limit,
+        )
+        return [run_of(r) for r in rows]
+
+    async def touch(self, run_ids: Sequence[str]) -> list[str]:
+        """Heartbeat in Postgres: keeps live runs out of the reconciler's view. Returns the
+        runs among them whose cancellation was requested (the path that needs no Redis)."""
+        if not run_ids:
+            return []
+        rows = await self.db.fetch(
+            "UPDATE runs SET updated_at = now() WHERE run_id = ANY($1::uuid[]) "
+            "AND status = 'running' RETURNING run_id, cancel_requested",
+            [uuid.UUID(r) for r in run_ids],
+        )
+        return [str(r["run_id"]) for r in rows if r["cancel_requested"]]
