@@ -110,6 +110,8 @@ async def attempt_chat(ctx: RunContext) -> AsyncIterator[dict[str, Any]]:
     deps = LoopDeps(model=model, breaker=svc.breaker, ledger=svc.ledger, tools=tools)
     async for body in agent_loop(ctx, cfg, deps):
         yield body
+
+
 async def bulky(ctx: RunContext) -> AsyncIterator[dict[str, Any]]:
     """`n` tokens of `size` characters each, as fast as they go: megabytes for a stream."""
     text = "x" * int(ctx.params.get("size", 1000))

@@ -65,6 +65,8 @@ from worker.reconcile import reconcile_once
 log = structlog.get_logger("longrun.worker")
 
 BLOCK_MS = 1000
+# How long a cancelled background loop may take to end when the worker closes.
+LOOP_STOP_SECONDS = 5.0
 # The in-flight figure goes out when a slot fills or frees, at most this often (and with every
 # heartbeat): `/health` and `/metrics` follow a run's end within about a second.
 IN_FLIGHT_PUBLISH_SECONDS = 0.25
@@ -157,10 +159,14 @@ class Worker:
         )
         self.redis_run_id = await self.rio.group.server_run_id()
         for loop in (self._consume, self._reclaim, self._reconcile):
-            self._tasks.append(asyncio.create_task(self._forever(loop, self.stopping)))
+            self._tasks.append(
+                asyncio.create_task(self._forever(loop, self.stopping), name=loop.__name__)
+            )
         # These keep serving in-flight runs while the worker drains.
         for loop in (self._heartbeat, self._touch, self._cancel_listener, self._publish_in_flight):
-            self._tasks.append(asyncio.create_task(self._forever(loop, self.stopped)))
+            self._tasks.append(
+                asyncio.create_task(self._forever(loop, self.stopped), name=loop.__name__)
+            )
         # What start-up allocated (modules, clients) lives as long as the process: keep it out
         # of the cyclic collector's full passes, which then cost ~40% less on a busy worker.
         gc.freeze()
@@ -224,9 +230,10 @@ class Worker:
     async def _stop_tasks(self) -> None:
         for t in self._tasks:
             t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        # Bounded: a loop whose cancellation a library swallowed must not hold the shutdown.
+        _, stuck = await asyncio.wait(self._tasks, timeout=LOOP_STOP_SECONDS)
+        for t in stuck:
+            log.warning("loop_did_not_stop", loop=t.get_name())
         if self.acking:  # committed runs: let their acks go
             await asyncio.wait([s.task for s in self.acking.values()], timeout=5)
         running = [slot.task for slot in [*self.slots.values(), *self.acking.values()]]

@@ -22,10 +22,11 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
 
 RUNS = 30
 CANCEL_BOUND = 2.0  # seconds from the cancel request to the run's `cancelled` event
-# An agentic run with quick tools: 30 turns of two words, each calling six tools, every call
-# checkpointed. Several seconds long (still running when its cancel comes, within 1.5 s), most
-# of it spent in checkpoints: the race's window.
-CHAT = {"words": 2, "delay_ms": 10, "tool_turns": 30, "calls": 6}
+# An agentic run with quick tools: 18 turns of two words (50 ms each), each calling six tools,
+# every call checkpointed: at least 1.8 s long, so still running when its cancel comes (within
+# 1.5 s), and under the default step budget (20) so that nothing but the cancel ends it; most
+# of its time is spent in checkpoints, the race's window.
+CHAT = {"words": 2, "delay_ms": 50, "tool_turns": 18, "calls": 6}
 
 
 async def test_cancels_racing_appends_end_every_run_cancelled_at_once_with_a_whole_archive(
