@@ -28,7 +28,7 @@ import structlog
 from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.auth import Security, cached_principal
+from api.auth import Principal, Security, cached_principal
 from api.errors import ApiError
 from api.links import location
 from api.metrics import ApiMetrics
@@ -100,9 +100,10 @@ class SubmitLane:
         sec: Security = app.state.security
         if state.submits is None:
             return None
-        ticket = _ticket(state, sec, token, raw, key)
-        if ticket is None:
+        found = _ticket(state, sec, token, raw, key)
+        if found is None:
             return None
+        ticket, who = found
         try:
             sub = await state.submits.submit(ticket)
         except NeedsLock:
@@ -118,13 +119,13 @@ class SubmitLane:
         except Unavailable as exc:
             retry = {"Retry-After": str(exc.retry_after)}
             return _error(scope, 503, exc.code, exc.detail, retry)
-        return _accepted(scope, sec, ticket.new.user_id, ticket.new.agent, sub)
+        return _accepted(scope, sec, who, ticket.new.agent, sub)
 
 
 def _ticket(
     state: AppState, sec: Security, token: bytes, raw: bytes, key: bytes | None
-) -> Ticket | None:
-    """The request as a group's ticket, or None when the route must see it."""
+) -> tuple[Ticket, Principal] | None:
+    """The request as a group's ticket (and who sent it), or None when the route must see it."""
     try:
         who = cached_principal(sec, token.decode("ascii"))
     except UnicodeDecodeError:
@@ -154,14 +155,14 @@ def _ticket(
         params=body.params,
         metadata=body.metadata,
     )
-    return Ticket(new, who.epoch, keyed)
+    return Ticket(new, who.epoch, keyed), who
 
 
 def _accepted(
-    scope: Scope, sec: Security, user: str, agent: str, sub: Submitted
+    scope: Scope, sec: Security, who: Principal, agent: str, sub: Submitted
 ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
     """`api.runs.accepted`'s answer, built without a Request."""
-    links = run_links(scope, sec, sub.run_id, user)
+    links = run_links(scope, sec, sub.run_id, who)
     body = orjson.dumps(
         {
             "run_id": sub.run_id,
