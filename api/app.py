@@ -132,7 +132,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         cors=bool(settings.cors_origins),
     )
     install_log_redaction()
-    app.include_router(submit_route.router)  # POST /runs, first of the paths, as it always was
+    app.include_router(submit_route.router)  # first: the schema lists POST /runs first, as before
     app.include_router(runs.router)
     app.include_router(events.router)
     app.include_router(diagnostics.router)
