@@ -9,7 +9,6 @@ from typing import Any
 
 import httpx
 import pytest
-import redis.asyncio as aioredis
 
 from api.auth import Principal, Security
 from api.errors import ApiError
@@ -26,9 +25,7 @@ from api.submit.pipeline import (
 )
 from api.submit.render import render, response
 from api.submit.request import SubmitRequest
-from shared.config import Settings
 from shared.errors import InFlightCapReached, KeyReused, NotFound, Unavailable
-from shared.redis.keys import Keys
 from shared.store import NewRun, Submitted
 
 pytestmark = pytest.mark.timeout(60)
@@ -90,13 +87,10 @@ def test_other_refusals_keep_the_status_every_route_gives_them() -> None:
 
 # -- the renderer --------------------------------------------------------------------------
 @pytest.fixture
-async def sec() -> Any:
-    settings = Settings.from_env({}).with_(stream_token_secret="s" * 32)
-    r = aioredis.Redis()  # never connected: rendering does no I/O
-    try:
-        yield Security.build(settings, Keys.from_settings(settings), r)
-    finally:
-        await r.aclose()
+def sec(api) -> Security:
+    """A running API's security state (rendering itself does no I/O)."""
+    security: Security = api.server.config.app.state.security
+    return security
 
 
 def _scope(request_id: str | None = "req-1") -> dict[str, Any]:
