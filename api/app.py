@@ -79,7 +79,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             tools=load_tools(settings.tool_modules),
         )
         app.state.longrun = state
-        app.state.security = Security.build(settings, keys, r)
+        app.state.security = Security.build(settings, keys, r, store)
+        await app.state.security.revocations.start()
         state.submits = SubmitGroups(store, r, keys, app.state.security.admission, settings)
         state.submits.on_group = app.state.metrics.observe_submit_group
         # What start-up built lives as long as the process: out of the collector's sight, so
@@ -91,6 +92,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             state.shutting_down = True
+            await app.state.security.revocations.close()
             await hub.close()
             await state.rio.aclose()
             await store.close()

@@ -8,7 +8,9 @@ last event id as `last_event_id`. To let the page notice, a client that accepts
 a 200 stream holding one id-less `stream_token_expired` event with a long `retry`.
 
 Each open stream holds one of its user's SSE slots (`api.admission`), refreshed while it
-lives and given back however it ends.
+lives and given back however it ends. A stream opened with an API key (in the header, or by a
+token it minted) ends, with a comment, once that key is revoked (`api.revocation`); a token
+whose key is revoked is a 401 `stream_token_revoked`.
 """
 
 from __future__ import annotations
@@ -25,9 +27,10 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from api import hub as hub_module
 from api import tokens
-from api.auth import current_user, security
+from api.auth import Principal, authenticate, key_id_checked, security
 from api.errors import ERROR_RESPONSES, ApiError
 from api.middleware import ABORT, OUTER_SEND
+from api.revocation import Held, KeyGuard
 from api.runs import RunIdPath, _owned_run, _state, parse_run_id
 from api.schemas import EVENT_ID, EVENT_ID_PATTERN
 from api.state import AppState
@@ -71,12 +74,14 @@ def _token_expired_stream(run_id: str) -> Response:
     return EventSourceResponse(one(), headers={"Cache-Control": "no-store"})
 
 
-async def _stream_user(request: Request, run_id: str, token: str | None) -> str | Response:
-    """The user a stream is for: the token's (it names this run) or the bearer key's."""
+async def _stream_user(request: Request, run_id: str, token: str | None) -> Principal | Response:
+    """Who a stream is for: the token's (it names this run, and the key that minted it must
+    still be active) or the bearer's."""
     if token is None:
-        return await current_user(request)
+        return await authenticate(request)
+    sec = security(request)
     try:
-        grant = tokens.verify(security(request).stream_secret, token, run_id, time.time())
+        grant = tokens.verify(sec.stream_secret, token, run_id, time.time())
     except tokens.TokenRefused as exc:
         log.info("stream_token_refused", problem=exc.problem.value, run_id=run_id)
         if exc.problem is tokens.TokenProblem.EXPIRED:
@@ -84,10 +89,14 @@ async def _stream_user(request: Request, run_id: str, token: str | None) -> str 
                 return _token_expired_stream(run_id)
             raise ApiError(401, exc.problem.value, "the stream token expired") from None
         raise ApiError(401, exc.problem.value, "invalid stream token for this run") from None
-    return grant.user_id
+    if grant.key_id is None:  # minted by a JWT caller
+        return Principal(grant.user_id, None)
+    checked = await key_id_checked(request, sec, grant.key_id)
+    return Principal(grant.user_id, None, grant.key_id, checked)
 
 
 PING = b": ping\r\n\r\n"
+REVOKED = b": the API key of this stream was revoked\r\n\r\n"
 # Sent (without an id) when a stream cannot go on: the next event is in neither Redis nor the
 # archive. A browser's EventSource reconnects after `retry`; the run itself is not affected.
 HOLE_FRAME = (
@@ -146,7 +155,8 @@ class EventStream(Response):
     A send blocked for `SEND_TIMEOUT` (a client that stopped reading) raises `SendStalled`,
     which makes the server close the connection. The per-user slot is a lease of the hub's:
     refreshed with every other stream's by one task, and given back however the stream ends
-    (queued, so a burst of streams ending costs no burst of Redis calls)."""
+    (queued, so a burst of streams ending costs no burst of Redis calls). With a `guard`, the
+    stream is stopped when its API key is revoked, and ends with the REVOKED comment."""
 
     def __init__(
         self,
@@ -155,6 +165,7 @@ class EventStream(Response):
         terminal_known: bool,
         refresh: Callable[[], Awaitable[None]],
         release: Callable[[], Awaitable[None]],
+        guard: KeyGuard | None = None,
     ) -> None:
         super().__init__(status_code=200, media_type="text/event-stream")
         self.stream = stream
@@ -162,6 +173,8 @@ class EventStream(Response):
         self.terminal_known = terminal_known
         self.release = release
         self.refresh = refresh
+        self.guard = guard
+        self.held: Held | None = None
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         lease = self.stream.hub.hold(self.refresh, self.release)
@@ -189,6 +202,8 @@ class EventStream(Response):
                 return
             if ended:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
+            elif self.held is not None and self.held.revoked:
+                await send({"type": "http.response.body", "body": REVOKED, "more_body": False})
         finally:
             self.stream.hub.let_go(lease)
 
@@ -196,7 +211,9 @@ class EventStream(Response):
         """Sends the stream; True when it ended with the run (terminal event sent)."""
         stream = self.stream
         task = asyncio.current_task()
-        await stream.subscribe(self.after)
+        subscribed = await stream.subscribe(self.after)
+        if self.guard is not None:
+            self.held = self.guard.hold(subscribed.stop)
         watcher = asyncio.ensure_future(self._watch_disconnect(receive))
         gen = stream.batches(self.after, self.terminal_known)
         try:
@@ -221,6 +238,8 @@ class EventStream(Response):
                 raise SendStalled() from None
             raise
         finally:
+            if self.held is not None and self.guard is not None:
+                self.guard.let_go(self.held)
             watcher.cancel()
             await gen.aclose()
             if stream.sub is not None:
@@ -255,9 +274,10 @@ async def events(
 ) -> Response:
     state, sec = _state(request), security(request)
     rid = parse_run_id(run_id)
-    user = await _stream_user(request, rid, token)
-    if isinstance(user, Response):
-        return user
+    who = await _stream_user(request, rid, token)
+    if isinstance(who, Response):
+        return who
+    user = who.user
     run = await _owned_run(state, rid, user)
     raw_after = last_event_id_header or last_event_id
     try:
@@ -286,4 +306,5 @@ async def events(
     async def release() -> None:
         await sec.admission.release_sse_slot(user, slot)
 
-    return EventStream(stream, after or 0, run.status.terminal, refresh, release)
+    guard = None if who.key_id is None else KeyGuard(sec.revocations, who.key_id, who.checked)
+    return EventStream(stream, after or 0, run.status.terminal, refresh, release, guard)

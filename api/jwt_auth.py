@@ -5,6 +5,12 @@ The algorithm is pinned to the configured one (a token's own `alg` header is nev
 `alg: none` and HS/RS confusion -- an HS256 token "signed" with the RSA public key -- are
 refused); `exp`, `aud` and `iss` are required and checked; the user is one configured claim.
 Every refusal is the same `JwtRefused`, which the caller turns into a 401.
+
+JWT users have their own namespace: the user id is `jwt:<issuer>:<claim>` (the configured
+issuer, which the token's `iss` must equal), never the bare claim, so a JWT with `sub=alice`
+reads none of API-key user alice's runs (`longrun keys create` refuses user ids beginning
+`jwt:`). longrun keeps no deny-list of JWTs: what revokes one is its issuer (a short `exp`), or
+rotating the secret or the JWKS file.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import jwt
 
 from shared.config import Settings
 from shared.errors import ConfigError
+from shared.store.users import JWT_USER_PREFIX
 
 HMAC_ALGS = frozenset({"HS256", "HS384", "HS512"})
 PUBLIC_ALGS = frozenset({"RS256", "RS384", "RS512", "ES256", "ES384", "PS256"})
@@ -26,6 +33,17 @@ MAX_TOKEN_CHARS = 8192
 
 class JwtRefused(Exception):
     pass
+
+
+@dataclass(frozen=True)
+class JwtIdentity:
+    user: str  # `jwt:<issuer>:<claim>`
+    expires_at: int  # the token's `exp` (unix seconds)
+
+
+def jwt_user(issuer: str, claim: str) -> str:
+    """The user id of a JWT caller: namespaced by issuer, apart from every API-key user."""
+    return f"{JWT_USER_PREFIX}{issuer}:{claim}"
 
 
 def looks_like_jwt(token: str) -> bool:
@@ -88,8 +106,8 @@ class JwtVerifier:
                 return key
         raise JwtRefused("unknown key id")
 
-    def user(self, token: str) -> str:
-        """The user the token names, or JwtRefused."""
+    def identity(self, token: str) -> JwtIdentity:
+        """Who the token names and until when, or JwtRefused."""
         if len(token) > MAX_TOKEN_CHARS:
             raise JwtRefused("token too long")
         key = self._key_for(token)
@@ -108,7 +126,10 @@ class JwtVerifier:
         user = claims.get(self.user_claim)
         if not isinstance(user, str) or not user or len(user) > 256:
             raise JwtRefused("no usable user claim")
-        return user
+        exp = claims["exp"]
+        if not isinstance(exp, int | float) or isinstance(exp, bool):
+            raise JwtRefused("exp is not a number")
+        return JwtIdentity(jwt_user(self.issuer, user), int(exp))
 
 
 def load_jwks(path: Path) -> tuple[tuple[str | None, Any], ...]:

@@ -17,8 +17,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path, Query, Request
 from starlette.types import Scope
 
-from api import tokens
-from api.auth import Security, current_user, security
+from api.auth import Principal, Security, current_user, principal_of, security
 from api.errors import ERROR_RESPONSES, ApiError, ErrorBody, JSONResp
 from api.links import public_base, run_url
 from api.schemas import (
@@ -60,20 +59,21 @@ def parse_run_id(raw: str) -> str:
 
 def events_url(request: Request, sec: Security, run_id: str, user: str) -> tuple[str, int]:
     """A fresh `events_url` for this run and user, and its expiry (unix seconds)."""
-    return events_url_at(public_base(request.scope, sec.settings), sec, run_id, user)
+    who = principal_of(request, user)
+    return events_url_at(public_base(request.scope, sec.settings), sec, run_id, who)
 
 
-def events_url_at(base: str, sec: Security, run_id: str, user: str) -> tuple[str, int]:
-    now = time.time()
-    ttl = sec.settings.stream_token_ttl_seconds
-    token = tokens.mint(sec.stream_secret, run_id, user, now, ttl)
-    return f"{run_url(base, run_id)}/events?token={token}", int(now) + ttl
+def events_url_at(base: str, sec: Security, run_id: str, who: Principal) -> tuple[str, int]:
+    """The token is bound to the run, the user, and the key that minted it (`api.tokens`)."""
+    token, expires_at = sec.stream_token(run_id, who, time.time())
+    return f"{run_url(base, run_id)}/events?token={token}", expires_at
 
 
-def run_links(scope: Scope, sec: Security, run_id: str, user: str) -> dict[str, str]:
-    """The `url` and `events_url` of a run's answers (`api.links` says where they point)."""
+def run_links(scope: Scope, sec: Security, run_id: str, who: Principal) -> dict[str, str]:
+    """The `url` and `events_url` of a run's answers (`api.links` says where they point), the
+    stream token minted by `who`."""
     base = public_base(scope, sec.settings)
-    url, _ = events_url_at(base, sec, run_id, user)
+    url, _ = events_url_at(base, sec, run_id, who)
     return {"url": run_url(base, run_id), "events_url": url}
 
 
@@ -87,8 +87,9 @@ async def _owned_run(state: AppState, raw_id: str, user: str) -> Run:
 @router.get("/runs/{run_id}", response_model=None, responses=documented(200, RunView, "the run"))
 async def get_run(run_id: RunIdPath, request: Request, user: User) -> JSONResp:
     run = await _owned_run(_state(request), run_id, user)
+    who = principal_of(request, user)
     return JSONResp(
-        {**run.public(), **run_links(request.scope, security(request), run.run_id, user)}
+        {**run.public(), **run_links(request.scope, security(request), run.run_id, who)}
     )
 
 

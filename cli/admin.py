@@ -1,5 +1,7 @@
 """Operator commands: `longrun pause [--reason R]`, `longrun resume`, and `longrun keys revoke`
-with immediate effect (the revoking commit, then the key epoch every API process checks).
+with immediate effect (the revoking commit, then the key epoch every API process checks: the
+key's next request is a 401, its open event streams and the stream tokens it minted end within
+2 seconds, see `api.revocation`).
 
 Each function takes the settings and returns the process exit code.
 """
@@ -44,8 +46,9 @@ def resume(settings: Settings) -> int:
 
 
 async def revoke_key(settings: Settings, key_id: str) -> bool:
-    """Revoke in Postgres, then bump the key epoch so API caches drop the key at once. If Redis
-    is unreachable the revocation still holds, within the API's 5-second key cache."""
+    """Revoke in Postgres, then bump the key epoch so API caches drop the key at once and its
+    open streams end within 2 seconds. If Redis is unreachable the revocation still holds:
+    requests within the API's 5-second key cache, open streams within 12 seconds."""
     store = await Store.open(settings.with_(pg_pool_min=0, pg_pool_max=2), "longrun-cli")
     try:
         revoked = await store.users.revoke_key(key_id)
@@ -57,7 +60,7 @@ async def revoke_key(settings: Settings, key_id: str) -> bool:
     except REDIS_DOWN:
         print(
             "longrun: warning: Redis unreachable: API processes may accept the key for 5 more "
-            "seconds",
+            "seconds, and keep its open event streams for 12",
             file=sys.stderr,
         )
     finally:

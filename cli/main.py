@@ -17,7 +17,7 @@ from cli import config
 from cli.exits import Exit, Failure, postgres_failure, servers
 from cli.parser import build as _parser
 from shared.config import Settings
-from shared.errors import ConfigError, LongrunError
+from shared.errors import BadRequest, ConfigError, LongrunError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -173,7 +173,10 @@ async def _keys(settings: Settings, args: Any) -> int:
     store = await Store.open(settings.with_(pg_pool_min=0, pg_pool_max=2), "longrun-cli")
     try:
         if args.keys_command == "create":
-            key_id, key = await store.users.create_key(args.user, args.name)
+            try:
+                key_id, key = await store.users.create_key(args.user, args.name)
+            except BadRequest as exc:  # a user id reserved for JWT callers
+                raise Failure(Exit.USAGE, exc.detail) from exc
             print(f"created key {key_id} for user {args.user} (shown once):")
             print(key)
             return 0

@@ -436,7 +436,8 @@ async def test_es256_tokens_from_a_jwks_file_name_the_user_by_the_configured_cla
     assert made.status_code == 202, made.text
     assert codes == [401, 401]
     state = srv.server.config.app.state.longrun
-    assert (await state.store.runs.get_run(made.json()["run_id"])).user_id == "erin@example.test"
+    run = await state.store.runs.get_run(made.json()["run_id"])
+    assert run.user_id == "jwt:https://issuer.test:erin@example.test"  # namespaced by issuer
 
 
 def test_half_configured_jwt_auth_fails_at_start_up(settings):

@@ -152,7 +152,7 @@ async def test_a_provider_error_from_any_model_client_is_retried_the_same_way() 
             ScriptedTurn(text="ok"),
         ]
     )
-    cfg = LoopConfig(model="claude-haiku-4-5")
+    cfg = LoopConfig.from_settings(Settings(), model="claude-haiku-4-5")
     events = [b async for b in agent_loop(context(), cfg, loop_deps(model))]
     assert [e["type"] for e in events] == ["notice", "token", "usage", "done"]
 
@@ -238,7 +238,12 @@ async def test_a_run_resumed_after_its_final_answer_was_checkpointed_asks_the_mo
     ctx = context(attempt=2, checkpoint=Checkpoint(1, state.to_checkpoint()))
 
     # When it is resumed
-    events = [b async for b in agent_loop(ctx, LoopConfig(model="m"), loop_deps(model))]
+    events = [
+        b
+        async for b in agent_loop(
+            ctx, LoopConfig.from_settings(Settings(), model="m"), loop_deps(model)
+        )
+    ]
 
     # Then it ends with that answer and no model call
     assert events == [{"type": "done", "output": "Hello."}]

@@ -166,14 +166,10 @@ class RunWrites:
         return await self.ends.call((finishing, copy))
 
     async def _claim(self, lane: int, items: list[tuple[str, bool, str]]) -> list[Claimed]:
-        key = ("claim", lane)
-        try:
-            runs = await self.store.batches.claim_many(
-                [(run_id, reclaim) for run_id, reclaim, _ in items], await self._conn(key)
-            )
-        except Unavailable:
-            await self._drop(key)
-            raise
+        wanted = [(run_id, reclaim) for run_id, reclaim, _ in items]
+        runs = await self._on_lane(
+            ("claim", lane), lambda c: self.store.batches.claim_many(wanted, c)
+        )
         fences: dict[int, Fence | LeaseLost] = {}
         claimed = []
         for i, run in enumerate(runs):
@@ -198,30 +194,33 @@ class RunWrites:
                         fences[i] = out
         return [Claimed(run, fences.get(i)) for i, run in enumerate(runs)]
 
-    async def _append(
-        self, lane: int, items: list[tuple[EventBatch, ScriptCall]]
-    ) -> list[Written | BaseException]:
-        key = ("append", lane)
+    async def _on_lane(
+        self, key: tuple[str, int], statement: Callable[[asyncpg.Connection], Awaitable[R]]
+    ) -> R:
+        """A statement on a lane's own connection; an outage gives the connection back (the
+        next flush takes another) and raises `Unavailable` for the whole batch."""
         try:
-            refused = await self.store.events.append_many(
-                [b for b, _ in items], await self._conn(key)
-            )
+            return await statement(await self._conn(key))
         except Unavailable:
             await self._drop(key)
             raise
+
+    async def _append(
+        self, lane: int, items: list[tuple[EventBatch, ScriptCall]]
+    ) -> list[Written | BaseException]:
+        batches = [b for b, _ in items]
+        refused = await self._on_lane(
+            ("append", lane), lambda c: self.store.events.append_many(batches, c)
+        )
         return await self._copy(items, refused)
 
     async def _end(
         self, lane: int, items: list[tuple[Finishing, ScriptCall]]
     ) -> list[Written | BaseException]:
-        key = ("end", lane)
-        try:
-            refused = await self.store.batches.finish_many(
-                [f for f, _ in items], await self._conn(key)
-            )
-        except Unavailable:
-            await self._drop(key)
-            raise
+        endings = [f for f, _ in items]
+        refused = await self._on_lane(
+            ("end", lane), lambda c: self.store.batches.finish_many(endings, c)
+        )
         return await self._copy(items, refused)
 
     async def _copy(

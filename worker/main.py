@@ -72,6 +72,66 @@ LOOP_STOP_SECONDS = 5.0
 IN_FLIGHT_PUBLISH_SECONDS = 0.25
 
 
+@dataclass(frozen=True)
+class Clients:
+    """What a started worker talks to: Postgres, Redis, the LLM services, and the attempts'
+    dependencies built over them. Opened together by `open`, closed together by `close`."""
+
+    store: Store
+    rio: RedisIO
+    llm: LLMServices
+    deps: Deps
+
+    @classmethod
+    async def open(cls, s: Settings, keys: Keys, name: str) -> Clients:
+        conn = await connect(s, "longrun-worker")
+        try:
+            await check_schema(conn)
+        finally:
+            await conn.close()
+        store = await Store.open(s, f"longrun-worker:{name}")
+        r = create_redis(s, f"longrun-worker:{name}")
+        rio = RedisIO(r, keys, s, batched=True)
+        try:
+            await check_eviction_policy(r)
+            await rio.ensure_group()
+        except BaseException:
+            await rio.aclose()
+            await store.close()
+            raise
+        # One set of LLM services per process: breakers shared through Redis, daily spend
+        # through Postgres, so ceilings and breakers hold across every worker.
+        llm = build_llm_services(
+            s,
+            breaker_store=RedisBreakerStore(r, keys),
+            # A Postgres outage pauses a run's spending like its event writes, not fail it.
+            ledger=PatientLedger(store.users, outage_seconds(s)),
+        )
+        deps = Deps(
+            settings=s,
+            store=store,
+            rio=rio,
+            writes=RunWrites(store, rio, name),
+            agents=load_agents(s.agent_modules),
+            consumer=name,
+            tools=load_tools(s.tool_modules),
+            services={LLM_SERVICE: llm},
+        )
+        return cls(store, rio, llm, deps)
+
+    @property
+    def idle(self) -> bool:
+        """No grouped write is waiting or in flight (the clients may close)."""
+        return self.rio.idle and self.deps.writes.idle
+
+    async def close(self) -> None:
+        """Close each; one that fails is logged and the next one still closes."""
+        await _logged("close_writes", self.deps.writes.close())
+        await _logged("close_redis", self.rio.aclose())
+        await _logged("close_llm", self.llm.aclose())
+        await _logged("close_store", self.store.close())
+
+
 @dataclass
 class Slot:
     attempt: AttemptState
@@ -114,10 +174,25 @@ class Worker:
         self._tasks: list[asyncio.Task[None]] = []
         self.reads = 0  # XREADGROUP calls, and the entries they brought (batch_stats)
         self.read_entries = 0
-        self.store: Store | None = None
-        self.rio: RedisIO | None = None
-        self.deps: Deps | None = None
-        self.llm: LLMServices | None = None
+        self._clients: Clients | None = None  # from `start` until `close`
+
+    @property
+    def clients(self) -> Clients:
+        if self._clients is None:
+            raise RuntimeError("the worker is not started")
+        return self._clients
+
+    @property
+    def store(self) -> Store:
+        return self.clients.store
+
+    @property
+    def rio(self) -> RedisIO:
+        return self.clients.rio
+
+    @property
+    def deps(self) -> Deps:
+        return self.clients.deps
 
     # -- life cycle --------------------------------------------------------------------------
     async def start(self) -> None:
@@ -128,35 +203,7 @@ class Worker:
             await check_schema(conn)
         finally:
             await conn.close()
-        self.store = await Store.open(s, f"longrun-worker:{self.name}")
-        r = create_redis(s, f"longrun-worker:{self.name}")
-        self.rio = RedisIO(r, self.keys, s, batched=True)
-        try:
-            await check_eviction_policy(r)
-            await self.rio.ensure_group()
-        except BaseException:
-            await self.rio.aclose()
-            await self.store.close()
-            self.rio = self.store = None
-            raise
-        # One set of LLM services per process: breakers shared through Redis, daily spend
-        # through Postgres, so ceilings and breakers hold across every worker.
-        self.llm = build_llm_services(
-            s,
-            breaker_store=RedisBreakerStore(r, self.keys),
-            # A Postgres outage pauses a run's spending like its event writes, not fail it.
-            ledger=PatientLedger(self.store.users, outage_seconds(s)),
-        )
-        self.deps = Deps(
-            settings=s,
-            store=self.store,
-            rio=self.rio,
-            writes=RunWrites(self.store, self.rio, self.name),
-            agents=load_agents(s.agent_modules),
-            consumer=self.name,
-            tools=load_tools(s.tool_modules),
-            services={LLM_SERVICE: self.llm},
-        )
+        self._clients = await Clients.open(s, self.keys, self.name)
         self.redis_run_id = await self.rio.group.server_run_id()
         for loop in (self._consume, self._reclaim, self._reconcile):
             self._tasks.append(
@@ -184,7 +231,7 @@ class Worker:
             except RETRYABLE as exc:
                 log.warning("loop_backoff", loop=loop.__name__, error=type(exc).__name__)
             except REDIS_ERRORS as exc:
-                if group_lost(exc) and self.rio is not None:
+                if group_lost(exc) and self._clients is not None:
                     # Redis lost the group (restarted empty, flushed): make it again, and
                     # re-enqueue the runs whose entries went with it.
                     self.reconcile_now.set()
@@ -244,23 +291,16 @@ class Worker:
         await self._settle()
 
     async def _close_clients(self) -> None:
-        if self.deps is not None and self.deps.writes is not None:
-            await _logged("close_writes", self.deps.writes.close())
-        if self.rio is not None:
-            await _logged("leave_workers", self.rio.group.leave(self.name))
-            await _logged("close_redis", self.rio.aclose())
-        if self.llm is not None:
-            await _logged("close_llm", self.llm.aclose())
-        if self.store is not None:
-            await _logged("close_store", self.store.close())
+        if self._clients is not None:
+            await _logged("leave_workers", self._clients.rio.group.leave(self.name))
+            await self._clients.close()
 
     async def _settle(self, limit: float = 5.0) -> None:
         """Let grouped writes already sent finish (a cancelled attempt's flush still runs)
         before the clients close under them."""
         end = time.monotonic() + limit
         while time.monotonic() < end:
-            writes = self.deps.writes if self.deps is not None else None
-            if (self.rio is None or self.rio.idle) and (writes is None or writes.idle):
+            if self._clients is None or self._clients.idle:
                 return
             await asyncio.sleep(0.01)
 
@@ -271,10 +311,11 @@ class Worker:
             "entries_per_read": round(self.read_entries / self.reads, 1) if self.reads else 0.0,
         }
         coalescers: list[Any] = []
-        if self.rio is not None and self.rio.scripts is not None:
-            coalescers.append(self.rio.scripts)
-        if self.deps is not None and self.deps.writes is not None:
-            coalescers += [self.deps.writes.claims, self.deps.writes.ends]
+        if self._clients is not None:
+            writes = self._clients.deps.writes
+            if self.rio.scripts is not None:
+                coalescers.append(self.rio.scripts)
+            coalescers += [writes.claims, writes.appends, writes.ends]
         for c in coalescers:
             out[f"{c.name}_flushes"] = c.flushes
             out[f"{c.name}_per_flush"] = round(c.items / c.flushes, 1) if c.flushes else 0.0
@@ -282,7 +323,6 @@ class Worker:
 
     # -- running attempts --------------------------------------------------------------------
     def _launch(self, entry: QueueEntry, *, reclaimed: bool, poison: bool = False) -> None:
-        assert self.deps is not None
         attempt = AttemptState(entry, reclaimed=reclaimed, poison=poison)
         task = asyncio.create_task(self._guarded(attempt, self.deps))
         self.slots[entry.entry_id] = Slot(attempt, task)
@@ -320,7 +360,6 @@ class Worker:
         return max(0, self.settings.concurrency - len(self.slots))
 
     async def _consume(self) -> None:
-        assert self.rio is not None
         while not self.stopping.is_set():
             if self._free_slots() == 0:
                 self.free.clear()
@@ -338,7 +377,6 @@ class Worker:
                 self._launch(entry, reclaimed=False)
 
     async def _reclaim(self) -> None:
-        assert self.rio is not None
         s = self.settings
         lease_ms = int(s.lease_seconds * 1000)
         while not self.stopping.is_set():
@@ -349,7 +387,6 @@ class Worker:
                 await asyncio.wait_for(self.stopping.wait(), renew_interval(s.lease_seconds))
 
     async def _reclaim_batch(self, lease_ms: int, count: int) -> None:
-        assert self.rio is not None
         group = self.rio.group
         start = "0-0"
         while count > 0:
@@ -375,7 +412,6 @@ class Worker:
                 await asyncio.wait_for(self.stopped.wait(), renew_interval(s.lease_seconds))
 
     async def _beat(self) -> None:
-        assert self.rio is not None
         now = time.monotonic()
         if self.slots and lease_expired_locally(
             self.last_renewal, now, self.settings.lease_seconds
@@ -419,7 +455,6 @@ class Worker:
     async def _check_redis_restarted(self) -> None:
         """After a failed heartbeat: if Redis is another process now (restarted, failed over),
         it may have lost entries: reconcile at once."""
-        assert self.rio is not None
         run_id = await self.rio.group.server_run_id()
         if run_id != self.redis_run_id:
             log.warning("redis_restarted")
@@ -430,7 +465,6 @@ class Worker:
         """The Postgres heartbeat of this worker's runs: keeps live runs out of the
         reconciler's view and sees cancels recorded only in Postgres. Its own loop: a
         Postgres stall delays only this."""
-        assert self.store is not None
         s = self.settings
         while not self.stopped.is_set():
             runs = [x.attempt.run_id for x in self.slots.values() if x.attempt.run is not None]
@@ -449,7 +483,6 @@ class Worker:
     async def _publish_in_flight(self) -> None:
         """The in-flight figure when a slot fills or frees, at most every
         IN_FLIGHT_PUBLISH_SECONDS, so readers need not wait for the next heartbeat."""
-        assert self.rio is not None
         while not self.stopped.is_set():
             await self.load_changed.wait()
             self.load_changed.clear()
@@ -458,7 +491,6 @@ class Worker:
                 await asyncio.wait_for(self.stopped.wait(), IN_FLIGHT_PUBLISH_SECONDS)
 
     async def _cancel_listener(self) -> None:
-        assert self.rio is not None
         async with self.rio.group.cancels() as feed:
             while not self.stopped.is_set():
                 run_id = await feed.next(wait_seconds=1.0)
@@ -469,8 +501,6 @@ class Worker:
                         slot.attempt.signals.cancel.set()
 
     async def _reconcile(self) -> None:
-        assert self.rio is not None
-        assert self.store is not None
         while not self.stopping.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._reconcile_due(), self.settings.reconcile_seconds)

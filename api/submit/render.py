@@ -45,7 +45,7 @@ def render(outcome: Outcome, scope: Scope, sec: Security) -> Answer:
 
 def _accepted(outcome: Accepted, scope: Scope, sec: Security, rid: str) -> Answer:
     run = outcome.run
-    links = run_links(scope, sec, run.run_id, outcome.who.user)
+    links = run_links(scope, sec, run.run_id, outcome.who)
     headers = {"Location": location(links["url"])}
     if run.replayed:
         headers["Idempotent-Replayed"] = "true"

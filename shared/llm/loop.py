@@ -33,6 +33,7 @@ import random
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import structlog
@@ -52,7 +53,7 @@ from shared.llm.model import (
     TurnRequest,
     UsageUpdate,
 )
-from shared.llm.pricing import DEFAULT_PRICES, Price, PriceTable, Usage, turn_cost
+from shared.llm.pricing import PriceTable, Usage, turn_cost
 from shared.llm.retry import RetryPolicy, retry_delay
 from shared.llm.state import (
     LoopState,
@@ -65,28 +66,37 @@ from shared.llm.state import (
 from shared.llm.tools import ToolContext, ToolRegistry, run_tool
 
 log = structlog.get_logger("longrun.agent")
+# A run torn down mid-turn charges the daily ledger within this bound, or logs that it could not.
+TEARDOWN_CHARGE_SECONDS = 2.0
 
 Body = dict[str, Any]
 
 
+# A model turn's output budget unless the run asks for another (`params.max_tokens`).
+DEFAULT_MAX_TOKENS = 4096
+
+
 @dataclass(frozen=True)
 class LoopConfig:
+    """One run's loop settings: `from_settings` (the knobs, each declared once in
+    `shared.config`), narrowed per run by `shared.agents.chat.chat_config`."""
+
     model: str
-    fallback_model: str | None = None
-    max_steps: int = 20
-    max_tokens: int = 4096
-    system: str | None = None
-    max_run_cost_usd: float = 1.0
-    max_user_day_cost_usd: float = 20.0
-    tool_timeout_seconds: float = 30.0
-    retry: RetryPolicy = field(default_factory=lambda: RetryPolicy(4, 0.5, 30.0))
-    prices: PriceTable = field(
-        default_factory=lambda: PriceTable(rows=DEFAULT_PRICES, fallback=Price.of(15, 75))
-    )
+    fallback_model: str | None
+    max_steps: int
+    max_tokens: int
+    system: str | None
+    max_run_cost_usd: float
+    max_user_day_cost_usd: float
+    tool_timeout_seconds: float
+    retry: RetryPolicy
+    prices: PriceTable
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> LoopConfig:
         values: dict[str, Any] = {
+            "max_tokens": DEFAULT_MAX_TOKENS,
+            "system": None,
             "model": settings.model,
             "fallback_model": settings.fallback_model,
             "max_steps": settings.max_steps,
@@ -173,6 +183,14 @@ class AgentLoop:
                 log.warning("cancelled_turn_not_charged", error=repr(exc)[:200])
                 self._charge_inflight_locally()
             self._publish("the run was cancelled")
+            raise
+        except asyncio.CancelledError:
+            # Torn down from outside (the worker cancels the agent's task on a cancel, a drain
+            # or a lost lease): the provider billed the interrupted turn all the same, so it
+            # reaches the run's totals at once and the daily ledger within a short bound.
+            cost = self._charge_inflight_locally()
+            self._publish("the run stopped")
+            await self._ledger_on_teardown(cost)
             raise
         except BaseException:
             self._charge_inflight_locally()
@@ -429,14 +447,26 @@ class AgentLoop:
             return None, None
         return await self._charge(model, usage, partial=True)
 
-    def _charge_inflight_locally(self) -> None:
-        # Torn down from outside (task cancelled, generator closed): no await is possible, so
-        # the interrupted turn only reaches ctx.usage, not the ledger.
-        if self.inflight is not None:
-            model, usage = self.inflight
-            self.inflight = None
-            cost = turn_cost(usage, self.prices.price(model))
-            self.state.totals = self.state.totals.add(usage, cost)
+    def _charge_inflight_locally(self) -> Decimal:
+        """The interrupted turn into the run's totals, without I/O (a generator being closed
+        cannot await); returns its cost, for the ledger when an await is possible."""
+        if self.inflight is None:
+            return Decimal(0)
+        model, usage = self.inflight
+        self.inflight = None
+        cost = turn_cost(usage, self.prices.price(model))
+        self.state.totals = self.state.totals.add(usage, cost)
+        return cost
+
+    async def _ledger_on_teardown(self, cost: Decimal) -> None:
+        if not cost:
+            return
+        try:
+            await asyncio.wait_for(
+                self.deps.ledger.add_spend(self.ctx.user_id, float(cost)), TEARDOWN_CHARGE_SECONDS
+            )
+        except Exception as exc:  # best effort on the way out: the teardown must go through
+            log.warning("cancelled_turn_not_charged", error=repr(exc)[:200])
 
     def _stop_for_budget(self, code: str) -> None:
         self._end_pending("the cost budget was spent")

@@ -21,7 +21,7 @@ from shared.store.batches import BatchRepo
 from shared.store.events import EventBatch, EventRepo
 from shared.store.ops import OpsRepo
 from shared.store.pool import PG_DOWN, Database, connect
-from shared.store.rows import ApiKey, Finishing, NewRun, RunFigures, Submitted
+from shared.store.rows import ActiveKey, ApiKey, Finishing, NewRun, RunFigures, Submitted
 from shared.store.runs import RunRepo
 from shared.store.submits import SubmitRepo
 from shared.store.threads import ThreadRepo
@@ -55,6 +55,7 @@ class Store:
 
 __all__ = [
     "PG_DOWN",
+    "ActiveKey",
     "ApiKey",
     "Database",
     "EventBatch",

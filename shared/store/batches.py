@@ -13,6 +13,7 @@ import asyncpg
 from shared.errors import LeaseLost
 from shared.models import Run
 from shared.store.counters import ENDED_UNDER_FENCE, count_ended
+from shared.store.fencing import event_arrays, fenced_events, rounds
 from shared.store.pool import Database
 from shared.store.rows import RUN_COLUMNS, TARGETS, Finishing, run_of
 from shared.store.runs import THREAD_TURN, RunRepo, commit_end, settle_end
@@ -23,46 +24,14 @@ def _qualified(columns: str) -> str:
     return ", ".join(f"runs.{c.strip()}" for c in columns.split(","))
 
 
-def rounds(keys: Sequence[str]) -> list[list[int]]:
-    """Split item indexes into rounds where no key repeats; a repeated key goes to a later
-    round, so each round can be one statement with one outcome per row."""
-    rounds: list[list[int]] = []
-    seen: list[set[str]] = []
-    for i, key in enumerate(keys):
-        for r, keys_of_round in enumerate(seen):
-            if key not in keys_of_round:
-                keys_of_round.add(key)
-                rounds[r].append(i)
-                break
-        else:
-            seen.append({key})
-            rounds.append([i])
-    return rounds
-
-
-# The terminal commit of many runs (outside a thread) in one statement, counted with them. The
-# fence locks each run's row through its primary key: `(status = 'running') IS TRUE` is not an
-# index condition, so the planner cannot scan `runs_active` for every running run instead (it
-# did when the statistics said few runs were running: each batch then walked all of them, and
-# the dead index entries every claim leaves behind).
+# The terminal commit of many runs (outside a thread) in one statement, counted with them:
+# fenced (`fenced_events`) on each run's attempt and log, its last events archived with it.
 FINISH_MANY = f"""WITH req AS (
         SELECT * FROM unnest($1::uuid[], $2::int[], $3::text[],
             $4::jsonb[], $5::jsonb[], $6::jsonb[], $7::float8[],
             $8::int[], $13::int[], $14::bigint[])
         AS r(run_id, attempt, target, output, error, usage, cost, seq, first_seq, bytes)
-    ), fence AS (
-        SELECT runs.run_id, runs.cost_usd FROM runs JOIN req
-          ON runs.run_id = req.run_id AND runs.attempt = req.attempt
-        WHERE (runs.status = 'running') IS TRUE AND runs.last_seq = req.first_seq - 1
-        ORDER BY runs.run_id
-        FOR UPDATE OF runs
-    ), archived AS (
-        INSERT INTO run_events (run_id, seq, type, data)
-        SELECT e.run_id, e.seq, e.type, e.data
-        FROM unnest($9::uuid[], $10::int[], $11::text[], $12::bytea[])
-            AS e(run_id, seq, type, data)
-        WHERE e.run_id IN (SELECT run_id FROM fence)
-    ), finished AS (
+    ), {fenced_events("runs.run_id, runs.cost_usd", 9)}, finished AS (
         UPDATE runs SET status = req.target, output = req.output,
             error = req.error, usage = coalesce(req.usage, runs.usage),
             cost_usd = req.cost, finished_at = now(), updated_at = now(),
@@ -78,16 +47,6 @@ FINISH_MANY = f"""WITH req AS (
 def finish_many_args(batch: Sequence[Finishing]) -> list[Any]:
     """`FINISH_MANY`'s parameters: one array per run column, one per event column."""
     run_ids = [uuid.UUID(f.run_id) for f in batch]
-    ev_runs: list[uuid.UUID] = []
-    ev_seqs: list[int] = []
-    ev_types: list[str] = []
-    ev_data: list[bytes] = []
-    for rid, f in zip(run_ids, batch, strict=True):
-        for e in f.events:
-            ev_runs.append(rid)
-            ev_seqs.append(e.seq)
-            ev_types.append(e.type)
-            ev_data.append(e.data)
     return [
         run_ids,
         [f.attempt for f in batch],
@@ -97,10 +56,7 @@ def finish_many_args(batch: Sequence[Finishing]) -> list[Any]:
         [f.usage for f in batch],
         [f.cost_usd for f in batch],
         [f.events[-1].seq for f in batch],
-        ev_runs,
-        ev_seqs,
-        ev_types,
-        ev_data,
+        *event_arrays(run_ids, [f.events for f in batch]),
         [f.events[0].seq for f in batch],
         [sum(len(e.data) for e in f.events) for f in batch],
     ]

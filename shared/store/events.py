@@ -14,28 +14,16 @@ import asyncpg
 
 from shared.errors import LeaseLost
 from shared.models import Event
-from shared.store.batches import rounds
+from shared.store.fencing import event_arrays, fenced_events, rounds
 from shared.store.pool import Database
 
-# One statement for the event batches of many runs. The fence locks each run's row through
-# its primary key (see FINISH_MANY on why `IS TRUE`); a run whose attempt, status or last seq
-# is not the batch's own writes nothing.
-APPEND_MANY = """WITH req AS (
+# One statement for the event batches of many runs, each fenced (`fenced_events`) on its
+# attempt and its log's last seq: a run whose attempt, status or last seq is not the batch's
+# own writes nothing.
+APPEND_MANY = f"""WITH req AS (
         SELECT * FROM unnest($1::uuid[], $2::int[], $3::int[], $4::int[], $5::bigint[])
         AS r(run_id, attempt, first_seq, last_seq, bytes)
-    ), fence AS (
-        SELECT runs.run_id FROM runs JOIN req
-          ON runs.run_id = req.run_id AND runs.attempt = req.attempt
-        WHERE (runs.status = 'running') IS TRUE AND runs.last_seq = req.first_seq - 1
-        ORDER BY runs.run_id
-        FOR UPDATE OF runs
-    ), archived AS (
-        INSERT INTO run_events (run_id, seq, type, data)
-        SELECT e.run_id, e.seq, e.type, e.data
-        FROM unnest($6::uuid[], $7::int[], $8::text[], $9::bytea[])
-            AS e(run_id, seq, type, data)
-        WHERE e.run_id IN (SELECT run_id FROM fence)
-    )
+    ), {fenced_events("runs.run_id", 6)}
     UPDATE runs SET last_seq = req.last_seq, event_bytes = runs.event_bytes + req.bytes
     FROM req
     WHERE runs.run_id = req.run_id AND runs.run_id IN (SELECT run_id FROM fence)
@@ -75,27 +63,14 @@ class RunState:
 
 
 def append_many_args(batches: Sequence[EventBatch]) -> list[object]:
-    ev_runs: list[uuid.UUID] = []
-    ev_seqs: list[int] = []
-    ev_types: list[str] = []
-    ev_data: list[bytes] = []
     run_ids = [uuid.UUID(b.run_id) for b in batches]
-    for rid, b in zip(run_ids, batches, strict=True):
-        for e in b.events:
-            ev_runs.append(rid)
-            ev_seqs.append(e.seq)
-            ev_types.append(e.type)
-            ev_data.append(e.data)
     return [
         run_ids,
         [b.attempt for b in batches],
         [b.first_seq for b in batches],
         [b.last_seq for b in batches],
         [b.size for b in batches],
-        ev_runs,
-        ev_seqs,
-        ev_types,
-        ev_data,
+        *event_arrays(run_ids, [b.events for b in batches]),
     ]
 
 

@@ -1,6 +1,7 @@
 """Row shapes of the store and the conversions of asyncpg records into them: what the
 repositories take (`NewRun`, `Finishing`) and give back (`Run`, `Event`, `Submitted`,
-`ApiKey`, `RunFigures`, ...). Records become models here; no record leaves `shared.store`."""
+`ApiKey`, `ActiveKey`, `RunFigures`, ...). Records become models here; no record leaves
+`shared.store`."""
 
 from __future__ import annotations
 
@@ -63,6 +64,14 @@ class Submitted:
 
 
 @dataclass(frozen=True)
+class ActiveKey:
+    """An unrevoked API key: the key id (public, loggable) and its user."""
+
+    key_id: str
+    user_id: str
+
+
+@dataclass(frozen=True)
 class ApiKey:
     key_id: str
     user_id: str
@@ -97,6 +106,10 @@ def checkpoint_of(record: asyncpg.Record) -> Checkpoint:
 
 def api_key_of(record: asyncpg.Record) -> ApiKey:
     return ApiKey(**dict(record))
+
+
+def active_key_of(record: asyncpg.Record) -> ActiveKey:
+    return ActiveKey(record["key_id"], record["user_id"])
 
 
 def keyed_run_of(record: asyncpg.Record) -> tuple[bytes, Submitted]:

@@ -1,15 +1,21 @@
 """Per-user rows of the store: API keys (stored as digests only) and the daily spend ledger
-(`UserRepo` is the agent loop's `SpendLedger`, shared by every worker)."""
+(`UserRepo` is the agent loop's `SpendLedger`, shared by every worker).
+
+User ids beginning `jwt:` are reserved for JWT callers (`jwt:<issuer>:<subject>`, see
+`api.jwt_auth`): no API key is made for one, so a JWT can never name an API-key user."""
 
 from __future__ import annotations
 
 import hashlib
 import secrets
+from collections.abc import Collection
 
+from shared.errors import BadRequest
 from shared.store.pool import Database
-from shared.store.rows import ApiKey, api_key_of
+from shared.store.rows import ActiveKey, ApiKey, active_key_of, api_key_of
 
 KEY_PREFIX = "lr_"
+JWT_USER_PREFIX = "jwt:"
 
 
 def hash_key(key: str) -> bytes:
@@ -29,6 +35,8 @@ class UserRepo:
 
     # -- keys --------------------------------------------------------------------------------
     async def create_key(self, user_id: str, name: str | None = None) -> tuple[str, str]:
+        if user_id.startswith(JWT_USER_PREFIX):
+            raise BadRequest(f"user ids beginning {JWT_USER_PREFIX!r} are reserved for JWT callers")
         key_id, key = new_api_key()
         await self.db.execute(
             "INSERT INTO api_keys (key_id, user_id, key_hash, name) VALUES ($1, $2, $3, $4)",
@@ -47,6 +55,22 @@ class UserRepo:
             hash_key(key),
         )
         return user
+
+    async def active_key(self, key: str) -> ActiveKey | None:
+        """The unrevoked key `key` is, or None (looked up by hash, as `user_for_key`)."""
+        row = await self.db.fetchrow(
+            "SELECT key_id, user_id FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
+            hash_key(key),
+        )
+        return None if row is None else active_key_of(row)
+
+    async def active_key_ids(self, key_ids: Collection[str]) -> set[str]:
+        """Which of `key_ids` name unrevoked keys (a revoked or unknown id is left out)."""
+        rows = await self.db.fetch(
+            "SELECT key_id FROM api_keys WHERE key_id = ANY($1::text[]) AND revoked_at IS NULL",
+            list(key_ids),
+        )
+        return {r["key_id"] for r in rows}
 
     async def revoke_key(self, key_id: str) -> bool:
         done = await self.db.execute(

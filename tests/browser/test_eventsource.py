@@ -213,10 +213,15 @@ def _token_expiry(url: str) -> int:
 async def test_a_page_whose_stream_token_expired_refreshes_it_and_misses_nothing(
     api_factory, settings, api_key, worker, tmp_path
 ):
-    # Given stream tokens that live two seconds, and a page that follows a run through a proxy
+    # Given a page that follows a run through a proxy with a stream token that lives two
+    # seconds, and a backend that refreshes it from an API process minting tokens for a minute
+    # (as a deployment's default 15 minutes would: the fresh URL must not expire again while a
+    # loaded machine gets round to opening it)
     page_port = free_port()
     page_origin = f"http://127.0.0.1:{page_port}"
-    srv = await api_factory(settings.with_(cors_origins=(page_origin,), stream_token_ttl_seconds=2))
+    shared = settings.with_(cors_origins=(page_origin,), stream_token_secret="browser-test")
+    srv = await api_factory(shared.with_(stream_token_ttl_seconds=2))
+    refresher = await api_factory(shared.with_(stream_token_ttl_seconds=60))
     proxy = await TcpProxy("127.0.0.1", srv.port).start()
     count = 20
     async with httpx.AsyncClient(
@@ -235,7 +240,7 @@ async def test_a_page_whose_stream_token_expired_refreshes_it_and_misses_nothing
         run_id = answer["run_id"]
 
         async def refresh() -> bytes:  # the page's backend: it holds the API key
-            fresh = (await c.get(f"/runs/{run_id}/events_url")).json()
+            fresh = (await c.get(f"{refresher.url}/runs/{run_id}/events_url")).json()
             return json.dumps({"events_url": _via(proxy, fresh["events_url"])}).encode()
 
         html = PAGE.read_text().replace("EVENTS_URL", json.dumps(_via(proxy, answer["events_url"])))
