@@ -1,8 +1,8 @@
 """Admission control shared by every API process through Redis: the kill switch, the global
 backlog limit, a per-user submit rate (a token bucket, `shared/redis/scripts/bucket.lua`), and a
 per-user cap on open SSE connections. (The per-user cap on runs in flight is counted in
-Postgres, the truth, in the same transaction as the insert: see `api.submit`.) The decisions
-are here; the reads and writes are `shared.redis.admission`'s.
+Postgres, the truth, in the same transaction as the insert: see `shared/store/submits.py`.)
+The decisions are here; the reads and writes are `shared.redis.admission`'s.
 
     POST /runs ── paused? (flag or LONGRUN_ACCEPT_RUNS=false) ── 503 paused
                ── XLEN queue >= max_backlog ──────────────────── 503 backlog_full
@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import structlog
 
+from api.errors import ApiError
 from shared.config import Settings
 from shared.redis.admission import AdmissionIO
 from shared.redis.client import REDIS_DOWN, Redis
@@ -42,6 +43,9 @@ class Refusal:
     code: str
     detail: str
     retry_after: int
+
+    def as_error(self) -> ApiError:
+        return ApiError(self.status, self.code, self.detail, {"Retry-After": str(self.retry_after)})
 
 
 def submit_refusal(

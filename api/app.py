@@ -1,9 +1,10 @@
 """The FastAPI application: lifespan (Postgres pool, Redis clients, event hub, security state),
 error handling, the middleware stack, and the health, readiness and metrics endpoints.
 
-Middleware, outermost first: request ids (so every answer carries one), CORS (only when
-origins are configured), body limits. Nothing here logs a request line: the query string of
-an `events_url` holds a stream token.
+Middleware, outermost first: the submit lane (`api.submit.lane`: the common `POST /runs`,
+answered past every layer below), request ids (so every answer carries one), CORS (only when
+origins are configured), body limits, the submit timer, the SSE reconnect hint. Nothing here
+logs a request line: the query string of an `events_url` holds a stream token.
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ from api.middleware import RequestId, install_log_redaction
 from api.schemas import declare_agents, drop_null_parameters
 from api.shutdown import ReconnectHint
 from api.state import AppState
-from api.submit_batch import SubmitGroups
-from api.submit_lane import SubmitLane
+from api.submit import route as submit_route
+from api.submit.groups import SubmitGroups
+from api.submit.lane import SubmitLane
 from shared.agents import load_agents
 from shared.config import Settings
 from shared.migrate import check_schema
@@ -124,7 +126,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             max_age=600,
         )
     app.add_middleware(RequestId)
-    # Outermost of ours: the common POST /runs, past every other layer (api/submit_lane.py).
+    # Outermost of ours: the common POST /runs, past every other layer (api/submit/lane.py).
     app.add_middleware(
         SubmitLane,
         max_bytes=settings.max_body_bytes,
@@ -132,6 +134,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         cors=bool(settings.cors_origins),
     )
     install_log_redaction()
+    app.include_router(submit_route.router)  # first: the schema lists POST /runs first, as before
     app.include_router(runs.router)
     app.include_router(events.router)
     app.include_router(diagnostics.router)

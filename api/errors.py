@@ -105,6 +105,25 @@ def redis_failure(exc: BaseException, detail: str) -> Unavailable:
     return Unavailable(detail)
 
 
+def as_api_error(exc: LongrunError) -> ApiError:
+    """The status and headers of an error (`STATUS`; `Retry-After` for `Unavailable`)."""
+    if isinstance(exc, ApiError):
+        return exc
+    status = next((s for cls, s in STATUS.items() if isinstance(exc, cls)), 500)
+    headers = {}
+    if isinstance(exc, Unavailable):
+        headers["Retry-After"] = str(exc.retry_after)
+    return ApiError(status, exc.code, exc.detail, headers)
+
+
+def error_content(code: str, detail: str, request_id: str | None) -> dict[str, str]:
+    """The body of every error answer."""
+    body = {"error": code, "detail": detail}
+    if request_id is not None:
+        body["request_id"] = request_id
+    return body
+
+
 def error_response(
     status: int,
     code: str,
@@ -112,12 +131,10 @@ def error_response(
     headers: dict[str, str] | None = None,
     request_id: str | None = None,
 ) -> JSONResp:
-    body: dict[str, str] = {"error": code, "detail": detail}
     out = dict(headers or {})
     if request_id is not None:
-        body["request_id"] = request_id
         out["X-Request-ID"] = request_id
-    return JSONResp(body, status_code=status, headers=out)
+    return JSONResp(error_content(code, detail, request_id), status_code=status, headers=out)
 
 
 METHODS = ("DELETE", "GET", "HEAD", "PATCH", "POST", "PUT")
@@ -160,11 +177,8 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(LongrunError)
     async def _longrun(request: Request, exc: LongrunError) -> JSONResp:
-        status = next((s for cls, s in STATUS.items() if isinstance(exc, cls)), 500)
-        headers = {}
-        if isinstance(exc, Unavailable):
-            headers["Retry-After"] = str(exc.retry_after)
-        return error_response(status, exc.code, exc.detail, headers, _rid(request))
+        e = as_api_error(exc)
+        return error_response(e.status, e.code, e.detail, e.headers, _rid(request))
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResp:

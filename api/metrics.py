@@ -240,7 +240,7 @@ class ApiMetrics:
             ),
             submit_group_size=Histogram(
                 "longrun_submit_group_size",
-                "Submits committed together in one group (api/submit_batch.py)",
+                "Submits committed together in one group (api/submit/groups.py)",
                 registry=registry,
                 buckets=GROUP_SIZE_BUCKETS,
             ),

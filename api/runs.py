@@ -1,14 +1,10 @@
-"""The runs resource: submit, poll, list, cancel, and the resumable event stream.
+"""The runs resource: poll, list, cancel, and the links of a run's answers.
 
-Submit is thin on purpose: validate, admit (kill switch, backlog, rate: `api.admission`),
-commit the row (idempotency and the in-flight cap: `store.submits`), then `XADD`, then 202. If
-Redis refuses the entry the row is removed again and the answer is 503: nothing is left
-half-way.
+Submit (`POST /runs`) is its own package, `api.submit`: one pipeline behind the FastAPI route
+and the lean lane. The event stream is in `api.events`.
 
 Isolation: every look-up of a run is one query by (run id, user), so another user's run and a
 run that does not exist take the same path and give the same 404, byte for byte.
-
-The event stream is in `api.events`.
 """
 
 from __future__ import annotations
@@ -16,28 +12,17 @@ from __future__ import annotations
 import contextlib
 import time
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any
+from typing import Annotated
 
-import orjson
-from fastapi import APIRouter, Depends, Header, Path, Query, Request
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from fastapi import APIRouter, Depends, Path, Query, Request
 from starlette.types import Scope
 
-from api.admission import IN_FLIGHT_RETRY_AFTER
-from api.auth import (
-    Principal,
-    Security,
-    current_user,
-    principal_of,
-    security,
-    submit_principal,
-)
-from api.errors import ERROR_RESPONSES, ApiError, ErrorBody, JSONResp, redis_failure
-from api.links import location, public_base, run_url
+from api.auth import Principal, Security, current_user, principal_of, security
+from api.errors import ERROR_RESPONSES, ApiError, ErrorBody, JSONResp
+from api.links import public_base, run_url
 from api.schemas import (
     CURSOR,
     CURSOR_PATTERN,
-    NONBLANK_PATTERN,
     RUN_ID,
     RUN_ID_PATTERN,
     THREAD_ID_PATTERN,
@@ -45,24 +30,12 @@ from api.schemas import (
     EventsUrl,
     RunList,
     RunView,
-    SubmitAnswer,
     documented,
-    has_text,
-    valid_thread_id,
 )
 from api.state import AppState
-from api.submit import IDEMPOTENCY_KEY_RE, body_hash
-from api.submit_batch import Fallback, NeedsLock, StaleKey, Ticket
-from api.threads import ThreadMode, apply_thread_mode
-from shared.agents import DEFAULT_AGENT
-from shared.agents.chat import params_problem as chat_params_problem
-from shared.agents.ticker import params_problem as ticker_params_problem
-from shared.config import Settings
-from shared.errors import InFlightCapReached, KeyReused, NotFound, Unavailable
+from shared.errors import NotFound, Unavailable
 from shared.models import Run, RunStatus
 from shared.redis.client import REDIS_DOWN, REDIS_ERRORS
-from shared.store import NewRun, Submitted
-from shared.tools import tools_problem
 
 router = APIRouter(responses=ERROR_RESPONSES)
 
@@ -72,58 +45,6 @@ User = Annotated[str, Depends(current_user)]
 def _state(request: Request) -> AppState:
     state: AppState = request.app.state.longrun
     return state
-
-
-def json_depth(value: Any, depth: int = 0) -> int:
-    if isinstance(value, dict):
-        return max((json_depth(v, depth + 1) for v in value.values()), default=depth + 1)
-    if isinstance(value, list):
-        return max((json_depth(v, depth + 1) for v in value), default=depth + 1)
-    return depth
-
-
-def check_text(name: str, value: str) -> None:
-    """Postgres text holds no NUL, and UTF-8 holds no lone surrogate: refuse both here."""
-    if "\x00" in value:
-        raise ApiError(422, "invalid_request", f"{name} contains a NUL character")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ApiError(422, "invalid_request", f"{name} is not valid Unicode") from None
-
-
-def check_json_field(name: str, value: dict[str, Any], max_depth: int, max_bytes: int) -> None:
-    if json_depth(value) > max_depth:
-        raise ApiError(422, "invalid_request", f"{name} is nested deeper than {max_depth}")
-    try:
-        encoded = orjson.dumps(value)
-    except orjson.JSONEncodeError:  # integers past 64 bits, lone surrogates
-        raise ApiError(422, "invalid_request", f"{name} holds a value JSON cannot store") from None
-    if len(encoded) > max_bytes:
-        raise ApiError(422, "invalid_request", f"{name} exceeds {max_bytes} bytes")
-    if b"\\u0000" in encoded:  # Postgres jsonb refuses NUL characters
-        raise ApiError(422, "invalid_request", f"{name} contains a NUL character")
-
-
-class SubmitRun(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    # Whitespace alone is no input: the run would only fail `bad_input` later.
-    input: str = Field(min_length=1, json_schema_extra={"pattern": NONBLANK_PATTERN})
-    agent: str | None = None
-    params: dict[str, Any] = Field(default_factory=dict)
-    thread_id: str | None = Field(default=None, json_schema_extra={"pattern": THREAD_ID_PATTERN})
-    # What to do when the thread is busy: run after (enqueue), 409 (reject), or cancel the
-    # running run first (interrupt).
-    thread_mode: ThreadMode = "enqueue"
-    metadata: dict[str, Any] = Field(default_factory=dict)
-
-    @field_validator("input")
-    @classmethod
-    def _not_blank(cls, value: str) -> str:
-        if not has_text(value):
-            raise ValueError("must hold something besides whitespace")
-        return value
 
 
 # How a route takes a run id: declared a UUID in the schema, checked by `parse_run_id` (400).
@@ -154,168 +75,6 @@ def run_links(scope: Scope, sec: Security, run_id: str, who: Principal) -> dict[
     base = public_base(scope, sec.settings)
     url, _ = events_url_at(base, sec, run_id, who)
     return {"url": run_url(base, run_id), "events_url": url}
-
-
-def _no_check(settings: Settings, params: dict[str, Any]) -> str | None:
-    return None
-
-
-# Built-in agents whose params can be checked before the run is accepted.
-params_checks = {"chat": chat_params_problem, "ticker": ticker_params_problem}
-
-
-def validate_submit(state: AppState, body: SubmitRun) -> str:
-    """The agent to run; ApiError for anything out of bounds."""
-    s = state.settings
-    if len(body.input) > s.max_input_chars:
-        raise ApiError(422, "input_too_long", f"input exceeds {s.max_input_chars} characters")
-    agent = body.agent or DEFAULT_AGENT
-    if agent not in state.agents:
-        raise ApiError(
-            422, "unknown_agent", f"no such agent; known: {', '.join(sorted(state.agents))}"
-        )
-    if body.thread_id is not None and not valid_thread_id(body.thread_id):
-        raise ApiError(422, "invalid_request", "thread_id: 1-128 of [A-Za-z0-9._:-]")
-    check_text("input", body.input)
-    check_json_field("params", body.params, s.max_json_depth, s.max_json_bytes)
-    check_json_field("metadata", body.metadata, s.max_json_depth, s.max_json_bytes)
-    problem = params_checks.get(agent, _no_check)(s, body.params)
-    problem = problem or tools_problem(state.tools, body.params)
-    if problem is not None:
-        raise ApiError(422, "bad_params", problem)
-    return agent
-
-
-def submit_digest(body: SubmitRun, agent: str) -> bytes:
-    """What an Idempotency-Key is bound to: the normalised body, the agent resolved."""
-    return body_hash({**body.model_dump(), "agent": agent})
-
-
-def _idempotency_key(raw: str | None) -> str | None:
-    if raw is None:
-        return None
-    if not IDEMPOTENCY_KEY_RE.fullmatch(raw):
-        raise ApiError(
-            422, "invalid_idempotency_key", "Idempotency-Key: 1-255 printable ASCII characters"
-        )
-    return raw
-
-
-def accepted(request: Request, user: str, agent: str, sub: Submitted) -> JSONResp:
-    links = run_links(request.scope, security(request), sub.run_id, principal_of(request, user))
-    headers = {"Location": location(links["url"])}
-    if sub.replayed:
-        headers["Idempotent-Replayed"] = "true"
-    return JSONResp(
-        {
-            "run_id": sub.run_id,
-            "status": sub.status,
-            "agent": agent,
-            "thread_id": sub.thread_id,
-            "created_at": sub.created_at.isoformat(),
-            **links,
-        },
-        status_code=202,
-        headers=headers,
-    )
-
-
-async def _admit(sec: Security, user: str) -> None:
-    try:
-        refusal = await sec.admission.check_submit(user)
-    except REDIS_ERRORS as exc:
-        raise redis_failure(exc, "redis is unavailable: the run was not accepted") from exc
-    if refusal is not None:
-        raise ApiError(
-            refusal.status, refusal.code, refusal.detail, {"Retry-After": str(refusal.retry_after)}
-        )
-
-
-@router.post(
-    "/runs",
-    status_code=202,
-    response_model=None,
-    responses=documented(202, SubmitAnswer, "accepted (or an idempotent replay)"),
-)
-async def submit(
-    body: SubmitRun,
-    request: Request,
-    who: Annotated[Principal, Depends(submit_principal)],
-    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
-) -> JSONResp:
-    state, sec = _state(request), security(request)
-    agent = validate_submit(state, body)
-    key = _idempotency_key(idempotency_key)
-    user = who.user
-    new = NewRun(
-        user_id=user,
-        agent=agent,
-        input=body.input,
-        params=body.params,
-        metadata=body.metadata,
-        thread_id=body.thread_id,
-    )
-    # What the submit lane already tried (api/submit_lane.py): the group, or admission.
-    admitted = bool(request.scope.get("longrun.admitted"))
-    grouped = admitted or bool(request.scope.get("longrun.grouped"))
-    if body.thread_id is None and state.submits is not None and not grouped:
-        # The common case goes with every concurrent submit in one group (`api.submit_batch`).
-        keyed = None if key is None else (key, submit_digest(body, agent))
-        try:
-            sub = await state.submits.submit(Ticket(new, who.epoch, keyed))
-            return accepted(request, user, agent, sub)
-        except StaleKey:  # a key was revoked since this one's look-up was cached: check again
-            sec.key_cache.clear()
-            await current_user(request)  # 401 when it was this key
-        except NeedsLock:  # near the in-flight cap: admitted already, the exact count decides
-            admitted = True
-        except Fallback:
-            pass
-    elif who.epoch is not None:
-        await current_user(request)  # confirms the cached look-up against the epoch (or 401)
-    return await _submit_alone(request, state, sec, new, key, body, admitted)
-
-
-async def _submit_alone(
-    request: Request,
-    state: AppState,
-    sec: Security,
-    new: NewRun,
-    key: str | None,
-    body: SubmitRun,
-    admitted: bool,
-) -> JSONResp:
-    """One submit on its own: idempotency keys, threads, and the locked in-flight count."""
-    user, agent = new.user_id, new.agent
-    digest = submit_digest(body, agent) if key is not None else b""
-    try:
-        if key is not None and (replay := await state.store.submits.lookup(user, key, digest)):
-            return accepted(request, user, agent, replay)  # a retry: no admission needed
-        if not admitted:
-            await _admit(sec, user)
-        if body.thread_id is not None:
-            await apply_thread_mode(state, user, body.thread_id, body.thread_mode)
-        sub = await state.store.submits.insert_run(
-            new,
-            max_in_flight=state.settings.max_runs_in_flight_per_user,
-            key=key,
-            digest=digest,
-            key_ttl_seconds=state.settings.idempotency_ttl_seconds,
-        )
-    except KeyReused as exc:
-        raise ApiError(422, exc.code, exc.detail) from None
-    except InFlightCapReached as exc:
-        raise ApiError(
-            429, exc.code, exc.detail, {"Retry-After": str(IN_FLIGHT_RETRY_AFTER)}
-        ) from None
-    if sub.replayed:
-        return accepted(request, user, agent, sub)
-    try:
-        await state.rio.enqueue(sub.run_id)
-    except REDIS_ERRORS as exc:
-        await state.store.submits.delete_queued_runs([sub.run_id])
-        raise redis_failure(exc, "redis is unavailable: the run was not accepted") from exc
-    return accepted(request, user, agent, sub)
 
 
 async def _owned_run(state: AppState, raw_id: str, user: str) -> Run:

@@ -14,8 +14,8 @@ from shared.redis.keys import Keys
 from shared.redis.runs import RedisIO
 from shared.store import Store
 
-if TYPE_CHECKING:
-    from api.submit_batch import SubmitGroups
+if TYPE_CHECKING:  # the groups take requests whose checks read this state
+    from api.submit.groups import SubmitGroups
 
 
 @dataclass
@@ -28,6 +28,6 @@ class AppState:
     hub: Hub
     agents: dict[str, Agent]
     tools: ToolRegistry  # every registered tool (shared.tools), to check params.tools
-    submits: SubmitGroups | None = None  # grouped plain submits (`api.submit_batch`)
+    submits: SubmitGroups | None = None  # grouped submits (`api.submit.groups`)
     shutting_down: bool = False
     key_cache: dict[str, tuple[str, float]] = field(default_factory=dict)

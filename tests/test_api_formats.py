@@ -13,8 +13,8 @@ import httpx
 import pytest
 
 from api.middleware import request_id_from
-from api.runs import _idempotency_key
 from api.schemas import NONBLANK, has_text
+from api.submit.request import idempotency_key_of as _idempotency_key
 from tests.helpers import submit, wait_status
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -10,7 +10,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from api.admission import Admission
-from api.submit_batch import SubmitGroups
+from api.submit.groups import SubmitGroups
 from cli.admin import revoke_key
 from shared.batching import Coalescer
 from shared.errors import Unavailable

@@ -1,6 +1,6 @@
 """The submit transaction (`POST /runs`): idempotency and the per-user in-flight cap, decided in
 Postgres in the same transaction as the insert, so they hold across API processes and crashes;
-and its grouped form (`api.submit_batch`), many runs inserted by one statement.
+and its grouped form (`api.submit.groups`), many runs inserted by one statement.
 
 Why Postgres and not Redis `SET NX`: the key must point at a run that exists, and a run must
 exist only with its key. In one transaction (a) a transaction-scoped advisory lock per user
