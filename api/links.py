@@ -15,6 +15,7 @@ client may write alone: a `Host` header reflected into a link (with the stream t
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from urllib.parse import urlsplit
 
 from starlette.types import Scope
@@ -66,5 +67,14 @@ def run_url(base: str, run_id: str) -> str:
 
 def location(url: str) -> str:
     """A `Location` for a public link: its path alone (a reference relative to the origin the
-    client called), as `Location` always was."""
-    return urlsplit(url).path
+    client called), as `Location` always was. The base is split once per distinct base (there
+    are a handful per process), not once per answer."""
+    base, sep, rest = url.rpartition("/runs/")
+    if not sep:
+        return urlsplit(url).path
+    return _path_of(base) + sep + rest
+
+
+@lru_cache(maxsize=64)
+def _path_of(base: str) -> str:
+    return urlsplit(base).path

@@ -7,7 +7,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from api.links import host_trusted
+from api.links import host_trusted, location
 from shared.config import Settings
 from shared.errors import ConfigError
 
@@ -118,3 +118,17 @@ def test_a_public_url_that_is_not_an_http_base_url_fails_at_start_up(raw: str):
 def test_the_public_url_is_kept_without_its_trailing_slash():
     got = Settings.from_env({"LONGRUN_PUBLIC_URL": "https://x.test/api/"}).public_url
     assert got == "https://x.test/api"
+
+
+@pytest.mark.parametrize(
+    ("url", "path"),
+    [
+        ("http://127.0.0.1:8000/runs/abc", "/runs/abc"),
+        ("https://api.example.com/longrun/runs/abc", "/longrun/runs/abc"),
+        ("https://api.example.com/a/runs/b/runs/abc", "/a/runs/b/runs/abc"),
+        ("/runs/abc", "/runs/abc"),
+        ("https://api.example.com/health", "/health"),
+    ],
+)
+def test_a_location_is_the_path_of_its_link_under_any_base(url: str, path: str) -> None:
+    assert location(url) == path

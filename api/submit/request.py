@@ -98,6 +98,8 @@ def check_text(name: str, value: str) -> None:
 
 
 def check_json_field(name: str, value: dict[str, Any], max_depth: int, max_bytes: int) -> None:
+    if not value:  # the usual metadata: nothing to walk or encode
+        return
     if json_depth(value) > max_depth:
         raise ApiError(422, "invalid_request", f"{name} is nested deeper than {max_depth}")
     try:
