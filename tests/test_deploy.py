@@ -1281,3 +1281,19 @@ def test_every_knob_the_runbook_names_exists() -> None:
     )
     unknown = named - names_read_by_code() - names_read_by_supervisord() - ANNOUNCED_KNOBS
     assert not unknown, sorted(unknown)
+
+
+def test_every_recipe_gives_the_api_a_public_url_its_links_start_with() -> None:
+    """Behind a proxy, a port mapping or a pod network, the address the API is bound to is not
+    where clients reach it: each recipe names the public base every link is built from."""
+    environments = {
+        "k8s ConfigMap": configmap_env(),
+        "compose api": compose_env("api"),
+        "fly [env]": fly()["env"],
+    }
+    for where, env in environments.items():
+        raw = env.get("LONGRUN_PUBLIC_URL")
+        assert raw, where
+        public = settings_from(env).public_url
+        assert public is not None, where
+        assert public.startswith(("http://", "https://")), where
