@@ -18,7 +18,7 @@ from shared.models import Event, Run, Transition
 RUN_COLUMNS = (
     "run_id, user_id, thread_id, agent, input, params, metadata, status, attempt, output, "
     "error, usage, cost_usd, last_seq, event_bytes, cancel_requested, created_at, started_at, "
-    "finished_at, updated_at"
+    "finished_at, updated_at, webhook_url"
 )
 
 TARGETS = {
@@ -36,6 +36,10 @@ class NewRun:
     params: dict[str, Any]
     metadata: dict[str, Any]
     thread_id: str | None = None
+    # Where its terminal state is POSTed (None: the key's default webhook, if any) and the API
+    # key whose secret signs it (None: a JWT caller, who has none: no webhook).
+    webhook: str | None = None
+    key_id: str | None = None
 
 
 @dataclass(frozen=True)
