@@ -1,0 +1,166 @@
+"""The pure rules of webhooks, without servers: signatures that the `standardwebhooks` library
+verifies (through a rotation too), the retry schedule, the targets refused as non-public, and
+the Idempotency-Key digest of a body without a webhook left as it was."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime, timedelta
+
+import orjson
+import pytest
+from standardwebhooks import Webhook
+from standardwebhooks.webhooks import WebhookVerificationError
+
+from api.submit.request import SubmitRun, submit_digest
+from shared.config import Settings
+from shared.errors import InvalidWebhook
+from shared.webhooks import signing, targets
+from shared.webhooks.schedule import Policy, State, backoff, retry_after, verdict
+
+pytestmark = pytest.mark.timeout(10)
+
+BODY = b'{"type":"run.succeeded","timestamp":"2026-01-01T00:00:00+00:00","data":{"x":1}}'
+
+
+def _now() -> int:
+    return int(datetime.now(UTC).timestamp())
+
+
+def test_our_signature_verifies_with_the_standard_webhooks_library() -> None:
+    secret = signing.new_secret()
+    assert secret.startswith("whsec_")
+    assert len(signing.secret_key(secret)) == 32
+    headers = signing.headers([secret], "msg_1", _now(), BODY)
+    assert Webhook(secret).verify(BODY, headers) == orjson.loads(BODY)
+    # A changed byte, or another secret, does not verify
+    with pytest.raises(WebhookVerificationError):
+        Webhook(secret).verify(BODY.replace(b"1}", b"2}"), headers)
+    with pytest.raises(WebhookVerificationError):
+        Webhook(signing.new_secret()).verify(BODY, headers)
+
+
+def test_a_rotated_key_signs_with_both_secrets_for_the_grace_period_only() -> None:
+    old, new = signing.new_secret(), signing.new_secret()
+    now = datetime.now(UTC)
+    during = signing.signing_secrets(new, old, now - timedelta(hours=1), now)
+    after = signing.signing_secrets(new, old, now - timedelta(days=2), now)
+    assert during == [new, old]
+    assert after == [new]
+    headers = signing.headers(during, "msg_2", _now(), BODY)
+    assert len(headers["webhook-signature"].split(" ")) == 2
+    # Receivers holding either secret verify the same request
+    Webhook(old).verify(BODY, headers)
+    Webhook(new).verify(BODY, headers)
+
+
+POLICY = Policy(base_delay=5, max_delay=10800, schedule_seconds=86400, max_attempts=20)
+
+
+def test_2xx_delivers_410_stops_and_anything_else_retries() -> None:
+    assert verdict(POLICY, 200, 1, 0, 0.5).state is State.DELIVERED
+    assert verdict(POLICY, 204, 7, 0, 0.5).state is State.DELIVERED
+    gone = verdict(POLICY, 410, 1, 0, 0.5)
+    assert (gone.state, gone.reason) == (State.FAILED, "gone")
+    for code in (None, 301, 302, 400, 404, 429, 500, 503):
+        assert verdict(POLICY, code, 1, 0, 0.5).state is State.PENDING, code
+
+
+def test_the_backoff_doubles_with_jitter_up_to_its_ceiling() -> None:
+    for n in range(1, 30):
+        ceiling = min(10800, 5 * 2 ** (n - 1))
+        assert backoff(POLICY, n, 0.0) == ceiling / 2
+        assert ceiling / 2 <= backoff(POLICY, n, 0.999) < ceiling
+    # Retry-After stretches a delay, within the ceiling
+    assert verdict(POLICY, 503, 1, 0, 0.0, wait_hint=60).delay == 60
+    assert verdict(POLICY, 503, 1, 0, 0.0, wait_hint=10**9).delay == 10800
+    assert retry_after("120") == 120
+    assert retry_after("Wed, 21 Oct 2015 07:28:00 GMT") is None
+
+
+def test_the_default_schedule_spans_about_a_day_and_then_stops() -> None:
+    policy = Policy.of(Settings())
+    elapsed, attempt = 0.0, 1
+    while (v := verdict(policy, 500, attempt, elapsed, 0.5)).state is State.PENDING:
+        assert v.delay is not None
+        elapsed += v.delay
+        attempt += 1
+    assert v.reason == "schedule_spent"
+    assert 12 * 3600 < elapsed <= 86400
+    assert attempt <= policy.max_attempts
+    # And the number of attempts bounds it too
+    assert verdict(POLICY, 500, 20, 0, 0.5).state is State.FAILED
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://127.0.0.1/x",
+        "https://10.1.2.3/x",
+        "https://172.16.0.1/x",
+        "https://192.168.1.1/x",
+        "https://169.254.169.254/x",
+        "https://100.64.0.1/x",
+        "https://0.0.0.0/x",
+        "https://224.0.0.1/x",
+        "https://[::1]/x",
+        "https://[fe80::1]/x",
+        "https://[fc00::1]/x",
+        "https://[::ffff:10.0.0.1]/x",
+        "https://localhost/x",
+    ],
+)
+async def test_non_public_targets_are_refused(url: str) -> None:
+    with pytest.raises(InvalidWebhook) as refused:
+        await targets.checked(url, ())
+    assert refused.value.detail == targets.NOT_PUBLIC
+
+
+async def test_the_allow_list_admits_names_addresses_and_networks() -> None:
+    assert await targets.checked("http://127.0.0.1:9/x", ("127.0.0.1",))
+    assert await targets.checked("http://127.0.0.5:9/x", ("127.0.0.0/8",))
+    assert await targets.checked("http://localhost:9/x", ("localhost",))
+    with pytest.raises(InvalidWebhook):
+        await targets.checked("http://10.0.0.1/x", ("127.0.0.0/8",))
+    # A public address needs no allowance (and no DNS: a literal)
+    t = await targets.checked("https://93.184.216.34/hook?a=1", ())
+    assert (t.host, t.port, t.path, t.host_header) == ("93.184.216.34", 443, "/hook?a=1", t.host)
+    assert t.pinned("93.184.216.34") == "https://93.184.216.34:443/hook?a=1"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "",
+        "hook",
+        "/relative/path",
+        "mailto:a@example.com",
+        "ftp://example.com/x",
+        "https://",
+        "https://user:pw@example.com/x",
+        "https://example.com/x#frag",
+        "https://example.com:99999/x",
+        "https://exa mple.com/x",
+        "http://example.com/x",  # plain http to a host not allowed
+        "https://example.com/" + "a" * 3000,
+    ],
+)
+def test_malformed_urls_are_refused_without_io(url: str) -> None:
+    with pytest.raises(InvalidWebhook):
+        targets.parse(url, ())
+
+
+def test_a_body_without_a_webhook_keeps_the_digest_it_had_before_webhooks() -> None:
+    body = SubmitRun(input="hi", params={"count": 2})
+    before = {
+        "input": "hi",
+        "agent": "ticker",
+        "params": {"count": 2},
+        "thread_id": None,
+        "thread_mode": "enqueue",
+        "metadata": {},
+    }
+    expected = hashlib.sha256(orjson.dumps(before, option=orjson.OPT_SORT_KEYS)).digest()
+    assert submit_digest(body, "ticker") == expected
+    hooked = SubmitRun(input="hi", params={"count": 2}, webhook="https://example.com/h")
+    assert submit_digest(hooked, "ticker") != expected
