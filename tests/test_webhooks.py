@@ -184,6 +184,10 @@ async def test_410_gone_stops_the_retries(hooks, hook_settings, receiver, worker
     # Many retry delays later, nothing more arrived
     with pytest.raises(TimeoutError):
         await receiver.next(timeout=1.0)
+    # And /metrics counts it among the deliveries given up
+    metrics = (await hooks.get("/metrics")).text
+    assert 'longrun_webhook_deliveries{state="failed"} 1.0' in metrics
+    assert 'longrun_webhook_deliveries{state="pending"} 0.0' in metrics
 
 
 async def test_the_schedule_is_bounded(hooks, hook_settings, receiver, worker_factory):

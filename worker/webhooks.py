@@ -26,7 +26,7 @@ import httpx
 import structlog
 
 from shared.config import Settings
-from shared.errors import InvalidWebhook
+from shared.errors import InvalidWebhook, Unavailable
 from shared.store import Store
 from shared.store.webhooks import Claimed, Outcome
 from shared.webhooks import payload, signing, targets
@@ -50,8 +50,9 @@ class Sender:
         self.allow = settings.webhook_allow_hosts
 
     async def run(self, stopping: asyncio.Event) -> None:
-        """Claim and send until `stopping`; attempts in flight then are cancelled (their
-        deliveries are claimed again when their leases end)."""
+        """Claim and send until `stopping`, then let the attempts in flight end within their
+        time limit; cancelled ones (the worker closing) are claimed again when their leases
+        end."""
         slots = self.settings.webhook_concurrency
         if slots == 0:
             return
@@ -61,7 +62,7 @@ class Sender:
             try:
                 while not stopping.is_set():
                     free = slots - len(tasks)
-                    claimed = await self.store.webhooks.claim_due(free, self.lease) if free else []
+                    claimed = await self._claim(free)
                     for c in claimed:
                         task = asyncio.create_task(self._attempt(client, c))
                         tasks.add(task)
@@ -69,10 +70,23 @@ class Sender:
                     # A full claim: more may be due, so claim again as soon as a slot frees.
                     busy = bool(claimed) and len(claimed) == free
                     await self._pause(stopping, set(tasks) if busy else set())
+                if tasks:  # stopping: the attempts in flight may end (each is time-limited)
+                    await asyncio.wait(set(tasks), timeout=self.timeout)
             finally:
                 for task in tasks:
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _claim(self, free: int) -> list[Claimed]:
+        """Due deliveries for the free slots; none while Postgres is away (the attempts in
+        flight go on)."""
+        if free <= 0:
+            return []
+        try:
+            return await self.store.webhooks.claim_due(free, self.lease)
+        except Unavailable:
+            log.warning("webhook_claim_failed")
+            return []
 
     async def _pause(self, stopping: asyncio.Event, tasks: set[asyncio.Task[None]]) -> None:
         """Until the poll interval passes, the worker stops, or one of `tasks` ends."""

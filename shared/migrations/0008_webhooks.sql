@@ -40,6 +40,9 @@ CREATE TABLE IF NOT EXISTS webhook_deliveries (
 CREATE INDEX IF NOT EXISTS webhook_deliveries_due ON webhook_deliveries (next_at)
     WHERE state = 'pending';
 CREATE INDEX IF NOT EXISTS webhook_deliveries_run ON webhook_deliveries (run_id, created_at);
+-- `/metrics`: the deliveries given up lately.
+CREATE INDEX IF NOT EXISTS webhook_deliveries_failed ON webhook_deliveries (updated_at)
+    WHERE state = 'failed';
 
 -- Every attempt: written `sending` when claimed (so one whose worker died shows), then its
 -- outcome: the answer's status code, the latency, or what went wrong.

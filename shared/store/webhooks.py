@@ -101,7 +101,12 @@ LIST = """SELECT d.delivery_id, d.event_type, d.state, d.attempts, d.next_at, d.
     WHERE d.run_id = $1 AND r.user_id = $2
     ORDER BY d.created_at, a.n"""
 
-PENDING = "SELECT count(*) FROM webhook_deliveries WHERE state = 'pending'"
+# For `/metrics`, each through its partial index: what is still to be sent (it follows the
+# backlog) and what was given up in the last day.
+WEBHOOK_FIGURES = """SELECT
+    (SELECT count(*) FROM webhook_deliveries WHERE state = 'pending') AS pending,
+    (SELECT count(*) FROM webhook_deliveries
+     WHERE state = 'failed' AND updated_at > now() - interval '1 day') AS failed_day"""
 
 
 @dataclass(frozen=True)
@@ -244,10 +249,6 @@ class WebhookRepo:
         the run has none (no webhook, or not finished)."""
         found: str | None = await self.db.fetchval(REDELIVER, uuid.UUID(run_id), user_id)
         return found
-
-    async def pending(self) -> int:
-        """Deliveries still to be made (`/metrics`; through the due index)."""
-        return int(await self.db.fetchval(PENDING))
 
     # -- the keys ------------------------------------------------------------------------------
     async def set_key_webhook(self, key_id: str, url: str | None) -> bool:
