@@ -6,16 +6,20 @@ alone; and every bad webhook refused with a 422 that writes nothing."""
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
+from standardwebhooks import Webhook
 
+from cli.exits import Exit
 from shared.config import Settings
 from shared.redis.keys import Keys
 from shared.store import Store
 from shared.webhooks.signing import new_secret
+from tests.cli_proc import cli_env, longrun
 from tests.helpers import submit, wait_for, wait_status
 from tests.webhook_receiver import Receiver
 
@@ -318,3 +322,44 @@ async def test_many_runs_ending_together_each_post_once(
     assert sorted(g.payload["data"]["run_id"] for g in got) == sorted(rids)
     assert all(g.verified for g in got)
     assert len({g.webhook_id for g in got}) == 30
+
+
+async def test_keys_made_by_the_cli_sign_their_webhooks_through_a_rotation(
+    hook_api, hook_settings, worker_factory, tmp_path
+):
+    # Given a key made by `longrun keys create --webhook`, its secret printed once
+    env = cli_env(tmp_path / ".longrun", hook_settings, LONGRUN_WEBHOOK_ALLOW_HOSTS="127.0.0.1")
+    refused = await longrun(
+        "keys", "create", "--user", "dana", "--webhook", "https://10.0.0.1/x", env=env
+    )
+    assert refused.code == Exit.USAGE, refused
+    assert "not a public address" in refused.err
+    receiver = Receiver(secret="")  # its secret is the one the CLI prints
+    made = await longrun("keys", "create", "--user", "dana", "--webhook", receiver.url, env=env)
+    assert made.code == 0, made
+    key = made.out.strip().splitlines()[-1]
+    (old_secret,) = re.findall(r"whsec_[A-Za-z0-9+/=]+", made.out)
+    receiver.secret = old_secret
+    await receiver.start()
+    try:
+        await worker_factory(hook_settings)
+        async with await _client(hook_api.url, key) as c:
+            # When a run ends, its default webhook verifies with that secret
+            await submit(c, **TICKER)
+            assert (await receiver.next()).verified
+
+            # And after a rotation, a receiver holding either secret verifies the next one
+            (key_id,) = re.findall(r"created key (lr_[0-9a-f]+) ", made.out)
+            rotated = await longrun("keys", "rotate-webhook-secret", key_id, env=env)
+            assert rotated.code == 0, rotated
+            new_secret_ = rotated.out.strip().splitlines()[-1]
+            assert new_secret_.startswith("whsec_")
+            assert new_secret_ != old_secret
+            await submit(c, **TICKER)
+            got = await receiver.next()
+            assert got.verified  # the old secret, within the grace period
+            Webhook(new_secret_).verify(got.body, got.headers)
+    finally:
+        await receiver.stop()
+    unknown = await longrun("keys", "rotate-webhook-secret", "lr_nope", env=env)
+    assert unknown.code == Exit.NOT_SUCCEEDED
