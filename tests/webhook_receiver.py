@@ -6,17 +6,15 @@ code, not ours), answers with scripted status codes (then 200), and can hold a r
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from dataclasses import dataclass, field
 from typing import Any
 
-import uvicorn
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 from starlette.types import Receive, Scope, Send
 
-from tests.conftest import free_port
+from tests.conftest import Served, free_port
 
 
 @dataclass(frozen=True)
@@ -49,8 +47,7 @@ class Receiver:
     _arrived: asyncio.Queue[Received] = field(default_factory=asyncio.Queue)
     _release: asyncio.Event = field(default_factory=asyncio.Event)
     port: int = field(default_factory=free_port)
-    _server: uvicorn.Server | None = None
-    _task: asyncio.Task[None] | None = None
+    _served: Served | None = None
 
     @property
     def url(self) -> str:
@@ -85,26 +82,10 @@ class Receiver:
         return await asyncio.wait_for(self._arrived.get(), timeout)
 
     async def start(self) -> None:
-        config = uvicorn.Config(
-            self,
-            host="127.0.0.1",
-            port=self.port,
-            log_config=None,
-            access_log=False,
-            lifespan="off",
-            timeout_graceful_shutdown=1,
-        )
-        self._server = uvicorn.Server(config)
-        self._task = asyncio.create_task(self._server.serve())
-        while not self._server.started:
-            if self._task.done():
-                self._task.result()
-            await asyncio.sleep(0.01)
+        self._served = Served(self, self.port, lifespan="off")
+        await self._served.start()
 
     async def stop(self) -> None:
         self._release.set()
-        if self._server is not None:
-            self._server.should_exit = True
-        if self._task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        if self._served is not None:
+            await self._served.stop()
