@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import AsyncIterator
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -322,6 +323,13 @@ async def test_many_runs_ending_together_each_post_once(
     assert sorted(g.payload["data"]["run_id"] for g in got) == sorted(rids)
     assert all(g.verified for g in got)
     assert len({g.webhook_id for g in got}) == 30
+    lags = sorted(
+        g.at - datetime.fromisoformat(g.payload["data"]["finished_at"]).timestamp() for g in got
+    )
+    print(
+        f"\nwebhook lag after the terminal commit (poll 0.05 s, 30 runs): "
+        f"p50 {lags[15] * 1000:.0f} ms, max {lags[-1] * 1000:.0f} ms"
+    )
 
 
 async def test_keys_made_by_the_cli_sign_their_webhooks_through_a_rotation(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +24,7 @@ class Received:
     headers: dict[str, str]
     body: bytes
     verified: bool  # the signature matched the secret, within the timestamp tolerance
+    at: float  # when it arrived (unix seconds)
 
     @property
     def payload(self) -> dict[str, Any]:
@@ -68,7 +70,7 @@ class Receiver:
             verified = True
         except WebhookVerificationError:
             verified = False
-        got = Received(scope["path"], headers, body, verified)
+        got = Received(scope["path"], headers, body, verified, time.time())
         self.got.append(got)
         await self._arrived.put(got)
         if self.hold_next > 0:

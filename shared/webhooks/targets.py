@@ -131,8 +131,9 @@ def parse(raw: str, allow: tuple[str, ...]) -> Target:
 
 
 async def resolve(target: Target, allow: tuple[str, ...]) -> list[str]:
-    """The addresses to connect to, each checked; InvalidWebhook when the host does not
-    resolve or any of its addresses is not public (and not allowed)."""
+    """The addresses to connect to, each checked, IPv4 first (a host without IPv6 routes is
+    common); InvalidWebhook when the host does not resolve or any of its addresses is not
+    public (and not allowed)."""
     allowed = allowance(allow)
     ip = literal_ip(target.host)
     if ip is not None:
@@ -147,7 +148,8 @@ async def resolve(target: Target, allow: tuple[str, ...]) -> list[str]:
             )
         except (OSError, TimeoutError):
             raise InvalidWebhook("webhook: the host does not resolve") from None
-        ips = [ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]) for info in infos]
+        found = {ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]) for info in infos}
+        ips = sorted(found, key=lambda i: (i.version, int(i)))
         if not ips:
             raise InvalidWebhook("webhook: the host does not resolve")
     if allowed.admits_name(target.host):
