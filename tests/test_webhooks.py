@@ -22,6 +22,7 @@ from shared.store import Store
 from shared.webhooks.signing import new_secret
 from tests.cli_proc import cli_env, longrun
 from tests.helpers import submit, wait_for, wait_status
+from tests.test_auth_jwt_users import ISSUER, SECRET, a_jwt
 from tests.webhook_receiver import Receiver
 
 pytestmark = pytest.mark.timeout(60)
@@ -288,6 +289,20 @@ async def test_a_webhook_needs_a_key_that_can_sign_it(api, store, settings):
     assert unsigned.json()["error"] == "invalid_webhook"
     assert "rotate-webhook-secret" in unsigned.json()["detail"]
     assert await store.db.fetchval("SELECT count(*) FROM runs") == 0
+
+
+async def test_a_jwt_caller_has_no_key_to_sign_a_webhook_with(api_factory, settings, store):
+    srv = await api_factory(
+        settings.with_(jwt_secret=SECRET, jwt_audience="longrun-test", jwt_issuer=ISSUER)
+    )
+    async with await _client(srv.url, a_jwt("erin")) as c:
+        answer = await c.post("/runs", json={"input": "hi", "webhook": "https://93.184.216.34/"})
+        plain = await c.post("/runs", json={"input": "hi", **TICKER})
+    assert answer.status_code == 422
+    assert answer.json()["error"] == "invalid_webhook"
+    assert "API key" in answer.json()["detail"]
+    assert plain.status_code == 202  # the same caller, without a webhook
+    assert await store.db.fetchval("SELECT count(*) FROM runs") == 1
 
 
 async def test_the_webhook_is_carried_by_the_submit_lane_and_by_idempotent_replays(

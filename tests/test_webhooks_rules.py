@@ -1,6 +1,7 @@
-"""The pure rules of webhooks, without servers: signatures that the `standardwebhooks` library
-verifies (through a rotation too), the retry schedule, the targets refused as non-public, and
-the Idempotency-Key digest of a body without a webhook left as it was."""
+"""The rules of webhooks, without an API or a worker: signatures that the `standardwebhooks`
+library verifies (through a rotation too), the retry schedule, the targets refused as
+non-public, the Idempotency-Key digest of a body without a webhook left as it was, and (on
+Postgres) a delivery recorded by the statement that ends the run, never without it."""
 
 from __future__ import annotations
 
@@ -14,9 +15,12 @@ from standardwebhooks.webhooks import WebhookVerificationError
 
 from api.submit.request import SubmitRun, submit_digest
 from shared.config import Settings
-from shared.errors import InvalidWebhook
+from shared.errors import InvalidWebhook, LeaseLost
+from shared.models import Transition, encode_event
+from shared.store import Finishing, NewRun, Store
 from shared.webhooks import signing, targets
 from shared.webhooks.schedule import Policy, State, backoff, retry_after, verdict
+from tests.test_store_fencing import finish
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -164,3 +168,60 @@ def test_a_body_without_a_webhook_keeps_the_digest_it_had_before_webhooks() -> N
     assert submit_digest(body, "ticker") == expected
     hooked = SubmitRun(input="hi", params={"count": 2}, webhook="https://example.com/h")
     assert submit_digest(hooked, "ticker") != expected
+
+
+# -- the delivery and the terminal state: one statement ---------------------------------------
+
+
+async def _hooked_run(store: Store, thread_id: str | None, key_id: str) -> str:
+    new = NewRun("u", "ticker", "x", {}, {}, thread_id=thread_id, webhook=HOOK, key_id=key_id)
+    return (await store.submits.insert_run(new, max_in_flight=1_000_000)).run_id
+
+
+async def _deliveries(store: Store, run_id: str) -> list[tuple[str, str]]:
+    rows = await store.db.fetch(
+        "SELECT event_type, state FROM webhook_deliveries WHERE run_id = $1::uuid ORDER BY 1",
+        run_id,
+    )
+    return [(r["event_type"], r["state"]) for r in rows]
+
+
+HOOK = "https://93.184.216.34/hook"
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("thread", [None, "t"])
+async def test_a_refused_end_records_no_delivery_and_the_owner_s_end_exactly_one(store, thread):
+    # Given a run with a webhook, claimed twice (attempt 2 owns it)
+    key_id, _ = await store.users.create_key("u", webhook_secret=signing.new_secret())
+    rid = await _hooked_run(store, thread, key_id)
+    await store.runs.claim(rid, reclaim=False)
+    await store.runs.claim(rid, reclaim=True)
+    events = [encode_event(1, {"type": "done", "output": "x"})]
+
+    # When attempt 1 tries to end it, it is refused, and no delivery exists
+    stale = Finishing(rid, 1, Transition.SUCCEED, events, output="stale")
+    with pytest.raises(LeaseLost):
+        await finish(store, stale, thread is not None)
+    assert await _deliveries(store, rid) == []
+    # When the owner ends it (and its reply is lost: the same commit sent again)
+    ok = Finishing(rid, 2, Transition.SUCCEED, events, output="ok")
+    await finish(store, ok, thread is not None)
+    await finish(store, ok, thread is not None)
+    # Then exactly one delivery, of its terminal state
+    assert await _deliveries(store, rid) == [("run.succeeded", "pending")]
+
+
+@pytest.mark.timeout(30)
+async def test_a_queued_run_cancelled_by_the_api_records_its_delivery(store):
+    key_id, _ = await store.users.create_key("u", webhook_secret=signing.new_secret())
+    rid = await _hooked_run(store, None, key_id)
+    plain = (
+        await store.submits.insert_run(
+            NewRun("u", "ticker", "x", {}, {}, key_id=key_id), max_in_flight=1_000_000
+        )
+    ).run_id
+    assert await store.runs.cancel_queued(rid, "u") is not None
+    assert await store.runs.cancel_queued(plain, "u") is not None
+    assert await _deliveries(store, rid) == [("run.cancelled", "pending")]
+    assert await _deliveries(store, plain) == []
