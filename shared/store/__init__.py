@@ -8,11 +8,11 @@ repositories, one per concern, each a plain object holding the shared `Database`
     store.threads  a thread's messages and queue order                      (threads.py)
     store.users    API keys and the daily spend ledger                      (users.py)
     store.ops      dead-letter retries and the figures of `/metrics`        (ops.py)
-    store.webhooks webhook deliveries: claims, attempts, redeliveries; keys' (webhooks.py)
-                   webhook settings and secrets
+    store.webhooks webhook deliveries and attempts; secrets rotated       (webhooks.py)
 
 Row shapes and the record -> model conversions are in `rows.py`, the finished-run counters
-every terminal commit adds to in `counters.py`, the pool and the one mapping of asyncpg errors
+every terminal commit adds to in `counters.py` (and the webhook delivery it records, in
+`webhooks.py`), the pool and the one mapping of asyncpg errors
 to `Unavailable` in `pool.py`. No SQL lives outside this package (and the migrations).
 """
 

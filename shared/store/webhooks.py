@@ -2,7 +2,7 @@
 the statement that commits the state, `deliveries_of`: no state without its delivery, no
 delivery without its state), the workers' claims of due deliveries (`FOR UPDATE SKIP LOCKED`:
 workers never wait on each other's rows), each attempt's record, a redelivery, the owner's
-listing, and the keys' webhook settings and signing secrets.
+listing, and the rotation of a key's signing secret.
 
 A claim is a lease: it starts the attempt (`sending`, numbered) and moves the delivery's next
 attempt past the attempt's time limit, so a delivery whose worker died is claimed again then.
@@ -251,12 +251,6 @@ class WebhookRepo:
         return found
 
     # -- the keys ------------------------------------------------------------------------------
-    async def set_key_webhook(self, key_id: str, url: str | None) -> bool:
-        done = await self.db.execute(
-            "UPDATE api_keys SET webhook_url = $2 WHERE key_id = $1", key_id, url
-        )
-        return bool(done.endswith(" 1"))
-
     async def rotate_secret(self, key_id: str, secret: str) -> bool:
         """`secret` becomes the key's signing secret; the one it had signs too for a grace
         period (`shared.webhooks.signing`). False: no such active key."""
