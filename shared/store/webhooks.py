@@ -32,7 +32,7 @@ NEW_ATTEMPT_ID = "'att_' || replace(gen_random_uuid()::text, '-', '')"
 def deliveries_of(ended: str) -> str:
     """The CTE `hooked`: a pending delivery for each run of `ended` (a relation with `run_id`,
     `status` and `webhook_url`, the terminal UPDATE's RETURNING) that has a webhook. Its event
-    type is `run.<status>` (`shared.webhooks.payload.event_type`)."""
+    type is `run.<status>`."""
     return f"""hooked AS (
         INSERT INTO webhook_deliveries (delivery_id, run_id, event_type)
         SELECT {NEW_MESSAGE_ID}, run_id, 'run.' || status FROM {ended}

@@ -1,5 +1,6 @@
 """The body of a run's webhook: the Standard Webhooks envelope `{"type", "timestamp", "data"}`
-with the event type (`run.succeeded`, `run.failed`, `run.cancelled`), the time the run ended,
+with the event type (`run.succeeded`, `run.failed`, `run.cancelled`: `run.` and the terminal
+status, as the statement that records the delivery writes it), the time the run ended,
 and the run as `GET /runs/{id}` shows it (its `url` when `LONGRUN_PUBLIC_URL` says where the
 API is; a stream token is never in it). Encoded once, at the first attempt: every attempt of
 a message sends the same bytes."""
@@ -11,12 +12,6 @@ from datetime import UTC, datetime
 import orjson
 
 from shared.models import Run
-
-EVENT_PREFIX = "run."
-
-
-def event_type(status: str) -> str:
-    return EVENT_PREFIX + status
 
 
 def body(run: Run, event: str, public_url: str | None) -> bytes:
