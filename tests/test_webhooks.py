@@ -159,8 +159,8 @@ async def test_a_key_s_default_webhook_serves_runs_that_name_none(
 async def test_a_receiver_that_fails_then_recovers_gets_the_same_message_again(
     hooks, hook_settings, receiver, worker_factory
 ):
-    # Given a receiver that answers 500, then 503 with a short Retry-After, then 200
-    receiver.answers = [500, 503]
+    # Given a receiver that answers 500, then a redirect (not followed), then 200
+    receiver.answers = [500, 307]
     await worker_factory(hook_settings)
     rid = await submit(hooks, webhook=receiver.url, **TICKER)
 
@@ -170,10 +170,11 @@ async def test_a_receiver_that_fails_then_recovers_gets_the_same_message_again(
     assert len({g.webhook_id for g in got}) == 1
     assert len({g.attempt_id for g in got}) == 3
     assert len({g.body for g in got}) == 1  # the same bytes every time
+    assert {g.path for g in got} == {"/hooks/longrun"}  # the redirect was not followed
     # And the attempts are listed with their answers, the delivery done
     body = await _delivered(hooks, rid)
     attempts = body["deliveries"][0]["attempts"]
-    assert [a["response_code"] for a in attempts] == [500, 503, 200]
+    assert [a["response_code"] for a in attempts] == [500, 307, 200]
     assert [a["status"] for a in attempts] == ["failed", "failed", "succeeded"]
     assert [a["n"] for a in attempts] == [1, 2, 3]
 

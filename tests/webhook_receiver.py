@@ -77,7 +77,9 @@ class Receiver:
             self.hold_next -= 1
             await self._release.wait()
         status = self.answers.pop(0) if self.answers else 200
-        await send({"type": "http.response.start", "status": status, "headers": []})
+        # A redirect points elsewhere on this server: a sender that followed it would show.
+        headers = [(b"location", b"/elsewhere")] if 300 <= status < 400 else []
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": b"thanks" * 2000})
 
     async def next(self, timeout: float = 30.0) -> Received:
