@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 from datetime import UTC, datetime, timedelta
 
+import httpx
 import orjson
 import pytest
 from standardwebhooks import Webhook
@@ -16,11 +17,13 @@ from standardwebhooks.webhooks import WebhookVerificationError
 from api.submit.request import SubmitRun, submit_digest
 from shared.config import Settings
 from shared.errors import InvalidWebhook, LeaseLost
-from shared.models import Transition, encode_event
+from shared.models import Run, RunStatus, Transition, encode_event
 from shared.store import Finishing, NewRun, Store
+from shared.store.webhooks import Claimed
 from shared.webhooks import signing, targets
 from shared.webhooks.schedule import Policy, State, backoff, retry_after, verdict
 from tests.test_store_fencing import finish
+from worker.webhooks import Sender
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -225,3 +228,45 @@ async def test_a_queued_run_cancelled_by_the_api_records_its_delivery(store):
     assert await store.runs.cancel_queued(plain, "u") is not None
     assert await _deliveries(store, rid) == [("run.cancelled", "pending")]
     assert await _deliveries(store, plain) == []
+
+
+async def test_an_attempt_connects_to_the_address_checked_with_the_host_name_kept() -> None:
+    # Given a webhook naming a host (allowed here: it resolves to loopback)
+    settings = Settings().with_(webhook_allow_hosts=("localhost",))
+    now = datetime.now(UTC)
+    run = Run(
+        run_id="00000000-0000-4000-8000-000000000001",
+        user_id="u",
+        thread_id=None,
+        agent="ticker",
+        input="x",
+        params={},
+        metadata={},
+        status=RunStatus.SUCCEEDED,
+        attempt=1,
+        created_at=now,
+        finished_at=now,
+        webhook_url="https://localhost:8443/hook?x=1",
+    )
+    secret = signing.new_secret()
+    claimed = Claimed(
+        "msg_1", "att_1", "run.succeeded", 1, 1, 0.0, None, run, secret, None, None, now
+    )
+    seen: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(204, stream=httpx.ByteStream(b""))
+
+    # When one attempt is sent (through httpx's own mock transport: no socket)
+    async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as client:
+        outcome, _ = await Sender(settings, None)._send(client, claimed, b"{}")  # type: ignore[arg-type]
+
+    # Then the connection goes to the address resolved and checked, the URL's host stays in
+    # the Host header and is the name TLS verifies, and the signature verifies
+    (request,) = seen
+    assert outcome.code == 204
+    assert str(request.url) == "https://127.0.0.1:8443/hook?x=1"
+    assert request.headers["host"] == "localhost:8443"
+    assert request.extensions["sni_hostname"] == "localhost"
+    Webhook(secret).verify(b"{}", dict(request.headers))
