@@ -162,6 +162,7 @@ class Run(BaseModel):
     finished_at: datetime | None = None
     updated_at: datetime | None = None
     cancel_requested: bool = False
+    webhook_url: str | None = None  # where its terminal state is POSTed (shared.webhooks)
 
     def public(self) -> dict[str, Any]:
         """The JSON clients see for `GET /runs/{id}`."""
@@ -183,6 +184,7 @@ class Run(BaseModel):
             "started_at": _iso(self.started_at),
             "finished_at": _iso(self.finished_at),
             "updated_at": _iso(self.updated_at),
+            "webhook": self.webhook_url,
         }
 
 
