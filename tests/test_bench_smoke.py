@@ -117,12 +117,13 @@ def test_stream_ttft_bench_times_first_tokens_of_both_designs(tmp_path: Path) ->
     designs = {row["design"] for row in r["rows"]}
     assert designs == {"longrun POST /runs/stream", "in-process + Semaphore"}
     for row in r["rows"]:
-        assert row["ttft"]["n"] == row["concurrent"] * (3 if row["concurrent"] == 1 else 1)
+        assert row["ttft"]["n"] == (2 if row["concurrent"] == 1 else row["concurrent"])
         assert 0 < row["ttft"]["p50_ms"] <= row["ttft"]["max_ms"]
+    assert {row["scenario"] for row in r["rows"]} == {"paced", "burst"}
     staged = [row["stages"] for row in r["rows"] if "stages" in row]
     assert staged
     assert all(s["pickup"]["n"] > 0 for s in staged)
-    diff = r["summary"]["5"]["diff"]
+    diff = r["summary"]["paced 5"]["diff"]
     assert diff["p50_ms"] == diff["p50_ms"]  # a number, not nan
 
 
