@@ -92,13 +92,18 @@ async def one_stream(port: int, headers: dict[str, str], body: bytes) -> Sample:
 async def level(
     port: int, headers: dict[str, str], scenario: str, clients: int, rounds: int
 ) -> dict[str, Any]:
-    body = orjson.dumps({"input": "bench", "agent": "ticker", "params": SCENARIOS[scenario]})
+    params = SCENARIOS[scenario]
+    body = orjson.dumps({"input": "bench", "agent": "ticker", "params": params})
+    # Paced clients start spread over one answer's length: N answers in flight at any moment,
+    # about N/s new ones arriving steadily (not N at the same instant, every second).
+    spread = params["count"] * params["interval_ms"] / 1000
 
-    async def client() -> list[Sample]:
+    async def client(i: int) -> list[Sample]:
+        await asyncio.sleep(spread * i / clients)
         return [await asyncio.wait_for(one_stream(port, headers, body), 120) for _ in range(rounds)]
 
     t0 = time.perf_counter()
-    got = await asyncio.gather(*(client() for _ in range(clients)))
+    got = await asyncio.gather(*(client(i) for i in range(clients)))
     wall = time.perf_counter() - t0
     samples = [s for per in got for s in per]
     return {
@@ -144,11 +149,13 @@ def start_inprocess() -> tuple[Proc, int]:
     return proc, port
 
 
-async def main(smoke: bool, skip_peers: bool) -> dict[str, Any]:
+async def main(smoke: bool, skip_peers: bool, quick: bool = False) -> dict[str, Any]:
     # (scenario, concurrent clients, streams each)
     levels = (
         [("paced", 1, 2), ("paced", 5, 1), ("burst", 5, 1)]
         if smoke
+        else [("paced", 1, 30), ("paced", GOAL_LEVEL, 4)]
+        if quick
         else [
             ("paced", 1, 30),
             ("paced", GOAL_LEVEL, 4),
@@ -158,7 +165,7 @@ async def main(smoke: bool, skip_peers: bool) -> dict[str, Any]:
             ("burst", 500, 2),
         ]
     )
-    repeats = 1 if smoke else 3
+    repeats = 1 if smoke or quick else 3
     rows: list[dict[str, Any]] = []
     async with longrun_stack() as st:
         st.start_workers(1, concurrency=WORKER_CONCURRENCY)
@@ -263,5 +270,8 @@ def verdict(rows: list[dict[str, Any]], levels: list[tuple[str, int]]) -> dict[s
 
 
 if __name__ == "__main__":
-    args = parser(__doc__ or "").parse_args()
-    record("stream_ttft", run_async(main(args.smoke, args.skip_peers)), smoke=args.smoke)
+    p = parser(__doc__ or "")
+    p.add_argument("--quick", action="store_true", help="the goal's levels only, once")
+    args = p.parse_args()
+    result = run_async(main(args.smoke, args.skip_peers, args.quick))
+    record("stream_ttft", result, smoke=args.smoke)
