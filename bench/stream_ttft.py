@@ -27,6 +27,7 @@ import orjson
 
 from bench.lib import (
     Proc,
+    cpu_seconds,
     free_port,
     latency_ms,
     median,
@@ -154,7 +155,7 @@ async def main(smoke: bool, skip_peers: bool, quick: bool = False) -> dict[str, 
     levels = (
         [("paced", 1, 2), ("paced", 5, 1), ("burst", 5, 1)]
         if smoke
-        else [("paced", 1, 30), ("paced", GOAL_LEVEL, 4)]
+        else [("paced", 1, 30), ("paced", GOAL_LEVEL, 4), ("burst", GOAL_LEVEL, 10)]
         if quick
         else [
             ("paced", 1, 30),
@@ -169,19 +170,27 @@ async def main(smoke: bool, skip_peers: bool, quick: bool = False) -> dict[str, 
     rows: list[dict[str, Any]] = []
     async with longrun_stack() as st:
         st.start_workers(1, concurrency=WORKER_CONCURRENCY)
-        designs = [("longrun POST /runs/stream", st.api_port, st.auth)]
+        assert st.api is not None
+        # (name, port, headers, the server processes whose CPU it costs)
+        designs = [
+            ("longrun POST /runs/stream", st.api_port, st.auth, [st.api, *st.workers]),
+        ]
         peer = None
         if not skip_peers:
             peer, peer_port = start_inprocess()
-            designs.append(("in-process + Semaphore", peer_port, {}))
+            designs.append(("in-process + Semaphore", peer_port, {}, [peer]))
         try:
-            for _, port, headers in designs:  # warm-up: connections, pools, caches
+            for _, port, headers, _procs in designs:  # warm-up: connections, pools, caches
                 await level(port, headers, "burst", 2 if smoke else 10, 2)
             for repeat in range(repeats):
                 for scenario, clients, rounds in levels:
-                    for name, port, headers in designs:
+                    for name, port, headers, procs in designs:
+                        cpu0 = [cpu_seconds(p.pid) for p in procs]
                         r = await level(port, headers, scenario, clients, rounds)
                         samples = r.pop("samples")
+                        used = [cpu_seconds(p.pid) - c for p, c in zip(procs, cpu0, strict=True)]
+                        # CPU per stream of the API (or the peer) and of the workers, in ms
+                        r["cpu_ms_per_stream"] = [round(u * 1000 / len(samples), 2) for u in used]
                         if name.startswith("longrun"):
                             r["stages"] = await breakdown(st, samples)
                         rows.append({"design": name, "repeat": repeat, **r})
@@ -191,7 +200,7 @@ async def main(smoke: bool, skip_peers: bool, quick: bool = False) -> dict[str, 
     print_table(
         "submit-and-stream: time to first token (ticker), client-measured",
         ["design", "scenario", "concurrent", "repeat", "streams/s", "n", "p50 ms", "p99 ms",
-         "max ms", "head p50"],
+         "max ms", "head p50", "CPU ms/stream (API, worker)"],
         [
             [
                 r["design"],
@@ -204,6 +213,7 @@ async def main(smoke: bool, skip_peers: bool, quick: bool = False) -> dict[str, 
                 r["ttft"]["p99_ms"],
                 r["ttft"]["max_ms"],
                 r["head_p50_ms"],
+                "/".join(str(c) for c in r["cpu_ms_per_stream"]),
             ]
             for r in rows
         ],
