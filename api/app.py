@@ -124,7 +124,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_origins=list(settings.cors_origins),
             allow_methods=["GET", "POST"],
             allow_headers=CORS_HEADERS,
-            expose_headers=["X-Request-ID", "Retry-After", "Location", "Idempotent-Replayed"],
+            expose_headers=[
+                "X-Request-ID",
+                "Retry-After",
+                "Location",
+                "Content-Location",  # the run of a POST /runs/stream answer
+                "Idempotent-Replayed",
+            ],
             max_age=600,
         )
     app.add_middleware(RequestId)

@@ -310,3 +310,18 @@ async def test_another_method_on_the_stream_path_is_a_405_naming_post(client):
 
     assert resp.status_code == 405
     assert resp.headers["allow"] == "OPTIONS, POST"
+
+
+async def test_a_page_on_an_allowed_origin_can_read_the_runs_address(
+    settings, api_factory, worker, api_key
+):
+    api = await api_factory(settings.with_(cors_origins=("https://app.test",)))
+    headers = {"Authorization": f"Bearer {api_key}", "Origin": "https://app.test"}
+    body = {**TICKER, "params": {"count": 1, "interval_ms": 0}}
+    async with (
+        httpx.AsyncClient(base_url=api.url, headers=headers, timeout=10) as c,
+        c.stream("POST", "/runs/stream", json=body) as resp,
+    ):
+        await resp.aread()
+    assert resp.headers["access-control-allow-origin"] == "https://app.test"
+    assert "content-location" in resp.headers["access-control-expose-headers"].lower()
