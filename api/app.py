@@ -28,8 +28,9 @@ from api.metrics import router as metrics_router
 from api.middleware import RequestId, install_log_redaction
 from api.schemas import declare_agents, drop_null_parameters
 from api.shutdown import ReconnectHint
-from api.state import AppState
+from api.state import AppState, StreamGate
 from api.submit import route as submit_route
+from api.submit import stream as submit_stream
 from api.submit.groups import SubmitGroups
 from api.submit.lane import SubmitLane
 from shared.agents import load_agents
@@ -77,6 +78,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             hub=hub,
             agents=load_agents(settings.agent_modules),
             tools=load_tools(settings.tool_modules),
+            streams=StreamGate(settings.max_streams_per_process),
         )
         app.state.longrun = state
         app.state.security = Security.build(settings, keys, r, store)
@@ -122,7 +124,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_origins=list(settings.cors_origins),
             allow_methods=["GET", "POST"],
             allow_headers=CORS_HEADERS,
-            expose_headers=["X-Request-ID", "Retry-After", "Location", "Idempotent-Replayed"],
+            expose_headers=[
+                "X-Request-ID",
+                "Retry-After",
+                "Location",
+                "Content-Location",  # the run of a POST /runs/stream answer
+                "Idempotent-Replayed",
+            ],
             max_age=600,
         )
     app.add_middleware(RequestId)
@@ -135,6 +143,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_log_redaction()
     app.include_router(submit_route.router)  # first: the schema lists POST /runs first, as before
+    app.include_router(submit_stream.router)
     app.include_router(runs.router)
     app.include_router(events.router)
     app.include_router(diagnostics.router)
@@ -149,6 +158,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "status": "ok",
             "shutting_down": state.shutting_down,
             "sse_subscribers": state.hub.subscribers,
+            # `POST /runs/stream` answers in flight here, and the cap past which they get 503
+            "streams": {"in_flight": state.streams.in_flight, "cap": state.streams.cap},
             # cluster-wide, from the workers' heartbeats; null when Redis does not answer
             "runs_in_flight": await cluster_in_flight(request, max_age=HEALTH_MAX_AGE),
         }

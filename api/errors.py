@@ -73,7 +73,8 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     429: _doc("rate limited, too many runs in flight or too many streams (Retry-After)"),
     431: _doc("headers_too_large: the request head is too large (the connection layer)"),
     503: _doc(
-        "paused, backlog full, a backing service down, or too_many_connections (Retry-After)"
+        "paused, backlog full, streams full, a backing service down, or too_many_connections"
+        " (Retry-After)"
     ),
 }
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from typing import Annotated, Any
 
 import orjson
@@ -27,7 +27,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from api import hub as hub_module
 from api import tokens
-from api.auth import Principal, authenticate, key_id_checked, security
+from api.auth import Principal, Security, authenticate, key_id_checked, security
 from api.errors import ERROR_RESPONSES, ApiError
 from api.middleware import ABORT, OUTER_SEND
 from api.revocation import Held, KeyGuard
@@ -41,6 +41,9 @@ from shared.redis.client import REDIS_DOWN
 router = APIRouter(responses=ERROR_RESPONSES)
 log = structlog.get_logger("longrun.api.events")
 TOKEN_EXPIRED_RETRY_MS = 24 * 3600 * 1000
+# Called once when an event stream's response ends, however it ends, with whether the client
+# left (`http.disconnect`) before the run's terminal event was sent.
+OnEnd = Callable[[bool], Awaitable[None]]
 
 
 async def _already_ended(state: AppState, run: Run, after: int) -> bool:
@@ -156,7 +159,9 @@ class EventStream(Response):
     which makes the server close the connection. The per-user slot is a lease of the hub's:
     refreshed with every other stream's by one task, and given back however the stream ends
     (queued, so a burst of streams ending costs no burst of Redis calls). With a `guard`, the
-    stream is stopped when its API key is revoked, and ends with the REVOKED comment."""
+    stream is stopped when its API key is revoked, and ends with the REVOKED comment. Extra
+    `headers` follow the SSE ones; `on_end` runs once, however the response ends, told whether
+    the client left first (`api.submit.stream` cancels its run there)."""
 
     def __init__(
         self,
@@ -166,6 +171,8 @@ class EventStream(Response):
         refresh: Callable[[], Awaitable[None]],
         release: Callable[[], Awaitable[None]],
         guard: KeyGuard | None = None,
+        headers: Sequence[tuple[bytes, bytes]] = (),
+        on_end: OnEnd | None = None,
     ) -> None:
         super().__init__(status_code=200, media_type="text/event-stream")
         self.stream = stream
@@ -175,14 +182,29 @@ class EventStream(Response):
         self.refresh = refresh
         self.guard = guard
         self.held: Held | None = None
+        self.start_headers = [*_SSE_HEADERS, *headers]
+        self.on_end = on_end
+        self.client_left = False  # the server got `http.disconnect`
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        lease = self.stream.hub.hold(self.refresh, self.release)
+        ended = False
         try:
-            await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
+            ended = await self._serve(scope, receive, send)
+        finally:
+            if self.on_end is not None:
+                await self.on_end(self.client_left and not ended)
+
+    async def _serve(self, scope: Any, receive: Any, send: Any) -> bool:
+        """The response; True when it ended with the run (terminal event sent)."""
+        lease = self.stream.hub.hold(self.refresh, self.release)
+        ended = False
+        try:
+            await send(
+                {"type": "http.response.start", "status": 200, "headers": self.start_headers}
+            )
             if scope.get("method") == "HEAD":
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
-                return
+                return False
             # Body frames skip the middlewares below RequestId (see OUTER_SEND); the end of the
             # body goes through all of them, so ReconnectHint sees whether the stream finished.
             try:
@@ -199,11 +221,12 @@ class EventStream(Response):
                 if abort is None:  # a server without the hook: it closes on the exception
                     raise
                 abort()
-                return
+                return False
             if ended:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
             elif self.held is not None and self.held.revoked:
                 await send({"type": "http.response.body", "body": REVOKED, "more_body": False})
+            return ended
         finally:
             self.stream.hub.let_go(lease)
 
@@ -248,6 +271,7 @@ class EventStream(Response):
     async def _watch_disconnect(self, receive: Any) -> None:
         while (await receive())["type"] != "http.disconnect":
             pass
+        self.client_left = True
         sub = self.stream.sub
         if sub is not None:
             sub.stop()
@@ -288,6 +312,21 @@ async def events(
         raise ApiError(400, "invalid_last_event_id", str(exc)) from None
     if after is not None and await _already_ended(state, run, after):
         return Response(status_code=204)  # tells EventSource to stop reconnecting
+    slot = await take_stream_slot(state, sec, user)
+    return run_event_stream(
+        state,
+        sec,
+        who,
+        slot,
+        run.run_id,
+        after=after or 0,
+        terminal_known=run.status.terminal,
+        archived_seq=run.last_seq,
+    )
+
+
+async def take_stream_slot(state: AppState, sec: Security, user: str) -> str:
+    """One of the user's SSE slots (`api.admission`), or 429 `too_many_streams`."""
     slot = await sec.admission.take_sse_slot(user)
     if slot is None:
         raise ApiError(
@@ -296,8 +335,28 @@ async def events(
             f"at most {state.settings.max_sse_per_user} open event streams per user",
             {"Retry-After": "5"},
         )
+    return slot
+
+
+def run_event_stream(
+    state: AppState,
+    sec: Security,
+    who: Principal,
+    slot: str,
+    run_id: str,
+    *,
+    after: int = 0,
+    terminal_known: bool = False,
+    archived_seq: int = 0,
+    headers: Sequence[tuple[bytes, bytes]] = (),
+    on_end: OnEnd | None = None,
+) -> EventStream:
+    """The SSE answer of a run's events after `after`, holding `slot` (given back however it
+    ends): the one way a run's events are served, by `GET /runs/{id}/events` and by
+    `POST /runs/stream` (`api.submit.stream`) alike, so both send the same ids and frames."""
+    user = who.user
     stream = RunStream(
-        state.store, state.hub, run.run_id, state.settings.sse_ping_seconds, run.last_seq
+        state.store, state.hub, run_id, state.settings.sse_ping_seconds, archived_seq
     )
 
     async def refresh() -> None:
@@ -307,4 +366,6 @@ async def events(
         await sec.admission.release_sse_slot(user, slot)
 
     guard = None if who.key_id is None else KeyGuard(sec.revocations, who.key_id, who.checked)
-    return EventStream(stream, after or 0, run.status.terminal, refresh, release, guard)
+    return EventStream(
+        stream, after, terminal_known, refresh, release, guard, headers=headers, on_end=on_end
+    )

@@ -174,6 +174,7 @@ class Hub:
         self._kept_alive = time.monotonic()
         self._task: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
+        self._wake_sent = False  # a wake was sent since the current read's watches were taken
         self._loop: asyncio.AbstractEventLoop | None = None
         self.stopping = False
         # Leases (a stream's per-user slot): refreshed and released by one task, so that
@@ -296,9 +297,19 @@ class Hub:
             del self.watches[key]
 
     async def _wake(self) -> None:
+        """Make the blocking read include the watches added since it was issued. One wake per
+        read is enough (the next read names every watch there is then), so a burst of new
+        subscribers costs one wake and one re-issued `XREAD`, not one of each per subscriber:
+        the re-issued read names every watched stream, so that was O(watches) per new stream
+        (bench.stream_ttft at 500 concurrent streams)."""
         self._changed.set()
-        with contextlib.suppress(*REDIS_DOWN):
+        if self._wake_sent:
+            return
+        self._wake_sent = True
+        try:
             await self.io.wake()
+        except REDIS_DOWN:
+            self._wake_sent = False  # the read fails too; the loop reads again anyway
 
     async def _run(self) -> None:
         delay = 0.05
@@ -317,6 +328,7 @@ class Hub:
                 delay = min(delay * 2, 2.0)
 
     async def _read_once(self) -> None:
+        self._wake_sent = False  # a watch added from here on needs a wake of its own
         cursors = {w.key: w.last_seq for w in self.watches.values()}
         self._changed.clear()
         reply = await self.io.read(cursors, READ_COUNT, BLOCK_MS)

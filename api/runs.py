@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Request
+from starlette.convertors import StringConvertor, register_url_convertor
 from starlette.types import Scope
 
 from api.auth import Principal, Security, current_user, principal_of, security
@@ -51,6 +52,17 @@ def _state(request: Request) -> AppState:
 RunIdPath = Annotated[str, Path(json_schema_extra={"format": "uuid", "pattern": RUN_ID_PATTERN})]
 
 
+class RunSegment(StringConvertor):
+    """`/runs/{run_id:run}`: any segment but the names of the collection's own resources
+    (`/runs/stream`), so a wrong method there is a 405 naming the right one (`Allow`), not a
+    malformed run id's 400."""
+
+    regex = "(?!stream$)[^/]+"
+
+
+register_url_convertor("run", RunSegment())
+
+
 def parse_run_id(raw: str) -> str:
     if not RUN_ID.fullmatch(raw):
         raise ApiError(400, "invalid_run_id", "run ids are UUIDs")
@@ -84,7 +96,9 @@ async def _owned_run(state: AppState, raw_id: str, user: str) -> Run:
     return run
 
 
-@router.get("/runs/{run_id}", response_model=None, responses=documented(200, RunView, "the run"))
+@router.get(
+    "/runs/{run_id:run}", response_model=None, responses=documented(200, RunView, "the run")
+)
 async def get_run(run_id: RunIdPath, request: Request, user: User) -> JSONResp:
     run = await _owned_run(_state(request), run_id, user)
     who = principal_of(request, user)
@@ -152,12 +166,22 @@ async def list_runs(
 )
 async def cancel(run_id: RunIdPath, request: Request, user: User) -> JSONResp:
     state = _state(request)
+    rid = parse_run_id(run_id)
+    status = await cancel_run(state, rid, user)
+    return JSONResp({"run_id": rid, "status": status}, status_code=202)
+
+
+async def cancel_run(state: AppState, run_id: str, user: str) -> str:
+    """Cancel one of `user`'s runs: "cancelled" (a queued run, ended here) or "cancelling" (a
+    running one: its worker ends it within about a second, usage so far kept). The one cancel
+    path, for `POST /runs/{id}/cancel` and a stream whose client left (`api.submit.stream`).
+    NotFound for a run not the user's; ApiError 409 `already_finished` for an ended one."""
     run = await _owned_run(state, run_id, user)
     if run.status is RunStatus.QUEUED:
         done = await state.store.runs.cancel_queued(run.run_id, user)
         if done is not None:
             await _publish_archived_terminal(state, done)
-            return JSONResp({"run_id": run.run_id, "status": "cancelled"}, status_code=202)
+            return "cancelled"
         run = await _owned_run(state, run_id, user)
     if run.status is RunStatus.RUNNING:
         await state.store.runs.request_cancel(run.run_id, user)
@@ -165,7 +189,7 @@ async def cancel(run_id: RunIdPath, request: Request, user: User) -> JSONResp:
             await state.rio.request_cancel(run.run_id)
         except REDIS_DOWN as exc:
             raise Unavailable("redis is unavailable: retry the cancel") from exc
-        return JSONResp({"run_id": run.run_id, "status": "cancelling"}, status_code=202)
+        return "cancelling"
     # Ended already (perhaps just now): nothing was cancelled, and a 202 would say otherwise.
     raise ApiError(409, "already_finished", f"the run has already finished: {run.status}")
 

@@ -138,15 +138,20 @@ def documented(status: int, model: type[BaseModel], text: str) -> dict[int | str
     return {status: {"model": model, "description": text}}
 
 
+SUBMIT_BODIES = ("SubmitRun", "SubmitStream")  # POST /runs, POST /runs/stream
+
+
 def declare_agents(schema: dict[str, Any], names: list[str]) -> None:
     """Name the agents a submit may ask for (those registered in this process) in the OpenAPI
-    schema: `SubmitRun.agent` becomes one of them, or null for the default."""
-    submit = schema.get("components", {}).get("schemas", {}).get("SubmitRun")
-    if submit is None:
-        return
-    agent = submit["properties"]["agent"]
-    agent["anyOf"] = [{"type": "string", "enum": sorted(names)}, {"type": "null"}]
-    agent["description"] = "the agent to run; null or absent: the default agent"
+    schema: the `agent` of each submit body becomes one of them, or null for the default."""
+    components = schema.get("components", {}).get("schemas", {})
+    for name in SUBMIT_BODIES:
+        submit = components.get(name)
+        if submit is None:
+            continue
+        agent = submit["properties"]["agent"]
+        agent["anyOf"] = [{"type": "string", "enum": sorted(names)}, {"type": "null"}]
+        agent["description"] = "the agent to run; null or absent: the default agent"
 
 
 def drop_null_parameters(schema: dict[str, Any]) -> None:

@@ -74,17 +74,25 @@ async def subscribe(
     stop: asyncio.Event | None = None,
     pause: asyncio.Event | None = None,
     connected: Callable[[], None] | None = None,
+    body: bytes | None = None,
+    on_head: Callable[[dict[str, str]], None] | None = None,
 ) -> int:
-    """Follow one SSE stream; returns the number of events seen."""
+    """Follow one SSE stream (`GET path`, or `POST path` with a JSON `body`: a submit answered
+    with its stream); returns the number of events seen."""
     reader, writer = await asyncio.open_connection(host, port, limit=1 << 20)
+    method = "GET" if body is None else "POST"
     try:
-        head = [f"GET {path} HTTP/1.1", f"Host: {host}:{port}", "Accept: text/event-stream"]
+        head = [f"{method} {path} HTTP/1.1", f"Host: {host}:{port}", "Accept: text/event-stream"]
+        if body is not None:
+            head += ["Content-Type: application/json", f"Content-Length: {len(body)}"]
         head += [f"{k}: {v}" for k, v in (headers or {}).items()]
-        writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1"))
+        writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + (body or b""))
         await writer.drain()
         status, resp_headers = await _read_head(reader)
         if status != 200:
-            raise SSEError(f"GET {path} answered {status}")
+            raise SSEError(f"{method} {path} answered {status}")
+        if on_head is not None:
+            on_head(resp_headers)
         if connected is not None:
             connected()
         chunked = "chunked" in resp_headers.get("transfer-encoding", "")

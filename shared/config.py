@@ -227,6 +227,15 @@ class Settings:
     max_sse_per_user: int = knob(
         20, "LONGRUN_MAX_SSE_PER_USER", "limits", "open SSE streams per user", minimum=1
     )
+    # `POST /runs/stream` answers in flight in one API process; past it, 503 `streams_full`
+    # (`/health` reports both figures, for scaling the API on saturation).
+    max_streams_per_process: int = knob(
+        1000,
+        "LONGRUN_MAX_STREAMS_PER_PROCESS",
+        "limits",
+        "submit-and-stream answers in flight per API process",
+        minimum=1,
+    )
     # -- admission -------------------------------------------------------------------------
     # A per-user token bucket, a per-user cap on queued + running runs, the backlog depth
     # (XLEN of the queue) past which submits get 503, and the kill switch.

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import httpx
 
+from tests.procs import start_worker, stop_all
 from tests.test_http_edge import BUSY_USER
 
 ST = Path(sys.executable).with_name("st")
@@ -31,14 +32,35 @@ include-path = "/runs"
 include-method = "POST"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "3xx", "401", "403", "404", "409",
                                                      "422", "429", "5xx"]
+
+[[operations]]
+include-path = "/runs/stream"
+include-method = "POST"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "3xx", "401", "403", "404", "409",
+                                                     "422", "429", "5xx"]
 """
+# `POST /runs/stream` answers with the run's whole stream: a worker ends every run within a
+# second (its time limit), so each answer ends well within the request timeout.
+QUICK_RUNS = {
+    "LONGRUN_RUN_TIMEOUT_SECONDS": "1",
+    "LONGRUN_MAX_RUN_TIMEOUT_SECONDS": "1",
+    "LONGRUN_CONCURRENCY": "256",
+}
 
 
-async def test_fuzzing_the_openapi_schema_finds_no_mismatch(api_proc, api_key, tmp_path):
+async def test_fuzzing_the_openapi_schema_finds_no_mismatch(api_proc, api_key, settings, tmp_path):
     assert ST.exists(), "schemathesis is a dev dependency: pip install schemathesis"
     api = await api_proc(**BUSY_USER)
+    worker = await start_worker(settings, "fuzz-worker", tmp_path, **QUICK_RUNS)
+    try:
+        await _fuzz(api.url, api_key, tmp_path)
+    finally:
+        await stop_all([worker])
+
+
+async def _fuzz(url: str, api_key: str, tmp_path: Path) -> None:
     # Given the schema the server publishes
-    async with httpx.AsyncClient(base_url=api.url) as c:
+    async with httpx.AsyncClient(base_url=url) as c:
         assert (await c.get("/openapi.json")).status_code == 200
     (tmp_path / "schemathesis.toml").write_text(CONFIG)
 
@@ -47,7 +69,7 @@ async def test_fuzzing_the_openapi_schema_finds_no_mismatch(api_proc, api_key, t
     proc = await asyncio.create_subprocess_exec(
         str(ST),
         "run",
-        f"{api.url}/openapi.json",
+        f"{url}/openapi.json",
         "--checks",
         "all",
         "--phases",

@@ -112,6 +112,21 @@ def test_fanout_bench_delivers_every_event_to_every_subscriber(tmp_path: Path) -
         assert row["redis_conns"] >= 1
 
 
+def test_stream_ttft_bench_times_first_tokens_of_both_designs(tmp_path: Path) -> None:
+    r = run_smoke("bench.stream_ttft", tmp_path)
+    designs = {row["design"] for row in r["rows"]}
+    assert designs == {"longrun POST /runs/stream", "in-process + Semaphore"}
+    for row in r["rows"]:
+        assert row["ttft"]["n"] == (2 if row["concurrent"] == 1 else row["concurrent"])
+        assert 0 < row["ttft"]["p50_ms"] <= row["ttft"]["max_ms"]
+    assert {row["scenario"] for row in r["rows"]} == {"paced", "burst"}
+    staged = [row["stages"] for row in r["rows"] if "stages" in row]
+    assert staged
+    assert all(s["pickup"]["n"] > 0 for s in staged)
+    diff = r["summary"]["paced 5"]["diff"]
+    assert diff["p50_ms"] == diff["p50_ms"]  # a number, not nan
+
+
 def test_memory_bench_measures_runs_subscribers_and_a_slow_client(tmp_path: Path) -> None:
     r = run_smoke("bench.memory", tmp_path)
     assert r["worker"]["rss_loaded_mb"] > 0

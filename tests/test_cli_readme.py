@@ -175,6 +175,11 @@ async def test_the_try_it_commands_run_in_order_against_a_live_stack(
     )
     assert '{"count": 5}' in output_of("runs get")
     assert '"status":"queued"' in output_of("-X POST").replace(" ", "")
+    streamed = output_of("/runs/stream")
+    where = re.search(r"^content-location: /runs/([0-9a-f-]{36})$", streamed, re.M | re.I)
+    assert where, streamed
+    assert re.findall(r"^event: (\w+)$", streamed, re.M) == ["start", *["token"] * 3, "done"]
+    assert f'"run_id":"{where.group(1)}"' in streamed
     followed = output_of('submit "hello" --follow')
     assert followed.splitlines()[-1].endswith(" succeeded"), followed
     assert "[tool " in followed

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -54,6 +54,19 @@ class SubmitRun(BaseModel):
         if not has_text(value):
             raise ValueError("must hold something besides whitespace")
         return value
+
+
+class SubmitStream(SubmitRun):
+    """`POST /runs/stream`: a submit, and what the client closing its connection means."""
+
+    # cancel: the run is cancelled (a user who closes the tab stops paying); continue: it runs
+    # on, and the client resumes with GET /runs/{id}/events and Last-Event-ID.
+    on_disconnect: Literal["cancel", "continue"] = "cancel"
+
+    def submit(self) -> SubmitRun:
+        """The submit alone, as `POST /runs` takes it: an Idempotency-Key binds the same body
+        whichever endpoint it came through, so a retry of either finds the same run."""
+        return SubmitRun.model_construct(**self.model_dump(exclude={"on_disconnect"}))
 
 
 @dataclass(frozen=True)

@@ -124,7 +124,9 @@ async def _drive_and_end(st: AttemptState, d: Deps, run: Run) -> None:
     first: dict[str, Any] = (
         {"type": "resumed", "attempt": run.attempt}
         if run.attempt > 1
-        else {"type": "start", "agent": run.agent}
+        # The run id rides in the start event for a client that learnt of the run from its stream
+        # alone (`POST /runs/stream`): encoded once, so the archive and Redis carry it alike.
+        else {"type": "start", "agent": run.agent, "run_id": run.run_id}
     )
     try:
         await queue(st, d, first)

@@ -1,7 +1,7 @@
 """An attempt's events: batched as the agent yields them, committed to Postgres (the truth,
 fenced on the attempt and the log's last seq), then copied to Redis for fan-out.
 
-    agent yields ─> pending ─(linger 2 ms, or BATCH_MAX)─> flush:
+    agent yields ─> pending ─(the loop's next turn, or BATCH_MAX)─> flush:
         encode seqs ─> caps ─> Postgres commit (grouped) ─> Redis copy (grouped) ─> seq moves on
 
 No client can see an event before Postgres has it, so no fault can take back or replace an
@@ -31,22 +31,27 @@ log = structlog.get_logger("longrun.worker")
 # What ends a best-effort refill of Redis.
 REFILL_GIVES_UP: tuple[type[BaseException], ...] = (LeaseLost, *RETRYABLE)
 
-# Events an agent yields in a burst are committed together: the first waits at most this long
-# for company, and a batch holds at most BATCH_MAX events.
-LINGER_SECONDS = 0.002
+# Events an agent yields in a burst are committed together: the first waits for the loop's
+# next turn (what the agent yields before it suspends goes with it; what it yields while that
+# commit is in flight goes with the next one), and a batch holds at most BATCH_MAX events.
+# No timed wait: a 2 ms linger here was 2 ms on every first token after a pause (a model's
+# first token, a paced agent's every one; bench.stream_ttft), and group commit batches a
+# stream's bursts anyway. A run that ends within one turn still commits once, with its
+# terminal event (`_drive` stops the flusher before it runs).
+LINGER_SECONDS = 0.0
 BATCH_MAX = 64
 
 
 async def queue(st: AttemptState, d: Deps, body: dict[str, Any]) -> None:
     """Add a body to the next batch; a full batch is flushed now, a partial one by the flusher
-    within LINGER_SECONDS."""
+    at the loop's next turn."""
     if st.flush_error is not None:
         raise st.flush_error
     st.pending.append(body)
     if len(st.pending) >= BATCH_MAX:
         await flush(st, d)
     elif st.linger is None and (st.flusher is None or st.flusher.done()):
-        # A timer, not a task: a run that ends within the linger (its pending events go with
+        # A timer, not a task: a run that ends within the turn (its pending events go with
         # the terminal one) never starts a flusher.
         st.linger = asyncio.get_running_loop().call_later(LINGER_SECONDS, _linger_over, st, d)
 
