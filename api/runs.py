@@ -1,4 +1,5 @@
-"""The runs resource: poll, list, cancel, and the links of a run's answers.
+"""The runs resource: poll, list, cancel, and the links of a run's answers. (A waiting run's
+resume is `api.interrupts`.)
 
 Submit (`POST /runs`) is its own package, `api.submit`: one pipeline behind the FastAPI route
 and the lean lane. The event stream is in `api.events`.
@@ -146,17 +147,21 @@ async def list_runs(
     status_code=202,
     response_model=None,
     responses={
-        **documented(202, CancelAnswer, "cancelled (a queued run) or cancelling (a running one)"),
+        **documented(
+            202, CancelAnswer, "cancelled (a queued or waiting run) or cancelling (a running one)"
+        ),
         409: {"model": ErrorBody, "description": "already_finished: the run had ended"},
     },
 )
 async def cancel(run_id: RunIdPath, request: Request, user: User) -> JSONResp:
     state = _state(request)
     run = await _owned_run(state, run_id, user)
-    if run.status is RunStatus.QUEUED:
+    if run.status in (RunStatus.QUEUED, RunStatus.WAITING):
         done = await state.store.runs.cancel_queued(run.run_id, user)
         if done is not None:
-            await _publish_archived_terminal(state, done)
+            await publish_archived_terminal(state, done)
+            if run.status is RunStatus.WAITING:
+                await next_of_thread(state, done)
             return JSONResp({"run_id": run.run_id, "status": "cancelled"}, status_code=202)
         run = await _owned_run(state, run_id, user)
     if run.status is RunStatus.RUNNING:
@@ -170,7 +175,18 @@ async def cancel(run_id: RunIdPath, request: Request, user: User) -> JSONResp:
     raise ApiError(409, "already_finished", f"the run has already finished: {run.status}")
 
 
-async def _publish_archived_terminal(state: AppState, run: Run) -> None:
+async def next_of_thread(state: AppState, run: Run) -> None:
+    """A waiting run ended without a worker (cancelled): its thread's next run, which waited
+    for its turn, is queued now (else the reconciler finds it). Best effort."""
+    if run.thread_id is None:
+        return
+    nxt = await state.store.runs.next_in_thread(run.run_id)
+    if nxt is not None:
+        with contextlib.suppress(*REDIS_ERRORS):
+            await state.rio.enqueue(nxt)
+
+
+async def publish_archived_terminal(state: AppState, run: Run) -> None:
     """Copy a terminal event the API committed (a queued run cancelled) into the run's Redis
     stream through the append script (which closes the run's log there), so live followers
     see it at once. Best effort: the archive has it anyway."""

@@ -77,6 +77,8 @@ class RunPublic(BaseModel):
     started_at: str | None
     finished_at: str | None
     updated_at: str | None
+    interrupt: dict[str, Any] | None = None
+    waiting_since: str | None = None
 
 
 class RunView(RunPublic, Links):

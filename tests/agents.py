@@ -118,3 +118,54 @@ async def bulky(ctx: RunContext) -> AsyncIterator[dict[str, Any]]:
     for _ in range(int(ctx.params.get("n", 100))):
         yield {"type": "token", "text": text}
     yield {"type": "done", "output": None}
+
+
+async def asker(ctx: RunContext) -> AsyncIterator[dict[str, Any]]:
+    """`steps` side effects like `side_effect` (once each, by idempotency key, checkpointed),
+    asking a person before step `ask_at` (`params.timeout_seconds`, `params.default`); the
+    answer is kept in the checkpoint and is the run's output."""
+    steps = int(ctx.params.get("steps", 4))
+    ask_at = int(ctx.params.get("ask_at", 3))
+    state = ctx.checkpoint.state if ctx.checkpoint else {}
+    done = ctx.checkpoint.step if ctx.checkpoint else 0
+    answer = state.get("answer")
+    extra = {k: ctx.params[k] for k in ("default",) if k in ctx.params}
+    conn = await asyncpg.connect(ctx.settings.database_url)
+    try:
+        for step in range(done + 1, steps + 1):
+            if step == ask_at:
+                answer = await ctx.interrupt(
+                    {"question": "go on?", "step": step},
+                    timeout_seconds=ctx.params.get("timeout_seconds"),
+                    **extra,
+                )
+                yield {"type": "token", "text": f"answer:{answer}"}
+            key = ctx.idempotency_key(step, "write")
+            yield {"type": "tool_start", "name": "write", "args": {"step": step}, "call_id": key}
+            await conn.execute(
+                "INSERT INTO side_effects (key, run_id, step) VALUES ($1, $2, $3) "
+                "ON CONFLICT (key) DO UPDATE SET duplicates = side_effects.duplicates + 1",
+                key,
+                ctx.run_id,
+                step,
+            )
+            yield {"type": "tool_end", "call_id": key, "ok": True}
+            yield {"type": "token", "text": str(step)}
+            await ctx.save_checkpoint(step, {"answer": answer})
+    finally:
+        await conn.close()
+    yield {"type": "done", "output": {"answer": answer}}
+
+
+async def pauser(ctx: RunContext) -> AsyncIterator[dict[str, Any]]:
+    """Asks at once (`params.timeout_seconds`, `params.default`, `params.payload`); the answer
+    is the run's output. Its token is said once: a resumed attempt does not say it again."""
+    if not ctx.resumed:
+        yield {"type": "token", "text": "asking"}
+    extra = {k: ctx.params[k] for k in ("default",) if k in ctx.params}
+    answer = await ctx.interrupt(
+        ctx.params.get("payload", {"question": "ok?"}),
+        timeout_seconds=ctx.params.get("timeout_seconds"),
+        **extra,
+    )
+    yield {"type": "done", "output": {"answer": answer}}

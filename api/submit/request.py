@@ -97,7 +97,8 @@ def check_text(name: str, value: str) -> None:
         raise ApiError(422, "invalid_request", f"{name} is not valid Unicode") from None
 
 
-def check_json_field(name: str, value: dict[str, Any], max_depth: int, max_bytes: int) -> None:
+def check_json_field(name: str, value: Any, max_depth: int, max_bytes: int) -> None:
+    """Any JSON value a client sends us to store (params, metadata, a resume's value)."""
     if not value:  # the usual metadata: nothing to walk or encode
         return
     if json_depth(value) > max_depth:

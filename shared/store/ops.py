@@ -1,6 +1,7 @@
 """What operators do and read in Postgres: re-running a dead-lettered run (`longrun dlq retry`),
 the statuses of the runs behind dead letters (`longrun dlq list`), and the run figures of
-`/metrics` (bounded: the counters, and the active runs through their partial index)."""
+`/metrics` (bounded: the counters, and the active and waiting runs through their partial
+indexes)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,11 @@ from shared.store.rows import RunFigures, figures_of, run_statuses_of
 # The runs queued or running, by status: read through the partial index `runs_active`, so its
 # cost follows the backlog, not the number of runs ever made.
 ACTIVE_RUNS = """SELECT status, count(*) AS n FROM runs
-    WHERE status IN ('queued', 'running') GROUP BY status"""
+    WHERE status IN ('queued', 'running') GROUP BY status
+    UNION ALL SELECT 'waiting', count(*) FROM runs WHERE status = 'waiting'"""
+# The oldest wait, through the partial index `runs_waiting`.
+OLDEST_WAIT = """SELECT extract(epoch FROM now() - min(waiting_since))::float8 FROM runs
+    WHERE status = 'waiting'"""
 
 
 class OpsRepo:
@@ -74,4 +79,5 @@ class OpsRepo:
         async with self.db.conn() as c:
             counted = await c.fetch(READ_COUNTERS)
             active = await c.fetch(ACTIVE_RUNS)
-        return figures_of(counted, active)
+            oldest = await c.fetchval(OLDEST_WAIT)
+        return figures_of(counted, active, oldest)

@@ -18,7 +18,7 @@ from shared.models import Event, Run, Transition
 RUN_COLUMNS = (
     "run_id, user_id, thread_id, agent, input, params, metadata, status, attempt, output, "
     "error, usage, cost_usd, last_seq, event_bytes, cancel_requested, created_at, started_at, "
-    "finished_at, updated_at"
+    "finished_at, updated_at, interrupt, waiting_since"
 )
 
 TARGETS = {
@@ -48,6 +48,24 @@ class Finishing:
     events: Sequence[Event]
     output: Any = None
     error: dict[str, Any] | None = None
+    usage: dict[str, Any] | None = None
+    cost_usd: float = 0.0
+
+
+@dataclass(frozen=True)
+class Asking:
+    """An attempt's interrupt (`InterruptRepo.wait`): its last events (the `interrupt` event
+    last) and the run's move to `waiting`, fenced on the attempt and the log's last seq."""
+
+    run_id: str
+    attempt: int
+    interrupt_id: str
+    key: str
+    payload: Any
+    timeout_seconds: float | None
+    has_default: bool
+    default: Any
+    events: Sequence[Event]
     usage: dict[str, Any] | None = None
     cost_usd: float = 0.0
 
@@ -88,6 +106,7 @@ class RunFigures:
     active: dict[str, int] = field(default_factory=dict)
     finished: dict[str, int] = field(default_factory=dict)
     cost_usd: float = 0.0
+    oldest_wait_seconds: float = 0.0  # the longest a waiting run has waited so far
 
 
 def run_of(record: asyncpg.Record) -> Run:
@@ -149,11 +168,15 @@ def user_counts_of(records: Iterable[asyncpg.Record], users: Sequence[str]) -> d
     return counts
 
 
-def figures_of(counted: Iterable[asyncpg.Record], active: Iterable[asyncpg.Record]) -> RunFigures:
-    """From the summed counters (`status, runs, cost_usd`) and the active runs (`status, n`)."""
+def figures_of(
+    counted: Iterable[asyncpg.Record], active: Iterable[asyncpg.Record], oldest_wait: float | None
+) -> RunFigures:
+    """From the summed counters (`status, runs, cost_usd`), the active runs (`status, n`) and
+    the age in seconds of the oldest wait (None: no run waits)."""
     counted = list(counted)
     return RunFigures(
         active={str(r["status"]): int(r["n"]) for r in active},
         finished={str(r["status"]): int(r["runs"]) for r in counted},
         cost_usd=float(sum(float(r["cost_usd"]) for r in counted)),
+        oldest_wait_seconds=float(oldest_wait or 0.0),
     )
