@@ -107,6 +107,8 @@ async def get_events_url(run_id: RunIdPath, request: Request, user: User) -> JSO
 
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# Reads of a run a cancel takes before it gives up on a run that keeps changing state.
+CANCEL_TRIES = 3
 
 
 def make_cursor(created_at: datetime, run_id: str) -> str:
@@ -156,23 +158,29 @@ async def list_runs(
 async def cancel(run_id: RunIdPath, request: Request, user: User) -> JSONResp:
     state = _state(request)
     run = await _owned_run(state, run_id, user)
-    if run.status in (RunStatus.QUEUED, RunStatus.WAITING):
-        done = await state.store.runs.cancel_queued(run.run_id, user)
-        if done is not None:
-            await publish_archived_terminal(state, done)
-            if run.status is RunStatus.WAITING:
-                await next_of_thread(state, done)
-            return JSONResp({"run_id": run.run_id, "status": "cancelled"}, status_code=202)
+    # A run may move between the read and the write (a running run starting to wait, a queued
+    # one being claimed): each write is conditional, and a miss reads the run again.
+    for _ in range(CANCEL_TRIES):
+        if run.status in (RunStatus.QUEUED, RunStatus.WAITING):
+            done = await state.store.runs.cancel_queued(run.run_id, user)
+            if done is not None:
+                await publish_archived_terminal(state, done)
+                if run.status is RunStatus.WAITING:
+                    await next_of_thread(state, done)
+                return JSONResp({"run_id": run.run_id, "status": "cancelled"}, status_code=202)
+        elif run.status is RunStatus.RUNNING:
+            if await state.store.runs.request_cancel(run.run_id, user) is not None:
+                try:
+                    await state.rio.request_cancel(run.run_id)
+                except REDIS_DOWN as exc:
+                    raise Unavailable("redis is unavailable: retry the cancel") from exc
+                return JSONResp({"run_id": run.run_id, "status": "cancelling"}, status_code=202)
+        else:
+            # Ended already (perhaps just now): nothing was cancelled, and a 202 would say
+            # otherwise.
+            raise ApiError(409, "already_finished", f"the run has already finished: {run.status}")
         run = await _owned_run(state, run_id, user)
-    if run.status is RunStatus.RUNNING:
-        await state.store.runs.request_cancel(run.run_id, user)
-        try:
-            await state.rio.request_cancel(run.run_id)
-        except REDIS_DOWN as exc:
-            raise Unavailable("redis is unavailable: retry the cancel") from exc
-        return JSONResp({"run_id": run.run_id, "status": "cancelling"}, status_code=202)
-    # Ended already (perhaps just now): nothing was cancelled, and a 202 would say otherwise.
-    raise ApiError(409, "already_finished", f"the run has already finished: {run.status}")
+    raise Unavailable("the run kept changing state: retry the cancel")
 
 
 async def next_of_thread(state: AppState, run: Run) -> None:

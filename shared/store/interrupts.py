@@ -81,8 +81,9 @@ class InterruptRepo:
         """running -> waiting: archive the attempt's last events (its `interrupt` event last),
         record the interrupt, and release the run, fenced on the attempt and the log's last
         seq. `cancel`: a cancel was requested first (nothing written: the attempt ends the run
-        cancelled). LeaseLost when another attempt owns the run. An earlier try that committed
-        (its reply lost) counts as committed."""
+        cancelled). An interrupt asked again under a key that timed out (a failed run retried
+        from the dead letters) is opened again. LeaseLost when another attempt owns the run.
+        An earlier try that committed (its reply lost) counts as committed."""
         rid = uuid.UUID(a.run_id)
         first, last = a.events[0].seq, a.events[-1].seq
         async with self.db.conn() as c, c.transaction():
@@ -104,7 +105,12 @@ class InterruptRepo:
                 """INSERT INTO run_interrupts (run_id, interrupt_id, key, attempt, payload,
                        has_default, default_value, deadline)
                    VALUES ($1, $2, $3, $4, $5, $6, $7,
-                       now() + make_interval(secs => $8::float8))""",
+                       now() + make_interval(secs => $8::float8))
+                   ON CONFLICT (run_id, key) DO UPDATE SET
+                       interrupt_id = excluded.interrupt_id, attempt = excluded.attempt,
+                       payload = excluded.payload, has_default = excluded.has_default,
+                       default_value = excluded.default_value, deadline = excluded.deadline,
+                       asked_at = now(), outcome = NULL, value = NULL, answered_at = NULL""",
                 rid,
                 a.interrupt_id,
                 a.key,
