@@ -343,4 +343,31 @@ async def test_a_thousand_waiting_runs_hold_no_worker_slot_and_no_queue_entry(
     rid = await submit(alice, agent="pauser")
     await wait_status(alice, rid, "waiting")
     assert len(set(rids)) == n
-    print(f"1000 runs to waiting in {took:.1f} s")
+
+    # When all of them are answered at once, every one finishes, each resumed once
+    async with store.db.conn() as c:
+        asked = await c.fetch(
+            "SELECT run_id::text, interrupt->>'interrupt_id' AS iid FROM runs "
+            "WHERE status = 'waiting' AND run_id = ANY($1::uuid[])",
+            rids,
+        )
+    start = time.monotonic()
+
+    async def answer(row: Any) -> None:
+        async with sem:
+            resp = await resume(alice, row["run_id"], interrupt_id=row["iid"], value=1)
+            assert resp.status_code == 202, resp.text
+
+    await asyncio.gather(*(answer(r) for r in asked))
+
+    async def all_done() -> bool:
+        async with store.db.conn() as c:
+            count = await c.fetchval(
+                "SELECT count(*) FROM runs WHERE status = 'succeeded' AND attempt = 2"
+            )
+        return bool(count == n)
+
+    await wait_for(all_done, timeout=120, interval=0.5)
+    resumed = time.monotonic() - start
+    assert await queue_figures(settings, redis_client) == (0, 0)
+    print(f"1000 runs to waiting in {took:.1f} s; all answered and finished in {resumed:.1f} s")
