@@ -163,9 +163,13 @@ async def pauser(ctx: RunContext) -> AsyncIterator[dict[str, Any]]:
     if not ctx.resumed:
         yield {"type": "token", "text": "asking"}
     extra = {k: ctx.params[k] for k in ("default",) if k in ctx.params}
-    answer = await ctx.interrupt(
-        ctx.params.get("payload", {"question": "ok?"}),
-        timeout_seconds=ctx.params.get("timeout_seconds"),
-        **extra,
-    )
-    yield {"type": "done", "output": {"answer": answer}}
+    answers = []
+    for i in range(int(ctx.params.get("asks", 1))):  # `asks` > 1: then asks {"again": i}
+        answers.append(
+            await ctx.interrupt(
+                ctx.params.get("payload", {"question": "ok?"}) if i == 0 else {"again": i},
+                timeout_seconds=ctx.params.get("timeout_seconds"),
+                **extra,
+            )
+        )
+    yield {"type": "done", "output": {"answer": answers[0] if len(answers) == 1 else answers}}

@@ -168,6 +168,34 @@ async def test_a_repeated_resume_gets_the_same_answer_and_queues_no_second_run(
     assert other.json()["error"] == "interrupt_answered"
 
 
+async def test_a_run_may_ask_again_after_an_answer_and_an_old_interrupt_id_is_then_stale(
+    hitl, alice
+):
+    first = await waiting_run(alice, "pauser", params={"asks": 2})
+    rid, iid1 = first["run_id"], first["interrupt"]["interrupt_id"]
+    assert (await resume(alice, rid, interrupt_id=iid1, value="a")).status_code == 202
+
+    async def asks_again() -> dict[str, Any] | None:
+        run: dict[str, Any] = (await alice.get(f"/runs/{rid}")).json()
+        pending = run.get("interrupt")
+        return run if pending and pending["interrupt_id"] != iid1 else None
+
+    second = await wait_for(asks_again)
+    assert second["interrupt"]["payload"] == {"again": 1}
+    stale = await resume(alice, rid, interrupt_id=iid1, value="other")
+    assert stale.status_code == 409
+    ok = await resume(alice, rid, interrupt_id=second["interrupt"]["interrupt_id"], value="b")
+    assert ok.status_code == 202
+    done = await wait_status(alice, rid, "succeeded")
+    assert done["output"] == {"answer": ["a", "b"]}
+    assert done["attempts"] == 3
+    _, events = await read_events(alice, rid)
+    assert [e.event for e in events] == [
+        "start", "token", "interrupt", "resumed", "interrupt", "resumed", "done"
+    ]  # fmt: skip
+    assert [e.data["seq"] for e in events] == list(range(1, 8))
+
+
 async def test_a_stale_or_unknown_interrupt_id_is_a_409_and_writes_nothing(hitl, alice, store):
     run = await waiting_run(alice, "pauser")
     rid = run["run_id"]
