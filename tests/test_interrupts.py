@@ -340,6 +340,7 @@ async def test_a_waiting_run_holds_its_threads_turn_and_interrupt_mode_cancels_i
     await wait_status(alice, third, "waiting")
 
 
+@pytest.mark.timeout(300)  # a loaded machine: 2,000 requests and 2,000 attempts
 async def test_a_thousand_waiting_runs_hold_no_worker_slot_and_no_queue_entry(
     hitl, store, redis_client, alice
 ):
