@@ -173,3 +173,18 @@ async def pauser(ctx: RunContext) -> AsyncIterator[dict[str, Any]]:
             )
         )
     yield {"type": "done", "output": {"answer": answers[0] if len(answers) == 1 else answers}}
+
+
+async def cancelled_then_asks(ctx: RunContext) -> AsyncIterator[dict[str, Any]]:
+    """A cancel that reached Postgres only (its Redis message lost), then an interrupt: the
+    run must end cancelled, never wait."""
+    yield {"type": "token", "text": "x"}
+    conn = await asyncpg.connect(ctx.settings.database_url)
+    try:
+        await conn.execute(
+            "UPDATE runs SET cancel_requested = true WHERE run_id = $1::uuid", ctx.run_id
+        )
+    finally:
+        await conn.close()
+    await ctx.interrupt({"question": "too late?"})
+    yield {"type": "done"}

@@ -18,7 +18,11 @@ from tests.helpers import Got, read_events, submit, wait_for, wait_status
 
 pytestmark = pytest.mark.timeout(90)
 
-ASKER = ("asker=tests.agents:asker", "pauser=tests.agents:pauser")
+ASKER = (
+    "asker=tests.agents:asker",
+    "pauser=tests.agents:pauser",
+    "cancelled_then_asks=tests.agents:cancelled_then_asks",
+)
 
 
 @pytest.fixture
@@ -294,6 +298,17 @@ async def test_a_waiting_run_can_be_cancelled_and_then_not_resumed(hitl, alice, 
     late = await resume(alice, rid, interrupt_id=run["interrupt"]["interrupt_id"], value=1)
     assert late.status_code == 409
     assert late.json()["error"] == "not_waiting"
+
+
+async def test_a_cancel_asked_before_the_interrupt_ends_the_run_cancelled_not_waiting(
+    hitl, alice, store
+):
+    rid = await submit(alice, agent="cancelled_then_asks")
+    done = await wait_status(alice, rid, "cancelled")
+    assert done["interrupt"] is None
+    _, events = await read_events(alice, rid)
+    assert [e.event for e in events] == ["start", "token", "cancelled"]
+    assert await interrupt_rows(store) == []
 
 
 async def test_the_stream_of_a_waiting_run_stays_open_with_keep_alives_then_ends(hitl, alice):
