@@ -28,6 +28,7 @@ from api.middleware import scope_request_id
 from shared.errors import (
     BadRequest,
     Conflict,
+    InvalidWebhook,
     LongrunError,
     NotFound,
     SchemaOutdated,
@@ -81,6 +82,7 @@ STATUS: dict[type[LongrunError], int] = {
     Unauthorized: 401,
     NotFound: 404,
     Conflict: 409,
+    InvalidWebhook: 422,
     Unavailable: 503,
     SchemaOutdated: 503,
 }

@@ -210,6 +210,14 @@ def _postgres_metrics(f: RunFigures) -> Iterator[Metric]:
         "Model spend recorded by runs' terminal commits, in US dollars",
         value=f.cost_usd,
     )
+    hooks = GaugeMetricFamily(
+        "longrun_webhook_deliveries",
+        "Webhook deliveries still to be made (pending), and given up in the last day (failed)",
+        labels=["state"],
+    )
+    hooks.add_metric(["pending"], f.webhooks_pending)
+    hooks.add_metric(["failed"], f.webhooks_failed_day)
+    yield hooks
 
 
 GROUP_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)

@@ -79,6 +79,7 @@ class RunPublic(BaseModel):
     updated_at: str | None
     interrupt: dict[str, Any] | None = None
     waiting_since: str | None = None
+    webhook: str | None = None
 
 
 class RunView(RunPublic, Links):
@@ -99,6 +100,40 @@ class EventsUrl(BaseModel):
 class CancelAnswer(BaseModel):
     run_id: str
     status: str
+
+
+class WebhookAttempt(BaseModel):
+    id: str
+    n: int
+    status: str  # sending (in flight, or its worker died), succeeded, failed
+    response_code: int | None
+    latency_ms: float | None
+    error: str | None
+    started_at: str
+    finished_at: str | None
+
+
+class WebhookDelivery(BaseModel):
+    id: str  # the `webhook-id` of every attempt
+    type: str  # run.succeeded, run.failed, run.cancelled
+    state: str  # pending, delivered, failed
+    attempts_made: int
+    next_attempt_at: str | None
+    created_at: str
+    last_error: str | None
+    attempts: list[WebhookAttempt]
+
+
+class WebhookList(BaseModel):
+    run_id: str
+    webhook: str | None
+    deliveries: list[WebhookDelivery]
+
+
+class RedeliverAnswer(BaseModel):
+    run_id: str
+    delivery_id: str
+    state: str
 
 
 def documented(status: int, model: type[BaseModel], text: str) -> dict[int | str, Any]:

@@ -11,13 +11,18 @@ import asyncio
 import os
 import sys
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cli import config
 from cli.exits import Exit, Failure, postgres_failure, servers
 from cli.parser import build as _parser
 from shared.config import Settings
-from shared.errors import BadRequest, ConfigError, LongrunError
+from shared.errors import BadRequest, ConfigError, InvalidWebhook, LongrunError
+from shared.webhooks import targets
+from shared.webhooks.signing import new_secret
+
+if TYPE_CHECKING:
+    from shared.store import Store
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -187,12 +192,14 @@ async def _keys(settings: Settings, args: Any) -> int:
     store = await Store.open(settings.with_(pg_pool_min=0, pg_pool_max=2), "longrun-cli")
     try:
         if args.keys_command == "create":
-            try:
-                key_id, key = await store.users.create_key(args.user, args.name)
-            except BadRequest as exc:  # a user id reserved for JWT callers
-                raise Failure(Exit.USAGE, exc.detail) from exc
-            print(f"created key {key_id} for user {args.user} (shown once):")
-            print(key)
+            return await _create_key(settings, store, args)
+        if args.keys_command == "rotate-webhook-secret":
+            secret = new_secret()
+            if not await store.webhooks.rotate_secret(args.key_id, secret):
+                print("no such active key")
+                return Exit.NOT_SUCCEEDED
+            print("new webhook secret (shown once; the previous one also signs for a day):")
+            print(secret)
             return 0
         if args.keys_command == "revoke":
             from cli.admin import revoke_key
@@ -206,6 +213,26 @@ async def _keys(settings: Settings, args: Any) -> int:
         return 0
     finally:
         await store.close()
+
+
+async def _create_key(settings: Settings, store: Store, args: Any) -> int:
+    """A key, with its webhook signing secret (both shown once: the key on the last line)."""
+    if args.webhook is not None:
+        try:
+            await targets.checked(args.webhook, settings.webhook_allow_hosts)
+        except InvalidWebhook as exc:
+            raise Failure(Exit.USAGE, exc.detail) from exc
+    secret = new_secret()
+    try:
+        key_id, key = await store.users.create_key(
+            args.user, args.name, webhook_url=args.webhook, webhook_secret=secret
+        )
+    except BadRequest as exc:  # a user id reserved for JWT callers
+        raise Failure(Exit.USAGE, exc.detail) from exc
+    print(f"webhook secret (shown once; verifies the webhooks of this key's runs): {secret}")
+    print(f"created key {key_id} for user {args.user} (shown once):")
+    print(key)
+    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -94,12 +94,24 @@ def _admin(sub: argparse._SubParsersAction[Parser]) -> None:
     )
     kc.add_argument("--user", required=True, help="the user the key acts for")
     kc.add_argument("--name", help="a label for the key (shown by `keys list`)")
+    kc.add_argument(
+        "--webhook",
+        metavar="URL",
+        help="the default webhook of the runs the key submits (each run may name its own)",
+    )
     kr = ksub.add_parser(
         "revoke",
         help="revoke a key",
         description="Revoke a key at once (exit 1 when no such active key).",
     )
     kr.add_argument("key_id", help="the key's id (from `keys create` or `keys list`)")
+    kw = ksub.add_parser(
+        "rotate-webhook-secret",
+        help="a new webhook signing secret",
+        description="Give a key a new webhook signing secret (shown once); its webhooks are "
+        "signed with the previous one too for a day, so receivers can switch without a gap.",
+    )
+    kw.add_argument("key_id", help="the key's id (from `keys create` or `keys list`)")
     kl = ksub.add_parser("list", help="list keys", description="List keys, revoked ones too.")
     kl.add_argument("--user", help="only this user's keys")
 

@@ -32,6 +32,7 @@ GROUPS = (
     "auth",
     "llm",
     "agents",
+    "webhooks",
     "ops",
 )
 
@@ -359,6 +360,37 @@ class Settings:
     # Extra tools: comma-separated "name=module:attr" or "module:attr" (see shared.tools).
     tool_modules: tuple[str, ...] = knob(
         (), "LONGRUN_TOOLS", "agents", "extra tools, name=package.module:attr, ..."
+    )
+    # -- webhooks (a run's terminal state POSTed, signed; shared/webhooks) -------------------
+    # Names (exact), addresses and CIDR networks a webhook may reach although they are not
+    # public (loopback, private...), and over plain http: tests and private deployments.
+    webhook_allow_hosts: tuple[str, ...] = knob(
+        (), "LONGRUN_WEBHOOK_ALLOW_HOSTS", "webhooks", "non-public webhook hosts allowed"
+    )
+    webhook_timeout_seconds: float = knob(
+        15.0, "LONGRUN_WEBHOOK_TIMEOUT_SECONDS", "webhooks", "one attempt's time limit", minimum=0.1
+    )
+    webhook_retry_base_seconds: float = knob(
+        5.0, "LONGRUN_WEBHOOK_RETRY_BASE_SECONDS", "webhooks", "first retry's delay", minimum=0
+    )
+    webhook_retry_max_seconds: float = knob(
+        10800.0, "LONGRUN_WEBHOOK_RETRY_MAX_SECONDS", "webhooks", "longest retry delay", minimum=0
+    )
+    webhook_schedule_seconds: float = knob(
+        86400.0,
+        "LONGRUN_WEBHOOK_SCHEDULE_SECONDS",
+        "webhooks",
+        "how long a delivery is retried",
+        minimum=0,
+    )
+    webhook_max_attempts: int = knob(
+        20, "LONGRUN_WEBHOOK_MAX_ATTEMPTS", "webhooks", "attempts per delivery", minimum=1
+    )
+    webhook_poll_seconds: float = knob(
+        1.0, "LONGRUN_WEBHOOK_POLL_SECONDS", "webhooks", "how often a worker looks", minimum=0.01
+    )
+    webhook_concurrency: int = knob(
+        16, "LONGRUN_WEBHOOK_CONCURRENCY", "webhooks", "attempts in flight per worker", minimum=0
     )
     # -- ops -------------------------------------------------------------------------------
     log_json: bool | None = knob(

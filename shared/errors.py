@@ -54,6 +54,12 @@ class KeyReused(LongrunError):
     code = "idempotency_key_reused"
 
 
+class InvalidWebhook(LongrunError):
+    """A webhook URL that is malformed, or whose target is not a public address."""
+
+    code = "invalid_webhook"
+
+
 class InFlightCapReached(LongrunError):
     code = "too_many_runs_in_flight"
 

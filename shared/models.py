@@ -174,6 +174,7 @@ class Run(BaseModel):
     # The pending interrupt of a waiting run (`interrupt_id`, `payload`, `deadline`, ...).
     interrupt: dict[str, Any] | None = None
     waiting_since: datetime | None = None
+    webhook_url: str | None = None  # where its terminal state is POSTed (shared.webhooks)
 
     def public(self) -> dict[str, Any]:
         """The JSON clients see for `GET /runs/{id}`."""
@@ -197,6 +198,7 @@ class Run(BaseModel):
             "updated_at": _iso(self.updated_at),
             "interrupt": self.interrupt,
             "waiting_since": _iso(self.waiting_since),
+            "webhook": self.webhook_url,
         }
 
 

@@ -116,18 +116,18 @@ async def redis_client() -> AsyncIterator[aioredis.Redis]:
         await r.aclose()
 
 
-class ApiServer:
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+class Served:
+    """An ASGI app served by uvicorn on 127.0.0.1 in this event loop (the API, or a test's
+    own server such as tests/webhook_receiver.py)."""
+
+    def __init__(self, app: Any, port: int, *, lifespan: str = "on") -> None:
         config = uvicorn.Config(
-            create_app(settings),
+            app,
             host="127.0.0.1",
-            port=self.port,
+            port=port,
             log_config=None,
             access_log=False,
-            lifespan="on",
+            lifespan=lifespan,
             timeout_graceful_shutdown=1,
         )
         self.server = uvicorn.Server(config)
@@ -145,6 +145,14 @@ class ApiServer:
         if self.task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self.task
+
+
+class ApiServer(Served):
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        super().__init__(create_app(settings), self.port)
 
 
 @pytest.fixture

@@ -11,6 +11,9 @@ alone), enqueue, and a typed outcome that `api.submit.render` turns into the ans
         ▼
     any refusal on the way (ApiError, or a LongrunError mapped by `api.errors`) ─> Refused
 
+A body with a webhook has it checked between `validated` and `first_step`
+(`api.submit.webhook`: the target resolved, the key able to sign), before anything is written.
+
 Where a submit goes is decided here and only here, by pure functions: `first_step` (a thread's
 submit and a process without groups go alone, everything else with its group) and
 `after_group` (what each `Detour` out of a group must do on the alone path).
@@ -31,6 +34,7 @@ from api.state import AppState
 from api.submit.enqueue import DOWN, enqueue
 from api.submit.groups import Detour
 from api.submit.request import SubmitRequest, SubmitRun, validated
+from api.submit.webhook import check_webhook
 from api.threads import apply_thread_mode
 from shared.errors import InFlightCapReached, KeyReused, LongrunError
 from shared.redis.client import REDIS_ERRORS
@@ -119,6 +123,8 @@ async def submit(
     """A parsed `POST /runs`, from its checks to its outcome."""
     try:
         req = validated(state, body, who, idempotency_key)
+        if body.webhook is not None:
+            await check_webhook(state, who, body.webhook)
         groups = state.submits
         step = first_step(req, grouping=groups is not None)
         if isinstance(step, Grouped):

@@ -25,6 +25,7 @@ from shared.agents.ticker import params_problem as ticker_params_problem
 from shared.config import Settings
 from shared.store import NewRun
 from shared.tools import tools_problem
+from shared.webhooks.targets import MAX_URL_CHARS
 
 IDEMPOTENCY_KEY_RE = re.compile(r"[\x21-\x7e]{1,255}")  # whole keys only: fullmatch
 
@@ -41,6 +42,11 @@ class SubmitRun(BaseModel):
     # running run first (interrupt).
     thread_mode: ThreadMode = "enqueue"
     metadata: dict[str, Any] = Field(default_factory=dict)
+    # Where the run's terminal state is POSTed, signed (absent: the API key's default webhook,
+    # if it has one). Checked by `api.submit.webhook`.
+    webhook: str | None = Field(
+        default=None, max_length=MAX_URL_CHARS, json_schema_extra={"format": "uri"}
+    )
 
     @field_validator("input")
     @classmethod
@@ -74,6 +80,8 @@ def validated(
         params=body.params,
         metadata=body.metadata,
         thread_id=body.thread_id,
+        webhook=body.webhook,
+        key_id=who.key_id,
     )
     keyed = None if key is None else (key, submit_digest(body, agent))
     return SubmitRequest(who, new, body.thread_mode, keyed)
@@ -154,6 +162,7 @@ def idempotency_key_of(raw: str | None) -> str | None:
 
 
 def submit_digest(body: SubmitRun, agent: str) -> bytes:
-    """What an Idempotency-Key is bound to: the normalised body, the agent resolved."""
-    normalised = {**body.model_dump(), "agent": agent}
+    """What an Idempotency-Key is bound to: the normalised body, the agent resolved. A body
+    without a webhook normalises as it did before webhooks existed (keys keep their digests)."""
+    normalised = {**body.model_dump(exclude=None if body.webhook else {"webhook"}), "agent": agent}
     return hashlib.sha256(orjson.dumps(normalised, option=orjson.OPT_SORT_KEYS)).digest()

@@ -9,9 +9,11 @@ repositories, one per concern, each a plain object holding the shared `Database`
     store.interrupts  a run's waits for a person: wait, resume, deadlines    (interrupts.py)
     store.users    API keys and the daily spend ledger                      (users.py)
     store.ops      dead-letter retries and the figures of `/metrics`        (ops.py)
+    store.webhooks webhook deliveries and attempts; secrets rotated       (webhooks.py)
 
 Row shapes and the record -> model conversions are in `rows.py`, the finished-run counters
-every terminal commit adds to in `counters.py`, the pool and the one mapping of asyncpg errors
+every terminal commit adds to in `counters.py` (and the webhook delivery it records, in
+`webhooks.py`), the pool and the one mapping of asyncpg errors
 to `Unavailable` in `pool.py`. No SQL lives outside this package (and the migrations).
 """
 
@@ -28,6 +30,7 @@ from shared.store.runs import RunRepo
 from shared.store.submits import SubmitRepo
 from shared.store.threads import ThreadRepo
 from shared.store.users import UserRepo
+from shared.store.webhooks import WebhookRepo
 
 
 class Store:
@@ -44,6 +47,7 @@ class Store:
         self.users = UserRepo(db)
         self.ops = OpsRepo(db)
         self.interrupts = InterruptRepo(db, self.threads)
+        self.webhooks = WebhookRepo(db)
 
     @classmethod
     async def open(cls, settings: Settings, app_name: str) -> Store:

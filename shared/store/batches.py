@@ -17,6 +17,7 @@ from shared.store.fencing import event_arrays, fenced_events, rounds
 from shared.store.pool import Database
 from shared.store.rows import RUN_COLUMNS, TARGETS, Finishing, run_of
 from shared.store.runs import THREAD_TURN, RunRepo, commit_end, settle_end
+from shared.store.webhooks import deliveries_of
 
 
 def _qualified(columns: str) -> str:
@@ -24,7 +25,8 @@ def _qualified(columns: str) -> str:
     return ", ".join(f"runs.{c.strip()}" for c in columns.split(","))
 
 
-# The terminal commit of many runs (outside a thread) in one statement, counted with them:
+# The terminal commit of many runs (outside a thread) in one statement, counted with them and
+# their webhooks' deliveries recorded:
 # fenced (`fenced_events`) on each run's attempt and log, its last events archived with it.
 FINISH_MANY = f"""WITH req AS (
         SELECT * FROM unnest($1::uuid[], $2::int[], $3::text[],
@@ -39,8 +41,8 @@ FINISH_MANY = f"""WITH req AS (
         FROM req
         WHERE runs.run_id = req.run_id
           AND runs.run_id IN (SELECT run_id FROM fence)
-        RETURNING runs.run_id, runs.status, runs.cost_usd
-    ), {count_ended(ENDED_UNDER_FENCE)}
+        RETURNING runs.run_id, runs.status, runs.cost_usd, runs.webhook_url
+    ), {count_ended(ENDED_UNDER_FENCE)}, {deliveries_of("finished")}
     SELECT run_id FROM finished"""
 
 

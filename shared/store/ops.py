@@ -1,7 +1,7 @@
 """What operators do and read in Postgres: re-running a dead-lettered run (`longrun dlq retry`),
 the statuses of the runs behind dead letters (`longrun dlq list`), and the run figures of
-`/metrics` (bounded: the counters, and the active and waiting runs through their partial
-indexes)."""
+`/metrics` (bounded: the counters, the active and waiting runs through their partial indexes,
+the webhook deliveries pending or given up lately through theirs)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from shared.models import Transition, sources
 from shared.store.counters import READ_COUNTERS
 from shared.store.pool import Database
 from shared.store.rows import RunFigures, figures_of, run_statuses_of
+from shared.store.webhooks import WEBHOOK_FIGURES
 
 # The runs queued or running, by status: read through the partial index `runs_active`, so its
 # cost follows the backlog, not the number of runs ever made.
@@ -80,4 +81,5 @@ class OpsRepo:
             counted = await c.fetch(READ_COUNTERS)
             active = await c.fetch(ACTIVE_RUNS)
             oldest = await c.fetchval(OLDEST_WAIT)
-        return figures_of(counted, active, oldest)
+            webhooks = await c.fetchrow(WEBHOOK_FIGURES)
+        return figures_of(counted, active, oldest, webhooks)

@@ -18,7 +18,7 @@ from shared.models import Event, Run, Transition
 RUN_COLUMNS = (
     "run_id, user_id, thread_id, agent, input, params, metadata, status, attempt, output, "
     "error, usage, cost_usd, last_seq, event_bytes, cancel_requested, created_at, started_at, "
-    "finished_at, updated_at, interrupt, waiting_since"
+    "finished_at, updated_at, interrupt, waiting_since, webhook_url"
 )
 
 TARGETS = {
@@ -36,6 +36,10 @@ class NewRun:
     params: dict[str, Any]
     metadata: dict[str, Any]
     thread_id: str | None = None
+    # Where its terminal state is POSTed (None: the key's default webhook, if any) and the API
+    # key whose secret signs it (None: a JWT caller, who has none: no webhook).
+    webhook: str | None = None
+    key_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,8 @@ class RunFigures:
     finished: dict[str, int] = field(default_factory=dict)
     cost_usd: float = 0.0
     oldest_wait_seconds: float = 0.0  # the longest a waiting run has waited so far
+    webhooks_pending: int = 0  # deliveries still to be made
+    webhooks_failed_day: int = 0  # deliveries given up in the last 24 hours
 
 
 def run_of(record: asyncpg.Record) -> Run:
@@ -169,14 +175,20 @@ def user_counts_of(records: Iterable[asyncpg.Record], users: Sequence[str]) -> d
 
 
 def figures_of(
-    counted: Iterable[asyncpg.Record], active: Iterable[asyncpg.Record], oldest_wait: float | None
+    counted: Iterable[asyncpg.Record],
+    active: Iterable[asyncpg.Record],
+    oldest_wait: float | None,
+    webhooks: asyncpg.Record | None = None,
 ) -> RunFigures:
-    """From the summed counters (`status, runs, cost_usd`), the active runs (`status, n`) and
-    the age in seconds of the oldest wait (None: no run waits)."""
+    """From the summed counters (`status, runs, cost_usd`), the active runs (`status, n`), the
+    age in seconds of the oldest wait (None: no run waits) and the webhook deliveries
+    (`pending, failed_day`)."""
     counted = list(counted)
     return RunFigures(
         active={str(r["status"]): int(r["n"]) for r in active},
         finished={str(r["status"]): int(r["runs"]) for r in counted},
         cost_usd=float(sum(float(r["cost_usd"]) for r in counted)),
         oldest_wait_seconds=float(oldest_wait or 0.0),
+        webhooks_pending=0 if webhooks is None else int(webhooks["pending"]),
+        webhooks_failed_day=0 if webhooks is None else int(webhooks["failed_day"]),
     )

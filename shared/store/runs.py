@@ -4,7 +4,8 @@ worker's writes of one attempt (claim, checkpoint, terminal commit, hand-over, h
 Every status write is a compare-and-set on the old status (from the transition table in
 `shared.models`) and, for a worker's writes, on the attempt it holds: a worker that lost its
 lease finds its writes refused (`LeaseLost`). A write that ends a run adds it to the finished-run
-counters in the same statement (`shared.store.counters`).
+counters in the same statement (`shared.store.counters`), and records the delivery of its
+webhook, when it has one (`shared.store.webhooks`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from shared.store.rows import (
     run_of,
 )
 from shared.store.threads import ThreadRepo
+from shared.store.webhooks import deliveries_of
 
 # A run in a thread is claimed only when no earlier run of its thread is still queued or
 # waiting for a person (the partial unique index allows one running run per thread; this keeps
@@ -44,8 +46,8 @@ THREAD_TURN = """NOT EXISTS (
       AND (earlier.created_at, earlier.run_id) < (runs.created_at, runs.run_id))"""
 
 # The terminal write of one run as one statement: the fence row is locked; the last events and
-# the terminal state are written (and counted) only if this attempt still owns the run and its
-# log ends right before the first of those events.
+# the terminal state are written (counted, and its webhook's delivery recorded) only if this
+# attempt still owns the run and its log ends right before the first of those events.
 FINISH_ONE = f"""WITH fence AS (
         SELECT run_id, cost_usd FROM runs
         WHERE run_id = $1 AND attempt = $2 AND status = 'running' AND last_seq = $12 - 1
@@ -60,19 +62,20 @@ FINISH_ONE = f"""WITH fence AS (
             usage = coalesce($6, usage), cost_usd = $7, finished_at = now(),
             updated_at = now(), last_seq = $8, event_bytes = event_bytes + $13
         WHERE run_id = (SELECT run_id FROM fence)
-        RETURNING run_id, status, cost_usd
-    ), {count_ended(ENDED_UNDER_FENCE)}
+        RETURNING run_id, status, cost_usd, webhook_url
+    ), {count_ended(ENDED_UNDER_FENCE)}, {deliveries_of("finished")}
     SELECT 1 FROM finished"""
 
-# queued or waiting -> cancelled (no worker holds the run), counted; its `cancelled` event is
-# archived as the next seq by the same transaction.
+# queued or waiting -> cancelled (no worker holds the run), counted, its webhook's delivery
+# recorded; its `cancelled` event is archived as the next seq by the same transaction.
 CANCEL_QUEUED = f"""WITH cancelled AS (
         UPDATE runs SET status = 'cancelled', cancel_requested = true,
             finished_at = now(), updated_at = now(), last_seq = last_seq + 1,
             interrupt = NULL, interrupt_deadline = NULL
         WHERE run_id = $1 AND user_id = $2 AND status IN ('queued', 'waiting')
         RETURNING {RUN_COLUMNS}
-    ), {count_ended("(SELECT status, 0::float8 AS cost_delta FROM cancelled) AS ended")}
+    ), {count_ended("(SELECT status, 0::float8 AS cost_delta FROM cancelled) AS ended")},
+    {deliveries_of("cancelled")}
     SELECT {RUN_COLUMNS} FROM cancelled"""
 
 

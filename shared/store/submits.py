@@ -33,11 +33,17 @@ UNLOCKED_HEADROOM = 256
 # Idempotency-Key (`key`, `body_hash`) is inserted with its key, or not at all when the key is
 # live already. Foreign keys are checked at the statement's end, and a racing insert of the
 # same key waits for this one and then finds the key taken. An expired key of the same name is
-# replaced.
+# replaced. A run without a webhook of its own takes its API key's default one (`key_id`: the
+# key that submitted it, whose secret signs its webhooks).
 INSERT_RUNS = """WITH input AS (
         SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
-                             $6::jsonb[], $7::jsonb[], $8::text[], $9::bytea[])
-        AS u(run_id, user_id, thread_id, agent, input, params, metadata, key, body_hash)
+                             $6::jsonb[], $7::jsonb[], $8::text[], $9::bytea[], $11::text[],
+                             $12::text[])
+        AS u(run_id, user_id, thread_id, agent, input, params, metadata, key, body_hash,
+             webhook, key_id)
+    ), hooked AS (
+        SELECT input.*, coalesce(input.webhook, k.webhook_url) AS webhook_url
+        FROM input LEFT JOIN api_keys k ON k.key_id = input.key_id
     ), keyed AS (
         INSERT INTO idempotency_keys (user_id, key, body_hash, run_id, expires_at)
         SELECT user_id, key, body_hash, run_id,
@@ -49,8 +55,11 @@ INSERT_RUNS = """WITH input AS (
         WHERE idempotency_keys.expires_at <= now()
         RETURNING run_id
     )
-    INSERT INTO runs (run_id, user_id, thread_id, agent, input, params, metadata, status)
-    SELECT run_id, user_id, thread_id, agent, input, params, metadata, 'queued' FROM input
+    INSERT INTO runs (run_id, user_id, thread_id, agent, input, params, metadata, status,
+                      webhook_url, webhook_key_id)
+    SELECT run_id, user_id, thread_id, agent, input, params, metadata, 'queued',
+           webhook_url, CASE WHEN webhook_url IS NULL THEN NULL ELSE key_id END
+    FROM hooked
     WHERE key IS NULL OR run_id IN (SELECT run_id FROM keyed)
     RETURNING run_id, created_at"""
 
@@ -115,6 +124,8 @@ async def _insert_runs(
         [k[0] if k else None for k in keys],
         [k[1] if k else None for k in keys],
         float(key_ttl_seconds),
+        [n.webhook for n in news],
+        [n.key_id for n in news],
     )
     created: dict[Any, datetime] = {r["run_id"]: r["created_at"] for r in rows}
     return [(str(i), created[i]) if i in created else None for i in ids]

@@ -34,18 +34,38 @@ class UserRepo:
         self.db = db
 
     # -- keys --------------------------------------------------------------------------------
-    async def create_key(self, user_id: str, name: str | None = None) -> tuple[str, str]:
+    async def create_key(
+        self,
+        user_id: str,
+        name: str | None = None,
+        *,
+        webhook_url: str | None = None,
+        webhook_secret: str | None = None,
+    ) -> tuple[str, str]:
+        """A new key (key_id, key). `webhook_secret` signs the webhooks of the runs it submits
+        (a key without one cannot ask for webhooks until it is given one); `webhook_url` is
+        their default target."""
         if user_id.startswith(JWT_USER_PREFIX):
             raise BadRequest(f"user ids beginning {JWT_USER_PREFIX!r} are reserved for JWT callers")
         key_id, key = new_api_key()
         await self.db.execute(
-            "INSERT INTO api_keys (key_id, user_id, key_hash, name) VALUES ($1, $2, $3, $4)",
+            "INSERT INTO api_keys (key_id, user_id, key_hash, name, webhook_url, webhook_secret) "
+            "VALUES ($1, $2, $3, $4, $5, $6)",
             key_id,
             user_id,
             hash_key(key),
             name,
+            webhook_url,
+            webhook_secret,
         )
         return key_id, key
+
+    async def signs_webhooks(self, key_id: str) -> bool:
+        """Whether the key has a webhook secret (and so may ask for webhooks)."""
+        found = await self.db.fetchval(
+            "SELECT 1 FROM api_keys WHERE key_id = $1 AND webhook_secret IS NOT NULL", key_id
+        )
+        return found is not None
 
     async def user_for_key(self, key: str) -> str | None:
         """The user owning an unrevoked key, or None. Looked up by hash: the comparison
