@@ -115,7 +115,7 @@ class WebhookAttempt(BaseModel):
 
 class WebhookDelivery(BaseModel):
     id: str  # the `webhook-id` of every attempt
-    type: str  # run.succeeded, run.failed, run.cancelled
+    type: str  # run.waiting, run.succeeded, run.failed, run.cancelled
     state: str  # pending, delivered, failed
     attempts_made: int
     next_attempt_at: str | None

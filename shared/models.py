@@ -174,7 +174,7 @@ class Run(BaseModel):
     # The pending interrupt of a waiting run (`interrupt_id`, `payload`, `deadline`, ...).
     interrupt: dict[str, Any] | None = None
     waiting_since: datetime | None = None
-    webhook_url: str | None = None  # where its terminal state is POSTed (shared.webhooks)
+    webhook_url: str | None = None  # where its terminal state and waits are POSTed (webhooks)
 
     def public(self) -> dict[str, Any]:
         """The JSON clients see for `GET /runs/{id}`."""

@@ -42,8 +42,8 @@ class SubmitRun(BaseModel):
     # running run first (interrupt).
     thread_mode: ThreadMode = "enqueue"
     metadata: dict[str, Any] = Field(default_factory=dict)
-    # Where the run's terminal state is POSTed, signed (absent: the API key's default webhook,
-    # if it has one). Checked by `api.submit.webhook`.
+    # Where the run's terminal state and its waits for a person are POSTed, signed (absent:
+    # the API key's default webhook, if it has one). Checked by `api.submit.webhook`.
     webhook: str | None = Field(
         default=None, max_length=MAX_URL_CHARS, json_schema_extra={"format": "uri"}
     )

@@ -21,6 +21,7 @@ from shared.store.pool import Database
 from shared.store.rows import RUN_COLUMNS, Asking, run_of
 from shared.store.runs import archive
 from shared.store.threads import ThreadRepo
+from shared.store.webhooks import deliveries_of
 
 # The run back in the queue: the interrupt closed, and its start moved on by the time it
 # waited (a run's time limit counts the time it ran, not the time a person took).
@@ -29,15 +30,31 @@ RESUME_RUN = """UPDATE runs SET status = 'queued', interrupt = NULL, interrupt_d
         waiting_since = NULL, updated_at = now()
     WHERE run_id = $1 AND status = 'waiting'"""
 
-# waiting -> failed (its deadline passed with no default), counted; the `error` event is the
-# next seq, archived by the same transaction.
+# running -> waiting: the interrupt recorded on the run, the attempt's figures, and the run's
+# `run.waiting` webhook delivery (keeping the run's row as it waits: the pending interrupt).
+WAIT_RUN = f"""WITH waited AS (
+        UPDATE runs SET status = 'waiting', waiting_since = now(),
+            interrupt_deadline = now() + make_interval(secs => $2::float8),
+            interrupt = jsonb_build_object(
+                'interrupt_id', $3::text, 'payload', $4::jsonb, 'asked_at', now(),
+                'deadline', now() + make_interval(secs => $2::float8)),
+            last_seq = $5, event_bytes = event_bytes + $6,
+            usage = coalesce($7, usage), cost_usd = $8, updated_at = now()
+        WHERE run_id = $1
+        RETURNING run_id, status, webhook_url, to_jsonb(runs) AS snapshot
+    ), {deliveries_of("waited", snapshot=True)}
+    SELECT 1 FROM waited"""
+
+# waiting -> failed (its deadline passed with no default), counted, its webhook's delivery
+# recorded; the `error` event is the next seq, archived by the same transaction.
 TIME_OUT_RUN = f"""WITH finished AS (
         UPDATE runs SET status = 'failed', error = $2, interrupt = NULL,
             interrupt_deadline = NULL, finished_at = now(), updated_at = now(),
             last_seq = last_seq + 1
         WHERE run_id = $1 AND status = 'waiting'
         RETURNING {RUN_COLUMNS}
-    ), {count_ended("(SELECT status, 0::float8 AS cost_delta FROM finished) AS ended")}
+    ), {count_ended("(SELECT status, 0::float8 AS cost_delta FROM finished) AS ended")},
+    {deliveries_of("finished")}
     SELECT {RUN_COLUMNS} FROM finished"""
 
 TIMEOUT_ERROR = {
@@ -79,11 +96,12 @@ class InterruptRepo:
     # -- the worker ----------------------------------------------------------------------------
     async def wait(self, a: Asking) -> WaitOutcome:
         """running -> waiting: archive the attempt's last events (its `interrupt` event last),
-        record the interrupt, and release the run, fenced on the attempt and the log's last
-        seq. `cancel`: a cancel was requested first (nothing written: the attempt ends the run
-        cancelled). An interrupt asked again under a key that timed out (a failed run retried
-        from the dead letters) is opened again. LeaseLost when another attempt owns the run.
-        An earlier try that committed (its reply lost) counts as committed."""
+        record the interrupt and the run's `run.waiting` webhook, and release the run, fenced
+        on the attempt and the log's last seq. `cancel`: a cancel was requested first (nothing
+        written: the attempt ends the run cancelled). An interrupt asked again under a key that
+        timed out (a failed run retried from the dead letters) is opened again. LeaseLost when
+        another attempt owns the run. An earlier try that committed (its reply lost) counts as
+        committed."""
         rid = uuid.UUID(a.run_id)
         first, last = a.events[0].seq, a.events[-1].seq
         async with self.db.conn() as c, c.transaction():
@@ -121,15 +139,7 @@ class InterruptRepo:
                 a.timeout_seconds,
             )
             await c.execute(
-                """UPDATE runs SET status = 'waiting', waiting_since = now(),
-                       interrupt_deadline = now() + make_interval(secs => $2::float8),
-                       interrupt = jsonb_build_object(
-                           'interrupt_id', $3::text, 'payload', $4::jsonb,
-                           'asked_at', now(),
-                           'deadline', now() + make_interval(secs => $2::float8)),
-                       last_seq = $5, event_bytes = event_bytes + $6,
-                       usage = coalesce($7, usage), cost_usd = $8, updated_at = now()
-                   WHERE run_id = $1""",
+                WAIT_RUN,
                 rid,
                 a.timeout_seconds,
                 a.interrupt_id,

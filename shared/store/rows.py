@@ -36,8 +36,8 @@ class NewRun:
     params: dict[str, Any]
     metadata: dict[str, Any]
     thread_id: str | None = None
-    # Where its terminal state is POSTed (None: the key's default webhook, if any) and the API
-    # key whose secret signs it (None: a JWT caller, who has none: no webhook).
+    # Where its terminal state and waits are POSTed (None: the key's default webhook, if any)
+    # and the API key whose secret signs it (None: a JWT caller, who has none: no webhook).
     webhook: str | None = None
     key_id: str | None = None
 
