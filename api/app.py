@@ -18,7 +18,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 
-from api import diagnostics, docs, errors, events, runs, threads, webhooks
+from api import diagnostics, docs, errors, events, interrupts, runs, threads, webhooks
 from api.auth import Security
 from api.errors import ERROR_RESPONSES, JSONResp
 from api.hub import Hub
@@ -145,6 +145,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(submit_route.router)  # first: the schema lists POST /runs first, as before
     app.include_router(submit_stream.router)
     app.include_router(runs.router)
+    app.include_router(interrupts.router)
     app.include_router(events.router)
     app.include_router(diagnostics.router)
     app.include_router(threads.router)

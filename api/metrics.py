@@ -185,18 +185,25 @@ def _redis_metrics(f: RedisFigures) -> Iterator[Metric]:
 
 def _postgres_metrics(f: RunFigures) -> Iterator[Metric]:
     active = GaugeMetricFamily(
-        "longrun_runs_active", "Runs queued or running (Postgres)", labels=["status"]
+        "longrun_runs_active",
+        "Runs queued, running or waiting for a person (Postgres)",
+        labels=["status"],
     )
     finished = CounterMetricFamily(
         "longrun_runs_finished",
         "Runs that ended, by terminal status (counted by the commits that end them)",
         labels=["status"],
     )
-    for status in ("queued", "running"):
+    for status in ("queued", "running", "waiting"):
         active.add_metric([status], f.active.get(status, 0))
     for status in ("succeeded", "failed", "cancelled"):
         finished.add_metric([status], f.finished.get(status, 0))
     yield active
+    yield GaugeMetricFamily(
+        "longrun_oldest_wait_seconds",
+        "How long the longest-waiting run has waited for a person (0: none waits)",
+        value=f.oldest_wait_seconds,
+    )
     yield finished
     yield CounterMetricFamily(
         "longrun_cost_usd",

@@ -1,4 +1,5 @@
-"""The runs resource: poll, list, cancel, and the links of a run's answers.
+"""The runs resource: poll, list, cancel, and the links of a run's answers. (A waiting run's
+resume is `api.interrupts`.)
 
 Submit (`POST /runs`) is its own package, `api.submit`: one pipeline behind the FastAPI route
 and the lean lane. The event stream is in `api.events`.
@@ -120,6 +121,8 @@ async def get_events_url(run_id: RunIdPath, request: Request, user: User) -> JSO
 
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# Reads of a run a cancel takes before it gives up on a run that keeps changing state.
+CANCEL_TRIES = 3
 
 
 def make_cursor(created_at: datetime, run_id: str) -> str:
@@ -160,7 +163,9 @@ async def list_runs(
     status_code=202,
     response_model=None,
     responses={
-        **documented(202, CancelAnswer, "cancelled (a queued run) or cancelling (a running one)"),
+        **documented(
+            202, CancelAnswer, "cancelled (a queued or waiting run) or cancelling (a running one)"
+        ),
         409: {"model": ErrorBody, "description": "already_finished: the run had ended"},
     },
 )
@@ -172,29 +177,49 @@ async def cancel(run_id: RunIdPath, request: Request, user: User) -> JSONResp:
 
 
 async def cancel_run(state: AppState, run_id: str, user: str) -> str:
-    """Cancel one of `user`'s runs: "cancelled" (a queued run, ended here) or "cancelling" (a
-    running one: its worker ends it within about a second, usage so far kept). The one cancel
-    path, for `POST /runs/{id}/cancel` and a stream whose client left (`api.submit.stream`).
-    NotFound for a run not the user's; ApiError 409 `already_finished` for an ended one."""
+    """Cancel one of `user`'s runs: "cancelled" (a queued or waiting run, ended here) or
+    "cancelling" (a running one: its worker ends it within about a second, usage so far kept).
+    The one cancel path, for `POST /runs/{id}/cancel` and a stream whose client left
+    (`api.submit.stream`). NotFound for a run not the user's; ApiError 409 `already_finished`
+    for an ended one."""
     run = await _owned_run(state, run_id, user)
-    if run.status is RunStatus.QUEUED:
-        done = await state.store.runs.cancel_queued(run.run_id, user)
-        if done is not None:
-            await _publish_archived_terminal(state, done)
-            return "cancelled"
+    # A run may move between the read and the write (a running run starting to wait, a queued
+    # one being claimed): each write is conditional, and a miss reads the run again.
+    for _ in range(CANCEL_TRIES):
+        if run.status in (RunStatus.QUEUED, RunStatus.WAITING):
+            done = await state.store.runs.cancel_queued(run.run_id, user)
+            if done is not None:
+                await publish_archived_terminal(state, done)
+                if run.status is RunStatus.WAITING:
+                    await next_of_thread(state, done)
+                return "cancelled"
+        elif run.status is RunStatus.RUNNING:
+            if await state.store.runs.request_cancel(run.run_id, user) is not None:
+                try:
+                    await state.rio.request_cancel(run.run_id)
+                except REDIS_DOWN as exc:
+                    raise Unavailable("redis is unavailable: retry the cancel") from exc
+                return "cancelling"
+        else:
+            # Ended already (perhaps just now): nothing was cancelled, and a 202 would say
+            # otherwise.
+            raise ApiError(409, "already_finished", f"the run has already finished: {run.status}")
         run = await _owned_run(state, run_id, user)
-    if run.status is RunStatus.RUNNING:
-        await state.store.runs.request_cancel(run.run_id, user)
-        try:
-            await state.rio.request_cancel(run.run_id)
-        except REDIS_DOWN as exc:
-            raise Unavailable("redis is unavailable: retry the cancel") from exc
-        return "cancelling"
-    # Ended already (perhaps just now): nothing was cancelled, and a 202 would say otherwise.
-    raise ApiError(409, "already_finished", f"the run has already finished: {run.status}")
+    raise Unavailable("the run kept changing state: retry the cancel")
 
 
-async def _publish_archived_terminal(state: AppState, run: Run) -> None:
+async def next_of_thread(state: AppState, run: Run) -> None:
+    """A waiting run ended without a worker (cancelled): its thread's next run, which waited
+    for its turn, is queued now (else the reconciler finds it). Best effort."""
+    if run.thread_id is None:
+        return
+    nxt = await state.store.runs.next_in_thread(run.run_id)
+    if nxt is not None:
+        with contextlib.suppress(*REDIS_ERRORS):
+            await state.rio.enqueue(nxt)
+
+
+async def publish_archived_terminal(state: AppState, run: Run) -> None:
     """Copy a terminal event the API committed (a queued run cancelled) into the run's Redis
     stream through the append script (which closes the run's log there), so live followers
     see it at once. Best effort: the archive has it anyway."""

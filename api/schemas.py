@@ -77,6 +77,8 @@ class RunPublic(BaseModel):
     started_at: str | None
     finished_at: str | None
     updated_at: str | None
+    interrupt: dict[str, Any] | None = None
+    waiting_since: str | None = None
     webhook: str | None = None
 
 
@@ -113,7 +115,7 @@ class WebhookAttempt(BaseModel):
 
 class WebhookDelivery(BaseModel):
     id: str  # the `webhook-id` of every attempt
-    type: str  # run.succeeded, run.failed, run.cancelled
+    type: str  # run.waiting, run.succeeded, run.failed, run.cancelled
     state: str  # pending, delivered, failed
     attempts_made: int
     next_attempt_at: str | None

@@ -3,7 +3,7 @@
 `GET /threads/{id}/messages` returns the history from Postgres (the truth; the Redis cache is
 the workers' fast path). `thread_mode` on submit decides what happens when the thread is busy:
 `enqueue` (default: run after the runs before it), `reject` (409), `interrupt` (cancel the
-running run, then run).
+running or waiting run, then run).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 
 from api.auth import current_user
 from api.errors import ERROR_RESPONSES, ApiError
+from api.runs import publish_archived_terminal
 from api.schemas import THREAD_ID_PATTERN, valid_thread_id
 from api.state import AppState
 from shared.errors import NotFound
@@ -35,7 +36,11 @@ async def apply_thread_mode(state: AppState, user: str, thread_id: str, mode: Th
     if mode == "reject":
         raise ApiError(409, "thread_busy", f"thread {thread_id!r} has a run queued or running")
     for run_id, status in active:
-        if status == "running":
+        if status == "waiting":  # no worker holds it: ended here, like a cancel
+            done = await state.store.runs.cancel_queued(run_id, user)
+            if done is not None:
+                await publish_archived_terminal(state, done)
+        elif status == "running":
             await state.store.runs.request_cancel(run_id, user)
             # Without Redis the flag in Postgres stands: the worker reads it on its heartbeat.
             with contextlib.suppress(*REDIS_DOWN):

@@ -34,7 +34,7 @@ async def list_webhooks(run_id: RunIdPath, request: Request, user: User) -> JSON
     response_model=None,
     responses={
         **documented(202, RedeliverAnswer, "the latest delivery is due again"),
-        409: {"model": ErrorBody, "description": "no_delivery: no webhook, or not finished"},
+        409: {"model": ErrorBody, "description": "no_delivery: nothing ended or paused it"},
     },
 )
 async def redeliver(run_id: RunIdPath, request: Request, user: User) -> JSONResp:
@@ -42,7 +42,7 @@ async def redeliver(run_id: RunIdPath, request: Request, user: User) -> JSONResp
     run = await _owned_run(state, run_id, user)
     delivery = await state.store.webhooks.redeliver(run.run_id, user)
     if delivery is None:
-        why = "the run has no webhook" if run.webhook_url is None else "the run has not finished"
+        why = "the run has no webhook" if run.webhook_url is None else "nothing ended or paused it"
         raise ApiError(409, "no_delivery", f"nothing to redeliver: {why}")
     body = {"run_id": run.run_id, "delivery_id": delivery, "state": "pending"}
     return JSONResp(body, status_code=202)

@@ -71,6 +71,9 @@ class Transcript:
             return f"[tool {name} {'ok' if ok else 'failed'}{f': {said}' if said else ''}]"
         if etype == "resumed":
             return f"[resumed: attempt {data.get('attempt')}]"
+        if etype == "interrupt":
+            asked = json.dumps(data.get("payload"), ensure_ascii=False)
+            return f"[waiting for a person: {asked}]"
         if etype == "notice":
             return f"[notice: {data.get('message') or data.get('code')}]"
         if etype in TERMINAL:
@@ -155,6 +158,8 @@ class Follower:
     run_id: str
     sink: EventSink
     last_id: str | None = None
+    # Called with an `interrupt` event's data (a terminal's prompt: `cli.interrupts`).
+    on_interrupt: Callable[[dict[str, Any]], Awaitable[None]] | None = None
 
     async def run(self) -> tuple[str, dict[str, Any]] | None:
         """The terminal event (type, data); None when the stream had already ended at
@@ -207,6 +212,8 @@ class Follower:
             self.sink(frame.event, data)
             if frame.id:
                 self.last_id = frame.id
+            if frame.event == "interrupt" and self.on_interrupt is not None:
+                await self.on_interrupt(data)
             if frame.event in TERMINAL:
                 return frame.event, data
         return None  # the server closed the stream early (e.g. it is shutting down)

@@ -98,11 +98,25 @@ def _api_client(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         from cli.submit import SubmitRequest
         from cli.submit import run as run_submit
 
-        req = SubmitRequest(args.text, args.agent, args.params, args.thread, args.follow, args.json)
+        req = SubmitRequest(
+            args.text,
+            args.agent,
+            args.params,
+            args.thread,
+            args.follow,
+            args.json,
+            prompt=sys.stdin.isatty(),
+        )
         return run_submit(target, req)
-    from cli import runs
+    from cli import interrupts, runs
 
     sub = args.runs_command
+    if sub == "waiting":
+        return interrupts.waiting(target, limit=args.limit, as_json=args.json)
+    if sub == "resume":
+        return interrupts.resume(
+            target, args.run_id, args.value, interrupt_id=args.interrupt, as_json=args.json
+        )
     if sub == "get":
         return runs.get(target, args.run_id, as_json=args.json)
     if sub == "list":

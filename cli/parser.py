@@ -186,7 +186,7 @@ def _runs(sub: argparse._SubParsersAction[Parser], api_opts: Parser) -> None:
     )
     lst.add_argument(
         "--status",
-        choices=("queued", "running", "succeeded", "failed", "cancelled"),
+        choices=("queued", "running", "waiting", "succeeded", "failed", "cancelled"),
         help="only runs in this status",
     )
     lst.add_argument("--thread", help="only runs of this thread")
@@ -218,6 +218,26 @@ def _runs(sub: argparse._SubParsersAction[Parser], api_opts: Parser) -> None:
     wt.add_argument("run_id", help="the run's id")
     wt.add_argument("--timeout", type=float, help="give up after this many seconds (exit 6)")
     _json_option(wt, "the finished run")
+    wa = rsub.add_parser(
+        "waiting",
+        parents=[api_opts],
+        help="your runs waiting for a person, and what they ask",
+        description="Your runs waiting for a person (an agent's interrupt), newest first, "
+        "with what each asks.",
+    )
+    wa.add_argument("--limit", type=int, default=50, help="how many (1-200, default 50)")
+    _json_option(wa, "the runs")
+    rs = rsub.add_parser(
+        "resume",
+        parents=[api_opts],
+        help="answer a waiting run: it goes on with the value",
+        description="Answer a waiting run's interrupt; the run is queued again and its agent "
+        "gets the value. (`longrun resume`, without `runs`, is the kill switch's undo.)",
+    )
+    rs.add_argument("run_id", help="the run's id")
+    rs.add_argument("--value", required=True, help="the answer, as JSON: true, '\"yes\"', {...}")
+    rs.add_argument("--interrupt", help="the interrupt_id (default: the run's pending one)")
+    _json_option(rs, "the API's answer")
 
 
 def build() -> Parser:

@@ -1,5 +1,6 @@
 """`longrun submit TEXT`: submit a run; print its id, or with `--follow` its events as they
-arrive (`cli.follow`), ending with its status.
+arrive (`cli.follow`), ending with its status. Following on a terminal, a run that asks a person
+(an `interrupt` event) gets its answer typed at a prompt.
 
 Exit codes: 0 submitted (with `--follow`: the run succeeded), 1 it ended failed or cancelled,
 and the common ones of `cli.exits` (the API unreachable, a refusal, ...). The API's URL and key
@@ -25,6 +26,7 @@ from cli.follow import (
     say,
     status_line,
 )
+from cli.interrupts import prompter
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,7 @@ class SubmitRequest:
     thread: str | None = None
     follow: bool = False
     as_json: bool = False
+    prompt: bool = False  # on a terminal: ask the person when the run asks (`cli.interrupts`)
 
 
 def body(req: SubmitRequest) -> dict[str, Any]:
@@ -64,6 +67,8 @@ async def _submit(api: Api, session: Session, req: SubmitRequest) -> int:
     if not req.follow:
         return Exit.OK
     session.follower = Follower(api, run_id, printer(req.as_json, req.agent))
+    if req.prompt and not req.as_json:
+        session.follower.on_interrupt = prompter(api, run_id)
     end = await session.follower.run()
     if end is None:  # a 204: only after a Last-Event-ID, which a first stream does not send
         return Exit.OK

@@ -221,6 +221,20 @@ class Settings:
     max_json_depth: int = knob(
         16, "LONGRUN_MAX_JSON_DEPTH", "limits", "params/metadata nesting", minimum=1
     )
+    max_interrupt_bytes: int = knob(
+        64 * 1024,
+        "LONGRUN_MAX_INTERRUPT_BYTES",
+        "limits",
+        "an interrupt's payload, default or resume value (encoded JSON)",
+        minimum=2,
+    )
+    max_interrupt_seconds: float = knob(
+        30 * 86400.0,
+        "LONGRUN_MAX_INTERRUPT_SECONDS",
+        "limits",
+        "the longest deadline an agent's interrupt may ask for (timeout_seconds)",
+        minimum=1.0,
+    )
     max_header_bytes: int = knob(
         16 * 1024, "LONGRUN_MAX_HEADER_BYTES", "limits", "request head limit", minimum=1024
     )

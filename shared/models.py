@@ -20,6 +20,9 @@ from pydantic import BaseModel, ConfigDict
 class RunStatus(StrEnum):
     QUEUED = "queued"
     RUNNING = "running"
+    # Paused on an interrupt (`ctx.interrupt`): checkpointed, no queue entry, no lease, no slot;
+    # a resume (or the interrupt's deadline) moves it on.
+    WAITING = "waiting"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
@@ -29,7 +32,7 @@ class RunStatus(StrEnum):
         return self in TERMINAL
 
 
-ACTIVE = frozenset({RunStatus.QUEUED, RunStatus.RUNNING})
+ACTIVE = frozenset({RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.WAITING})
 TERMINAL = frozenset({RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED})
 
 
@@ -40,6 +43,8 @@ class Transition(StrEnum):
     FAIL = "fail"
     CANCEL = "cancel"
     RETRY = "retry"  # an operator re-runs a dead-lettered run (`longrun dlq retry`)
+    WAIT = "wait"  # the agent interrupted: the run waits for a person, released by its worker
+    RESUME = "resume"  # the interrupt answered (or its deadline took the default): queued again
 
 
 # (from, transition) -> to. Anything absent is illegal.
@@ -54,6 +59,10 @@ TRANSITIONS: dict[tuple[RunStatus, Transition], RunStatus] = {
     (RunStatus.RUNNING, Transition.CANCEL): RunStatus.CANCELLED,
     (RunStatus.QUEUED, Transition.CANCEL): RunStatus.CANCELLED,
     (RunStatus.FAILED, Transition.RETRY): RunStatus.QUEUED,
+    (RunStatus.RUNNING, Transition.WAIT): RunStatus.WAITING,
+    (RunStatus.WAITING, Transition.RESUME): RunStatus.QUEUED,
+    (RunStatus.WAITING, Transition.CANCEL): RunStatus.CANCELLED,  # cancel, or thread `interrupt`
+    (RunStatus.WAITING, Transition.FAIL): RunStatus.FAILED,  # its deadline passed, no default
 }
 
 
@@ -78,7 +87,7 @@ def sources(move: Transition) -> frozenset[RunStatus]:
 
 TERMINAL_EVENT_TYPES = frozenset({"done", "error", "cancelled"})
 EVENT_TYPES = frozenset(
-    {"start", "token", "tool_start", "tool_end", "usage", "resumed", "notice"}
+    {"start", "token", "tool_start", "tool_end", "usage", "resumed", "notice", "interrupt"}
     | TERMINAL_EVENT_TYPES
 )
 
@@ -162,7 +171,10 @@ class Run(BaseModel):
     finished_at: datetime | None = None
     updated_at: datetime | None = None
     cancel_requested: bool = False
-    webhook_url: str | None = None  # where its terminal state is POSTed (shared.webhooks)
+    # The pending interrupt of a waiting run (`interrupt_id`, `payload`, `deadline`, ...).
+    interrupt: dict[str, Any] | None = None
+    waiting_since: datetime | None = None
+    webhook_url: str | None = None  # where its terminal state and waits are POSTed (webhooks)
 
     def public(self) -> dict[str, Any]:
         """The JSON clients see for `GET /runs/{id}`."""
@@ -184,6 +196,8 @@ class Run(BaseModel):
             "started_at": _iso(self.started_at),
             "finished_at": _iso(self.finished_at),
             "updated_at": _iso(self.updated_at),
+            "interrupt": self.interrupt,
+            "waiting_since": _iso(self.waiting_since),
             "webhook": self.webhook_url,
         }
 

@@ -118,3 +118,73 @@ async def bulky(ctx: RunContext) -> AsyncIterator[dict[str, Any]]:
     for _ in range(int(ctx.params.get("n", 100))):
         yield {"type": "token", "text": text}
     yield {"type": "done", "output": None}
+
+
+async def asker(ctx: RunContext) -> AsyncIterator[dict[str, Any]]:
+    """`steps` side effects like `side_effect` (once each, by idempotency key, checkpointed),
+    asking a person before step `ask_at` (`params.timeout_seconds`, `params.default`); the
+    answer is kept in the checkpoint and is the run's output."""
+    steps = int(ctx.params.get("steps", 4))
+    ask_at = int(ctx.params.get("ask_at", 3))
+    state = ctx.checkpoint.state if ctx.checkpoint else {}
+    done = ctx.checkpoint.step if ctx.checkpoint else 0
+    answer = state.get("answer")
+    extra = {k: ctx.params[k] for k in ("default",) if k in ctx.params}
+    conn = await asyncpg.connect(ctx.settings.database_url)
+    try:
+        for step in range(done + 1, steps + 1):
+            if step == ask_at:
+                answer = await ctx.interrupt(
+                    {"question": "go on?", "step": step},
+                    timeout_seconds=ctx.params.get("timeout_seconds"),
+                    **extra,
+                )
+                yield {"type": "token", "text": f"answer:{answer}"}
+            key = ctx.idempotency_key(step, "write")
+            yield {"type": "tool_start", "name": "write", "args": {"step": step}, "call_id": key}
+            await conn.execute(
+                "INSERT INTO side_effects (key, run_id, step) VALUES ($1, $2, $3) "
+                "ON CONFLICT (key) DO UPDATE SET duplicates = side_effects.duplicates + 1",
+                key,
+                ctx.run_id,
+                step,
+            )
+            yield {"type": "tool_end", "call_id": key, "ok": True}
+            yield {"type": "token", "text": str(step)}
+            await ctx.save_checkpoint(step, {"answer": answer})
+    finally:
+        await conn.close()
+    yield {"type": "done", "output": {"answer": answer}}
+
+
+async def pauser(ctx: RunContext) -> AsyncIterator[dict[str, Any]]:
+    """Asks at once (`params.timeout_seconds`, `params.default`, `params.payload`); the answer
+    is the run's output. Its token is said once: a resumed attempt does not say it again."""
+    if not ctx.resumed:
+        yield {"type": "token", "text": "asking"}
+    extra = {k: ctx.params[k] for k in ("default",) if k in ctx.params}
+    answers = []
+    for i in range(int(ctx.params.get("asks", 1))):  # `asks` > 1: then asks {"again": i}
+        answers.append(
+            await ctx.interrupt(
+                ctx.params.get("payload", {"question": "ok?"}) if i == 0 else {"again": i},
+                timeout_seconds=ctx.params.get("timeout_seconds"),
+                **extra,
+            )
+        )
+    yield {"type": "done", "output": {"answer": answers[0] if len(answers) == 1 else answers}}
+
+
+async def cancelled_then_asks(ctx: RunContext) -> AsyncIterator[dict[str, Any]]:
+    """A cancel that reached Postgres only (its Redis message lost), then an interrupt: the
+    run must end cancelled, never wait."""
+    yield {"type": "token", "text": "x"}
+    conn = await asyncpg.connect(ctx.settings.database_url)
+    try:
+        await conn.execute(
+            "UPDATE runs SET cancel_requested = true WHERE run_id = $1::uuid", ctx.run_id
+        )
+    finally:
+        await conn.close()
+    await ctx.interrupt({"question": "too late?"})
+    yield {"type": "done"}

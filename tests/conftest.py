@@ -243,3 +243,20 @@ async def bob(api: ApiServer, store: Store) -> AsyncIterator[httpx.AsyncClient]:
         base_url=api.url, headers={"Authorization": f"Bearer {key}"}, timeout=10
     ) as c:
         yield c
+
+
+@pytest.fixture
+def secret() -> str:
+    """A webhook signing secret, for a key and the receiver that verifies with it."""
+    from shared.webhooks.signing import new_secret
+
+    return new_secret()
+
+
+@pytest.fixture
+async def receiver(secret: str) -> AsyncIterator[Any]:
+    """A running webhook receiver (tests/webhook_receiver.py) verifying with `secret`."""
+    from tests.webhook_receiver import Receiver  # it imports this module's Served
+
+    async with Receiver(secret) as r:
+        yield r

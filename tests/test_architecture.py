@@ -81,6 +81,10 @@ LEGAL = {
     (RunStatus.RUNNING, Transition.CANCEL): RunStatus.CANCELLED,
     (RunStatus.QUEUED, Transition.CANCEL): RunStatus.CANCELLED,
     (RunStatus.FAILED, Transition.RETRY): RunStatus.QUEUED,
+    (RunStatus.RUNNING, Transition.WAIT): RunStatus.WAITING,
+    (RunStatus.WAITING, Transition.RESUME): RunStatus.QUEUED,
+    (RunStatus.WAITING, Transition.CANCEL): RunStatus.CANCELLED,
+    (RunStatus.WAITING, Transition.FAIL): RunStatus.FAILED,
 }
 PAIRS = [(s, m) for s in RunStatus for m in Transition]
 

@@ -19,11 +19,10 @@ from cli.exits import Exit
 from shared.config import Settings
 from shared.redis.keys import Keys
 from shared.store import Store
-from shared.webhooks.signing import new_secret
 from tests.cli_proc import cli_env, longrun
 from tests.helpers import submit, wait_for, wait_status
 from tests.test_auth_jwt_users import ISSUER, SECRET, a_jwt
-from tests.webhook_receiver import Receiver
+from tests.webhook_receiver import Receiver, fast_webhooks
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -33,30 +32,8 @@ LINKS = ("url", "events_url")
 
 @pytest.fixture
 def hook_settings(settings: Settings) -> Settings:
-    """Webhooks may reach this machine (the receiver), and retry within a fraction of a second."""
-    return settings.with_(
-        webhook_allow_hosts=("127.0.0.1",),
-        webhook_retry_base_seconds=0.05,
-        webhook_retry_max_seconds=0.2,
-        webhook_poll_seconds=0.05,
-        webhook_timeout_seconds=5.0,
-        agent_modules=("raiser=tests.agents:raiser",),
-    )
-
-
-@pytest.fixture
-def secret() -> str:
-    return new_secret()
-
-
-@pytest.fixture
-async def receiver(secret: str) -> AsyncIterator[Receiver]:
-    r = Receiver(secret)
-    await r.start()
-    try:
-        yield r
-    finally:
-        await r.stop()
+    """Fast webhooks, and the agent that raises."""
+    return fast_webhooks(settings, agent_modules=("raiser=tests.agents:raiser",))
 
 
 async def _client(url: str, key: str) -> httpx.AsyncClient:

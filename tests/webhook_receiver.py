@@ -15,6 +15,7 @@ from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 from starlette.types import Receive, Scope, Send
 
+from shared.config import Settings
 from tests.conftest import Served, free_port
 
 
@@ -93,3 +94,23 @@ class Receiver:
         self._release.set()
         if self._served is not None:
             await self._served.stop()
+
+    async def __aenter__(self) -> Receiver:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+def fast_webhooks(settings: Settings, **changes: Any) -> Settings:
+    """Webhooks may reach this machine (the receiver), and retry within a fraction of a
+    second."""
+    return settings.with_(
+        webhook_allow_hosts=("127.0.0.1",),
+        webhook_retry_base_seconds=0.05,
+        webhook_retry_max_seconds=0.2,
+        webhook_poll_seconds=0.05,
+        webhook_timeout_seconds=5.0,
+        **changes,
+    )

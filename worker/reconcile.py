@@ -7,6 +7,11 @@ milliseconds of the row), and running runs whose Postgres heartbeat stopped two 
 fenced on their attempt. A duplicate entry is harmless: a worker starts a run only through a
 conditional transition in Postgres.
 
+It also acts on the deadlines of waiting runs' interrupts (no worker holds a waiting run, so
+someone else must notice): past its deadline an interrupt is answered with the default the
+agent gave (the run queued again) or the run fails `interrupt_timeout` (its `error` event
+archived and copied to Redis, the thread's next run queued).
+
 It also removes dead consumers from the group, only once they hold nothing pending (Lua:
 checked and deleted atomically, since XGROUP DELCONSUMER drops a consumer's pending entries).
 """
@@ -14,11 +19,13 @@ checked and deleted atomically, since XGROUP DELCONSUMER drops a consumer's pend
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import structlog
 
 from shared.config import Settings
 from shared.models import RunStatus
+from shared.redis.client import REDIS_ERRORS
 from shared.redis.runs import RedisIO
 from shared.store import Store
 
@@ -26,6 +33,8 @@ log = structlog.get_logger("longrun.reconciler")
 
 # A queued run with no entry is lost once it is older than this.
 QUEUED_GRACE = 2.0
+# Deadlines acted on per pass (the oldest first; the next pass takes the rest).
+DUE_MAX = 500
 
 
 async def reconcile_once(
@@ -47,9 +56,26 @@ async def _pass(settings: Settings, store: Store, rio: RedisIO, owner: str) -> i
     if not await group.take_reconcile_lock(owner, lock_ms):
         return 0
     try:
+        await _expire_interrupts(store, rio)
         return await _reenqueue_lost(settings, store, rio)
     finally:
         await group.release_reconcile_lock(owner)
+
+
+async def _expire_interrupts(store: Store, rio: RedisIO) -> None:
+    for run_id, interrupt_id in await store.interrupts.due(DUE_MAX):
+        done = await store.interrupts.expire(run_id, interrupt_id)
+        if done is None:
+            continue  # answered or cancelled meanwhile
+        log.info("interrupt_expired", run_id=run_id, resumed=done.resumed)
+        if done.resumed:
+            await rio.enqueue(run_id)
+            continue
+        if done.ended is not None:
+            with contextlib.suppress(*REDIS_ERRORS):  # best effort: the archive has it
+                await rio.publish_terminal(run_id, done.ended)
+        if done.next_run is not None:
+            await rio.enqueue(done.next_run)
 
 
 async def _reenqueue_lost(settings: Settings, store: Store, rio: RedisIO) -> int:

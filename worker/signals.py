@@ -13,6 +13,7 @@ class Ending(StrEnum):
     LEASE_LOST = "lease_lost"
     HANDOFF = "handoff"
     TIMEOUT = "timeout"
+    WAITING = "waiting"  # the agent interrupted: the run waits for a person
 
 
 class _Signal(asyncio.Event):
@@ -55,21 +56,29 @@ class Signals:
     """Set from outside the attempt (cancel listener, heartbeat, drain). The supervisor waits
     on one future that any of them resolves (not one task per signal)."""
 
-    __slots__ = ("broken", "cancel", "handoff", "lost")
+    __slots__ = ("broken", "cancel", "handoff", "lost", "wait")
 
     def __init__(self) -> None:
         self.cancel = _Signal()
         self.lost = _Flag()
         self.handoff = _Flag()
         self.broken = _Flag()  # a background append failed
+        self.wait = _Flag()  # the agent interrupted (`ctx.interrupt`): pause the run
 
     def any_set(self) -> bool:
-        return self.cancel.is_set() or self.lost._set or self.handoff._set or self.broken._set
+        return (
+            self.cancel.is_set()
+            or self.lost._set
+            or self.handoff._set
+            or self.broken._set
+            or self.wait._set
+        )
 
     def waiter(self, loop: asyncio.AbstractEventLoop) -> asyncio.Future[None]:
         """A future resolved when any signal is set (at once if one already is)."""
         fut: asyncio.Future[None] = loop.create_future()
-        self.cancel.waiter = self.lost.waiter = self.handoff.waiter = self.broken.waiter = fut
+        self.cancel.waiter = self.lost.waiter = self.handoff.waiter = fut
+        self.broken.waiter = self.wait.waiter = fut
         if self.any_set():
             fut.set_result(None)
         return fut

@@ -42,8 +42,8 @@ class SubmitRun(BaseModel):
     # running run first (interrupt).
     thread_mode: ThreadMode = "enqueue"
     metadata: dict[str, Any] = Field(default_factory=dict)
-    # Where the run's terminal state is POSTed, signed (absent: the API key's default webhook,
-    # if it has one). Checked by `api.submit.webhook`.
+    # Where the run's terminal state and its waits for a person are POSTed, signed (absent:
+    # the API key's default webhook, if it has one). Checked by `api.submit.webhook`.
     webhook: str | None = Field(
         default=None, max_length=MAX_URL_CHARS, json_schema_extra={"format": "uri"}
     )
@@ -118,7 +118,8 @@ def check_text(name: str, value: str) -> None:
         raise ApiError(422, "invalid_request", f"{name} is not valid Unicode") from None
 
 
-def check_json_field(name: str, value: dict[str, Any], max_depth: int, max_bytes: int) -> None:
+def check_json_field(name: str, value: Any, max_depth: int, max_bytes: int) -> None:
+    """Any JSON value a client sends us to store (params, metadata, a resume's value)."""
     if not value:  # the usual metadata: nothing to walk or encode
         return
     if json_depth(value) > max_depth:

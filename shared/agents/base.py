@@ -13,6 +13,17 @@ event body appended by any attempt). The agent continues from there; it must not
 checkpoint records. `ctx.idempotency_key(step, call)` is stable across attempts, for tools with
 side effects.
 
+Human in the loop: `value = await ctx.interrupt(payload, timeout_seconds=None, default=...)`
+pauses the run for a person. The worker commits an `interrupt` event (`interrupt_id`,
+`payload`), the run becomes `waiting` and is released (no slot, no lease, no queue entry). A
+resume (`POST /runs/{id}/resume`) queues it again: the agent is called again from its
+checkpoint and the same `ctx.interrupt(...)` call returns the value at once. A call is matched
+to its answer by its payload and how many times this attempt asked that payload: an agent that
+asks the same thing twice in one run should make the payloads differ (a step number). Past
+`timeout_seconds` the call returns `default` when one was given, else the run ends `error`
+code `interrupt_timeout`. Everything before the call must be checkpointed or repeatable: the
+agent's code before it runs again on the resumed attempt.
+
 Tools: `ctx.tools` holds the registered tools this run may use (`shared.tools`: the default set,
 or those its `params.tools` names), filled by the worker whatever the agent.
 """
@@ -20,11 +31,15 @@ or those its `params.tools` names), filled by the worker whatever the agent.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import orjson
+
 from shared.config import Settings
+from shared.errors import AgentError
 from shared.llm.tools import ToolRegistry
 
 
@@ -39,6 +54,61 @@ class CheckpointSaver(Protocol):
 
 
 async def _no_checkpoints(step: int, state: dict[str, Any]) -> None:
+    return None
+
+
+class _NoDefault:
+    """`ctx.interrupt`'s default when the agent gives none (None is a value it may give)."""
+
+    def __repr__(self) -> str:
+        return "NO_DEFAULT"
+
+
+NO_DEFAULT: Any = _NoDefault()
+
+
+@dataclass(frozen=True)
+class Interrupt:
+    """What an agent asks: validated by `RunContext.interrupt`, answered by the worker."""
+
+    payload: Any
+    timeout_seconds: float | None
+    has_default: bool
+    default: Any
+
+
+class InterruptHandler(Protocol):
+    """The worker's side of `ctx.interrupt`: the recorded answer, or the run paused (it never
+    returns then: the attempt ends and a later one replays the call)."""
+
+    def __call__(self, ask: Interrupt) -> Awaitable[Any]: ...
+
+
+async def _no_interrupts(ask: Interrupt) -> Any:
+    raise AgentError("this run cannot be interrupted here", code="interrupts_unsupported")
+
+
+def interrupt_problem(settings: Settings, ask: Interrupt) -> str | None:
+    """Why an interrupt cannot be asked (payload or default not JSON or too large, a timeout
+    out of range), or None."""
+    limit = settings.max_interrupt_bytes
+    for name, value in (("payload", ask.payload), ("default", ask.default)):
+        if name == "default" and not ask.has_default:
+            continue
+        try:
+            size = len(orjson.dumps(value))
+        except TypeError:
+            return f"the interrupt's {name} is not JSON"
+        if size > limit:
+            return f"the interrupt's {name} is larger than {limit} bytes"
+    t = ask.timeout_seconds
+    if t is not None and (
+        isinstance(t, bool)
+        or not isinstance(t, int | float)
+        or not math.isfinite(t)
+        or not 0 < t <= settings.max_interrupt_seconds
+    ):
+        return f"timeout_seconds must be a number in (0, {settings.max_interrupt_seconds:g}]"
     return None
 
 
@@ -70,6 +140,20 @@ class RunContext:
     # Kept current by agents with a conversation (chat): the messages this run adds to its
     # thread (Anthropic format, every tool call answered), for the worker to persist.
     new_messages: list[dict[str, Any]] = field(default_factory=list)
+    # The worker's side of `interrupt` (see above); without a worker, interrupts are refused.
+    interrupts: InterruptHandler = _no_interrupts
+
+    async def interrupt(
+        self, payload: Any, timeout_seconds: float | None = None, default: Any = NO_DEFAULT
+    ) -> Any:
+        """Pause the run until a person answers (see the module docstring); returns the value
+        they gave, or `default` once `timeout_seconds` passed. AgentError `bad_interrupt` on a
+        payload or default that is not JSON or too large, or a timeout out of range."""
+        ask = Interrupt(payload, timeout_seconds, default is not NO_DEFAULT, default)
+        problem = interrupt_problem(self.settings, ask)
+        if problem is not None:
+            raise AgentError(problem, code="bad_interrupt")
+        return await self.interrupts(ask)
 
     @property
     def resumed(self) -> bool:

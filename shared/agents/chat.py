@@ -5,9 +5,11 @@ demo streams text and tool events with no network.
 
 `params` (all optional): `model` (a model id), `max_steps` (1..LONGRUN_MAX_STEPS), `max_tokens`
 (1..64000), `system` (a system prompt, up to 20000 characters), `tools` (the registered tools the
-run may use, see `shared.tools`). Anything else there is ignored; a bad value ends the run with
-`error` code `bad_params`. The model is offered exactly the run's tools, `ctx.tools`, with their
-schemas. The run's new messages end up in `ctx.new_messages`, its usage totals in `ctx.usage`.
+run may use, see `shared.tools`), `require_approval` (tool names whose every call waits for a
+person's approval first: `shared.llm.approval`). Anything else there is ignored; a bad value
+ends the run with `error` code `bad_params`. The model is offered exactly the run's tools,
+`ctx.tools`, with their schemas. The run's new messages end up in `ctx.new_messages`, its usage
+totals in `ctx.usage`.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from shared.errors import AgentError
 from shared.llm.loop import LoopConfig, LoopDeps, agent_loop
 from shared.llm.pricing import PriceTable
 from shared.llm.services import LLM_SERVICE, LLMServices, build_llm_services
-from shared.llm.tools import ToolRegistry
+from shared.llm.tools import TOOL_NAME, ToolRegistry
 from shared.tools import run_tools, tools_problem
 
 MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/-]{0,99}")
@@ -64,6 +66,13 @@ def chat_config(
         if not isinstance(system, str) or len(system) > MAX_SYSTEM_CHARS:
             raise _bad(f"params.system must be a string of at most {MAX_SYSTEM_CHARS} characters")
         overrides["system"] = system or None
+    approval = params.get("require_approval")
+    if approval is not None:
+        if not isinstance(approval, list) or not all(
+            isinstance(n, str) and TOOL_NAME.fullmatch(n) for n in approval
+        ):
+            raise _bad("params.require_approval must be a list of tool names")
+        overrides["require_approval"] = frozenset(approval)
     return LoopConfig.from_settings(settings, **overrides)
 
 

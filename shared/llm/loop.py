@@ -3,7 +3,8 @@ event bodies (see `shared.agents.base`).
 
 Each step streams one model turn (`token` events as text arrives, a `usage` event once it ends:
 this turn's tokens and `cost_usd` at the top level, which the worker sums, and the run's `total`)
-then runs the turn's tool calls one by one (`tool_start`, `tool_end` with `ok` and a `preview`).
+then runs the turn's tool calls one by one (`tool_start`, `tool_end` with `ok` and a `preview`);
+a call whose tool needs a person's approval first waits for it (`shared.llm.approval`).
 The run ends with `done` (`output`: the final turn's text) when a turn calls no tool, or with
 `error`: `max_steps_exceeded`, `cost_budget_exceeded`, `daily_budget_exceeded`,
 `provider_error` (a failure not worth retrying, or retries spent) or `provider_unavailable`
@@ -41,6 +42,7 @@ import structlog
 from shared.agents.base import RunContext
 from shared.config import Settings
 from shared.errors import RunCancelled
+from shared.llm.approval import Verdict, approval_payload, rejection_text, verdict_of
 from shared.llm.breaker import Breaker
 from shared.llm.budget import SpendLedger, budget_verdict
 from shared.llm.cancel import race, until_cancelled
@@ -63,7 +65,7 @@ from shared.llm.state import (
     transcript,
     usable_history,
 )
-from shared.llm.tools import ToolContext, ToolRegistry, run_tool
+from shared.llm.tools import ToolContext, ToolOutcome, ToolRegistry, run_tool
 
 log = structlog.get_logger("longrun.agent")
 # A run torn down mid-turn charges the daily ledger within this bound, or logs that it could not.
@@ -91,6 +93,8 @@ class LoopConfig:
     tool_timeout_seconds: float
     retry: RetryPolicy
     prices: PriceTable
+    # Tools whose calls a person approves first (`params.require_approval`).
+    require_approval: frozenset[str]
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> LoopConfig:
@@ -105,6 +109,7 @@ class LoopConfig:
             "tool_timeout_seconds": settings.tool_timeout_seconds,
             "retry": RetryPolicy.from_settings(settings),
             "prices": PriceTable.from_settings(settings),
+            "require_approval": frozenset(),
         }
         values.update(overrides)
         return cls(**values)
@@ -354,21 +359,27 @@ class AgentLoop:
         for call in pending.calls:
             if call.call_id in pending.done_ids():
                 continue
+            # Asked before the call is announced: a resumed run announces it once.
+            verdict = await self._approval(call)
+            args = call.args if verdict.args is None else verdict.args
             yield {
                 "type": "tool_start",
                 "call_id": call.call_id,
                 "name": call.name,
-                "args": call.args if call.args is not None else call.raw_args,
+                "args": args if args is not None else call.raw_args,
                 "step": self.state.step,
             }
-            outcome = await run_tool(
-                self.deps.tools,
-                call.name,
-                call.args,
-                self._tool_context(call),
-                default_timeout=self.cfg.tool_timeout_seconds,
-                cancelled=self.ctx.cancelled,
-            )
+            if verdict.approved:
+                outcome = await run_tool(
+                    self.deps.tools,
+                    call.name,
+                    args,
+                    self._tool_context(call),
+                    default_timeout=self.cfg.tool_timeout_seconds,
+                    cancelled=self.ctx.cancelled,
+                )
+            else:
+                outcome = ToolOutcome(False, rejection_text(verdict), "rejected")
             pending.results.append(tool_result(call.call_id, outcome.content, outcome.ok))
             # Saved before it is announced: a completed call is never run twice.
             await self._save()
@@ -386,6 +397,19 @@ class AgentLoop:
         self.state.pending = None
         await self._save()
         self._publish()
+
+    async def _approval(self, call: ToolCall) -> Verdict:
+        """A person's verdict on the call when its tool needs one (`shared.llm.approval`):
+        the run waits for it (`ctx.interrupt`)."""
+        tool = self.deps.tools.get(call.name)
+        needed = call.name in self.cfg.require_approval or (
+            tool is not None and tool.requires_approval
+        )
+        if not needed:
+            return Verdict(True)
+        args = call.args if call.args is not None else call.raw_args
+        payload = approval_payload(call.name, args, call.call_id, self.state.step)
+        return verdict_of(await self.ctx.interrupt(payload))
 
     def _tool_context(self, call: ToolCall) -> ToolContext:
         return ToolContext(

@@ -65,6 +65,8 @@ class Tool:
     input_schema: dict[str, Any]
     fn: ToolFn
     timeout_seconds: float | None = None
+    # Each call waits for a person's approval first (the `chat` agent: `shared.llm.approval`).
+    requires_approval: bool = False
 
     def definition(self) -> dict[str, Any]:
         """The tool as the Messages API takes it."""
@@ -93,6 +95,8 @@ def check_tool(tool: Any) -> None:
         raise InvalidTool(f"the name {tool.name!r} is not 1-64 of [A-Za-z0-9_-]")
     if not isinstance(tool.description, str):
         raise InvalidTool(f"{tool.name}: the description must be a string")
+    if not isinstance(tool.requires_approval, bool):
+        raise InvalidTool(f"{tool.name}: requires_approval must be a bool")
     if not callable(tool.fn):
         raise InvalidTool(f"{tool.name}: fn must be callable (an async function)")
     timeout = tool.timeout_seconds
@@ -113,7 +117,8 @@ def check_tool(tool: Any) -> None:
 class ToolOutcome:
     ok: bool
     content: str
-    error: str | None = None  # unknown_tool | bad_args | timeout | tool_failed | tool_crashed
+    # unknown_tool | bad_args | timeout | tool_failed | tool_crashed | rejected (by a person)
+    error: str | None = None
 
     @property
     def preview(self) -> str:

@@ -6,6 +6,7 @@ repositories, one per concern, each a plain object holding the shared `Database`
     store.events   an attempt's event appends, fenced on attempt and seq    (events.py)
     store.submits  the submit transaction: idempotency, the in-flight cap   (submits.py)
     store.threads  a thread's messages and queue order                      (threads.py)
+    store.interrupts  a run's waits for a person: wait, resume, deadlines    (interrupts.py)
     store.users    API keys and the daily spend ledger                      (users.py)
     store.ops      dead-letter retries and the figures of `/metrics`        (ops.py)
     store.webhooks webhook deliveries and attempts; secrets rotated       (webhooks.py)
@@ -21,9 +22,10 @@ from __future__ import annotations
 from shared.config import Settings
 from shared.store.batches import BatchRepo
 from shared.store.events import EventBatch, EventRepo
+from shared.store.interrupts import InterruptRepo
 from shared.store.ops import OpsRepo
 from shared.store.pool import PG_DOWN, Database, connect
-from shared.store.rows import ActiveKey, ApiKey, Finishing, NewRun, RunFigures, Submitted
+from shared.store.rows import ActiveKey, ApiKey, Asking, Finishing, NewRun, RunFigures, Submitted
 from shared.store.runs import RunRepo
 from shared.store.submits import SubmitRepo
 from shared.store.threads import ThreadRepo
@@ -44,6 +46,7 @@ class Store:
         self.submits = SubmitRepo(db)
         self.users = UserRepo(db)
         self.ops = OpsRepo(db)
+        self.interrupts = InterruptRepo(db, self.threads)
         self.webhooks = WebhookRepo(db)
 
     @classmethod
@@ -61,6 +64,7 @@ __all__ = [
     "PG_DOWN",
     "ActiveKey",
     "ApiKey",
+    "Asking",
     "Database",
     "EventBatch",
     "Finishing",

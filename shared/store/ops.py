@@ -1,7 +1,7 @@
 """What operators do and read in Postgres: re-running a dead-lettered run (`longrun dlq retry`),
 the statuses of the runs behind dead letters (`longrun dlq list`), and the run figures of
-`/metrics` (bounded: the counters, the active runs through their partial index, the webhook
-deliveries pending or given up lately through theirs)."""
+`/metrics` (bounded: the counters, the active and waiting runs through their partial indexes,
+the webhook deliveries pending or given up lately through theirs)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,11 @@ from shared.store.webhooks import WEBHOOK_FIGURES
 # The runs queued or running, by status: read through the partial index `runs_active`, so its
 # cost follows the backlog, not the number of runs ever made.
 ACTIVE_RUNS = """SELECT status, count(*) AS n FROM runs
-    WHERE status IN ('queued', 'running') GROUP BY status"""
+    WHERE status IN ('queued', 'running') GROUP BY status
+    UNION ALL SELECT 'waiting', count(*) FROM runs WHERE status = 'waiting'"""
+# The oldest wait, through the partial index `runs_waiting`.
+OLDEST_WAIT = """SELECT extract(epoch FROM now() - min(waiting_since))::float8 FROM runs
+    WHERE status = 'waiting'"""
 
 
 class OpsRepo:
@@ -76,5 +80,6 @@ class OpsRepo:
         async with self.db.conn() as c:
             counted = await c.fetch(READ_COUNTERS)
             active = await c.fetch(ACTIVE_RUNS)
+            oldest = await c.fetchval(OLDEST_WAIT)
             webhooks = await c.fetchrow(WEBHOOK_FIGURES)
-        return figures_of(counted, active, webhooks)
+        return figures_of(counted, active, oldest, webhooks)

@@ -18,7 +18,7 @@ from shared.models import Event, Run, Transition
 RUN_COLUMNS = (
     "run_id, user_id, thread_id, agent, input, params, metadata, status, attempt, output, "
     "error, usage, cost_usd, last_seq, event_bytes, cancel_requested, created_at, started_at, "
-    "finished_at, updated_at, webhook_url"
+    "finished_at, updated_at, interrupt, waiting_since, webhook_url"
 )
 
 TARGETS = {
@@ -36,8 +36,8 @@ class NewRun:
     params: dict[str, Any]
     metadata: dict[str, Any]
     thread_id: str | None = None
-    # Where its terminal state is POSTed (None: the key's default webhook, if any) and the API
-    # key whose secret signs it (None: a JWT caller, who has none: no webhook).
+    # Where its terminal state and waits are POSTed (None: the key's default webhook, if any)
+    # and the API key whose secret signs it (None: a JWT caller, who has none: no webhook).
     webhook: str | None = None
     key_id: str | None = None
 
@@ -52,6 +52,24 @@ class Finishing:
     events: Sequence[Event]
     output: Any = None
     error: dict[str, Any] | None = None
+    usage: dict[str, Any] | None = None
+    cost_usd: float = 0.0
+
+
+@dataclass(frozen=True)
+class Asking:
+    """An attempt's interrupt (`InterruptRepo.wait`): its last events (the `interrupt` event
+    last) and the run's move to `waiting`, fenced on the attempt and the log's last seq."""
+
+    run_id: str
+    attempt: int
+    interrupt_id: str
+    key: str
+    payload: Any
+    timeout_seconds: float | None
+    has_default: bool
+    default: Any
+    events: Sequence[Event]
     usage: dict[str, Any] | None = None
     cost_usd: float = 0.0
 
@@ -92,6 +110,7 @@ class RunFigures:
     active: dict[str, int] = field(default_factory=dict)
     finished: dict[str, int] = field(default_factory=dict)
     cost_usd: float = 0.0
+    oldest_wait_seconds: float = 0.0  # the longest a waiting run has waited so far
     webhooks_pending: int = 0  # deliveries still to be made
     webhooks_failed_day: int = 0  # deliveries given up in the last 24 hours
 
@@ -158,15 +177,18 @@ def user_counts_of(records: Iterable[asyncpg.Record], users: Sequence[str]) -> d
 def figures_of(
     counted: Iterable[asyncpg.Record],
     active: Iterable[asyncpg.Record],
+    oldest_wait: float | None,
     webhooks: asyncpg.Record | None = None,
 ) -> RunFigures:
-    """From the summed counters (`status, runs, cost_usd`), the active runs (`status, n`) and
-    the webhook deliveries (`pending, failed_day`)."""
+    """From the summed counters (`status, runs, cost_usd`), the active runs (`status, n`), the
+    age in seconds of the oldest wait (None: no run waits) and the webhook deliveries
+    (`pending, failed_day`)."""
     counted = list(counted)
     return RunFigures(
         active={str(r["status"]): int(r["n"]) for r in active},
         finished={str(r["status"]): int(r["runs"]) for r in counted},
         cost_usd=float(sum(float(r["cost_usd"]) for r in counted)),
+        oldest_wait_seconds=float(oldest_wait or 0.0),
         webhooks_pending=0 if webhooks is None else int(webhooks["pending"]),
         webhooks_failed_day=0 if webhooks is None else int(webhooks["failed_day"]),
     )

@@ -34,14 +34,15 @@ from shared.store.rows import (
 from shared.store.threads import ThreadRepo
 from shared.store.webhooks import deliveries_of
 
-# A run in a thread is claimed only when no earlier run of its thread is still queued (the
-# partial unique index allows one running run per thread; this keeps their order).
+# A run in a thread is claimed only when no earlier run of its thread is still queued or
+# waiting for a person (the partial unique index allows one running run per thread; this keeps
+# their order, and a waiting run keeps its thread's turn).
 THREAD_TURN = """NOT EXISTS (
     SELECT 1 FROM runs earlier
     WHERE runs.thread_id IS NOT NULL
       AND earlier.user_id = runs.user_id
       AND earlier.thread_id = runs.thread_id
-      AND earlier.status = 'queued'
+      AND earlier.status IN ('queued', 'waiting')
       AND (earlier.created_at, earlier.run_id) < (runs.created_at, runs.run_id))"""
 
 # The terminal write of one run as one statement: the fence row is locked; the last events and
@@ -65,12 +66,13 @@ FINISH_ONE = f"""WITH fence AS (
     ), {count_ended(ENDED_UNDER_FENCE)}, {deliveries_of("finished")}
     SELECT 1 FROM finished"""
 
-# queued -> cancelled (no worker holds the run), counted, its webhook's delivery recorded; its
-# `cancelled` event is archived as the next seq by the same transaction.
+# queued or waiting -> cancelled (no worker holds the run), counted, its webhook's delivery
+# recorded; its `cancelled` event is archived as the next seq by the same transaction.
 CANCEL_QUEUED = f"""WITH cancelled AS (
         UPDATE runs SET status = 'cancelled', cancel_requested = true,
-            finished_at = now(), updated_at = now(), last_seq = last_seq + 1
-        WHERE run_id = $1 AND user_id = $2 AND status = 'queued'
+            finished_at = now(), updated_at = now(), last_seq = last_seq + 1,
+            interrupt = NULL, interrupt_deadline = NULL
+        WHERE run_id = $1 AND user_id = $2 AND status IN ('queued', 'waiting')
         RETURNING {RUN_COLUMNS}
     ), {count_ended("(SELECT status, 0::float8 AS cost_delta FROM cancelled) AS ended")},
     {deliveries_of("cancelled")}
@@ -181,8 +183,8 @@ class RunRepo:
         return [run_of(r) for r in rows]
 
     async def cancel_queued(self, run_id: str, user_id: str) -> Run | None:
-        """queued -> cancelled, archiving the `cancelled` event in the same transaction.
-        Returns the cancelled run, or None when the run was not queued."""
+        """queued or waiting -> cancelled, archiving the `cancelled` event in the same
+        transaction. Returns the cancelled run, or None when the run was neither."""
         async with self.db.conn() as c, c.transaction():
             row = await c.fetchrow(CANCEL_QUEUED, uuid.UUID(run_id), user_id)
             if row is None:
@@ -203,6 +205,12 @@ class RunRepo:
             user_id,
         )
         return None if row is None else run_of(row)
+
+    async def next_in_thread(self, run_id: str) -> str | None:
+        """The oldest queued run of `run_id`'s thread (to enqueue when a run ended outside a
+        worker: a waiting run cancelled or timed out)."""
+        async with self.db.conn() as c:
+            return await self.threads.next_of_thread(c, run_id)
 
     async def events_after(self, run_id: str, after_seq: int, limit: int = 1000) -> list[Event]:
         rows = await self.db.fetch(

@@ -72,10 +72,10 @@ class ThreadRepo:
         return [thread_message_of(r) for r in rows]
 
     async def thread_active_runs(self, user_id: str, thread_id: str) -> list[tuple[str, str]]:
-        """(run_id, status) of the thread's queued and running runs."""
+        """(run_id, status) of the thread's queued, running and waiting runs."""
         rows = await self.db.fetch(
             "SELECT run_id, status FROM runs WHERE user_id = $1 AND thread_id = $2 "
-            "AND status IN ('queued', 'running') ORDER BY created_at",
+            "AND status IN ('queued', 'running', 'waiting') ORDER BY created_at",
             user_id,
             thread_id,
         )

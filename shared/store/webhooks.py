@@ -1,8 +1,8 @@
-"""Webhook rows: the delivery every terminal commit of a run with a webhook records (a CTE of
-the statement that commits the state, `deliveries_of`: no state without its delivery, no
-delivery without its state), the workers' claims of due deliveries (`FOR UPDATE SKIP LOCKED`:
-workers never wait on each other's rows), each attempt's record, a redelivery, the owner's
-listing, and the rotation of a key's signing secret.
+"""Webhook rows: the delivery every terminal commit of a run with a webhook records, and its
+move to waiting for a person (a CTE of the statement that commits the state, `deliveries_of`:
+no state without its delivery, no delivery without its state), the workers' claims of due
+deliveries (`FOR UPDATE SKIP LOCKED`: workers never wait on each other's rows), each attempt's
+record, a redelivery, the owner's listing, and the rotation of a key's signing secret.
 
 A claim is a lease: it starts the attempt (`sending`, numbered) and moves the delivery's next
 attempt past the attempt's time limit, so a delivery whose worker died is claimed again then.
@@ -29,18 +29,22 @@ NEW_MESSAGE_ID = "'msg_' || replace(gen_random_uuid()::text, '-', '')"
 NEW_ATTEMPT_ID = "'att_' || replace(gen_random_uuid()::text, '-', '')"
 
 
-def deliveries_of(ended: str) -> str:
+def deliveries_of(ended: str, snapshot: bool = False) -> str:
     """The CTE `hooked`: a pending delivery for each run of `ended` (a relation with `run_id`,
-    `status` and `webhook_url`, the terminal UPDATE's RETURNING) that has a webhook. Its event
-    type is `run.<status>`."""
+    `status` and `webhook_url`, the UPDATE's RETURNING) that has a webhook. Its event type is
+    `run.<status>`. `snapshot`: `ended` also has `snapshot`, the run's whole row, which the
+    delivery keeps (a waiting run moves on before its body is rendered; a terminal one does
+    not)."""
+    kept = "snapshot" if snapshot else "NULL::jsonb"
     return f"""hooked AS (
-        INSERT INTO webhook_deliveries (delivery_id, run_id, event_type)
-        SELECT {NEW_MESSAGE_ID}, run_id, 'run.' || status FROM {ended}
+        INSERT INTO webhook_deliveries (delivery_id, run_id, event_type, run_snapshot)
+        SELECT {NEW_MESSAGE_ID}, run_id, 'run.' || status, {kept} FROM {ended}
         WHERE webhook_url IS NOT NULL
     )"""
 
 
-# Due deliveries, claimed: each gets its next attempt started and leased.
+# Due deliveries, claimed: each gets its next attempt started and leased. The run it tells of
+# is the row the delivery kept (`run.waiting`), else the run's current row.
 CLAIM_DUE = f"""WITH due AS (
         SELECT delivery_id FROM webhook_deliveries
         WHERE state = 'pending' AND next_at <= now()
@@ -52,7 +56,7 @@ CLAIM_DUE = f"""WITH due AS (
             next_at = now() + make_interval(secs => $2), updated_at = now()
         FROM due WHERE d.delivery_id = due.delivery_id
         RETURNING d.delivery_id, d.run_id, d.event_type, d.attempts, d.schedule_attempts,
-            d.schedule_from, d.payload
+            d.schedule_from, d.payload, d.run_snapshot
     ), started AS (
         INSERT INTO webhook_attempts (attempt_id, delivery_id, n)
         SELECT {NEW_ATTEMPT_ID}, delivery_id, attempts FROM claimed
@@ -63,8 +67,9 @@ CLAIM_DUE = f"""WITH due AS (
         s.attempt_id, k.webhook_secret, k.webhook_secret_prev, k.webhook_secret_rotated_at,
         now() AS now, {", ".join(f"r.{c.strip()}" for c in RUN_COLUMNS.split(","))}
     FROM claimed c JOIN started s USING (delivery_id)
-    JOIN runs r ON r.run_id = c.run_id
-    LEFT JOIN api_keys k ON k.key_id = r.webhook_key_id"""
+    JOIN runs live ON live.run_id = c.run_id
+    CROSS JOIN LATERAL jsonb_populate_record(live, c.run_snapshot) r
+    LEFT JOIN api_keys k ON k.key_id = live.webhook_key_id"""
 
 # An attempt's outcome, and the delivery's next state (fenced: see the module docstring).
 RECORD = """WITH att AS (

@@ -6,6 +6,8 @@ The attempt ends in exactly one of these ways:
 - a cancel is requested: `cancelled` committed, usage so far kept;
 - the lease is lost (another attempt owns the run): nothing more is written, nothing acked;
 - a hand-over (drain, or Redis lost the entry): the run re-queued, its entry handed over;
+- the agent interrupted (`ctx.interrupt`): the run waits for a person, released
+  (`worker.attempt.wait`);
 - Postgres or Redis stays away longer than an outage is ridden out: nothing acked, the lease
   moves the run.
 """
@@ -32,6 +34,7 @@ from shared.tools import run_tools
 from worker.attempt.end import end, finish_error
 from worker.attempt.log import flush, queue, stop_flusher
 from worker.attempt.state import AttemptState, Deps, outage_deadline
+from worker.attempt.wait import handler, wait
 from worker.batches import Claimed
 from worker.policies import (
     RETRYABLE,
@@ -137,6 +140,9 @@ async def _drive_and_end(st: AttemptState, d: Deps, run: Run) -> None:
     limit = run_timeout(d.settings, run.params)
     left = remaining_seconds(limit, run.started_at, datetime.now(UTC))
     ending, terminal = await _supervise(st, d, agent, ctx, left)
+    if ending is Ending.WAITING:
+        await wait(st, d)
+        return
     await end(st, d, ending, terminal, ctx)
 
 
@@ -144,6 +150,7 @@ async def _context(st: AttemptState, d: Deps, run: Run) -> RunContext:
     last_event = None
     checkpoint = None
     history: list[dict[str, Any]] = []
+    answers: dict[str, Any] = {}
     if run.thread_id is not None:
         history = await load_history(d.store, d.rio.threads, run.user_id, run.thread_id)
     if run.attempt > 1:
@@ -151,6 +158,7 @@ async def _context(st: AttemptState, d: Deps, run: Run) -> RunContext:
         archived = await d.store.runs.last_archived_event(run.run_id, LIFECYCLE_TYPES)
         last_event = None if archived is None else archived.payload()
         checkpoint = await d.store.runs.last_checkpoint(run.run_id)
+        answers = await d.store.interrupts.answers(run.run_id)
 
     async def save(step: int, state: dict[str, Any]) -> None:
         await flush(st, d)  # the events of a checkpointed step are committed first
@@ -176,6 +184,7 @@ async def _context(st: AttemptState, d: Deps, run: Run) -> RunContext:
         save_checkpoint=save,
         tools=run_tools(d.tools, run.params),
         services=d.services,
+        interrupts=handler(st, answers),
     )
 
 
@@ -215,6 +224,8 @@ async def _supervise(
         return Ending.CANCELLED, None
     if sig.lost.is_set():
         return Ending.LEASE_LOST, None
+    if sig.wait.is_set():  # before a hand-over: a waiting run needs no other worker
+        return Ending.WAITING, None
     if sig.handoff.is_set():
         return Ending.HANDOFF, None
     if sig.broken.is_set():  # a background flush failed

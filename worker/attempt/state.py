@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shared.agents import Agent
-from shared.agents.base import RunContext
+from shared.agents.base import Interrupt, RunContext
 from shared.config import Settings
 from shared.llm.tools import ToolRegistry
 from shared.models import Event, Run
@@ -76,6 +76,8 @@ class AttemptState:
     first_write: tuple[str, str] | None = None
     # Why a hand-over was asked for ("drain", or "entry_lost": Redis lost the queue entry).
     handoff_reason: str = "drain"
+    # The interrupt the agent asked and nobody has answered yet: (what, key, interrupt id).
+    asking: tuple[Interrupt, str, str] | None = None
 
     @property
     def run_id(self) -> str:
