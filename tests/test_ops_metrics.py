@@ -87,7 +87,10 @@ async def test_metrics_follow_a_queue_a_drain_a_dead_letter_and_a_cancel(
     async def drained() -> Samples | None:
         got = await scrape(client)
         done = value(got, "longrun_runs_finished_total", status="succeeded") == 49
-        return got if done and value(got, "longrun_queue_depth") == 0 else None
+        # The worker publishes its free slots when its load changes, at most every
+        # IN_FLIGHT_PUBLISH_SECONDS: the last run's slot may show freed a moment after it ends.
+        free = value(got, "longrun_worker_free_slots", worker=w.name) == settings.concurrency
+        return got if done and free and value(got, "longrun_queue_depth") == 0 else None
 
     m = await wait_for(drained)
     # Then 49 succeeded, the ghost's run was re-claimed and dead-lettered, the queue is empty
