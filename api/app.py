@@ -18,7 +18,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 
-from api import diagnostics, docs, errors, events, runs, threads
+from api import console, diagnostics, docs, errors, events, ops, runs, threads
 from api.auth import Security
 from api.errors import ERROR_RESPONSES, JSONResp
 from api.hub import Hub
@@ -139,7 +139,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(events.router)
     app.include_router(diagnostics.router)
     app.include_router(threads.router)
+    app.include_router(ops.router)
     docs.install(app)
+    console.install(app)
 
     @app.get("/health")
     async def health(request: Request) -> dict[str, object]:

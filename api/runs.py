@@ -130,15 +130,24 @@ async def list_runs(
     cursor: Annotated[str | None, Query(json_schema_extra={"pattern": CURSOR_PATTERN})] = None,
     status: RunStatus | None = None,
     thread_id: Annotated[str | None, Query(pattern=THREAD_ID_PATTERN)] = None,
+    agent: Annotated[str | None, Query(min_length=1, max_length=128)] = None,
 ) -> JSONResp:
     runs = await _state(request).store.runs.list_runs(
-        user, limit=limit, before=_cursor(cursor), status=status, thread_id=thread_id
+        user,
+        limit=limit,
+        before=_cursor(cursor),
+        status=status,
+        thread_id=thread_id,
+        agent=agent,
     )
-    next_cursor = None
-    if len(runs) == limit:
-        last = runs[-1]
-        next_cursor = make_cursor(last.created_at, last.run_id)
-    return JSONResp({"runs": [r.public() for r in runs], "next_cursor": next_cursor})
+    return JSONResp({"runs": [r.public() for r in runs], "next_cursor": next_cursor(runs, limit)})
+
+
+def next_cursor(runs: list[Run], limit: int) -> str | None:
+    """The cursor of the page after `runs` (None when this page was the last)."""
+    if len(runs) < limit:
+        return None
+    return make_cursor(runs[-1].created_at, runs[-1].run_id)
 
 
 @router.post(

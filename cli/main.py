@@ -174,10 +174,13 @@ async def _keys(settings: Settings, args: Any) -> int:
     try:
         if args.keys_command == "create":
             try:
-                key_id, key = await store.users.create_key(args.user, args.name)
+                key_id, key = await store.users.create_key(
+                    args.user, args.name, operator=args.operator
+                )
             except BadRequest as exc:  # a user id reserved for JWT callers
                 raise Failure(Exit.USAGE, exc.detail) from exc
-            print(f"created key {key_id} for user {args.user} (shown once):")
+            role = "operator key" if args.operator else "key"
+            print(f"created {role} {key_id} for user {args.user} (shown once):")
             print(key)
             return 0
         if args.keys_command == "revoke":

@@ -94,6 +94,11 @@ def _admin(sub: argparse._SubParsersAction[Parser]) -> None:
     )
     kc.add_argument("--user", required=True, help="the user the key acts for")
     kc.add_argument("--name", help="a label for the key (shown by `keys list`)")
+    kc.add_argument(
+        "--operator",
+        action="store_true",
+        help="an operator's key: sees the whole deployment (the console's Operations, /ops)",
+    )
     kr = ksub.add_parser(
         "revoke",
         help="revoke a key",

@@ -34,16 +34,20 @@ class UserRepo:
         self.db = db
 
     # -- keys --------------------------------------------------------------------------------
-    async def create_key(self, user_id: str, name: str | None = None) -> tuple[str, str]:
+    async def create_key(
+        self, user_id: str, name: str | None = None, *, operator: bool = False
+    ) -> tuple[str, str]:
         if user_id.startswith(JWT_USER_PREFIX):
             raise BadRequest(f"user ids beginning {JWT_USER_PREFIX!r} are reserved for JWT callers")
         key_id, key = new_api_key()
         await self.db.execute(
-            "INSERT INTO api_keys (key_id, user_id, key_hash, name) VALUES ($1, $2, $3, $4)",
+            "INSERT INTO api_keys (key_id, user_id, key_hash, name, operator) "
+            "VALUES ($1, $2, $3, $4, $5)",
             key_id,
             user_id,
             hash_key(key),
             name,
+            operator,
         )
         return key_id, key
 
@@ -59,7 +63,8 @@ class UserRepo:
     async def active_key(self, key: str) -> ActiveKey | None:
         """The unrevoked key `key` is, or None (looked up by hash, as `user_for_key`)."""
         row = await self.db.fetchrow(
-            "SELECT key_id, user_id FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
+            "SELECT key_id, user_id, operator FROM api_keys "
+            "WHERE key_hash = $1 AND revoked_at IS NULL",
             hash_key(key),
         )
         return None if row is None else active_key_of(row)

@@ -1,0 +1,233 @@
+"""The console (`/console`) in real Chromium, end to end: sign in, submit a ticker run and
+watch it to `succeeded` while the link is cut twice (the page reconnects and holds tokens
+exactly 1..N), cancel a run, be refused another user's run, sign in as an operator (every
+user's runs, the Operations view, the kill switch behind its confirmation), an accessibility
+pass with axe-core (vendored) on every view, and a check that the API key goes nowhere but
+the tab's session storage and the `Authorization` header of requests to the API itself.
+
+The page is opened through a TCP proxy in front of the API, so cutting the proxy's links cuts
+the page's event stream. With LONGRUN_SCREENSHOTS=DIR the test saves its screenshots there
+(the README's come from `LONGRUN_SCREENSHOTS=docs/console`); otherwise under tmp_path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.browser.cdp import Tab
+from tests.browser.test_eventsource import CHROMIUM, FLAGS, chromium
+from tests.helpers import wait_status
+from tests.tcp_proxy import TcpProxy
+
+pytestmark = [
+    pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed"),
+    pytest.mark.timeout(300),
+]
+AXE = Path(__file__).with_name("vendor") / "axe-core" / "axe.min.js"
+COUNT = 40
+
+
+async def sign_in(tab: Tab, key: str) -> dict[str, Any]:
+    try:
+        await tab.until("document.querySelector('#api-key')", timeout=30)
+    except AssertionError:
+        raise AssertionError(f"no sign-in form; the page said: {tab.problems}") from None
+    await tab.eval(
+        f"document.querySelector('#api-key').value = {json.dumps(key)};"
+        "document.querySelector('#api-key').form.requestSubmit(); true"
+    )
+    me: dict[str, Any] = await tab.until("window.longrunConsole.me")
+    return me
+
+
+async def go(tab: Tab, hash_: str, ready: str) -> None:
+    await tab.eval(f"window.location.hash = {json.dumps(hash_)}; true")
+    await tab.until(ready)
+
+
+async def submit_ticker(tab: Tab, count: int, interval_ms: int) -> str:
+    await go(tab, "#/submit", "document.querySelector('#s-agent option[value=ticker]')")
+    params = json.dumps({"count": count, "interval_ms": interval_ms})
+    await tab.eval(
+        "document.querySelector('#s-agent').value = 'ticker';"
+        "document.querySelector('#s-input').value = 'watch me';"
+        f"document.querySelector('#s-params').value = {json.dumps(params)};"
+        "document.querySelector('#s-params').dispatchEvent(new Event('input'));"
+        "document.querySelector('#s-params').form.requestSubmit(); true"
+    )
+    run_id: str = await tab.until(
+        "(location.hash.match(/^#\\/runs\\/([0-9a-f-]{36})$/) || [])[1]"
+        " && window.longrunConsole.run && window.longrunConsole.run.runId"
+    )
+    return run_id
+
+
+async def axe_violations(tab: Tab) -> list[dict[str, Any]]:
+    if not await tab.eval("typeof window.axe !== 'undefined'"):
+        await tab.eval(AXE.read_text() + "\n;true")
+    found: list[dict[str, Any]] = await tab.eval(
+        "axe.run(document, {resultTypes: ['violations']}).then(r => r.violations.map(v =>"
+        " ({id: v.id, impact: v.impact, nodes: v.nodes.map(n => n.target.join(' ')).slice(0, 5)})"
+        "))"
+    )
+    return found
+
+
+async def test_the_console_end_to_end_in_chromium(
+    api_factory, settings, store, api_key, worker, tmp_path, monkeypatch
+):
+    # Given an API reached through a proxy, a worker, two users and an operator
+    monkeypatch.setattr("tests.browser.test_eventsource.FLAGS", [*FLAGS, "--window-size=1280,900"])
+    srv = await api_factory(settings)
+    _, bob_key = await store.users.create_key("bob")
+    _, op_key = await store.users.create_key("root", operator=True)
+    proxy = await TcpProxy("127.0.0.1", srv.port).start()
+    origin = f"http://127.0.0.1:{proxy.port}"
+    shots = Path(os.environ.get("LONGRUN_SCREENSHOTS") or tmp_path / "shots")
+    headers = {"Authorization": f"Bearer {bob_key}"}
+    async with httpx.AsyncClient(base_url=srv.url, headers=headers, timeout=10) as bob:
+        bobs = (await bob.post("/runs", json={"input": "secret", "agent": "ticker"})).json()
+    a11y: dict[str, list[dict[str, Any]]] = {}
+    try:
+        async with chromium(f"{origin}/console", tmp_path / "profile") as page:
+            tab = Tab(page.ws)
+            await tab.send("Network.enable")
+            await tab.send("Page.enable")
+            await tab.send("Log.enable")
+            await tab.send("Runtime.enable")
+            await tab.send("Page.reload")
+
+            # When a user signs in with their key
+            me = await sign_in(tab, api_key)
+            assert me == {"user": "alice", "operator": False, "key_id": me["key_id"]}
+            await tab.until("document.querySelector('main table')")
+            a11y["sign-in"] = []
+
+            # And submits a ticker run, and the link is cut twice while it streams
+            run_id = await submit_ticker(tab, COUNT, 150)
+            for at_least in (6, 20):
+                await tab.until(f"window.longrunConsole.run.tokens.length >= {at_least}")
+                proxy.cut()
+                proxy.restore()
+            await tab.until("window.longrunConsole.run.finished", timeout=90)
+            view = await tab.eval(
+                "(() => { const v = window.longrunConsole.run; return {tokens: v.tokens,"
+                " seqs: v.events.map(e => e.seq), types: v.events.map(e => e.type),"
+                " reconnects: v.reconnects,"
+                " status: document.querySelector('#run-status').textContent,"
+                " connection: document.querySelector('#connection').textContent,"
+                " output: document.querySelector('#output').textContent}; })()"
+            )
+            # Then it watched the run to the end: every token once, in order, across the cuts
+            assert view["tokens"] == [str(i) for i in range(1, COUNT + 1)]
+            assert view["seqs"] == list(range(1, len(view["seqs"]) + 1))
+            assert view["types"][-1] == "done"
+            assert view["status"] == "succeeded"
+            assert view["reconnects"] >= 2, view
+            assert "reconnected" in view["connection"], view["connection"]
+            assert view["output"] == "".join(str(i) for i in range(1, COUNT + 1))
+            await tab.screenshot(shots / "run.png")
+            a11y["run"] = await axe_violations(tab)
+
+            # When they submit a long run and press Cancel mid-run
+            cancel_id = await submit_ticker(tab, 1000, 100)
+            await tab.until("window.longrunConsole.run.tokens.length >= 3")
+            await tab.eval("document.querySelector('#cancel').click(); true")
+            await tab.until("window.longrunConsole.run.finished", timeout=60)
+            # Then the run ends cancelled, and the page says so
+            assert await tab.eval("document.querySelector('#run-status').textContent") == (
+                "cancelled"
+            )
+            assert (await tab.eval("window.longrunConsole.run.events.at(-1).type")) == "cancelled"
+
+            # When they open another user's run by its id: refused, as if it did not exist
+            await go(tab, f"#/runs/{bobs['run_id']}", "document.querySelector('[role=alert]')")
+            refused = await tab.eval("document.querySelector('[role=alert]').textContent")
+            assert "not_found" in refused
+            assert "secret" not in await tab.eval("document.body.innerText")
+
+            # And the runs list shows theirs, newest first
+            await go(tab, "#/runs", "document.querySelectorAll('tr[data-run]').length >= 2")
+            listed = await tab.eval(
+                "[...document.querySelectorAll('tr[data-run]')].map(r => r.dataset.run)"
+            )
+            assert listed[:2] == [cancel_id, run_id]
+            assert bobs["run_id"] not in listed
+            await tab.screenshot(shots / "runs.png")
+            a11y["runs"] = await axe_violations(tab)
+            await go(tab, "#/submit", "document.querySelector('#s-agent option[value=ticker]')")
+            await tab.eval(
+                "document.querySelector('#s-params').value = '{not json';"
+                "document.querySelector('#s-params').dispatchEvent(new Event('input')); true"
+            )
+            # Bad params JSON is caught before anything is sent
+            assert await tab.eval("document.querySelector('#s-params-help').className") == "error"
+            assert await tab.eval("document.querySelector('form button[type=submit]').disabled")
+            a11y["submit"] = await axe_violations(tab)
+
+            # The key is in this tab's session storage and nowhere else on the page
+            stored = await tab.eval(
+                "(async () => ({session: JSON.stringify({...sessionStorage}),"
+                " local: localStorage.length, cookie: document.cookie,"
+                " idb: (await indexedDB.databases()).length,"
+                " caches: (await caches.keys()).length}))()"
+            )
+            assert api_key in stored["session"]
+            assert stored == {**stored, "local": 0, "cookie": "", "idb": 0, "caches": 0}
+
+            # When an operator signs in instead
+            await tab.eval("document.querySelector('#signout').click(); true")
+            me = await sign_in(tab, op_key)
+            assert me["operator"] is True
+            # Then the runs list is every user's, with its owner
+            await go(tab, "#/runs", "document.querySelector('tr[data-run]')")
+            owners = await tab.eval(
+                "[...document.querySelectorAll('tr[data-run] td:nth-child(2)')]"
+                ".map(td => td.textContent)"
+            )
+            assert {"alice", "bob"} <= set(owners)
+            # And Operations shows the cluster, with the kill switch behind a confirmation
+            await go(tab, "#/ops", "document.querySelector('#fig-backlog')")
+            assert await tab.eval("document.querySelector('#fig-workers').textContent") == "1"
+            await tab.eval("document.querySelector('#pause').click(); true")
+            await tab.until("document.querySelector('#confirm').open")
+            a11y["ops-confirm"] = await axe_violations(tab)
+            await tab.eval("document.querySelector('#confirm-yes').click(); true")
+            await tab.until("document.querySelector('#resume')")
+            async with httpx.AsyncClient(base_url=srv.url, headers=headers, timeout=10) as bob:
+                refused_submit = await bob.post("/runs", json={"input": "x"})
+                assert refused_submit.status_code == 503
+                assert refused_submit.json()["error"] == "paused"
+                await tab.screenshot(shots / "operations.png")
+                a11y["ops"] = await axe_violations(tab)
+                await tab.eval("document.querySelector('#resume').click(); true")
+                await tab.until("document.querySelector('#confirm').open")
+                await tab.eval("document.querySelector('#confirm-yes').click(); true")
+                await tab.until("document.querySelector('#pause')")
+                accepted = await bob.post("/runs", json={"input": "x", "agent": "ticker"})
+                assert accepted.status_code == 202
+                await wait_status(bob, accepted.json()["run_id"], "succeeded", timeout=60)
+            requests = list(tab.requests)
+    finally:
+        await proxy.stop()
+
+    # Then no view had an accessibility violation
+    assert {view: found for view, found in a11y.items() if found} == {}
+    # And the keys went only to the API, in the Authorization header, never in a URL; the event
+    # streams carried a run-scoped token and no key
+    keys = (api_key, op_key)
+    for r in requests:
+        assert not any(k in r["url"] for k in keys), r["url"]
+        auth = {k.lower(): v for k, v in r["headers"].items()}.get("authorization")
+        if auth and r["url"]:
+            assert r["url"].startswith(origin), r["url"]
+        if "/events" in r["url"] and "events_url" not in r["url"]:
+            assert "token=" in r["url"]
+            assert auth is None, r
+    assert any("/events?token=" in r["url"] for r in requests)
