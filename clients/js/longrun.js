@@ -75,6 +75,23 @@ const sleep = (ms, signal) => new Promise((resolve, reject) => {
   signal?.addEventListener("abort", onAbort, { once: true });
 });
 
+/** Finds line breaks (CRLF, LF or CR) in one buffer, each search from where the last ended:
+ * linear in the buffer however many lines it holds. */
+function breaks(s) {
+  let n = -1;
+  let r = -1;
+  const find = (ch, from) => {
+    const i = s.indexOf(ch, from);
+    return i < 0 ? Infinity : i;
+  };
+  return (from) => {
+    if (n < from) n = find("\n", from);
+    if (r < from) r = find("\r", from);
+    const at = Math.min(n, r);
+    return at === Infinity ? -1 : at;
+  };
+}
+
 /**
  * Parses a text/event-stream body into frames `{id, event, data, retry}` (the WHATWG rules:
  * fields per line, a blank line ends a frame, comments and frames without data are skipped).
@@ -87,13 +104,18 @@ export async function* parseSse(body, onBytes) {
   try {
     for (;;) {
       const { value, done } = await reader.read();
-      if (done) return;
-      onBytes?.();
-      buf += decoder.decode(value, { stream: true });
-      let nl;
-      while ((nl = buf.search(/\r\n|\r|\n/)) >= 0) {
-        const line = buf.slice(0, nl);
-        buf = buf.slice(nl + (buf[nl] === "\r" && buf[nl + 1] === "\n" ? 2 : 1));
+      if (!done) {
+        onBytes?.();
+        buf += decoder.decode(value, { stream: true });
+      }
+      let pos = 0;
+      const nextBreak = breaks(buf);
+      for (;;) {
+        const nl = nextBreak(pos);
+        // A CR ending the buffer may be the first half of a CRLF: wait for the next bytes.
+        if (nl < 0 || (!done && buf[nl] === "\r" && nl + 1 === buf.length)) break;
+        const line = buf.slice(pos, nl);
+        pos = nl + (buf[nl] === "\r" && buf[nl + 1] === "\n" ? 2 : 1);
         if (line === "") {
           if (frame.data.length) yield { ...frame, data: frame.data.join("\n") };
           else if (frame.retry !== null) yield { ...frame, data: null };
@@ -110,6 +132,8 @@ export async function* parseSse(body, onBytes) {
         else if (field === "id" && !val.includes("\0")) frame.id = val;
         else if (field === "retry" && /^\d+$/.test(val)) frame.retry = Number(val);
       }
+      buf = buf.slice(pos);
+      if (done) return; // an unterminated last frame is dropped, as the standard says
     }
   } finally {
     reader.cancel().catch(() => {});

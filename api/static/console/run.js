@@ -9,6 +9,7 @@ import { h, replace, statusBadge, usd, errorBox, every, announce, problem } from
 import { VirtualList } from "./vlist.js";
 
 const DIAGNOSTICS_MS = 3000;
+const YIELD_MS = 12;
 
 /** The same path and query on this page's origin (links carry the API's configured base). */
 function sameOrigin(client, url) {
@@ -163,6 +164,7 @@ export async function render(ctx, main, [runId]) {
     conn.className = `conn conn-${s}`;
     if (s === "reconnecting" && info.error) announce("connection lost, reconnecting");
   };
+  let slice = performance.now();
   try {
     for await (const e of client.stream(runId, {
       signal,
@@ -178,6 +180,12 @@ export async function render(ctx, main, [runId]) {
         diagPanel.hidden = false;
       }
       schedule();
+      // A replay arrives faster than it can be shown: give the browser a turn every few ms,
+      // so that it paints and answers input however long the run.
+      if (performance.now() - slice > YIELD_MS) {
+        await new Promise((resolve) => setTimeout(resolve, 0));
+        slice = performance.now();
+      }
     }
     view.run = await client.get(runId, { signal });
     showSummary(view.run);
