@@ -86,3 +86,23 @@ async def test_the_javascript_client_passes_its_node_tests_against_a_real_stack(
     report = out.decode()
     assert proc.returncode == 0, report
     assert "# fail 0" in report or "fail 0" in report, report
+
+
+TSC = JS_TESTS.parent.parent / "clients" / "js" / "node_modules" / ".bin" / "tsc"
+
+
+@pytest.mark.skipif(
+    not TSC.exists() and not os.environ.get("CI"),
+    reason="typescript is not installed (npm install --prefix clients/js; CI does)",
+)
+async def test_the_typescript_declarations_compile_and_describe_the_client():
+    # `clients/js/types-check.ts` calls the client as its users do, typed by longrun.d.ts
+    proc = await asyncio.create_subprocess_exec(
+        str(TSC),
+        "-p",
+        str(TSC.parents[2]),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), timeout=120)
+    assert proc.returncode == 0, out.decode()
