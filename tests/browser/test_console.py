@@ -48,19 +48,77 @@ async def sign_in(tab: Tab, key: str) -> dict[str, Any]:
     return me
 
 
+async def press(tab: Tab, key: str, code: int, shift: bool = False) -> None:
+    for kind in ("rawKeyDown", "keyUp"):
+        await tab.send(
+            "Input.dispatchKeyEvent",
+            {
+                "type": kind,
+                "key": key,
+                "code": key,
+                "windowsVirtualKeyCode": code,
+                "modifiers": 8 if shift else 0,
+            },
+        )
+
+
+async def sign_in_by_keyboard(tab: Tab, key: str) -> dict[str, Any]:
+    """Types the key into the focused field and presses Enter, as a keyboard user would."""
+    await tab.until("document.activeElement && document.activeElement.id === 'api-key'")
+    await tab.send("Input.insertText", {"text": key})
+    await tab.send(
+        "Input.dispatchKeyEvent",
+        {
+            "type": "keyDown",
+            "key": "Enter",
+            "code": "Enter",
+            "windowsVirtualKeyCode": 13,
+            "text": "\r",
+        },
+    )
+    await tab.send("Input.dispatchKeyEvent", {"type": "keyUp", "key": "Enter", "code": "Enter"})
+    me: dict[str, Any] = await tab.until("window.longrunConsole.me")
+    return me
+
+
+async def tab_stops(tab: Tab, n: int) -> list[dict[str, Any]]:
+    """What Tab reaches, `n` presses from the top of the page: each stop's text or label,
+    and whether its focus is drawn (an outline)."""
+    await tab.eval(
+        "document.body.tabIndex = -1; document.body.focus();"
+        " document.body.removeAttribute('tabindex'); true"
+    )
+    stops = []
+    for _ in range(n):
+        await press(tab, "Tab", 9)
+        stops.append(
+            await tab.eval(
+                "(() => { const e = document.activeElement; const s = getComputedStyle(e);"
+                " return {tag: e.tagName, name: (e.getAttribute('aria-label') || e.id ||"
+                " e.textContent || '').trim().slice(0, 40),"
+                " outline: s.outlineStyle !== 'none' && parseFloat(s.outlineWidth) > 0}; })()"
+            )
+        )
+    return stops
+
+
 async def go(tab: Tab, hash_: str, ready: str) -> None:
     await tab.eval(f"window.location.hash = {json.dumps(hash_)}; true")
     await tab.until(ready)
 
 
-async def submit_ticker(tab: Tab, count: int, interval_ms: int) -> str:
+async def submit_form(
+    tab: Tab, text: str, agent: str = "", params: str = "", thread: str = ""
+) -> str:
+    """Fills and sends the Submit form; returns the run id of the page it goes to."""
     await go(tab, "#/submit", "document.querySelector('#s-agent option[value=ticker]')")
-    params = json.dumps({"count": count, "interval_ms": interval_ms})
+    fields = {"#s-agent": agent, "#s-input": text, "#s-params": params, "#s-thread": thread}
+    fill = "".join(
+        f"document.querySelector('{sel}').value = {json.dumps(value)};"
+        for sel, value in fields.items()
+    )
     await tab.eval(
-        "document.querySelector('#s-agent').value = 'ticker';"
-        "document.querySelector('#s-input').value = 'watch me';"
-        f"document.querySelector('#s-params').value = {json.dumps(params)};"
-        "document.querySelector('#s-params').dispatchEvent(new Event('input'));"
+        fill + "document.querySelector('#s-params').dispatchEvent(new Event('input'));"
         "document.querySelector('#s-params').form.requestSubmit(); true"
     )
     run_id: str = await tab.until(
@@ -68,6 +126,11 @@ async def submit_ticker(tab: Tab, count: int, interval_ms: int) -> str:
         " && window.longrunConsole.run && window.longrunConsole.run.runId"
     )
     return run_id
+
+
+async def submit_ticker(tab: Tab, count: int, interval_ms: int) -> str:
+    params = json.dumps({"count": count, "interval_ms": interval_ms})
+    return await submit_form(tab, "watch me", agent="ticker", params=params)
 
 
 async def axe_violations(tab: Tab) -> list[dict[str, Any]]:
@@ -105,11 +168,12 @@ async def test_the_console_end_to_end_in_chromium(
             await tab.send("Runtime.enable")
             await tab.send("Page.reload")
 
-            # When a user signs in with their key
-            me = await sign_in(tab, api_key)
+            await tab.until("document.querySelector('#api-key')")
+            a11y["sign-in"] = await axe_violations(tab)
+            # When a user signs in with their key, by keyboard alone
+            me = await sign_in_by_keyboard(tab, api_key)
             assert me == {"user": "alice", "operator": False, "key_id": me["key_id"]}
             await tab.until("document.querySelector('main table')")
-            a11y["sign-in"] = []
 
             # And submits a ticker run, and the link is cut twice while it streams
             run_id = await submit_ticker(tab, COUNT, 150)
@@ -140,6 +204,11 @@ async def test_the_console_end_to_end_in_chromium(
             # When they submit a long run and press Cancel mid-run
             cancel_id = await submit_ticker(tab, 1000, 100)
             await tab.until("window.longrunConsole.run.tokens.length >= 3")
+            # (while it runs, its diagnostics show who holds it and how fresh its heartbeat is)
+            await tab.until(
+                "document.querySelector('#diagnostics').innerText.includes('owner_heartbeat_age_s')",
+                timeout=30,
+            )
             await tab.eval("document.querySelector('#cancel').click(); true")
             await tab.until("window.longrunConsole.run.finished", timeout=60)
             # Then the run ends cancelled, and the page says so
@@ -147,6 +216,25 @@ async def test_the_console_end_to_end_in_chromium(
                 "cancelled"
             )
             assert (await tab.eval("window.longrunConsole.run.events.at(-1).type")) == "cancelled"
+
+            # When they ask the chat agent for arithmetic on a thread
+            chat_id = await submit_form(tab, "what is 6*7?", thread="console-thread")
+            await tab.until("window.longrunConsole.run.finished", timeout=90)
+            # Then its tool calls are a timeline, each with its outcome and duration
+            timeline = await tab.eval("document.querySelector('#timeline').innerText")
+            assert "calculator" in timeline
+            assert "ok ·" in timeline
+            assert await tab.eval("document.querySelector('#run-status').textContent") == (
+                "succeeded"
+            )
+            assert await tab.eval("!!document.querySelector('#final-output')")
+            # And the thread's page lists the run and the conversation
+            await go(tab, "#/threads/console-thread", "document.querySelector('#messages li')")
+            assert chat_id in await tab.eval(
+                "[...document.querySelectorAll('#thread-runs a')].map(a => a.href).join(' ')"
+            )
+            assert "6*7" in await tab.eval("document.querySelector('#messages').innerText")
+            a11y["threads"] = await axe_violations(tab)
 
             # When they open another user's run by its id: refused, as if it did not exist
             await go(tab, f"#/runs/{bobs['run_id']}", "document.querySelector('[role=alert]')")
@@ -159,9 +247,28 @@ async def test_the_console_end_to_end_in_chromium(
             listed = await tab.eval(
                 "[...document.querySelectorAll('tr[data-run]')].map(r => r.dataset.run)"
             )
-            assert listed[:2] == [cancel_id, run_id]
+            assert listed[:3] == [chat_id, cancel_id, run_id]
             assert bobs["run_id"] not in listed
+            # And a run submitted elsewhere appears, and its status moves, with no reload
+            async with httpx.AsyncClient(
+                base_url=srv.url, headers={"Authorization": f"Bearer {api_key}"}, timeout=10
+            ) as alice:
+                elsewhere = await alice.post(
+                    "/runs",
+                    json={"input": "x", "agent": "ticker", "params": {"count": 60}},
+                )
+            row = f"document.querySelector('tr[data-run=\"{elsewhere.json()['run_id']}\"]')"
+            await tab.until(f"{row} && {row}.innerText.includes('running')", timeout=30)
+            await tab.until(f"{row}.innerText.includes('succeeded')", timeout=30)
             await tab.screenshot(shots / "runs.png")
+            # Tab walks the skip link, the menu, the search, the filters and the runs, with
+            # its focus drawn at each stop
+            stops = [st for st in await tab_stops(tab, 14) if st["tag"] != "BODY"]
+            names = [st["name"] for st in stops]
+            assert names[:4] == ["Skip to content", "Runs", "Submit", "Threads"], names
+            assert {"f-search", "f-status", "f-agent", "f-thread"} <= set(names), names
+            assert any(n.startswith("run ") for n in names), names
+            assert [st for st in stops if not st["outline"]] == []
             a11y["runs"] = await axe_violations(tab)
             await go(tab, "#/submit", "document.querySelector('#s-agent option[value=ticker]')")
             await tab.eval(
