@@ -16,13 +16,12 @@ from pydantic import BaseModel, Field
 
 from api.auth import Principal, authenticate
 from api.errors import ERROR_RESPONSES, ApiError
-from api.runs import RunIdPath, _cursor, _state, next_cursor, parse_run_id
-from api.schemas import CURSOR_PATTERN, THREAD_ID_PATTERN
+from api.runs import Filter, RunIdPath, _state, next_cursor, parse_run_id
 from shared.deadletters import dead_letters as read_dead_letters
 from shared.deadletters import listing, retry, select
 from shared.errors import NotFound, Unavailable
 from shared.metrics import as_dict, cluster_redis
-from shared.models import Run, RunStatus
+from shared.models import Run
 from shared.redis.admission import AdmissionIO
 from shared.redis.client import REDIS_DOWN
 from shared.redis.ops import OpsIO
@@ -95,24 +94,12 @@ async def status(request: Request, _: Operator) -> dict[str, Any]:
 async def all_runs(
     request: Request,
     _: Operator,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: Annotated[str | None, Query(json_schema_extra={"pattern": CURSOR_PATTERN})] = None,
-    status: RunStatus | None = None,
-    thread_id: Annotated[str | None, Query(pattern=THREAD_ID_PATTERN)] = None,
-    agent: Annotated[str | None, Query(min_length=1, max_length=128)] = None,
+    page: Filter,
     user: Annotated[str | None, Query(min_length=1, max_length=256)] = None,
 ) -> dict[str, Any]:
     """Every user's runs, newest first, each with its `user_id`; paged like `GET /runs`."""
-    runs = await _state(request).store.runs.list_runs(
-        None,
-        limit=limit,
-        before=_cursor(cursor),
-        status=status,
-        thread_id=thread_id,
-        agent=agent,
-        owner=user,
-    )
-    return {"runs": [_with_owner(r) for r in runs], "next_cursor": next_cursor(runs, limit)}
+    runs = await _state(request).store.runs.list_runs(None, owner=user, **vars(page))
+    return {"runs": [_with_owner(r) for r in runs], "next_cursor": next_cursor(runs, page.limit)}
 
 
 @router.get("/ops/runs/{run_id}", responses=OPERATOR_ONLY)
