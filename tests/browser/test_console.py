@@ -22,10 +22,12 @@ from typing import Any
 import httpx
 import pytest
 
+from shared.redis.keys import Keys
 from tests.browser.cdp import Tab
 from tests.browser.test_eventsource import CHROMIUM, FLAGS, chromium
 from tests.helpers import wait_status
 from tests.tcp_proxy import TcpProxy
+from tests.test_ops_status import dead_letter_a_run
 
 pytestmark = [
     pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed"),
@@ -400,3 +402,26 @@ async def test_a_run_of_100000_events_streams_into_the_page_without_freezing_it(
         )
         assert middle, "rows in view"
         assert min(middle) < count // 2 < max(middle), middle[:3]
+
+
+async def test_an_operator_retries_a_dead_letter_from_the_operations_view(
+    api, client, store, redis_client, settings, worker_factory, tmp_path
+):
+    # Given a dead-lettered run, and an operator on the Operations view
+    keys = Keys.from_settings(settings)
+    run_id, w = await dead_letter_a_run(client, redis_client, keys, worker_factory)
+    _, op_key = await store.users.create_key("root", operator=True)
+    async with chromium(f"{api.url}/console", tmp_path / "profile") as page:
+        tab = Tab(page.ws)
+        await sign_in(tab, op_key)
+        row = f"document.querySelector('#dead-letters button[aria-label=\"retry {run_id}\"]')"
+        await go(tab, "#/ops", row)
+        assert "failed" in await tab.eval("document.querySelector('#dead-letters').innerText")
+        # When they press Retry
+        await tab.eval(f"{row}.click(); true")
+        # Then the letter goes, and the run runs again to success
+        await tab.until(
+            "document.querySelector('#dead-letters').innerText.includes('No dead letters')"
+        )
+        await wait_status(client, run_id, "succeeded", timeout=60)
+    await w.close()
