@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
+from cli.admin import revoke_key
 from shared.redis.keys import Keys
 from tests.browser.cdp import Tab
 from tests.browser.test_eventsource import CHROMIUM, FLAGS, chromium
@@ -425,3 +426,20 @@ async def test_an_operator_retries_a_dead_letter_from_the_operations_view(
         )
         await wait_status(client, run_id, "succeeded", timeout=60)
     await w.close()
+
+
+async def test_a_key_revoked_while_signed_in_sends_the_page_back_to_sign_in(
+    api, store, settings, tmp_path
+):
+    # Given a user signed in to the console
+    key_id, key = await store.users.create_key("carol")
+    async with chromium(f"{api.url}/console", tmp_path / "profile") as page:
+        tab = Tab(page.ws)
+        await sign_in(tab, key)
+        await tab.until("document.querySelector('main table')")
+        # When the key is revoked and the page next asks the API for something
+        assert await revoke_key(settings, key_id)
+        await go(tab, "#/threads/t", "document.querySelector('#api-key')")
+        # Then it forgets the key and asks for one, saying why
+        assert "unauthorized" in await tab.eval("document.querySelector('[role=alert]').innerText")
+        assert await tab.eval("sessionStorage.length") == 0

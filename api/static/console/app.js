@@ -37,13 +37,18 @@ async function signIn(key) {
     `${me.user}${me.operator ? " (operator)" : ""}`;
 }
 
-function signOut() {
+function signOut(why) {
   sessionStorage.removeItem(KEY);
   state.client = null;
   state.me = null;
   document.getElementById("nav").hidden = true;
   document.getElementById("signout").hidden = true;
   document.getElementById("who").textContent = "";
+  if (why instanceof Error) {
+    state.view?.abort();
+    signInView(document.getElementById("main"), why);
+    return;
+  }
   window.location.hash = "";
   route();
 }
@@ -103,11 +108,16 @@ async function route() {
   try {
     await found[0].render(ctx, main, found[1]);
   } catch (err) {
-    if (!ctx.signal.aborted) main.append(errorBox(err));
+    if (ctx.signal.aborted) return;
+    if (err instanceof UnauthorizedError) { // revoked since sign-in: forget it, ask again
+      signOut(err);
+      return;
+    }
+    main.append(errorBox(err));
   }
   announce(document.title = `longrun – ${main.querySelector("h1")?.textContent ?? ""}`);
 }
 
-document.getElementById("signout").addEventListener("click", signOut);
+document.getElementById("signout").addEventListener("click", () => signOut());
 window.addEventListener("hashchange", route);
 route();
