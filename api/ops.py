@@ -9,14 +9,16 @@ run ids leak nothing), that these routes exist is no secret. JWT callers are nev
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Path, Query, Request
 from pydantic import BaseModel, Field
 
-from api.auth import Principal, authenticate
+from api.auth import Principal, authenticate, security
 from api.errors import ERROR_RESPONSES, ApiError
-from api.runs import Filter, RunIdPath, _state, next_cursor, parse_run_id
+from api.links import public_base
+from api.runs import Filter, RunIdPath, _state, events_url_at, next_cursor, parse_run_id
 from shared.deadletters import dead_letters as read_dead_letters
 from shared.deadletters import listing, retry, select
 from shared.errors import NotFound, Unavailable
@@ -109,6 +111,22 @@ async def any_run(run_id: RunIdPath, request: Request, _: Operator) -> dict[str,
     if run is None:
         raise NotFound("no such run")
     return _with_owner(run)
+
+
+@router.get("/ops/runs/{run_id}/events_url", responses=OPERATOR_ONLY)
+async def any_events_url(run_id: RunIdPath, request: Request, who: Operator) -> dict[str, Any]:
+    """An `events_url` for any user's run: its token names the run's owner (the stream is the
+    owner's, and holds one of the owner's stream slots) and the operator's key (revoking that
+    key ends the stream, as for any token it minted)."""
+    run = await _state(request).store.runs.any_run(parse_run_id(run_id))
+    if run is None:
+        raise NotFound("no such run")
+    sec = security(request)
+    as_owner = replace(who, user=run.user_id)
+    url, expires_at = events_url_at(
+        public_base(request.scope, sec.settings), sec, run.run_id, as_owner
+    )
+    return {"run_id": run.run_id, "events_url": url, "expires_at": expires_at}
 
 
 @router.get("/ops/dlq", responses=OPERATOR_ONLY)

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
+from cli.admin import revoke_key
 from shared.redis.keys import Keys
 from tests.cli_proc import cli_env, longrun
 from tests.helpers import submit, wait_status
@@ -19,6 +20,7 @@ OPS_ROUTES = [
     ("GET", "/ops/status"),
     ("GET", "/ops/runs"),
     ("GET", "/ops/runs/00000000-0000-4000-8000-000000000000"),
+    ("GET", "/ops/runs/00000000-0000-4000-8000-000000000000/events_url"),
     ("GET", "/ops/dlq"),
     ("POST", "/ops/dlq/0-1/retry"),
     ("POST", "/ops/pause"),
@@ -153,3 +155,31 @@ async def test_keys_create_operator_makes_a_key_the_ops_routes_answer(api, setti
             "key_id": "_".join(key.split("_")[:2]),
         }
         assert (await c.get("/ops/status")).status_code == 200
+
+
+async def test_an_operator_follows_any_users_run_with_a_token_its_own_key_minted(
+    api, bob, root, worker, settings
+):
+    # Given a run of bob's
+    run_id = await submit(bob, agent="ticker", params={"count": 5, "interval_ms": 1})
+    unknown = await root.get("/ops/runs/00000000-0000-4000-8000-000000000000/events_url")
+    assert unknown.status_code == 404
+    # When an operator asks for its events_url and follows it with no credentials but the token
+    minted = (await root.get(f"/ops/runs/{run_id}/events_url")).json()
+    assert minted["run_id"] == run_id
+    async with (
+        httpx.AsyncClient(timeout=30) as anonymous,
+        anonymous.stream("GET", minted["events_url"]) as resp,
+    ):
+        assert resp.status_code == 200
+        body = (await resp.aread()).decode()
+    # Then it sees the run's events to the end
+    assert [line for line in body.splitlines() if line.startswith("id:")][-1] == "id: 7"
+    assert body.count("event: token") == 5
+    # And once the operator's key is revoked, the token it minted is refused
+    me = (await root.get("/me")).json()
+    assert await revoke_key(settings, me["key_id"])
+    async with httpx.AsyncClient(timeout=10) as anonymous:
+        refused = await anonymous.get(minted["events_url"])
+    assert refused.status_code == 401
+    assert refused.json()["error"] == "stream_token_revoked"

@@ -125,8 +125,8 @@ async def submit_form(
         "document.querySelector('#s-params').form.requestSubmit(); true"
     )
     run_id: str = await tab.until(
-        "(location.hash.match(/^#\\/runs\\/([0-9a-f-]{36})$/) || [])[1]"
-        " && window.longrunConsole.run && window.longrunConsole.run.runId"
+        "(() => { const m = location.hash.match(/^#\\/runs\\/([0-9a-f-]{36})$/);"
+        " const v = window.longrunConsole.run; return m && v && v.runId === m[1] && m[1]; })()"
     )
     return run_id
 
@@ -304,6 +304,18 @@ async def test_the_console_end_to_end_in_chromium(
                 ".map(td => td.textContent)"
             )
             assert {"alice", "bob"} <= set(owners)
+            # And opening bob's run streams it, as the operator's view
+            await go(
+                tab,
+                f"#/runs/{bobs['run_id']}",
+                f"window.longrunConsole.run?.runId === '{bobs['run_id']}'"
+                " && window.longrunConsole.run.finished",
+            )
+            assert await tab.eval("window.longrunConsole.run.tokens") == [
+                str(i) for i in range(1, 11)
+            ]
+            assert "bob" in await tab.eval("document.querySelector('#owner').innerText")
+            assert await tab.eval("document.querySelector('#cancel').hidden")
             # And Operations shows the cluster, with the kill switch behind a confirmation
             await go(tab, "#/ops", "document.querySelector('#fig-backlog')")
             assert await tab.eval("document.querySelector('#fig-workers').textContent") == "1"

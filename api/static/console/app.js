@@ -84,6 +84,7 @@ async function route() {
   const main = document.getElementById("main");
   state.view?.abort();
   state.view = new AbortController();
+  state.run = null; // the run page's state, set again by the next run page
   if (!state.client) {
     const saved = sessionStorage.getItem(KEY);
     if (saved) {

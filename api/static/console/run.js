@@ -32,17 +32,28 @@ function describe(e) {
 
 export async function render(ctx, main, [runId]) {
   const { client, me, signal } = ctx;
+  // An operator may open any user's run: read through /ops, streamed with a token the
+  // operator's key mints for it (`GET /ops/runs/{id}/events_url`); no cancel, no diagnostics.
+  let foreign = false;
   let run;
+  const opsPath = `/ops/runs/${encodeURIComponent(runId)}`;
+  const fetchRun = async () => (foreign
+    ? (await client.request("GET", opsPath, { signal })).body
+    : client.get(runId, { signal }));
   try {
-    run = await client.get(runId, { signal });
+    run = await fetchRun();
   } catch (err) {
-    if (err instanceof NotFoundError && me.operator) {
-      return renderForeign(ctx, main, runId);
+    if (!(err instanceof NotFoundError && me.operator)) {
+      main.append(h("h1", {}, "Run"), errorBox(err.status === 404
+        ? { ...err, detail: "no such run (or not yours)" } : err));
+      return;
     }
-    main.append(h("h1", {}, "Run"), errorBox(err.status === 404
-      ? { ...err, detail: "no such run (or not yours)" } : err));
-    return;
+    foreign = true;
+    run = await fetchRun();
   }
+  const freshEventsUrl = async () => sameOrigin(client, foreign
+    ? (await client.request("GET", `${opsPath}/events_url`, { signal })).body.events_url
+    : (await client.eventsUrl(runId, { signal })).events_url);
 
   // -- the page's state, read by the render loop and by tests --------------------------------
   const view = { runId, events: [], tokens: [], tools: new Map(), reconnects: 0,
@@ -51,7 +62,7 @@ export async function render(ctx, main, [runId]) {
 
   const status = h("span", { id: "run-status" }, statusBadge(run.status));
   const conn = h("span", { id: "connection", class: "conn", role: "status" }, "connecting");
-  const cancel = h("button", { type: "button", class: "danger", id: "cancel",
+  const cancel = h("button", { type: "button", class: "danger", id: "cancel", hidden: foreign,
     disabled: TERMINAL_STATUSES.has(run.status), onclick: async () => {
       cancel.disabled = true;
       try {
@@ -73,6 +84,7 @@ export async function render(ctx, main, [runId]) {
 
   main.append(
     h("h1", {}, "Run ", h("span", { class: "mono" }, runId)),
+    foreign ? h("p", { id: "owner" }, `Owned by ${run.user_id}: an operator's view.`) : null,
     h("div", { class: "row" }, status, conn, cancel,
       run.thread_id ? h("a", { href: `#/threads/${encodeURIComponent(run.thread_id)}` },
         `thread ${run.thread_id}`) : null),
@@ -101,7 +113,7 @@ export async function render(ctx, main, [runId]) {
       h("dt", {}, "Params"), h("dd", { class: "mono" }, JSON.stringify(r.params ?? {})));
     status.replaceChildren(statusBadge(r.status));
     cancel.disabled = TERMINAL_STATUSES.has(r.status);
-    diagPanel.hidden = r.status !== "running";
+    diagPanel.hidden = foreign || r.status !== "running";
     if (r.status === "succeeded") {
       replace(final, h("section", { class: "panel" }, h("h2", {}, "Final output"),
         h("pre", { class: "output", id: "final-output" }, typeof r.output === "string"
@@ -169,15 +181,15 @@ export async function render(ctx, main, [runId]) {
     for await (const e of client.stream(runId, {
       signal,
       onState,
-      eventsUrl: sameOrigin(client, run.events_url),
-      refreshEventsUrl: async () => sameOrigin(client, (await client.eventsUrl(runId)).events_url),
+      eventsUrl: foreign ? await freshEventsUrl() : sameOrigin(client, run.events_url),
+      refreshEventsUrl: freshEventsUrl,
     })) {
       e._at = Date.now();
       view.events.push(e);
       if (e.type === "token") view.tokens.push(e.text);
       if (e.type === "start" || e.type === "resumed") {
         status.replaceChildren(statusBadge("running"));
-        diagPanel.hidden = false;
+        diagPanel.hidden = foreign;
       }
       schedule();
       // A replay arrives faster than it can be shown: give the browser a turn every few ms,
@@ -187,25 +199,11 @@ export async function render(ctx, main, [runId]) {
         slice = performance.now();
       }
     }
-    view.run = await client.get(runId, { signal });
+    view.run = await fetchRun();
     showSummary(view.run);
     view.finished = true;
     announce(`run ${view.run.status}`);
   } catch (err) {
     if (!signal.aborted) failure.replaceChildren(h("p", { class: "error", role: "alert" }, problem(err)));
   }
-}
-
-/** An operator looking at another user's run: the row, read-only (`GET /ops/runs/{id}`). */
-async function renderForeign(ctx, main, runId) {
-  const r = (await ctx.client.request("GET", `/ops/runs/${runId}`, { signal: ctx.signal })).body;
-  main.append(h("h1", {}, "Run ", h("span", { class: "mono" }, runId)),
-    h("p", {}, `Owned by ${r.user_id}; shown read-only to an operator.`),
-    h("dl", { class: "kv", id: "summary" },
-      h("dt", {}, "Status"), h("dd", {}, statusBadge(r.status)),
-      h("dt", {}, "Agent"), h("dd", {}, r.agent),
-      h("dt", {}, "Attempts"), h("dd", {}, String(r.attempts)),
-      h("dt", {}, "Cost"), h("dd", {}, usd(r.cost_usd)),
-      h("dt", {}, "Output"), h("dd", { class: "mono" }, JSON.stringify(r.output)),
-      h("dt", {}, "Error"), h("dd", { class: "mono" }, JSON.stringify(r.error))));
 }
