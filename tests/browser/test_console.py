@@ -231,6 +231,8 @@ async def test_the_console_end_to_end_in_chromium(
                 "succeeded"
             )
             assert await tab.eval("!!document.querySelector('#final-output')")
+            await tab.eval("document.querySelector('#timeline').scrollIntoView(); true")
+            await tab.screenshot(shots / "tool-calls.png")
             # And the thread's page lists the run and the conversation
             await go(tab, "#/threads/console-thread", "document.querySelector('#messages li')")
             assert chat_id in await tab.eval(
