@@ -342,6 +342,10 @@ export class Client {
             if (frame.data === null || frame.id === null) continue; // control frames
             const seq = Number(frame.id);
             if (!(seq > last)) continue; // already handed out
+            if (seq !== last + 1) { // a hole: ask again from the last event we have
+              failure = new NetworkError(`stream: event ${last + 1} missing`, { code: "gap" });
+              break;
+            }
             const event = JSON.parse(frame.data);
             last = seq;
             attempt = 0;
@@ -351,8 +355,8 @@ export class Client {
               return;
             }
           }
-          if (!expired) failure = new NetworkError("the stream closed before the run ended",
-            { code: "stream_dropped" });
+          if (!expired && !failure) failure = new NetworkError(
+            "the stream closed before the run ended", { code: "stream_dropped" });
         }
       } catch (err) {
         if (signal?.aborted) throw signal.reason;

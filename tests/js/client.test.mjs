@@ -173,3 +173,50 @@ test("errors are typed and carry the request id", async () => {
     (err) => err instanceof BadRequestError && err.status >= 400 && Boolean(err.requestId));
   await assert.rejects(direct.get("not-a-uuid"), (err) => err.code === "invalid_run_id");
 });
+
+/** A stand-in SSE server playing one scripted answer per connection; records each request's
+ * Last-Event-ID. For what the real stack cannot be made to do (serve a hole, repeat events). */
+async function scripted(answers) {
+  const asked = [];
+  const server = http.createServer((req, res) => {
+    asked.push(req.headers["last-event-id"] ?? null);
+    const frames = answers[Math.min(asked.length - 1, answers.length - 1)];
+    res.writeHead(200, { "content-type": "text/event-stream" });
+    res.end(frames.map(([seq, type]) =>
+      `id: ${seq}\nevent: ${type}\ndata: ${JSON.stringify({ seq, type, text: String(seq) })}\n\n`).join(""));
+  });
+  await new Promise((r) => server.listen(0, "127.0.0.1", r));
+  return { asked, server, url: `http://127.0.0.1:${server.address().port}` };
+}
+
+test("a hole in the stream is never handed out: the client asks again from the last event", async () => {
+  const s = await scripted([
+    [[1, "start"], [2, "token"], [4, "token"]],
+    [[3, "token"], [4, "token"], [5, "done"]],
+  ]);
+  try {
+    const c = new Client({ baseUrl: s.url, apiKey: "k" });
+    const seqs = [];
+    for await (const e of c.stream("r", { maxBackoff: 0.05 })) seqs.push(e.seq);
+    assert.deepEqual(seqs, [1, 2, 3, 4, 5]);
+    assert.deepEqual(s.asked, [null, "2"]);
+  } finally {
+    s.server.close();
+  }
+});
+
+test("events a server repeats after a reconnect are dropped, not handed out twice", async () => {
+  const s = await scripted([
+    [[1, "start"], [2, "token"]],
+    [[1, "start"], [2, "token"], [3, "token"], [4, "done"]],
+  ]);
+  try {
+    const c = new Client({ baseUrl: s.url, apiKey: "k" });
+    const seqs = [];
+    for await (const e of c.stream("r", { maxBackoff: 0.05 })) seqs.push(e.seq);
+    assert.deepEqual(seqs, [1, 2, 3, 4]);
+    assert.deepEqual(s.asked, [null, "2"]);
+  } finally {
+    s.server.close();
+  }
+});
