@@ -1,6 +1,7 @@
-"""The console is served from the repository as it is: `/console` and its ES modules, the
-JavaScript client byte for byte, a Content-Security-Policy that keeps the page to its own
-origin, and no reference to any other host (air-gapped deployments get the same page)."""
+"""The console is served from the package as it is: `/console` and its ES modules, among them
+the JavaScript client's copy, which must equal `clients/js/longrun.js` byte for byte; a
+Content-Security-Policy that keeps the page to its own origin; and no reference to any other
+host (air-gapped deployments get the same page)."""
 
 from __future__ import annotations
 
@@ -38,21 +39,26 @@ async def test_the_console_page_is_served_with_a_policy_that_keeps_it_to_its_ori
 
 async def test_every_module_the_page_imports_is_served_from_the_repository(api):
     async with httpx.AsyncClient(base_url=api.url) as c:
-        client = await c.get("/console/longrun.js")
-        assert client.status_code == 200
-        assert client.headers["content-type"].startswith("text/javascript")
-        assert client.content == CLIENT.read_bytes()
         for asset in _assets():
             served = await c.get(f"/console/assets/{asset.name}")
             assert served.status_code == 200, asset.name
             assert served.content == asset.read_bytes()
-            for target in IMPORT.findall(asset.read_text()) if asset.suffix == ".js" else []:
-                assert target.startswith("./") or target == "../longrun.js", target
-                resolved = (PAGE_DIR / target).resolve()
-                assert resolved.exists() or target == "../longrun.js", target
+            if asset.suffix == ".js":
+                assert served.headers["content-type"].startswith("text/javascript")
+                for target in IMPORT.findall(asset.read_text()):
+                    assert target.startswith("./"), target
+                    assert (PAGE_DIR / target).is_file(), target
+
+
+def test_the_consoles_copy_of_the_client_is_the_client():
+    copy = PAGE_DIR / "longrun.js"
+    assert copy.read_bytes() == CLIENT.read_bytes(), (
+        "api/static/console/longrun.js differs from clients/js/longrun.js: "
+        "cp clients/js/longrun.js api/static/console/longrun.js"
+    )
 
 
 def test_no_console_file_refers_to_another_host():
-    for asset in [*_assets(), CLIENT]:
+    for asset in _assets():
         urls = set(re.findall(r"https?://[^\s\"'`)]+", asset.read_text())) - NAMES_ONLY
         assert urls == set(), (asset.name, urls)

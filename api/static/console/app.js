@@ -2,7 +2,7 @@
 // the API client, and a hash router that mounts one view at a time into <main>. Each view is
 // `render(ctx, main, params)`; `ctx.signal` aborts when the user navigates away, ending its
 // streams and timers.
-import { Client, UnauthorizedError } from "../longrun.js";
+import { Client, UnauthorizedError } from "./longrun.js";
 import { h, replace, errorBox, announce } from "./dom.js";
 import * as runs from "./runs.js";
 import * as run from "./run.js";

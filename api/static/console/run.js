@@ -4,7 +4,7 @@
 // (its run-scoped token: the key is in no URL), which resumes after the last event on every
 // drop, so the page holds each event once, in order. Rendering is batched per frame and the
 // event list is virtualised: a run of 100,000 events does not freeze the page.
-import { NotFoundError, TERMINAL_STATUSES } from "../longrun.js";
+import { NotFoundError, TERMINAL_STATUSES } from "./longrun.js";
 import { h, replace, statusBadge, usd, errorBox, every, announce, problem } from "./dom.js";
 import { VirtualList } from "./vlist.js";
 
