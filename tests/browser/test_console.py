@@ -321,6 +321,13 @@ async def test_the_console_end_to_end_in_chromium(
             # And Operations shows the cluster, with the kill switch behind a confirmation
             await go(tab, "#/ops", "document.querySelector('#fig-backlog')")
             assert await tab.eval("document.querySelector('#fig-workers').textContent") == "1"
+            # (and its chart draws backlog and throughput as they are read, every 2 s)
+            await tab.until("document.querySelectorAll('#chart polyline').length === 2")
+            await tab.until(
+                "document.querySelector('#chart polyline').getAttribute('points')"
+                ".split(' ').length >= 2",
+                timeout=30,
+            )
             await tab.eval("document.querySelector('#pause').click(); true")
             await tab.until("document.querySelector('#confirm').open")
             a11y["ops-confirm"] = await axe_violations(tab)
