@@ -254,6 +254,22 @@ async def test_the_console_end_to_end_in_chromium(
             )
             assert listed[:3] == [chat_id, cancel_id, run_id]
             assert bobs["run_id"] not in listed
+            # And its filters narrow it: cancelled runs of the ticker agent
+            await tab.eval(
+                "document.querySelector('#f-status').value = 'cancelled';"
+                "document.querySelector('#f-agent').value = 'ticker';"
+                "document.querySelector('#f-status').form.requestSubmit(); true"
+            )
+            await tab.until(
+                "document.querySelectorAll('tr[data-run]').length === 1"
+                f" && document.querySelector('tr[data-run]').dataset.run === '{cancel_id}'"
+            )
+            await tab.eval(
+                "document.querySelector('#f-status').value = '';"
+                "document.querySelector('#f-agent').value = '';"
+                "document.querySelector('#f-status').form.requestSubmit(); true"
+            )
+            await tab.until("document.querySelectorAll('tr[data-run]').length >= 3")
             # And a run submitted elsewhere appears, and its status moves, with no reload
             async with httpx.AsyncClient(
                 base_url=srv.url, headers={"Authorization": f"Bearer {api_key}"}, timeout=10
