@@ -10,7 +10,7 @@ run ids leak nothing), that these routes exist is no secret. JWT callers are nev
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Depends, Path, Query, Request
 from pydantic import BaseModel, Field
@@ -142,14 +142,12 @@ async def dead_letters(request: Request, _: Operator) -> dict[str, Any]:
 @router.post("/ops/dlq/{letter}/{action}", responses=OPERATOR_ONLY)
 async def act_on_dead_letter(
     letter: Annotated[str, Path(min_length=1, max_length=64)],
-    action: str,
+    action: Literal["retry", "drop"],
     request: Request,
     _: Operator,
 ) -> dict[str, Any]:
     """`retry` (re-run the failed run) or `drop` (forget the letter; the run stays failed) one
     dead letter, named by its entry id or its run id (`longrun dlq retry|drop ID`)."""
-    if action not in ("retry", "drop"):
-        raise ApiError(404, "not_found", "the actions are retry and drop")
     state = _state(request)
     ops = _ops(request)
     try:

@@ -127,9 +127,9 @@ async def test_an_operator_retries_a_dead_letter_to_success_and_drops_another(
     assert done.json()["result"] == "requeued"
     assert (await root.get("/ops/dlq")).json()["dead_letters"] == []
     await wait_status(client, run_id, "succeeded", timeout=60)
-    # And an unknown letter or action is a 404
+    # And an unknown letter is a 404, an unknown action a 422
     assert (await root.post(f"/ops/dlq/{run_id}/retry")).status_code == 404
-    assert (await root.post("/ops/dlq/0-1/explode")).status_code == 404
+    assert (await root.post("/ops/dlq/0-1/explode")).status_code == 422
     await w.close()
     # And a dropped letter goes, its run staying failed
     other, _ = await dead_letter_a_run(client, redis_client, keys, worker_factory)
