@@ -18,7 +18,18 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 
-from api import diagnostics, docs, errors, events, interrupts, runs, threads, webhooks
+from api import (
+    console,
+    diagnostics,
+    docs,
+    errors,
+    events,
+    interrupts,
+    ops,
+    runs,
+    threads,
+    webhooks,
+)
 from api.auth import Security
 from api.errors import ERROR_RESPONSES, JSONResp
 from api.hub import Hub
@@ -150,7 +161,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(diagnostics.router)
     app.include_router(threads.router)
     app.include_router(webhooks.router)
+    app.include_router(ops.router)
     docs.install(app)
+    console.install(app)
 
     @app.get("/health")
     async def health(request: Request) -> dict[str, object]:

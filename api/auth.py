@@ -54,6 +54,7 @@ class CachedKey(NamedTuple):
     key_id: str
     until: float  # monotonic
     epoch: bytes | None  # the key epoch it was looked up under (None: Redis did not answer)
+    operator: bool = False  # an operator's key (`longrun keys create --operator`)
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,7 @@ class Principal:
     # answer, or not confirmed yet): where `api.revocation` starts watching a stream's key.
     checked: bytes | None = None
     expires_at: int | None = None  # a JWT's `exp`; None for an API key (good until revoked)
+    operator: bool = False  # an operator's API key: the `/ops` endpoints answer it (`api.ops`)
 
 
 @dataclass
@@ -152,7 +154,7 @@ async def key_principal(request: Request, sec: Security, key: str) -> Principal:
         and cached.epoch is not None
         and hmac.compare_digest(cached.epoch, epoch)
     ):
-        return Principal(cached.user, None, cached.key_id, epoch)
+        return Principal(cached.user, None, cached.key_id, epoch, operator=cached.operator)
     found = await state.store.users.active_key(key)
     if found is None:
         sec.key_cache.pop(digest, None)
@@ -160,8 +162,10 @@ async def key_principal(request: Request, sec: Security, key: str) -> Principal:
         raise unauthorized("unknown or revoked API key")
     if len(sec.key_cache) >= KEY_CACHE_MAX:
         sec.key_cache.clear()
-    sec.key_cache[digest] = CachedKey(found.user_id, found.key_id, now + KEY_CACHE_SECONDS, epoch)
-    return Principal(found.user_id, None, found.key_id, epoch)
+    sec.key_cache[digest] = CachedKey(
+        found.user_id, found.key_id, now + KEY_CACHE_SECONDS, epoch, found.operator
+    )
+    return Principal(found.user_id, None, found.key_id, epoch, operator=found.operator)
 
 
 async def key_id_checked(request: Request, sec: Security, key_id: str) -> bytes | None:
@@ -210,7 +214,7 @@ def cached_principal(sec: Security, token: str) -> Principal | None:
         return None
     cached = sec.key_cache.get(hashlib.sha256(token.encode()).digest())
     if cached is not None and cached.until > time.monotonic() and cached.epoch is not None:
-        return Principal(cached.user, cached.epoch, cached.key_id)
+        return Principal(cached.user, cached.epoch, cached.key_id, operator=cached.operator)
     return None
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
@@ -139,23 +140,43 @@ def _cursor(raw: str | None) -> tuple[datetime, str] | None:
     return EPOCH + timedelta(microseconds=int(micros)), rid.lower()
 
 
-@router.get("/runs", response_model=None, responses=documented(200, RunList, "the runs"))
-async def list_runs(
-    request: Request,
-    user: User,
+@dataclass(frozen=True)
+class RunFilter:
+    """One page of a runs list, as `GET /runs` and the operators' `GET /ops/runs` take it."""
+
+    limit: int
+    before: tuple[datetime, str] | None
+    status: RunStatus | None
+    thread_id: str | None
+    agent: str | None
+
+
+def run_filter(
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(json_schema_extra={"pattern": CURSOR_PATTERN})] = None,
     status: RunStatus | None = None,
     thread_id: Annotated[str | None, Query(pattern=THREAD_ID_PATTERN)] = None,
-) -> JSONResp:
-    runs = await _state(request).store.runs.list_runs(
-        user, limit=limit, before=_cursor(cursor), status=status, thread_id=thread_id
+    agent: Annotated[str | None, Query(min_length=1, max_length=128)] = None,
+) -> RunFilter:
+    return RunFilter(limit, _cursor(cursor), status, thread_id, agent)
+
+
+Filter = Annotated[RunFilter, Depends(run_filter)]
+
+
+@router.get("/runs", response_model=None, responses=documented(200, RunList, "the runs"))
+async def list_runs(request: Request, user: User, page: Filter) -> JSONResp:
+    runs = await _state(request).store.runs.list_runs(user, **vars(page))
+    return JSONResp(
+        {"runs": [r.public() for r in runs], "next_cursor": next_cursor(runs, page.limit)}
     )
-    next_cursor = None
-    if len(runs) == limit:
-        last = runs[-1]
-        next_cursor = make_cursor(last.created_at, last.run_id)
-    return JSONResp({"runs": [r.public() for r in runs], "next_cursor": next_cursor})
+
+
+def next_cursor(runs: list[Run], limit: int) -> str | None:
+    """The cursor of the page after `runs` (None when this page was the last)."""
+    if len(runs) < limit:
+        return None
+    return make_cursor(runs[-1].created_at, runs[-1].run_id)
 
 
 @router.post(

@@ -117,6 +117,8 @@ def banner(
             f"  Postgres: {postgres_desc}",
             f"  API key:  user {DEV_USER}, {where} (kept in {env_file.parent / KEY_FILE})",
             "",
+            f"Console: {url}/console  (sign in with this key: {key})",
+            "",
             f"Settings (saved in {env_file}; longrun commands in another shell read it):",
             f"  {api_exports(url, key)}",
             f"  {servers}",

@@ -17,54 +17,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from typing import Any
 
 from shared.config import Settings
-from shared.metrics import DeadLetter, parse_dead_letter
+from shared.deadletters import dead_letters, listing, retry, select
 from shared.redis.client import create_redis
 from shared.redis.keys import Keys
 from shared.redis.ops import OpsIO
 from shared.redis.runs import RedisIO
 from shared.store import Store
-
-LIST_CAP = 10_000
-
-
-async def dead_letters(ops: OpsIO) -> list[DeadLetter]:
-    return [
-        parse_dead_letter(eid, fields) for eid, fields in await ops.dead_letters(limit=LIST_CAP)
-    ]
-
-
-def select(letters: list[DeadLetter], ids: list[str], everything: bool) -> list[DeadLetter]:
-    if everything:
-        return letters
-    wanted = set(ids)
-    return [d for d in letters if d.entry_id in wanted or d.run_id in wanted]
-
-
-async def retry(store: Store, rio: RedisIO, ops: OpsIO, letter: DeadLetter) -> str:
-    """Re-run one dead-lettered run; returns what happened, for the operator."""
-    if not await store.ops.retry_failed(letter.run_id):
-        return "skipped (the run is not failed)"
-    # Redis still holds the failed attempt's fence and events (with the withdrawn error):
-    # drop them; the next attempt seeds its seq from the archive and the archive serves them.
-    await rio.forget_run(letter.run_id)
-    await rio.enqueue(letter.run_id)
-    await ops.drop_dead_letters([letter.entry_id])
-    return "requeued"
-
-
-def _row(d: DeadLetter, status: str | None, now: float) -> dict[str, Any]:
-    return {
-        "entry_id": d.entry_id,
-        "run_id": d.run_id,
-        "deliveries": d.deliveries,
-        "reason": d.reason,
-        "age_seconds": round(max(0.0, now - d.at), 1),
-        "run_status": status,
-    }
 
 
 async def main(settings: Settings, args: Any) -> int:
@@ -73,12 +34,9 @@ async def main(settings: Settings, args: Any) -> int:
     rio, ops = RedisIO(r, keys, settings), OpsIO(r, keys)
     store = await Store.open(settings.with_(pg_pool_min=0, pg_pool_max=2), "longrun-dlq")
     try:
-        letters = await dead_letters(ops)
         cmd = args.dlq_command
         if cmd == "list":
-            statuses = await store.ops.run_statuses([d.run_id for d in letters])
-            now = time.time()
-            rows = [_row(d, statuses.get(d.run_id), now) for d in letters]
+            rows = await listing(store, ops)
             if args.json:
                 print(json.dumps(rows, indent=2))
             else:
@@ -90,6 +48,7 @@ async def main(settings: Settings, args: Any) -> int:
                     )
                 print(f"{len(rows)} dead letters")
             return 0
+        letters = await dead_letters(ops)
         if cmd == "ack":
             newest = letters[-1].entry_id if letters else "0-0"
             await ops.set_dlq_watermark(newest)

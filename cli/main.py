@@ -225,12 +225,17 @@ async def _create_key(settings: Settings, store: Store, args: Any) -> int:
     secret = new_secret()
     try:
         key_id, key = await store.users.create_key(
-            args.user, args.name, webhook_url=args.webhook, webhook_secret=secret
+            args.user,
+            args.name,
+            webhook_url=args.webhook,
+            webhook_secret=secret,
+            operator=args.operator,
         )
     except BadRequest as exc:  # a user id reserved for JWT callers
         raise Failure(Exit.USAGE, exc.detail) from exc
+    role = "operator key" if args.operator else "key"
     print(f"webhook secret (shown once; verifies the webhooks of this key's runs): {secret}")
-    print(f"created key {key_id} for user {args.user} (shown once):")
+    print(f"created {role} {key_id} for user {args.user} (shown once):")
     print(key)
     return 0
 

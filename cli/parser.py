@@ -99,6 +99,11 @@ def _admin(sub: argparse._SubParsersAction[Parser]) -> None:
         metavar="URL",
         help="the default webhook of the runs the key submits (each run may name its own)",
     )
+    kc.add_argument(
+        "--operator",
+        action="store_true",
+        help="an operator's key: sees the whole deployment (the console's Operations, /ops)",
+    )
     kr = ksub.add_parser(
         "revoke",
         help="revoke a key",

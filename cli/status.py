@@ -22,7 +22,7 @@ from typing import Any
 
 from cli.exits import Exit, redis_failure
 from shared.config import Settings
-from shared.metrics import RedisFigures, cluster_redis, problems
+from shared.metrics import RedisFigures, as_dict, cluster_redis
 from shared.redis.client import REDIS_DOWN, create_redis
 from shared.redis.keys import Keys
 from shared.redis.ops import OpsIO
@@ -46,39 +46,6 @@ async def gather(settings: Settings) -> RedisFigures:
         return await _figures(ops, settings)
     finally:
         await ops.aclose()
-
-
-def as_dict(f: RedisFigures, settings: Settings) -> dict[str, Any]:
-    return {
-        "queue": settings.queue,
-        "group": settings.group,
-        "backlog": f.backlog,
-        "pending": f.group.pending,
-        "lag": f.group.lag,
-        "waiting": f.waiting,
-        "oldest_waiting_age_seconds": f.oldest_waiting_age_seconds,
-        "in_flight": f.in_flight,
-        "free_slots": f.free_slots,
-        "workers_alive": f.workers_alive,
-        "workers": [
-            {
-                "name": w.name,
-                "alive": w.alive,
-                "in_flight": w.in_flight,
-                "concurrency": w.concurrency,
-                "last_heartbeat_age_seconds": w.heartbeat_age_seconds,
-                "host": w.host,
-                "pid": w.pid,
-            }
-            for w in f.workers
-        ],
-        "dead_letters": f.dead_letters,
-        "dead_letters_unacknowledged": f.dead_letters_unacked,
-        "newest_dead_letter_age_seconds": f.newest_dead_letter_age_seconds,
-        "counters": f.counters,
-        "breakers": f.breakers,
-        "problems": problems(f, settings),
-    }
 
 
 def render(s: dict[str, Any]) -> str:

@@ -242,3 +242,37 @@ def problems(f: RedisFigures, settings: Settings) -> list[str]:
             f"starved: a run has waited {oldest:.0f} s while workers have {f.free_slots} free slots"
         )
     return out
+
+
+def as_dict(f: RedisFigures, settings: Settings) -> dict[str, Any]:
+    """The snapshot as JSON: what `longrun status --json` prints and `GET /ops/status` answers."""
+    return {
+        "queue": settings.queue,
+        "group": settings.group,
+        "backlog": f.backlog,
+        "pending": f.group.pending,
+        "lag": f.group.lag,
+        "waiting": f.waiting,
+        "oldest_waiting_age_seconds": f.oldest_waiting_age_seconds,
+        "in_flight": f.in_flight,
+        "free_slots": f.free_slots,
+        "workers_alive": f.workers_alive,
+        "workers": [
+            {
+                "name": w.name,
+                "alive": w.alive,
+                "in_flight": w.in_flight,
+                "concurrency": w.concurrency,
+                "last_heartbeat_age_seconds": w.heartbeat_age_seconds,
+                "host": w.host,
+                "pid": w.pid,
+            }
+            for w in f.workers
+        ],
+        "dead_letters": f.dead_letters,
+        "dead_letters_unacknowledged": f.dead_letters_unacked,
+        "newest_dead_letter_age_seconds": f.newest_dead_letter_age_seconds,
+        "counters": f.counters,
+        "breakers": f.breakers,
+        "problems": problems(f, settings),
+    }

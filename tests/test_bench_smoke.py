@@ -137,6 +137,12 @@ def test_memory_bench_measures_runs_subscribers_and_a_slow_client(tmp_path: Path
     assert slow["with_slow"]["received"] == slow["with_slow"]["expected"]
 
 
+def test_paging_bench_reads_keyset_pages_and_the_offset_baseline(tmp_path: Path) -> None:
+    r = run_smoke("bench.paging", tmp_path)
+    assert [row["listing"] for row in r["rows"]] == ["user u7", "all users", "all users, failed"]
+    assert all(row["keyset_deep_ms"] > 0 and row["offset_deep_ms"] > 0 for row in r["rows"])
+
+
 @pytest.mark.skipif(not (REPO / "bench/.envs/plot/.ok").exists(), reason="no plot venv")
 def test_plots_are_drawn_as_png(tmp_path: Path) -> None:
     from bench.plot import draw

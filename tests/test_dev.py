@@ -206,6 +206,7 @@ def test_banner_gives_the_settings_as_exports_and_copy_paste_commands(tmp_path: 
     )
     assert all(command in lines for command in devinfo.TRY_IT)
     assert "API key:  user dev, new (kept in " + str(tmp_path / "dev-key") + ")" in lines
+    assert "Console: http://127.0.0.1:8123/console  (sign in with this key: lr_abc)" in lines
     assert not any(line.startswith("export PATH") for line in lines)
 
     off_path = devinfo.banner(key_created=False, bin_dir=Path("/v/bin"), **common)  # type: ignore[arg-type]

@@ -87,10 +87,12 @@ class Submitted:
 
 @dataclass(frozen=True)
 class ActiveKey:
-    """An unrevoked API key: the key id (public, loggable) and its user."""
+    """An unrevoked API key: the key id (public, loggable), its user, and whether it is an
+    operator's (sees the whole deployment: the `/ops` endpoints)."""
 
     key_id: str
     user_id: str
+    operator: bool = False
 
 
 @dataclass(frozen=True)
@@ -134,7 +136,7 @@ def api_key_of(record: asyncpg.Record) -> ApiKey:
 
 
 def active_key_of(record: asyncpg.Record) -> ActiveKey:
-    return ActiveKey(record["key_id"], record["user_id"])
+    return ActiveKey(record["key_id"], record["user_id"], bool(record["operator"]))
 
 
 def keyed_run_of(record: asyncpg.Record) -> tuple[bytes, Submitted]:

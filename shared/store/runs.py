@@ -158,29 +158,44 @@ class RunRepo:
 
     async def list_runs(
         self,
-        user_id: str,
+        user_id: str | None,
         *,
         limit: int,
         before: tuple[datetime, str] | None = None,
         status: RunStatus | None = None,
         thread_id: str | None = None,
+        agent: str | None = None,
+        owner: str | None = None,
     ) -> list[Run]:
-        """Newest first; `before` is the (created_at, run_id) of the last run of a page."""
+        """Newest first; `before` is the (created_at, run_id) of the last run of a page.
+        `user_id` None lists every user's runs (operators; `owner` then filters by user):
+        a keyset walk of `runs_created`, as a user's is of `runs_user_created`, so a page
+        costs the same on the millionth run as on the first."""
+        who = "user_id = $1" if user_id is not None else "($1::text IS NULL OR user_id = $1)"
         rows = await self.db.fetch(
             f"""SELECT {RUN_COLUMNS} FROM runs
-                WHERE user_id = $1
+                WHERE {who}
                   AND ($2::timestamptz IS NULL OR (created_at, run_id) < ($2, $3::uuid))
                   AND ($4::text IS NULL OR status = $4)
                   AND ($5::text IS NULL OR thread_id = $5)
+                  AND ($7::text IS NULL OR agent = $7)
                 ORDER BY created_at DESC, run_id DESC LIMIT $6""",
-            user_id,
+            user_id if user_id is not None else owner,
             before[0] if before else None,
             uuid.UUID(before[1]) if before else None,
             None if status is None else str(status),
             thread_id,
             limit,
+            agent,
         )
         return [run_of(r) for r in rows]
+
+    async def any_run(self, run_id: str) -> Run | None:
+        """A run of any user (operators only: `api.ops`)."""
+        row = await self.db.fetchrow(
+            f"SELECT {RUN_COLUMNS} FROM runs WHERE run_id = $1", uuid.UUID(run_id)
+        )
+        return None if row is None else run_of(row)
 
     async def cancel_queued(self, run_id: str, user_id: str) -> Run | None:
         """queued or waiting -> cancelled, archiving the `cancelled` event in the same

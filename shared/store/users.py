@@ -41,22 +41,24 @@ class UserRepo:
         *,
         webhook_url: str | None = None,
         webhook_secret: str | None = None,
+        operator: bool = False,
     ) -> tuple[str, str]:
         """A new key (key_id, key). `webhook_secret` signs the webhooks of the runs it submits
         (a key without one cannot ask for webhooks until it is given one); `webhook_url` is
-        their default target."""
+        their default target. An `operator` key sees the whole deployment (`/ops`)."""
         if user_id.startswith(JWT_USER_PREFIX):
             raise BadRequest(f"user ids beginning {JWT_USER_PREFIX!r} are reserved for JWT callers")
         key_id, key = new_api_key()
         await self.db.execute(
-            "INSERT INTO api_keys (key_id, user_id, key_hash, name, webhook_url, webhook_secret) "
-            "VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO api_keys (key_id, user_id, key_hash, name, webhook_url, webhook_secret,"
+            " operator) VALUES ($1, $2, $3, $4, $5, $6, $7)",
             key_id,
             user_id,
             hash_key(key),
             name,
             webhook_url,
             webhook_secret,
+            operator,
         )
         return key_id, key
 
@@ -79,7 +81,8 @@ class UserRepo:
     async def active_key(self, key: str) -> ActiveKey | None:
         """The unrevoked key `key` is, or None (looked up by hash, as `user_for_key`)."""
         row = await self.db.fetchrow(
-            "SELECT key_id, user_id FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
+            "SELECT key_id, user_id, operator FROM api_keys "
+            "WHERE key_hash = $1 AND revoked_at IS NULL",
             hash_key(key),
         )
         return None if row is None else active_key_of(row)
