@@ -18,7 +18,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 
-from api import diagnostics, docs, errors, events, runs, threads
+from api import diagnostics, docs, errors, events, runs, threads, wait
 from api.auth import Security
 from api.errors import ERROR_RESPONSES, JSONResp
 from api.hub import Hub
@@ -137,6 +137,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(submit_route.router)  # first: the schema lists POST /runs first, as before
     app.include_router(runs.router)
     app.include_router(events.router)
+    app.include_router(wait.router)
     app.include_router(diagnostics.router)
     app.include_router(threads.router)
     docs.install(app)
@@ -148,6 +149,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "status": "ok",
             "shutting_down": state.shutting_down,
             "sse_subscribers": state.hub.subscribers,
+            "waiters": state.hub.waiters,
             # cluster-wide, from the workers' heartbeats; null when Redis does not answer
             "runs_in_flight": await cluster_in_flight(request, max_age=HEALTH_MAX_AGE),
         }

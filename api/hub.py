@@ -19,6 +19,12 @@ most one buffer of memory and never delays the others. Subscribers also heal any
 (an event whose seq is not cursor + 1) with `XRANGE`, so the hub only has to be fast, not
 perfect.
 
+Waiters (`GET /runs/{id}/wait`) are lighter still: a future per waiter on the run's watch,
+resolved with the terminal event when the hub reads it (or with None when the server stops). A
+waiter costs no Redis or Postgres call while it waits: the hub's one `XREAD` serves it with the
+subscribers. A watch remembers the terminal event it read (`ended`), so a waiter joining a watch
+whose read has already passed its cursor still hears of the end.
+
 The per-event path costs the hub one list append and at most one future wake-up per
 subscriber: no asyncio.Queue, no timeout object per wait. A subscriber's idle keep-alive and its
 stalled-send watchdog share one timer, re-armed only when it fires.
@@ -158,6 +164,12 @@ class Watch:
     key: str
     last_seq: int
     subs: set[Subscription] = field(default_factory=set)
+    ends: set[asyncio.Future[Event | None]] = field(default_factory=set)  # waiters
+    ended: Event | None = None  # the terminal event, once read
+
+    @property
+    def unused(self) -> bool:
+        return not self.subs and not self.ends
 
 
 class Hub:
@@ -194,6 +206,10 @@ class Hub:
     @property
     def subscribers(self) -> int:
         return sum(len(w.subs) for w in self.watches.values())
+
+    @property
+    def waiters(self) -> int:
+        return sum(len(w.ends) for w in self.watches.values())
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -250,6 +266,8 @@ class Hub:
         for w in self.watches.values():
             for sub in w.subs:
                 sub.stop()
+            for end in w.ends:
+                settle(end, None)
 
     async def close(self) -> None:
         for task in (self._task, self._chores_task):
@@ -280,6 +298,34 @@ class Hub:
             watch.subs.add(sub)
         return sub
 
+    async def until_end(self, run_id: str, after_seq: int) -> asyncio.Future[Event | None]:
+        """A future that the hub resolves with the run's terminal event once it reads it (the
+        run's events after `after_seq` are watched), or with None when the server stops. The
+        caller resolves it itself on its own timeout, and always hands it back (`forget`)."""
+        end: asyncio.Future[Event | None] = asyncio.get_running_loop().create_future()
+        if self.stopping:
+            end.set_result(None)
+            return end
+        key = self.keys.events(run_id)
+        watch = self.watches.get(key)
+        if watch is None:
+            self.watches[key] = Watch(key, after_seq, ends={end})
+            await self._wake()
+        else:
+            watch.ends.add(end)
+            if watch.ended is not None:
+                settle(end, watch.ended)
+        return end
+
+    def forget(self, run_id: str, end: asyncio.Future[Event | None]) -> None:
+        key = self.keys.events(run_id)
+        watch = self.watches.get(key)
+        if watch is None:
+            return
+        watch.ends.discard(end)
+        if watch.unused:
+            del self.watches[key]
+
     def delivered(self, sub: Subscription) -> None:
         """A subscriber took its pushed events: report the delivery lag."""
         if self.on_delivery is not None and sub.read_at:
@@ -292,7 +338,7 @@ class Hub:
         if watch is None:
             return
         watch.subs.discard(sub)
-        if not watch.subs:
+        if watch.unused:
             del self.watches[key]
 
     async def _wake(self) -> None:
@@ -329,6 +375,10 @@ class Hub:
             size = sum(len(e.data) for e in events)
             for sub in watch.subs:
                 self._push(sub, events, read_at, size)
+            if events[-1].terminal:  # (a run's log ends with its one terminal event)
+                watch.ended = events[-1]
+                for end in watch.ends:
+                    settle(end, watch.ended)
 
     @staticmethod
     def _push(sub: Subscription, events: list[Event], read_at: float, size: int) -> None:
@@ -353,6 +403,12 @@ class Hub:
             for sub in w.subs:
                 sub.behind = True
                 sub.wake()
+
+
+def settle(end: asyncio.Future[Event | None], value: Event | None) -> None:
+    """Resolve a waiter's future unless it is resolved already."""
+    if not end.done():
+        end.set_result(value)
 
 
 async def _quietly(chore: Chore) -> None:
