@@ -97,6 +97,8 @@ async def _waited(request: Request, run: Run, who: Principal, wait_s: float) -> 
         seconds = min(wait_s, state.settings.max_wait_seconds)
         if not await _until_end(request.receive, state, run, seconds):
             return Response(status_code=202)
+        # The credentials again: a key revoked while its request waited gets a 401, not the run.
+        await current_user(request)
         run = await _owned_run(state, run.run_id, who.user)
     links = run_links(request.scope, security(request), run.run_id, who)
     body = {**run.public(), **links}

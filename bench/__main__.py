@@ -1,6 +1,6 @@
 """`python -m bench [--smoke] [--skip-peers] [NAME ...]`: run the benchmarks, one process each.
 
-Order: submit, e2e, dispatch, langgraph, sse_fanout, memory. Each prints its table and ratios
+Order: submit, e2e, dispatch, langgraph, sse_fanout, memory, wait. Each prints its table and ratios
 and appends a JSON line to bench/out/NAME.jsonl. Exit status 1 if any script failed.
 """
 
@@ -21,6 +21,7 @@ ALL = {
     "langgraph": "bench.langgraph_bench",
     "sse_fanout": "bench.sse_fanout",
     "memory": "bench.memory",
+    "wait": "bench.wait",
 }
 
 

@@ -122,6 +122,18 @@ def test_memory_bench_measures_runs_subscribers_and_a_slow_client(tmp_path: Path
     assert slow["with_slow"]["received"] == slow["with_slow"]["expected"]
 
 
+def test_wait_bench_answers_every_waiter_and_counts_the_idle_windows_calls(tmp_path: Path) -> None:
+    r = run_smoke("bench.wait", tmp_path)
+    ended = r["ended"]
+    assert ended["answered"] == r["waiters"]
+    assert ended["wrong_answers"] == 0
+    assert ended["to_last_waiter"]["n"] == r["runs"]
+    assert r["bytes_per_waiter"] > 0
+    for window in r["windows"].values():
+        assert window["pg_backends_active"] == 0  # nobody calls Postgres while nothing happens
+        assert window["redis_commands"] >= 0
+
+
 @pytest.mark.skipif(not (REPO / "bench/.envs/plot/.ok").exists(), reason="no plot venv")
 def test_plots_are_drawn_as_png(tmp_path: Path) -> None:
     from bench.plot import draw
