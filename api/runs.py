@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Request
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.types import Scope
 
 from api.auth import Principal, Security, current_user, principal_of, security
@@ -51,6 +52,22 @@ def _state(request: Request) -> AppState:
 RunIdPath = Annotated[str, Path(json_schema_extra={"format": "uuid", "pattern": RUN_ID_PATTERN})]
 
 
+class RunSegment(Convertor[str]):
+    """`GET /runs/{run_id}`'s segment: anything but the fixed paths beside it (`/runs/wait`), so
+    that `GET /runs/wait` is a 405 (`Allow: POST`), not a 400 about a malformed run id."""
+
+    regex = "(?!wait$)[^/]+"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("run_segment", RunSegment())
+
+
 def parse_run_id(raw: str) -> str:
     if not RUN_ID.fullmatch(raw):
         raise ApiError(400, "invalid_run_id", "run ids are UUIDs")
@@ -84,7 +101,9 @@ async def _owned_run(state: AppState, raw_id: str, user: str) -> Run:
     return run
 
 
-@router.get("/runs/{run_id}", response_model=None, responses=documented(200, RunView, "the run"))
+@router.get(
+    "/runs/{run_id:run_segment}", response_model=None, responses=documented(200, RunView, "the run")
+)
 async def get_run(run_id: RunIdPath, request: Request, user: User) -> JSONResp:
     run = await _owned_run(_state(request), run_id, user)
     who = principal_of(request, user)

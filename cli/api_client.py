@@ -23,7 +23,9 @@ def client_for(target: ApiTarget) -> AsyncClient:
             "`longrun keys create --user ME` makes one)",
         )
     try:
-        return AsyncClient(target.url, target.key)
+        # A refusal is reported at once (with its Retry-After) rather than waited out: the
+        # person at the terminal decides. Streams still ride out drops (`reconnect_for`).
+        return AsyncClient(target.url, target.key, max_retries=0)
     except ValueError as exc:
         raise Failure(Exit.USAGE, f"bad API URL {target.url!r}: {exc}") from exc
 

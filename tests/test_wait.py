@@ -224,3 +224,12 @@ def test_the_openapi_schema_describes_both_waits() -> None:
         assert (timeout["schema"]["minimum"], timeout["schema"]["maximum"]) == (0, 300)
     assert "requestBody" in post
     assert json.dumps(post["requestBody"]).count("SubmitRun") == 1
+
+
+async def test_get_on_the_submit_and_wait_path_is_a_405_not_a_malformed_run_id(
+    client: httpx.AsyncClient,
+) -> None:
+    answer = await client.get("/runs/wait")
+
+    assert answer.status_code == 405
+    assert answer.headers["allow"] == "OPTIONS, POST"

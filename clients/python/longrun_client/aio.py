@@ -361,10 +361,11 @@ class AsyncRuns:
         deadline: Deadline,
         once: bool = False,
     ) -> Run:
-        """Long polls `send(seconds)` until it answers an ended run (or, with `once`, any run),
-        riding out connection failures for `reconnect_for` seconds; `WaitTimeout` past the
-        deadline."""
+        """Long polls `send(seconds)` until it answers an ended run (or, with `once`, any run);
+        once the API was reached, connection failures (an API restarting) are ridden out for
+        `reconnect_for` seconds; `WaitTimeout` past the deadline."""
         c = self._c
+        reached = False  # the API answered, or took a request before the connection dropped
         lost_since: float | None = None
         attempt = 0
         while True:
@@ -372,14 +373,17 @@ class AsyncRuns:
             started = time.monotonic()
             try:
                 resp = await send(asked)
-            except APIConnectionError:
+            except APIConnectionError as exc:
+                reached = reached or not isinstance(exc.__cause__, httpx.ConnectError)
+                if not reached:  # the API was never there: say so at once
+                    raise
                 lost_since = lost_since or started
                 if time.monotonic() - lost_since > c.reconnect_for:
                     raise
                 await asyncio.sleep(backoff(attempt))
                 attempt += 1
                 continue
-            lost_since, attempt = None, 0
+            reached, lost_since, attempt = True, None, 0
             run = Run.from_json(resp.json())
             if run.done or once:
                 return run
