@@ -21,6 +21,8 @@ the run as it stands, `Location` (`/runs/{id}/wait`) to wait again, `Retry-After
 from __future__ import annotations
 
 import asyncio
+import hmac
+import time
 from functools import partial
 from typing import Annotated, Any
 
@@ -28,7 +30,15 @@ from fastapi import APIRouter, Depends, Header, Query, Request
 from starlette.responses import Response
 from starlette.types import Receive
 
-from api.auth import Principal, current_user, principal_of, security, submit_principal
+from api.auth import (
+    Principal,
+    authenticate,
+    current_user,
+    principal_of,
+    security,
+    submit_principal,
+    unauthorized,
+)
 from api.errors import ERROR_RESPONSES, JSONResp
 from api.hub import settle
 from api.links import location
@@ -39,6 +49,7 @@ from api.submit import pipeline
 from api.submit.render import render, response
 from api.submit.request import SubmitRun
 from shared.models import Run
+from shared.redis.client import REDIS_DOWN
 
 router = APIRouter(responses=ERROR_RESPONSES)
 
@@ -97,15 +108,34 @@ async def _waited(request: Request, run: Run, who: Principal, wait_s: float) -> 
         seconds = min(wait_s, state.settings.max_wait_seconds)
         if not await _until_end(request.receive, state, run, seconds):
             return Response(status_code=202)
-        # The credentials again: a key revoked while its request waited gets a 401, not the run.
-        await current_user(request)
-        run = await _owned_run(state, run.run_id, who.user)
+        await _still_allowed(request, state, who)
+        rid, user = run.run_id, who.user
+        run = await state.coalesced(("run", rid, user), lambda: _owned_run(state, rid, user))
     links = run_links(request.scope, security(request), run.run_id, who)
     body = {**run.public(), **links}
     if run.status.terminal:
         return JSONResp(body)
     headers = {"Retry-After": RETRY_AFTER, "Location": location(links["url"] + "/wait")}
     return JSONResp(body, status_code=202, headers=headers)
+
+
+async def _still_allowed(request: Request, state: AppState, who: Principal) -> None:
+    """The credentials again after a wait, so that a key revoked (a JWT expired) meanwhile gets
+    a 401, not the run. The key epoch unchanged since the key was found active says no key was
+    revoked since: one Redis read shared by every waiter answered at once. Otherwise (it moved,
+    or Redis did not answer) the full check."""
+    if who.key_id is None:  # a JWT: good until its exp
+        if who.expires_at is not None and who.expires_at <= time.time():
+            raise unauthorized("invalid or expired token")
+        return
+    known = who.checked or who.epoch
+    admission = security(request).admission
+    try:
+        now = await state.coalesced("key_epoch", admission.key_epoch)
+    except REDIS_DOWN:
+        now = None
+    if known is None or now is None or not hmac.compare_digest(known, now):
+        await authenticate(request)
 
 
 async def _until_end(receive: Receive, state: AppState, run: Run, seconds: float) -> bool:

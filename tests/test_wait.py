@@ -233,3 +233,52 @@ async def test_get_on_the_submit_and_wait_path_is_a_405_not_a_malformed_run_id(
 
     assert answer.status_code == 405
     assert answer.headers["allow"] == "OPTIONS, POST"
+
+
+async def test_a_key_revoked_while_its_request_waits_gets_a_401_not_the_run(
+    client: httpx.AsyncClient, api, store: Store, settings
+) -> None:
+    from cli.admin import revoke_key
+
+    # Given a second key of the same user, waiting on a queued run
+    key_id, key = await store.users.create_key("alice")
+    run_id = await submit(client, agent="ticker")
+    async with httpx.AsyncClient(
+        base_url=api.url, headers={"Authorization": f"Bearer {key}"}, timeout=30
+    ) as other:
+        waiting = asyncio.create_task(other.get(f"/runs/{run_id}/wait", params={"timeout": 60}))
+        await wait_for(_health_says(client, waiters=1))
+
+        # When that key is revoked, and the run then ends
+        assert await revoke_key(settings, key_id)
+        await client.post(f"/runs/{run_id}/cancel")
+        answer = await asyncio.wait_for(waiting, 20)
+
+    # Then the waiter of the revoked key is refused; the other key still reads the run
+    assert answer.status_code == 401, answer.text
+    assert (await client.get(f"/runs/{run_id}/wait")).json()["status"] == "cancelled"
+
+
+async def test_concurrent_identical_reads_share_one_call_and_a_cancelled_caller_spares_it() -> None:
+    from api.coalesce import Coalesced
+
+    calls = 0
+    release = asyncio.Event()
+
+    async def read() -> str:
+        nonlocal calls
+        calls += 1
+        await release.wait()
+        return "run"
+
+    shared = Coalesced()
+    callers = [asyncio.create_task(shared("k", read)) for _ in range(100)]
+    await asyncio.sleep(0)
+    callers[0].cancel()
+    release.set()
+
+    got = await asyncio.gather(*callers[1:])
+    assert calls == 1
+    assert set(got) == {"run"}
+    assert await shared("k", read) == "run"  # nothing in flight any more: a new call
+    assert calls == 2
