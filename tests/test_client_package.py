@@ -6,6 +6,7 @@ depending on httpx and httpx-sse only and importing nothing of the server; and i
 from __future__ import annotations
 
 import ast
+import importlib.util
 import subprocess
 import sys
 import tomllib
@@ -61,6 +62,42 @@ def test_importing_the_client_loads_nothing_of_the_server() -> None:
     loaded = set(ast.literal_eval(out))
     assert loaded & (SERVER_PACKAGES | {"fastapi", "redis", "asyncpg", "starlette"}) == set()
     assert {"httpx", "httpx_sse", "longrun_client"} <= loaded
+
+
+def test_the_client_works_on_a_path_holding_only_its_dependencies(tmp_path: Path) -> None:
+    """As if installed alone: a Python without site-packages whose path holds the client and
+    the packages of its dependency closure (httpx, httpx-sse and theirs), nothing else."""
+    from importlib import metadata
+
+    from tests.test_deploy import dependency_closure
+
+    project = tomllib.loads((CLIENT / "pyproject.toml").read_text())["project"]
+    wanted = dependency_closure(project["dependencies"])
+    for name, dists in metadata.packages_distributions().items():
+        if {d.lower().replace("_", "-") for d in dists} & wanted:
+            spec = importlib.util.find_spec(name)
+            if spec is not None and spec.origin not in (None, "built-in", "frozen"):
+                source = Path(spec.origin)
+                source = source.parent if source.name == "__init__.py" else source
+                (tmp_path / source.name).symlink_to(source)
+    (tmp_path / "longrun_client").symlink_to(CLIENT / "longrun_client")
+    code = (
+        f"import sys; sys.path[:0] = [{str(tmp_path)!r}]\n"
+        "import longrun_client\n"
+        "c = longrun_client.Client('http://127.0.0.1:9', 'lr_x')\n"
+        "try:\n"
+        "    c.runs.get('00000000-0000-4000-8000-000000000000')\n"
+        "except longrun_client.APIConnectionError as exc:\n"
+        "    print('unreachable', exc.code)\n"
+        "finally:\n"
+        "    c.close()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", code], capture_output=True, text=True, cwd="/"
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "unreachable connection_error"
 
 
 # -- decisions, without I/O ---------------------------------------------------------------------
