@@ -172,8 +172,10 @@ async def test_a_rate_limited_submit_is_sent_again_after_its_retry_after(
     async def note(response: httpx.Response) -> None:
         seen.append(response.status_code)
 
-    http = httpx.AsyncClient(event_hooks={"response": [note]})
-    async with AsyncClient(api.url, api_key, http_client=http) as sdk:
+    async with (
+        httpx.AsyncClient(event_hooks={"response": [note]}) as http,
+        AsyncClient(api.url, api_key, http_client=http) as sdk,
+    ):
         # When it submits twice at once
         first = await sdk.runs.create("a", agent="ticker")
         started = time.monotonic()

@@ -51,7 +51,8 @@ OnReconnect = Callable[[int | None], None]
 class AsyncClient:
     """`AsyncClient(base_url, api_key)`; each defaults to `$LONGRUN_URL` (else
     http://127.0.0.1:8000) and `$LONGRUN_API_KEY`. Use it as an async context manager, or call
-    `aclose()`. `http_client` lets you bring your own httpx client (proxies, TLS, transports)."""
+    `aclose()`. `http_client` lets you bring your own httpx client (proxies, TLS, transports);
+    closing it stays yours."""
 
     def __init__(
         self,
@@ -79,6 +80,7 @@ class AsyncClient:
         self.reconnect_for = reconnect_for
         self.wait_poll = wait_poll
         self.http = http_client or httpx.AsyncClient(timeout=httpx.Timeout(timeout, connect=10.0))
+        self._owns_http = http_client is None  # one passed in is the caller's to close
         self.headers = {
             "Authorization": f"Bearer {key}",
             "User-Agent": f"longrun-client/{__version__}",
@@ -98,7 +100,8 @@ class AsyncClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        await self.http.aclose()
+        if self._owns_http:
+            await self.http.aclose()
 
     def unreachable(self, exc: BaseException) -> APIConnectionError:
         return APIConnectionError(f"cannot reach the API at {self.base_url}: {exc!r}")
