@@ -16,6 +16,12 @@ from typing import Any
 import httpx
 import pytest
 
+from api.app import create_app
+from api.coalesce import Coalesced
+from cli.admin import revoke_key
+from shared.config import Settings
+from shared.redis.admission import AdmissionIO
+from shared.redis.keys import Keys
 from shared.store import Store
 from tests.helpers import submit, wait_for, wait_status
 
@@ -211,9 +217,6 @@ async def test_a_stopping_api_answers_its_waiters_at_once_with_202(
 
 
 def test_the_openapi_schema_describes_both_waits() -> None:
-    from api.app import create_app
-    from shared.config import Settings
-
     schema = create_app(Settings()).openapi()
     get = schema["paths"]["/runs/{run_id}/wait"]["get"]
     post = schema["paths"]["/runs/wait"]["post"]
@@ -238,8 +241,6 @@ async def test_get_on_the_submit_and_wait_path_is_a_405_not_a_malformed_run_id(
 async def test_a_key_revoked_while_its_request_waits_gets_a_401_not_the_run(
     client: httpx.AsyncClient, api, store: Store, settings
 ) -> None:
-    from cli.admin import revoke_key
-
     # Given a second key of the same user, waiting on a queued run
     key_id, key = await store.users.create_key("alice")
     run_id = await submit(client, agent="ticker")
@@ -260,8 +261,6 @@ async def test_a_key_revoked_while_its_request_waits_gets_a_401_not_the_run(
 
 
 async def test_concurrent_identical_reads_share_one_call_and_a_cancelled_caller_spares_it() -> None:
-    from api.coalesce import Coalesced
-
     calls = 0
     release = asyncio.Event()
 
@@ -282,3 +281,22 @@ async def test_concurrent_identical_reads_share_one_call_and_a_cancelled_caller_
     assert set(got) == {"run"}
     assert await shared("k", read) == "run"  # nothing in flight any more: a new call
     assert calls == 2
+
+
+async def test_submit_and_wait_refused_by_the_kill_switch_is_a_503_that_writes_nothing(
+    client: httpx.AsyncClient, settings, redis_client
+) -> None:
+
+    switch = AdmissionIO(redis_client, Keys.from_settings(settings))
+    await switch.set_paused("maintenance")
+    try:
+        refused = await client.post(
+            "/runs/wait", params={"timeout": 5}, json={"input": "x", "agent": "ticker"}
+        )
+    finally:
+        await switch.set_paused(None)
+
+    assert refused.status_code == 503, refused.text
+    assert refused.json()["error"] == "paused"
+    assert refused.headers["retry-after"]
+    assert (await client.get("/runs")).json()["runs"] == []
