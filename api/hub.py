@@ -318,13 +318,7 @@ class Hub:
         return end
 
     def forget(self, run_id: str, end: asyncio.Future[Event | None]) -> None:
-        key = self.keys.events(run_id)
-        watch = self.watches.get(key)
-        if watch is None:
-            return
-        watch.ends.discard(end)
-        if watch.unused:
-            del self.watches[key]
+        self._leave(run_id, lambda watch: watch.ends.discard(end))
 
     def delivered(self, sub: Subscription) -> None:
         """A subscriber took its pushed events: report the delivery lag."""
@@ -333,11 +327,15 @@ class Hub:
 
     def unsubscribe(self, sub: Subscription) -> None:
         sub.close()
-        key = self.keys.events(sub.run_id)
+        self._leave(sub.run_id, lambda watch: watch.subs.discard(sub))
+
+    def _leave(self, run_id: str, remove: Callable[[Watch], None]) -> None:
+        """Take a subscriber or waiter off the run's watch; the watch goes with its last."""
+        key = self.keys.events(run_id)
         watch = self.watches.get(key)
         if watch is None:
             return
-        watch.subs.discard(sub)
+        remove(watch)
         if watch.unused:
             del self.watches[key]
 

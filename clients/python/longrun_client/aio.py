@@ -22,7 +22,7 @@ import time
 import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypedDict, Unpack
 from urllib.parse import quote
 
 import httpx
@@ -147,50 +147,35 @@ def _run_path(run_id: str) -> str:
     return f"/runs/{quote(run_id, safe='')}"
 
 
-def _submit_body(
-    input: str,
-    agent: str | None,
-    params: dict[str, Any] | None,
-    thread_id: str | None,
-    thread_mode: str | None,
-    metadata: dict[str, Any] | None,
-) -> dict[str, Any]:
-    fields = {
-        "input": input,
-        "agent": agent,
-        "params": params,
-        "thread_id": thread_id,
-        "thread_mode": thread_mode,
-        "metadata": metadata,
-    }
-    return {k: v for k, v in fields.items() if v is not None}
+class RunOptions(TypedDict, total=False):
+    """What a submit may say besides its input (`POST /runs`'s body, and its Idempotency-Key)."""
+
+    agent: str | None
+    params: dict[str, Any] | None
+    thread_id: str | None
+    thread_mode: str | None
+    metadata: dict[str, Any] | None
+    idempotency_key: str | None
+
+
+def _submission(input: str, options: RunOptions) -> tuple[dict[str, Any], dict[str, str]]:
+    """The body and headers of a submit. Without an `idempotency_key` the client makes one,
+    so that sending it again after a lost answer cannot make a second run."""
+    fields = {k: v for k, v in options.items() if k != "idempotency_key" and v is not None}
+    key = options.get("idempotency_key") or uuid.uuid4().hex
+    return {"input": input, **fields}, {"Idempotency-Key": key}
 
 
 class AsyncRuns:
     def __init__(self, client: AsyncClient) -> None:
         self._c = client
 
-    async def create(
-        self,
-        input: str,
-        *,
-        agent: str | None = None,
-        params: dict[str, Any] | None = None,
-        thread_id: str | None = None,
-        thread_mode: str | None = None,
-        metadata: dict[str, Any] | None = None,
-        idempotency_key: str | None = None,
-    ) -> Submission:
-        """Submit a run (`POST /runs`). Without an `idempotency_key` the client makes one, so
-        that sending it again after a lost answer cannot make a second run."""
-        body = _submit_body(input, agent, params, thread_id, thread_mode, metadata)
-        resp = await self._c.request(
-            "POST",
-            "/runs",
-            repeatable=True,
-            json=body,
-            headers={"Idempotency-Key": idempotency_key or uuid.uuid4().hex},
-        )
+    async def create(self, input: str, **options: Unpack[RunOptions]) -> Submission:
+        """Submit a run (`POST /runs`): `agent`, `params`, `thread_id`, `thread_mode`,
+        `metadata`, `idempotency_key` (one of the client's own when absent: a submit sent
+        again after a lost answer never makes a second run)."""
+        body, headers = _submission(input, options)
+        resp = await self._c.request("POST", "/runs", repeatable=True, json=body, headers=headers)
         replayed = resp.headers.get("idempotent-replayed") == "true"
         return Submission.from_json(resp.json(), replayed)
 
@@ -302,24 +287,11 @@ class AsyncRuns:
         self,
         input: str,
         *,
-        agent: str | None = None,
-        params: dict[str, Any] | None = None,
-        thread_id: str | None = None,
-        thread_mode: str | None = None,
-        metadata: dict[str, Any] | None = None,
-        idempotency_key: str | None = None,
         on_reconnect: OnReconnect | None = None,
+        **options: Unpack[RunOptions],
     ) -> AsyncGenerator[Event, None]:
-        """`create`, then `stream` from the first event (the `start` event names the run)."""
-        run = await self.create(
-            input,
-            agent=agent,
-            params=params,
-            thread_id=thread_id,
-            thread_mode=thread_mode,
-            metadata=metadata,
-            idempotency_key=idempotency_key,
-        )
+        """`create`, then `stream` from the first event."""
+        run = await self.create(input, **options)
         async for event in self.stream(run.run_id, on_reconnect=on_reconnect):
             yield event
 
@@ -334,22 +306,12 @@ class AsyncRuns:
         return await self._poll(lambda s: self._c.request("GET", path, **_wait_args(s)), deadline)
 
     async def create_and_wait(
-        self,
-        input: str,
-        *,
-        timeout: float | None = None,
-        agent: str | None = None,
-        params: dict[str, Any] | None = None,
-        thread_id: str | None = None,
-        thread_mode: str | None = None,
-        metadata: dict[str, Any] | None = None,
-        idempotency_key: str | None = None,
+        self, input: str, *, timeout: float | None = None, **options: Unpack[RunOptions]
     ) -> Run:
         """Submit and wait in one request (`POST /runs/wait`), then `wait` while the run goes
-        on; `timeout` as for `wait`."""
+        on; `timeout` as for `wait`, the options as for `create`."""
         deadline = Deadline(timeout)
-        body = _submit_body(input, agent, params, thread_id, thread_mode, metadata)
-        key = {"Idempotency-Key": idempotency_key or uuid.uuid4().hex}
+        body, key = _submission(input, options)
 
         def submit(seconds: float) -> Awaitable[httpx.Response]:
             args = _wait_args(seconds)

@@ -13,6 +13,17 @@ TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
 TERMINAL_EVENTS = frozenset({"done", "error", "cancelled"})
 
 
+def _identity(d: dict[str, Any]) -> dict[str, Any]:
+    """What a run and a submission both say of a run."""
+    return {
+        "run_id": d["run_id"],
+        "status": d["status"],
+        "agent": d.get("agent", ""),
+        "thread_id": d.get("thread_id"),
+        "created_at": d.get("created_at", ""),
+    }
+
+
 @dataclass(frozen=True)
 class Run:
     """A run as `GET /runs/{id}` shows it (`url` and `events_url` are absent from list pages)."""
@@ -46,10 +57,7 @@ class Run:
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Run:
         return cls(
-            run_id=d["run_id"],
-            status=d["status"],
-            agent=d.get("agent", ""),
-            thread_id=d.get("thread_id"),
+            **_identity(d),
             input=d.get("input", ""),
             params=d.get("params") or {},
             metadata=d.get("metadata") or {},
@@ -59,7 +67,6 @@ class Run:
             cost_usd=float(d.get("cost_usd") or 0.0),
             attempts=int(d.get("attempts") or 0),
             last_seq=int(d.get("last_seq") or 0),
-            created_at=d.get("created_at", ""),
             started_at=d.get("started_at"),
             finished_at=d.get("finished_at"),
             updated_at=d.get("updated_at"),
@@ -86,11 +93,7 @@ class Submission:
     @classmethod
     def from_json(cls, d: dict[str, Any], replayed: bool = False) -> Submission:
         return cls(
-            run_id=d["run_id"],
-            status=d["status"],
-            agent=d.get("agent", ""),
-            thread_id=d.get("thread_id"),
-            created_at=d.get("created_at", ""),
+            **_identity(d),
             url=d.get("url", ""),
             events_url=d.get("events_url", ""),
             replayed=replayed,
@@ -157,11 +160,15 @@ class Event:
 
 @dataclass(frozen=True)
 class StartEvent(Event):
+    """The first event of a run's first attempt."""
+
     agent: str | None
 
 
 @dataclass(frozen=True)
 class TokenEvent(Event):
+    """Text as the agent streams it (the ticker's "1", "2", ...)."""
+
     text: str
 
 
@@ -174,40 +181,52 @@ class ToolStartEvent(Event):
 
 @dataclass(frozen=True)
 class ToolEndEvent(Event):
+    """A tool call's end; `ok` false when it failed (the run goes on)."""
+
     call_id: str | None
     ok: bool
 
 
 @dataclass(frozen=True)
 class UsageEvent(Event):
+    """A model turn's tokens and cost (`data` has them all)."""
+
     cost_usd: float | None
 
 
 @dataclass(frozen=True)
 class ResumedEvent(Event):
+    """A later attempt took the run over (its events go on from here, none repeated)."""
+
     attempt: int | None
 
 
 @dataclass(frozen=True)
-class NoticeEvent(Event):
+class CodedEvent(Event):
     code: str | None
     message: str | None
+
+
+@dataclass(frozen=True)
+class NoticeEvent(CodedEvent):
+    """Something the run went through: a provider retry, a model fallback."""
 
 
 @dataclass(frozen=True)
 class DoneEvent(Event):
+    """The run succeeded (terminal)."""
+
     output: Any
 
 
 @dataclass(frozen=True)
-class ErrorEvent(Event):
-    code: str | None
-    message: str | None
+class ErrorEvent(CodedEvent):
+    """The run failed (terminal): `code` says why (`agent_crashed`, `cost_budget_exceeded` ...)."""
 
 
 @dataclass(frozen=True)
 class CancelledEvent(Event):
-    pass
+    """The run was cancelled (terminal)."""
 
 
 Make = Callable[[int, str, dict[str, Any]], Event]

@@ -10,9 +10,9 @@ import asyncio
 import threading
 from collections.abc import AsyncGenerator, Coroutine, Iterator
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Self, TypeVar, Unpack
 
-from longrun_client.aio import AsyncClient, AsyncRuns, AsyncThreads, OnReconnect
+from longrun_client.aio import AsyncClient, AsyncRuns, AsyncThreads, OnReconnect, RunOptions
 from longrun_client.models import Cancellation, Event, Message, Run, RunPage, Submission
 
 T = TypeVar("T")
@@ -88,7 +88,7 @@ class Runs:
         self._a = runs
         self._loop = loop
 
-    def create(self, input: str, **options: Any) -> Submission:
+    def create(self, input: str, **options: Unpack[RunOptions]) -> Submission:
         return self._loop.run(self._a.create(input, **options))
 
     def get(self, run_id: str) -> Run:
@@ -112,14 +112,24 @@ class Runs:
     ) -> Iterator[Event]:
         return self._loop.iterate(self._a.stream(run_id, last_event_id, on_reconnect=on_reconnect))
 
-    def create_and_stream(self, input: str, **options: Any) -> Iterator[Event]:
-        return self._loop.iterate(self._a.create_and_stream(input, **options))
+    def create_and_stream(
+        self,
+        input: str,
+        *,
+        on_reconnect: OnReconnect | None = None,
+        **options: Unpack[RunOptions],
+    ) -> Iterator[Event]:
+        return self._loop.iterate(
+            self._a.create_and_stream(input, on_reconnect=on_reconnect, **options)
+        )
 
     def wait(self, run_id: str, timeout: float | None = None) -> Run:
         return self._loop.run(self._a.wait(run_id, timeout))
 
-    def create_and_wait(self, input: str, **options: Any) -> Run:
-        return self._loop.run(self._a.create_and_wait(input, **options))
+    def create_and_wait(
+        self, input: str, *, timeout: float | None = None, **options: Unpack[RunOptions]
+    ) -> Run:
+        return self._loop.run(self._a.create_and_wait(input, timeout=timeout, **options))
 
 
 class Threads:
