@@ -360,8 +360,9 @@ class AsyncRuns:
 
 
 def _wait_args(seconds: float) -> dict[str, Any]:
+    # Not `repeatable`: `_poll` rides out connection failures itself, and must see the first.
     return {
-        "repeatable": True,
+        "repeatable": False,
         "params": {"timeout": f"{seconds:.3f}"},
         "timeout": httpx.Timeout(10.0, read=seconds + READ_MARGIN),
     }
