@@ -215,9 +215,11 @@ async def end_runs(c: httpx.AsyncClient, run_ids: list[str], waiters: Waiters) -
     }
 
 
-async def main(smoke: bool, runs_asked: int | None = None) -> dict[str, Any]:
+async def main(
+    smoke: bool, runs_asked: int | None = None, waiters_asked: int | None = None
+) -> dict[str, Any]:
     n, runs, few, window = (50, 5, 5, 1.0) if smoke else (10_000, 100, 10, 10.0)
-    runs = runs_asked or runs
+    runs, n = runs_asked or runs, waiters_asked or n
     settle = 0.0 if smoke else PG_FLUSH_SECONDS
     redis_proc, redis_url = private_redis()
     try:
@@ -300,5 +302,6 @@ def _ms(lat: dict[str, float]) -> list[float]:
 if __name__ == "__main__":
     p = parser(__doc__ or "")
     p.add_argument("--runs", type=int, help="spread the waiters over this many runs (100)")
+    p.add_argument("--waiters", type=int, help="how many waiters (10,000)")
     args = p.parse_args()
-    record("wait", run_async(main(args.smoke, args.runs)), smoke=args.smoke)
+    record("wait", run_async(main(args.smoke, args.runs, args.waiters)), smoke=args.smoke)
