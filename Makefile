@@ -20,14 +20,14 @@ run: $(STAMP)
 # test: lint and format check, strict types, then the suite on real Redis and Postgres with
 # branch coverage of the four packages; the floor is the figure measured when it was set (80%).
 test: $(STAMP)
-	$(BIN)/ruff check api worker shared cli tests bench
-	$(BIN)/ruff format --check api worker shared cli tests bench
+	$(BIN)/ruff check api worker shared cli clients tests bench
+	$(BIN)/ruff format --check api worker shared cli clients tests bench
 	$(BIN)/mypy
 	$(BIN)/pytest -q --strict-markers --cov --cov-report=term --cov-fail-under=80
 
 lint: $(STAMP)
-	$(BIN)/ruff check api worker shared cli tests bench
-	$(BIN)/ruff format --check api worker shared cli tests bench
+	$(BIN)/ruff check api worker shared cli clients tests bench
+	$(BIN)/ruff format --check api worker shared cli clients tests bench
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

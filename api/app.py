@@ -28,6 +28,7 @@ from api import (
     ops,
     runs,
     threads,
+    wait,
     webhooks,
 )
 from api.auth import Security
@@ -158,6 +159,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(runs.router)
     app.include_router(interrupts.router)
     app.include_router(events.router)
+    app.include_router(wait.router)
     app.include_router(diagnostics.router)
     app.include_router(threads.router)
     app.include_router(webhooks.router)
@@ -174,6 +176,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "sse_subscribers": state.hub.subscribers,
             # `POST /runs/stream` answers in flight here, and the cap past which they get 503
             "streams": {"in_flight": state.streams.in_flight, "cap": state.streams.cap},
+            "waiters": state.hub.waiters,
             # cluster-wide, from the workers' heartbeats; null when Redis does not answer
             "runs_in_flight": await cluster_in_flight(request, max_age=HEALTH_MAX_AGE),
         }

@@ -19,6 +19,12 @@ most one buffer of memory and never delays the others. Subscribers also heal any
 (an event whose seq is not cursor + 1) with `XRANGE`, so the hub only has to be fast, not
 perfect.
 
+Waiters (`GET /runs/{id}/wait`) are lighter still: a future per waiter on the run's watch,
+resolved with the terminal event when the hub reads it (or with None when the server stops). A
+waiter costs no Redis or Postgres call while it waits: the hub's one `XREAD` serves it with the
+subscribers. A watch remembers the terminal event it read (`ended`), so a waiter joining a watch
+whose read has already passed its cursor still hears of the end.
+
 The per-event path costs the hub one list append and at most one future wake-up per
 subscriber: no asyncio.Queue, no timeout object per wait. A subscriber's idle keep-alive and its
 stalled-send watchdog share one timer, re-armed only when it fires.
@@ -158,6 +164,12 @@ class Watch:
     key: str
     last_seq: int
     subs: set[Subscription] = field(default_factory=set)
+    ends: set[asyncio.Future[Event | None]] = field(default_factory=set)  # waiters
+    ended: Event | None = None  # the terminal event, once read
+
+    @property
+    def unused(self) -> bool:
+        return not self.subs and not self.ends
 
 
 class Hub:
@@ -195,6 +207,10 @@ class Hub:
     @property
     def subscribers(self) -> int:
         return sum(len(w.subs) for w in self.watches.values())
+
+    @property
+    def waiters(self) -> int:
+        return sum(len(w.ends) for w in self.watches.values())
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -251,6 +267,8 @@ class Hub:
         for w in self.watches.values():
             for sub in w.subs:
                 sub.stop()
+            for end in w.ends:
+                settle(end, None)
 
     async def close(self) -> None:
         for task in (self._task, self._chores_task):
@@ -281,6 +299,28 @@ class Hub:
             watch.subs.add(sub)
         return sub
 
+    async def until_end(self, run_id: str, after_seq: int) -> asyncio.Future[Event | None]:
+        """A future that the hub resolves with the run's terminal event once it reads it (the
+        run's events after `after_seq` are watched), or with None when the server stops. The
+        caller resolves it itself on its own timeout, and always hands it back (`forget`)."""
+        end: asyncio.Future[Event | None] = asyncio.get_running_loop().create_future()
+        if self.stopping:
+            end.set_result(None)
+            return end
+        key = self.keys.events(run_id)
+        watch = self.watches.get(key)
+        if watch is None:
+            self.watches[key] = Watch(key, after_seq, ends={end})
+            await self._wake()
+        else:
+            watch.ends.add(end)
+            if watch.ended is not None:
+                settle(end, watch.ended)
+        return end
+
+    def forget(self, run_id: str, end: asyncio.Future[Event | None]) -> None:
+        self._leave(run_id, lambda watch: watch.ends.discard(end))
+
     def delivered(self, sub: Subscription) -> None:
         """A subscriber took its pushed events: report the delivery lag."""
         if self.on_delivery is not None and sub.read_at:
@@ -288,12 +328,16 @@ class Hub:
 
     def unsubscribe(self, sub: Subscription) -> None:
         sub.close()
-        key = self.keys.events(sub.run_id)
+        self._leave(sub.run_id, lambda watch: watch.subs.discard(sub))
+
+    def _leave(self, run_id: str, remove: Callable[[Watch], None]) -> None:
+        """Take a subscriber or waiter off the run's watch; the watch goes with its last."""
+        key = self.keys.events(run_id)
         watch = self.watches.get(key)
         if watch is None:
             return
-        watch.subs.discard(sub)
-        if not watch.subs:
+        remove(watch)
+        if watch.unused:
             del self.watches[key]
 
     async def _wake(self) -> None:
@@ -341,6 +385,10 @@ class Hub:
             size = sum(len(e.data) for e in events)
             for sub in watch.subs:
                 self._push(sub, events, read_at, size)
+            if events[-1].terminal:  # (a run's log ends with its one terminal event)
+                watch.ended = events[-1]
+                for end in watch.ends:
+                    settle(end, watch.ended)
 
     @staticmethod
     def _push(sub: Subscription, events: list[Event], read_at: float, size: int) -> None:
@@ -365,6 +413,12 @@ class Hub:
             for sub in w.subs:
                 sub.behind = True
                 sub.wake()
+
+
+def settle(end: asyncio.Future[Event | None], value: Event | None) -> None:
+    """Resolve a waiter's future unless it is resolved already."""
+    if not end.done():
+        end.set_result(value)
 
 
 async def _quietly(chore: Chore) -> None:

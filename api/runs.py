@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Request
-from starlette.convertors import StringConvertor, register_url_convertor
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.types import Scope
 
 from api.auth import Principal, Security, current_user, principal_of, security
@@ -54,12 +54,18 @@ def _state(request: Request) -> AppState:
 RunIdPath = Annotated[str, Path(json_schema_extra={"format": "uuid", "pattern": RUN_ID_PATTERN})]
 
 
-class RunSegment(StringConvertor):
+class RunSegment(Convertor[str]):
     """`/runs/{run_id:run}`: any segment but the names of the collection's own resources
-    (`/runs/stream`), so a wrong method there is a 405 naming the right one (`Allow`), not a
-    malformed run id's 400."""
+    (`/runs/stream`, `/runs/wait`), so a wrong method there is a 405 naming the right one
+    (`Allow`), not a malformed run id's 400."""
 
-    regex = "(?!stream$)[^/]+"
+    regex = "(?!(?:stream|wait)$)[^/]+"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
 
 
 register_url_convertor("run", RunSegment())

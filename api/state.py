@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from api.coalesce import Coalesced
 from api.hub import Hub
 from shared.agents import Agent
 from shared.config import Settings
@@ -52,3 +53,5 @@ class AppState:
     submits: SubmitGroups | None = None  # grouped submits (`api.submit.groups`)
     shutting_down: bool = False
     key_cache: dict[str, tuple[str, float]] = field(default_factory=dict)
+    # Reads that many requests make at once (the waiters of a run when it ends: `api.wait`).
+    coalesced: Coalesced = field(default_factory=Coalesced)

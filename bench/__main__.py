@@ -1,7 +1,7 @@
 """`python -m bench [--smoke] [--skip-peers] [NAME ...]`: run the benchmarks, one process each.
 
-Order: submit, e2e, dispatch, langgraph, sse_fanout, memory, paging. Each prints its table and
-ratios and appends a JSON line to bench/out/NAME.jsonl. Exit status 1 if any script failed.
+Order: submit, e2e, dispatch, langgraph, sse_fanout, memory, paging, wait. Each prints its table
+and ratios and appends a JSON line to bench/out/NAME.jsonl. Exit status 1 if any script failed.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ ALL = {
     "sse_fanout": "bench.sse_fanout",
     "memory": "bench.memory",
     "paging": "bench.paging",
+    "wait": "bench.wait",
 }
 
 

@@ -1,22 +1,33 @@
-"""The HTTP API as the commands see it: JSON calls that either return the answer or raise a
-one-line `Failure` (the API unreachable: exit 2; a 4xx: exit 3; a 5xx: exit 4).
-
-`refusal()` turns an error answer (`{"error", "detail", "request_id"}`, or anything else a proxy
-may send) into the line the user reads.
+"""The HTTP API as the commands reach it: through the Python SDK (`longrun_client`, in
+clients/python), so that the CLI and every other Python caller share one client. This module
+makes the SDK's client for a command and turns its errors into one-line `Failure`s: the API
+unreachable (exit 2), a 4xx (exit 3), a 5xx (exit 4).
 """
 
 from __future__ import annotations
 
-import json
-from types import TracebackType
-from typing import Any, Self
-
-import httpx
+from longrun_client import APIConnectionError, APIError, AsyncClient, LongrunError
 
 from cli.config import ApiTarget
 from cli.exits import Exit, Failure, reason
 
-TIMEOUT = httpx.Timeout(10.0, read=60.0)
+
+def client_for(target: ApiTarget) -> AsyncClient:
+    """The SDK's client for the target; a `Failure` (exit 5) without a key or with a URL that
+    is not http(s)."""
+    if not target.key:
+        raise Failure(
+            Exit.USAGE,
+            "no API key: set LONGRUN_API_KEY or pass --key "
+            "(`longrun dev` writes its key to .longrun/env; "
+            "`longrun keys create --user ME` makes one)",
+        )
+    try:
+        # A refusal is reported at once (with its Retry-After) rather than waited out: the
+        # person at the terminal decides. Streams still ride out drops (`reconnect_for`).
+        return AsyncClient(target.url, target.key, max_retries=0)
+    except ValueError as exc:
+        raise Failure(Exit.USAGE, f"bad API URL {target.url!r}: {exc}") from exc
 
 
 def unreachable(url: str, exc: BaseException) -> Failure:
@@ -26,70 +37,25 @@ def unreachable(url: str, exc: BaseException) -> Failure:
     )
 
 
-def refusal(status: int, body: bytes, headers: httpx.Headers) -> Failure:
+def refusal(exc: APIError) -> Failure:
     """The one line for an error answer, and its exit code (4xx: 3, 5xx: 4)."""
-    try:
-        parsed = httpx.Response(status, content=body).json()
-    except ValueError:
-        parsed = None
-    if isinstance(parsed, dict) and "error" in parsed:
-        what = f"{status} {parsed['error']}"
-        detail = parsed.get("detail")
-        if detail:
-            what += f": {detail if isinstance(detail, str) else json.dumps(detail)}"
+    if exc.code == f"http_{exc.status}":  # not the API's own error body (a proxy's page)
+        what = f"{exc.status} {exc.detail}".rstrip()
     else:
-        text = body.decode(errors="replace").strip().splitlines()
-        what = f"{status} {text[0][:200]}" if text else str(status)
-    if headers.get("retry-after"):
-        what += f" (retry after {headers['retry-after']} s)"
-    if headers.get("x-request-id"):
-        what += f" [request {headers['x-request-id']}]"
-    if status >= 500:
+        what = f"{exc.status} {exc.code}" + (f": {exc.detail}" if exc.detail else "")
+    if exc.retry_after is not None:
+        what += f" (retry after {exc.retry_after:g} s)"
+    if exc.request_id:
+        what += f" [request {exc.request_id}]"
+    if exc.status >= 500:
         return Failure(Exit.SERVER_ERROR, f"the API failed: {what}")
     return Failure(Exit.REFUSED, f"the API refused the request: {what}")
 
 
-class Api:
-    """`async with Api(target) as api: await api.call("GET", "/runs")`."""
-
-    def __init__(self, target: ApiTarget) -> None:
-        if not target.key:
-            raise Failure(
-                Exit.USAGE,
-                "no API key: set LONGRUN_API_KEY or pass --key "
-                "(`longrun dev` writes its key to .longrun/env; "
-                "`longrun keys create --user ME` makes one)",
-            )
-        self.url = target.url
-        self.headers = {"Authorization": f"Bearer {target.key}"}
-        self.client = httpx.AsyncClient(timeout=TIMEOUT)
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.client.aclose()
-
-    async def call(self, method: str, path: str, **kwargs: Any) -> Any:
-        """The JSON answer of a 2xx; any other answer or no answer raises `Failure`."""
-        try:
-            resp = await self.client.request(
-                method, self.url + path, headers=self.headers, **kwargs
-            )
-        except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
-            raise Failure(Exit.USAGE, f"bad API URL {self.url!r}: {exc}") from exc
-        except httpx.TransportError as exc:
-            raise unreachable(self.url, exc) from exc
-        if resp.status_code >= 400:
-            raise refusal(resp.status_code, resp.content, resp.headers)
-        try:
-            return resp.json()
-        except ValueError as exc:
-            raise Failure(
-                Exit.SERVER_ERROR, f"the API answered {resp.status_code} with no JSON"
-            ) from exc
+def failure_of(exc: LongrunError, url: str) -> Failure:
+    """What a command prints and exits with for an error the SDK raised."""
+    if isinstance(exc, APIError):
+        return refusal(exc)
+    if isinstance(exc, APIConnectionError) and exc.__cause__ is not None:
+        return unreachable(url, exc)
+    return Failure(Exit.UNREACHABLE, exc.detail)

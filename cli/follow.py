@@ -1,4 +1,4 @@
-"""Following a run's events (`submit --follow`, `runs events`, `runs wait`): the SSE stream,
+"""Following a run's events (`submit --follow`, `runs events`): the SSE stream,
 resumed with `Last-Event-ID` when the connection drops, and how its events read on a terminal.
 
 stdout carries the run's transcript (`Transcript`): token texts joined as the agent meant them,
@@ -6,9 +6,10 @@ each tool call and notice on a line of its own; with `--json`, one event per lin
 carries the lifecycle: reconnects and the final status line. Ctrl-C stops following (the run
 goes on) and says how to resume or cancel.
 
-Reconnecting: a first connection that fails is a failure at once (exit 2, or the API's 4xx/5xx);
-once connected, a dropped stream (or a 5xx while the API restarts) is retried with backoff for
-up to `RECONNECT_FOR` seconds, from the last event seen, so nothing is skipped or repeated.
+Reconnecting is the SDK's (`longrun_client`, `runs.stream`): a first connection that fails is a
+failure at once (exit 2, or the API's 4xx/5xx); once connected, a dropped stream (or a 5xx while
+the API restarts) is resumed with backoff for up to the client's `reconnect_for` seconds, from
+the last event seen, so nothing is skipped or repeated; each drop is said on stderr.
 """
 
 from __future__ import annotations
@@ -16,24 +17,21 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
+from longrun_client import APIConnectionError, AsyncClient, LongrunError
 
-from cli.api_client import Api, refusal, unreachable
+from cli.api_client import client_for, failure_of
 from cli.config import ApiTarget
 from cli.exits import Exit, Failure
-from cli.sse import aparse_lines
 
 # The terminal event types and the run status each one means.
 TERMINAL = {"done": "succeeded", "error": "failed", "cancelled": "cancelled"}
 # Agents whose tokens are whole words without their own spacing (the ticker's "1", "2", ...):
 # their tokens are joined with a space. A model's tokens carry their spacing: joined as they are.
 WORD_TOKEN_AGENTS = frozenset({"ticker"})
-RECONNECT_FOR = 60.0
 
 
 @dataclass
@@ -145,16 +143,13 @@ def printer(as_json: bool, agent: str | None = None) -> EventSink:
     return write
 
 
-def ignore(etype: str, data: dict[str, Any]) -> None:
-    return None
-
-
 @dataclass
 class Follower:
-    """Streams one run's events into `sink` until its terminal event. `last_id` is the last
-    event seen (the resume point), kept up to date for the caller's Ctrl-C hint."""
+    """Streams one run's events into `sink` until its terminal event, through the SDK's
+    resumable stream. `last_id` is the last event seen (the resume point), kept up to date for
+    the caller's Ctrl-C hint."""
 
-    api: Api
+    client: AsyncClient
     run_id: str
     sink: EventSink
     last_id: str | None = None
@@ -164,59 +159,27 @@ class Follower:
     async def run(self) -> tuple[str, dict[str, Any]] | None:
         """The terminal event (type, data); None when the stream had already ended at
         `last_id` (the API's 204)."""
-        url = f"{self.api.url}/runs/{self.run_id}/events"
-        connected = False
-        lost_since: float | None = None
-        backoff = 0.2
-        while True:
-            try:
-                async with self.api.client.stream("GET", url, headers=self._headers()) as resp:
-                    if resp.status_code == 204:
-                        return None
-                    if resp.status_code != 200:
-                        failure = refusal(resp.status_code, await resp.aread(), resp.headers)
-                        if not connected or resp.status_code < 500:
-                            raise failure
-                    else:
-                        connected, lost_since, backoff = True, None, 0.2
-                        end = await self._read(resp)
-                        if end is not None:
-                            return end
-            except httpx.TransportError as exc:
-                if not connected:
-                    raise unreachable(self.api.url, exc) from exc
-            lost_since = lost_since or time.monotonic()
-            if time.monotonic() - lost_since > RECONNECT_FOR:
-                raise Failure(
-                    Exit.UNREACHABLE,
-                    f"lost the API at {self.api.url} for {RECONNECT_FOR:.0f} s; "
-                    + stopped_hint(self.run_id, self.last_id).splitlines()[1].strip(),
-                )
-            say(f"[connection lost; resuming after event {self.last_id or 0}]")
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 5.0)
+        stream = self.client.runs.stream(self.run_id, self.last_id, on_reconnect=self._lost)
+        try:
+            async for event in stream:
+                self.sink(event.type, event.data)
+                self.last_id = event.id
+                if event.type == "interrupt" and self.on_interrupt is not None:
+                    await self.on_interrupt(event.data)
+                if event.terminal:
+                    return event.type, event.data
+        except APIConnectionError as exc:
+            if exc.__cause__ is not None:  # never connected
+                raise
+            raise Failure(
+                Exit.UNREACHABLE,
+                f"lost the API at {self.client.base_url} for {self.client.reconnect_for:.0f} s; "
+                + stopped_hint(self.run_id, self.last_id).splitlines()[1].strip(),
+            ) from exc
+        return None
 
-    def _headers(self) -> dict[str, str]:
-        if self.last_id is None:
-            return self.api.headers
-        return {**self.api.headers, "Last-Event-ID": self.last_id}
-
-    async def _read(self, resp: httpx.Response) -> tuple[str, dict[str, Any]] | None:
-        async for frame in aparse_lines(resp.aiter_lines()):
-            try:
-                data = json.loads(frame.data)
-            except ValueError:
-                continue
-            if not isinstance(data, dict):
-                continue
-            self.sink(frame.event, data)
-            if frame.id:
-                self.last_id = frame.id
-            if frame.event == "interrupt" and self.on_interrupt is not None:
-                await self.on_interrupt(data)
-            if frame.event in TERMINAL:
-                return frame.event, data
-        return None  # the server closed the stream early (e.g. it is shutting down)
+    def _lost(self, last_seq: int | None) -> None:
+        say(f"[connection lost; resuming after event {last_seq or 0}]")
 
 
 @dataclass
@@ -226,14 +189,20 @@ class Session:
     follower: Follower | None = None
 
 
-def run_command(target: ApiTarget, command: Callable[[Api, Session], Awaitable[int]]) -> int:
-    """One asyncio loop for one API command. Ctrl-C while following a run stops following
-    (the run goes on) and prints how to resume or cancel it: exit 130."""
+def run_command(
+    target: ApiTarget, command: Callable[[AsyncClient, Session], Awaitable[int]]
+) -> int:
+    """One asyncio loop for one API command, on the SDK's client; its errors become one-line
+    failures. Ctrl-C while following a run stops following (the run goes on) and prints how to
+    resume or cancel it: exit 130."""
     session = Session()
 
     async def go() -> int:
-        async with Api(target) as api:
-            return await command(api, session)
+        async with client_for(target) as client:
+            try:
+                return await command(client, session)
+            except LongrunError as exc:
+                raise failure_of(exc, target.url) from exc
 
     try:
         return asyncio.run(go())

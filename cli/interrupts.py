@@ -13,18 +13,14 @@ import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import quote
 
-from cli.api_client import Api
+from longrun_client import AsyncClient
+
 from cli.config import ApiTarget
 from cli.exits import Exit, Failure
 from cli.follow import run_command, say
 
 PROMPT = "answer (JSON, or text; empty: leave it waiting)> "
-
-
-def _path(run_id: str) -> str:
-    return f"/runs/{quote(run_id, safe='')}"
 
 
 def parse_value(text: str) -> Any:
@@ -59,35 +55,34 @@ def resume_hint(run_id: str) -> str:
     return f"  answer later: longrun runs resume {run_id} --value JSON"
 
 
-async def _waiting(api: Api, limit: int, as_json: bool) -> int:
-    page = await api.call("GET", "/runs", params={"status": "waiting", "limit": limit})
-    runs = page.get("runs", [])
+async def _waiting(client: AsyncClient, limit: int, as_json: bool) -> int:
+    page = await client.runs.list_page(status="waiting", limit=limit)
+    runs = [run.raw for run in page.runs]
     print(json.dumps(runs, indent=2, ensure_ascii=False) if as_json else waiting_table(runs))
     return Exit.OK
 
 
-async def answer(api: Api, run_id: str, interrupt_id: str | None, value: Any) -> dict[str, Any]:
+async def answer(
+    client: AsyncClient, run_id: str, interrupt_id: str | None, value: Any
+) -> dict[str, Any]:
     """POST the resume; without `interrupt_id`, the run's pending one."""
     if interrupt_id is None:
-        run = await api.call("GET", _path(run_id))
-        pending = run.get("interrupt")
-        if not pending:
-            raise Failure(Exit.REFUSED, f"run {run_id} is {run.get('status')}, not waiting")
-        interrupt_id = str(pending["interrupt_id"])
-    body = {"interrupt_id": interrupt_id, "value": value}
-    result: dict[str, Any] = await api.call("POST", _path(run_id) + "/resume", json=body)
-    return result
+        run = await client.runs.get(run_id)
+        if not run.interrupt:
+            raise Failure(Exit.REFUSED, f"run {run_id} is {run.status}, not waiting")
+        interrupt_id = str(run.interrupt["interrupt_id"])
+    return (await client.runs.resume(run_id, interrupt_id, value)).raw
 
 
 async def _resume(
-    api: Api, run_id: str, interrupt_id: str | None, value: Any, as_json: bool
+    client: AsyncClient, run_id: str, interrupt_id: str | None, value: Any, as_json: bool
 ) -> int:
-    got = await answer(api, run_id, interrupt_id, value)
+    got = await answer(client, run_id, interrupt_id, value)
     print(json.dumps(got, indent=2) if as_json else f"run {run_id} resumed: queued again")
     return Exit.OK
 
 
-def prompter(api: Api, run_id: str) -> Callable[[dict[str, Any]], Awaitable[None]]:
+def prompter(client: AsyncClient, run_id: str) -> Callable[[dict[str, Any]], Awaitable[None]]:
     """`Follower.on_interrupt` for a terminal: show what the run asks, read an answer, send
     it. An empty answer leaves the run waiting (the stream goes on: someone else may answer)."""
 
@@ -97,18 +92,20 @@ def prompter(api: Api, run_id: str) -> Callable[[dict[str, Any]], Awaitable[None
         if not text:
             say(f"run {run_id} left waiting\n{resume_hint(run_id)}")
             return
-        await answer(api, run_id, str(data.get("interrupt_id")), typed_value(text))
+        await answer(client, run_id, str(data.get("interrupt_id")), typed_value(text))
         say(f"run {run_id} resumed")
 
     return ask
 
 
 def waiting(target: ApiTarget, *, limit: int, as_json: bool) -> int:
-    return run_command(target, lambda api, _s: _waiting(api, limit, as_json))
+    return run_command(target, lambda client, _s: _waiting(client, limit, as_json))
 
 
 def resume(
     target: ApiTarget, run_id: str, value_text: str, *, interrupt_id: str | None, as_json: bool
 ) -> int:
     value = parse_value(value_text)  # a malformed --value fails before anything is sent
-    return run_command(target, lambda api, _s: _resume(api, run_id, interrupt_id, value, as_json))
+    return run_command(
+        target, lambda client, _s: _resume(client, run_id, interrupt_id, value, as_json)
+    )

@@ -1,6 +1,9 @@
 """`longrun runs get|list|cancel|events|wait`: one run (or the caller's runs) through the HTTP
 API, as text for people or `--json` for scripts.
 
+Every call goes through the SDK (`longrun_client`): `wait` is its `runs.wait` (long polls of
+`GET /runs/{id}/wait`), `events` its resumable `runs.stream`.
+
 Exit codes beyond the common ones (`cli.exits`): `events` and `wait` exit 0 when the run
 succeeded and 1 when it ended failed or cancelled; `wait --timeout` exits 6 when the run is still
 going; `get`, `list` and `cancel` exit 0 whenever the API answered.
@@ -8,13 +11,12 @@ going; `get`, `list` and `cancel` exit 0 whenever the API answered.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
 
-from cli.api_client import Api
+from longrun_client import AsyncClient, Conflict, WaitTimeout
+
 from cli.config import ApiTarget
 from cli.exits import Exit, Failure
 from cli.follow import (
@@ -22,18 +24,11 @@ from cli.follow import (
     Follower,
     Session,
     exit_code,
-    ignore,
     printer,
     run_command,
     say,
     status_line,
 )
-
-FINISHED = frozenset(TERMINAL.values())
-
-
-def _path(run_id: str) -> str:
-    return f"/runs/{quote(run_id, safe='')}"
 
 
 def _dump(value: Any) -> str:
@@ -86,9 +81,6 @@ def cancel_answer(run_id: str, status: str) -> str:
     return f"run {run_id} already {status}: nothing to cancel"
 
 
-# Statuses a run ends with.
-ENDED = frozenset({"succeeded", "failed", "cancelled"})
-
 # ---- the commands
 
 
@@ -100,93 +92,84 @@ class ListQuery:
     cursor: str | None = None
 
 
-async def _get(api: Api, run_id: str, as_json: bool) -> int:
-    run = await api.call("GET", _path(run_id))
+async def _get(client: AsyncClient, run_id: str, as_json: bool) -> int:
+    run = (await client.runs.get(run_id)).raw
     print(_dump(run) if as_json else describe(run))
     return Exit.OK
 
 
-async def _list(api: Api, query: ListQuery, as_json: bool) -> int:
-    params: dict[str, str | int] = {"limit": query.limit}
-    for name, value in (("status", query.status), ("thread_id", query.thread)):
-        if value:
-            params[name] = value
-    if query.cursor:
-        params["cursor"] = query.cursor
-    page = await api.call("GET", "/runs", params=params)
-    print(_dump(page) if as_json else table(page.get("runs", [])))
-    if page.get("next_cursor") and not as_json:
-        say(f"more: longrun runs list --cursor '{page['next_cursor']}'")
+async def _list(client: AsyncClient, query: ListQuery, as_json: bool) -> int:
+    page = await client.runs.list_page(
+        limit=query.limit,
+        cursor=query.cursor or None,
+        status=query.status or None,
+        thread_id=query.thread or None,
+    )
+    runs = [r.raw for r in page.runs]
+    print(_dump({"runs": runs, "next_cursor": page.next_cursor}) if as_json else table(runs))
+    if page.next_cursor and not as_json:
+        say(f"more: longrun runs list --cursor '{page.next_cursor}'")
     return Exit.OK
 
 
-async def _cancel(api: Api, run_id: str, as_json: bool) -> int:
+async def _cancel(client: AsyncClient, run_id: str, as_json: bool) -> int:
     """Cancel a run; one that has already ended is nothing to cancel (the API answers 409
     `already_finished`): said, with the run, and exit 0."""
     try:
-        answer = await api.call("POST", _path(run_id) + "/cancel")
-    except Failure as exc:
-        if exc.code != Exit.REFUSED:
+        done = await client.runs.cancel(run_id)
+        answer: dict[str, Any] = {"run_id": done.run_id, "status": done.status}
+    except Conflict:
+        run = await client.runs.get(run_id)
+        if not run.done:
             raise
-        answer = await api.call("GET", _path(run_id))
-        if answer.get("status") not in ENDED:
-            raise
+        answer = run.raw
     print(_dump(answer) if as_json else cancel_answer(run_id, str(answer.get("status"))))
     return Exit.OK
 
 
-async def _events(api: Api, session: Session, run_id: str, after: int | None, as_json: bool) -> int:
+async def _events(
+    client: AsyncClient, session: Session, run_id: str, after: int | None, as_json: bool
+) -> int:
     """The run first (a clean 404, and its agent to join tokens when resuming mid-way), then
     its events until the terminal one; its status line on stderr."""
-    run = await api.call("GET", _path(run_id))
-    sink = printer(as_json, str(run.get("agent")))
-    follower = Follower(api, run_id, sink, None if after is None else str(after))
+    run = await client.runs.get(run_id)
+    sink = printer(as_json, run.agent)
+    follower = Follower(client, run_id, sink, None if after is None else str(after))
     session.follower = follower
     end = await follower.run()
     if end is not None:
         say(status_line(run_id, *end))
         return exit_code(TERMINAL[end[0]])
-    run = await api.call("GET", _path(run_id))  # 204: it had ended at `after`
-    say(f"run {run_id} {run.get('status')}")
-    return exit_code(str(run.get("status")))
+    run = await client.runs.get(run_id)  # 204: it had ended at `after`
+    say(f"run {run_id} {run.status}")
+    return exit_code(run.status)
 
 
-async def _wait(
-    api: Api, session: Session, run_id: str, patience: float | None, as_json: bool
-) -> int:
-    """Waits on the event stream from the run's last event on (no replay), then prints the
-    finished run."""
-    run = await api.call("GET", _path(run_id))
-    if run.get("status") not in FINISHED:
-        last = str(run["last_seq"]) if run.get("last_seq") else None
-        session.follower = Follower(api, run_id, ignore, last)
-        try:
-            await asyncio.wait_for(session.follower.run(), patience)
-        except TimeoutError:
-            raise Failure(
-                Exit.TIMEOUT, f"run {run_id} has not ended after {patience:g} s"
-            ) from None
-        run = await api.call("GET", _path(run_id))
-    status = str(run.get("status"))
-    print(_dump(run) if as_json else f"run {run_id} {status}")
-    return exit_code(status)
+async def _wait(client: AsyncClient, run_id: str, patience: float | None, as_json: bool) -> int:
+    """Waits for the run's end (the SDK's long polls), then prints the finished run."""
+    try:
+        run = await client.runs.wait(run_id, patience)
+    except WaitTimeout:
+        raise Failure(Exit.TIMEOUT, f"run {run_id} has not ended after {patience:g} s") from None
+    print(_dump(run.raw) if as_json else f"run {run_id} {run.status}")
+    return exit_code(run.status)
 
 
 def get(target: ApiTarget, run_id: str, *, as_json: bool) -> int:
-    return run_command(target, lambda api, _s: _get(api, run_id, as_json))
+    return run_command(target, lambda client, _s: _get(client, run_id, as_json))
 
 
 def list_runs(target: ApiTarget, query: ListQuery, *, as_json: bool) -> int:
-    return run_command(target, lambda api, _s: _list(api, query, as_json))
+    return run_command(target, lambda client, _s: _list(client, query, as_json))
 
 
 def cancel(target: ApiTarget, run_id: str, *, as_json: bool) -> int:
-    return run_command(target, lambda api, _s: _cancel(api, run_id, as_json))
+    return run_command(target, lambda client, _s: _cancel(client, run_id, as_json))
 
 
 def events(target: ApiTarget, run_id: str, *, after: int | None, as_json: bool) -> int:
-    return run_command(target, lambda api, s: _events(api, s, run_id, after, as_json))
+    return run_command(target, lambda client, s: _events(client, s, run_id, after, as_json))
 
 
 def wait(target: ApiTarget, run_id: str, *, timeout: float | None, as_json: bool) -> int:
-    return run_command(target, lambda api, s: _wait(api, s, run_id, timeout, as_json))
+    return run_command(target, lambda client, _s: _wait(client, run_id, timeout, as_json))

@@ -13,7 +13,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from cli.api_client import Api
+from longrun_client import AsyncClient
+
 from cli.config import ApiTarget
 from cli.exits import Exit, Failure
 from cli.follow import (
@@ -58,17 +59,17 @@ def body(req: SubmitRequest) -> dict[str, Any]:
     return out
 
 
-async def _submit(api: Api, session: Session, req: SubmitRequest) -> int:
-    run = await api.call("POST", "/runs", json=body(req))
-    run_id = str(run["run_id"])
+async def _submit(client: AsyncClient, session: Session, req: SubmitRequest) -> int:
+    run = await client.runs.create(**body(req))
+    run_id = run.run_id
     if not req.follow:
-        print(json.dumps(run, indent=2) if req.as_json else run_id)
+        print(json.dumps(run.raw, indent=2) if req.as_json else run_id)
     say(f"run {run_id} queued")
     if not req.follow:
         return Exit.OK
-    session.follower = Follower(api, run_id, printer(req.as_json, req.agent))
+    session.follower = Follower(client, run_id, printer(req.as_json, req.agent))
     if req.prompt and not req.as_json:
-        session.follower.on_interrupt = prompter(api, run_id)
+        session.follower.on_interrupt = prompter(client, run_id)
     end = await session.follower.run()
     if end is None:  # a 204: only after a Last-Event-ID, which a first stream does not send
         return Exit.OK
@@ -78,4 +79,4 @@ async def _submit(api: Api, session: Session, req: SubmitRequest) -> int:
 
 def run(target: ApiTarget, req: SubmitRequest) -> int:
     body(req)  # a malformed --params fails before anything is sent
-    return run_command(target, lambda api, session: _submit(api, session, req))
+    return run_command(target, lambda client, session: _submit(client, session, req))

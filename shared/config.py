@@ -186,6 +186,16 @@ class Settings:
         "lifetime of an API's hub wake key",
         minimum=1.0,
     )
+    # A wait (`GET /runs/{id}/wait`, `POST /runs/wait`) asks for up to 300 s; it is answered
+    # (202, the client waits again) after at most this long: keep it under a proxy's idle
+    # timeout.
+    max_wait_seconds: float = knob(
+        300.0,
+        "LONGRUN_MAX_WAIT_SECONDS",
+        "events",
+        "longest a wait request is held before its 202",
+        minimum=0.0,
+    )
     # -- pools and timeouts ----------------------------------------------------------------
     pg_pool_min: int = knob(1, "LONGRUN_PG_POOL_MIN", "pools", "Postgres pool size", minimum=0)
     pg_pool_max: int = knob(16, "LONGRUN_PG_POOL_MAX", "pools", "Postgres pool cap", minimum=1)

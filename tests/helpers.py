@@ -12,8 +12,8 @@ from typing import Any
 
 import httpx
 
-from cli.sse import aparse_lines
 from shared.store import NewRun, Store, Submitted
+from tests.sse_frames import aparse_lines
 
 
 @dataclass(frozen=True)

@@ -4,9 +4,10 @@ schemas, every schema-valid request accepted and every schema-violating one refu
 exact. Bounded in examples and time, so it fits the suite.
 
 Two refusals are allowed beyond schemathesis's defaults, each a rule a schema cannot state: a
-schema-valid submit may get 422 when its Idempotency-Key was used with another body (or its
-params do not suit its agent), and a schema-violating request may be refused by the connection
-layer (413, 431) before any parameter is read."""
+schema-valid submit (`POST /runs`, `POST /runs/wait`) may get 422 when its Idempotency-Key was
+used with another body (or its params do not suit its agent), and a schema-violating request may
+be refused by the connection layer (413, 431) before any parameter is read. Waits are held at
+most a second (`LONGRUN_MAX_WAIT_SECONDS`), well within the request timeout."""
 
 from __future__ import annotations
 
@@ -38,6 +39,12 @@ include-path = "/runs/stream"
 include-method = "POST"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "3xx", "401", "403", "404", "409",
                                                      "422", "429", "5xx"]
+
+[[operations]]
+include-path = "/runs/wait"
+include-method = "POST"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "3xx", "401", "403", "404", "409",
+                                                     "422", "429", "5xx"]
 """
 # `POST /runs/stream` answers with the run's whole stream: a worker ends every run within a
 # second (its time limit), so each answer ends well within the request timeout.
@@ -50,7 +57,7 @@ QUICK_RUNS = {
 
 async def test_fuzzing_the_openapi_schema_finds_no_mismatch(api_proc, api_key, settings, tmp_path):
     assert ST.exists(), "schemathesis is a dev dependency: pip install schemathesis"
-    api = await api_proc(**BUSY_USER)
+    api = await api_proc(**BUSY_USER, LONGRUN_MAX_WAIT_SECONDS="1")
     worker = await start_worker(settings, "fuzz-worker", tmp_path, **QUICK_RUNS)
     try:
         await _fuzz(api.url, api_key, tmp_path)

@@ -6,9 +6,9 @@ import asyncio
 import time
 import uuid
 
-from cli.sse import aparse_lines
 from shared.redis.keys import Keys
 from tests.helpers import assert_gapless_ticker, read_events, submit, wait_status
+from tests.sse_frames import aparse_lines
 
 
 async def test_after_redis_is_flushed_the_history_comes_back_from_postgres_with_same_ids(

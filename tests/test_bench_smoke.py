@@ -143,6 +143,19 @@ def test_paging_bench_reads_keyset_pages_and_the_offset_baseline(tmp_path: Path)
     assert all(row["keyset_deep_ms"] > 0 and row["offset_deep_ms"] > 0 for row in r["rows"])
 
 
+def test_wait_bench_answers_every_waiter_and_counts_the_idle_windows_calls(tmp_path: Path) -> None:
+    r = run_smoke("bench.wait", tmp_path)
+    one, ended = r["one_run"], r["ended"]
+    assert one["answered"] + ended["answered"] == r["waiters"]
+    assert one["wrong_answers"] == ended["wrong_answers"] == 0
+    assert one["to_last_waiter"]["n"] == 1
+    assert ended["to_last_waiter"]["n"] == r["runs"] - 1
+    assert r["bytes_per_waiter"] > 0
+    for window in r["windows"].values():
+        assert window["pg_backends_active"] == 0  # nobody calls Postgres while nothing happens
+        assert window["redis_commands"] >= 0
+
+
 @pytest.mark.skipif(not (REPO / "bench/.envs/plot/.ok").exists(), reason="no plot venv")
 def test_plots_are_drawn_as_png(tmp_path: Path) -> None:
     from bench.plot import draw

@@ -180,6 +180,11 @@ async def test_the_try_it_commands_run_in_order_against_a_live_stack(
     assert where, streamed
     assert re.findall(r"^event: (\w+)$", streamed, re.M) == ["start", *["token"] * 3, "done"]
     assert f'"run_id":"{where.group(1)}"' in streamed
+    waited = output_of("/wait?timeout=30").replace(" ", "")
+    assert '"status":"succeeded"' in waited, waited
+    assert '"output":{"count":5}' in waited, waited
+    assert '"status":"succeeded"' in output_of("/runs/wait?timeout=60").replace(" ", "")
+    assert output_of("import longrun_client").strip() == "{'count': 10}"
     followed = output_of('submit "hello" --follow')
     assert followed.splitlines()[-1].endswith(" succeeded"), followed
     assert "[tool " in followed

@@ -13,9 +13,9 @@ import asyncpg
 import httpx
 import pytest
 
-from cli.sse import aparse_lines
 from tests.chaos.conftest import StackFactory
 from tests.chaos.stack import Stack
+from tests.sse_frames import aparse_lines
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
 

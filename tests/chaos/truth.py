@@ -30,10 +30,10 @@ import asyncpg
 import httpx
 import redis.asyncio as aioredis
 
-from cli.sse import aparse_lines
 from shared.redis.keys import Keys
 from tests.chaos.followers import Followers, Received
 from tests.history import History
+from tests.sse_frames import aparse_lines
 
 TERMINAL = frozenset({"done", "error", "cancelled"})
 STATUS_OF_TERMINAL = {"done": "succeeded", "error": "failed", "cancelled": "cancelled"}

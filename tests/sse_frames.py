@@ -1,4 +1,7 @@
-"""A small SSE client: parses `text/event-stream` frames and resumes with Last-Event-ID."""
+"""The tests' strict reader of `text/event-stream` frames, to check the wire itself: a frame's
+own `id` (None when it has none, where a browser-style parser such as httpx-sse repeats the last
+one), and only frames that carry data. Clients use httpx-sse (the SDK, the CLI through it).
+"""
 
 from __future__ import annotations
 
