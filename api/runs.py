@@ -24,6 +24,7 @@ from api.auth import Principal, Security, current_user, principal_of, security
 from api.errors import ERROR_RESPONSES, ApiError, ErrorBody, JSONResp
 from api.links import public_base, run_url
 from api.schemas import (
+    AGENT_NAME_PATTERN,
     CURSOR,
     CURSOR_PATTERN,
     RUN_ID,
@@ -162,7 +163,7 @@ def run_filter(
     cursor: Annotated[str | None, Query(json_schema_extra={"pattern": CURSOR_PATTERN})] = None,
     status: RunStatus | None = None,
     thread_id: Annotated[str | None, Query(pattern=THREAD_ID_PATTERN)] = None,
-    agent: Annotated[str | None, Query(min_length=1, max_length=128)] = None,
+    agent: Annotated[str | None, Query(pattern=AGENT_NAME_PATTERN)] = None,
 ) -> RunFilter:
     return RunFilter(limit, _cursor(cursor), status, thread_id, agent)
 

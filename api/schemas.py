@@ -25,6 +25,8 @@ CURSOR_PATTERN = (
 EVENT_ID_PATTERN = r"^[0-9]{0,18}$"
 # A thread id, named by the client.
 THREAD_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
+# An agent name to filter by (registered names are entry-point names: letters, digits, `._-`).
+AGENT_NAME_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
 # Text with something besides whitespace: one character that is whitespace neither to Python
 # (`str.isspace`, what an agent strips) nor to ECMA-262's `\s` (what a schema's `\S` means).
 BLANK_CHARS = r"\x09-\x0d\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"

@@ -183,3 +183,11 @@ async def test_an_operator_follows_any_users_run_with_a_token_its_own_key_minted
         refused = await anonymous.get(minted["events_url"])
     assert refused.status_code == 401
     assert refused.json()["error"] == "stream_token_revoked"
+
+
+async def test_an_agent_filter_postgres_cannot_store_is_a_422_not_a_500(client) -> None:
+    """Found by schemathesis: a NUL in `agent=` reached Postgres, which refuses it (500)."""
+    for bad in ("z\x00q", "a b", "x" * 129):
+        resp = await client.get("/runs", params={"agent": bad})
+        assert resp.status_code == 422, (bad, resp.text)
+        assert resp.json()["request_id"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import signal
 import time
 from pathlib import Path
@@ -325,6 +326,25 @@ async def test_a_run_over_the_event_cap_fails_clearly(fclient, worker_factory, f
     _, events = await read_events(fclient, rid)
     assert len(events) == 21
     assert events[-1].event == "error"
+
+
+async def test_a_run_whose_last_burst_passes_the_event_cap_fails_and_never_says_done(
+    fclient, worker_factory, fault_settings
+):
+    """A ticker's 25 tokens at once are still pending when its `done` comes: over a cap of 20
+    they must fail the run, not be dropped in front of a `done` that claims all 25."""
+    await worker_factory(fault_settings.with_(max_events_per_run=20))
+    rid = await submit(fclient, agent="ticker", params={"count": 25, "interval_ms": 0})
+
+    run = await wait_status(fclient, rid, "succeeded", "failed", timeout=15)
+
+    assert run["status"] == "failed"
+    assert run["error"]["code"] == "event_cap_exceeded"
+    _, events = await read_events(fclient, rid)
+    assert [e.event for e in events][-1] == "error"
+    tokens = [json.loads(e.data)["text"] for e in events if e.event == "token"]
+    assert tokens == [str(i) for i in range(1, len(tokens) + 1)]  # a prefix, no hole
+    assert len(events) <= 21
 
 
 class PrivateRedis:

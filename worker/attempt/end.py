@@ -93,12 +93,35 @@ async def finish(st: AttemptState, d: Deps, terminal: dict[str, Any], move: Tran
         terminal = {**terminal, "usage": st.usage}
     # Only a finished run adds to its thread: a failed or cancelled turn may have unanswered
     # tool calls, which would poison the next run's history.
-    messages = ctx.new_messages if ctx is not None and move is Transition.SUCCEED else []
-    error = None
-    if terminal["type"] == "error":
-        error = {"code": terminal.get("code"), "message": terminal.get("message")}
     async with st.lock:  # a flush still committing (its caller was cancelled) ends first
+        if move is Transition.SUCCEED and _over_caps(st, d):
+            # The agent's last events do not fit: the run did not produce what it said it
+            # did, so it fails (as a flush past the cap fails it), never `done` with a hole.
+            log.warning("pending_events_over_cap", dropped=len(st.pending))
+            st.pending = []
+            terminal = {
+                "type": "error",
+                "code": EventCapExceeded.code,
+                "message": "the run's events exceed the per-run cap",
+                **({"usage": st.usage} if st.usage else {}),
+            }
+            move = Transition.FAIL
+        messages = ctx.new_messages if ctx is not None and move is Transition.SUCCEED else []
+        error = None
+        if terminal["type"] == "error":
+            error = {"code": terminal.get("code"), "message": terminal.get("message")}
         return await _commit_end(st, d, terminal, move, messages, error)
+
+
+def _over_caps(st: AttemptState, d: Deps) -> bool:
+    """Whether the events still pending would take the run past its caps."""
+    if not st.pending:
+        return False
+    try:
+        check_caps(st, d, encode(st, st.pending))
+    except EventCapExceeded:
+        return True
+    return False
 
 
 async def _commit_end(
