@@ -10,14 +10,12 @@ import pytest
 import redis.asyncio as aioredis
 
 from api.admission import Admission
-from api.auth import Principal
 from api.submit.groups import SubmitGroups
-from api.submit.request import SubmitRequest
 from cli.admin import revoke_key
 from shared.batching import Coalescer
 from shared.errors import Unavailable
 from shared.redis.keys import Keys
-from shared.store import NewRun, Submitted
+from shared.store import NewRun
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -249,32 +247,6 @@ async def test_entries_redis_did_not_take_remove_their_rows(store, settings):
         await dead.aclose()
     assert all(isinstance(o, Unavailable) for o in outcomes)
     assert await store.runs.list_runs("erin", limit=10) == []
-
-
-async def test_the_in_flight_count_rides_alongside_admission(store, redis_client, settings):
-    # At one submit a second every count is stale: it must not be one more round trip after
-    # admission's. Admission here answers only once the count has started.
-    keys = Keys.from_settings(settings)
-    groups = SubmitGroups(
-        store, redis_client, keys, Admission(redis_client, keys, settings), settings
-    )
-    counting = asyncio.Event()
-    count, check = store.submits.in_flight_counts, groups.admission.check_batch
-
-    async def counted(users):
-        counting.set()
-        return await count(users)
-
-    async def checked(wanted):
-        await asyncio.wait_for(counting.wait(), 10)
-        return await check(wanted)
-
-    store.submits.in_flight_counts = counted
-    groups.admission.check_batch = checked
-    req = SubmitRequest(Principal("frank", None), NewRun("frank", "ticker", "hi", {}, {}))
-    got = await groups.submit(req)
-    assert isinstance(got, Submitted)
-    assert [r.run_id for r in await store.runs.list_runs("frank", limit=5)] == [got.run_id]
 
 
 async def test_keyed_submits_are_grouped_and_each_key_keeps_its_run(api, client, store):

@@ -34,12 +34,11 @@ the cap cannot pass it; closer to the cap, every submit takes the locked path.
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import math
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from enum import StrEnum
 
 import asyncpg
@@ -92,30 +91,22 @@ class InFlightGate:
         self._counts: dict[str, tuple[float, int]] = {}  # user -> (counted at, count + ours)
 
     async def clear(self, wanted: dict[str, int]) -> set[str]:
-        """The users whose `wanted` submits may go ahead without the lock (a count that went
-        stale since `refresh` is taken again here: the bound holds when the answer is given)."""
-        await self.refresh(wanted)
-        return {u for u, n in wanted.items() if self._counts[u][1] + n + self.margin < self.cap}
-
-    async def refresh(self, users: Iterable[str]) -> None:
-        """Count the users whose count is stale (one statement). A group starts this alongside
-        its admission round trip, so a count is not one more round trip on a submit's path
-        (at one submit a second, every submit's count is stale)."""
+        """The users whose `wanted` submits may go ahead without the lock."""
         now = time.monotonic()
         stale = [
             u
-            for u in users
+            for u in wanted
             if (seen := self._counts.get(u)) is None or now - seen[0] > COUNT_FRESH_SECONDS
         ]
-        if not stale:
-            return
-        if len(self._counts) + len(stale) > GATE_MAX_USERS:
-            self._counts = {
-                u: c for u, c in self._counts.items() if now - c[0] <= COUNT_FRESH_SECONDS
-            }
-        counts = await self.store.submits.in_flight_counts(stale)
-        for user, n in counts.items():
-            self._counts[user] = (now, n)
+        if stale:
+            if len(self._counts) + len(stale) > GATE_MAX_USERS:
+                self._counts = {
+                    u: c for u, c in self._counts.items() if now - c[0] <= COUNT_FRESH_SECONDS
+                }
+            counts = await self.store.submits.in_flight_counts(stale)
+            for user, n in counts.items():
+                self._counts[user] = (now, n)
+        return {u for u, n in wanted.items() if self._counts[u][1] + n + self.margin < self.cap}
 
     def added(self, user: str, n: int) -> None:
         seen = self._counts.get(user)
@@ -155,22 +146,12 @@ class SubmitGroups:
 
     async def _group(self, reqs: list[SubmitRequest]) -> Sequence[GroupResult]:
         outcomes: list[GroupResult | None] = [None] * len(reqs)
-        users = Counter(r.new.user_id for r in reqs)
-        # The in-flight counts (Postgres) while admission (Redis) is out: a read, harmless if
-        # admission refuses; `clear` below then finds them fresh.
-        counting = asyncio.ensure_future(self.gate.refresh(users))
         try:
-            verdict = await self.admission.check_batch(users)
+            verdict = await self.admission.check_batch(Counter(r.new.user_id for r in reqs))
         except REDIS_ERRORS as exc:  # away, or refusing (out of memory, MOVED ...)
-            _unneeded(counting)
             raise redis_failure(exc, DOWN) from exc
-        except BaseException:
-            _unneeded(counting)
-            raise
         if (refusal := verdict.refusal) is not None:
-            _unneeded(counting)
             return [refusal.as_error()] * len(reqs)
-        await counting
         admitted = _triage(reqs, verdict, outcomes)
         clear = await self.gate.clear(Counter(reqs[i].new.user_id for i in admitted))
         go = []
@@ -216,12 +197,6 @@ class SubmitGroups:
         )
         # A key that was live already: its run is replayed on the alone path.
         return [Detour.ALONE if row is None else next(answers) for row in inserted]
-
-
-def _unneeded(task: asyncio.Future[None]) -> None:
-    """A count the group no longer needs: left to finish (its counts still serve the next
-    group); its failure, an outage say, is not this group's outcome."""
-    task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
 
 def _triage(
