@@ -14,7 +14,7 @@ from shared.migrate import migrate
 from shared.models import Transition, encode_event
 from shared.store import Finishing, Store, connect
 from shared.store.counters import READ_COUNTERS, SHARDS
-from shared.store.ops import ACTIVE_RUNS
+from shared.store.ops import ACTIVE_RUNS, OLDEST_WAIT
 from tests.helpers import queued_run
 
 
@@ -68,8 +68,8 @@ async def test_every_way_a_run_ends_is_counted_once_with_its_cost(store):
     figures = await store.ops.run_figures()
     assert figures.finished == {"succeeded": 3, "failed": 1, "cancelled": 2}
     assert figures.cost_usd == 0.875
-    # And the one still queued is the only active run
-    assert figures.active == {"queued": 1}
+    # And the one still queued is the only active run (waiting runs are always reported)
+    assert figures.active == {"queued": 1, "waiting": 0}
 
 
 async def test_deleting_old_finished_runs_takes_nothing_from_the_counters(store):
@@ -148,16 +148,16 @@ async def test_the_figures_are_read_without_touching_a_finished_run(store):
         # When the statements /metrics reads are planned
         plans = [
             (await c.fetchval(f"EXPLAIN (FORMAT JSON) {query}"))[0]["Plan"]
-            for query in (ACTIVE_RUNS, READ_COUNTERS)
+            for query in (ACTIVE_RUNS, READ_COUNTERS, OLDEST_WAIT)
         ]
 
-    # Then `runs` is reached only through an index that holds nothing but active runs
+    # Then `runs` is reached only through indexes that hold nothing but active or waiting runs
     touching_runs = [n for p in plans for n in _scans(p) if n.get("Relation Name") == "runs"]
     assert touching_runs
     for node in touching_runs:
         assert node["Node Type"] in ("Index Scan", "Index Only Scan", "Bitmap Index Scan")
-        assert node["Index Name"] in ("runs_active", "runs_user_in_flight")
-    assert (await store.ops.run_figures()).active == {"queued": 3}
+        assert node["Index Name"] in ("runs_active", "runs_user_in_flight", "runs_waiting")
+    assert (await store.ops.run_figures()).active == {"queued": 3, "waiting": 0}
 
 
 async def test_the_migration_counts_the_runs_that_ended_before_it(settings, store):
@@ -182,4 +182,4 @@ async def test_the_migration_counts_the_runs_that_ended_before_it(settings, stor
     figures = await store.ops.run_figures()
     assert figures.finished == {"succeeded": 2, "failed": 1}
     assert figures.cost_usd == 0.75
-    assert figures.active == {"queued": 1}
+    assert figures.active == {"queued": 1, "waiting": 0}
