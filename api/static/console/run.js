@@ -82,7 +82,8 @@ export async function render(ctx, main, [runId]) {
   const failure = h("div");
   const final = h("div", { id: "final" });
 
-  main.append(
+  // (DOM's own append writes a null child as the text "null": leave absent parts out.)
+  main.append(...[
     h("h1", {}, "Run ", h("span", { class: "mono" }, runId)),
     foreign ? h("p", { id: "owner" }, `Owned by ${run.user_id}: an operator's view.`) : null,
     h("div", { class: "row" }, status, conn, cancel,
@@ -95,7 +96,7 @@ export async function render(ctx, main, [runId]) {
     h("h2", {}, "Output"), output,
     h("h2", {}, "Tool calls"), timeline,
     h("h2", {}, "Events"), listBox,
-    diagPanel);
+    diagPanel].filter((part) => part !== null));
 
   const list = new VirtualList(listBox, { renderRow: (i, el) => {
     const e = view.events[i];
