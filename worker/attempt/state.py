@@ -74,6 +74,8 @@ class AttemptState:
     # (owner, entry id) until the first copy to Redis lands, which raises the fence then
     # (`Fence.deferred`).
     first_write: tuple[str, str] | None = None
+    # Whether this attempt has committed a batch of events yet (its first one lingers).
+    committed_events: bool = False
     # Why a hand-over was asked for ("drain", or "entry_lost": Redis lost the queue entry).
     handoff_reason: str = "drain"
     # The interrupt the agent asked and nobody has answered yet: (what, key, interrupt id).
