@@ -102,3 +102,11 @@ def assert_gapless_ticker(events: list[Got], count: int) -> None:
     terminal = [e for e in events if e.event in ("done", "error", "cancelled")]
     assert [t.event for t in terminal] == ["done"]
     assert events[-1].event == "done"
+
+
+def plan_nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every node of an EXPLAIN (FORMAT JSON) plan."""
+    nodes = [plan]
+    for child in plan.get("Plans", []):
+        nodes += plan_nodes(child)
+    return nodes

@@ -5,7 +5,6 @@ deleted, and read at a cost that follows the backlog, not the number of runs eve
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
 
 import pytest
 
@@ -15,7 +14,7 @@ from shared.models import Transition, encode_event
 from shared.store import Finishing, Store, connect
 from shared.store.counters import READ_COUNTERS, SHARDS
 from shared.store.ops import ACTIVE_RUNS, OLDEST_WAIT
-from tests.helpers import queued_run
+from tests.helpers import plan_nodes, queued_run
 
 
 async def _running(store: Store, n: int) -> list[str]:
@@ -124,14 +123,6 @@ async def test_each_writer_adds_to_its_own_shard(store):
     assert {r["shard"]: r["runs"] for r in rows} == Counter(p % SHARDS for p in pids)
 
 
-def _scans(plan: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every node of an EXPLAIN (FORMAT JSON) plan."""
-    nodes = [plan]
-    for child in plan.get("Plans", []):
-        nodes += _scans(child)
-    return nodes
-
-
 async def test_the_figures_are_read_without_touching_a_finished_run(store):
     # Given 5000 runs that ended long ago, three queued ones, and fresh statistics
     async with store.db.conn() as c:
@@ -152,7 +143,7 @@ async def test_the_figures_are_read_without_touching_a_finished_run(store):
         ]
 
     # Then `runs` is reached only through indexes that hold nothing but active or waiting runs
-    touching_runs = [n for p in plans for n in _scans(p) if n.get("Relation Name") == "runs"]
+    touching_runs = [n for p in plans for n in plan_nodes(p) if n.get("Relation Name") == "runs"]
     assert touching_runs
     for node in touching_runs:
         assert node["Node Type"] in ("Index Scan", "Index Only Scan", "Bitmap Index Scan")

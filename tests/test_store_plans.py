@@ -5,17 +5,9 @@ that scanned the table cost a second per run at a few ten thousand runs (found b
 from __future__ import annotations
 
 import uuid
-from typing import Any
 
 from shared.store.runs import THREAD_TURN
-from tests.helpers import queued_run
-
-
-def _nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
-    nodes = [plan]
-    for child in plan.get("Plans", []):
-        nodes += _nodes(child)
-    return nodes
+from tests.helpers import plan_nodes, queued_run
 
 
 async def test_the_thread_turn_check_reads_no_finished_run(store):
@@ -43,7 +35,7 @@ async def test_the_thread_turn_check_reads_no_finished_run(store):
         ]
     # Then no node reads `runs` sequentially: the run by its key, its thread's earlier runs
     # through the partial indexes of queued and of waiting runs
-    scans = [n for p in plans for n in _nodes(p) if n.get("Relation Name") == "runs"]
+    scans = [n for p in plans for n in plan_nodes(p) if n.get("Relation Name") == "runs"]
     assert scans
     assert all(n["Node Type"] != "Seq Scan" for n in scans), scans
     assert {n.get("Index Name") for n in scans} <= {
