@@ -108,7 +108,9 @@ async def test_metrics_follow_a_queue_a_drain_a_dead_letter_and_a_cancel(
     # When a long run is followed over SSE and then cancelled
     long_run = await submit(client, agent="ticker", params={"count": 10000, "interval_ms": 20})
     await wait_status(client, long_run, "running")
-    reader = asyncio.create_task(read_events(client, long_run, limit=20))
+    # (followed to its end: a reader that stopped after N events could be gone, caught up at
+    # once from a run already N events in, before the figures below were read)
+    reader = asyncio.create_task(read_events(client, long_run))
 
     async def streaming() -> Samples | None:
         got = await scrape(client)
@@ -120,8 +122,9 @@ async def test_metrics_follow_a_queue_a_drain_a_dead_letter_and_a_cancel(
     health = (await client.get("/health")).json()
     assert health["sse_subscribers"] == 1
     assert health["runs_in_flight"] == 1
-    await reader
     assert (await client.post(f"/runs/{long_run}/cancel")).status_code == 202
+    _, followed = await reader
+    assert followed[-1].event == "cancelled"
     await wait_status(client, long_run, "cancelled")
 
     async def cancelled() -> Samples | None:
