@@ -40,7 +40,10 @@ def reply_word(exc: BaseException) -> str:
     `WRONGTYPE`, `NOGROUP`), else the exception's class name. Never the rest of the reply,
     which may quote data."""
     if isinstance(exc, ResponseError):
-        word = str(exc).split(" ", 1)[0]
+        # redis-py 8 strips the word of the errors it has a class for (`MOVED`, `ASK`, `OOM`,
+        # `NOPERM` ...) and keeps it as `status_code`.
+        code = getattr(exc, "status_code", None)
+        word = code if isinstance(code, str) else str(exc).split(" ", 1)[0]
         if word.isupper() and word.isalpha():
             return word
     return type(exc).__name__
