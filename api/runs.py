@@ -217,6 +217,8 @@ async def cancel_run(state: AppState, run_id: str, user: str) -> str:
         if run.status in (RunStatus.QUEUED, RunStatus.WAITING):
             done = await state.store.runs.cancel_queued(run.run_id, user)
             if done is not None:
+                if done.start_at is not None:
+                    await forget_delayed(state, done.run_id)
                 await publish_archived_terminal(state, done)
                 if run.status is RunStatus.WAITING:
                     await next_of_thread(state, done)
@@ -234,6 +236,13 @@ async def cancel_run(state: AppState, run_id: str, user: str) -> str:
             raise ApiError(409, "already_finished", f"the run has already finished: {run.status}")
         run = await _owned_run(state, run_id, user)
     raise Unavailable("the run kept changing state: retry the cancel")
+
+
+async def forget_delayed(state: AppState, run_id: str) -> None:
+    """A delayed run cancelled: out of the delayed set. Best effort: one left there is
+    promoted in time and its claim, of a cancelled run, does nothing."""
+    with contextlib.suppress(*REDIS_ERRORS):
+        await state.rio.delayed.remove(run_id)
 
 
 async def next_of_thread(state: AppState, run: Run) -> None:

@@ -59,6 +59,7 @@ class SubmitAnswer(Links):
     agent: str
     thread_id: str | None
     created_at: str
+    start_at: str | None = None  # a delayed run's start (absent for one that starts at once)
 
 
 class RunPublic(BaseModel):
@@ -82,6 +83,7 @@ class RunPublic(BaseModel):
     interrupt: dict[str, Any] | None = None
     waiting_since: str | None = None
     webhook: str | None = None
+    start_at: str | None = None  # a delayed run is queued but not runnable before this
 
 
 class RunView(RunPublic, Links):

@@ -127,6 +127,16 @@ class Settings:
         "how often one worker re-enqueues runs Redis lost",
         minimum=0.1,
     )
+    # Delayed runs (`start_after` / `start_at`): every worker looks for due ones this often,
+    # and whichever takes a due one from the set enqueues it (so a run starts within about
+    # this long of its time).
+    delay_poll_seconds: float = knob(
+        0.25,
+        "LONGRUN_DELAY_POLL_SECONDS",
+        "queue",
+        "how often each worker promotes due delayed runs",
+        minimum=0.01,
+    )
     # -- leases ----------------------------------------------------------------------------
     lease_seconds: float = knob(
         30.0,
@@ -243,6 +253,14 @@ class Settings:
         "LONGRUN_MAX_INTERRUPT_SECONDS",
         "limits",
         "the longest deadline an agent's interrupt may ask for (timeout_seconds)",
+        minimum=1.0,
+    )
+    # The latest a submit may ask its run to start (`start_after`, `start_at`), from now.
+    max_start_delay_seconds: float = knob(
+        365 * 86400.0,
+        "LONGRUN_MAX_START_DELAY_SECONDS",
+        "limits",
+        "the furthest ahead a run's delayed start may be",
         minimum=1.0,
     )
     max_header_bytes: int = knob(

@@ -83,6 +83,13 @@ def sources(move: Transition) -> frozenset[RunStatus]:
     return frozenset(frm for (frm, mv) in TRANSITIONS if mv == move)
 
 
+@dataclass(frozen=True)
+class QueuedRun:
+    run_id: str
+    user_id: str
+    priority: str = "normal"
+
+
 # -- events ------------------------------------------------------------------------------------
 
 TERMINAL_EVENT_TYPES = frozenset({"done", "error", "cancelled"})
@@ -175,6 +182,7 @@ class Run(BaseModel):
     interrupt: dict[str, Any] | None = None
     waiting_since: datetime | None = None
     webhook_url: str | None = None  # where its terminal state and waits are POSTed (webhooks)
+    start_at: datetime | None = None  # a delayed run is not runnable before this
 
     def public(self) -> dict[str, Any]:
         """The JSON clients see for `GET /runs/{id}`."""
@@ -199,6 +207,7 @@ class Run(BaseModel):
             "interrupt": self.interrupt,
             "waiting_since": _iso(self.waiting_since),
             "webhook": self.webhook_url,
+            "start_at": _iso(self.start_at),
         }
 
 

@@ -51,6 +51,7 @@ from api.submit.request import SubmitRequest
 from shared.batching import Coalescer
 from shared.config import Settings
 from shared.errors import Unavailable
+from shared.models import QueuedRun
 from shared.redis.client import REDIS_ERRORS, Redis
 from shared.redis.keys import Keys
 from shared.redis.runs import RedisIO
@@ -189,11 +190,13 @@ class SubmitGroups:
             return [Detour.ALONE for _ in news]  # each alone: one bad row fails only itself
         for user, n in Counter(n.user_id for n in news).items():
             self.gate.added(user, n)
-        rows = [row for row in inserted if row is not None]
-        failures = await enqueue(self.store, self.rio, [run_id for run_id, _ in rows])
+        rows = [(new, row) for new, row in zip(news, inserted, strict=True) if row is not None]
+        planned = [(QueuedRun(run_id, new.user_id), new.start_at) for new, (run_id, _) in rows]
+        failures = await enqueue(self.store, self.rio, planned)
         answers = iter(
-            failure or Submitted(run_id, "queued", None, created_at, replayed=False)
-            for (run_id, created_at), failure in zip(rows, failures, strict=True)
+            failure
+            or Submitted(run_id, "queued", None, created_at, replayed=False, start_at=new.start_at)
+            for (new, (run_id, created_at)), failure in zip(rows, failures, strict=True)
         )
         # A key that was live already: its run is replayed on the alone path.
         return [Detour.ALONE if row is None else next(answers) for row in inserted]

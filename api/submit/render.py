@@ -56,6 +56,8 @@ def _accepted(outcome: Accepted, scope: Scope, sec: Security, rid: str) -> Answe
             "agent": outcome.agent,
             "thread_id": run.thread_id,
             "created_at": run.created_at.isoformat(),
+            # a delayed run's start (absent for a run that starts at once)
+            **({} if run.start_at is None else {"start_at": run.start_at.isoformat()}),
             **links,
         }
     )

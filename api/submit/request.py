@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import orjson
@@ -28,6 +29,8 @@ from shared.tools import tools_problem
 from shared.webhooks.targets import MAX_URL_CHARS
 
 IDEMPOTENCY_KEY_RE = re.compile(r"[\x21-\x7e]{1,255}")  # whole keys only: fullmatch
+# Fields left out of an Idempotency-Key's digest when absent (added after keys existed).
+OPTIONAL_IN_DIGEST = ("webhook", "start_after", "start_at")
 
 
 class SubmitRun(BaseModel):
@@ -46,6 +49,13 @@ class SubmitRun(BaseModel):
     # the API key's default webhook, if it has one). Checked by `api.submit.webhook`.
     webhook: str | None = Field(
         default=None, max_length=MAX_URL_CHARS, json_schema_extra={"format": "uri"}
+    )
+    # A delayed start (at most one of the two; neither: at once). The run is queued but not
+    # runnable before then. `start_after`: seconds from now; `start_at`: an RFC 3339 time with
+    # its offset. Either no further ahead than LONGRUN_MAX_START_DELAY_SECONDS.
+    start_after: float | None = Field(default=None, gt=0, strict=True)
+    start_at: str | None = Field(
+        default=None, max_length=64, json_schema_extra={"format": "date-time"}
     )
 
     @field_validator("input")
@@ -85,6 +95,9 @@ def validated(
 ) -> SubmitRequest:
     """The request to submit; ApiError (422) for anything out of bounds, the body first."""
     agent = checked_agent(state, body)
+    start = start_of(body, datetime.now(UTC), state.settings.max_start_delay_seconds)
+    if start is not None and body.thread_id is not None:
+        raise ApiError(422, "invalid_start", "a delayed start cannot be combined with thread_id")
     key = idempotency_key_of(idempotency_key)
     new = NewRun(
         user_id=who.user,
@@ -95,9 +108,63 @@ def validated(
         thread_id=body.thread_id,
         webhook=body.webhook,
         key_id=who.key_id,
+        start_at=start,
     )
     keyed = None if key is None else (key, submit_digest(body, agent))
     return SubmitRequest(who, new, body.thread_mode, keyed)
+
+
+RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})")
+
+
+def parse_rfc3339(raw: str) -> datetime | None:
+    """An RFC 3339 date-time with its offset (`2026-01-02T03:04:05Z`, `...+02:00`), aware;
+    None for anything else (no offset, another ISO 8601 form, an impossible date)."""
+    if not RFC3339.fullmatch(raw):
+        return None
+    text = raw.upper().replace(" ", "T")
+    head, dot, tail = text.partition(".")
+    if dot:  # Python keeps microseconds: a longer fraction is cut, not refused
+        digits = len(tail) - len(tail.lstrip("0123456789"))
+        text = f"{head}.{tail[: min(digits, 6)]}{tail[digits:]}"
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        return None
+
+
+def start_time(
+    start_after: float | None, start_at: str | None, now: datetime, max_delay: float
+) -> datetime | None:
+    """When a submitted run may start: None for at once; ApiError (422 `invalid_start`) for
+    both given, a malformed time, one not after `now` or more than `max_delay` seconds ahead.
+    Pure: `now` is a value (aware)."""
+    if start_after is not None and start_at is not None:
+        raise ApiError(422, "invalid_start", "give start_after or start_at, not both")
+    if start_after is not None:
+        if not start_after <= max_delay:
+            raise ApiError(
+                422, "invalid_start", f"start_after: at most {max_delay:g} seconds ahead"
+            )
+        return now + timedelta(seconds=start_after)
+    if start_at is None:
+        return None
+    at = parse_rfc3339(start_at)
+    if at is None:
+        raise ApiError(
+            422,
+            "invalid_start",
+            "start_at: an RFC 3339 date-time with an offset, e.g. 2030-01-02T03:04:05Z",
+        )
+    if at <= now:
+        raise ApiError(422, "invalid_start", "start_at is not in the future")
+    if (at - now).total_seconds() > max_delay:
+        raise ApiError(422, "invalid_start", f"start_at: at most {max_delay:g} seconds ahead")
+    return at
+
+
+def start_of(body: SubmitRun, now: datetime, max_delay: float) -> datetime | None:
+    return start_time(body.start_after, body.start_at, now, max_delay)
 
 
 def json_depth(value: Any, depth: int = 0) -> int:
@@ -176,6 +243,8 @@ def idempotency_key_of(raw: str | None) -> str | None:
 
 def submit_digest(body: SubmitRun, agent: str) -> bytes:
     """What an Idempotency-Key is bound to: the normalised body, the agent resolved. A body
-    without a webhook normalises as it did before webhooks existed (keys keep their digests)."""
-    normalised = {**body.model_dump(exclude=None if body.webhook else {"webhook"}), "agent": agent}
+    without a webhook or a delayed start normalises as it did before they existed (keys keep
+    their digests)."""
+    unset = {name for name in OPTIONAL_IN_DIGEST if not getattr(body, name)}
+    normalised = {**body.model_dump(exclude=unset), "agent": agent}
     return hashlib.sha256(orjson.dumps(normalised, option=orjson.OPT_SORT_KEYS)).digest()

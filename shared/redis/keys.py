@@ -71,6 +71,18 @@ class Keys:
         """Hash of cluster-wide counters (re-claims, lease losses, hand-offs ...) for metrics."""
         return f"{self.prefix}:counters"
 
+    # -- delayed runs (one hash slot: the scripts touch both) -------------------------------
+    @property
+    def delayed(self) -> str:
+        """Sorted set: run id -> when it becomes runnable (unix ms); delayed runs wait here,
+        not in the queue stream, until a worker promotes them. Bounded by the runs queued."""
+        return f"{self.prefix}:delayed:{{due}}:at"
+
+    @property
+    def delayed_who(self) -> str:
+        """Hash: run id -> its queue entry's fields (user, priority), for its promotion."""
+        return f"{self.prefix}:delayed:{{due}}:who"
+
     # -- admission and operator switches ---------------------------------------------------
     @property
     def paused(self) -> str:

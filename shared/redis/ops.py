@@ -31,6 +31,10 @@ class OpsIO:
         """XLEN of the queue: queued plus in flight."""
         return int(await self.r.xlen(self.keys.queue))
 
+    async def scheduled(self) -> int:
+        """Delayed runs waiting for their start (not in the queue stream)."""
+        return int(await self.r.zcard(self.keys.delayed))
+
     async def groups(self) -> list[dict[str, Any]]:
         """`XINFO GROUPS` of the queue, values as text where they are bytes ([] without a
         queue stream)."""

@@ -22,6 +22,7 @@ from shared.redis import scripts
 from shared.redis.cache import ThreadCache
 from shared.redis.client import REDIS_ERRORS, Redis
 from shared.redis.codec import QueueEntry, parse_stream_events, text, text_map
+from shared.redis.delayed import DelayedIO
 from shared.redis.group import GroupIO
 from shared.redis.keys import Keys
 from shared.redis.pipeline import ScriptCall, ScriptPipe
@@ -78,8 +79,8 @@ class RedisIO:
     in the next one (group commit, no timer). Each call still gets its own outcome: one run's
     fenced-out append fails that run alone.
 
-    `group` (the worker's side of the consumer group) and `threads` (the thread history cache)
-    share this client."""
+    `group` (the worker's side of the consumer group), `threads` (the thread history cache) and
+    `delayed` (the runs waiting for their start) share this client."""
 
     def __init__(self, r: Redis, keys: Keys, settings: Settings, *, batched: bool = False) -> None:
         self.r = r
@@ -87,6 +88,7 @@ class RedisIO:
         self.settings = settings
         self.group = GroupIO(r, keys)
         self.threads = ThreadCache(r, keys)
+        self.delayed = DelayedIO(r, keys)
         self._append = r.register_script(scripts.APPEND)
         self._fence = r.register_script(scripts.FENCE)
         self._renew = r.register_script(scripts.RENEW)

@@ -16,7 +16,7 @@ from shared.store.counters import ENDED_UNDER_FENCE, count_ended
 from shared.store.fencing import event_arrays, fenced_events, rounds
 from shared.store.pool import Database
 from shared.store.rows import RUN_COLUMNS, TARGETS, Finishing, run_of
-from shared.store.runs import THREAD_TURN, RunRepo, commit_end, settle_end
+from shared.store.runs import NOT_EARLY, THREAD_TURN, RunRepo, commit_end, settle_end
 from shared.store.webhooks import deliveries_of
 
 
@@ -87,7 +87,7 @@ class BatchRepo:
                                SELECT runs.run_id FROM runs JOIN req USING (run_id)
                                WHERE (runs.status = 'queued'
                                       OR (req.reclaim AND runs.status = 'running'))
-                                 AND {THREAD_TURN}
+                                 AND {THREAD_TURN} AND {NOT_EARLY}
                                ORDER BY runs.run_id
                                FOR UPDATE OF runs
                            )

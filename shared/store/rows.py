@@ -13,12 +13,12 @@ from typing import Any
 import asyncpg
 
 from shared.agents.base import Checkpoint
-from shared.models import Event, Run, Transition
+from shared.models import Event, QueuedRun, Run, Transition
 
 RUN_COLUMNS = (
     "run_id, user_id, thread_id, agent, input, params, metadata, status, attempt, output, "
     "error, usage, cost_usd, last_seq, event_bytes, cancel_requested, created_at, started_at, "
-    "finished_at, updated_at, interrupt, waiting_since, webhook_url"
+    "finished_at, updated_at, interrupt, waiting_since, webhook_url, start_at"
 )
 
 TARGETS = {
@@ -40,6 +40,8 @@ class NewRun:
     # and the API key whose secret signs it (None: a JWT caller, who has none: no webhook).
     webhook: str | None = None
     key_id: str | None = None
+    # Not runnable before this (a delayed start); None: at once.
+    start_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,7 @@ class Submitted:
     thread_id: str | None
     created_at: datetime
     replayed: bool
+    start_at: datetime | None = None  # a delayed run's start
 
 
 @dataclass(frozen=True)
@@ -123,6 +126,11 @@ def run_of(record: asyncpg.Record) -> Run:
     return Run.model_validate(data)
 
 
+def scheduled_of(record: asyncpg.Record) -> tuple[QueuedRun, datetime]:
+    """A delayed run's queue entry and its start (`run_id, user_id, start_at`)."""
+    return QueuedRun(str(record["run_id"]), record["user_id"]), record["start_at"]
+
+
 def event_of(record: asyncpg.Record) -> Event:
     return Event(seq=record["seq"], type=record["type"], data=bytes(record["data"]))
 
@@ -147,6 +155,7 @@ def keyed_run_of(record: asyncpg.Record) -> tuple[bytes, Submitted]:
         record["thread_id"],
         record["created_at"],
         replayed=True,
+        start_at=record["start_at"],
     )
     return bytes(record["body_hash"]), run
 

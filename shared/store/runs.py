@@ -20,7 +20,7 @@ import orjson
 
 from shared.agents.base import Checkpoint
 from shared.errors import LeaseLost
-from shared.models import Event, Run, RunStatus, Transition, sources
+from shared.models import Event, QueuedRun, Run, RunStatus, Transition, sources
 from shared.store.counters import ENDED_UNDER_FENCE, count_ended
 from shared.store.pool import Database
 from shared.store.rows import (
@@ -30,6 +30,7 @@ from shared.store.rows import (
     checkpoint_of,
     event_of,
     run_of,
+    scheduled_of,
 )
 from shared.store.threads import ThreadRepo
 from shared.store.webhooks import deliveries_of
@@ -50,6 +51,11 @@ THREAD_TURN = " AND ".join(
       AND (earlier.created_at, earlier.run_id) < (runs.created_at, runs.run_id))"""
     for status in ("queued", "waiting")
 )
+
+# A delayed run is not claimed before its start (a second's leeway for the clocks of the
+# worker that promoted it and of Postgres): an entry that came early is skipped, and the run,
+# still queued, is promoted or reconciled again in time.
+NOT_EARLY = "(runs.start_at IS NULL OR runs.start_at <= now() + interval '1 second')"
 
 # The terminal write of one run as one statement: the fence row is locked; the last events and
 # the terminal state are written (counted, and its webhook's delivery recorded) only if this
@@ -254,7 +260,7 @@ class RunRepo:
                 f"""UPDATE runs SET status = 'running', attempt = attempt + 1,
                         started_at = coalesce(started_at, now()), updated_at = now()
                     WHERE run_id = $1 AND status = ANY($2::text[])
-                      AND {THREAD_TURN}
+                      AND {THREAD_TURN} AND {NOT_EARLY}
                     RETURNING {RUN_COLUMNS}""",
                 uuid.UUID(run_id),
                 allowed,
@@ -351,11 +357,13 @@ class RunRepo:
     async def active_runs(
         self, queued_for: float, running_silent_for: float, limit: int = 500
     ) -> list[Run]:
-        """Reconciler candidates, oldest first: runs queued for over `queued_for` seconds, and
-        running runs whose Postgres heartbeat is older than `running_silent_for`."""
+        """Reconciler candidates, oldest first: runs queued for over `queued_for` seconds (a
+        delayed one only once it has been due that long), and running runs whose Postgres
+        heartbeat is older than `running_silent_for`."""
         rows = await self.db.fetch(
             f"""SELECT {RUN_COLUMNS} FROM runs
-                WHERE (status = 'queued' AND updated_at < now() - make_interval(secs => $1))
+                WHERE (status = 'queued' AND updated_at < now() - make_interval(secs => $1)
+                       AND (start_at IS NULL OR start_at < now() - make_interval(secs => $1)))
                    OR (status = 'running' AND updated_at < now() - make_interval(secs => $2))
                 ORDER BY updated_at LIMIT $3""",
             queued_for,
@@ -363,6 +371,34 @@ class RunRepo:
             limit,
         )
         return [run_of(r) for r in rows]
+
+    async def scheduled(
+        self, ahead: float, after: tuple[datetime, str] | None = None, limit: int = 1000
+    ) -> list[tuple[QueuedRun, datetime]]:
+        """Queued runs not due for over `ahead` seconds yet, by (start_at, run_id) after
+        `after` (a keyset walk of `runs_scheduled`): the reconciler puts those Redis lost back
+        in the delayed set."""
+        rows = await self.db.fetch(
+            """SELECT run_id, user_id, start_at FROM runs
+               WHERE status = 'queued' AND start_at IS NOT NULL
+                 AND start_at > now() + make_interval(secs => $1)
+                 AND ($2::timestamptz IS NULL OR (start_at, run_id) > ($2, $3::uuid))
+               ORDER BY start_at, run_id LIMIT $4""",
+            ahead,
+            after[0] if after else None,
+            uuid.UUID(after[1]) if after else None,
+            limit,
+        )
+        return [scheduled_of(r) for r in rows]
+
+    async def scheduled_count(self, ahead: float) -> int:
+        """How many queued runs are not due for over `ahead` seconds yet."""
+        n = await self.db.fetchval(
+            """SELECT count(*) FROM runs WHERE status = 'queued' AND start_at IS NOT NULL
+               AND start_at > now() + make_interval(secs => $1)""",
+            ahead,
+        )
+        return int(n or 0)
 
     async def touch(self, run_ids: Sequence[str]) -> list[str]:
         """Heartbeat in Postgres: keeps live runs out of the reconciler's view. Returns the

@@ -38,9 +38,9 @@ UNLOCKED_HEADROOM = 256
 INSERT_RUNS = """WITH input AS (
         SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
                              $6::jsonb[], $7::jsonb[], $8::text[], $9::bytea[], $11::text[],
-                             $12::text[])
+                             $12::text[], $13::timestamptz[])
         AS u(run_id, user_id, thread_id, agent, input, params, metadata, key, body_hash,
-             webhook, key_id)
+             webhook, key_id, start_at)
     ), hooked AS (
         SELECT input.*, coalesce(input.webhook, k.webhook_url) AS webhook_url
         FROM input LEFT JOIN api_keys k ON k.key_id = input.key_id
@@ -56,15 +56,15 @@ INSERT_RUNS = """WITH input AS (
         RETURNING run_id
     )
     INSERT INTO runs (run_id, user_id, thread_id, agent, input, params, metadata, status,
-                      webhook_url, webhook_key_id)
+                      webhook_url, webhook_key_id, start_at)
     SELECT run_id, user_id, thread_id, agent, input, params, metadata, 'queued',
-           webhook_url, CASE WHEN webhook_url IS NULL THEN NULL ELSE key_id END
+           webhook_url, CASE WHEN webhook_url IS NULL THEN NULL ELSE key_id END, start_at
     FROM hooked
     WHERE key IS NULL OR run_id IN (SELECT run_id FROM keyed)
     RETURNING run_id, created_at"""
 
 # A live key's run.
-KEYED_RUN = """SELECT k.body_hash, r.run_id, r.status, r.thread_id, r.created_at
+KEYED_RUN = """SELECT k.body_hash, r.run_id, r.status, r.thread_id, r.created_at, r.start_at
     FROM idempotency_keys k JOIN runs r ON r.run_id = k.run_id
     WHERE k.user_id = $1 AND k.key = $2 AND k.expires_at > now()"""
 
@@ -126,6 +126,7 @@ async def _insert_runs(
         float(key_ttl_seconds),
         [n.webhook for n in news],
         [n.key_id for n in news],
+        [n.start_at for n in news],
     )
     created: dict[Any, datetime] = {r["run_id"]: r["created_at"] for r in rows}
     return [(str(i), created[i]) if i in created else None for i in ids]
@@ -135,7 +136,9 @@ def _fresh(new: NewRun, inserted: tuple[str, datetime] | None) -> Submitted:
     if inserted is None:
         raise _KeyTaken
     run_id, created_at = inserted
-    return Submitted(run_id, "queued", new.thread_id, created_at, replayed=False)
+    return Submitted(
+        run_id, "queued", new.thread_id, created_at, replayed=False, start_at=new.start_at
+    )
 
 
 class SubmitRepo:

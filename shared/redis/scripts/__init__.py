@@ -4,8 +4,9 @@ this module is imported. Each file opens with its contract (KEYS, ARGV, the repl
 Where they run: the run-level scripts (append, fence, renew, ack, ack_many, handoff, cancel) in
 `shared.redis.runs`, the admission scripts (bucket, take_slot, refresh_slot) in
 `shared.redis.admission`, drop_idle_consumers and release in `shared.redis.group`, breaker_cas in
-`shared.redis.breakers`. Redis caches a script by its SHA-1 after the first `SCRIPT LOAD`; calls
-go by EVALSHA and load the script again when Redis answers NOSCRIPT (restarted, flushed).
+`shared.redis.breakers`, delay and take_due in `shared.redis.delayed`. Redis caches a script by
+its SHA-1 after the first `SCRIPT LOAD`; calls go by EVALSHA and load the script again when
+Redis answers NOSCRIPT (restarted, flushed).
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ NAMES: Final = (
     "drop_idle_consumers",
     "breaker_cas",
     "release",
+    "delay",
+    "take_due",
 )
 # File name -> source.
 ALL: Final[dict[str, str]] = {name: _read(name) for name in NAMES}
@@ -50,4 +53,6 @@ ALL: Final[dict[str, str]] = {name: _read(name) for name in NAMES}
     DROP_IDLE_CONSUMERS,
     BREAKER_CAS,
     RELEASE,
+    DELAY,
+    TAKE_DUE,
 ) = ALL.values()
