@@ -15,7 +15,8 @@ Loops, each its own task:
 - reconciler: one worker at a time re-enqueues runs Postgres has as active but Redis lost;
   at once when this worker sees Redis restarted or its group gone, else periodically;
 - webhooks: due deliveries of runs' terminal states, claimed from Postgres and sent
-  (`worker.webhooks`).
+  (`worker.webhooks`);
+- promoter: delayed runs that are due, taken from their set and enqueued (`worker.delayed`).
 
 Shutdown is two-stage: the first SIGTERM/SIGINT drains (stop reading, let runs finish for
 `drain_seconds`, hand the rest over at once), a second one exits immediately.
@@ -61,6 +62,7 @@ from shared.tools import load_tools
 from worker.attempt import AttemptState, Deps, execute
 from worker.attempt.state import outage_seconds
 from worker.batches import RunWrites
+from worker.delayed import promote_forever
 from worker.policies import RETRYABLE
 from worker.reconcile import reconcile_once
 from worker.webhooks import Sender
@@ -208,7 +210,7 @@ class Worker:
             await conn.close()
         self._clients = await Clients.open(s, self.keys, self.name)
         self.redis_run_id = await self.rio.group.server_run_id()
-        for loop in (self._consume, self._reclaim, self._reconcile, self._webhooks):
+        for loop in (self._consume, self._reclaim, self._reconcile, self._webhooks, self._promote):
             self._tasks.append(
                 asyncio.create_task(self._forever(loop, self.stopping), name=loop.__name__)
             )
@@ -406,6 +408,9 @@ class Worker:
                 count -= 1
             if start == "0-0":
                 return
+
+    async def _promote(self) -> None:
+        await promote_forever(self.rio, self.settings.delay_poll_seconds, self.stopping)
 
     async def _webhooks(self) -> None:
         await Sender(self.settings, self.store).run(self.stopping)

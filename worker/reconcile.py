@@ -12,6 +12,13 @@ someone else must notice): past its deadline an interrupt is answered with the d
 agent gave (the run queued again) or the run fails `interrupt_timeout` (its `error` event
 archived and copied to Redis, the thread's next run queued).
 
+Delayed runs (`start_at`) wait in Redis' delayed set, not the queue, until a worker promotes
+them (`worker.delayed`). A queued run not due yet is never enqueued here: one missing from the
+set (Redis restarted empty) is put back in it, with its time; one due for over the grace and
+found neither in the set nor in the queue (its promoter died between taking and enqueuing it,
+or Redis lost both) is enqueued. The set is walked only when it holds fewer runs than Postgres
+has waiting, or when Redis may just have lost data.
+
 It also removes dead consumers from the group, only once they hold nothing pending (Lua:
 checked and deleted atomically, since XGROUP DELCONSUMER drops a consumer's pending entries).
 """
@@ -35,6 +42,8 @@ log = structlog.get_logger("longrun.reconciler")
 QUEUED_GRACE = 2.0
 # Deadlines acted on per pass (the oldest first; the next pass takes the rest).
 DUE_MAX = 500
+# Delayed runs read from Postgres per statement, when the delayed set is walked.
+SCHEDULED_PAGE = 1000
 
 
 async def reconcile_once(
@@ -43,20 +52,21 @@ async def reconcile_once(
     """One pass under the lock; returns how many runs were re-enqueued. `urgent`: Redis may
     just have lost data (a worker saw it restart): a second pass follows once the runs
     submitted just before the loss are past the grace."""
-    fixed = await _pass(settings, store, rio, owner)
+    fixed = await _pass(settings, store, rio, owner, urgent)
     if urgent:
         await asyncio.sleep(QUEUED_GRACE + 0.5)
-        fixed += await _pass(settings, store, rio, owner)
+        fixed += await _pass(settings, store, rio, owner, urgent)
     return fixed
 
 
-async def _pass(settings: Settings, store: Store, rio: RedisIO, owner: str) -> int:
+async def _pass(settings: Settings, store: Store, rio: RedisIO, owner: str, urgent: bool) -> int:
     group = rio.group
     lock_ms = int(max(settings.reconcile_seconds * 3, 1.0) * 1000)
     if not await group.take_reconcile_lock(owner, lock_ms):
         return 0
     try:
         await _expire_interrupts(store, rio)
+        await _reschedule_lost(store, rio, walk=urgent)
         return await _reenqueue_lost(settings, store, rio)
     finally:
         await group.release_reconcile_lock(owner)
@@ -78,6 +88,27 @@ async def _expire_interrupts(store: Store, rio: RedisIO) -> None:
             await rio.enqueue(done.next_run)
 
 
+async def _reschedule_lost(store: Store, rio: RedisIO, *, walk: bool) -> int:
+    """Put the delayed runs not due for over the grace back in the set where Redis lost them
+    (their time kept; one in the set keeps its own). `walk`: whatever the counts say."""
+    if not walk and await rio.delayed.count() >= await store.runs.scheduled_count(QUEUED_GRACE):
+        return 0
+    added = 0
+    after = None
+    while True:
+        page = await store.runs.scheduled(QUEUED_GRACE, after, SCHEDULED_PAGE)
+        if not page:
+            break
+        added += await rio.delayed.schedule(page, only_new=True)
+        if len(page) < SCHEDULED_PAGE:
+            break
+        last, at = page[-1]
+        after = (at, last.run_id)
+    if added:
+        log.warning("delayed_runs_rescheduled", runs=added)
+    return added
+
+
 async def _reenqueue_lost(settings: Settings, store: Store, rio: RedisIO) -> int:
     group = rio.group
     candidates = await store.runs.active_runs(
@@ -85,7 +116,10 @@ async def _reenqueue_lost(settings: Settings, store: Store, rio: RedisIO) -> int
     )
     fixed = 0
     if candidates:
-        present = await group.queued_run_ids()
+        # The delayed set first: a run a promoter takes meanwhile is in the queue by the time
+        # the queue is read.
+        delayed = await rio.delayed.present([r.run_id for r in candidates if r.start_at])
+        present = await group.queued_run_ids() | delayed
         for run in candidates:
             if run.run_id in present:
                 continue
