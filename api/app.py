@@ -35,7 +35,7 @@ from api.auth import Security
 from api.errors import ERROR_RESPONSES, JSONResp
 from api.hub import Hub
 from api.limits import BodyLimit
-from api.metrics import ApiMetrics, SubmitTimer, cluster_in_flight
+from api.metrics import ApiMetrics, SubmitTimer, cluster_figures
 from api.metrics import router as metrics_router
 from api.middleware import RequestId, install_log_redaction
 from api.schemas import declare_agents, drop_null_parameters
@@ -170,6 +170,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get("/health")
     async def health(request: Request) -> dict[str, object]:
         state: AppState = request.app.state.longrun
+        figures = await cluster_figures(request, max_age=HEALTH_MAX_AGE)
         return {
             "status": "ok",
             "shutting_down": state.shutting_down,
@@ -178,7 +179,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "streams": {"in_flight": state.streams.in_flight, "cap": state.streams.cap},
             "waiters": state.hub.waiters,
             # cluster-wide, from the workers' heartbeats; null when Redis does not answer
-            "runs_in_flight": await cluster_in_flight(request, max_age=HEALTH_MAX_AGE),
+            "runs_in_flight": None if figures is None else figures.in_flight,
+            # delayed runs waiting for their start (not in the backlog); null likewise
+            "runs_scheduled": None if figures is None else figures.scheduled,
         }
 
     @app.get("/ready", responses={503: {"description": "Redis or Postgres is not answering"}})

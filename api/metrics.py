@@ -141,6 +141,11 @@ def _redis_metrics(f: RedisFigures) -> Iterator[Metric]:
         "Age of the oldest queue entry no worker has read yet (0 when none waits)",
         f.oldest_waiting_age_seconds or 0.0,
     )
+    yield _gauge(
+        "longrun_runs_scheduled",
+        "Delayed runs waiting for their start (queued, not in the queue stream: not backlog)",
+        f.scheduled,
+    )
     yield _gauge("longrun_workers_live", "Workers that heartbeat within a lease", f.workers_alive)
     yield _gauge("longrun_runs_in_flight", "Runs executing on live workers", f.in_flight)
     yield _gauge("longrun_free_slots", "Free run slots on all live workers", f.free_slots)
@@ -305,8 +310,8 @@ def metrics_of(request: Request) -> ApiMetrics:
     return m
 
 
-async def cluster_in_flight(request: Request, max_age: float) -> int | None:
-    """Runs in flight cluster-wide from a snapshot at most `max_age` old, or None when Redis
+async def cluster_figures(request: Request, max_age: float) -> RedisFigures | None:
+    """The cluster's Redis figures from a snapshot at most `max_age` old, or None when Redis
     does not answer (for `/health`, which must not fail on Redis)."""
     state = request.app.state.longrun
     cached = metrics_of(request).cluster.redis
@@ -316,7 +321,7 @@ async def cluster_in_flight(request: Request, max_age: float) -> int | None:
         )
     except REDIS_DOWN:
         return None
-    return None if figures is None else figures.in_flight
+    return figures
 
 
 router = APIRouter()

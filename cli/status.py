@@ -1,5 +1,6 @@
-"""`longrun status`: the backlog, lag, pending, oldest waiting run, workers with their in-flight
-counts and last heartbeat, dead letters; `--json` for scripts.
+"""`longrun status`: the backlog, lag, pending, the scheduled (delayed) runs, oldest waiting
+run, workers with their in-flight counts and last heartbeat, dead letters; `--json` for
+scripts.
 
 Exit codes: 0 healthy; 1 something is wrong (the `problems` list: runs queued with no live
 worker, dead letters newer than the acknowledged watermark, a run waiting while workers idle);
@@ -53,7 +54,8 @@ def render(s: dict[str, Any]) -> str:
     oldest = s["oldest_waiting_age_seconds"]
     lines = [
         f"queue {s['queue']} (group {s['group']}): backlog {s['backlog']}, "
-        f"waiting {s['waiting']} (lag {lag}), pending {s['pending']}",
+        f"waiting {s['waiting']} (lag {lag}), pending {s['pending']}; "
+        f"scheduled {s['scheduled']} (delayed, not in the backlog)",
         f"oldest waiting run: {'-' if oldest is None else f'{oldest:.1f} s'}",
         f"workers alive: {s['workers_alive']}, in flight {s['in_flight']}, "
         f"free slots {s['free_slots']}",
