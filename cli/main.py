@@ -106,6 +106,9 @@ def _api_client(args: argparse.Namespace, env: Mapping[str, str]) -> int:
             args.follow,
             args.json,
             prompt=sys.stdin.isatty(),
+            start_after=args.start_after,
+            start_at=args.start_at,
+            priority=args.priority,
         )
         return run_submit(target, req)
     from cli import interrupts, runs

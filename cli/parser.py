@@ -176,6 +176,20 @@ def _runs(sub: argparse._SubParsersAction[Parser], api_opts: Parser) -> None:
         "--params", help="agent params as a JSON object, e.g. '{\"count\": 5}' for ticker"
     )
     submit.add_argument("--thread", help="thread id: the run sees the thread's conversation")
+    later = submit.add_mutually_exclusive_group()
+    later.add_argument(
+        "--start-after",
+        metavar="DURATION",
+        help="start the run this long from now: 30s, 5m, 2h, 1d (queued until then)",
+    )
+    later.add_argument(
+        "--start-at",
+        metavar="TIME",
+        help="start the run at this RFC 3339 time, e.g. 2030-01-02T03:04:05Z",
+    )
+    submit.add_argument(
+        "--priority", choices=("high", "normal", "low"), help="the run's priority in the queue"
+    )
     submit.add_argument("--follow", action="store_true", help="stream the run until it ends")
     _json_option(submit, "the accepted run (with --follow: one event per line)")
 

@@ -39,15 +39,43 @@ class SubmitRequest:
     follow: bool = False
     as_json: bool = False
     prompt: bool = False  # on a terminal: ask the person when the run asks (`cli.interrupts`)
+    start_after: str | None = None  # a duration as typed: 30s, 5m, 2h, 1d, or plain seconds
+    start_at: str | None = None  # an RFC 3339 time, as typed
+    priority: str | None = None
+
+
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def seconds_of(raw: str) -> float:
+    """A duration as typed (`30s`, `1.5m`, `2h`, `1d`, or plain seconds); a `Failure`
+    (exit 5) for anything else or a duration that is not positive."""
+    text = raw.strip().lower()
+    unit = DURATION_UNITS.get(text[-1:]) if text else None
+    number = text[:-1] if unit is not None else text
+    try:
+        value = float(number) * (unit or 1)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise Failure(Exit.USAGE, f"--start-after: a duration like 30s, 5m, 2h or 1d, not {raw!r}")
+    return value
 
 
 def body(req: SubmitRequest) -> dict[str, Any]:
-    """The POST /runs body; a `Failure` (exit 5) when --params is not a JSON object."""
+    """The POST /runs body; a `Failure` (exit 5) when --params is not a JSON object or
+    --start-after not a duration (the server judges --start-at and --priority)."""
     out: dict[str, Any] = {"input": req.text}
     if req.agent:
         out["agent"] = req.agent
     if req.thread:
         out["thread_id"] = req.thread
+    if req.start_after is not None:
+        out["start_after"] = seconds_of(req.start_after)
+    if req.start_at is not None:
+        out["start_at"] = req.start_at
+    if req.priority is not None:
+        out["priority"] = req.priority
     if req.params:
         try:
             params = json.loads(req.params)
@@ -64,7 +92,7 @@ async def _submit(client: AsyncClient, session: Session, req: SubmitRequest) -> 
     run_id = run.run_id
     if not req.follow:
         print(json.dumps(run.raw, indent=2) if req.as_json else run_id)
-    say(f"run {run_id} queued")
+    say(f"run {run_id} queued" + (f", to start at {run.start_at}" if run.start_at else ""))
     if not req.follow:
         return Exit.OK
     session.follower = Follower(client, run_id, printer(req.as_json, req.agent))

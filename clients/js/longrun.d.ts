@@ -27,6 +27,8 @@ export interface Run {
   started_at: string | null;
   finished_at: string | null;
   updated_at: string | null;
+  /** A delayed run is queued, not started, before this. */
+  start_at?: string | null;
   url?: string;
   events_url?: string;
 }
@@ -37,6 +39,7 @@ export interface Submitted {
   agent: string;
   thread_id: string | null;
   created_at: string;
+  start_at?: string | null;
   url: string;
   events_url: string;
 }
@@ -53,6 +56,11 @@ export interface SubmitRequest {
   threadId?: string | null;
   threadMode?: "enqueue" | "reject" | "interrupt" | null;
   metadata?: Record<string, unknown> | null;
+  /** Start this many seconds from now (not with `startAt`). */
+  startAfter?: number | null;
+  /** Start at this time: a Date, or RFC 3339 text with its offset (not with `startAfter`). */
+  startAt?: Date | string | null;
+  priority?: "high" | "normal" | "low" | null;
 }
 
 interface EventBase {

@@ -29,6 +29,10 @@ export async function usage(): Promise<void> {
     if (event.type === "token") texts.push(event.text);
     if (event.type === "error") texts.push(event.code, event.message);
   }
+  const later: Submitted = await lr.create({ input: "x", startAfter: 30, priority: "low" });
+  const at: string | null | undefined = later.start_at;
+  await lr.create({ input: "x", startAt: new Date(Date.now() + 60_000) });
+  await lr.create({ input: "x", startAt: at ?? "2030-01-02T03:04:05Z" });
   for await (const item of lr.createAndStream({ input: "x" }, { useToken: true })) {
     if (item.type === "created") item.run.events_url.toString();
   }

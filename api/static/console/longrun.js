@@ -155,6 +155,12 @@ function submitBody(req) {
   if (req.threadId != null) body.thread_id = req.threadId;
   if (req.threadMode != null) body.thread_mode = req.threadMode;
   if (req.metadata != null) body.metadata = req.metadata;
+  // A delayed start: seconds from now, or a time (a Date, or RFC 3339 text with its offset).
+  if (req.startAfter != null) body.start_after = req.startAfter;
+  if (req.startAt != null) {
+    body.start_at = req.startAt instanceof Date ? req.startAt.toISOString() : req.startAt;
+  }
+  if (req.priority != null) body.priority = req.priority;
   return body;
 }
 

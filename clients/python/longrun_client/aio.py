@@ -21,6 +21,7 @@ import os
 import time
 import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable
+from datetime import datetime
 from types import TracebackType
 from typing import Any, Self, TypedDict, Unpack
 from urllib.parse import quote
@@ -164,12 +165,28 @@ class RunOptions(TypedDict, total=False):
     thread_mode: str | None
     metadata: dict[str, Any] | None
     idempotency_key: str | None
+    # A delayed start (one of the two): seconds from now, or a time (an aware datetime, or an
+    # RFC 3339 string with its offset). The run is queued, not started, until then.
+    start_after: float | None
+    start_at: datetime | str | None
+    priority: str | None  # "high", "normal" or "low", where the server has priorities
+
+
+def _start_at(value: datetime | str) -> str:
+    if isinstance(value, str):
+        return value
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError("start_at needs a timezone (e.g. datetime.now(timezone.utc) + ...)")
+    return value.isoformat()
 
 
 def _submission(input: str, options: RunOptions) -> tuple[dict[str, Any], dict[str, str]]:
     """The body and headers of a submit. Without an `idempotency_key` the client makes one,
     so that sending it again after a lost answer cannot make a second run."""
     fields = {k: v for k, v in options.items() if k != "idempotency_key" and v is not None}
+    start_at = options.get("start_at")
+    if start_at is not None:
+        fields["start_at"] = _start_at(start_at)
     key = options.get("idempotency_key") or uuid.uuid4().hex
     return {"input": input, **fields}, {"Idempotency-Key": key}
 
@@ -180,8 +197,9 @@ class AsyncRuns:
 
     async def create(self, input: str, **options: Unpack[RunOptions]) -> Submission:
         """Submit a run (`POST /runs`): `agent`, `params`, `thread_id`, `thread_mode`,
-        `metadata`, `idempotency_key` (one of the client's own when absent: a submit sent
-        again after a lost answer never makes a second run)."""
+        `metadata`, `start_after` (seconds) or `start_at` (an aware datetime or RFC 3339
+        text), `priority`, `idempotency_key` (one of the client's own when absent: a submit
+        sent again after a lost answer never makes a second run)."""
         body, headers = _submission(input, options)
         resp = await self._c.request("POST", "/runs", repeatable=True, json=body, headers=headers)
         replayed = resp.headers.get("idempotent-replayed") == "true"

@@ -52,6 +52,7 @@ class Run:
     interrupt: dict[str, Any] | None
     waiting_since: str | None
     raw: dict[str, Any] = field(repr=False, compare=False)
+    start_at: str | None = None  # a delayed run: queued, not started, before this
 
     @property
     def done(self) -> bool:
@@ -79,6 +80,7 @@ class Run:
             interrupt=d.get("interrupt"),
             waiting_since=d.get("waiting_since"),
             raw=d,
+            start_at=d.get("start_at"),
         )
 
 
@@ -95,6 +97,7 @@ class Submission:
     events_url: str
     replayed: bool  # the run an Idempotency-Key already had
     raw: dict[str, Any] = field(repr=False, compare=False)
+    start_at: str | None = None  # a delayed run's start
 
     @classmethod
     def from_json(cls, d: dict[str, Any], replayed: bool = False) -> Submission:
@@ -104,6 +107,7 @@ class Submission:
             events_url=d.get("events_url", ""),
             replayed=replayed,
             raw=d,
+            start_at=d.get("start_at"),
         )
 
 
