@@ -161,6 +161,8 @@ class RedisFigures:
     newest_dead_letter_age_seconds: float | None
     counters: dict[str, int]
     breakers: dict[str, str]
+    # Delayed runs waiting for their start: queued, not in the queue stream (not backlog).
+    scheduled: int = 0
 
     @property
     def workers_alive(self) -> int:
@@ -212,6 +214,7 @@ async def cluster_redis(io: OpsIO, settings: Settings) -> RedisFigures:
         ),
         counters=counters,
         breakers=await io.breaker_states(BREAKER_CAP),
+        scheduled=await io.scheduled(),
     )
 
 
@@ -250,6 +253,7 @@ def as_dict(f: RedisFigures, settings: Settings) -> dict[str, Any]:
         "queue": settings.queue,
         "group": settings.group,
         "backlog": f.backlog,
+        "scheduled": f.scheduled,
         "pending": f.group.pending,
         "lag": f.group.lag,
         "waiting": f.waiting,
