@@ -220,3 +220,20 @@ test("events a server repeats after a reconnect are dropped, not handed out twic
     s.server.close();
   }
 });
+
+test("a delayed start: startAfter and startAt (a Date or RFC 3339 text) reach the run; both at once is a 422", async () => {
+  const later = await direct.create({ ...ticker(1, 1), startAfter: 120 });
+  assert.equal(later.status, "queued");
+  assert.ok(later.start_at);
+  const when = new Date(Date.now() + 3_600_000);
+  const at = await direct.create({ ...ticker(1, 1), startAt: when });
+  assert.equal(Date.parse(at.start_at), when.getTime());
+  const run = await direct.get(at.run_id);
+  assert.equal(run.status, "queued");
+  assert.equal(run.start_at, at.start_at);
+  await assert.rejects(
+    direct.create({ ...ticker(1, 1), startAfter: 5, startAt: when }),
+    (err) => err instanceof LongrunError && err.status === 422 && err.code === "invalid_start",
+  );
+  for (const r of [later, at]) await direct.cancel(r.run_id);
+});
