@@ -95,7 +95,8 @@ export async function render(ctx, main) {
     points.push({ backlog: s.backlog, rate });
     if (points.length > WINDOW) points.shift();
     replace(figures,
-      figure("backlog", s.backlog, "fig-backlog"), figure("waiting (lag)", s.lag ?? s.waiting),
+      figure("backlog", s.backlog, "fig-backlog"), figure("scheduled", s.scheduled ?? 0),
+      figure("waiting (lag)", s.lag ?? s.waiting),
       figure("pending", s.pending), figure("oldest queued", s.oldest_waiting_age_seconds == null
         ? "-" : `${s.oldest_waiting_age_seconds.toFixed(1)} s`),
       figure("in flight", s.in_flight), figure("workers alive", s.workers_alive, "fig-workers"),
