@@ -380,3 +380,55 @@ async def test_the_sdk_takes_start_after_and_an_aware_start_at(api, api_key) -> 
         assert now.start_at is None
         with pytest.raises(ValueError, match="timezone"):
             await lr.runs.create("hi", start_at=datetime(2099, 1, 1))  # noqa: DTZ001
+
+
+# -- the submit paths ---------------------------------------------------------------------------
+
+
+async def test_a_group_of_submits_queues_the_immediate_ones_and_delays_the_others(
+    client, store, rio
+) -> None:
+    # Given twenty concurrent submits (grouped), every other one delayed
+    async def one(i: int) -> httpx.Response:
+        extra = {"start_after": 30 + i} if i % 2 else {}
+        return await client.post("/runs", json={"input": f"r{i}", **TICK, **extra})
+
+    answers = await asyncio.gather(*(one(i) for i in range(20)))
+    assert all(a.status_code == 202 for a in answers)
+    # Then the ten immediate ones are in the queue stream and the ten delayed ones in the set
+    delayed = {a.json()["run_id"] for a in answers if "start_at" in a.json()}
+    assert len(delayed) == 10
+    assert await rio.r.xlen(rio.keys.queue) == 10
+    assert await rio.delayed.present(sorted(delayed)) == delayed
+
+
+async def test_a_delayed_submit_redis_refuses_is_a_503_that_leaves_no_row(
+    client, store, rio, monkeypatch
+) -> None:
+    from redis.exceptions import ConnectionError as RedisDown
+
+    from shared.redis.delayed import DelayedIO
+
+    async def down(*_: object, **__: object) -> int:
+        raise RedisDown("redis is away")
+
+    before = await _counts(store, rio)
+    monkeypatch.setattr(DelayedIO, "schedule", down)
+    resp = await client.post("/runs", json={"input": "x", **TICK, "start_after": 30})
+    assert resp.status_code == 503, resp.text
+    assert await _counts(store, rio) == before
+
+
+async def test_a_retry_with_the_same_key_replays_the_delayed_run_and_its_start(client, rio) -> None:
+    headers = {"Idempotency-Key": "later-1"}
+    body = {"input": "x", **TICK, "start_after": 30}
+    first = await client.post("/runs", json=body, headers=headers)
+    again = await client.post("/runs", json=body, headers=headers)
+    assert first.status_code == again.status_code == 202
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert again.json()["run_id"] == first.json()["run_id"]
+    assert again.json()["start_at"] == first.json()["start_at"]
+    assert await rio.delayed.count() == 1
+    # The same key with another start is another body: 422
+    other = await client.post("/runs", json={**body, "start_after": 31}, headers=headers)
+    assert other.status_code == 422
