@@ -432,3 +432,20 @@ async def test_a_retry_with_the_same_key_replays_the_delayed_run_and_its_start(c
     # The same key with another start is another body: 422
     other = await client.post("/runs", json={**body, "start_after": 31}, headers=headers)
     assert other.status_code == 422
+
+
+async def test_longrun_status_and_ops_status_count_scheduled_runs_apart_from_the_backlog(
+    api, client, store, rio, settings
+) -> None:
+    from cli.status import gather, render
+    from shared.metrics import as_dict
+
+    await client.post("/runs", json={"input": "x", **TICK, "start_after": 60})
+    await client.post("/runs", json={"input": "x", **TICK})
+    shown = as_dict(await gather(settings), settings)
+    assert (shown["backlog"], shown["scheduled"]) == (1, 1)
+    assert "scheduled 1 (delayed, not in the backlog)" in render(shown)
+    _, key = await store.users.create_key("ops", operator=True)
+    ops = await client.get("/ops/status", headers={"Authorization": f"Bearer {key}"})
+    assert ops.status_code == 200
+    assert (ops.json()["backlog"], ops.json()["scheduled"]) == (1, 1)
