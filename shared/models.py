@@ -204,3 +204,10 @@ class Run(BaseModel):
 
 def _iso(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat()
+
+
+@dataclass(frozen=True)
+class QueuedRun:
+    run_id: str
+    user_id: str
+    priority: str = "normal"
