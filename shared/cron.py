@@ -33,6 +33,8 @@ MAX_EXPRESSION_CHARS = 256
 MAX_ZONE_CHARS = 64
 # The shortest gap between two ticks is measured over this many ticks ahead.
 GAP_SAMPLE = 64
+# Ticks passed over in a row (a repeated wall-clock time) before a search gives up.
+MAX_SKIPS = 8
 # croniter's search for a date that matches gives up after this many years (`0 0 30 2 *`).
 SEARCH_YEARS = 5
 
@@ -60,24 +62,28 @@ class Cron:
         )
 
     def _repeat(self, tick: datetime) -> bool:
-        """A tick at the second occurrence of a wall-clock time (fall back), when skipped."""
-        return self.fixed_hours and tick.astimezone(self.zone).fold == 1
+        """A tick at the second occurrence of a wall-clock time (fall back), when skipped.
+        (The instant's own fold, from UTC: croniter may set `fold` on times that are not
+        ambiguous, and `astimezone` to the same zone keeps it.)"""
+        return self.fixed_hours and tick.astimezone(UTC).astimezone(self.zone).fold == 1
 
     def after(self, t: datetime) -> datetime:
         """The first tick strictly after `t` (aware), in UTC."""
         it = self._iter(t)
-        while True:
+        for _ in range(MAX_SKIPS):
             tick: datetime = it.get_next(datetime)
             if tick > t and not self._repeat(tick):
                 return tick.astimezone(UTC)
+        raise BadCron("cron: no tick found")
 
     def at_or_before(self, t: datetime) -> datetime:
         """The last tick at or before `t` (aware), in UTC."""
         it = self._iter(t + timedelta(microseconds=1), is_prev=True)
-        while True:
+        for _ in range(MAX_SKIPS):
             tick: datetime = it.get_prev(datetime)
             if tick <= t and not self._repeat(tick):
                 return tick.astimezone(UTC)
+        raise BadCron("cron: no tick found")
 
     def shortest_gap(self, start: datetime, n: int = GAP_SAMPLE) -> timedelta:
         """The shortest time between two of the `n` ticks after `start`."""

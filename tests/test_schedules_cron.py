@@ -34,6 +34,18 @@ def test_the_next_tick_is_strictly_after_now_and_the_last_is_at_or_before_it():
     assert hourly.at_or_before(T0 - timedelta(microseconds=1)) == T0 - timedelta(hours=1)
 
 
+def test_instants_with_microseconds_find_their_ticks_both_ways():
+    # regression: croniter marks some results `fold=1`; read naively, every tick of a
+    # fixed-hour schedule looked like a repeated wall-clock time and the search ran off the
+    # calendar (OverflowError in the worker's ticker)
+    now = datetime(2026, 12, 4, 20, 43, 37, 103674, tzinfo=UTC)
+    yearly = parse("0 0 1 1 *", "UTC", now)
+    assert yearly.at_or_before(now) == datetime(2026, 1, 1, tzinfo=UTC)
+    assert yearly.after(now) == datetime(2027, 1, 1, tzinfo=UTC)
+    daily = parse("30 1 * * *", NY, now)
+    assert daily.at_or_before(now) == datetime(2026, 12, 4, 6, 30, tzinfo=UTC)
+
+
 def test_six_fields_read_the_first_as_seconds():
     every_5s = parse("*/5 * * * * *", "UTC", T0)
     assert ticks(every_5s, T0, 3) == [T0 + timedelta(seconds=s) for s in (5, 10, 15)]

@@ -172,8 +172,8 @@ class _Plan:
 def _plan(s: Schedule, now: datetime) -> _Plan:
     try:
         tick = cron.due_tick(cron.parse(s.cron, s.timezone, now), s.next_tick_at, now)
-    except cron.BadCron as exc:
-        log.warning("schedule_broken", schedule_id=s.schedule_id, error=str(exc))
+    except Exception as exc:  # BadCron, or the parser failing on it: this one waits, not all
+        log.warning("schedule_broken", schedule_id=s.schedule_id, error=repr(exc)[:200])
         return _Plan(s, None)
     return _Plan(s, tick)
 
