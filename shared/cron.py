@@ -14,7 +14,8 @@ daylight-saving rules:
 
 Missed ticks (every worker down for a while): `due_tick` answers the most recent tick at or
 before `now` and the first one after it. The schedule makes one run for that tick and resumes
-its cadence; the ticks in between are skipped, not made up in a burst.
+its cadence; the ticks in between are skipped, not made up in a burst. (And a tick while the
+schedule's previous run is still queued makes no run: `shared.store.schedules`.)
 """
 
 from __future__ import annotations

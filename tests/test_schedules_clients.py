@@ -65,6 +65,9 @@ async def test_the_sdk_lists_the_runs_a_schedule_made(sdk: AsyncClient, settings
         due = datetime.fromisoformat(made.next_run_at)
         ticker = Ticker(settings, store, rio)
         first = await ticker.once(due)
+        await store.db.execute(  # started: else the next tick is skipped (one queued at most)
+            "UPDATE runs SET status = 'running' WHERE run_id = $1::uuid", first[0].run_id
+        )
         second = await ticker.once(due + timedelta(hours=1))
     finally:
         await rio.aclose()

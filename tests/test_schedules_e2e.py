@@ -123,6 +123,8 @@ async def test_a_seconds_schedule_ticks_once_a_second_across_two_workers_until_d
         ticks = [r["tick_at"] for r in rows]
         assert len(set(ticks)) == len(ticks) == after_delete
         assert all(t.microsecond == 0 for t in ticks)
-        assert len({r["run_id"] for r in rows}) == len(rows)
+        # (a tick while the previous run had not started yet makes none: run_id NULL)
+        made = [str(r["run_id"]) for r in rows if r["run_id"] is not None]
+        assert len(set(made)) == len(made) >= 4
         logged = ticked(workers)
-        assert sorted(t["run_id"] for t in logged) == sorted(str(r["run_id"]) for r in rows)
+        assert sorted(t["run_id"] for t in logged) == sorted(made)

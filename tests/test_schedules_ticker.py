@@ -9,6 +9,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -18,7 +19,7 @@ from shared.redis.client import create_redis
 from shared.redis.keys import Keys
 from shared.redis.runs import RedisIO
 from shared.store import NewRun, Store
-from shared.store.schedules import NewSchedule, Schedule
+from shared.store.schedules import Made, NewSchedule, Schedule
 from worker.reconcile import QUEUED_GRACE, reconcile_once
 from worker.schedules import Ticker
 
@@ -51,6 +52,16 @@ async def schedule(
     return await store.schedules.create(NewSchedule(cron, zone, first, template), max_per_user=1000)
 
 
+async def start(store: Store, made: list[Made]) -> list[Made]:
+    """What a worker does first to the runs made: start them (queued -> running)."""
+    await store.db.execute(
+        "UPDATE runs SET status = 'running', attempt = 1, started_at = now() "
+        "WHERE run_id = ANY($1::uuid[]) AND status = 'queued'",
+        [uuid.UUID(m.run_id) for m in made],
+    )
+    return made
+
+
 async def made_runs(store: Store, sid: str) -> list[tuple[datetime, str]]:
     rows = await store.db.fetch(
         "SELECT tick_at, run_id FROM schedule_ticks WHERE schedule_id = $1 ORDER BY tick_at",
@@ -68,13 +79,13 @@ async def test_each_tick_makes_one_queued_run_with_its_entry_and_nothing_between
 
     # When the clock walks 2 hours in 1-minute steps, ticking at each
     for minute in range(1, 121):
-        await ticker.once(T0 + timedelta(minutes=minute))
+        await start(store, await ticker.once(T0 + timedelta(minutes=minute)))
 
-    # Then exactly the 8 ticks made one run each, queued, with an entry in the queue
+    # Then exactly the 8 ticks made one run each, with an entry in the queue
     made = await made_runs(store, s.schedule_id)
     assert [t for t, _ in made] == [T0 + timedelta(minutes=15 * i) for i in range(1, 9)]
     runs = [await store.runs.get_run(r, "alice") for _, r in made]
-    assert all(r is not None and r.status == "queued" for r in runs)
+    assert all(r is not None and r.status == "running" for r in runs)  # started, as made
     assert all(r is not None and r.params == {"count": 3} and r.agent == "ticker" for r in runs)
     assert {r for _, r in made} <= await rio.group.queued_run_ids()
     now = await store.schedules.get(s.schedule_id, "alice")
@@ -140,9 +151,9 @@ async def test_missed_ticks_make_one_run_for_the_latest_then_the_cadence_resumes
 
     # When a worker ticks again at 18:30, and on until 20:00
     back = T0 + timedelta(hours=6, minutes=30)
-    first = await ticker.once(back)
+    first = await start(store, await ticker.once(back))
     for minute in range(1, 91):
-        await ticker.once(back + timedelta(minutes=minute))
+        await start(store, await ticker.once(back + timedelta(minutes=minute)))
 
     # Then one run for 18:00 (13:00 to 17:00 skipped, no burst), then 19:00 and 20:00
     assert [m.tick_at for m in first] == [T0 + timedelta(hours=6)]
@@ -155,23 +166,23 @@ async def test_a_daily_schedule_runs_once_a_day_across_both_dst_changes(settings
     # in November)
     zone = "America/New_York"
     spring, fall = datetime(2026, 3, 7, 12, tzinfo=UTC), datetime(2026, 10, 31, 12, tzinfo=UTC)
-    for start in (spring, fall):
-        a = await schedule(store, "30 1 * * *", zone, at=start)
-        b = await schedule(store, "30 2 * * *", zone, at=start)
+    for begin in (spring, fall):
+        a = await schedule(store, "30 1 * * *", zone, at=begin)
+        b = await schedule(store, "30 2 * * *", zone, at=begin)
         ticker = Ticker(settings, store, rio)
 
         # When the clock walks 3 days in 15-minute steps
         for step in range(1, 3 * 24 * 4 + 1):
-            await ticker.once(start + timedelta(minutes=15 * step))
+            await start(store, await ticker.once(begin + timedelta(minutes=15 * step)))
 
         # Then each ran exactly once a day, at its wall-clock time (or just after a gap)
         for s, hour in ((a, 1), (b, 2)):
             ticks = [t for t, _ in await made_runs(store, s.schedule_id)]
-            local = [t.astimezone(parse("* * * * *", zone, start).zone) for t in ticks]
+            local = [t.astimezone(ZoneInfo(zone)) for t in ticks]
             assert len({t.date() for t in local}) == len(local) == 3, local
             for t in local:
                 if (t.hour, t.minute) != (hour, 30):
-                    assert (start, hour, (t.hour, t.minute)) == (spring, 2, (3, 0))
+                    assert (begin, hour, (t.hour, t.minute)) == (spring, 2, (3, 0))
 
 
 async def test_a_deleted_schedule_makes_no_more_runs(settings, store, rio):
@@ -239,3 +250,26 @@ async def test_a_schedule_that_no_longer_parses_waits_and_does_not_stall_the_oth
     assert later is not None
     assert later.next_tick_at == now + timedelta(hours=1)
     assert later.ticks == 0
+
+
+async def test_a_tick_while_the_previous_run_is_still_queued_makes_no_run(settings, store, rio):
+    # Given a run made by the 13:00 tick, not started yet (workers saturated, or a busy thread)
+    s = await schedule(store, "0 * * * *")
+    ticker = Ticker(settings, store, rio)
+    (first,) = await ticker.once(T0 + timedelta(hours=1))
+
+    # When 14:00 comes: no second queued run (the tick is decided, and skipped)
+    assert await ticker.once(T0 + timedelta(hours=2)) == []
+    # and once that run has started, 15:00 makes its run again
+    await start(store, [first])
+    (third,) = await ticker.once(T0 + timedelta(hours=3))
+
+    ticks = await made_runs(store, s.schedule_id)
+    assert ticks == [
+        (T0 + timedelta(hours=1), first.run_id),
+        (T0 + timedelta(hours=2), "None"),
+        (T0 + timedelta(hours=3), third.run_id),
+    ]
+    now = await store.schedules.get(s.schedule_id, "alice")
+    assert now is not None
+    assert (now.ticks, now.last_tick_at) == (2, T0 + timedelta(hours=3))

@@ -11,7 +11,11 @@ The caller adds the queue entries after the commit; one Redis refuses is added b
 reconciler (a queued run with no entry), as for a submit whose take-back failed.
 
 What tick a due schedule makes at `now` is decided by `shared.cron.due_tick` (the missed-ticks
-policy is there).
+policy is there). One more rule keeps a schedule's runs bounded when they cannot start (workers
+saturated, a busy thread ahead of them): a tick while the schedule's previous run is still
+queued makes no run (the tick is recorded, with no run, and logged `schedule_tick_skipped`). So
+a schedule has at most one queued run; a previous run that has started (running, waiting,
+ended) does not hold the next one back.
 """
 
 from __future__ import annotations
@@ -65,13 +69,21 @@ LINK_RUNS = """UPDATE schedule_ticks t SET run_id = u.run_id
     FROM unnest($1::uuid[], $2::timestamptz[], $3::uuid[]) AS u(schedule_id, tick_at, run_id)
     WHERE t.schedule_id = u.schedule_id AND t.tick_at = u.tick_at"""
 
+# `made_at`: the tick whose run was made, NULL when none was (not due, skipped, made before).
 ADVANCE = """UPDATE schedules s
     SET next_tick_at = u.next_at,
-        last_tick_at = coalesce(u.tick_at, s.last_tick_at),
-        ticks = s.ticks + u.made
-    FROM unnest($1::uuid[], $2::timestamptz[], $3::timestamptz[], $4::int[])
-        AS u(schedule_id, next_at, tick_at, made)
+        last_tick_at = coalesce(u.made_at, s.last_tick_at),
+        ticks = s.ticks + (u.made_at IS NOT NULL)::int
+    FROM unnest($1::uuid[], $2::timestamptz[], $3::timestamptz[])
+        AS u(schedule_id, next_at, made_at)
     WHERE s.schedule_id = u.schedule_id"""
+
+# The schedules (of those given with their last run's tick) whose last run is still queued.
+STILL_QUEUED = """SELECT u.schedule_id
+    FROM unnest($1::uuid[], $2::timestamptz[]) AS u(schedule_id, tick_at)
+    JOIN schedule_ticks t ON t.schedule_id = u.schedule_id AND t.tick_at = u.tick_at
+    JOIN runs r ON r.run_id = t.run_id
+    WHERE r.status = 'queued'"""
 
 RUN_COLUMNS_OF_R = ", ".join(f"r.{c.strip()}" for c in RUN_COLUMNS.split(","))
 
@@ -291,21 +303,26 @@ class ScheduleRepo:
 
 
 async def _make(c: asyncpg.Connection, plans: Sequence[_Plan], now: datetime) -> list[Made]:
-    due = [p for p in plans if p.tick is not None]
+    due = [(p.schedule, p.tick) for p in plans if p.tick is not None]
+    busy = await _still_queued(c, [s for s, _ in due])
     recorded = await c.fetch(
         RECORD_TICKS,
-        [uuid.UUID(p.schedule.schedule_id) for p in due],
-        [p.tick.tick_at for p in due if p.tick is not None],
+        [uuid.UUID(s.schedule_id) for s, _ in due],
+        [t.tick_at for _, t in due],
     )
     fresh = {(str(r["schedule_id"]), r["tick_at"]) for r in recorded}
-    making = [
-        p for p in due if p.tick is not None and (p.schedule.schedule_id, p.tick.tick_at) in fresh
-    ]
-    run_ids = await insert_queued(c, [p.schedule.template() for p in making])
+    making = []
+    for s, t in due:
+        if (s.schedule_id, t.tick_at) not in fresh:
+            continue  # made already: the unique key
+        if s.schedule_id in busy:
+            log.info("schedule_tick_skipped", schedule_id=s.schedule_id, tick_at=t.tick_at)
+            continue
+        making.append((s, t))
+    run_ids = await insert_queued(c, [s.template() for s, _ in making])
     made = [
-        Made(p.schedule.schedule_id, p.tick.tick_at, run_id, p.schedule.user_id)
-        for p, run_id in zip(making, run_ids, strict=True)
-        if p.tick is not None
+        Made(s.schedule_id, t.tick_at, run_id, s.user_id)
+        for (s, t), run_id in zip(making, run_ids, strict=True)
     ]
     if made:
         await c.execute(
@@ -314,12 +331,30 @@ async def _make(c: asyncpg.Connection, plans: Sequence[_Plan], now: datetime) ->
             [m.tick_at for m in made],
             [uuid.UUID(m.run_id) for m in made],
         )
-    made_ids = {m.schedule_id for m in made}
+    await _advance(c, plans, made, now)
+    return made
+
+
+async def _still_queued(c: asyncpg.Connection, schedules: Sequence[Schedule]) -> set[str]:
+    """The schedules whose last run has not started yet (the skip policy: module docstring)."""
+    last = [s for s in schedules if s.last_tick_at is not None]
+    if not last:
+        return set()
+    rows = await c.fetch(
+        STILL_QUEUED,
+        [uuid.UUID(s.schedule_id) for s in last],
+        [s.last_tick_at for s in last],
+    )
+    return {str(r["schedule_id"]) for r in rows}
+
+
+async def _advance(
+    c: asyncpg.Connection, plans: Sequence[_Plan], made: Sequence[Made], now: datetime
+) -> None:
+    made_at = {m.schedule_id: m.tick_at for m in made}
     await c.execute(
         ADVANCE,
         [uuid.UUID(p.schedule.schedule_id) for p in plans],
         [now + BROKEN_RETRY if p.tick is None else p.tick.next_at for p in plans],
-        [None if p.tick is None else p.tick.tick_at for p in plans],
-        [1 if p.schedule.schedule_id in made_ids else 0 for p in plans],
+        [made_at.get(p.schedule.schedule_id) for p in plans],
     )
-    return made
