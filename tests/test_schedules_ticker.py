@@ -273,3 +273,22 @@ async def test_a_tick_while_the_previous_run_is_still_queued_makes_no_run(settin
     now = await store.schedules.get(s.schedule_id, "alice")
     assert now is not None
     assert (now.ticks, now.last_tick_at) == (2, T0 + timedelta(hours=3))
+
+
+async def test_no_schedule_ticks_while_paused_and_one_run_follows_the_resume(settings, store, rio):
+    # Given an hourly schedule, and the kill switch on from before its 13:00 tick
+    s = await schedule(store, "0 * * * *")
+    ticker = Ticker(settings, store, rio)
+    await ticker.admission.set_paused("incident")
+
+    # When the ticker passes at 13:00 and 14:00: nothing is made, the schedule waits
+    assert await ticker.once(T0 + timedelta(hours=1)) == []
+    assert await ticker.once(T0 + timedelta(hours=2)) == []
+    waiting = await store.schedules.get(s.schedule_id, "alice")
+    assert waiting is not None
+    assert waiting.next_tick_at == T0 + timedelta(hours=1)
+
+    # Then after the resume, one run for the most recent tick (14:00), as after an outage
+    await ticker.admission.set_paused(None)
+    made = await ticker.once(T0 + timedelta(hours=2, minutes=5))
+    assert [m.tick_at for m in made] == [T0 + timedelta(hours=2)]

@@ -9,6 +9,11 @@ no second run, so each tick makes exactly one run across workers and restarts. A
 refuses is not retried here: the run is queued in Postgres, and the reconciler's pass over
 queued runs with no entry adds it (`worker.reconcile`).
 
+While the kill switch is on (`longrun pause`) no schedule ticks: the pause is an outage for
+schedules, and after `longrun resume` the missed-ticks policy applies (one run for the most
+recent tick). Redis not answering is not a pause: the runs are made, and the reconciler adds
+their entries.
+
 `now` is a value (`clock`): the tests drive the ticker with a fake one. Which tick a due
 schedule makes, and the missed-ticks policy, are `shared.cron.due_tick`'s.
 """
@@ -23,6 +28,8 @@ from datetime import UTC, datetime
 import structlog
 
 from shared.config import Settings
+from shared.redis.admission import AdmissionIO
+from shared.redis.client import REDIS_ERRORS
 from shared.redis.runs import RedisIO
 from shared.store import Store
 from shared.store.schedules import Made
@@ -48,6 +55,7 @@ class Ticker:
         self.period = settings.schedule_tick_seconds
         self.store = store
         self.rio = rio
+        self.admission = AdmissionIO(rio.r, rio.keys)
         self.clock = clock
 
     async def run(self, stopping: asyncio.Event) -> None:
@@ -61,7 +69,9 @@ class Ticker:
 
     async def once(self, now: datetime | None = None) -> list[Made]:
         """One pass at `now` (default: the clock): the runs made, their entries added (or left
-        to the reconciler)."""
+        to the reconciler). Nothing while the kill switch is on."""
+        if await self._paused():
+            return []
         made = await self.store.schedules.tick(self.clock() if now is None else now, BATCH)
         if not made:
             return made
@@ -76,3 +86,9 @@ class Ticker:
                 enqueued=not refused,
             )
         return made
+
+    async def _paused(self) -> bool:
+        try:
+            return await self.admission.paused_reason() is not None
+        except REDIS_ERRORS:
+            return False  # Redis down is no pause: the reconciler enqueues what is made
