@@ -3,13 +3,17 @@ bad input a clear 4xx that writes nothing (rows counted before and after)."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
 
+from shared.redis.client import create_redis
+from shared.redis.keys import Keys
+from shared.redis.runs import RedisIO
 from shared.store import Store
+from worker.schedules import Ticker
 
 GOOD = {
     "cron": "0 9 * * 1-5",
@@ -219,8 +223,26 @@ async def test_a_shorter_minimum_interval_admits_a_seconds_schedule(api_factory,
         assert bad.json()["error"] == "schedule_too_frequent"
 
 
-async def test_metrics_count_schedules_and_the_runs_their_ticks_made(client):
-    await client.post("/schedules", json=GOOD)
+async def test_metrics_count_live_schedules_and_the_runs_their_ticks_made(client, store, settings):
+    # Given two schedules, one deleted, and two runs made by the live one's ticks
+    live = (await client.post("/schedules", json={**GOOD, "cron": "0 * * * *"})).json()
+    gone = (await client.post("/schedules", json=GOOD)).json()
+    assert (await client.delete(f"/schedules/{gone['schedule_id']}")).status_code == 204
+    rio = RedisIO(create_redis(settings, "test"), Keys.from_settings(settings), settings)
+    try:
+        ticker = Ticker(settings, store, rio)
+        due = datetime.fromisoformat(live["next_run_at"])
+        for hour in range(2):
+            made = await ticker.once(due + timedelta(hours=hour))
+            await store.db.execute(  # started, so the next tick makes its run
+                "UPDATE runs SET status = 'running' WHERE run_id = $1::uuid", made[0].run_id
+            )
+    finally:
+        await rio.aclose()
+
+    # When /metrics is scraped (this API's first scrape: fresh figures)
     text = (await client.get("/metrics")).text
-    assert "longrun_schedules 1.0" in text
-    assert "longrun_schedule_ticks_total 0.0" in text
+
+    # Then
+    assert "\nlongrun_schedules 1.0\n" in text
+    assert "\nlongrun_schedule_ticks_total 2.0\n" in text
