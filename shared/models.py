@@ -83,6 +83,13 @@ def sources(move: Transition) -> frozenset[RunStatus]:
     return frozenset(frm for (frm, mv) in TRANSITIONS if mv == move)
 
 
+@dataclass(frozen=True)
+class QueuedRun:
+    run_id: str
+    user_id: str
+    priority: str = "normal"
+
+
 # -- events ------------------------------------------------------------------------------------
 
 TERMINAL_EVENT_TYPES = frozenset({"done", "error", "cancelled"})
@@ -204,10 +211,3 @@ class Run(BaseModel):
 
 def _iso(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat()
-
-
-@dataclass(frozen=True)
-class QueuedRun:
-    run_id: str
-    user_id: str
-    priority: str = "normal"
