@@ -15,6 +15,7 @@ import pytest
 
 from shared.config import Settings
 from shared.cron import parse
+from shared.redis.admission import AdmissionIO
 from shared.redis.client import create_redis
 from shared.redis.keys import Keys
 from shared.redis.runs import RedisIO
@@ -279,7 +280,8 @@ async def test_no_schedule_ticks_while_paused_and_one_run_follows_the_resume(set
     # Given an hourly schedule, and the kill switch on from before its 13:00 tick
     s = await schedule(store, "0 * * * *")
     ticker = Ticker(settings, store, rio)
-    await ticker.admission.set_paused("incident")
+    switch = AdmissionIO(create_redis(settings, "test-switch"), Keys.from_settings(settings))
+    await switch.set_paused("incident")
 
     # When the ticker passes at 13:00 and 14:00: nothing is made, the schedule waits
     assert await ticker.once(T0 + timedelta(hours=1)) == []
@@ -289,6 +291,7 @@ async def test_no_schedule_ticks_while_paused_and_one_run_follows_the_resume(set
     assert waiting.next_tick_at == T0 + timedelta(hours=1)
 
     # Then after the resume, one run for the most recent tick (14:00), as after an outage
-    await ticker.admission.set_paused(None)
+    await switch.set_paused(None)
+    await switch.aclose()
     made = await ticker.once(T0 + timedelta(hours=2, minutes=5))
     assert [m.tick_at for m in made] == [T0 + timedelta(hours=2)]

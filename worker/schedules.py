@@ -28,7 +28,6 @@ from datetime import UTC, datetime
 import structlog
 
 from shared.config import Settings
-from shared.redis.admission import AdmissionIO
 from shared.redis.client import REDIS_ERRORS
 from shared.redis.runs import RedisIO
 from shared.store import Store
@@ -55,7 +54,6 @@ class Ticker:
         self.period = settings.schedule_tick_seconds
         self.store = store
         self.rio = rio
-        self.admission = AdmissionIO(rio.r, rio.keys)
         self.clock = clock
 
     async def run(self, stopping: asyncio.Event) -> None:
@@ -89,6 +87,6 @@ class Ticker:
 
     async def _paused(self) -> bool:
         try:
-            return await self.admission.paused_reason() is not None
+            return await self.rio.group.paused()
         except REDIS_ERRORS:
             return False  # Redis down is no pause: the reconciler enqueues what is made
