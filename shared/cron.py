@@ -20,6 +20,7 @@ schedule's previous run is still queued makes no run: `shared.store.schedules`.)
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -53,6 +54,13 @@ class Cron:
     seconds: bool  # six fields: the first is seconds
     fixed_hours: bool  # the hour field names hours (no wildcard): see the module docstring
 
+    def _next(self, it: croniter, *, prev: bool) -> datetime:
+        try:
+            tick: datetime = it.get_prev(datetime) if prev else it.get_next(datetime)
+        except CroniterBadDateError:
+            raise BadCron(f"cron: no tick within {SEARCH_YEARS} years") from None
+        return tick
+
     def _iter(self, start: datetime, *, is_prev: bool = False) -> croniter:
         return croniter(
             self.expr,
@@ -72,7 +80,7 @@ class Cron:
         """The first tick strictly after `t` (aware), in UTC."""
         it = self._iter(t)
         for _ in range(MAX_SKIPS):
-            tick: datetime = it.get_next(datetime)
+            tick = self._next(it, prev=False)
             if tick > t and not self._repeat(tick):
                 return tick.astimezone(UTC)
         raise BadCron("cron: no tick found")
@@ -81,17 +89,19 @@ class Cron:
         """The last tick at or before `t` (aware), in UTC."""
         it = self._iter(t + timedelta(microseconds=1), is_prev=True)
         for _ in range(MAX_SKIPS):
-            tick: datetime = it.get_prev(datetime)
+            tick = self._next(it, prev=True)
             if tick <= t and not self._repeat(tick):
                 return tick.astimezone(UTC)
         raise BadCron("cron: no tick found")
 
     def shortest_gap(self, start: datetime, n: int = GAP_SAMPLE) -> timedelta:
-        """The shortest time between two of the `n` ticks after `start`."""
+        """The shortest time between two of the `n` ticks after `start` (of those found within
+        the search's reach: `timedelta.max` when fewer than two are)."""
         ticks = [self.after(start)]
-        for _ in range(n - 1):
-            ticks.append(self.after(ticks[-1]))
-        return min(b - a for a, b in itertools.pairwise(ticks))
+        with contextlib.suppress(BadCron):
+            for _ in range(n - 1):
+                ticks.append(self.after(ticks[-1]))
+        return min((b - a for a, b in itertools.pairwise(ticks)), default=timedelta.max)
 
 
 def zone_of(name: str) -> ZoneInfo:

@@ -246,3 +246,10 @@ async def test_metrics_count_live_schedules_and_the_runs_their_ticks_made(client
     # Then
     assert "\nlongrun_schedules 1.0\n" in text
     assert "\nlongrun_schedule_ticks_total 2.0\n" in text
+
+
+async def test_a_rare_seconds_schedule_is_measured_not_a_500(client):
+    # a leap-day schedule with a seconds field: its gap is measured over the ticks in reach
+    resp = await client.post("/schedules", json={**GOOD, "cron": "0 0 0 29 2 *", "timezone": "UTC"})
+    assert resp.status_code == 201, resp.text
+    assert resp.json()["next_run_at"].endswith("-02-29T00:00:00+00:00")

@@ -46,6 +46,13 @@ def test_instants_with_microseconds_find_their_ticks_both_ways():
     assert daily.at_or_before(now) == datetime(2026, 12, 4, 6, 30, tzinfo=UTC)
 
 
+def test_a_rare_expression_measures_its_gap_over_the_ticks_within_reach():
+    # regression: the leap day's later ticks are past the search's reach; the gap check
+    # raised (a 500 on POST /schedules) instead of measuring the ticks it found
+    leap_day = parse("0 0 0 29 2 *", "UTC", T0)
+    assert leap_day.shortest_gap(T0) >= timedelta(days=365)
+
+
 def test_six_fields_read_the_first_as_seconds():
     every_5s = parse("*/5 * * * * *", "UTC", T0)
     assert ticks(every_5s, T0, 3) == [T0 + timedelta(seconds=s) for s in (5, 10, 15)]
