@@ -27,6 +27,7 @@ from api import (
     interrupts,
     ops,
     runs,
+    schedules,
     threads,
     wait,
     webhooks,
@@ -163,6 +164,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(diagnostics.router)
     app.include_router(threads.router)
     app.include_router(webhooks.router)
+    app.include_router(schedules.router)
     app.include_router(ops.router)
     docs.install(app)
     console.install(app)

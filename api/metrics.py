@@ -34,6 +34,7 @@ from shared.metrics import BREAKER_VALUES, RedisFigures, cluster_redis
 from shared.redis.client import REDIS_DOWN
 from shared.redis.ops import OpsIO
 from shared.store import RunFigures, Store
+from shared.store.schedules import ScheduleFigures
 
 REDIS_TTL = 1.0
 POSTGRES_TTL = 10.0
@@ -86,12 +87,14 @@ class ClusterCollector(Collector):
     def __init__(self) -> None:
         self.redis: Cached[RedisFigures] = Cached(REDIS_TTL)
         self.postgres: Cached[RunFigures] = Cached(POSTGRES_TTL)
+        self.schedules: Cached[ScheduleFigures] = Cached(POSTGRES_TTL)
         self.subscribers: Callable[[], int] = lambda: 0
 
     async def refresh(self, ops: OpsIO, settings: Settings, store: Store) -> None:
         await asyncio.gather(
             self.redis.get(lambda: cluster_redis(ops, settings)),
             self.postgres.get(store.ops.run_figures),
+            self.schedules.get(store.schedules.figures),
         )
 
     def collect(self) -> Iterator[Metric]:
@@ -112,6 +115,8 @@ class ClusterCollector(Collector):
             yield from _redis_metrics(self.redis.value)
         if self.postgres.value is not None:
             yield from _postgres_metrics(self.postgres.value)
+        if self.schedules.value is not None:
+            yield from _schedule_metrics(self.schedules.value)
 
 
 def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
@@ -186,6 +191,13 @@ def _redis_metrics(f: RedisFigures) -> Iterator[Metric]:
         for name in BREAKER_VALUES:
             breaker.add_metric([model, name], 1.0 if state == name else 0.0)
     yield breaker
+
+
+def _schedule_metrics(f: ScheduleFigures) -> Iterator[Metric]:
+    yield _gauge("longrun_schedules", "Live cron schedules (Postgres)", f.live)
+    yield CounterMetricFamily(
+        "longrun_schedule_ticks", "Runs made by schedules' ticks (Postgres)", value=f.ticks
+    )
 
 
 def _postgres_metrics(f: RunFigures) -> Iterator[Metric]:

@@ -60,6 +60,8 @@ def _dispatch(args: argparse.Namespace, process_env: Mapping[str, str]) -> int:
     env = config.environment(process_env)
     if cmd in ("submit", "runs"):
         return _api_client(args, env)
+    if cmd == "schedules":
+        return _schedules(args, env)
     settings = Settings.from_env(env)
     if cmd == "api":
         return _api(settings, args.host, args.port)
@@ -90,6 +92,27 @@ def _admin(args: argparse.Namespace, settings: Settings) -> int:
 
         return run_dlq(settings, args)
     raise AssertionError(cmd)
+
+
+def _schedules(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    from cli import schedules
+
+    target = config.api_target(env, args.url, args.key)
+    sub = args.schedules_command
+    if sub == "create":
+        new = schedules.NewSchedule(
+            args.cron, args.text, args.timezone, args.agent, args.params, args.thread
+        )
+        return schedules.create(target, new, as_json=args.json)
+    if sub == "list":
+        return schedules.list_schedules(
+            target, limit=args.limit, cursor=args.cursor, as_json=args.json
+        )
+    if sub == "get":
+        return schedules.get(target, args.schedule_id, as_json=args.json)
+    if sub == "delete":
+        return schedules.delete(target, args.schedule_id, as_json=args.json)
+    return schedules.runs(target, args.schedule_id, limit=args.limit, as_json=args.json)
 
 
 def _api_client(args: argparse.Namespace, env: Mapping[str, str]) -> int:

@@ -259,6 +259,52 @@ def _runs(sub: argparse._SubParsersAction[Parser], api_opts: Parser) -> None:
     _json_option(rs, "the API's answer")
 
 
+def _schedules(sub: argparse._SubParsersAction[Parser], api_opts: Parser) -> None:
+    sched = sub.add_parser(
+        "schedules",
+        help="cron schedules: a run at each tick",
+        description="Your cron schedules via the API: each tick makes one run.",
+    )
+    ssub = sched.add_subparsers(
+        dest="schedules_command", required=True, metavar="COMMAND", help=SUB_HELP
+    )
+    cr = ssub.add_parser(
+        "create",
+        parents=[api_opts],
+        help="make a schedule",
+        description="Make a schedule and print its id (stdout; its next run on stderr). "
+        "CRON: 5 fields (minute hour day month weekday), 6 with seconds first, or "
+        "@hourly/@daily/@weekly/@monthly/@yearly. A missed tick (no worker up) runs once, "
+        "late, then the cadence resumes.",
+    )
+    cr.add_argument("cron", help="the cron expression, e.g. '0 9 * * 1-5' (quote it)")
+    cr.add_argument("text", help="the input of each run")
+    cr.add_argument("--timezone", default="UTC", help="IANA time zone of CRON (default UTC)")
+    cr.add_argument("--agent", help="agent name (default chat; ticker counts)")
+    cr.add_argument("--params", help="agent params as a JSON object")
+    cr.add_argument("--thread", help="thread id: each run joins the thread's conversation")
+    _json_option(cr, "the schedule")
+    ls = ssub.add_parser(
+        "list", parents=[api_opts], help="your schedules", description="List schedules."
+    )
+    ls.add_argument("--limit", type=int, default=20, help="how many (1-200, default 20)")
+    ls.add_argument("--cursor", help="the next page, as printed after a full page")
+    _json_option(ls, "the page")
+    for verb, does in (("get", "show a schedule"), ("delete", "delete a schedule")):
+        v = ssub.add_parser(verb, parents=[api_opts], help=does, description=does.capitalize())
+        v.add_argument("schedule_id", help="the schedule's id")
+        _json_option(v, "the answer")
+    rn = ssub.add_parser(
+        "runs",
+        parents=[api_opts],
+        help="the runs a schedule made",
+        description="The runs a schedule made, newest tick first.",
+    )
+    rn.add_argument("schedule_id", help="the schedule's id")
+    rn.add_argument("--limit", type=int, default=20, help="how many (1-200, default 20)")
+    _json_option(rn, "the page")
+
+
 def build() -> Parser:
     p = Parser(
         prog="longrun",
@@ -272,4 +318,5 @@ def build() -> Parser:
     _dev_and_servers(sub)
     _admin(sub)
     _runs(sub, _api_options())
+    _schedules(sub, _api_options())
     return p

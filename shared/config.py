@@ -33,6 +33,7 @@ GROUPS = (
     "llm",
     "agents",
     "webhooks",
+    "schedules",
     "ops",
 )
 
@@ -428,6 +429,28 @@ class Settings:
     )
     webhook_concurrency: int = knob(
         16, "LONGRUN_WEBHOOK_CONCURRENCY", "webhooks", "attempts in flight per worker", minimum=0
+    )
+    # -- schedules -------------------------------------------------------------------------
+    schedule_tick_seconds: float = knob(
+        1.0,
+        "LONGRUN_SCHEDULE_TICK_SECONDS",
+        "schedules",
+        "how often each worker looks for due schedules",
+        minimum=0.01,
+    )
+    max_schedules_per_user: int = knob(
+        100,
+        "LONGRUN_MAX_SCHEDULES_PER_USER",
+        "schedules",
+        "live schedules a user may have",
+        minimum=0,
+    )
+    schedule_min_interval_seconds: float = knob(
+        60.0,
+        "LONGRUN_SCHEDULE_MIN_INTERVAL_SECONDS",
+        "schedules",
+        "shortest time a schedule may leave between two ticks",
+        minimum=1.0,
     )
     # -- ops -------------------------------------------------------------------------------
     log_json: bool | None = knob(

@@ -17,6 +17,7 @@ Loops, each its own task:
 - webhooks: due deliveries of runs' terminal states, claimed from Postgres and sent
   (`worker.webhooks`);
 - promoter: delayed runs that are due, taken from their set and enqueued (`worker.delayed`).
+- ticker: the runs of due cron schedules, made in Postgres and enqueued (`worker.schedules`).
 
 Shutdown is two-stage: the first SIGTERM/SIGINT drains (stop reading, let runs finish for
 `drain_seconds`, hand the rest over at once), a second one exits immediately.
@@ -65,6 +66,7 @@ from worker.batches import RunWrites
 from worker.delayed import promote_forever
 from worker.policies import RETRYABLE
 from worker.reconcile import reconcile_once
+from worker.schedules import Ticker
 from worker.webhooks import Sender
 
 log = structlog.get_logger("longrun.worker")
@@ -210,7 +212,8 @@ class Worker:
             await conn.close()
         self._clients = await Clients.open(s, self.keys, self.name)
         self.redis_run_id = await self.rio.group.server_run_id()
-        for loop in (self._consume, self._reclaim, self._reconcile, self._webhooks, self._promote):
+        loops = (self._consume, self._reclaim, self._reconcile, self._webhooks)
+        for loop in (*loops, self._promote, self._ticker):
             self._tasks.append(
                 asyncio.create_task(self._forever(loop, self.stopping), name=loop.__name__)
             )
@@ -414,6 +417,9 @@ class Worker:
 
     async def _webhooks(self) -> None:
         await Sender(self.settings, self.store).run(self.stopping)
+
+    async def _ticker(self) -> None:
+        await Ticker(self.settings, self.store, self.rio).run(self.stopping)
 
     async def _heartbeat(self) -> None:
         s = self.settings

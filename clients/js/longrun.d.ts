@@ -165,6 +165,33 @@ export interface Answer<T> {
   body: T;
 }
 
+
+/** `POST /schedules`: a cadence and the run each of its ticks makes. */
+export interface ScheduleRequest {
+  cron: string;
+  timezone?: string;
+  input: string;
+  agent?: string | null;
+  params?: Record<string, unknown> | null;
+  threadId?: string | null;
+  metadata?: Record<string, unknown> | null;
+}
+
+export interface Schedule {
+  schedule_id: string;
+  cron: string;
+  timezone: string;
+  agent: string;
+  input: string;
+  params: Record<string, unknown>;
+  metadata: Record<string, unknown>;
+  thread_id: string | null;
+  next_run_at: string;
+  last_run_at: string | null;
+  runs_made: number;
+  created_at: string;
+  url: string;
+}
 export class Client {
   constructor(options?: ClientOptions);
   baseUrl: string;
@@ -210,6 +237,21 @@ export class Client {
     threadId: string,
     options?: { after?: number; limit?: number; signal?: AbortSignal },
   ): Promise<{ thread_id: string; messages: Record<string, unknown>[]; next_after: number | null }>;
+  createSchedule(
+    req: ScheduleRequest,
+    options?: { signal?: AbortSignal },
+  ): Promise<Schedule>;
+  listSchedules(options?: {
+    limit?: number;
+    cursor?: string | null;
+    signal?: AbortSignal;
+  }): Promise<{ schedules: Schedule[]; next_cursor: string | null }>;
+  getSchedule(scheduleId: string, options?: { signal?: AbortSignal }): Promise<Schedule>;
+  deleteSchedule(scheduleId: string, options?: { signal?: AbortSignal }): Promise<void>;
+  scheduleRuns(
+    scheduleId: string,
+    options?: { limit?: number; cursor?: string | null; signal?: AbortSignal },
+  ): Promise<{ schedule_id: string; runs: (Run & { tick_at: string })[]; next_cursor: string | null }>;
   wait(runId: string, options?: WaitOptions): Promise<Run>;
   stream(runId: string, options?: StreamOptions): AsyncGenerator<RunEvent, void, undefined>;
   createAndStream(

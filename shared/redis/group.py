@@ -168,6 +168,10 @@ class GroupIO:
         info = await self.r.info("server")
         return str(info.get("run_id", ""))
 
+    async def paused(self) -> bool:
+        """Whether the kill switch is on (`longrun pause`): workers' schedules hold while it is."""
+        return bool(await self.r.exists(self.keys.paused))
+
     async def queued_run_ids(self, batch: int = 1000) -> set[str]:
         """Run ids of every entry in the queue stream (pending ones included)."""
         found: set[str] = set()

@@ -10,6 +10,7 @@ repositories, one per concern, each a plain object holding the shared `Database`
     store.users    API keys and the daily spend ledger                      (users.py)
     store.ops      dead-letter retries and the figures of `/metrics`        (ops.py)
     store.webhooks webhook deliveries and attempts; secrets rotated       (webhooks.py)
+    store.schedules  cron schedules and the tick that makes their runs    (schedules.py)
 
 Row shapes and the record -> model conversions are in `rows.py`, the finished-run counters
 every terminal commit adds to in `counters.py` (and the webhook delivery it records, in
@@ -27,6 +28,7 @@ from shared.store.ops import OpsRepo
 from shared.store.pool import PG_DOWN, Database, connect
 from shared.store.rows import ActiveKey, ApiKey, Asking, Finishing, NewRun, RunFigures, Submitted
 from shared.store.runs import RunRepo
+from shared.store.schedules import ScheduleRepo
 from shared.store.submits import SubmitRepo
 from shared.store.threads import ThreadRepo
 from shared.store.users import UserRepo
@@ -48,6 +50,7 @@ class Store:
         self.ops = OpsRepo(db)
         self.interrupts = InterruptRepo(db, self.threads)
         self.webhooks = WebhookRepo(db)
+        self.schedules = ScheduleRepo(db)
 
     @classmethod
     async def open(cls, settings: Settings, app_name: str) -> Store:

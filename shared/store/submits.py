@@ -132,6 +132,13 @@ async def _insert_runs(
     return [(str(i), created[i]) if i in created else None for i in ids]
 
 
+async def insert_queued(c: asyncpg.Connection, news: Sequence[NewRun]) -> list[str]:
+    """Queued runs without Idempotency-Keys inserted by `INSERT_RUNS` on `c` (within the
+    caller's transaction: a schedule's tick, `shared.store.schedules`); their ids, in order."""
+    inserted = await _insert_runs(c, news, None, 0)
+    return [i[0] for i in inserted if i is not None]
+
+
 def _fresh(new: NewRun, inserted: tuple[str, datetime] | None) -> Submitted:
     if inserted is None:
         raise _KeyTaken

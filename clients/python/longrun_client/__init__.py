@@ -43,6 +43,7 @@ from longrun_client.models import (
     ToolStartEvent,
     UsageEvent,
 )
+from longrun_client.schedules import Schedule, SchedulePage
 from longrun_client.sync import Client
 
 __all__ = [
@@ -67,6 +68,8 @@ __all__ = [
     "Resumption",
     "Run",
     "RunPage",
+    "Schedule",
+    "SchedulePage",
     "ServerError",
     "ServiceUnavailable",
     "StartEvent",

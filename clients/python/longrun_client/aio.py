@@ -48,6 +48,7 @@ from longrun_client.models import (
     RunPage,
     Submission,
 )
+from longrun_client.schedules import AsyncSchedules
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 WAIT_POLL = 30.0  # seconds one wait request asks for: under common proxies' idle timeouts
@@ -96,6 +97,7 @@ class AsyncClient:
         }
         self.runs = AsyncRuns(self)
         self.threads = AsyncThreads(self)
+        self.schedules = AsyncSchedules(self)
 
     async def __aenter__(self) -> Self:
         return self

@@ -22,6 +22,7 @@ from longrun_client.models import (
     RunPage,
     Submission,
 )
+from longrun_client.schedules import Schedules
 
 T = TypeVar("T")
 
@@ -72,6 +73,7 @@ class Client:
         self.base_url = self._async.base_url
         self.runs = Runs(self._async.runs, self._loop)
         self.threads = Threads(self._async.threads, self._loop)
+        self.schedules = Schedules(self._async.schedules, self._loop)
 
     def __enter__(self) -> Self:
         return self
