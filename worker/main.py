@@ -432,7 +432,7 @@ class Worker:
             self.redis_broken = True
             raise
         self.last_renewal = now
-        if self.redis_broken:
+        if self.redis_broken or self.rio.group.spans_nodes:
             self.redis_broken = False
             await self._check_redis_restarted()
         for entry_id in lost:
