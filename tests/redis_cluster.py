@@ -20,9 +20,13 @@ import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+
+from shared.config import Settings
+from shared.redis.client import create_redis
 
 SLOTS = 16384
 # A cluster node also listens on its port + 10000 (the cluster bus), so its port is at most this.
@@ -464,3 +468,35 @@ def redis_sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSe
         yield setup
     finally:
         setup.stop()
+
+
+def open_redis(url: str) -> Any:
+    """A client for a test's REDIS_URL of any topology (`redis://`, `redis+cluster://`,
+    `redis+sentinel://`), built as the platform builds its own."""
+    return create_redis(Settings.from_env({"REDIS_URL": url}), "longrun-test")
+
+
+class LentTopology:
+    """A session topology (`LocalCluster`, `LocalSentinel`) lent to one chaos `Stack`, which
+    uses its own key prefix there: `stop` deletes that prefix's keys and leaves the servers
+    running; `restart_empty` restarts every primary empty (a cluster)."""
+
+    def __init__(self, topology: LocalCluster | LocalSentinel, prefix: str) -> None:
+        self.topology = topology
+        self.prefix = prefix
+
+    @property
+    def url(self) -> str:
+        return self.topology.url
+
+    async def restart_empty(self) -> None:
+        assert isinstance(self.topology, LocalCluster)
+        await self.topology.restart_empty()
+
+    async def stop(self) -> None:
+        r = open_redis(self.url)
+        try:
+            async for key in r.scan_iter(match=f"{self.prefix}:*", count=1000):
+                await r.delete(key)
+        finally:
+            await r.aclose()

@@ -54,8 +54,10 @@ REDIS_DOWN: tuple[type[BaseException], ...] = (RedisConnectionError, RedisTimeou
 REDIS_UNREACHABLE: tuple[type[BaseException], ...] = (RedisConnectionError, RedisTimeoutError)
 RedisTimeout = RedisTimeoutError
 # Any Redis failure, including replies the code does not expect (`MOVED` from a cluster node,
-# `WRONGTYPE`, `OOM`, `NOPERM`): what a caller that must not crash catches.
-REDIS_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError)
+# `WRONGTYPE`, `OOM`, `NOPERM`), and the cluster client's own refusals (a command whose keys
+# cross slots, no reachable node), which are not `RedisError`s: what a caller that must not
+# crash catches.
+REDIS_ERRORS: tuple[type[BaseException], ...] = (RedisError, RedisClusterException, OSError)
 
 
 def reply_word(exc: BaseException) -> str:
