@@ -61,6 +61,7 @@ from shared.tools import load_tools
 from worker.attempt import AttemptState, Deps, execute
 from worker.attempt.state import outage_seconds
 from worker.batches import RunWrites
+from worker.heal import RecentEnds, heal_recent_ends
 from worker.policies import RETRYABLE
 from worker.reconcile import reconcile_once
 from worker.webhooks import Sender
@@ -173,6 +174,8 @@ class Worker:
         # Set when Redis may have lost data (restarted, group gone): the reconciler runs now.
         self.reconcile_now = asyncio.Event()
         self.redis_run_id: str | None = None  # Redis' INFO run_id, to see a restart
+        self.recent_ends = RecentEnds()  # runs ended lately, healed after a failover
+        self._healing: asyncio.Task[None] | None = None
         self.redis_broken = False  # a heartbeat failed since the last good one
         self._tasks: list[asyncio.Task[None]] = []
         self.reads = 0  # XREADGROUP calls, and the entries they brought (batch_stats)
@@ -278,6 +281,9 @@ class Worker:
             log.info("worker_stopped", batches=self.batch_stats())
 
     async def _stop_tasks(self) -> None:
+        if self._healing is not None:
+            self._healing.cancel()
+            await asyncio.gather(self._healing, return_exceptions=True)
         for t in self._tasks:
             t.cancel()
         # Bounded: a loop whose cancellation a library swallowed must not hold the shutdown.
@@ -355,6 +361,7 @@ class Worker:
         entry is re-delivered)."""
         slot = self.slots.pop(entry_id, None)
         if slot is not None:
+            self.recent_ends.add(slot.attempt.run_id, slot.attempt.seq)
             self.acking[entry_id] = slot
             self.free.set()
             self.load_changed.set()
@@ -466,6 +473,13 @@ class Worker:
             log.warning("redis_restarted")
             self.redis_run_id = run_id
             self.reconcile_now.set()
+            if self._healing is None or self._healing.done():  # off the heartbeat's path
+                self._healing = asyncio.create_task(self._heal_recent_ends())
+
+    async def _heal_recent_ends(self) -> None:
+        healed = await heal_recent_ends(self.settings, self.store, self.rio, self.recent_ends)
+        if healed:
+            log.info("redis_tails_healed", runs=healed)
 
     async def _touch(self) -> None:
         """The Postgres heartbeat of this worker's runs: keeps live runs out of the
