@@ -326,3 +326,34 @@ async def test_a_sentinel_client_follows_a_failover(
         assert await io.group.server_run_id() != before
     finally:
         await r.aclose()
+
+
+# -- deploy/compose.cluster.yaml -----------------------------------------------------------------
+
+
+def test_the_cluster_compose_file_runs_the_platform_on_a_3_primary_cluster() -> None:
+    import yaml
+
+    doc = yaml.safe_load((Path(__file__).parent.parent / "deploy/compose.cluster.yaml").read_text())
+    services = doc["services"]
+    nodes = {
+        name: s["networks"]["redis"]["ipv4_address"]
+        for name, s in services.items()
+        if name.startswith("redis-") and name != "redis-cluster-init"
+    }
+    assert len(nodes) == 6
+    for name in nodes:
+        cmd = services[name]["command"]
+        assert cmd[cmd.index("--cluster-enabled") + 1] == "yes"
+        assert cmd[cmd.index("--maxmemory-policy") + 1] == "noeviction"
+    init = " ".join(services["redis-cluster-init"]["command"])
+    assert "--cluster-replicas 1" in init
+    assert all(f"{ip}:6379" in init for ip in nodes.values())  # 6 nodes, 1 replica: 3 primaries
+    for svc in ("migrate", "api", "worker"):
+        target = RedisTarget.parse(services[svc]["environment"]["REDIS_URL"])
+        assert target.mode == "cluster"
+        assert {h for h, _ in target.nodes} <= set(nodes.values())
+    for svc in ("api", "worker"):
+        assert services[svc]["depends_on"]["redis-cluster-init"] == {
+            "condition": "service_completed_successfully"
+        }
