@@ -321,6 +321,8 @@ class LocalSentinel:
             "--dir", str(work),
             "--save", "",
             "--appendonly", "no",
+            # A replica's first sync at once (Redis waits 5 s for more replicas by default)
+            "--repl-diskless-sync-delay", "0",
             "--logfile", str(work / "redis.log"),
         ]  # fmt: skip
         if replica_of is not None:

@@ -16,6 +16,7 @@ import pytest
 from redis.cluster import key_slot
 from redis.exceptions import ClusterCrossSlotError, RedisClusterException
 
+from cli.status import gather as status_gather
 from shared.config import Settings
 from shared.errors import ConfigError
 from shared.metrics import as_dict, cluster_redis
@@ -255,6 +256,8 @@ async def test_reads_gather_from_every_primary(on_cluster: Settings, redis_clust
         # the status snapshot (`/metrics`, `longrun status`)
         snap = as_dict(await cluster_redis(OpsIO(r, keys), on_cluster), on_cluster)
         assert snap["breakers"] == dict.fromkeys(models, "open")
+        figures = await status_gather(on_cluster)  # `longrun status`'s own client
+        assert figures.breakers == dict.fromkeys(models, "open")
     finally:
         await r.aclose()
 
@@ -357,3 +360,11 @@ def test_the_cluster_compose_file_runs_the_platform_on_a_3_primary_cluster() -> 
         assert services[svc]["depends_on"]["redis-cluster-init"] == {
             "condition": "service_completed_successfully"
         }
+
+
+def test_cluster_and_sentinel_urls_print_without_their_passwords() -> None:
+    from cli.config import redacted
+
+    assert redacted("redis+cluster://u:pw@h1:1,h2:2") == "redis+cluster://u:***@h1:1,h2:2"
+    shown = redacted("redis+sentinel://:pw@s1,s2/m/0?sentinel_password=zz")
+    assert shown == "redis+sentinel://:***@s1,s2/m/0?sentinel_password=***"
