@@ -20,7 +20,7 @@ from cli.status import gather as status_gather
 from shared.config import Settings
 from shared.errors import ConfigError
 from shared.metrics import as_dict, cluster_redis
-from shared.models import Event
+from shared.models import Event, encode_event
 from shared.redis import scripts
 from shared.redis.breakers import BreakerIO
 from shared.redis.client import (
@@ -34,8 +34,10 @@ from shared.redis.group import GroupIO
 from shared.redis.keys import Keys
 from shared.redis.ops import OpsIO
 from shared.redis.runs import RedisIO
-from tests.helpers import assert_gapless_ticker, read_events, submit, wait_status
+from shared.store import EventBatch
+from tests.helpers import assert_gapless_ticker, queued_run, read_events, submit, wait_status
 from tests.redis_cluster import LocalCluster, LocalSentinel
+from worker.heal import RecentEnds, heal_recent_ends
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -368,3 +370,43 @@ def test_cluster_and_sentinel_urls_print_without_their_passwords() -> None:
     assert redacted("redis+cluster://u:pw@h1:1,h2:2") == "redis+cluster://u:***@h1:1,h2:2"
     shown = redacted("redis+sentinel://:pw@s1,s2/m/0?sentinel_password=zz")
     assert shown == "redis+sentinel://:***@s1,s2/m/0?sentinel_password=***"
+
+
+# -- what a failover lost of runs that ended ---------------------------------------------------
+
+
+async def test_a_failover_losing_an_ended_runs_tail_is_healed_from_the_archive(
+    settings: Settings, store
+) -> None:
+
+    r = create_redis(settings, "t")
+    rio = RedisIO(r, Keys.from_settings(settings), settings)
+    try:
+        # Given two runs that ended at seq 5 (archived), of which Redis kept, after a failover,
+        # the first three events of one and nothing of the other
+        ids = [(await queued_run(store)).run_id for _ in range(2)]
+        log = [encode_event(1, {"type": "start", "agent": "ticker"})]
+        log += [encode_event(i, {"type": "token", "text": str(i)}) for i in (2, 3, 4)]
+        log.append(encode_event(5, {"type": "done", "output": {}}))
+        for run_id in ids:
+            await store.runs.claim(run_id, reclaim=False)
+            assert await store.events.append_many([EventBatch(run_id, 1, log)]) == [None]
+        await rio.fence(ids[0], 1, "w", "")
+        await rio.append(ids[0], 1, log[:3])
+        ends = RecentEnds()
+        for run_id in ids:
+            ends.add(run_id, 5)
+
+        # When the worker that ended them heals what it ended lately
+        healed = await heal_recent_ends(settings, store, rio, ends)
+
+        # Then the first run's log is whole in Redis again, closed by its end; the one Redis
+        # lost entirely is left to the archive; a second pass finds nothing to do
+        assert healed == 1
+        assert [e.seq for e in await rio.events_after(ids[0], 0)] == [1, 2, 3, 4, 5]
+        assert await r.hget(rio.keys.run_meta(ids[0]), "closed") == b"5"
+        assert await r.ttl(rio.keys.events(ids[0])) > 0
+        assert await rio.events_after(ids[1], 0) == []
+        assert await heal_recent_ends(settings, store, rio, ends) == 0
+    finally:
+        await r.aclose()
