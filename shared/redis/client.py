@@ -346,6 +346,7 @@ def url_answers(url: str, timeout: float, shown_as: str, mode: str = "auto") -> 
     target = RedisTarget.parse(url, mode)
     opts: dict[str, Any] = {"socket_connect_timeout": timeout, "socket_timeout": timeout}
     client: Any
+    sentinels: list[Any] = []
     if target.mode == "cluster":
         try:
             client = redis.RedisCluster(
@@ -371,6 +372,7 @@ def url_answers(url: str, timeout: float, shown_as: str, mode: str = "auto") -> 
             ssl=target.ssl,
             **opts,
         )
+        sentinels = list(sentinel.sentinels)
     else:
         client = redis.Redis.from_url(url, **opts)
     try:
@@ -381,6 +383,8 @@ def url_answers(url: str, timeout: float, shown_as: str, mode: str = "auto") -> 
         return False
     finally:
         client.close()
+        for s in sentinels:
+            s.close()
     return True
 
 
