@@ -440,8 +440,8 @@ class Worker:
             raise
         self.last_renewal = now
         if self.redis_broken or self.rio.group.spans_nodes:
-            self.redis_broken = False
-            await self._check_redis_restarted()
+            # Cleared only once the run ids were read: a check that fails is made again.
+            self.redis_broken = not await self._check_redis_restarted(self.redis_broken)
         for entry_id in lost:
             lost_slot = self.slots.get(entry_id)
             if lost_slot is not None:
@@ -465,16 +465,24 @@ class Worker:
         }
         await self.rio.group.beat(self.name, figures, self._info_ttl())
 
-    async def _check_redis_restarted(self) -> None:
-        """After a failed heartbeat: if Redis is another process now (restarted, failed over),
-        it may have lost entries: reconcile at once."""
-        run_id = await self.rio.group.server_run_id()
-        if run_id != self.redis_run_id:
+    async def _check_redis_restarted(self, after_outage: bool) -> bool:
+        """After a failed heartbeat (and on every heartbeat on a cluster): if Redis is another
+        process now (restarted, failed over), it may have lost entries: reconcile at once. Then,
+        and after any outage (copies of ended runs may have failed), mend the tails of the runs
+        ended lately (`worker.heal`). False when the run ids could not be read."""
+        try:
+            run_id = await self.rio.group.server_run_id()
+        except REDIS_ERRORS as exc:
+            log.warning("redis_run_id_unread", error=type(exc).__name__)
+            return False
+        restarted = run_id != self.redis_run_id
+        if restarted:
             log.warning("redis_restarted")
             self.redis_run_id = run_id
             self.reconcile_now.set()
-            if self._healing is None or self._healing.done():  # off the heartbeat's path
-                self._healing = asyncio.create_task(self._heal_recent_ends())
+        if (restarted or after_outage) and (self._healing is None or self._healing.done()):
+            self._healing = asyncio.create_task(self._heal_recent_ends())  # off this path
+        return True
 
     async def _heal_recent_ends(self) -> None:
         healed = await heal_recent_ends(self.settings, self.store, self.rio, self.recent_ends)
