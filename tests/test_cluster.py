@@ -410,3 +410,16 @@ async def test_a_failover_losing_an_ended_runs_tail_is_healed_from_the_archive(
         assert await heal_recent_ends(settings, store, rio, ends) == 0
     finally:
         await r.aclose()
+
+
+def test_a_statement_postgres_rolled_back_to_break_a_deadlock_is_retried_as_unavailable() -> None:
+    """Workers' batched statements lock many runs' rows; a burst of re-claims after a failover
+    crossed two of them, and the run failed `agent_crashed`. Nothing was written: retry."""
+    import asyncpg
+
+    from shared.errors import Unavailable
+    from shared.store.pool import _mapped
+
+    for exc in (asyncpg.exceptions.DeadlockDetectedError, asyncpg.exceptions.SerializationError):
+        with pytest.raises(Unavailable, match="rolled back"), _mapped():
+            raise exc("rolled back")
