@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 import shlex
 import sys
 from collections.abc import Mapping
@@ -53,12 +54,15 @@ def dev_home(
 
 
 def redacted(url: str) -> str:
-    """The URL without its password, fit to print."""
+    """The URL without its passwords (a Sentinel URL's `sentinel_password` too), fit to print."""
     parts = urlsplit(url)
-    if parts.password is None:
+    query = re.sub(r"(^|&)(sentinel_password)=[^&]*", r"\1\2=***", parts.query)
+    if parts.password is None and query == parts.query:
         return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
+    netloc = parts.netloc
+    if parts.password is not None:
+        netloc = netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 # ---- the env file: pure parts

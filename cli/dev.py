@@ -108,10 +108,11 @@ def child_env(
 # ---- probing the configured servers
 
 
-def redis_answers(url: str, timeout: float = PROBE_TIMEOUT) -> bool:
-    """True if the Redis at `url` answers PING; False if nothing (usable) listens there.
-    A Redis that answers but refuses us is a configuration error, not a reason to embed."""
-    return url_answers(url, timeout, shown_as=redacted(url))
+def redis_answers(url: str, timeout: float = PROBE_TIMEOUT, mode: str = "auto") -> bool:
+    """True if the Redis at `url` answers PING (a cluster: its slot map loads; Sentinel: the
+    primary it names answers); False if nothing (usable) listens there. A Redis that answers
+    but refuses us is a configuration error, not a reason to embed."""
+    return url_answers(url, timeout, shown_as=redacted(url), mode=mode)
 
 
 async def _postgres_state(url: str, connect_timeout: float) -> PgState:
@@ -214,7 +215,7 @@ class Backends:
 
 
 def _provide_redis(settings: Settings, force: bool, home: Path, into: Backends) -> None:
-    if not force and redis_answers(settings.redis_url):
+    if not force and redis_answers(settings.redis_url, mode=settings.redis_mode):
         into.redis_url = settings.redis_url
         into.redis_desc = f"{redacted(settings.redis_url)} (configured)"
         return

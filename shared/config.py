@@ -70,6 +70,16 @@ class Settings:
 
     # -- servers ---------------------------------------------------------------------------
     redis_url: str = knob("redis://127.0.0.1:6379/0", "REDIS_URL", "servers", "Redis")
+    # How REDIS_URL is read: `auto` by its scheme (`redis://` one server, `redis+cluster://`
+    # a Redis Cluster, `redis+sentinel://` a Sentinel-watched primary); `cluster` makes a plain
+    # `redis://host:port` URL a cluster's seed node.
+    redis_mode: str = knob(
+        "auto",
+        "LONGRUN_REDIS_MODE",
+        "servers",
+        "Redis topology: auto, single, cluster or sentinel",
+        parse=lambda env, raw: _choice(env, raw, ("auto", "single", "cluster", "sentinel")),
+    )
     database_url: str = knob(
         "postgresql://postgres@127.0.0.1:5432/longrun", "DATABASE_URL", "servers", "Postgres"
     )
@@ -560,6 +570,13 @@ def _base_url(env: str, raw: str) -> str:
     if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
         raise ConfigError(f"{env} must be an http(s) URL like https://api.example.com, got {raw!r}")
     return raw.rstrip("/")
+
+
+def _choice(env: str, raw: str, choices: tuple[str, ...]) -> str:
+    text = raw.strip().lower()
+    if text not in choices:
+        raise ConfigError(f"{env} must be one of {', '.join(choices)}, got {raw!r}")
+    return text
 
 
 def _hosts(env: str, raw: str) -> tuple[str, ...]:

@@ -260,3 +260,7 @@ async def receiver(secret: str) -> AsyncIterator[Any]:
 
     async with Receiver(secret) as r:
         yield r
+
+
+# The real Redis Cluster and Sentinel setup (session-scoped, started on first use).
+from tests.redis_cluster import redis_cluster, redis_sentinel  # noqa: E402, F401

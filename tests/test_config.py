@@ -42,6 +42,8 @@ def test_every_knob_round_trips_through_the_environment() -> None:
             changed[f.name] = ("a=b:c", "d")
         elif f.name == "public_url":
             changed[f.name] = "https://api.example.com"
+        elif f.name == "redis_mode":
+            changed[f.name] = "cluster"
         else:
             changed[f.name] = f"value-of-{f.name}"
     s = Settings(**changed)  # type: ignore[arg-type]

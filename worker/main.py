@@ -64,6 +64,7 @@ from worker.attempt import AttemptState, Deps, execute
 from worker.attempt.state import outage_seconds
 from worker.batches import RunWrites
 from worker.delayed import promote_forever
+from worker.heal import RecentEnds, heal_recent_ends
 from worker.policies import RETRYABLE
 from worker.reconcile import reconcile_once
 from worker.schedules import Ticker
@@ -177,6 +178,8 @@ class Worker:
         # Set when Redis may have lost data (restarted, group gone): the reconciler runs now.
         self.reconcile_now = asyncio.Event()
         self.redis_run_id: str | None = None  # Redis' INFO run_id, to see a restart
+        self.recent_ends = RecentEnds()  # runs ended lately, healed after a failover
+        self._healing: asyncio.Task[None] | None = None
         self.redis_broken = False  # a heartbeat failed since the last good one
         self._tasks: list[asyncio.Task[None]] = []
         self.reads = 0  # XREADGROUP calls, and the entries they brought (batch_stats)
@@ -283,6 +286,9 @@ class Worker:
             log.info("worker_stopped", batches=self.batch_stats())
 
     async def _stop_tasks(self) -> None:
+        if self._healing is not None:
+            self._healing.cancel()
+            await asyncio.gather(self._healing, return_exceptions=True)
         for t in self._tasks:
             t.cancel()
         # Bounded: a loop whose cancellation a library swallowed must not hold the shutdown.
@@ -360,6 +366,7 @@ class Worker:
         entry is re-delivered)."""
         slot = self.slots.pop(entry_id, None)
         if slot is not None:
+            self.recent_ends.add(slot.attempt.run_id, slot.attempt.seq)
             self.acking[entry_id] = slot
             self.free.set()
             self.load_changed.set()
@@ -443,9 +450,9 @@ class Worker:
             self.redis_broken = True
             raise
         self.last_renewal = now
-        if self.redis_broken:
-            self.redis_broken = False
-            await self._check_redis_restarted()
+        if self.redis_broken or self.rio.group.spans_nodes:
+            # Cleared only once the run ids were read: a check that fails is made again.
+            self.redis_broken = not await self._check_redis_restarted(self.redis_broken)
         for entry_id in lost:
             lost_slot = self.slots.get(entry_id)
             if lost_slot is not None:
@@ -469,14 +476,29 @@ class Worker:
         }
         await self.rio.group.beat(self.name, figures, self._info_ttl())
 
-    async def _check_redis_restarted(self) -> None:
-        """After a failed heartbeat: if Redis is another process now (restarted, failed over),
-        it may have lost entries: reconcile at once."""
-        run_id = await self.rio.group.server_run_id()
-        if run_id != self.redis_run_id:
+    async def _check_redis_restarted(self, after_outage: bool) -> bool:
+        """After a failed heartbeat (and on every heartbeat on a cluster): if Redis is another
+        process now (restarted, failed over), it may have lost entries: reconcile at once. Then,
+        and after any outage (copies of ended runs may have failed), mend the tails of the runs
+        ended lately (`worker.heal`). False when the run ids could not be read."""
+        try:
+            run_id = await self.rio.group.server_run_id()
+        except REDIS_ERRORS as exc:
+            log.warning("redis_run_id_unread", error=type(exc).__name__)
+            return False
+        restarted = run_id != self.redis_run_id
+        if restarted:
             log.warning("redis_restarted")
             self.redis_run_id = run_id
             self.reconcile_now.set()
+        if (restarted or after_outage) and (self._healing is None or self._healing.done()):
+            self._healing = asyncio.create_task(self._heal_recent_ends())  # off this path
+        return True
+
+    async def _heal_recent_ends(self) -> None:
+        healed = await heal_recent_ends(self.settings, self.store, self.rio, self.recent_ends)
+        if healed:
+            log.info("redis_tails_healed", runs=healed)
 
     async def _touch(self) -> None:
         """The Postgres heartbeat of this worker's runs: keeps live runs out of the

@@ -5,29 +5,43 @@ reconciler's reads and housekeeping (its lock, the run ids queued, dead workers 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from types import TracebackType
 from typing import Any
 
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
 from shared.redis import scripts
-from shared.redis.client import REDIS_ERRORS, Redis
+from shared.redis.client import REDIS_ERRORS, Redis, server_run_ids
 from shared.redis.codec import QueueEntry, parse_queue_entry, text
 from shared.redis.keys import DEAD_LETTER_MAXLEN, Keys
 
 
 class CancelFeed:
-    """The run ids published on the cancel channel, as they come (`async with`)."""
+    """The run ids published on the cancel channel, as they come (`async with`).
+
+    On a Redis Cluster the channel is a shard channel (SSUBSCRIBE/SPUBLISH, Redis 7): it lives
+    on the node owning its slot, so a cancel is not broadcast over the whole cluster bus, and
+    redis-py follows the channel to its new node after a failover or a slot move. On one
+    server, plain SUBSCRIBE/PUBLISH (Redis 6.2 has no shard channels). Either way the channel
+    is a fast path only: the cancel flag in the run's meta hash (cancel.lua), which every
+    append reports, and Postgres (the worker's touch) are what a cancel cannot be lost from.
+    """
 
     def __init__(self, r: Redis, channel: str) -> None:
-        self._pubsub = r.pubsub()
+        self._sharded = isinstance(r, RedisCluster)
+        self._pubsub: Any = r.pubsub()
         self._channel = channel
 
     async def __aenter__(self) -> CancelFeed:
         try:
-            await self._pubsub.subscribe(self._channel)
+            if self._sharded:
+                await self._pubsub.ssubscribe(self._channel)
+            else:
+                await self._pubsub.subscribe(self._channel)
         except BaseException:
             await self._close()
             raise
@@ -44,11 +58,31 @@ class CancelFeed:
 
     async def next(self, wait_seconds: float) -> str | None:
         """The next run id, or None when none came within `wait_seconds`."""
-        msg = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=wait_seconds)
+        if self._sharded:
+            began = time.monotonic()
+            msg = await self._pubsub.get_sharded_message(
+                ignore_subscribe_messages=True, timeout=wait_seconds
+            )
+            if msg is None and time.monotonic() - began < wait_seconds / 2:
+                # It returns at once for a subscribe confirmation, or while it has no node to
+                # poll (between a failover and its re-subscription): wait, do not spin.
+                await asyncio.sleep(min(wait_seconds, 0.1))
+        else:
+            msg = await self._pubsub.get_message(
+                ignore_subscribe_messages=True, timeout=wait_seconds
+            )
         if msg is None:
             return None
         data = msg["data"]
         return data.decode() if isinstance(data, bytes) else str(data)
+
+
+async def publish_cancel(r: Redis, channel: str, run_id: str) -> None:
+    """Tell the workers' `CancelFeed`s (a shard channel on a cluster, see there)."""
+    if isinstance(r, RedisCluster):
+        await r.spublish(channel, run_id)
+    else:
+        await r.publish(channel, run_id)
 
 
 class GroupIO:
@@ -162,11 +196,18 @@ class GroupIO:
         """Let the next pass (any worker's) run at once, if this owner still holds it."""
         await self._release(keys=[self.keys.reconcile_lock], args=[owner])
 
+    @property
+    def spans_nodes(self) -> bool:
+        """The data lives on several primaries (a cluster): one may restart or fail over while
+        the queue's node (every heartbeat's renew) answers, so `server_run_id` must be watched
+        on every heartbeat, not only after a failed one."""
+        return isinstance(self.r, RedisCluster)
+
     async def server_run_id(self) -> str:
         """Redis' own run id (`INFO server`): a new one means a restarted (or failed-over)
-        server, which may have lost what it had not persisted."""
-        info = await self.r.info("server")
-        return str(info.get("run_id", ""))
+        server, which may have lost what it had not persisted. On a cluster, every primary's
+        (node and run id): any primary restarting or failing over changes it."""
+        return await server_run_ids(self.r)
 
     async def paused(self) -> bool:
         """Whether the kill switch is on (`longrun pause`): workers' schedules hold while it is."""

@@ -4,6 +4,11 @@ flushed) is loaded and its calls sent again: a NOSCRIPT call ran nothing.
 
 Leaner than redis-py's pipeline, which packs in Python and arms a timer per reply: at ~30 calls
 per round trip that was a tenth of a busy worker's CPU.
+
+On a Redis Cluster the calls go through redis-py's cluster pipeline instead: it sends each call
+to the node owning its keys' slot (every script's keys share one slot: the run's `{id}` tag, or
+one key), one round trip per node in parallel, and follows MOVED/ASK after a slot move or a
+failover.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import asyncio
 from typing import Any
 
 from hiredis import pack_command
+from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
@@ -42,6 +48,8 @@ class ScriptPipe:
 
     async def _pipeline(self, calls: list[ScriptCall]) -> list[Any]:
         """A connection or timeout error drops the connection, which may still owe replies."""
+        if isinstance(self.r, RedisCluster):
+            return await self._cluster_pipeline(self.r, calls)
         payload = b"".join(
             [
                 pack_command(("EVALSHA", script.sha, len(keys), *keys, *args))
@@ -62,4 +70,12 @@ class ScriptPipe:
             await pool.release(conn)
             raise
         self._kept.append(conn)
+        return replies
+
+    async def _cluster_pipeline(self, r: RedisCluster, calls: list[ScriptCall]) -> list[Any]:
+        async with r.pipeline(transaction=False) as p:
+            for script, keys, args in calls:
+                p.evalsha(script.sha, len(keys), *keys, *args)
+            async with asyncio.timeout(self.timeout):
+                replies: list[Any] = await p.execute(raise_on_error=False)
         return replies

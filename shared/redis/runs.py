@@ -23,7 +23,7 @@ from shared.redis.cache import ThreadCache
 from shared.redis.client import REDIS_ERRORS, Redis
 from shared.redis.codec import QueueEntry, parse_stream_events, text, text_map
 from shared.redis.delayed import DelayedIO
-from shared.redis.group import GroupIO
+from shared.redis.group import GroupIO, publish_cancel
 from shared.redis.keys import Keys
 from shared.redis.pipeline import ScriptCall, ScriptPipe
 
@@ -321,7 +321,7 @@ class RedisIO:
         await self._cancel(
             keys=[self.keys.run_meta(run_id)], args=[self.settings.events_ttl_seconds * 24]
         )
-        await self.r.publish(self.keys.cancel_channel, run_id)
+        await publish_cancel(self.r, self.keys.cancel_channel, run_id)
 
     async def diagnostics(self, run_id: str) -> dict[str, Any]:
         """What Redis knows about a run's current attempt: fence, owner, its queue entry's

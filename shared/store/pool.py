@@ -28,13 +28,26 @@ PG_DOWN: tuple[type[BaseException], ...] = (
 )
 
 
+# A statement Postgres rolled back to break a deadlock (or a serialization conflict) with a
+# concurrent one: workers' batched statements lock `runs` rows of many runs at once, and a burst
+# of re-claims (a Redis failover re-delivering many entries at once) can cross two of them.
+# Nothing was written, so it is retried like an outage rather than failing the run.
+PG_ROLLED_BACK: tuple[type[BaseException], ...] = (
+    asyncpg.exceptions.DeadlockDetectedError,
+    asyncpg.exceptions.SerializationError,
+)
+
+
 @contextmanager
 def _mapped() -> Iterator[None]:
-    """The database being away becomes `Unavailable`."""
+    """The database being away, or a statement it rolled back to break a deadlock, becomes
+    `Unavailable` (the caller retries)."""
     try:
         yield
     except PG_DOWN as exc:
         raise Unavailable(f"postgres unavailable: {type(exc).__name__}") from exc
+    except PG_ROLLED_BACK as exc:
+        raise Unavailable(f"postgres rolled back: {type(exc).__name__}") from exc
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:

@@ -13,6 +13,7 @@ import pytest
 
 from tests.chaos.servers import PostgresCluster, postgres_available
 from tests.chaos.stack import Stack, build_stack, teardown_stack
+from tests.redis_cluster import LentTopology
 
 
 @pytest.fixture(scope="session")
@@ -36,12 +37,15 @@ StackFactory = Callable[..., Awaitable[Stack]]
 
 @pytest.fixture
 async def make_stack(pg_cluster: PostgresCluster, tmp_path: Path) -> AsyncIterator[StackFactory]:
-    """`await make_stack(workers=3, aof=False, **env)`: the API started, `workers` workers
-    started, SSE followers ready (`stack.followers`)."""
+    """`await make_stack(workers=3, aof=False, redis=None, **env)`: the API started, `workers`
+    workers started, SSE followers ready (`stack.followers`); `redis`: a session cluster or
+    Sentinel setup lent to the stack (else a private Redis server)."""
     built: list[tuple[Stack | None, str | None]] = []
 
-    async def make(workers: int = 3, aof: bool = False, **env: str) -> Stack:
-        stack, db = await build_stack(pg_cluster, tmp_path, aof=aof, **env)
+    async def make(
+        workers: int = 3, aof: bool = False, redis: LentTopology | None = None, **env: str
+    ) -> Stack:
+        stack, db = await build_stack(pg_cluster, tmp_path, aof=aof, redis=redis, **env)
         built.append((stack, db))
         # The API and the workers start together: each is a Python process importing the
         # same modules (about a second of CPU each).

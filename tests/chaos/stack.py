@@ -22,6 +22,7 @@ from tests.chaos.truth import Expect, Truth
 from tests.conftest import free_port
 from tests.helpers import wait_for
 from tests.procs import ApiProc, WorkerProc, start_worker
+from tests.redis_cluster import LentTopology
 
 AGENTS = "attempt_chat=tests.agents:attempt_chat"
 # A ticker run of 20 tokens lasts about 2 s; an attempt_chat run (two turns of 10 words, one
@@ -48,7 +49,7 @@ BASE_ENV = {
 class Stack:
     cluster: PostgresCluster
     db: str
-    redis: RedisServer
+    redis: RedisServer | LentTopology
     tmp: Path
     settings: Settings
     api: ApiProc
@@ -148,14 +149,25 @@ class Stack:
 
 
 async def build_stack(
-    cluster: PostgresCluster, tmp: Path, *, aof: bool = False, **env: str
+    cluster: PostgresCluster,
+    tmp: Path,
+    *,
+    aof: bool = False,
+    redis: RedisServer | LentTopology | None = None,
+    **env: str,
 ) -> tuple[Stack, str]:
-    """Database, Redis, settings, API key and the API (no workers yet)."""
+    """Database, Redis (a private server, or `redis`: a session's cluster or Sentinel setup
+    lent to the stack under its own key prefix), settings, API key and the API (no workers
+    yet)."""
     await cluster.ensure_up()
     db = f"truth_{uuid.uuid4().hex[:10]}"
     dsn = await cluster.create_database(db)
-    redis = RedisServer(tmp, aof=aof)
-    await redis.start()
+    if redis is None:
+        redis = RedisServer(tmp, aof=aof)
+        await redis.start()
+    else:
+        assert isinstance(redis, LentTopology)
+        env = {**env, "LONGRUN_KEY_PREFIX": redis.prefix}
     settings = Settings.from_env({**BASE_ENV, **env, "REDIS_URL": redis.url, "DATABASE_URL": dsn})
     store = await Store.open(settings.with_(pg_pool_min=0, pg_pool_max=1), "truth-test")
     try:

@@ -33,6 +33,7 @@ import redis.asyncio as aioredis
 from shared.redis.keys import Keys
 from tests.chaos.followers import Followers, Received
 from tests.history import History
+from tests.redis_cluster import open_redis
 from tests.sse_frames import aparse_lines
 
 TERMINAL = frozenset({"done", "error", "cancelled"})
@@ -356,7 +357,7 @@ class Truth:
         stuck = await self.wait_terminal(dsn, settle_timeout)
         if stuck:
             problems.append(f"{len(stuck)} runs not finished {settle_timeout}s after the fault")
-        r = aioredis.Redis.from_url(redis_url)
+        r = open_redis(redis_url)  # one server, a cluster or Sentinel's primary
         try:
             await self._wait_drained(r, keys, problems)
             late: list[str] = []
@@ -399,7 +400,7 @@ class Truth:
         return totals
 
     @staticmethod
-    async def _wait_drained(r: aioredis.Redis, keys: Keys, problems: list[str]) -> None:
+    async def _wait_drained(r: Any, keys: Keys, problems: list[str]) -> None:
         """Every queue entry acked and deleted (no attempt still running)."""
         deadline = time.monotonic() + 10
         left = -1

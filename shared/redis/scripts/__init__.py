@@ -7,6 +7,11 @@ Where they run: the run-level scripts (append, fence, renew, ack, ack_many, hand
 `shared.redis.breakers`, delay and take_due in `shared.redis.delayed`. Redis caches a script by
 its SHA-1 after the first `SCRIPT LOAD`; calls go by EVALSHA and load the script again when
 Redis answers NOSCRIPT (restarted, flushed).
+
+On a Redis Cluster a script runs on one node, so the keys of each call share one hash slot:
+a run's keys carry its id as a `{hash tag}`, the delayed set and its hash share `{due}`, every
+other script takes one key (`tests/test_cluster.py` checks every script against the keys its
+call sites pass).
 """
 
 from __future__ import annotations
