@@ -83,7 +83,10 @@ class DelayedIO:
 
     async def remove(self, run_id: str) -> bool:
         """Take a run out of the set (a cancelled one); whether it was there."""
-        async with self.r.pipeline(transaction=True) as p:
+        # One round trip, no MULTI (the cluster client has none to offer across nodes; these
+        # two keys share a slot anyway). A crash between the two leaves a stray `who` field,
+        # which the next `delay` of that run id overwrites.
+        async with self.r.pipeline(transaction=False) as p:
             p.zrem(self.keys.delayed, run_id)
             p.hdel(self.keys.delayed_who, run_id)
             removed, _ = await p.execute()
