@@ -10,6 +10,7 @@ repositories, one per concern, each a plain object holding the shared `Database`
     store.users    API keys and the daily spend ledger                      (users.py)
     store.ops      dead-letter retries and the figures of `/metrics`        (ops.py)
     store.webhooks webhook deliveries and attempts; secrets rotated       (webhooks.py)
+    store.retention  the event archive's partitions, expired runs deleted  (retention.py)
 
 Row shapes and the record -> model conversions are in `rows.py`, the finished-run counters
 every terminal commit adds to in `counters.py` (and the webhook delivery it records, in
@@ -25,6 +26,7 @@ from shared.store.events import EventBatch, EventRepo
 from shared.store.interrupts import InterruptRepo
 from shared.store.ops import OpsRepo
 from shared.store.pool import PG_DOWN, Database, connect
+from shared.store.retention import RetentionRepo
 from shared.store.rows import ActiveKey, ApiKey, Asking, Finishing, NewRun, RunFigures, Submitted
 from shared.store.runs import RunRepo
 from shared.store.submits import SubmitRepo
@@ -48,6 +50,7 @@ class Store:
         self.ops = OpsRepo(db)
         self.interrupts = InterruptRepo(db, self.threads)
         self.webhooks = WebhookRepo(db)
+        self.retention = RetentionRepo(db)
 
     @classmethod
     async def open(cls, settings: Settings, app_name: str) -> Store:
