@@ -15,7 +15,9 @@ Loops, each its own task:
 - reconciler: one worker at a time re-enqueues runs Postgres has as active but Redis lost;
   at once when this worker sees Redis restarted or its group gone, else periodically;
 - webhooks: due deliveries of runs' terminal states, claimed from Postgres and sent
-  (`worker.webhooks`).
+  (`worker.webhooks`);
+- retention: one worker at a time keeps the event archive's partitions ahead and deletes
+  expired runs (`worker.retention`).
 
 Shutdown is two-stage: the first SIGTERM/SIGINT drains (stop reading, let runs finish for
 `drain_seconds`, hand the rest over at once), a second one exits immediately.
@@ -63,6 +65,7 @@ from worker.attempt.state import outage_seconds
 from worker.batches import RunWrites
 from worker.policies import RETRYABLE
 from worker.reconcile import reconcile_once
+from worker.retention import retention_loop
 from worker.webhooks import Sender
 
 log = structlog.get_logger("longrun.worker")
@@ -208,7 +211,8 @@ class Worker:
             await conn.close()
         self._clients = await Clients.open(s, self.keys, self.name)
         self.redis_run_id = await self.rio.group.server_run_id()
-        for loop in (self._consume, self._reclaim, self._reconcile, self._webhooks):
+        loops = (self._consume, self._reclaim, self._reconcile, self._webhooks, self._retention)
+        for loop in loops:
             self._tasks.append(
                 asyncio.create_task(self._forever(loop, self.stopping), name=loop.__name__)
             )
@@ -409,6 +413,9 @@ class Worker:
 
     async def _webhooks(self) -> None:
         await Sender(self.settings, self.store).run(self.stopping)
+
+    async def _retention(self) -> None:
+        await retention_loop(self.settings, self.store, self.stopping)
 
     async def _heartbeat(self) -> None:
         s = self.settings
