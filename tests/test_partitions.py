@@ -160,3 +160,21 @@ async def test_the_migration_moves_an_existing_archive_into_the_partitioned_tabl
     finally:
         await conn.close()
         await drop_database(name)
+
+
+async def test_a_busy_archive_makes_the_job_wait_briefly_then_try_at_its_next_pass(
+    store: Store, settings: Settings
+):
+    # Given a long read holding the default partition (attaching needs it alone)
+    s = settings.with_(event_partition_days=1, event_partitions_ahead=1)
+    async with store.db.conn() as reader, reader.transaction():
+        await reader.execute("SELECT count(*) FROM run_events_default")
+        # When the job passes
+        done = await retention_pass(s, store, T0)
+        # Then it made nothing and did not fail (its DDL waited at most its lock timeout)
+        assert done is not None
+        assert done.created == []
+    # And the next pass, once the read ended, makes the partitions
+    done = await retention_pass(s, store, T0)
+    assert done is not None
+    assert len(done.created) == 2

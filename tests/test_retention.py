@@ -14,6 +14,7 @@ import httpx
 
 from shared.config import Settings
 from shared.store import NewRun, Store
+from tests.cli_proc import cli_env, longrun
 from tests.helpers import queued_run
 from tests.sse_frames import parse_lines
 from worker.retention import retention_pass
@@ -336,3 +337,20 @@ async def test_a_kept_run_replays_from_the_archive_after_its_neighbours_partitio
     assert again == [10, 11, 12]
     # And an expired run is gone for its owner too
     assert (await client.get(f"/runs/{old[0]}")).status_code == 404
+
+
+async def test_keys_create_takes_the_key_s_retention(
+    store: Store, settings: Settings, tmp_path: Any
+) -> None:
+    # When an operator makes a key keeping its runs 7 days, and gives a bad number
+    env = cli_env(tmp_path, settings)
+    done = await longrun("keys", "create", "--user", "u", "--retention-days", "7", env=env)
+    bad = await longrun("keys", "create", "--user", "u", "--retention-days", "-1", env=env)
+    # Then the key has it; the bad one is a usage error that makes no key
+    assert done.code == 0, done
+    key_id = "_".join(done.out.strip().splitlines()[-1].split("_")[:2])
+    days = await store.db.fetchval("SELECT retention_days FROM api_keys WHERE key_id = $1", key_id)
+    assert days == 7
+    assert bad.code == 5, bad  # usage (cli/exits.py)
+    assert "number of days" in bad.err
+    assert await store.db.fetchval("SELECT count(*) FROM api_keys") == 1

@@ -185,7 +185,10 @@ class RetentionRepo:
         """Create the partitions [since, until) lacks; returns their names."""
         made = []
         for lo, hi in plan_partitions(await self.partitions(c), since, until, period_days):
-            await self._attach(c, lo, hi)
+            try:
+                await self._attach(c, lo, hi)
+            except asyncpg.LockNotAvailableError:  # busy: the next pass tries again
+                break
             made.append(partition_name(lo))
         return made
 
@@ -225,14 +228,25 @@ class RetentionRepo:
                 break
             if await c.fetchval(HOLDS_KEPT, now, retention_days, p.lo, p.hi):
                 continue
+            if await self._drop(c, p, now, retention_days):
+                dropped.append(p.name)
+        return dropped
+
+    async def _drop(
+        self, c: asyncpg.Connection, p: Partition, now: datetime, retention_days: int
+    ) -> bool:
+        """Drop `p` unless a run in it is kept, checked again once writers are locked out;
+        False when it stays (or its lock was busy: the next pass tries again)."""
+        try:
             async with c.transaction():
                 await c.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
                 await c.execute(f"LOCK TABLE {p.name} IN ACCESS EXCLUSIVE MODE")
                 if await c.fetchval(HOLDS_KEPT, now, retention_days, p.lo, p.hi):
-                    continue
+                    return False
                 await c.execute(f"DROP TABLE {p.name}")
-            dropped.append(p.name)
-        return dropped
+        except asyncpg.LockNotAvailableError:
+            return False
+        return True
 
     async def delete_batch(
         self,
