@@ -8,8 +8,8 @@ server-side with `generate_series` into the event archive's partitions (the rete
 `ensure_partitions` makes them first, as the workers do). Measured on each, in rounds that
 alternate which database goes first (`--rounds`, 3; medians reported):
 
-- submit: `POST /runs` per second for 5 s (bench/loadgen.py), no worker running;
-- dispatch: one worker (concurrency 100) drains the runs just submitted: runs ended per second;
+- submit: 4,000 `POST /runs` over 32 connections (bench/loadgen.py's `post_many`), no worker;
+- dispatch: one worker (concurrency 100) drains those 4,000 runs: runs ended per second;
 - list: `GET /runs` p99 for the bench user, the first page and a keyset page 90% down;
 - replay: `GET /runs/{id}/events` of a finished run whose events only the archive holds (p99).
 
@@ -38,7 +38,7 @@ from bench.lib import (
     run_async,
     wait_until,
 )
-from bench.loadgen import run_load
+from bench.loadgen import post_many
 from bench.stack import Stack, longrun_stack, run_counts
 from shared.config import Settings
 from shared.store import Store
@@ -180,17 +180,15 @@ async def drain(st: Stack, since: datetime) -> dict[str, Any]:
 
 
 async def measure(st: Stack, smoke: bool) -> dict[str, Any]:
-    """One round: submit for a while (no worker), a worker drains those runs, then the reads."""
-    n_reads, submit_s = (50, 1.0) if smoke else (300, 5.0)
+    """One round: N submits (no worker), one worker drains those N runs, then the reads."""
+    n_submits, n_reads = (300, 50) if smoke else (4000, 300)
     since = datetime.now(UTC)
     out: dict[str, Any] = {}
-    out["submit"] = run_load(
-        f"{st.base_url}/runs",
-        dispatch.BODY,
-        st.auth["Authorization"],
-        connections=32,
-        duration=submit_s,
-    )
+    auth = st.auth["Authorization"]
+    sent = await post_many(f"{st.base_url}/runs", dispatch.BODY, auth, n_submits)
+    if sent["errors"]:
+        raise RuntimeError(f"submit errors: {sent['errors'][:3]}")
+    out["submit"] = {"n": sent["n"], "seconds": sent["seconds"], "rps": sent["per_s"]}
     out["dispatch"] = await drain(st, since)
     out.update(await reads(st, n_reads))
     return out

@@ -82,7 +82,9 @@ DELETE_BATCH = f"""WITH RECURSIVE class(d) AS (
                 WHERE status IN {TERMINAL} AND coalesce(retention_days, -1) > class.d)
         FROM class WHERE class.d IS NOT NULL
     ), span AS (
-        SELECT d, CASE WHEN d = -1 THEN $2::int ELSE d END AS days FROM class WHERE d IS NOT NULL
+        SELECT d, days
+        FROM class, LATERAL (SELECT CASE WHEN d = -1 THEN $2::int ELSE d END) AS k(days)
+        WHERE d IS NOT NULL AND days > 0
     ), doomed AS (
         SELECT c.run_id FROM span, LATERAL (
             SELECT r.run_id FROM runs r
@@ -96,7 +98,6 @@ DELETE_BATCH = f"""WITH RECURSIVE class(d) AS (
             ORDER BY coalesce(r.retention_days, -1), r.finished_at
             LIMIT $4::int
         ) c
-        WHERE span.days > 0
         LIMIT $4::int
     )
     DELETE FROM runs WHERE run_id IN (SELECT run_id FROM doomed) AND status IN {TERMINAL}
