@@ -101,13 +101,15 @@ async def test_a_replay_reads_only_the_partition_of_its_run(store: Store, settin
 async def test_partitions_are_made_ahead_and_take_their_rows_from_the_default(
     store: Store, settings: Settings
 ):
-    # Given events archived while no partition covered their run (the job was not running)
+    # Given events archived while no partition covered their run (the job was not running:
+    # the run is older than the partitions the migration made)
     run = await queued_run(store)
     async with store.db.conn() as c:
         created = await c.fetchval(
-            "UPDATE runs SET status = 'running', attempt = 1 WHERE run_id = $1 "
+            "UPDATE runs SET status = 'running', attempt = 1, created_at = $2 WHERE run_id = $1 "
             "RETURNING created_at",
             uuid.UUID(run.run_id),
+            T0,
         )
     events = [Event(seq=i, type="token", data=b'{"seq":%d}' % i) for i in (1, 2, 3)]
     await store.runs.checkpoint(run.run_id, 1, events)
@@ -152,9 +154,18 @@ async def test_the_migration_moves_an_existing_archive_into_the_partitioned_tabl
         )
         # When migration 12 runs
         await conn.execute(next(m.sql for m in available() if m.version == 12))
-        # Then the events are in the partitioned table, keyed by their run's creation time
-        rows = await conn.fetch("SELECT seq, run_created_at FROM run_events ORDER BY seq")
+        # Then the events are in the partitioned table, keyed by their run's creation time, in
+        # the partition of its week (weeks from the run's to two ahead of now were made)
+        rows = await conn.fetch(
+            "SELECT seq, run_created_at, tableoid::regclass::text AS part FROM run_events "
+            "ORDER BY seq"
+        )
         assert [(r["seq"], r["run_created_at"]) for r in rows] == [(s, T0) for s in range(1, 6)]
+        assert {r["part"] for r in rows} == {f"run_events_{align(T0, 7):%Y%m%d}"}
+        made = await conn.fetchval(
+            "SELECT count(*) FROM pg_inherits WHERE inhparent = 'run_events'::regclass"
+        )
+        assert made >= 3 + (datetime.now(UTC) - T0) // timedelta(days=7)
         kind = await conn.fetchval("SELECT relkind FROM pg_class WHERE relname = 'run_events'")
         assert kind == b"p"
     finally:

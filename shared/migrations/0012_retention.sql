@@ -9,10 +9,10 @@
 -- unique exactly when (run_id, seq) is, since every row of a run carries the same
 -- run_created_at. Partitions are created ahead by the workers' retention job
 -- (shared/store/retention.py); the default partition takes any row no partition covers
--- (rows from before this migration, or written while no job ran).
+-- (written while no job ran).
 --
--- Existing rows are moved in this transaction (writes to the archive wait for it): on the
--- growth benchmark's machine about 20 s per million rows (bench/RESULTS.md §10). A large
+-- Existing rows are moved in this transaction (writes to the archive wait for it): 2 million
+-- rows took 36 s on the benchmarks' 2-core machine under load (bench/RESULTS.md §10). A large
 -- archive is better moved in a maintenance window, or emptied first (see docs/ARCHITECTURE.md).
 ALTER TABLE run_events RENAME TO run_events_unpartitioned;
 ALTER INDEX run_events_pkey RENAME TO run_events_unpartitioned_pkey;
@@ -27,6 +27,24 @@ CREATE TABLE run_events (
 ) PARTITION BY RANGE (run_created_at);
 
 CREATE TABLE run_events_default PARTITION OF run_events DEFAULT;
+
+-- Weekly partitions (LONGRUN_EVENT_PARTITION_DAYS' default; weeks counted from 1970-01-01 UTC,
+-- as the job counts them) from the oldest run's week to two weeks ahead, so that the existing
+-- archive lands in partitions retention can drop, and the default partition starts empty.
+DO $$
+DECLARE
+    week constant interval := interval '604800 seconds';
+    lo timestamptz;
+BEGIN
+    SELECT 'epoch'::timestamptz + floor(extract(epoch FROM coalesce(min(created_at), now()))
+                                        / 604800) * week
+    INTO lo FROM runs;
+    WHILE lo < now() + 2 * week LOOP
+        EXECUTE format('CREATE TABLE %I PARTITION OF run_events FOR VALUES FROM (%L) TO (%L)',
+                       'run_events_' || to_char(lo AT TIME ZONE 'UTC', 'YYYYMMDD'), lo, lo + week);
+        lo := lo + week;
+    END LOOP;
+END $$;
 
 -- Events of runs that no longer exist (none should: nothing deleted runs with events) are left.
 INSERT INTO run_events (run_id, run_created_at, seq, type, data)
