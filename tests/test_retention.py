@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 
+import worker.retention
 from shared.config import Settings
 from shared.store import NewRun, Store
 from tests.cli_proc import cli_env, longrun
@@ -354,3 +355,29 @@ async def test_keys_create_takes_the_key_s_retention(
     assert bad.code == 5, bad  # usage (cli/exits.py)
     assert "number of days" in bad.err
     assert await store.db.fetchval("SELECT count(*) FROM api_keys") == 1
+
+
+async def test_a_partition_is_dropped_only_once_no_run_row_points_into_it(
+    store: Store, settings: Settings, monkeypatch: Any
+) -> None:
+    # Given a day's partition of three expired runs, and passes of one batch of one run
+    monkeypatch.setattr(worker.retention, "MAX_BATCHES", 1)
+    s = with_retention(settings, 1, retention_batch=1)
+    await retention_pass(s, store, DAY0)
+    runs = [await make_run(store, DAY0 + i * HOUR) for i in range(3)]
+    # When a pass deletes the first run
+    done = await retention_pass(s, store, DAY0 + 5 * DAY)
+    assert done is not None
+    # Then the partition stays: the runs still there have every event, the deleted one's
+    # events wait for the drop (deleting them by row is what the drop saves)
+    assert (done.deleted, f"run_events_{DAY0:%Y%m%d}" in done.dropped) == (1, False)
+    first = await rows_of(store, runs[0])
+    assert (first["runs"], first["run_checkpoints"], first["run_events"]) == (0, 0, 5)
+    assert all([kept(await rows_of(store, r)) for r in runs[1:]])
+    # When passes delete the others
+    for _ in range(2):
+        done = await retention_pass(s, store, DAY0 + 5 * DAY)
+    # Then the last one dropped the partition
+    assert done is not None
+    assert f"run_events_{DAY0:%Y%m%d}" in done.dropped
+    assert all([gone(await rows_of(store, r)) for r in runs])

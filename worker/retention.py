@@ -1,9 +1,11 @@
 """The retention job: a loop of every worker, doing its pass every `retention_seconds` when no
 other worker is (a Postgres advisory lock, `shared/store/retention.py`). A pass keeps the event
-archive's partitions ready `event_partitions_ahead` periods ahead, drops the partitions whose
-every run is past retention, then deletes the expired runs no drop will take, in batches of
-`retention_batch` runs (each its own short transaction), at most `MAX_BATCHES` per pass so a
-backlog of deletions is worked off over several passes without holding the lock for long.
+archive's partitions ready `event_partitions_ahead` periods ahead, finds the partitions whose
+every run is past retention, deletes expired runs in batches of `retention_batch` runs (each
+its own short transaction; the runs of those partitions without their events), at most
+`MAX_BATCHES` per pass so a backlog is worked off over several passes without holding the lock
+for long, then drops those partitions once no run row points into them: a run's row never
+outlives its events.
 
 `now` is a value (`retention_pass(settings, store, now)`): the tests run passes at chosen times.
 """
@@ -44,15 +46,16 @@ async def retention_pass(settings: Settings, store: Store, now: datetime) -> Pas
         done = Pass()
         until = now + timedelta(days=period * settings.event_partitions_ahead)
         done.created = await repo.ensure_partitions(c, now, until, period)
-        done.dropped = await repo.drop_expired(c, now, settings.retention_days)
+        dropping = await repo.droppable(c, now, settings.retention_days)
         while done.batches < MAX_BATCHES:
             n = await repo.delete_batch(
-                c, now, settings.retention_days, period, settings.retention_batch
+                c, now, settings.retention_days, period, settings.retention_batch, dropping
             )
             done.batches += 1
             done.deleted += n
             if n < settings.retention_batch:
                 break
+        done.dropped = await repo.drop_emptied(c, dropping)
         return done
 
 

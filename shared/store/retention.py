@@ -4,11 +4,13 @@ job (`worker/retention.py`) sends.
 `run_events` is partitioned by RANGE on `run_created_at` (the run's `created_at`, migration
 0012): a run's events live in one partition, and a partition holds the events of the runs
 created in its range. The job keeps partitions ahead of time (`ensure_partitions`: each made
-aside and attached, taking its rows out of the default partition if any landed there), drops a
-whole partition once every run created in its range is past retention (`drop_expired`), and
-deletes in bounded batches the expired runs no drop will take soon (`delete_batch`): a run
-whose partition is held by a run kept longer (still running, waiting, a longer retention, a
-live thread), and the runs of the default partition.
+aside and attached, taking its rows out of the default partition if any landed there), finds
+the partitions whose every run is past retention (`droppable`), deletes expired runs in
+bounded batches (`delete_batch`): the runs of those partitions without their events, and,
+with their events, the expired runs no drop will take soon (their partition is held by a run
+kept longer: still running, waiting, a longer retention, a live thread; or they are in the
+default partition); then drops each partition no run row points into any more
+(`drop_emptied`): a run's row never outlives its events.
 
 A run is past retention when it ended (succeeded, failed, cancelled) at least its retention
 ago: its own `retention_days` (its API key's, copied when it was submitted), else the
@@ -65,6 +67,10 @@ PARTITIONS = r"""SELECT c.relname AS name,
     FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
     WHERE i.inhparent = 'run_events'::regclass"""
 
+# Any run created in [$1, $2) left at all?
+HOLDS_ANY = """SELECT EXISTS (SELECT 1 FROM runs
+    WHERE created_at >= $1::timestamptz AND created_at < $2::timestamptz)"""
+
 # Any run created in [$3, $4) still kept? (walks `runs_created` over the range; stops at the
 # first kept run).
 HOLDS_KEPT = f"""SELECT EXISTS (SELECT 1 FROM runs r
@@ -73,8 +79,9 @@ HOLDS_KEPT = f"""SELECT EXISTS (SELECT 1 FROM runs r
 # The expired runs a batch deletes, at most $4: per retention class (a loose index scan of
 # `runs_retention` finds the classes: NULL, i.e. the deployment's, and each override), from its
 # oldest finished run; only those past retention by more than one partition period ($3 days),
-# or that no partition but the default holds (created outside [$5[i], $6[i]) for every i), and
-# not kept by their thread. The delete re-checks the status: a run re-run meanwhile stays.
+# or that no partition but the default holds (created outside [$5[i], $6[i]) for every i), or
+# whose partition is to be dropped (created in some [$7[i], $8[i])), and not kept by their
+# thread. The delete re-checks the status: a run re-run meanwhile stays.
 DELETE_BATCH = f"""WITH RECURSIVE class(d) AS (
         SELECT min(coalesce(retention_days, -1)) FROM runs WHERE status IN {TERMINAL}
       UNION ALL
@@ -93,6 +100,9 @@ DELETE_BATCH = f"""WITH RECURSIVE class(d) AS (
               AND (r.finished_at <= $1::timestamptz - make_interval(days => span.days + $3::int)
                    OR NOT EXISTS (
                        SELECT 1 FROM unnest($5::timestamptz[], $6::timestamptz[]) AS p(lo, hi)
+                       WHERE r.created_at >= p.lo AND r.created_at < p.hi)
+                   OR EXISTS (
+                       SELECT 1 FROM unnest($7::timestamptz[], $8::timestamptz[]) AS p(lo, hi)
                        WHERE r.created_at >= p.lo AND r.created_at < p.hi))
               AND NOT {KEPT}
             ORDER BY coalesce(r.retention_days, -1), r.finished_at
@@ -218,36 +228,39 @@ class RetentionRepo:
             )
             await c.execute(f"ALTER TABLE {name} DROP CONSTRAINT {name}_range")
 
-    async def drop_expired(
+    async def droppable(
         self, c: asyncpg.Connection, now: datetime, retention_days: int
-    ) -> list[str]:
-        """Drop each partition wholly in the past whose every run is past retention (the
-        runs' rows then go by batch, with no events left to delete); returns their names."""
-        dropped = []
+    ) -> list[Partition]:
+        """The partitions wholly in the past whose every run is past retention (and not kept
+        by its thread): their runs' rows go by batch, without their events, then the
+        partition is dropped (`drop_emptied`)."""
+        out = []
         for p in await self.partitions(c):
             if p.hi > now - DROP_MARGIN:
                 break
-            if await c.fetchval(HOLDS_KEPT, now, retention_days, p.lo, p.hi):
-                continue
-            if await self._drop(c, p, now, retention_days):
-                dropped.append(p.name)
-        return dropped
+            if not await c.fetchval(HOLDS_KEPT, now, retention_days, p.lo, p.hi):
+                out.append(p)
+        return out
 
-    async def _drop(
-        self, c: asyncpg.Connection, p: Partition, now: datetime, retention_days: int
-    ) -> bool:
-        """Drop `p` unless a run in it is kept, checked again once writers are locked out;
-        False when it stays (or its lock was busy: the next pass tries again)."""
-        try:
-            async with c.transaction():
-                await c.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
-                await c.execute(f"LOCK TABLE {p.name} IN ACCESS EXCLUSIVE MODE")
-                if await c.fetchval(HOLDS_KEPT, now, retention_days, p.lo, p.hi):
-                    return False
-                await c.execute(f"DROP TABLE {p.name}")
-        except asyncpg.LockNotAvailableError:
-            return False
-        return True
+    async def drop_emptied(self, c: asyncpg.Connection, parts: Sequence[Partition]) -> list[str]:
+        """Drop each of `parts` no run row points into any more (checked again once its
+        writers are locked out); returns the names dropped. One whose lock is busy, or whose
+        runs are not all deleted yet, waits for a later pass."""
+        dropped = []
+        for p in parts:
+            if await c.fetchval(HOLDS_ANY, p.lo, p.hi):
+                continue
+            try:
+                async with c.transaction():
+                    await c.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
+                    await c.execute(f"LOCK TABLE {p.name} IN ACCESS EXCLUSIVE MODE")
+                    if await c.fetchval(HOLDS_ANY, p.lo, p.hi):
+                        continue
+                    await c.execute(f"DROP TABLE {p.name}")
+            except asyncpg.LockNotAvailableError:
+                continue
+            dropped.append(p.name)
+        return dropped
 
     async def delete_batch(
         self,
@@ -256,10 +269,12 @@ class RetentionRepo:
         retention_days: int,
         period_days: int,
         limit: int,
+        dropping: Sequence[Partition] = (),
     ) -> int:
         """Delete at most `limit` expired runs (and their events, checkpoints, idempotency
         keys, webhook deliveries, interrupts, thread messages) in one short transaction;
-        returns how many went (fewer than `limit`: nothing more is due now)."""
+        returns how many went (fewer than `limit`: nothing more is due now). The runs of the
+        partitions `dropping` go too, but not their events: the partition's drop takes them."""
         parts = await self.partitions(c)
         async with c.transaction():
             gone = await c.fetch(
@@ -270,11 +285,15 @@ class RetentionRepo:
                 limit,
                 [p.lo for p in parts],
                 [p.hi for p in parts],
+                [p.lo for p in dropping],
+                [p.hi for p in dropping],
             )
             by_range: dict[Partition | None, list[uuid.UUID]] = {}
             for r in gone:
                 by_range.setdefault(partition_of(parts, r["created_at"]), []).append(r["run_id"])
             for p, ids in by_range.items():
+                if p is not None and p in dropping:  # their events go with the partition
+                    continue
                 if p is None:  # no partition covers them: the default one holds their events
                     await c.execute(DELETE_DEFAULT_EVENTS, ids)
                 else:
