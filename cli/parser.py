@@ -86,6 +86,16 @@ def _dev_and_servers(sub: argparse._SubParsersAction[Parser]) -> None:
     )
 
 
+def _days(raw: str) -> int:
+    try:
+        days = int(raw)
+    except ValueError:
+        days = -1
+    if days < 0:
+        raise argparse.ArgumentTypeError(f"{raw!r} is not a number of days (0 or more)")
+    return days
+
+
 def _admin(sub: argparse._SubParsersAction[Parser]) -> None:
     keys = sub.add_parser("keys", help="API keys", description="Create, revoke and list API keys.")
     ksub = keys.add_subparsers(dest="keys_command", required=True, metavar="COMMAND", help=SUB_HELP)
@@ -103,6 +113,13 @@ def _admin(sub: argparse._SubParsersAction[Parser]) -> None:
         "--operator",
         action="store_true",
         help="an operator's key: sees the whole deployment (the console's Operations, /ops)",
+    )
+    kc.add_argument(
+        "--retention-days",
+        type=_days,
+        metavar="N",
+        help="delete the key's finished runs N days after they end, instead of after "
+        "LONGRUN_RETENTION_DAYS (0: keep them forever)",
     )
     kr = ksub.add_parser(
         "revoke",

@@ -34,6 +34,7 @@ GROUPS = (
     "agents",
     "webhooks",
     "schedules",
+    "retention",
     "ops",
 )
 
@@ -461,6 +462,40 @@ class Settings:
         "schedules",
         "shortest time a schedule may leave between two ticks",
         minimum=1.0,
+    )
+    # -- retention (worker/retention.py, shared/store/retention.py) -------------------------
+    # Finished runs are deleted this many days after they ended (0: kept forever), unless their
+    # API key says otherwise (`longrun keys create --retention-days N`).
+    retention_days: int = knob(
+        0,
+        "LONGRUN_RETENTION_DAYS",
+        "retention",
+        "days finished runs are kept (0: forever; a key may override)",
+        minimum=0,
+    )
+    retention_seconds: float = knob(
+        60.0,
+        "LONGRUN_RETENTION_SECONDS",
+        "retention",
+        "how often one worker runs the retention job",
+        minimum=0.05,
+    )
+    retention_batch: int = knob(
+        500, "LONGRUN_RETENTION_BATCH", "retention", "runs deleted per transaction", minimum=1
+    )
+    event_partition_days: int = knob(
+        7,
+        "LONGRUN_EVENT_PARTITION_DAYS",
+        "retention",
+        "days of runs per partition of the event archive",
+        minimum=1,
+    )
+    event_partitions_ahead: int = knob(
+        2,
+        "LONGRUN_EVENT_PARTITIONS_AHEAD",
+        "retention",
+        "partitions kept ready ahead of time",
+        minimum=1,
     )
     # -- ops -------------------------------------------------------------------------------
     log_json: bool | None = knob(

@@ -18,6 +18,8 @@ Loops, each its own task:
   (`worker.webhooks`);
 - promoter: delayed runs that are due, taken from their set and enqueued (`worker.delayed`).
 - ticker: the runs of due cron schedules, made in Postgres and enqueued (`worker.schedules`).
+- retention: one worker at a time keeps the event archive's partitions ahead and deletes
+  expired runs (`worker.retention`).
 
 Shutdown is two-stage: the first SIGTERM/SIGINT drains (stop reading, let runs finish for
 `drain_seconds`, hand the rest over at once), a second one exits immediately.
@@ -67,6 +69,7 @@ from worker.delayed import promote_forever
 from worker.heal import RecentEnds, heal_recent_ends
 from worker.policies import RETRYABLE
 from worker.reconcile import reconcile_once
+from worker.retention import retention_loop
 from worker.schedules import Ticker
 from worker.webhooks import Sender
 
@@ -215,7 +218,7 @@ class Worker:
             await conn.close()
         self._clients = await Clients.open(s, self.keys, self.name)
         self.redis_run_id = await self.rio.group.server_run_id()
-        loops = (self._consume, self._reclaim, self._reconcile, self._webhooks)
+        loops = (self._consume, self._reclaim, self._reconcile, self._webhooks, self._retention)
         for loop in (*loops, self._promote, self._ticker):
             self._tasks.append(
                 asyncio.create_task(self._forever(loop, self.stopping), name=loop.__name__)
@@ -427,6 +430,9 @@ class Worker:
 
     async def _ticker(self) -> None:
         await Ticker(self.settings, self.store, self.rio).run(self.stopping)
+
+    async def _retention(self) -> None:
+        await retention_loop(self.settings, self.store, self.stopping)
 
     async def _heartbeat(self) -> None:
         s = self.settings

@@ -11,6 +11,7 @@ repositories, one per concern, each a plain object holding the shared `Database`
     store.ops      dead-letter retries and the figures of `/metrics`        (ops.py)
     store.webhooks webhook deliveries and attempts; secrets rotated       (webhooks.py)
     store.schedules  cron schedules and the tick that makes their runs    (schedules.py)
+    store.retention  the event archive's partitions, expired runs deleted  (retention.py)
 
 Row shapes and the record -> model conversions are in `rows.py`, the finished-run counters
 every terminal commit adds to in `counters.py` (and the webhook delivery it records, in
@@ -26,6 +27,7 @@ from shared.store.events import EventBatch, EventRepo
 from shared.store.interrupts import InterruptRepo
 from shared.store.ops import OpsRepo
 from shared.store.pool import PG_DOWN, Database, connect
+from shared.store.retention import RetentionRepo
 from shared.store.rows import ActiveKey, ApiKey, Asking, Finishing, NewRun, RunFigures, Submitted
 from shared.store.runs import RunRepo
 from shared.store.schedules import ScheduleRepo
@@ -51,6 +53,7 @@ class Store:
         self.interrupts = InterruptRepo(db, self.threads)
         self.webhooks = WebhookRepo(db)
         self.schedules = ScheduleRepo(db)
+        self.retention = RetentionRepo(db)
 
     @classmethod
     async def open(cls, settings: Settings, app_name: str) -> Store:

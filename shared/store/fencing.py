@@ -12,26 +12,27 @@ from shared.models import Event
 
 def fenced_events(fence_columns: str, events_param: int) -> str:
     """The CTEs `fence` and `archived` of a statement over a `req` relation (run_id, attempt,
-    first_seq): `fence` locks each run's row through its primary key, only where the run is
-    `running` under the request's attempt and its log ends right before the request's first
-    event; `archived` inserts the events (four arrays from `$events_param`: run ids, seqs,
-    types, data) of the runs fenced. `(status = 'running') IS TRUE` is not an index condition,
-    so the planner cannot scan `runs_active` for every running run instead (it did when the
-    statistics said few runs were running: each batch then walked all of them, and the dead
-    index entries every claim leaves behind)."""
+        first_seq): `fence` locks each run's row through its primary key, only where the run is
+        `running` under the request's attempt and its log ends right before the request's first
+        event; `archived` inserts the events (four arrays from `$events_param`: run ids, seqs,
+        types, data) of the runs fenced, each row carrying its run's `created_at` (the partition key
+    of `run_events`, migration 0012). `(status = 'running') IS TRUE` is not an index condition,
+        so the planner cannot scan `runs_active` for every running run instead (it did when the
+        statistics said few runs were running: each batch then walked all of them, and the dead
+        index entries every claim leaves behind)."""
     p = events_param
     return f"""fence AS (
-        SELECT {fence_columns} FROM runs JOIN req
+        SELECT {fence_columns}, runs.created_at AS run_created_at FROM runs JOIN req
           ON runs.run_id = req.run_id AND runs.attempt = req.attempt
         WHERE (runs.status = 'running') IS TRUE AND runs.last_seq = req.first_seq - 1
         ORDER BY runs.run_id
         FOR UPDATE OF runs
     ), archived AS (
-        INSERT INTO run_events (run_id, seq, type, data)
-        SELECT e.run_id, e.seq, e.type, e.data
+        INSERT INTO run_events (run_id, run_created_at, seq, type, data)
+        SELECT e.run_id, fence.run_created_at, e.seq, e.type, e.data
         FROM unnest(${p}::uuid[], ${p + 1}::int[], ${p + 2}::text[], ${p + 3}::bytea[])
             AS e(run_id, seq, type, data)
-        WHERE e.run_id IN (SELECT run_id FROM fence)
+        JOIN fence ON fence.run_id = e.run_id
     )"""
 
 

@@ -12,6 +12,7 @@ from shared.models import Transition, sources
 from shared.store.counters import READ_COUNTERS
 from shared.store.pool import Database
 from shared.store.rows import RunFigures, figures_of, run_statuses_of
+from shared.store.runs import OF_RUN
 from shared.store.webhooks import WEBHOOK_FIGURES
 
 # The runs queued or running, by status: read through the partial index `runs_active`, so its
@@ -60,7 +61,7 @@ class OpsRepo:
             if last_seq is None:
                 return False
             withdrawn = await c.execute(
-                "DELETE FROM run_events WHERE run_id = $1 AND seq = $2 AND type = 'error'",
+                f"DELETE FROM run_events WHERE {OF_RUN} AND seq = $2 AND type = 'error'",
                 rid,
                 last_seq,
             )

@@ -57,18 +57,27 @@ THREAD_TURN = " AND ".join(
 # still queued, is promoted or reconciled again in time.
 NOT_EARLY = "(runs.start_at IS NULL OR runs.start_at <= now() + interval '1 second')"
 
+# The partition key of a run's event rows (`run_events.run_created_at`, migration 0012): the
+# run's own `created_at`. A read of a run's events names it, so that only the run's partition is
+# read (pruned when the statement runs: tests/test_partitions.py pins it).
+RUN_CREATED = "SELECT created_at FROM runs WHERE run_id = $1"
+OF_RUN = f"run_id = $1 AND run_created_at = ({RUN_CREATED})"
+# The archive's replay: a run's events after a seq, in order.
+EVENTS_AFTER = (
+    f"SELECT seq, type, data FROM run_events WHERE {OF_RUN} AND seq > $2 ORDER BY seq LIMIT $3"
+)
+
 # The terminal write of one run as one statement: the fence row is locked; the last events and
 # the terminal state are written (counted, and its webhook's delivery recorded) only if this
 # attempt still owns the run and its log ends right before the first of those events.
 FINISH_ONE = f"""WITH fence AS (
-        SELECT run_id, cost_usd FROM runs
+        SELECT run_id, cost_usd, created_at FROM runs
         WHERE run_id = $1 AND attempt = $2 AND status = 'running' AND last_seq = $12 - 1
         FOR UPDATE
     ), archived AS (
-        INSERT INTO run_events (run_id, seq, type, data)
-        SELECT $1, e.seq, e.type, e.data
-        FROM unnest($9::int[], $10::text[], $11::bytea[]) AS e(seq, type, data)
-        WHERE EXISTS (SELECT 1 FROM fence)
+        INSERT INTO run_events (run_id, run_created_at, seq, type, data)
+        SELECT $1, fence.created_at, e.seq, e.type, e.data
+        FROM unnest($9::int[], $10::text[], $11::bytea[]) AS e(seq, type, data), fence
     ), finished AS (
         UPDATE runs SET status = $3, output = $4, error = $5,
             usage = coalesce($6, usage), cost_usd = $7, finished_at = now(),
@@ -136,8 +145,9 @@ async def settle_end(c: asyncpg.Connection, f: Finishing) -> LeaseLost | None:
 async def archive(c: asyncpg.Connection, run_id: str, events: Sequence[Event]) -> None:
     if events:
         await c.executemany(
-            "INSERT INTO run_events (run_id, seq, type, data) VALUES ($1, $2, $3, $4) "
-            "ON CONFLICT (run_id, seq) DO NOTHING",
+            "INSERT INTO run_events (run_id, run_created_at, seq, type, data) "
+            f"SELECT $1, ({RUN_CREATED}), $2, $3, $4 "
+            "ON CONFLICT (run_id, seq, run_created_at) DO NOTHING",
             [(uuid.UUID(run_id), e.seq, e.type, e.data) for e in events],
         )
 
@@ -241,8 +251,7 @@ class RunRepo:
 
     async def events_after(self, run_id: str, after_seq: int, limit: int = 1000) -> list[Event]:
         rows = await self.db.fetch(
-            "SELECT seq, type, data FROM run_events WHERE run_id = $1 AND seq > $2 "
-            "ORDER BY seq LIMIT $3",
+            EVENTS_AFTER,
             uuid.UUID(run_id),
             after_seq,
             limit,
@@ -310,7 +319,7 @@ class RunRepo:
 
     async def last_archived_event(self, run_id: str, skip_types: frozenset[str]) -> Event | None:
         row = await self.db.fetchrow(
-            "SELECT seq, type, data FROM run_events WHERE run_id = $1 "
+            f"SELECT seq, type, data FROM run_events WHERE {OF_RUN} "
             "AND type <> ALL($2::text[]) ORDER BY seq DESC LIMIT 1",
             uuid.UUID(run_id),
             sorted(skip_types),

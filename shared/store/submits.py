@@ -34,7 +34,8 @@ UNLOCKED_HEADROOM = 256
 # live already. Foreign keys are checked at the statement's end, and a racing insert of the
 # same key waits for this one and then finds the key taken. An expired key of the same name is
 # replaced. A run without a webhook of its own takes its API key's default one (`key_id`: the
-# key that submitted it, whose secret signs its webhooks).
+# key that submitted it, whose secret signs its webhooks). A run takes its key's retention
+# (`retention_days`, NULL: the deployment's).
 INSERT_RUNS = """WITH input AS (
         SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
                              $6::jsonb[], $7::jsonb[], $8::text[], $9::bytea[], $11::text[],
@@ -42,7 +43,8 @@ INSERT_RUNS = """WITH input AS (
         AS u(run_id, user_id, thread_id, agent, input, params, metadata, key, body_hash,
              webhook, key_id, start_at)
     ), hooked AS (
-        SELECT input.*, coalesce(input.webhook, k.webhook_url) AS webhook_url
+        SELECT input.*, coalesce(input.webhook, k.webhook_url) AS webhook_url,
+               k.retention_days
         FROM input LEFT JOIN api_keys k ON k.key_id = input.key_id
     ), keyed AS (
         INSERT INTO idempotency_keys (user_id, key, body_hash, run_id, expires_at)
@@ -56,9 +58,10 @@ INSERT_RUNS = """WITH input AS (
         RETURNING run_id
     )
     INSERT INTO runs (run_id, user_id, thread_id, agent, input, params, metadata, status,
-                      webhook_url, webhook_key_id, start_at)
+                      webhook_url, webhook_key_id, start_at, retention_days)
     SELECT run_id, user_id, thread_id, agent, input, params, metadata, 'queued',
-           webhook_url, CASE WHEN webhook_url IS NULL THEN NULL ELSE key_id END, start_at
+           webhook_url, CASE WHEN webhook_url IS NULL THEN NULL ELSE key_id END, start_at,
+           retention_days
     FROM hooked
     WHERE key IS NULL OR run_id IN (SELECT run_id FROM keyed)
     RETURNING run_id, created_at"""

@@ -42,16 +42,19 @@ class UserRepo:
         webhook_url: str | None = None,
         webhook_secret: str | None = None,
         operator: bool = False,
+        retention_days: int | None = None,
     ) -> tuple[str, str]:
         """A new key (key_id, key). `webhook_secret` signs the webhooks of the runs it submits
         (a key without one cannot ask for webhooks until it is given one); `webhook_url` is
-        their default target. An `operator` key sees the whole deployment (`/ops`)."""
+        their default target. An `operator` key sees the whole deployment (`/ops`).
+        `retention_days` overrides `LONGRUN_RETENTION_DAYS` for the runs it submits (0: kept
+        forever)."""
         if user_id.startswith(JWT_USER_PREFIX):
             raise BadRequest(f"user ids beginning {JWT_USER_PREFIX!r} are reserved for JWT callers")
         key_id, key = new_api_key()
         await self.db.execute(
             "INSERT INTO api_keys (key_id, user_id, key_hash, name, webhook_url, webhook_secret,"
-            " operator) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            " operator, retention_days) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
             key_id,
             user_id,
             hash_key(key),
@@ -59,6 +62,7 @@ class UserRepo:
             webhook_url,
             webhook_secret,
             operator,
+            retention_days,
         )
         return key_id, key
 
