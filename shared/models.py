@@ -146,6 +146,19 @@ def parse_event_id(raw: str | None) -> int | None:
     return int(text)
 
 
+PRIORITIES = ("high", "normal", "low")  # highest first
+
+
+@dataclass(frozen=True)
+class QueuedRun:
+    """What a queue entry carries: the run, whose it is (the fairness tenant) and its
+    priority. `RedisIO.enqueue`/`enqueue_many` take these and nothing else."""
+
+    run_id: str
+    user_id: str
+    priority: str = "normal"
+
+
 class Run(BaseModel):
     """A run as stored in Postgres (the truth)."""
 

@@ -11,6 +11,7 @@ import structlog
 
 from api.errors import redis_failure
 from shared.errors import Unavailable
+from shared.models import QueuedRun
 from shared.redis.runs import RedisIO
 from shared.store import Store
 
@@ -19,14 +20,16 @@ log = structlog.get_logger("longrun.api.submit")
 DOWN = "redis is unavailable: the run was not accepted"
 
 
-async def enqueue(store: Store, rio: RedisIO, run_ids: Sequence[str]) -> list[Unavailable | None]:
+async def enqueue(
+    store: Store, rio: RedisIO, runs: Sequence[QueuedRun]
+) -> list[Unavailable | None]:
     """One round trip for every run: None where its entry was added, else the 503 its submit
     answers (its row deleted again)."""
-    added = await rio.enqueue_many(run_ids)
+    added = await rio.enqueue_many(runs)
     errors = [x for x in added if isinstance(x, BaseException)]
     if not errors:
         return [None] * len(added)
-    failed = [r for r, x in zip(run_ids, added, strict=True) if isinstance(x, BaseException)]
+    failed = [r.run_id for r, x in zip(runs, added, strict=True) if isinstance(x, BaseException)]
     try:
         await store.submits.delete_queued_runs(failed)
     except Unavailable:

@@ -51,6 +51,7 @@ from api.submit.request import SubmitRequest
 from shared.batching import Coalescer
 from shared.config import Settings
 from shared.errors import Unavailable
+from shared.models import QueuedRun
 from shared.redis.client import REDIS_ERRORS, Redis
 from shared.redis.keys import Keys
 from shared.redis.runs import RedisIO
@@ -190,7 +191,10 @@ class SubmitGroups:
         for user, n in Counter(n.user_id for n in news).items():
             self.gate.added(user, n)
         rows = [row for row in inserted if row is not None]
-        failures = await enqueue(self.store, self.rio, [run_id for run_id, _ in rows])
+        queued = [
+            QueuedRun(row[0], new.user_id) for row, new in zip(inserted, news, strict=True) if row
+        ]
+        failures = await enqueue(self.store, self.rio, queued)
         answers = iter(
             failure or Submitted(run_id, "queued", None, created_at, replayed=False)
             for (run_id, created_at), failure in zip(rows, failures, strict=True)

@@ -37,6 +37,7 @@ from api.submit.request import SubmitRequest, SubmitRun, validated
 from api.submit.webhook import check_webhook
 from api.threads import apply_thread_mode
 from shared.errors import InFlightCapReached, KeyReused, LongrunError
+from shared.models import QueuedRun
 from shared.redis.client import REDIS_ERRORS
 from shared.store import Submitted
 
@@ -163,7 +164,7 @@ async def _alone(
         key_ttl_seconds=state.settings.idempotency_ttl_seconds,
     )
     if not sub.replayed:
-        (failure,) = await enqueue(state.store, state.rio, [sub.run_id])
+        (failure,) = await enqueue(state.store, state.rio, [QueuedRun(sub.run_id, new.user_id)])
         if failure is not None:
             raise failure
     return sub

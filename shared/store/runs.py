@@ -20,7 +20,7 @@ import orjson
 
 from shared.agents.base import Checkpoint
 from shared.errors import LeaseLost
-from shared.models import Event, Run, RunStatus, Transition, sources
+from shared.models import Event, QueuedRun, Run, RunStatus, Transition, sources
 from shared.store.counters import ENDED_UNDER_FENCE, count_ended
 from shared.store.pool import Database
 from shared.store.rows import (
@@ -226,6 +226,18 @@ class RunRepo:
             user_id,
         )
         return None if row is None else run_of(row)
+
+    async def queue_items(self, run_ids: Sequence[str]) -> list[QueuedRun]:
+        """What the queue entries of these runs carry (their user, their priority), for the
+        paths that queue a run again by its id alone; a run not found is left out."""
+        if not run_ids:
+            return []
+        rows = await self.db.fetch(
+            "SELECT run_id, user_id FROM runs WHERE run_id = ANY($1::uuid[])",
+            [uuid.UUID(r) for r in run_ids],
+        )
+        found = {str(row["run_id"]): QueuedRun(str(row["run_id"]), row["user_id"]) for row in rows}
+        return [found[r] for r in run_ids if r in found]
 
     async def next_in_thread(self, run_id: str) -> str | None:
         """The oldest queued run of `run_id`'s thread (to enqueue when a run ended outside a

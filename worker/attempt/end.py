@@ -17,7 +17,7 @@ from shared.agents.base import RunContext
 from shared.errors import LeaseLost
 from shared.history import invalidate
 from shared.logs import info_line
-from shared.models import Event, Transition, transition
+from shared.models import Event, QueuedRun, Transition, transition
 from shared.redis.client import REDIS_DOWN
 from shared.redis.runs import EventCapExceeded, Gap
 from shared.store import Finishing
@@ -179,7 +179,10 @@ async def _commit_end(
     if next_run is not None:
         # The thread's next run waited for this one: queue it now.
         await retry_unavailable(
-            "enqueue_next", lambda: d.rio.enqueue(next_run), stop=st.signals.lost, deadline=deadline
+            "enqueue_next",
+            lambda: d.rio.enqueue(QueuedRun(next_run, run.user_id)),
+            stop=st.signals.lost,
+            deadline=deadline,
         )
     await retry_unavailable(
         "ack",

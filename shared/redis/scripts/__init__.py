@@ -1,11 +1,12 @@
 """Every Lua script longrun runs in Redis: one `.lua` file each, in this folder, read once when
 this module is imported. Each file opens with its contract (KEYS, ARGV, the reply).
 
-Where they run: the run-level scripts (append, fence, renew, ack, ack_many, handoff, cancel) in
-`shared.redis.runs`, the admission scripts (bucket, take_slot, refresh_slot) in
-`shared.redis.admission`, drop_idle_consumers and release in `shared.redis.group`, breaker_cas in
-`shared.redis.breakers`. Redis caches a script by its SHA-1 after the first `SCRIPT LOAD`; calls
-go by EVALSHA and load the script again when Redis answers NOSCRIPT (restarted, flushed).
+Where they run: the run-level scripts (append, fence, renew, ack, ack_many, handoff, cancel,
+enqueue) in `shared.redis.runs`, the admission scripts (bucket, take_slot, refresh_slot) in
+`shared.redis.admission`, the queue's pull and rebuild, drop_idle_consumers and release in
+`shared.redis.group`, breaker_cas in `shared.redis.breakers`. Redis caches a script by its
+SHA-1 after the first `SCRIPT LOAD`; calls go by EVALSHA and load the script again when Redis
+answers NOSCRIPT (restarted, flushed).
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ NAMES: Final = (
     "drop_idle_consumers",
     "breaker_cas",
     "release",
+    "enqueue",
+    "pull",
+    "rebuild",
 )
 # File name -> source.
 ALL: Final[dict[str, str]] = {name: _read(name) for name in NAMES}
@@ -50,4 +54,7 @@ ALL: Final[dict[str, str]] = {name: _read(name) for name in NAMES}
     DROP_IDLE_CONSUMERS,
     BREAKER_CAS,
     RELEASE,
+    ENQUEUE,
+    PULL,
+    REBUILD,
 ) = ALL.values()
