@@ -21,7 +21,6 @@ from api.runs import RunIdPath, parse_run_id
 from api.schemas import documented
 from api.state import AppState
 from api.submit.request import check_json_field
-from shared.models import QueuedRun
 from shared.redis.client import REDIS_ERRORS
 
 log = structlog.get_logger("longrun.api")
@@ -72,7 +71,8 @@ async def resume(
     done = await state.store.interrupts.resume(rid, user, body.interrupt_id, body.value)
     if not done.replayed:
         try:
-            await state.rio.enqueue(QueuedRun(rid, user))
+            for item in await state.store.runs.queue_items([rid]):
+                await state.rio.enqueue(item)
         except REDIS_ERRORS as exc:  # committed: the reconciler gives it an entry
             log.warning("resume_enqueue_failed", run_id=rid, error=type(exc).__name__)
     headers = {"Idempotent-Replayed": "true"} if done.replayed else None

@@ -38,7 +38,7 @@ from api.schemas import (
 )
 from api.state import AppState
 from shared.errors import NotFound, Unavailable
-from shared.models import QueuedRun, Run, RunStatus
+from shared.models import Run, RunStatus
 from shared.redis.client import REDIS_DOWN, REDIS_ERRORS
 
 router = APIRouter(responses=ERROR_RESPONSES)
@@ -244,7 +244,8 @@ async def next_of_thread(state: AppState, run: Run) -> None:
     nxt = await state.store.runs.next_in_thread(run.run_id)
     if nxt is not None:
         with contextlib.suppress(*REDIS_ERRORS):
-            await state.rio.enqueue(QueuedRun(nxt, run.user_id))
+            for item in await state.store.runs.queue_items([nxt]):
+                await state.rio.enqueue(item)
 
 
 async def publish_archived_terminal(state: AppState, run: Run) -> None:

@@ -230,6 +230,7 @@ async def _create_key(settings: Settings, store: Store, args: Any) -> int:
             webhook_url=args.webhook,
             webhook_secret=secret,
             operator=args.operator,
+            max_priority=args.max_priority,
         )
     except BadRequest as exc:  # a user id reserved for JWT callers
         raise Failure(Exit.USAGE, exc.detail) from exc

@@ -104,6 +104,12 @@ def _admin(sub: argparse._SubParsersAction[Parser]) -> None:
         action="store_true",
         help="an operator's key: sees the whole deployment (the console's Operations, /ops)",
     )
+    kc.add_argument(
+        "--max-priority",
+        choices=("high", "normal", "low"),
+        default="normal",
+        help="the highest priority the key's runs may ask for (default normal)",
+    )
     kr = ksub.add_parser(
         "revoke",
         help="revoke a key",

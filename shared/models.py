@@ -188,6 +188,7 @@ class Run(BaseModel):
     interrupt: dict[str, Any] | None = None
     waiting_since: datetime | None = None
     webhook_url: str | None = None  # where its terminal state and waits are POSTed (webhooks)
+    priority: str = "normal"  # high, normal or low: its place in the queue
 
     def public(self) -> dict[str, Any]:
         """The JSON clients see for `GET /runs/{id}`."""
@@ -212,6 +213,7 @@ class Run(BaseModel):
             "interrupt": self.interrupt,
             "waiting_since": _iso(self.waiting_since),
             "webhook": self.webhook_url,
+            "priority": self.priority,
         }
 
 

@@ -105,7 +105,7 @@ async def _reenqueue_lost(settings: Settings, store: Store, rio: RedisIO) -> int
             )
             if not requeued:
                 continue
-            await rio.enqueue(QueuedRun(run.run_id, run.user_id))
+            await rio.enqueue(QueuedRun(run.run_id, run.user_id, run.priority))
             fixed += 1
             log.warning("run_reenqueued", run_id=run.run_id, was=str(run.status))
     await group.forget_dead_workers(settings.lease_seconds * 10)

@@ -192,7 +192,9 @@ class SubmitGroups:
             self.gate.added(user, n)
         rows = [row for row in inserted if row is not None]
         queued = [
-            QueuedRun(row[0], new.user_id) for row, new in zip(inserted, news, strict=True) if row
+            QueuedRun(row[0], new.user_id, new.priority)
+            for row, new in zip(inserted, news, strict=True)
+            if row
         ]
         failures = await enqueue(self.store, self.rio, queued)
         answers = iter(

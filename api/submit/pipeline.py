@@ -164,7 +164,9 @@ async def _alone(
         key_ttl_seconds=state.settings.idempotency_ttl_seconds,
     )
     if not sub.replayed:
-        (failure,) = await enqueue(state.store, state.rio, [QueuedRun(sub.run_id, new.user_id)])
+        (failure,) = await enqueue(
+            state.store, state.rio, [QueuedRun(sub.run_id, new.user_id, new.priority)]
+        )
         if failure is not None:
             raise failure
     return sub

@@ -23,10 +23,12 @@ from shared.agents import DEFAULT_AGENT
 from shared.agents.chat import params_problem as chat_params_problem
 from shared.agents.ticker import params_problem as ticker_params_problem
 from shared.config import Settings
+from shared.models import PRIORITIES
 from shared.store import NewRun
 from shared.tools import tools_problem
 from shared.webhooks.targets import MAX_URL_CHARS
 
+Priority = Literal["high", "normal", "low"]
 IDEMPOTENCY_KEY_RE = re.compile(r"[\x21-\x7e]{1,255}")  # whole keys only: fullmatch
 
 
@@ -47,6 +49,9 @@ class SubmitRun(BaseModel):
     webhook: str | None = Field(
         default=None, max_length=MAX_URL_CHARS, json_schema_extra={"format": "uri"}
     )
+    # Its place in the queue: higher first, a waiting lower one served after at most
+    # LONGRUN_PRIORITY_STARVATION higher picks in a row. Up to the API key's maximum (403).
+    priority: Priority = "normal"
 
     @field_validator("input")
     @classmethod
@@ -85,6 +90,7 @@ def validated(
 ) -> SubmitRequest:
     """The request to submit; ApiError (422) for anything out of bounds, the body first."""
     agent = checked_agent(state, body)
+    check_priority(body.priority, who.max_priority)
     key = idempotency_key_of(idempotency_key)
     new = NewRun(
         user_id=who.user,
@@ -95,9 +101,20 @@ def validated(
         thread_id=body.thread_id,
         webhook=body.webhook,
         key_id=who.key_id,
+        priority=body.priority,
     )
     keyed = None if key is None else (key, submit_digest(body, agent))
     return SubmitRequest(who, new, body.thread_mode, keyed)
+
+
+def check_priority(asked: str, allowed: str) -> None:
+    """403 `priority_not_allowed` for a priority above the key's maximum."""
+    if PRIORITIES.index(asked) < PRIORITIES.index(allowed):
+        raise ApiError(
+            403,
+            "priority_not_allowed",
+            f"this key's runs may ask for priority {allowed} at most, not {asked}",
+        )
 
 
 def json_depth(value: Any, depth: int = 0) -> int:
@@ -176,6 +193,12 @@ def idempotency_key_of(raw: str | None) -> str | None:
 
 def submit_digest(body: SubmitRun, agent: str) -> bytes:
     """What an Idempotency-Key is bound to: the normalised body, the agent resolved. A body
-    without a webhook normalises as it did before webhooks existed (keys keep their digests)."""
-    normalised = {**body.model_dump(exclude=None if body.webhook else {"webhook"}), "agent": agent}
+    without a webhook or a priority (or `normal`) normalises as it did before they existed
+    (keys keep their digests)."""
+    unset = set()
+    if not body.webhook:
+        unset.add("webhook")
+    if body.priority == "normal":
+        unset.add("priority")
+    normalised = {**body.model_dump(exclude=unset or None), "agent": agent}
     return hashlib.sha256(orjson.dumps(normalised, option=orjson.OPT_SORT_KEYS)).digest()

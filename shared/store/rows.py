@@ -18,7 +18,7 @@ from shared.models import Event, Run, Transition
 RUN_COLUMNS = (
     "run_id, user_id, thread_id, agent, input, params, metadata, status, attempt, output, "
     "error, usage, cost_usd, last_seq, event_bytes, cancel_requested, created_at, started_at, "
-    "finished_at, updated_at, interrupt, waiting_since, webhook_url"
+    "finished_at, updated_at, interrupt, waiting_since, webhook_url, priority"
 )
 
 TARGETS = {
@@ -40,6 +40,7 @@ class NewRun:
     # and the API key whose secret signs it (None: a JWT caller, who has none: no webhook).
     webhook: str | None = None
     key_id: str | None = None
+    priority: str = "normal"  # high, normal or low: its place in the queue
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,7 @@ class ActiveKey:
     key_id: str
     user_id: str
     operator: bool = False
+    max_priority: str = "normal"  # the highest priority its runs may ask for
 
 
 @dataclass(frozen=True)
@@ -136,7 +138,9 @@ def api_key_of(record: asyncpg.Record) -> ApiKey:
 
 
 def active_key_of(record: asyncpg.Record) -> ActiveKey:
-    return ActiveKey(record["key_id"], record["user_id"], bool(record["operator"]))
+    return ActiveKey(
+        record["key_id"], record["user_id"], bool(record["operator"]), record["max_priority"]
+    )
 
 
 def keyed_run_of(record: asyncpg.Record) -> tuple[bytes, Submitted]:

@@ -233,10 +233,13 @@ class RunRepo:
         if not run_ids:
             return []
         rows = await self.db.fetch(
-            "SELECT run_id, user_id FROM runs WHERE run_id = ANY($1::uuid[])",
+            "SELECT run_id, user_id, priority FROM runs WHERE run_id = ANY($1::uuid[])",
             [uuid.UUID(r) for r in run_ids],
         )
-        found = {str(row["run_id"]): QueuedRun(str(row["run_id"]), row["user_id"]) for row in rows}
+        found = {
+            str(row["run_id"]): QueuedRun(str(row["run_id"]), row["user_id"], row["priority"])
+            for row in rows
+        }
         return [found[r] for r in run_ids if r in found]
 
     async def next_in_thread(self, run_id: str) -> str | None:

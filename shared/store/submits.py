@@ -38,9 +38,9 @@ UNLOCKED_HEADROOM = 256
 INSERT_RUNS = """WITH input AS (
         SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
                              $6::jsonb[], $7::jsonb[], $8::text[], $9::bytea[], $11::text[],
-                             $12::text[])
+                             $12::text[], $13::text[])
         AS u(run_id, user_id, thread_id, agent, input, params, metadata, key, body_hash,
-             webhook, key_id)
+             webhook, key_id, priority)
     ), hooked AS (
         SELECT input.*, coalesce(input.webhook, k.webhook_url) AS webhook_url
         FROM input LEFT JOIN api_keys k ON k.key_id = input.key_id
@@ -56,9 +56,9 @@ INSERT_RUNS = """WITH input AS (
         RETURNING run_id
     )
     INSERT INTO runs (run_id, user_id, thread_id, agent, input, params, metadata, status,
-                      webhook_url, webhook_key_id)
+                      webhook_url, webhook_key_id, priority)
     SELECT run_id, user_id, thread_id, agent, input, params, metadata, 'queued',
-           webhook_url, CASE WHEN webhook_url IS NULL THEN NULL ELSE key_id END
+           webhook_url, CASE WHEN webhook_url IS NULL THEN NULL ELSE key_id END, priority
     FROM hooked
     WHERE key IS NULL OR run_id IN (SELECT run_id FROM keyed)
     RETURNING run_id, created_at"""
@@ -126,6 +126,7 @@ async def _insert_runs(
         float(key_ttl_seconds),
         [n.webhook for n in news],
         [n.key_id for n in news],
+        [n.priority for n in news],
     )
     created: dict[Any, datetime] = {r["run_id"]: r["created_at"] for r in rows}
     return [(str(i), created[i]) if i in created else None for i in ids]

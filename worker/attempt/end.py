@@ -17,7 +17,7 @@ from shared.agents.base import RunContext
 from shared.errors import LeaseLost
 from shared.history import invalidate
 from shared.logs import info_line
-from shared.models import Event, QueuedRun, Transition, transition
+from shared.models import Event, Transition, transition
 from shared.redis.client import REDIS_DOWN
 from shared.redis.runs import EventCapExceeded, Gap
 from shared.store import Finishing
@@ -180,7 +180,7 @@ async def _commit_end(
         # The thread's next run waited for this one: queue it now.
         await retry_unavailable(
             "enqueue_next",
-            lambda: d.rio.enqueue(QueuedRun(next_run, run.user_id)),
+            lambda: _enqueue_next(d, next_run),
             stop=st.signals.lost,
             deadline=deadline,
         )
@@ -223,6 +223,12 @@ async def _copy_terminal(st: AttemptState, d: Deps) -> None:
         await fill_gap(st, d, res.redis_seq, terminal=True)
     else:
         st.unsent.clear()
+
+
+async def _enqueue_next(d: Deps, run_id: str) -> None:
+    """Queue a thread's next run with what its entry carries (its user, its priority)."""
+    for item in await d.store.runs.queue_items([run_id]):
+        await d.rio.enqueue(item)
 
 
 async def handoff(st: AttemptState, d: Deps) -> None:
