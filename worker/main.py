@@ -524,6 +524,9 @@ class Worker:
                 return
             now = self.reconcile_now.is_set()
             self.reconcile_now.clear()
+            # Every worker, not only the reconciler's: a shard count raised elsewhere means
+            # shards to read from now on.
+            await self.rio.group.refresh_shards()
             await reconcile_once(self.settings, self.store, self.rio, self.name, urgent=now)
 
     async def _reconcile_due(self) -> None:
