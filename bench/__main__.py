@@ -1,7 +1,8 @@
 """`python -m bench [--smoke] [--skip-peers] [NAME ...]`: run the benchmarks, one process each.
 
-Order: submit, e2e, dispatch, langgraph, sse_fanout, memory, paging, wait. Each prints its table
-and ratios and appends a JSON line to bench/out/NAME.jsonl. Exit status 1 if any script failed.
+Order: submit, e2e, dispatch, langgraph, sse_fanout, memory, paging, wait, fairness. Each prints
+its table and ratios and appends a JSON line to bench/out/NAME.jsonl. Exit status 1 if any script
+failed.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ ALL = {
     "memory": "bench.memory",
     "paging": "bench.paging",
     "wait": "bench.wait",
+    "fairness": "bench.fairness",
 }
 
 
