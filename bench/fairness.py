@@ -20,9 +20,20 @@ from typing import Any
 import httpx
 import redis
 
-from bench.lib import REDIS_URL, median, parser, percentile, print_table, record, run_async
+from bench.lib import (
+    REDIS_URL,
+    median,
+    parser,
+    percentile,
+    print_table,
+    record,
+    run_async,
+    wait_until,
+)
 from bench.loadgen import post_many
 from bench.stack import Stack, _run_cli, longrun_stack
+from shared.config import Settings
+from shared.redis.keys import Keys
 
 SLOTS = 8
 TICKER = {"count": 2, "interval_ms": 100}
@@ -62,7 +73,13 @@ async def scenario(fair: bool, flood: int) -> dict[str, Any]:
     env = {"LONGRUN_FAIR": "1" if fair else "0"}
     async with longrun_stack(extra_env=env) as st:
         b_key = _run_cli(["keys", "create", "--user", "b"], st.env).strip().splitlines()[-1]
-        st.start_workers(1, SLOTS, extra_env=env)
+        procs = st.start_workers(1, SLOTS, extra_env=env)
+        r = redis.Redis.from_url(REDIS_URL)
+        try:  # measured from a worker that is up (its first heartbeat), not one starting
+            live = Keys.from_settings(Settings.from_env(st.env)).workers
+            wait_until(lambda: r.zcard(live) > 0, 60, "worker up", procs[0])
+        finally:
+            r.close()
         alone = await _b_waits(st, b_key)
         enq = await post_many(f"{st.base_url}/runs", BODY, st.auth["Authorization"], flood)
         if enq["errors"]:
