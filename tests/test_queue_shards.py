@@ -6,6 +6,7 @@ flight at each step."""
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -193,3 +194,43 @@ async def test_workers_run_runs_of_every_shard_end_to_end(sharded, store: Store,
         return await queue_backlog(r, keys) == 0
 
     await wait_for(drained, timeout=10, interval=0.05)
+
+
+async def test_metrics_and_status_show_the_backlog_per_shard_and_in_all(
+    settings, api_factory, store, tmp_path
+):
+    import httpx
+
+    from tests.cli_proc import cli_env, longrun
+    from tests.test_ops_metrics import fast_cache, scrape, value
+
+    # Given an API on a three-shard queue and 9 runs queued (no worker)
+    s = settings.with_(queue_shards=3)
+    srv = await api_factory(s)
+    fast_cache(srv)
+    _, key = await store.users.create_key("alice")
+    async with httpx.AsyncClient(
+        base_url=srv.url, headers={"Authorization": f"Bearer {key}"}, timeout=10
+    ) as c:
+        for _ in range(9):
+            answer = await c.post("/runs", json={"input": "x", "agent": "ticker"})
+            assert answer.status_code == 202
+        # Then /metrics has the total and each shard's two streams, adding up to it
+        m = await scrape(c)
+    assert value(m, "longrun_queue_depth") == 9
+    per_stream = [
+        value(m, "longrun_queue_shard_depth", shard=str(i), stream=stream)
+        for i in range(3)
+        for stream in ("ready", "held")
+    ]
+    assert None not in per_stream
+    assert sum(x or 0 for x in per_stream) == 9
+    assert value(m, "longrun_queue_waiting") == 9
+    # And `longrun status` says the same
+    done = await longrun("status", "--json", env=cli_env(tmp_path, s, LONGRUN_QUEUE_SHARDS="3"))
+    status = json.loads(done.out)
+    assert status["backlog"] == 9
+    assert [x["shard"] for x in status["shards"]] == [0, 1, 2]
+    assert sum(x["held"] + x["ready"] for x in status["shards"]) == 9
+    text = await longrun("status", env=cli_env(tmp_path, s, LONGRUN_QUEUE_SHARDS="3"))
+    assert "shard 2: ready" in text.out
