@@ -82,8 +82,14 @@ class GroupIO:
     async def refresh_shards(self) -> int:
         """Record this process's shard count and cover every shard any process ran with."""
         n = self.keys.shards
-        await self.r.zadd(self.keys.shards_seen, {str(n): n})
-        top = await self.r.zrevrange(self.keys.shards_seen, 0, 0, withscores=True)
+        try:
+            await self.r.zadd(self.keys.shards_seen, {str(n): n})
+            top = await self.r.zrevrange(self.keys.shards_seen, 0, 0, withscores=True)
+        except ResponseError:
+            # An error reply (MOVED on a node without that slot, WRONGTYPE ...): the shards of
+            # this process's count are still read; the record is tried again next period.
+            self.covered = max(self.covered, n)
+            return self.covered
         self.covered = max(n, int(top[0][1])) if top else n
         return self.covered
 
