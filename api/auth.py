@@ -55,6 +55,7 @@ class CachedKey(NamedTuple):
     until: float  # monotonic
     epoch: bytes | None  # the key epoch it was looked up under (None: Redis did not answer)
     operator: bool = False  # an operator's key (`longrun keys create --operator`)
+    max_priority: str = "normal"  # the highest priority its runs may ask for
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,9 @@ class Principal:
     checked: bytes | None = None
     expires_at: int | None = None  # a JWT's `exp`; None for an API key (good until revoked)
     operator: bool = False  # an operator's API key: the `/ops` endpoints answer it (`api.ops`)
+    # The highest priority the caller's runs may ask for (`longrun keys create --max-priority`;
+    # a JWT caller: normal).
+    max_priority: str = "normal"
 
 
 @dataclass
@@ -154,7 +158,14 @@ async def key_principal(request: Request, sec: Security, key: str) -> Principal:
         and cached.epoch is not None
         and hmac.compare_digest(cached.epoch, epoch)
     ):
-        return Principal(cached.user, None, cached.key_id, epoch, operator=cached.operator)
+        return Principal(
+            cached.user,
+            None,
+            cached.key_id,
+            epoch,
+            operator=cached.operator,
+            max_priority=cached.max_priority,
+        )
     found = await state.store.users.active_key(key)
     if found is None:
         sec.key_cache.pop(digest, None)
@@ -163,9 +174,21 @@ async def key_principal(request: Request, sec: Security, key: str) -> Principal:
     if len(sec.key_cache) >= KEY_CACHE_MAX:
         sec.key_cache.clear()
     sec.key_cache[digest] = CachedKey(
-        found.user_id, found.key_id, now + KEY_CACHE_SECONDS, epoch, found.operator
+        found.user_id,
+        found.key_id,
+        now + KEY_CACHE_SECONDS,
+        epoch,
+        found.operator,
+        found.max_priority,
     )
-    return Principal(found.user_id, None, found.key_id, epoch, operator=found.operator)
+    return Principal(
+        found.user_id,
+        None,
+        found.key_id,
+        epoch,
+        operator=found.operator,
+        max_priority=found.max_priority,
+    )
 
 
 async def key_id_checked(request: Request, sec: Security, key_id: str) -> bytes | None:
@@ -214,7 +237,13 @@ def cached_principal(sec: Security, token: str) -> Principal | None:
         return None
     cached = sec.key_cache.get(hashlib.sha256(token.encode()).digest())
     if cached is not None and cached.until > time.monotonic() and cached.epoch is not None:
-        return Principal(cached.user, cached.epoch, cached.key_id, operator=cached.operator)
+        return Principal(
+            cached.user,
+            cached.epoch,
+            cached.key_id,
+            operator=cached.operator,
+            max_priority=cached.max_priority,
+        )
     return None
 
 

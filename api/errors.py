@@ -78,6 +78,11 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     ),
 }
 
+# A submit asking for a priority above its API key's maximum (`api.submit.request`).
+PRIORITY_REFUSED: dict[int | str, dict[str, Any]] = {
+    403: _doc("priority_not_allowed: a priority above the API key's maximum")
+}
+
 STATUS: dict[type[LongrunError], int] = {
     BadRequest: 400,
     Unauthorized: 401,

@@ -71,7 +71,8 @@ async def resume(
     done = await state.store.interrupts.resume(rid, user, body.interrupt_id, body.value)
     if not done.replayed:
         try:
-            await state.rio.enqueue(rid)
+            for item in await state.store.runs.queue_items([rid]):
+                await state.rio.enqueue(item)
         except REDIS_ERRORS as exc:  # committed: the reconciler gives it an entry
             log.warning("resume_enqueue_failed", run_id=rid, error=type(exc).__name__)
     headers = {"Idempotent-Replayed": "true"} if done.replayed else None

@@ -126,9 +126,20 @@ def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
 def _redis_metrics(f: RedisFigures) -> Iterator[Metric]:
     yield _gauge(
         "longrun_queue_depth",
-        "Entries in the queue stream (XLEN): queued plus in flight, the backlog",
+        "Entries in every queue shard's ready and held streams (XLEN): queued plus in flight, "
+        "the backlog",
         f.backlog,
     )
+    shard_depth = GaugeMetricFamily(
+        "longrun_queue_shard_depth",
+        "Entries in one queue shard's stream: ready (in flight, or promoted for a worker) and "
+        "held (queued, waiting for their turn); their sum over shards is longrun_queue_depth",
+        labels=["shard", "stream"],
+    )
+    for x in f.shards:
+        shard_depth.add_metric([str(x.shard), "ready"], x.ready)
+        shard_depth.add_metric([str(x.shard), "held"], x.held)
+    yield shard_depth
     yield _gauge(
         "longrun_queue_waiting", "Queue entries no worker has read yet (group lag)", f.waiting
     )

@@ -253,7 +253,8 @@ async def next_of_thread(state: AppState, run: Run) -> None:
     nxt = await state.store.runs.next_in_thread(run.run_id)
     if nxt is not None:
         with contextlib.suppress(*REDIS_ERRORS):
-            await state.rio.enqueue(nxt)
+            for item in await state.store.runs.queue_items([nxt]):
+                await state.rio.enqueue(item)
 
 
 async def publish_archived_terminal(state: AppState, run: Run) -> None:

@@ -1,8 +1,8 @@
 """`python -m bench [--smoke] [--skip-peers] [NAME ...]`: run the benchmarks, one process each.
 
-Order: submit, e2e, dispatch, langgraph, sse_fanout, memory, paging, wait, growth. Each prints
-its table and ratios and appends a JSON line to bench/out/NAME.jsonl. Exit status 1 if any
-script failed.
+Order: submit, e2e, dispatch, langgraph, sse_fanout, memory, paging, wait, growth, fairness.
+Each prints its table and ratios and appends a JSON line to bench/out/NAME.jsonl. Exit status 1
+if any script failed.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ ALL = {
     "paging": "bench.paging",
     "wait": "bench.wait",
     "growth": "bench.growth",
+    "fairness": "bench.fairness",
 }
 
 

@@ -107,7 +107,7 @@ async def longrun(st: Stack, n: int, workers: int) -> dict[str, Any]:
     try:
         t0 = time.monotonic()
         procs = st.start_workers(workers, CONCURRENCY)
-        wait_until(lambda: r.xlen(st.queue) == 0, 180, f"{n} runs drained", procs[0], every=0.005)
+        wait_until(lambda: st.backlog(r) == 0, 180, f"{n} runs drained", procs[0], every=0.005)
         t_queue = time.monotonic()
     finally:
         r.close()

@@ -62,6 +62,17 @@ class Stack:
     def queue(self) -> str:
         return f"{self.prefix}:runs"
 
+    def backlog(self, redis_sync: Any) -> int:
+        """Queued plus in flight: XLEN of every queue shard's ready and held streams."""
+        from shared.config import Settings
+        from shared.redis.keys import Keys
+
+        keys = Keys.from_settings(Settings.from_env(self.env))
+        return sum(
+            int(redis_sync.xlen(keys.shard_queue(i))) + int(redis_sync.xlen(keys.held(i)))
+            for i in range(keys.shards)
+        )
+
     def events_key(self, run_id: str) -> str:
         from shared.config import Settings
         from shared.redis.keys import Keys
@@ -179,9 +190,8 @@ async def run_window(database_url: str) -> dict[str, Any]:
     return {"finished": int(row["n"]), "span_s": span}
 
 
-def wait_drained(redis_sync: Any, queue: str, timeout: float, proc: Proc | None = None) -> float:
-    """Poll XLEN of the queue every 5 ms until 0 (entries are deleted on ack); monotonic time."""
-    wait_until(
-        lambda: redis_sync.xlen(queue) == 0, timeout, f"queue {queue} drained", proc, every=0.005
-    )
+def wait_drained(stack: Stack, redis_sync: Any, timeout: float, proc: Proc | None = None) -> float:
+    """Poll the backlog (every shard's ready + held XLEN) every 5 ms until 0 (entries are
+    deleted on ack); monotonic time."""
+    wait_until(lambda: stack.backlog(redis_sync) == 0, timeout, "queue drained", proc, every=0.005)
     return time.monotonic()

@@ -257,6 +257,7 @@ async def _create_key(settings: Settings, store: Store, args: Any) -> int:
             webhook_secret=secret,
             operator=args.operator,
             retention_days=args.retention_days,
+            max_priority=args.max_priority,
         )
     except BadRequest as exc:  # a user id reserved for JWT callers
         raise Failure(Exit.USAGE, exc.detail) from exc

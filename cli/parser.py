@@ -121,6 +121,12 @@ def _admin(sub: argparse._SubParsersAction[Parser]) -> None:
         help="delete the key's finished runs N days after they end, instead of after "
         "LONGRUN_RETENTION_DAYS (0: keep them forever)",
     )
+    kc.add_argument(
+        "--max-priority",
+        choices=("high", "normal", "low"),
+        default="normal",
+        help="the highest priority the key's runs may ask for (default normal)",
+    )
     kr = ksub.add_parser(
         "revoke",
         help="revoke a key",

@@ -56,6 +56,11 @@ def render(s: dict[str, Any]) -> str:
         f"queue {s['queue']} (group {s['group']}): backlog {s['backlog']}, "
         f"waiting {s['waiting']} (lag {lag}), pending {s['pending']}; "
         f"scheduled {s['scheduled']} (delayed, not in the backlog)",
+        *(
+            f"  shard {x['shard']}: ready {x['ready']}, held {x['held']}, pending {x['pending']}"
+            for x in s.get("shards", [])
+            if len(s["shards"]) > 1
+        ),
         f"oldest waiting run: {'-' if oldest is None else f'{oldest:.1f} s'}",
         f"workers alive: {s['workers_alive']}, in flight {s['in_flight']}, "
         f"free slots {s['free_slots']}",

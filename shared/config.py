@@ -126,6 +126,26 @@ class Settings:
         "longrun:runs", "LONGRUN_QUEUE", "queue", "the queue stream (default <prefix>:runs)"
     )
     group: str = knob("workers", "LONGRUN_GROUP", "queue", "the consumer group")
+    queue_shards: int = knob(
+        1,
+        "LONGRUN_QUEUE_SHARDS",
+        "queue",
+        "queue shards: streams (each its own group and hash slot) runs are spread over",
+        minimum=1,
+    )
+    fair: bool = knob(
+        True,
+        "LONGRUN_FAIR",
+        "queue",
+        "dispatch round-robin across users with queued runs (off: one FIFO per priority)",
+    )
+    priority_starvation: int = knob(
+        10,
+        "LONGRUN_PRIORITY_STARVATION",
+        "queue",
+        "a waiting lower priority gets a run after this many higher picks in a row",
+        minimum=1,
+    )
     concurrency: int = knob(
         32, "LONGRUN_CONCURRENCY", "queue", "runs in flight per worker process", minimum=1
     )

@@ -36,7 +36,8 @@ async def retry(store: Store, rio: RedisIO, ops: OpsIO, letter: DeadLetter) -> s
     # Redis still holds the failed attempt's fence and events (with the withdrawn error):
     # drop them; the next attempt seeds its seq from the archive and the archive serves them.
     await rio.forget_run(letter.run_id)
-    await rio.enqueue(letter.run_id)
+    for item in await store.runs.queue_items([letter.run_id]):
+        await rio.enqueue(item)
     await ops.drop_dead_letters([letter.entry_id])
     return "requeued"
 

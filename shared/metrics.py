@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from shared.config import Settings
@@ -150,6 +150,26 @@ def parse_dead_letter(
     )
 
 
+def merge_groups(groups: Sequence[GroupInfo], held: int) -> GroupInfo:
+    """The shards' groups as one: pending summed; lag summed plus the held entries (none of
+    them read yet), when every shard's group reports its lag."""
+    lags = [g.lag for g in groups]
+    return GroupInfo(
+        pending=sum(g.pending for g in groups),
+        lag=None if any(x is None for x in lags) else sum(x or 0 for x in lags) + held,
+        last_delivered=groups[0].last_delivered if groups else "0-0",
+        exists=any(g.exists for g in groups),
+    )
+
+
+@dataclass(frozen=True)
+class ShardFigures:
+    shard: int
+    ready: int  # XLEN of its ready stream: in flight plus just promoted
+    held: int  # XLEN of its held stream: queued, not yet promoted
+    pending: int
+
+
 @dataclass(frozen=True)
 class RedisFigures:
     backlog: int
@@ -163,6 +183,7 @@ class RedisFigures:
     breakers: dict[str, str]
     # Delayed runs waiting for their start: queued, not in the queue stream (not backlog).
     scheduled: int = 0
+    shards: list[ShardFigures] = field(default_factory=list)
 
     @property
     def workers_alive(self) -> int:
@@ -187,11 +208,20 @@ class RedisFigures:
 async def cluster_redis(io: OpsIO, settings: Settings) -> RedisFigures:
     """Everything the snapshot needs from Redis: about a dozen commands, none unbounded."""
     now = time.time()
-    backlog = await io.backlog()
-    group = parse_group(await io.groups(), settings.group)
-    oldest = None
-    if backlog:  # the oldest entry not yet delivered to the group
-        oldest = await io.first_entry_after(group.last_delivered if group.exists else None)
+    lengths = await io.shard_lengths()
+    backlog = sum(ready + held for ready, held in lengths)
+    groups: list[GroupInfo] = []
+    waiting_ids: list[str] = []
+    for shard, (ready, held) in enumerate(lengths):
+        g = parse_group(await io.groups(shard), settings.group)
+        groups.append(g)
+        if held:  # the oldest entry not yet promoted (its id is its submit time)
+            waiting_ids += [x for x in [await io.oldest_held(shard)] if x]
+        if ready > g.pending:  # an entry in ready not yet delivered
+            after = g.last_delivered if g.exists else None
+            waiting_ids += [x for x in [await io.first_entry_after(after, shard)] if x]
+    group = merge_groups(groups, sum(held for _, held in lengths))
+    oldest = min(waiting_ids, key=entry_ms) if waiting_ids else None
     beats, infos = await io.workers()
     dead = await io.dead_letter_count()
     unacked = await io.dead_letters(after=await io.dlq_watermark(), limit=DLQ_COUNT_CAP)
@@ -215,6 +245,10 @@ async def cluster_redis(io: OpsIO, settings: Settings) -> RedisFigures:
         counters=counters,
         breakers=await io.breaker_states(BREAKER_CAP),
         scheduled=await io.scheduled(),
+        shards=[
+            ShardFigures(shard=i, ready=ready, held=held, pending=groups[i].pending)
+            for i, (ready, held) in enumerate(lengths)
+        ],
     )
 
 
@@ -254,6 +288,10 @@ def as_dict(f: RedisFigures, settings: Settings) -> dict[str, Any]:
         "group": settings.group,
         "backlog": f.backlog,
         "scheduled": f.scheduled,
+        "shards": [
+            {"shard": x.shard, "ready": x.ready, "held": x.held, "pending": x.pending}
+            for x in f.shards
+        ],
         "pending": f.group.pending,
         "lag": f.group.lag,
         "waiting": f.waiting,

@@ -83,13 +83,6 @@ def sources(move: Transition) -> frozenset[RunStatus]:
     return frozenset(frm for (frm, mv) in TRANSITIONS if mv == move)
 
 
-@dataclass(frozen=True)
-class QueuedRun:
-    run_id: str
-    user_id: str
-    priority: str = "normal"
-
-
 # -- events ------------------------------------------------------------------------------------
 
 TERMINAL_EVENT_TYPES = frozenset({"done", "error", "cancelled"})
@@ -153,6 +146,19 @@ def parse_event_id(raw: str | None) -> int | None:
     return int(text)
 
 
+PRIORITIES = ("high", "normal", "low")  # highest first
+
+
+@dataclass(frozen=True)
+class QueuedRun:
+    """What a queue entry carries: the run, whose it is (the fairness tenant) and its
+    priority. `RedisIO.enqueue`/`enqueue_many` take these and nothing else."""
+
+    run_id: str
+    user_id: str
+    priority: str = "normal"
+
+
 class Run(BaseModel):
     """A run as stored in Postgres (the truth)."""
 
@@ -183,6 +189,7 @@ class Run(BaseModel):
     waiting_since: datetime | None = None
     webhook_url: str | None = None  # where its terminal state and waits are POSTed (webhooks)
     start_at: datetime | None = None  # a delayed run is not runnable before this
+    priority: str = "normal"  # high, normal or low: its place in the queue
 
     def public(self) -> dict[str, Any]:
         """The JSON clients see for `GET /runs/{id}`."""
@@ -208,6 +215,7 @@ class Run(BaseModel):
             "waiting_since": _iso(self.waiting_since),
             "webhook": self.webhook_url,
             "start_at": _iso(self.start_at),
+            "priority": self.priority,
         }
 
 

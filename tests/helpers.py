@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 
+from shared.redis.keys import Keys
 from shared.store import NewRun, Store, Submitted
 from tests.sse_frames import aparse_lines
 
@@ -110,3 +111,20 @@ def plan_nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
     for child in plan.get("Plans", []):
         nodes += plan_nodes(child)
     return nodes
+
+
+async def queue_backlog(r: Any, keys: Keys) -> int:
+    """The backlog as autoscaling counts it: XLEN of every shard's ready and held streams."""
+    total = 0
+    for shard in range(keys.shards):
+        total += int(await r.xlen(keys.shard_queue(shard))) + int(await r.xlen(keys.held(shard)))
+    return total
+
+
+async def queue_run_ids(r: Any, keys: Keys) -> list[str]:
+    """The run ids of every queue entry, ready or held, on every shard."""
+    out = []
+    for shard in range(keys.shards):
+        for stream in (keys.shard_queue(shard), keys.held(shard)):
+            out += [fields[b"run"].decode() for _, fields in await r.xrange(stream)]
+    return out

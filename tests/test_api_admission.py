@@ -13,7 +13,7 @@ import pytest
 from api.admission import submit_refusal
 from shared.redis.admission import AdmissionIO
 from shared.redis.keys import Keys
-from tests.helpers import submit, wait_for
+from tests.helpers import queue_backlog, submit, wait_for
 
 BODY = {"input": "hello", "agent": "ticker", "params": {"count": 1}}
 
@@ -46,7 +46,7 @@ async def _xlen(settings) -> int:
 
     r = aioredis.Redis.from_url(settings.redis_url)
     try:
-        return int(await r.xlen(Keys.from_settings(settings).queue))
+        return await queue_backlog(r, Keys.from_settings(settings))
     finally:
         await r.aclose()
 

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from shared.redis.keys import Keys
-from tests.helpers import read_events, submit, wait_status
+from tests.helpers import queue_backlog, read_events, submit, wait_status
 from tests.tcp_proxy import TcpProxy
 
 
@@ -205,7 +205,7 @@ async def test_when_postgres_is_down_submit_is_503_and_nothing_is_queued(
             assert resp.status_code == 503, resp.text
             assert resp.headers["retry-after"]
             assert ready.json()["checks"]["postgres"] == "down"
-            assert await redis_client.xlen(Keys.from_settings(settings).queue) == 0
+            assert await queue_backlog(redis_client, Keys.from_settings(settings)) == 0
             # And when it comes back, submits work again
             proxy.restore()
             again = await c.post("/runs", json={"input": "x", "agent": "ticker"})

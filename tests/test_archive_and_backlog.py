@@ -7,7 +7,13 @@ import time
 import uuid
 
 from shared.redis.keys import Keys
-from tests.helpers import assert_gapless_ticker, read_events, submit, wait_status
+from tests.helpers import (
+    assert_gapless_ticker,
+    queue_backlog,
+    read_events,
+    submit,
+    wait_status,
+)
 from tests.sse_frames import aparse_lines
 
 
@@ -53,7 +59,7 @@ async def test_xlen_equals_the_backlog_before_and_after_workers_drain_it(
         await submit(client, agent="ticker", params={"count": 1, "interval_ms": 0})
         for _ in range(12)
     ]
-    assert await redis_client.xlen(keys.queue) == 12
+    assert await queue_backlog(redis_client, keys) == 12
 
     # When a worker drains the queue
     await worker_factory()
@@ -62,13 +68,13 @@ async def test_xlen_equals_the_backlog_before_and_after_workers_drain_it(
 
     # Then every acked entry is deleted: the backlog is zero
     async def drained() -> bool:
-        return await redis_client.xlen(keys.queue) == 0
+        return await queue_backlog(redis_client, keys) == 0
 
     for _ in range(100):
         if await drained():
             break
         await asyncio.sleep(0.05)
-    assert await redis_client.xlen(keys.queue) == 0
+    assert await queue_backlog(redis_client, keys) == 0
 
 
 async def test_the_event_archive_is_complete_once_a_run_finished(client, worker, store):

@@ -143,6 +143,18 @@ def test_paging_bench_reads_keyset_pages_and_the_offset_baseline(tmp_path: Path)
     assert all(row["keyset_deep_ms"] > 0 and row["offset_deep_ms"] > 0 for row in r["rows"])
 
 
+def test_fairness_bench_times_the_other_users_runs_with_and_without_fairness(
+    tmp_path: Path,
+) -> None:
+    r = run_smoke("bench.fairness", tmp_path)
+    fair, unfair = r["results"]
+    assert (fair["fair"], unfair["fair"]) == (True, False)
+    for x in (fair, unfair):
+        assert x["flood"] > 0
+        assert x["alone_max_s"] >= 0
+        assert x["flood_max_s"] >= x["flood_median_s"] >= 0
+
+
 def test_wait_bench_answers_every_waiter_and_counts_the_idle_windows_calls(tmp_path: Path) -> None:
     r = run_smoke("bench.wait", tmp_path)
     one, ended = r["one_run"], r["ended"]

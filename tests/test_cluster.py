@@ -95,21 +95,49 @@ def test_the_mode_knob_takes_only_known_modes() -> None:
 
 # -- one slot per script call --------------------------------------------------------------
 
-K = Keys(prefix="lr", queue="lr:queue", group="workers")
+K = Keys(prefix="lr", queue="lr:queue", group="workers", shards=5)
+
+
 # Every script, with the keys each call site passes (key builders of shared.redis.keys): a new
 # script must be added here, and a call passing keys of two slots fails this table.
+def _shard(value: str) -> int:
+    """A shard for the value (several, so that every shard's key names are audited)."""
+    return len(value) % 5
+
+
 SCRIPT_KEYS = {
     "append": lambda v: [K.run_meta(v), K.events(v)],  # runs.append_call
     "fence": lambda v: [K.run_meta(v), K.events(v)],  # runs._fence_call
-    "renew": lambda v: [K.queue],
-    "ack": lambda v: [K.queue],
-    "ack_many": lambda v: [K.queue],
-    "handoff": lambda v: [K.queue],
+    "renew": lambda v: [K.shard_queue(_shard(v))],
+    "ack": lambda v: [K.shard_queue(_shard(v))],
+    "ack_many": lambda v: [K.shard_queue(_shard(v))],
+    "handoff": lambda v: [
+        K.shard_queue(_shard(v)),
+        K.held(_shard(v)),
+        K.ring(_shard(v), "normal"),
+        K.tenant_list(_shard(v), "normal", v),
+    ],
+    "enqueue": lambda v: [
+        K.held(_shard(v)),
+        K.ring(_shard(v), "high"),
+        K.tenant_list(_shard(v), "high", v),
+    ],
+    "pull": lambda v: [
+        K.shard_queue(_shard(v)),
+        K.held(_shard(v)),
+        K.skips(_shard(v)),
+        *(K.ring(_shard(v), level) for level in ("high", "normal", "low")),
+        K.tenant_list(_shard(v), "low", v),  # the lists pull.lua names from its prefix
+    ],
+    "rebuild": lambda v: [
+        K.held(_shard(v)),
+        *(K.ring(_shard(v), level) for level in ("high", "normal", "low")),
+    ],
     "cancel": lambda v: [K.run_meta(v)],
     "bucket": lambda v: [K.submit_bucket(v)],
     "take_slot": lambda v: [K.sse_slots(v)],
     "refresh_slot": lambda v: [K.sse_slots(v)],
-    "drop_idle_consumers": lambda v: [K.queue],
+    "drop_idle_consumers": lambda v: [K.shard_queue(_shard(v))],
     "breaker_cas": lambda v: [K.breaker_state(v)],
     "release": lambda v: [K.reconcile_lock],
     "delay": lambda v: [K.delayed, K.delayed_who],

@@ -26,7 +26,7 @@ from shared.redis.keys import Keys
 from shared.redis.runs import RedisIO
 from shared.store import NewRun, Store
 from tests.cli_proc import cli_env, longrun
-from tests.helpers import wait_status
+from tests.helpers import queue_backlog, queue_run_ids, wait_status
 from worker.delayed import promote_due
 from worker.reconcile import reconcile_once
 
@@ -127,7 +127,7 @@ async def test_racing_promoters_enqueue_each_due_run_exactly_once(rio) -> None:
     ids = [d.run.run_id for batch in taken for d in batch]
     assert len(ids) == len(set(ids)) == 300
     assert set(ids) == {q.run_id for q, _ in due}
-    assert await rio.r.xlen(rio.keys.queue) == 300
+    assert await queue_backlog(rio.r, rio.keys) == 300
     assert await rio.delayed.count() == 200
 
 
@@ -144,7 +144,7 @@ async def test_only_new_keeps_the_time_a_run_already_has(rio) -> None:
 async def _counts(store: Store, rio: RedisIO) -> tuple[int, int, int]:
     async with store.db.conn() as c:
         rows = await c.fetchval("SELECT count(*) FROM runs")
-    return int(rows), await rio.r.xlen(rio.keys.queue), await rio.delayed.count()
+    return int(rows), await queue_backlog(rio.r, rio.keys), await rio.delayed.count()
 
 
 BAD_BODIES = [
@@ -203,7 +203,7 @@ async def test_a_delayed_run_starts_on_time_exactly_once_across_three_workers(
     run = (await client.get(f"/runs/{run_id}")).json()
     assert run["status"] == "queued"
     assert run["start_at"] == answer["start_at"]
-    assert await rio.r.xlen(rio.keys.queue) == 0
+    assert await queue_backlog(rio.r, rio.keys) == 0
     assert (await client.get("/health")).json()["runs_scheduled"] == 1
     assert await _metric(client, "longrun_runs_scheduled") == 1
     assert await _metric(client, "longrun_queue_depth") == 0
@@ -286,13 +286,13 @@ async def test_the_reconciler_puts_back_a_delayed_run_redis_lost_and_never_enque
     assert run is not None
     assert run.start_at is not None
     assert await rio.r.zscore(rio.keys.delayed, run_id) == unix_ms(run.start_at)
-    assert await rio.r.xlen(rio.keys.queue) == 0
+    assert await queue_backlog(rio.r, rio.keys) == 0
     # And an urgent pass (Redis restarted) adds nothing twice and enqueues nothing
     await rio.delayed.remove(run_id)
     await _reconcile(settings, store, rio, urgent=True)
     await _reconcile(settings, store, rio, urgent=True)
     assert await rio.delayed.count() == 1
-    assert await rio.r.xlen(rio.keys.queue) == 0
+    assert await queue_backlog(rio.r, rio.keys) == 0
 
 
 async def test_a_due_run_found_nowhere_is_enqueued_once(settings, store, rio) -> None:
@@ -302,10 +302,9 @@ async def test_a_due_run_found_nowhere_is_enqueued_once(settings, store, rio) ->
     assert await _reconcile(settings, store, rio, urgent=False) == 1
     assert await _reconcile(settings, store, rio, urgent=False) == 0
     # Then it has exactly one queue entry
-    assert await rio.r.xlen(rio.keys.queue) == 1
+    assert await queue_backlog(rio.r, rio.keys) == 1
     assert await rio.delayed.count() == 0
-    entries = await rio.r.xrange(rio.keys.queue)
-    assert entries[0][1][b"run"].decode() == run_id
+    assert await queue_run_ids(rio.r, rio.keys) == [run_id]
 
 
 async def test_a_due_run_still_in_the_set_is_left_to_the_promoters(settings, store, rio) -> None:
@@ -315,10 +314,10 @@ async def test_a_due_run_still_in_the_set_is_left_to_the_promoters(settings, sto
     assert run.start_at is not None
     await rio.delayed.schedule([(QueuedRun(run_id, "u"), run.start_at)])
     assert await _reconcile(settings, store, rio, urgent=False) == 0
-    assert await rio.r.xlen(rio.keys.queue) == 0
+    assert await queue_backlog(rio.r, rio.keys) == 0
     (taken,) = await promote_due(rio, unix_ms(datetime.now(UTC)))
     assert taken.run.run_id == run_id
-    assert await rio.r.xlen(rio.keys.queue) == 1
+    assert await queue_backlog(rio.r, rio.keys) == 1
 
 
 async def test_a_claim_before_the_start_does_nothing(store) -> None:
@@ -398,7 +397,7 @@ async def test_a_group_of_submits_queues_the_immediate_ones_and_delays_the_other
     # Then the ten immediate ones are in the queue stream and the ten delayed ones in the set
     delayed = {a.json()["run_id"] for a in answers if "start_at" in a.json()}
     assert len(delayed) == 10
-    assert await rio.r.xlen(rio.keys.queue) == 10
+    assert await queue_backlog(rio.r, rio.keys) == 10
     assert await rio.delayed.present(sorted(delayed)) == delayed
 
 

@@ -313,6 +313,16 @@ SCALED_OBJECT_SCHEMA: dict[str, Any] = {
                     "additionalProperties": False,
                     "properties": {
                         "restoreToOriginalReplicaCount": {"type": "boolean"},
+                        "scalingModifiers": {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "properties": {
+                                "formula": {"type": "string"},
+                                "target": {"type": "string"},
+                                "activationTarget": {"type": "string"},
+                                "metricType": {"enum": ["AverageValue", "Value"]},
+                            },
+                        },
                         "horizontalPodAutoscalerConfig": {
                             "type": "object",
                             "additionalProperties": False,
@@ -552,8 +562,9 @@ def test_redis_streams_triggers_use_only_metadata_the_scaler_knows_as_integers_w
 def test_every_queue_name_in_every_recipe_equals_the_code_keys() -> None:
     """The stream and group in the manifests are the ones the API enqueues to and workers read."""
     assert (KEYS.queue, KEYS.group) == ("longrun:runs", "workers")
+    streams = {KEYS.shard_queue(0), KEYS.held(0)}
     for name, trigger in redis_triggers():
-        assert trigger["metadata"]["stream"] == KEYS.queue, name
+        assert trigger["metadata"]["stream"] in streams, name
         if "consumerGroup" in trigger["metadata"]:
             assert trigger["metadata"]["consumerGroup"] == KEYS.group, name
     # ...and the environments the processes run with yield the same names.
@@ -571,10 +582,17 @@ def test_every_queue_name_in_every_recipe_equals_the_code_keys() -> None:
 
 def test_the_streamlength_variant_scales_on_xlen_with_headroom_under_worker_concurrency() -> None:
     so = scaled_objects()["scaledobject-streamlength.yaml"]
-    (trigger,) = so["spec"]["triggers"]
-    assert keda_mode(trigger["metadata"]) == "xlen"
+    triggers = so["spec"]["triggers"]
+    # One XLEN trigger per stream of the queue's shard (ready and held), summed by the formula:
+    # the backlog is their sum, not the largest of them (what the HPA takes by itself)
+    assert {t["metadata"]["stream"] for t in triggers} == {KEYS.shard_queue(0), KEYS.held(0)}
+    assert all(keda_mode(t["metadata"]) == "xlen" for t in triggers)
+    modifiers = so["spec"]["advanced"]["scalingModifiers"]
+    assert sorted(modifiers["formula"].replace(" ", "").split("+")) == sorted(
+        t["name"] for t in triggers
+    )
     concurrency = settings_from(configmap_env()).concurrency
-    assert 1 <= int(trigger["metadata"]["streamLength"]) <= concurrency
+    assert 1 <= int(modifiers["target"]) <= concurrency
     assert so["spec"]["minReplicaCount"] >= 1
 
 
@@ -582,7 +600,10 @@ def test_the_lag_variant_can_scale_to_zero_yet_keeps_workers_while_runs_are_in_f
     so = scaled_objects()["scaledobject-lag.yaml"]
     assert so["spec"]["minReplicaCount"] == 0
     by_mode = {keda_mode(t["metadata"]): t["metadata"] for t in so["spec"]["triggers"]}
-    assert set(by_mode) == {"lag", "pending"}
+    assert set(by_mode) == {"lag", "pending", "xlen"}
+    # Runs held back for fairness or priority are not in the group's lag: their stream's XLEN
+    # wakes a worker from zero
+    assert by_mode["xlen"]["stream"] == KEYS.held(0)
     # One queued run wakes a worker; one run in flight keeps one.
     assert by_mode["lag"]["activationLagCount"] == "0"
     assert by_mode["pending"].get("activationLagCount", "0") == "0"

@@ -9,7 +9,7 @@ import gc
 import pytest
 
 from shared.errors import LeaseLost
-from shared.models import RunStatus, Transition, encode_event
+from shared.models import QueuedRun, RunStatus, Transition, encode_event
 from shared.redis.client import create_redis
 from shared.redis.keys import Keys
 from shared.redis.runs import Fence, Gap, RedisIO
@@ -214,7 +214,7 @@ async def test_a_finished_attempt_leaves_nothing_to_the_cyclic_collector(setting
         assert rio is not None
         ids = await _runs(store, 5)
         for run_id in ids:
-            await rio.enqueue(run_id)
+            await rio.enqueue(QueuedRun(run_id, "u"))
 
         # When five ticker runs go through the worker
         async def all_done() -> bool:

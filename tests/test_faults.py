@@ -15,7 +15,7 @@ import pytest
 
 from shared.config import Settings
 from shared.redis.keys import Keys
-from tests.helpers import read_events, submit, wait_for, wait_status
+from tests.helpers import queue_backlog, read_events, submit, wait_for, wait_status
 from tests.history import History, check
 from tests.procs import WorkerProc, start_worker, stop_all
 from tests.tcp_proxy import TcpProxy
@@ -297,7 +297,7 @@ async def test_redis_flushed_while_runs_are_queued_the_reconciler_re_enqueues_th
     # When Redis loses the queue before any worker ran
     async for k in redis_client.scan_iter(match=keys.all_pattern()):
         await redis_client.delete(k)
-    assert await redis_client.xlen(keys.queue) == 0
+    assert await queue_backlog(redis_client, keys) == 0
     # Then a worker's reconciler re-enqueues them (they are older than two leases by then)
     w = await procs(fault_settings, "w")
     totals = await finish_history(h, fclient, [w])

@@ -14,7 +14,14 @@ import pytest
 
 from shared.redis.keys import Keys
 from shared.store import Store
-from tests.helpers import Got, read_events, submit, wait_for, wait_status
+from tests.helpers import (
+    Got,
+    queue_backlog,
+    read_events,
+    submit,
+    wait_for,
+    wait_status,
+)
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -59,7 +66,7 @@ async def waiting_run(
 
 async def queue_figures(settings, redis_client) -> tuple[int, int]:
     keys = Keys.from_settings(settings)
-    xlen = int(await redis_client.xlen(keys.queue))
+    xlen = await queue_backlog(redis_client, keys)
     try:
         pending = await redis_client.xpending(keys.queue, keys.group)
     except Exception:  # no group yet

@@ -4,17 +4,16 @@ them, one dead letter, one cancel) read through the Prometheus text of the API."
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
-from redis.exceptions import ResponseError
 
 from shared.llm.breaker import BreakerState, BreakerStatus
 from shared.llm.breaker_store import RedisBreakerStore
 from shared.models import Transition, encode_event
+from shared.redis.group import GroupIO
 from shared.redis.keys import Keys
 from shared.store import Finishing
 from tests.helpers import read_events, submit, wait_for, wait_status
@@ -76,10 +75,10 @@ async def test_metrics_follow_a_queue_a_drain_a_dead_letter_and_a_cancel(
 
     # When one run's entry goes to a consumer that vanishes, and a worker with max_attempts=1
     # drains the queue
-    with contextlib.suppress(ResponseError):
-        await redis_client.xgroup_create(keys.queue, keys.group, id="0", mkstream=True)
-    ghost = await redis_client.xreadgroup(keys.group, "ghost", {keys.queue: ">"}, count=1)
-    dead_run = ghost[0][1][0][1][b"run"].decode()
+    group = GroupIO(redis_client, keys)
+    await group.ensure()
+    ghost, _ = await group.pull(0, "ghost", 1)
+    dead_run = ghost[0].run_id
     w = await worker_factory(max_attempts=1, lease_seconds=0.5)
     for rid in run_ids:
         await wait_status(client, rid, "succeeded", "failed")

@@ -5,12 +5,9 @@ letter retried to success."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import sys
 from typing import Any
-
-from redis.exceptions import ResponseError
 
 from shared.config import Settings
 from shared.metrics import (
@@ -21,6 +18,7 @@ from shared.metrics import (
     parse_workers,
     problems,
 )
+from shared.redis.group import GroupIO
 from shared.redis.keys import Keys
 from tests.helpers import assert_gapless_ticker, read_events, submit, wait_for, wait_status
 from tests.procs import ROOT, settings_env
@@ -54,9 +52,9 @@ async def dead_letter_a_run(
     a new live worker: it is dead-lettered and fails with `max_attempts`. Returns the run id
     and the worker (stop it before dead-lettering another run)."""
     run_id = await submit(client, agent="ticker", params={"count": 3, "interval_ms": 1})
-    with contextlib.suppress(ResponseError):  # BUSYGROUP: a worker made it already
-        await redis_client.xgroup_create(keys.queue, keys.group, id="0", mkstream=True)
-    got = await redis_client.xreadgroup(keys.group, "ghost", {keys.queue: ">"}, count=1)
+    group = GroupIO(redis_client, keys)
+    await group.ensure()
+    got, _ = await group.pull(0, "ghost", 1)
     assert got, "the run's entry was in the queue"
     w = await worker_factory(max_attempts=1, lease_seconds=0.5)
     body = await wait_status(client, run_id, "failed")

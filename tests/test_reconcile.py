@@ -3,11 +3,11 @@ consumers leave the group only when they hold nothing."""
 
 from __future__ import annotations
 
-from shared.models import RunStatus
+from shared.models import QueuedRun, RunStatus
 from shared.redis.client import create_redis
 from shared.redis.keys import Keys
 from shared.redis.runs import RedisIO
-from tests.helpers import queued_run, wait_for
+from tests.helpers import queue_backlog, queued_run, wait_for
 from worker.reconcile import reconcile_once
 
 
@@ -19,11 +19,11 @@ async def test_dead_consumers_leave_the_group_only_when_they_hold_nothing(settin
     try:
         await rio.ensure_group()
         # Given a consumer holding an entry and one holding nothing, both long idle
-        await rio.enqueue("00000000-0000-0000-0000-000000000000")
-        await rio.enqueue("00000000-0000-0000-0000-000000000001")
-        await r.xreadgroup(keys.group, "holder", {keys.queue: ">"}, count=1)
-        got = await r.xreadgroup(keys.group, "ghost", {keys.queue: ">"}, count=1)
-        await r.xack(keys.queue, keys.group, got[0][1][0][0])
+        await rio.enqueue(QueuedRun("00000000-0000-0000-0000-000000000000", "u"))
+        await rio.enqueue(QueuedRun("00000000-0000-0000-0000-000000000001", "u"))
+        await rio.group.pull(0, "holder", 1)
+        got, _ = await rio.group.pull(0, "ghost", 1)
+        await r.xack(keys.queue, keys.group, got[0].stream_id)
         before = {c["name"] for c in await r.xinfo_consumers(keys.queue, keys.group)}
         assert before & {b"ghost", "ghost"}
         # A first pass right away removes nobody: they are not idle long enough
@@ -67,7 +67,7 @@ async def test_a_running_run_without_a_queue_entry_is_requeued_once(settings, st
         # A second pass finds the entry and does nothing
         await r.delete(keys.reconcile_lock)
         assert await reconcile_once(s, store, rio, "me") == 0
-        assert await r.xlen(keys.queue) == 1
+        assert await queue_backlog(r, keys) == 1
     finally:
         await r.aclose()
 

@@ -16,6 +16,7 @@ from shared.batching import Coalescer
 from shared.errors import Unavailable
 from shared.redis.keys import Keys
 from shared.store import NewRun
+from tests.helpers import queue_backlog, queue_run_ids
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -129,11 +130,10 @@ async def test_concurrent_submits_are_committed_in_groups_each_durable_and_queue
         assert run.status == "queued"
         assert a.headers["location"] == f"/runs/{a.json()['run_id']}"
         assert a.headers["x-request-id"]
-    queue = Keys.from_settings(settings).queue
-    entries = await redis_client.xrange(queue)
-    queued = {fields[b"run"].decode() for _, fields in entries}
+    keys = Keys.from_settings(settings)
+    queued = set(await queue_run_ids(redis_client, keys))
     assert ids <= queued
-    assert await redis_client.xlen(queue) == 41
+    assert await queue_backlog(redis_client, keys) == 41
 
 
 async def test_the_lane_answers_like_the_route(api, client):
@@ -223,7 +223,7 @@ async def test_redis_refusing_the_group_is_a_503_that_writes_nothing(
     client, store, redis_client, settings
 ):
     await client.post("/runs", json=BODY)
-    queue = Keys.from_settings(settings).queue
+    queue = Keys.from_settings(settings).held(0)
     await redis_client.delete(queue)
     await redis_client.set(queue, "not a stream")  # XLEN and XADD now fail (WRONGTYPE)
     try:

@@ -20,7 +20,7 @@ from shared.config import Settings
 from shared.redis.keys import Keys
 from shared.store import Store
 from tests.cli_proc import cli_env, longrun
-from tests.helpers import submit, wait_for, wait_status
+from tests.helpers import queue_backlog, submit, wait_for, wait_status
 from tests.test_auth_jwt_users import ISSUER, SECRET, a_jwt
 from tests.webhook_receiver import Receiver, fast_webhooks
 
@@ -250,7 +250,7 @@ async def test_a_bad_or_private_webhook_is_a_422_that_writes_nothing(
     assert body["request_id"]
     assert webhook not in body["detail"]
     assert await store.db.fetchval("SELECT count(*) FROM runs") == 0
-    assert await redis_client.xlen(Keys.from_settings(settings).queue) == 0
+    assert await queue_backlog(redis_client, Keys.from_settings(settings)) == 0
 
 
 async def test_a_webhook_needs_a_key_that_can_sign_it(api, store, settings):

@@ -31,7 +31,7 @@ PROMOTE_BATCH = 100
 
 async def enqueue_run(rio: RedisIO, run: QueuedRun) -> None:
     """A promoted run's queue entry."""
-    await rio.enqueue(run.run_id)
+    await rio.enqueue(run)
 
 
 async def promote_due(rio: RedisIO, now_ms: int, limit: int = PROMOTE_BATCH) -> list[Due]:

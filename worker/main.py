@@ -2,9 +2,11 @@
 once and keeps them alive.
 
 Loops, each its own task:
-- consume: `XREADGROUP >` for as many entries as there are free slots;
-- reclaim: `XAUTOCLAIM` entries idle past the lease (a dead worker's), dead-lettering entries
-  delivered more than `max_attempts` times;
+- consume: as many entries as there are free slots, from every queue shard in turn (each
+  shard's pull promotes held runs by priority and round-robin across users, then
+  `XREADGROUP >`: `shared.redis.group`);
+- reclaim: `XAUTOCLAIM` entries idle past the lease (a dead worker's) on every shard,
+  dead-lettering entries delivered more than `max_attempts` times;
 - heartbeat: owner-checked lease renewal of every entry it runs (Lua) and the worker's own
   heartbeat, in Redis only (a Postgres stall must not cost a lease); a worker that cannot
   renew for most of a lease stops its runs itself, before anyone else may take them; a run
@@ -405,10 +407,17 @@ class Worker:
                 await asyncio.wait_for(self.stopping.wait(), renew_interval(s.lease_seconds))
 
     async def _reclaim_batch(self, lease_ms: int, count: int) -> None:
+        """Re-claim from every shard in turn, up to `count` entries in all."""
+        for shard in range(self.rio.group.covered):
+            count = await self._reclaim_shard(shard, lease_ms, count)
+            if count <= 0:
+                return
+
+    async def _reclaim_shard(self, shard: int, lease_ms: int, count: int) -> int:
         group = self.rio.group
         start = "0-0"
         while count > 0:
-            start, entries = await group.reclaim(self.name, lease_ms, start, count)
+            start, entries = await group.reclaim(self.name, lease_ms, start, count, shard)
             for entry in entries:
                 deliveries = await group.deliveries(entry.entry_id)
                 poison = deliveries > self.settings.max_attempts
@@ -420,7 +429,8 @@ class Worker:
                 self._launch(entry, reclaimed=True, poison=poison)
                 count -= 1
             if start == "0-0":
-                return
+                break
+        return count
 
     async def _promote(self) -> None:
         await promote_forever(self.rio, self.settings.delay_poll_seconds, self.stopping)
@@ -553,6 +563,9 @@ class Worker:
                 return
             now = self.reconcile_now.is_set()
             self.reconcile_now.clear()
+            # Every worker, not only the reconciler's: a shard count raised elsewhere means
+            # shards to read from now on.
+            await self.rio.group.refresh_shards()
             await reconcile_once(self.settings, self.store, self.rio, self.name, urgent=now)
 
     async def _reconcile_due(self) -> None:

@@ -19,8 +19,13 @@ found neither in the set nor in the queue (its promoter died between taking and 
 or Redis lost both) is enqueued. The set is walked only when it holds fewer runs than Postgres
 has waiting, or when Redis may just have lost data.
 
-It also removes dead consumers from the group, only once they hold nothing pending (Lua:
-checked and deleted atomically, since XGROUP DELCONSUMER drops a consumer's pending entries).
+
+It covers every queue shard (up to the largest shard count any process ran with), looking for
+a run's entry in each shard's ready and held streams, and checks each shard's tenant lines
+against its held stream (rebuilt from the stream if they disagree, so no held entry is left
+out of the round-robin). It also removes dead consumers from each shard's group, only once
+they hold nothing pending (Lua: checked and deleted atomically, since XGROUP DELCONSUMER drops
+a consumer's pending entries).
 """
 
 from __future__ import annotations
@@ -31,8 +36,9 @@ import contextlib
 import structlog
 
 from shared.config import Settings
-from shared.models import RunStatus
+from shared.models import QueuedRun, RunStatus
 from shared.redis.client import REDIS_ERRORS
+from shared.redis.keys import SHARED_TENANT
 from shared.redis.runs import RedisIO
 from shared.store import Store
 
@@ -79,13 +85,15 @@ async def _expire_interrupts(store: Store, rio: RedisIO) -> None:
             continue  # answered or cancelled meanwhile
         log.info("interrupt_expired", run_id=run_id, resumed=done.resumed)
         if done.resumed:
-            await rio.enqueue(run_id)
+            for item in await store.runs.queue_items([run_id]):
+                await rio.enqueue(item)
             continue
         if done.ended is not None:
             with contextlib.suppress(*REDIS_ERRORS):  # best effort: the archive has it
                 await rio.publish_terminal(run_id, done.ended)
         if done.next_run is not None:
-            await rio.enqueue(done.next_run)
+            for item in await store.runs.queue_items([done.next_run]):
+                await rio.enqueue(item)
 
 
 async def _reschedule_lost(store: Store, rio: RedisIO, *, walk: bool) -> int:
@@ -115,6 +123,10 @@ async def _reenqueue_lost(settings: Settings, store: Store, rio: RedisIO) -> int
         queued_for=QUEUED_GRACE, running_silent_for=settings.lease_seconds * 2
     )
     fixed = 0
+    await group.refresh_shards()  # a shard count raised elsewhere: cover its shards too
+    relisted = await group.rebuild_lines(SHARED_TENANT)
+    if relisted:
+        log.warning("queue_lines_rebuilt", entries=relisted)
     if candidates:
         # The delayed set first: a run a promoter takes meanwhile is in the queue by the time
         # the queue is read.
@@ -128,7 +140,7 @@ async def _reenqueue_lost(settings: Settings, store: Store, rio: RedisIO) -> int
             )
             if not requeued:
                 continue
-            await rio.enqueue(run.run_id)
+            await rio.enqueue(QueuedRun(run.run_id, run.user_id, run.priority))
             fixed += 1
             log.warning("run_reenqueued", run_id=run.run_id, was=str(run.status))
     await group.forget_dead_workers(settings.lease_seconds * 10)

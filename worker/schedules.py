@@ -28,6 +28,7 @@ from datetime import UTC, datetime
 import structlog
 
 from shared.config import Settings
+from shared.models import QueuedRun
 from shared.redis.client import REDIS_ERRORS
 from shared.redis.runs import RedisIO
 from shared.store import Store
@@ -73,7 +74,7 @@ class Ticker:
         made = await self.store.schedules.tick(self.clock() if now is None else now, BATCH)
         if not made:
             return made
-        added = await self.rio.enqueue_many([m.run_id for m in made])
+        added = await self.rio.enqueue_many([QueuedRun(m.run_id, m.user_id) for m in made])
         for m, entry in zip(made, added, strict=True):
             refused = isinstance(entry, BaseException)
             log.info(

@@ -34,7 +34,7 @@ async def enqueue(store: Store, rio: RedisIO, runs: Sequence[Planned]) -> list[U
     later = [i for i, (_, at) in enumerate(runs) if at is not None]
     added: list[str | BaseException] = [""] * len(runs)
     if now:
-        for i, x in zip(now, await rio.enqueue_many([runs[i][0].run_id for i in now]), strict=True):
+        for i, x in zip(now, await rio.enqueue_many([runs[i][0] for i in now]), strict=True):
             added[i] = x
     if later:
         outcome = await _schedule(rio, [(q, at) for q, at in runs if at is not None])

@@ -191,7 +191,10 @@ class SubmitGroups:
         for user, n in Counter(n.user_id for n in news).items():
             self.gate.added(user, n)
         rows = [(new, row) for new, row in zip(news, inserted, strict=True) if row is not None]
-        planned = [(QueuedRun(run_id, new.user_id), new.start_at) for new, (run_id, _) in rows]
+        planned = [
+            (QueuedRun(run_id, new.user_id, new.priority), new.start_at)
+            for new, (run_id, _) in rows
+        ]
         failures = await enqueue(self.store, self.rio, planned)
         answers = iter(
             failure

@@ -164,7 +164,7 @@ async def _alone(
         key_ttl_seconds=state.settings.idempotency_ttl_seconds,
     )
     if not sub.replayed:
-        queued = QueuedRun(sub.run_id, new.user_id)
+        queued = QueuedRun(sub.run_id, new.user_id, new.priority)
         (failure,) = await enqueue(state.store, state.rio, [(queued, new.start_at)])
         if failure is not None:
             raise failure

@@ -24,10 +24,12 @@ from shared.agents import DEFAULT_AGENT
 from shared.agents.chat import params_problem as chat_params_problem
 from shared.agents.ticker import params_problem as ticker_params_problem
 from shared.config import Settings
+from shared.models import PRIORITIES
 from shared.store import NewRun
 from shared.tools import tools_problem
 from shared.webhooks.targets import MAX_URL_CHARS
 
+Priority = Literal["high", "normal", "low"]
 IDEMPOTENCY_KEY_RE = re.compile(r"[\x21-\x7e]{1,255}")  # whole keys only: fullmatch
 # Fields left out of an Idempotency-Key's digest when absent (added after keys existed).
 OPTIONAL_IN_DIGEST = ("webhook", "start_after", "start_at")
@@ -57,6 +59,9 @@ class SubmitRun(BaseModel):
     start_at: str | None = Field(
         default=None, max_length=64, json_schema_extra={"format": "date-time"}
     )
+    # Its place in the queue: higher first, a waiting lower one served after at most
+    # LONGRUN_PRIORITY_STARVATION higher picks in a row. Up to the API key's maximum (403).
+    priority: Priority = "normal"
 
     @field_validator("input")
     @classmethod
@@ -98,6 +103,7 @@ def validated(
     start = start_of(body, datetime.now(UTC), state.settings.max_start_delay_seconds)
     if start is not None and body.thread_id is not None:
         raise ApiError(422, "invalid_start", "a delayed start cannot be combined with thread_id")
+    check_priority(body.priority, who.max_priority)
     key = idempotency_key_of(idempotency_key)
     new = NewRun(
         user_id=who.user,
@@ -109,6 +115,7 @@ def validated(
         webhook=body.webhook,
         key_id=who.key_id,
         start_at=start,
+        priority=body.priority,
     )
     keyed = None if key is None else (key, submit_digest(body, agent))
     return SubmitRequest(who, new, body.thread_mode, keyed)
@@ -165,6 +172,16 @@ def start_time(
 
 def start_of(body: SubmitRun, now: datetime, max_delay: float) -> datetime | None:
     return start_time(body.start_after, body.start_at, now, max_delay)
+
+
+def check_priority(asked: str, allowed: str) -> None:
+    """403 `priority_not_allowed` for a priority above the key's maximum."""
+    if PRIORITIES.index(asked) < PRIORITIES.index(allowed):
+        raise ApiError(
+            403,
+            "priority_not_allowed",
+            f"this key's runs may ask for priority {allowed} at most, not {asked}",
+        )
 
 
 def json_depth(value: Any, depth: int = 0) -> int:
@@ -243,8 +260,10 @@ def idempotency_key_of(raw: str | None) -> str | None:
 
 def submit_digest(body: SubmitRun, agent: str) -> bytes:
     """What an Idempotency-Key is bound to: the normalised body, the agent resolved. A body
-    without a webhook or a delayed start normalises as it did before they existed (keys keep
-    their digests)."""
+    without a webhook, a delayed start or a priority (or `normal`) normalises as it did before
+    they existed (keys keep their digests)."""
     unset = {name for name in OPTIONAL_IN_DIGEST if not getattr(body, name)}
+    if body.priority == "normal":
+        unset.add("priority")
     normalised = {**body.model_dump(exclude=unset), "agent": agent}
     return hashlib.sha256(orjson.dumps(normalised, option=orjson.OPT_SORT_KEYS)).digest()

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Depends, Header, Request
 from starlette.responses import Response
 
 from api.auth import Principal, current_user, security, submit_principal
-from api.errors import ERROR_RESPONSES
+from api.errors import ERROR_RESPONSES, PRIORITY_REFUSED
 from api.schemas import SubmitAnswer, documented
 from api.state import AppState
 from api.submit import pipeline
@@ -27,7 +27,10 @@ router = APIRouter(responses=ERROR_RESPONSES)
     "/runs",
     status_code=202,
     response_model=None,
-    responses=documented(202, SubmitAnswer, "accepted (or an idempotent replay)"),
+    responses={
+        **documented(202, SubmitAnswer, "accepted (or an idempotent replay)"),
+        **PRIORITY_REFUSED,
+    },
 )
 async def submit(
     body: SubmitRun,

@@ -29,7 +29,7 @@ from fastapi import APIRouter, Depends, Header, Request
 from starlette.responses import Response
 
 from api.auth import Principal, Security, current_user, security, submit_principal
-from api.errors import ERROR_RESPONSES, ApiError
+from api.errors import ERROR_RESPONSES, PRIORITY_REFUSED, ApiError
 from api.events import EventStream, run_event_stream, take_stream_slot
 from api.links import location, public_base, run_url
 from api.runs import cancel_run
@@ -58,6 +58,7 @@ STREAM_RESPONSES: dict[int | str, dict[str, object]] = {
             }
         },
     },
+    **PRIORITY_REFUSED,
 }
 
 

@@ -37,27 +37,32 @@ class AdmissionIO:
         """The switch, the backlog and the key epoch, and from each user's bucket as many
         tokens as `wanted` (or what there is), in one round trip. Any error raises."""
         users = list(wanted)
+        head = 2 + 2 * self.keys.shards  # the switch, the epoch, each shard's two XLENs
         for _ in range(2):
             # EVALSHA, not the registered Script: in a pipeline redis-py sends SCRIPT EXISTS
             # first on every call, a second round trip on the hottest path.
             async with self.r.pipeline(transaction=False) as p:
                 p.exists(self.keys.paused)
-                p.xlen(self.keys.queue)
                 p.get(self.keys.key_epoch)
+                for shard in range(self.keys.shards):
+                    p.xlen(self.keys.shard_queue(shard))
+                    p.xlen(self.keys.held(shard))
                 for user in users:
                     bucket = self.keys.submit_bucket(user)
                     p.evalsha(self._bucket.sha, 1, bucket, rate, burst, wanted[user])
                 replies = await p.execute(raise_on_error=False)
-            if not any(isinstance(x, NoScriptError) for x in replies[3:]):
+            if not any(isinstance(x, NoScriptError) for x in replies[head:]):
                 break
             await self.r.script_load(scripts.BUCKET)  # Redis restarted empty: load it once more
         raise_first_error(replies)
-        paused, backlog, epoch = replies[:3]
+        paused, epoch = replies[:2]
         return Gate(
             paused=bool(paused),
-            backlog=int(backlog),
+            backlog=sum(int(x) for x in replies[2:head]),
             epoch=epoch or b"0",
-            granted={u: (int(t[0]), float(t[1])) for u, t in zip(users, replies[3:], strict=True)},
+            granted={
+                u: (int(t[0]), float(t[1])) for u, t in zip(users, replies[head:], strict=True)
+            },
         )
 
     async def aclose(self) -> None:

@@ -1,6 +1,7 @@
-"""The workers' side of the queue: the consumer group (create, read, re-claim, dead-letter), the
-live-workers registry (heartbeat, in-flight figure, leaving), the cancel channel, and the
-reconciler's reads and housekeeping (its lock, the run ids queued, dead workers and consumers).
+"""The workers' side of the queue: the shards' consumer groups (create, read with promotion
+from the held lines, re-claim, dead-letter), the live-workers registry (heartbeat, in-flight
+figure, leaving), the cancel channel, and the reconciler's reads and housekeeping (its lock,
+the run ids queued, the tenant lines' check, dead workers and consumers).
 """
 
 from __future__ import annotations
@@ -16,8 +17,14 @@ from redis.exceptions import ResponseError
 
 from shared.redis import scripts
 from shared.redis.client import REDIS_ERRORS, Redis, server_run_ids
-from shared.redis.codec import QueueEntry, parse_queue_entry, text
-from shared.redis.keys import DEAD_LETTER_MAXLEN, Keys
+from shared.redis.codec import (
+    QueueEntry,
+    pairs_to_map,
+    parse_queue_entry,
+    split_entry_id,
+    text,
+)
+from shared.redis.keys import DEAD_LETTER_MAXLEN, PRIORITY_LEVELS, Keys
 
 
 class CancelFeed:
@@ -86,58 +93,148 @@ async def publish_cancel(r: Redis, channel: str, run_id: str) -> None:
 
 
 class GroupIO:
-    def __init__(self, r: Redis, keys: Keys) -> None:
+    """The queue's shards as the workers see them: every shard's ready stream has its own
+    consumer group; a worker takes entries from each in turn (`read`), re-claims per shard,
+    and the reconciler lists and checks every shard. The shards covered are those up to the
+    largest shard count any process ran with (`Keys.shards_seen`), so a queue whose shard
+    count shrank is still drained."""
+
+    def __init__(self, r: Redis, keys: Keys, *, starvation: int = 10, fair: bool = True) -> None:
         self.r = r
         self.keys = keys
+        self.starvation = starvation
+        self.fair = fair
+        self.covered = keys.shards  # shards read and reconciled (see `refresh_shards`)
+        self._next_shard = 0  # the shard the next read starts with (rotated)
+        self._one_slot_reads = False  # a multi-stream XREAD was refused (Redis Cluster)
         self._drop_idle = r.register_script(scripts.DROP_IDLE_CONSUMERS)
         self._release = r.register_script(scripts.RELEASE)
+        self._pull = r.register_script(scripts.PULL)
+        self._rebuild = r.register_script(scripts.REBUILD)
 
-    # -- the consumer group ------------------------------------------------------------------
-    async def ensure(self) -> None:
-        """Create the group (and the queue stream) unless it exists."""
+    # -- the consumer groups -----------------------------------------------------------------
+    async def refresh_shards(self) -> int:
+        """Record this process's shard count and cover every shard any process ran with."""
+        n = self.keys.shards
         try:
-            await self.r.xgroup_create(self.keys.queue, self.keys.group, id="0", mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+            await self.r.zadd(self.keys.shards_seen, {str(n): n})
+            top = await self.r.zrevrange(self.keys.shards_seen, 0, 0, withscores=True)
+        except ResponseError:
+            # An error reply (MOVED on a node without that slot, WRONGTYPE ...): the shards of
+            # this process's count are still read; the record is tried again next period.
+            self.covered = max(self.covered, n)
+            return self.covered
+        self.covered = max(n, int(top[0][1])) if top else n
+        return self.covered
 
-    async def read(self, consumer: str, count: int, block_ms: int) -> list[QueueEntry]:
-        """Up to `count` entries never delivered before (`XREADGROUP >`), waiting up to
-        `block_ms` for one."""
-        reply = await self.r.xreadgroup(
-            self.keys.group, consumer, {self.keys.queue: ">"}, count=count, block=block_ms
-        )
+    async def ensure(self) -> None:
+        """Create each shard's group (and ready stream) unless it exists."""
+        await self.refresh_shards()
+        for shard in range(self.covered):
+            try:
+                await self.r.xgroup_create(
+                    self.keys.shard_queue(shard), self.keys.group, id="0", mkstream=True
+                )
+            except ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+
+    def _pull_keys(self, shard: int) -> list[str]:
+        k = self.keys
         return [
-            parse_queue_entry(entry_id, fields)
-            for _, entries in reply or []
-            for entry_id, fields in entries
+            k.shard_queue(shard),
+            k.held(shard),
+            k.skips(shard),
+            *(k.ring(shard, level) for level in PRIORITY_LEVELS),
         ]
 
+    async def pull(self, shard: int, consumer: str, count: int) -> tuple[list[QueueEntry], int]:
+        """Up to `count` entries of one shard (`pull.lua`: undelivered ready entries first,
+        then promotions from held by priority and round-robin across tenants), and the
+        server's time in ms when it ran."""
+        args = [self.keys.group, consumer, count, self.starvation]
+        reply = await self._pull(
+            keys=self._pull_keys(shard), args=[*args, self.keys.tenant_list_prefix(shard)]
+        )
+        entries = [
+            parse_queue_entry(entry_id, pairs_to_map(fields), shard)
+            for entry_id, fields in reply[0]
+        ]
+        return entries, int(reply[1])
+
+    async def read(self, consumer: str, count: int, block_ms: int) -> list[QueueEntry]:
+        """Up to `count` entries, from every shard in turn (each read starts one shard
+        further), waiting up to `block_ms` for one when every shard is empty. One script call
+        per shard (a shard is one slot); the wait watches every held stream at once (one
+        rotating shard at a time on Redis Cluster), and only wakes the worker: it takes
+        nothing, so free slots are never promised to a shard that has nothing."""
+        entries, since = await self._sweep(consumer, count)
+        if entries or block_ms <= 0:
+            return entries
+        await self._wait(since, block_ms)
+        entries, _ = await self._sweep(consumer, count)
+        return entries
+
+    async def _sweep(self, consumer: str, count: int) -> tuple[list[QueueEntry], dict[int, int]]:
+        n = self.covered
+        first = self._next_shard % n
+        self._next_shard = (first + 1) % n
+        out: list[QueueEntry] = []
+        since: dict[int, int] = {}
+        for i in range(n):
+            shard = (first + i) % n
+            got, now_ms = await self.pull(shard, consumer, count - len(out))
+            out += got
+            since[shard] = now_ms
+            if len(out) >= count:
+                break
+        return out, since
+
+    async def _wait(self, since: dict[int, int], block_ms: int) -> None:
+        """Until an entry is added to a held stream after the sweep saw it empty (ids from the
+        server's time then: an add during the sweep wakes it too), or `block_ms` passes."""
+        streams = {self.keys.held(shard): f"{ms - 1}-0" for shard, ms in since.items()}
+        if not self._one_slot_reads or len(streams) == 1:
+            try:
+                await self.r.xread(streams, count=1, block=block_ms)
+                return
+            except ResponseError as exc:
+                if "CROSSSLOT" not in str(exc):
+                    raise
+                self._one_slot_reads = True
+        shard = self._next_shard % self.covered
+        held = self.keys.held(shard)
+        await self.r.xread(
+            {held: streams.get(held, "$")}, count=1, block=max(50, block_ms // self.covered)
+        )
+
     async def reclaim(
-        self, consumer: str, min_idle_ms: int, start: str, count: int
+        self, consumer: str, min_idle_ms: int, start: str, count: int, shard: int = 0
     ) -> tuple[str, list[QueueEntry]]:
-        """One `XAUTOCLAIM` page of entries idle past `min_idle_ms`: the cursor of the next page
-        ('0-0' after the last) and the entries now this consumer's. Entries deleted meanwhile
-        are acked away, not returned."""
+        """One `XAUTOCLAIM` page of one shard's entries idle past `min_idle_ms`: the cursor of
+        the next page ('0-0' after the last) and the entries now this consumer's. Entries
+        deleted meanwhile are acked away, not returned."""
+        queue = self.keys.shard_queue(shard)
         reply = await self.r.xautoclaim(
-            self.keys.queue, self.keys.group, consumer, min_idle_ms, start, count=count
+            queue, self.keys.group, consumer, min_idle_ms, start, count=count
         )
         claimed = reply[1]
         deleted = reply[2] if len(reply) > 2 else []  # Redis 7: ids that no longer exist
         for entry_id in deleted:
-            await self.r.xack(self.keys.queue, self.keys.group, entry_id)
+            await self.r.xack(queue, self.keys.group, entry_id)
         entries = []
         for entry_id, fields in claimed:
             if fields is None:  # Redis 6.2 reports deleted entries as nil fields
-                await self.r.xack(self.keys.queue, self.keys.group, entry_id)
+                await self.r.xack(queue, self.keys.group, entry_id)
                 continue
-            entries.append(parse_queue_entry(entry_id, fields))
+            entries.append(parse_queue_entry(entry_id, fields, shard))
         return text(reply[0]), entries
 
     async def deliveries(self, entry_id: str) -> int:
         """How many times the entry has been delivered (1 when it is not pending)."""
+        shard, raw = split_entry_id(entry_id)
         info = await self.r.xpending_range(
-            self.keys.queue, self.keys.group, min=entry_id, max=entry_id, count=1
+            self.keys.shard_queue(shard), self.keys.group, min=raw, max=raw, count=1
         )
         return int(info[0]["times_delivered"]) if info else 1
 
@@ -214,11 +311,18 @@ class GroupIO:
         return bool(await self.r.exists(self.keys.paused))
 
     async def queued_run_ids(self, batch: int = 1000) -> set[str]:
-        """Run ids of every entry in the queue stream (pending ones included)."""
+        """Run ids of every entry of every shard, ready (pending ones included) or held."""
+        found: set[str] = set()
+        for shard in range(self.covered):
+            for stream in (self.keys.shard_queue(shard), self.keys.held(shard)):
+                found |= await self._stream_run_ids(stream, batch)
+        return found
+
+    async def _stream_run_ids(self, stream: str, batch: int) -> set[str]:
         found: set[str] = set()
         start = "-"
         while True:
-            entries = await self.r.xrange(self.keys.queue, min=start, max="+", count=batch)
+            entries = await self.r.xrange(stream, min=start, max="+", count=batch)
             for _entry_id, fields in entries:
                 run = fields.get(b"run")
                 if run:
@@ -227,7 +331,27 @@ class GroupIO:
                 return found
             start = "(" + text(entries[-1][0])
 
+    async def rebuild_lines(self, shared_tenant: str) -> int:
+        """Check every shard's tenant lists against its held stream, rebuilding them from
+        the stream where they disagree (`rebuild.lua`). Returns the ids re-listed."""
+        fixed = 0
+        for shard in range(self.covered):
+            k = self.keys
+            n = await self._rebuild(
+                keys=[k.held(shard), *(k.ring(shard, level) for level in PRIORITY_LEVELS)],
+                args=[k.tenant_list_prefix(shard), 1 if self.fair else 0, shared_tenant],
+            )
+            fixed += max(0, int(n))
+        return fixed
+
     async def drop_idle_consumers(self, idle_ms: int) -> int:
-        """Remove consumers idle over `idle_ms` that hold nothing pending (atomically)."""
-        removed = await self._drop_idle(keys=[self.keys.queue], args=[self.keys.group, idle_ms])
-        return int(removed)
+        """Remove consumers idle over `idle_ms` that hold nothing pending (atomically), from
+        every shard's group."""
+        removed = 0
+        for shard in range(self.covered):
+            removed += int(
+                await self._drop_idle(
+                    keys=[self.keys.shard_queue(shard)], args=[self.keys.group, idle_ms]
+                )
+            )
+        return removed

@@ -10,6 +10,7 @@ run ends, the dead-letter stream by MAXLEN, a hub's wake stream by MAXLEN 1 and 
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 
 from shared.config import Settings
@@ -17,15 +18,81 @@ from shared.config import Settings
 DEAD_LETTER_MAXLEN = 100_000
 
 
+PRIORITY_LEVELS = ("high", "normal", "low")  # a shard's rings, highest first
+# The one tenant every run belongs to when fairness is off (one line per priority).
+SHARED_TENANT = "*"
+
+
+def tenant_of(user_id: str, fair: bool) -> str:
+    """The tenant whose line a run waits in: its user, or everyone's one line."""
+    return (user_id or SHARED_TENANT) if fair else SHARED_TENANT
+
+
 @dataclass(frozen=True)
 class Keys:
     prefix: str
     queue: str
     group: str
+    shards: int = 1
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Keys:
-        return cls(prefix=settings.key_prefix, queue=settings.queue, group=settings.group)
+        return cls(
+            prefix=settings.key_prefix,
+            queue=settings.queue,
+            group=settings.group,
+            shards=settings.queue_shards,
+        )
+
+    # -- the queue's shards (one hash slot each) -------------------------------------------
+    # Shard i's *ready* stream is the one the consumer group reads: `<queue>` for shard 0 (the
+    # contract's name, unchanged with one shard) and `<queue>:<i>` for the others. Every other
+    # key of the shard carries that stream's name as its `{hash tag}`: a key with no braces
+    # hashes by its whole name, so `<queue>:held{<queue>}` lands in the slot of `<queue>`, and
+    # each queue script touches one shard, one slot.
+    def shard_queue(self, shard: int) -> str:
+        """Shard's ready stream: entries promoted for dispatch, read by the group (bounded by
+        ack-and-delete: it holds what is in flight plus what a pull just promoted)."""
+        return self.queue if shard == 0 else f"{self.queue}:{shard}"
+
+    def shard_for(self, run_id: str) -> int:
+        """The shard a run's entries go to: a hash of its id, so a run keeps its shard for
+        life (the reconciler and a hand-over add it back there) and many runs spread evenly,
+        with no read before the write (least-loaded would need one, and go stale at once)."""
+        return zlib.crc32(run_id.encode()) % self.shards if self.shards > 1 else 0
+
+    def held(self, shard: int) -> str:
+        """Shard's held stream: queued runs not yet promoted (bounded by ack-and-delete like
+        the ready stream; `XLEN ready + XLEN held` over every shard is the backlog)."""
+        q = self.shard_queue(shard)
+        return f"{q}:held{{{q}}}"
+
+    def ring(self, shard: int, priority: str) -> str:
+        """List: the tenants with held runs of this priority on the shard, in round-robin
+        order (a tenant is in it exactly while its list is non-empty; bounded by tenants)."""
+        q = self.shard_queue(shard)
+        return f"{q}:ring:{priority}{{{q}}}"
+
+    def tenant_list_prefix(self, shard: int) -> str:
+        """The start of a tenant's list name; `pull.lua` appends `<priority>:<tenant>` to it
+        (the one place a key name is built outside this module, as Lua cannot call Python)."""
+        q = self.shard_queue(shard)
+        return f"{q}:t{{{q}}}:"
+
+    def tenant_list(self, shard: int, priority: str, tenant: str) -> str:
+        """List: the held entry ids of one tenant at one priority on the shard, oldest first."""
+        return f"{self.tenant_list_prefix(shard)}{priority}:{tenant}"
+
+    def skips(self, shard: int) -> str:
+        """Hash: priority -> higher picks in a row while it waited (the starvation bound)."""
+        q = self.shard_queue(shard)
+        return f"{q}:skips{{{q}}}"
+
+    @property
+    def shards_seen(self) -> str:
+        """Sorted set: every shard count a process has run with; workers read (and the
+        reconciler covers) shards up to the largest, so a shrunk queue's shards still drain."""
+        return f"{self.prefix}:queue:shards"
 
     # -- per run (one hash slot each) ------------------------------------------------------
     def events(self, run_id: str) -> str:

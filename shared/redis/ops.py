@@ -26,28 +26,49 @@ class OpsIO:
     async def aclose(self) -> None:
         await self.r.aclose()
 
-    # -- the queue and its group -------------------------------------------------------------
-    async def backlog(self) -> int:
-        """XLEN of the queue: queued plus in flight."""
-        return int(await self.r.xlen(self.keys.queue))
+    # -- the queue's shards and their groups ---------------------------------------------------
+    async def shard_count(self) -> int:
+        """Shards to look at: this process's count, or the largest any process ran with."""
+        top = await self.r.zrevrange(self.keys.shards_seen, 0, 0, withscores=True)
+        return max(self.keys.shards, int(top[0][1]) if top else 0)
 
     async def scheduled(self) -> int:
         """Delayed runs waiting for their start (not in the queue stream)."""
         return int(await self.r.zcard(self.keys.delayed))
 
-    async def groups(self) -> list[dict[str, Any]]:
-        """`XINFO GROUPS` of the queue, values as text where they are bytes ([] without a
-        queue stream)."""
+    async def shard_lengths(self) -> list[tuple[int, int]]:
+        """(XLEN ready, XLEN held) of every shard, in one round trip."""
+        n = await self.shard_count()
+        async with self.r.pipeline(transaction=False) as p:
+            for shard in range(n):
+                p.xlen(self.keys.shard_queue(shard))
+                p.xlen(self.keys.held(shard))
+            lens = await p.execute()
+        return [(int(lens[2 * i]), int(lens[2 * i + 1])) for i in range(n)]
+
+    async def backlog(self) -> int:
+        """XLEN of every shard's ready and held streams: queued plus in flight."""
+        return sum(ready + held for ready, held in await self.shard_lengths())
+
+    async def groups(self, shard: int = 0) -> list[dict[str, Any]]:
+        """`XINFO GROUPS` of a shard's ready stream, values as text where they are bytes ([]
+        without the stream)."""
         try:
-            rows = await self.r.xinfo_groups(self.keys.queue)
+            rows = await self.r.xinfo_groups(self.keys.shard_queue(shard))
         except ResponseError:  # no queue stream yet
             return []
         return [{k: text(v) if isinstance(v, bytes) else v for k, v in g.items()} for g in rows]
 
-    async def first_entry_after(self, entry_id: str | None) -> str | None:
-        """The id of the first queue entry after `entry_id` (from the start for None)."""
+    async def first_entry_after(self, entry_id: str | None, shard: int = 0) -> str | None:
+        """The id of the first entry of a shard's ready stream after `entry_id` (from the start
+        for None)."""
         low = "-" if entry_id is None else f"({entry_id}"
-        rows = await self.r.xrange(self.keys.queue, min=low, max="+", count=1)
+        rows = await self.r.xrange(self.keys.shard_queue(shard), min=low, max="+", count=1)
+        return text(rows[0][0]) if rows else None
+
+    async def oldest_held(self, shard: int) -> str | None:
+        """The id of a shard's oldest held entry (its submit time), or None."""
+        rows = await self.r.xrange(self.keys.held(shard), count=1)
         return text(rows[0][0]) if rows else None
 
     # -- workers -----------------------------------------------------------------------------

@@ -17,14 +17,21 @@ from redis.commands.core import AsyncScript
 from shared.batching import Coalescer
 from shared.config import Settings
 from shared.errors import LeaseLost, LongrunError
-from shared.models import Event
+from shared.models import Event, QueuedRun
 from shared.redis import scripts
 from shared.redis.cache import ThreadCache
 from shared.redis.client import REDIS_ERRORS, Redis
-from shared.redis.codec import QueueEntry, parse_stream_events, text, text_map
+from shared.redis.codec import (
+    QueueEntry,
+    parse_stream_events,
+    qualify_entry_id,
+    split_entry_id,
+    text,
+    text_map,
+)
 from shared.redis.delayed import DelayedIO
 from shared.redis.group import GroupIO, publish_cancel
-from shared.redis.keys import Keys
+from shared.redis.keys import PRIORITY_LEVELS, Keys, tenant_of
 from shared.redis.pipeline import ScriptCall, ScriptPipe
 
 if TYPE_CHECKING:
@@ -86,7 +93,7 @@ class RedisIO:
         self.r = r
         self.keys = keys
         self.settings = settings
-        self.group = GroupIO(r, keys)
+        self.group = GroupIO(r, keys, starvation=settings.priority_starvation, fair=settings.fair)
         self.threads = ThreadCache(r, keys)
         self.delayed = DelayedIO(r, keys)
         self._append = r.register_script(scripts.APPEND)
@@ -96,6 +103,7 @@ class RedisIO:
         self._ack_many = r.register_script(scripts.ACK_MANY)
         self._handoff = r.register_script(scripts.HANDOFF)
         self._cancel = r.register_script(scripts.CANCEL)
+        self._enqueue = r.register_script(scripts.ENQUEUE)
         self._pipe = ScriptPipe(r, settings.redis_socket_timeout)
         self._queued = 0
         self._in_flight = 0
@@ -156,48 +164,79 @@ class RedisIO:
         return results
 
     # -- queue -------------------------------------------------------------------------------
-    async def enqueue(self, run_id: str, handoffs: int = 0) -> str:
-        fields: dict[str, str | int] = {"run": run_id}
-        if handoffs:
-            fields["handoffs"] = handoffs
-        entry_id = await self.r.xadd(self.keys.queue, fields)
-        return text(entry_id)
+    def _enqueue_call(self, run: QueuedRun, handoffs: int = 0) -> ScriptCall:
+        k = self.keys
+        shard = k.shard_for(run.run_id)
+        priority = run.priority if run.priority in PRIORITY_LEVELS else "normal"
+        tenant = tenant_of(run.user_id, self.settings.fair)
+        return (
+            self._enqueue,
+            [k.held(shard), k.ring(shard, priority), k.tenant_list(shard, priority, tenant)],
+            [run.run_id, run.user_id, priority, handoffs, 0, tenant],
+        )
 
-    async def enqueue_many(self, run_ids: Sequence[str]) -> list[str | BaseException]:
+    async def enqueue(self, run: QueuedRun, handoffs: int = 0) -> str:
+        """Queue one run on its shard (`enqueue.lua`); returns its entry id."""
+        (reply,) = await self._pipe.send([self._enqueue_call(run, handoffs)])
+        if isinstance(reply, BaseException):
+            raise reply
+        return text(reply)
+
+    async def enqueue_many(self, runs: Sequence[QueuedRun]) -> list[str | BaseException]:
         """Queue entries for many runs in one round trip: each run's entry id, or the error
         that kept it out (all of them fail when Redis does not answer)."""
+        if not runs:
+            return []
         try:
-            async with self.r.pipeline(transaction=False) as p:
-                for run_id in run_ids:
-                    p.xadd(self.keys.queue, {"run": run_id})
-                added = await p.execute(raise_on_error=False)
+            added = await self._pipe.send([self._enqueue_call(run) for run in runs])
         except REDIS_ERRORS as exc:
-            return [exc] * len(run_ids)
+            return [exc] * len(runs)
         return [x if isinstance(x, BaseException) else text(x) for x in added]
 
     async def ensure_group(self) -> None:
         await self.group.ensure()
 
     async def renew(self, consumer: str, entry_ids: Sequence[str]) -> tuple[list[str], list[str]]:
-        """Renew this consumer's entries. Returns (lost, gone): the ids another consumer
-        holds now, and the ids no one holds (Redis lost them)."""
-        if not entry_ids:
-            return [], []
-        lost, gone = await self._renew(
-            keys=[self.keys.queue], args=[self.keys.group, consumer, *entry_ids]
-        )
-        return [text(x) for x in lost], [text(x) for x in gone]
+        """Renew this consumer's entries (one script call per shard). Returns (lost, gone):
+        the ids another consumer holds now, and the ids no one holds (Redis lost them)."""
+        lost: list[str] = []
+        gone: list[str] = []
+        for shard, raws in _by_shard(entry_ids).items():
+            lost_raw, gone_raw = await self._renew(
+                keys=[self.keys.shard_queue(shard)], args=[self.keys.group, consumer, *raws]
+            )
+            lost += [qualify_entry_id(text(x), shard) for x in lost_raw]
+            gone += [qualify_entry_id(text(x), shard) for x in gone_raw]
+        return lost, gone
 
     async def ack(self, consumer: str, entry_id: str) -> bool:
+        shard, raw = split_entry_id(entry_id)
         done = await self._script(
-            self._ack, [self.keys.queue], [self.keys.group, consumer, entry_id]
+            self._ack, [self.keys.shard_queue(shard)], [self.keys.group, consumer, raw]
         )
         return bool(done)
 
     async def handoff(self, consumer: str, entry: QueueEntry) -> bool:
+        k = self.keys
+        shard, priority = entry.shard, entry.priority
+        tenant = tenant_of(entry.user_id, self.settings.fair)
         done = await self._handoff(
-            keys=[self.keys.queue],
-            args=[self.keys.group, consumer, entry.entry_id, entry.run_id, entry.handoffs + 1],
+            keys=[
+                k.shard_queue(shard),
+                k.held(shard),
+                k.ring(shard, priority),
+                k.tenant_list(shard, priority, tenant),
+            ],
+            args=[
+                k.group,
+                consumer,
+                entry.stream_id,
+                entry.run_id,
+                entry.handoffs + 1,
+                entry.user_id,
+                priority,
+                tenant,
+            ],
         )
         return bool(done)
 
@@ -239,15 +278,23 @@ class RedisIO:
         return [self._fence_outcome(item[1], res) for item, res in zip(items, replies, strict=True)]
 
     async def ack_many(self, consumer: str, entry_ids: Sequence[str]) -> list[bool]:
-        """`ack` for many entries in one call, now (not queued behind other calls)."""
+        """`ack` for many entries in one call per shard, now (not queued behind other calls)."""
         if not entry_ids:
             return []
-        (reply,) = await self._pipe.send(
-            [(self._ack_many, [self.keys.queue], [self.keys.group, consumer, *entry_ids])]
-        )
-        if isinstance(reply, BaseException):
-            raise reply
-        return [bool(int(x)) for x in reply]
+        by_shard = _by_shard(entry_ids)
+        calls: list[ScriptCall] = [
+            (self._ack_many, [self.keys.shard_queue(shard)], [self.keys.group, consumer, *raws])
+            for shard, raws in by_shard.items()
+        ]
+        done: dict[str, bool] = {}
+        for (shard, raws), reply in zip(
+            by_shard.items(), await self._pipe.send(calls), strict=True
+        ):
+            if isinstance(reply, BaseException):
+                raise reply
+            for raw, ok in zip(raws, reply, strict=True):
+                done[qualify_entry_id(raw, shard)] = bool(int(ok))
+        return [done[x] for x in entry_ids]
 
     def append_call(
         self, run_id: str, attempt: int, events: Sequence[Event], **options: Unpack[AppendOptions]
@@ -337,8 +384,9 @@ class RedisIO:
         }
         entry = meta.get("entry")
         if entry:
+            shard, raw = split_entry_id(entry)
             rows = await self.r.xpending_range(
-                self.keys.queue, self.keys.group, min=entry, max=entry, count=1
+                self.keys.shard_queue(shard), self.keys.group, min=raw, max=raw, count=1
             )
             if rows:
                 row = rows[0]
@@ -366,3 +414,12 @@ class RedisIO:
         """The newest `count` events, newest first."""
         entries = await self.r.xrevrange(self.keys.events(run_id), count=count)
         return parse_stream_events(entries)
+
+
+def _by_shard(entry_ids: Sequence[str]) -> dict[int, list[str]]:
+    """Qualified entry ids as stream ids, grouped by shard (in order)."""
+    out: dict[int, list[str]] = {}
+    for entry_id in entry_ids:
+        shard, raw = split_entry_id(entry_id)
+        out.setdefault(shard, []).append(raw)
+    return out

@@ -18,7 +18,7 @@ from shared.models import Event, QueuedRun, Run, Transition
 RUN_COLUMNS = (
     "run_id, user_id, thread_id, agent, input, params, metadata, status, attempt, output, "
     "error, usage, cost_usd, last_seq, event_bytes, cancel_requested, created_at, started_at, "
-    "finished_at, updated_at, interrupt, waiting_since, webhook_url, start_at"
+    "finished_at, updated_at, interrupt, waiting_since, webhook_url, start_at, priority"
 )
 
 TARGETS = {
@@ -42,6 +42,7 @@ class NewRun:
     key_id: str | None = None
     # Not runnable before this (a delayed start); None: at once.
     start_at: datetime | None = None
+    priority: str = "normal"  # high, normal or low: its place in the queue
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,7 @@ class ActiveKey:
     key_id: str
     user_id: str
     operator: bool = False
+    max_priority: str = "normal"  # the highest priority its runs may ask for
 
 
 @dataclass(frozen=True)
@@ -127,8 +129,9 @@ def run_of(record: asyncpg.Record) -> Run:
 
 
 def scheduled_of(record: asyncpg.Record) -> tuple[QueuedRun, datetime]:
-    """A delayed run's queue entry and its start (`run_id, user_id, start_at`)."""
-    return QueuedRun(str(record["run_id"]), record["user_id"]), record["start_at"]
+    """A delayed run's queue entry and its start (`run_id, user_id, priority, start_at`)."""
+    queued = QueuedRun(str(record["run_id"]), record["user_id"], record["priority"])
+    return queued, record["start_at"]
 
 
 def event_of(record: asyncpg.Record) -> Event:
@@ -144,7 +147,9 @@ def api_key_of(record: asyncpg.Record) -> ApiKey:
 
 
 def active_key_of(record: asyncpg.Record) -> ActiveKey:
-    return ActiveKey(record["key_id"], record["user_id"], bool(record["operator"]))
+    return ActiveKey(
+        record["key_id"], record["user_id"], bool(record["operator"]), record["max_priority"]
+    )
 
 
 def keyed_run_of(record: asyncpg.Record) -> tuple[bytes, Submitted]:

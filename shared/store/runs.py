@@ -243,6 +243,21 @@ class RunRepo:
         )
         return None if row is None else run_of(row)
 
+    async def queue_items(self, run_ids: Sequence[str]) -> list[QueuedRun]:
+        """What the queue entries of these runs carry (their user, their priority), for the
+        paths that queue a run again by its id alone; a run not found is left out."""
+        if not run_ids:
+            return []
+        rows = await self.db.fetch(
+            "SELECT run_id, user_id, priority FROM runs WHERE run_id = ANY($1::uuid[])",
+            [uuid.UUID(r) for r in run_ids],
+        )
+        found = {
+            str(row["run_id"]): QueuedRun(str(row["run_id"]), row["user_id"], row["priority"])
+            for row in rows
+        }
+        return [found[r] for r in run_ids if r in found]
+
     async def next_in_thread(self, run_id: str) -> str | None:
         """The oldest queued run of `run_id`'s thread (to enqueue when a run ended outside a
         worker: a waiting run cancelled or timed out)."""
@@ -388,7 +403,7 @@ class RunRepo:
         `after` (a keyset walk of `runs_scheduled`): the reconciler puts those Redis lost back
         in the delayed set."""
         rows = await self.db.fetch(
-            """SELECT run_id, user_id, start_at FROM runs
+            """SELECT run_id, user_id, priority, start_at FROM runs
                WHERE status = 'queued' AND start_at IS NOT NULL
                  AND start_at > now() + make_interval(secs => $1)
                  AND ($2::timestamptz IS NULL OR (start_at, run_id) > ($2, $3::uuid))

@@ -39,9 +39,9 @@ UNLOCKED_HEADROOM = 256
 INSERT_RUNS = """WITH input AS (
         SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
                              $6::jsonb[], $7::jsonb[], $8::text[], $9::bytea[], $11::text[],
-                             $12::text[], $13::timestamptz[])
+                             $12::text[], $13::timestamptz[], $14::text[])
         AS u(run_id, user_id, thread_id, agent, input, params, metadata, key, body_hash,
-             webhook, key_id, start_at)
+             webhook, key_id, start_at, priority)
     ), hooked AS (
         SELECT input.*, coalesce(input.webhook, k.webhook_url) AS webhook_url,
                k.retention_days
@@ -58,10 +58,10 @@ INSERT_RUNS = """WITH input AS (
         RETURNING run_id
     )
     INSERT INTO runs (run_id, user_id, thread_id, agent, input, params, metadata, status,
-                      webhook_url, webhook_key_id, start_at, retention_days)
+                      webhook_url, webhook_key_id, start_at, retention_days, priority)
     SELECT run_id, user_id, thread_id, agent, input, params, metadata, 'queued',
            webhook_url, CASE WHEN webhook_url IS NULL THEN NULL ELSE key_id END, start_at,
-           retention_days
+           retention_days, priority
     FROM hooked
     WHERE key IS NULL OR run_id IN (SELECT run_id FROM keyed)
     RETURNING run_id, created_at"""
@@ -130,6 +130,7 @@ async def _insert_runs(
         [n.webhook for n in news],
         [n.key_id for n in news],
         [n.start_at for n in news],
+        [n.priority for n in news],
     )
     created: dict[Any, datetime] = {r["run_id"]: r["created_at"] for r in rows}
     return [(str(i), created[i]) if i in created else None for i in ids]

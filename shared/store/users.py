@@ -43,18 +43,19 @@ class UserRepo:
         webhook_secret: str | None = None,
         operator: bool = False,
         retention_days: int | None = None,
+        max_priority: str = "normal",
     ) -> tuple[str, str]:
         """A new key (key_id, key). `webhook_secret` signs the webhooks of the runs it submits
         (a key without one cannot ask for webhooks until it is given one); `webhook_url` is
         their default target. An `operator` key sees the whole deployment (`/ops`).
         `retention_days` overrides `LONGRUN_RETENTION_DAYS` for the runs it submits (0: kept
-        forever)."""
+        forever). Its runs may ask for priorities up to `max_priority`."""
         if user_id.startswith(JWT_USER_PREFIX):
             raise BadRequest(f"user ids beginning {JWT_USER_PREFIX!r} are reserved for JWT callers")
         key_id, key = new_api_key()
         await self.db.execute(
             "INSERT INTO api_keys (key_id, user_id, key_hash, name, webhook_url, webhook_secret,"
-            " operator, retention_days) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            " operator, retention_days, max_priority) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
             key_id,
             user_id,
             hash_key(key),
@@ -63,6 +64,7 @@ class UserRepo:
             webhook_secret,
             operator,
             retention_days,
+            max_priority,
         )
         return key_id, key
 
@@ -85,7 +87,7 @@ class UserRepo:
     async def active_key(self, key: str) -> ActiveKey | None:
         """The unrevoked key `key` is, or None (looked up by hash, as `user_for_key`)."""
         row = await self.db.fetchrow(
-            "SELECT key_id, user_id, operator FROM api_keys "
+            "SELECT key_id, user_id, operator, max_priority FROM api_keys "
             "WHERE key_hash = $1 AND revoked_at IS NULL",
             hash_key(key),
         )

@@ -32,6 +32,7 @@ import redis.asyncio as aioredis
 
 from shared.redis.keys import Keys
 from tests.chaos.followers import Followers, Received
+from tests.helpers import queue_backlog
 from tests.history import History
 from tests.redis_cluster import open_redis
 from tests.sse_frames import aparse_lines
@@ -406,7 +407,7 @@ class Truth:
         left = -1
         while time.monotonic() < deadline:
             with contextlib.suppress(aioredis.ConnectionError, aioredis.TimeoutError, OSError):
-                left = await r.xlen(keys.queue)
+                left = await queue_backlog(r, keys)
                 if left == 0:
                     return
             await asyncio.sleep(0.1)

@@ -179,7 +179,10 @@ async def _commit_end(
     if next_run is not None:
         # The thread's next run waited for this one: queue it now.
         await retry_unavailable(
-            "enqueue_next", lambda: d.rio.enqueue(next_run), stop=st.signals.lost, deadline=deadline
+            "enqueue_next",
+            lambda: _enqueue_next(d, next_run),
+            stop=st.signals.lost,
+            deadline=deadline,
         )
     await retry_unavailable(
         "ack",
@@ -220,6 +223,12 @@ async def _copy_terminal(st: AttemptState, d: Deps) -> None:
         await fill_gap(st, d, res.redis_seq, terminal=True)
     else:
         st.unsent.clear()
+
+
+async def _enqueue_next(d: Deps, run_id: str) -> None:
+    """Queue a thread's next run with what its entry carries (its user, its priority)."""
+    for item in await d.store.runs.queue_items([run_id]):
+        await d.rio.enqueue(item)
 
 
 async def handoff(st: AttemptState, d: Deps) -> None:
