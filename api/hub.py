@@ -215,6 +215,7 @@ class Hub:
         self._checks: dict[str, None] = {}  # runs whose last event is to be read (waiters)
         self._checks_due = asyncio.Event()
         self._broken = False  # a control command failed: the listener replaces the connection
+        self.resyncs = 0  # watches subscribed again on a new connection (and re-read)
         self._tasks: list[asyncio.Task[None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self.stopping = False
@@ -404,6 +405,7 @@ class Hub:
     def _resync(self, watch: Watch) -> None:
         """The run's channel was subscribed again (a new connection): notices may have been
         lost, so its subscribers re-read the stream from their cursors, its end is looked for."""
+        self.resyncs += 1
         for sub in watch.subs:
             sub.behind = True
             sub.wake()
