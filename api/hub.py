@@ -521,6 +521,7 @@ class Hub:
     async def _check_ends(self) -> None:
         """Reads the last event of runs whose waiters may have missed their end (one pipeline
         for many runs), and answers the waiters of those that ended."""
+        delay = 0.05
         while True:
             await self._checks_due.wait()
             self._checks_due.clear()
@@ -531,9 +532,14 @@ class Hub:
                 run_ids = [r for r in run_ids if r in self.watches]
                 try:
                     last = await self.io.last_events(run_ids)
+                    delay = 0.05
                 except REDIS_ERRORS as exc:
                     log.warning("hub_check_failed", error=type(exc).__name__)
-                    continue  # the connection's failure resubscribes, and checks again
+                    for run_id in run_ids:  # again, after a pause
+                        self._checks[run_id] = None
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 2.0)
+                    continue
                 for run_id, event in last.items():
                     watch = self.watches.get(run_id)
                     if watch is None or event is None or not event.terminal:
