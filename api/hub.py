@@ -420,25 +420,32 @@ class Hub:
 
     # -- the hub's tasks -----------------------------------------------------------------------
     async def _control(self) -> None:
-        """Sends SSUBSCRIBE / SUNSUBSCRIBE, one run at a time in the order they were wanted."""
+        """Sends SSUBSCRIBE / SUNSUBSCRIBE for the runs whose watch came or went, all that
+        are due in one write; each run's last state wins (a watch that left and came back
+        before the write changes nothing)."""
         while True:
             await self._todo_due.wait()
             self._todo_due.clear()
-            while self._todo and not self._broken:
-                run_id = next(iter(self._todo))
-                del self._todo[run_id]
+            if self._broken or not self._todo:
+                continue
+            todo, self._todo = self._todo, {}
+            watch, unwatch = [], []
+            for run_id in todo:
                 wanted, sent = run_id in self.watches, run_id in self._sent
-                try:
-                    if wanted and not sent:
-                        self._sent.add(run_id)
-                        self._awaiting[run_id] = self._awaiting.get(run_id, 0) + 1
-                        await self.io.watch(run_id)
-                    elif sent and not wanted:
-                        self._sent.discard(run_id)
-                        await self.io.unwatch(run_id)
-                except REDIS_ERRORS as exc:
-                    log.warning("hub_subscribe_failed", error=type(exc).__name__)
-                    self._broken = True  # the listener opens a new connection
+                if wanted and not sent:
+                    self._sent.add(run_id)
+                    self._awaiting[run_id] = self._awaiting.get(run_id, 0) + 1
+                    watch.append(run_id)
+                elif sent and not wanted:
+                    self._sent.discard(run_id)
+                    unwatch.append(run_id)
+            if not (watch or unwatch):
+                continue
+            try:
+                await self.io.change(watch, unwatch)
+            except REDIS_ERRORS as exc:
+                log.warning("hub_subscribe_failed", error=type(exc).__name__)
+                self._broken = True  # the listener opens a new connection
 
     async def _listen(self) -> None:
         delay = 0.05

@@ -18,6 +18,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
 from shared.models import Event
 from shared.redis.client import REDIS_ERRORS, Redis, blocking_pool_of
 from shared.redis.codec import parse_stream_events, text
@@ -78,18 +81,32 @@ class HubIO:
         self._ps: Any = None
 
     async def open(self) -> None:
-        """A fresh pub/sub connection, subscribed to nothing (a former one is closed)."""
+        """A fresh pub/sub connection, subscribed to nothing (a former one is closed). Its
+        failures reach the caller: the client does not reconnect it by itself (it would not
+        subscribe again what `change` subscribed), the caller opens another."""
         await self._close_pubsub()
         ps = self.r.pubsub()
         await ps.connect()
+        if ps.connection is not None:
+            ps.connection.retry = Retry(NoBackoff(), 0)
         self._ps = ps
 
-    async def watch(self, run_id: str) -> None:
-        """Subscribe to the run's channel; Redis confirms with a `Subscribed` from `listen`."""
-        await self._ps.ssubscribe(self.keys.run_channel(run_id))
-
-    async def unwatch(self, run_id: str) -> None:
-        await self._ps.sunsubscribe(self.keys.run_channel(run_id))
+    async def change(self, watch: Sequence[str], unwatch: Sequence[str]) -> None:
+        """Subscribe to the runs' channels in `watch` (Redis confirms each with a `Subscribed`
+        from `listen`) and unsubscribe from those in `unwatch`. On one Redis, all in one write:
+        a burst of new streams costs one send, not one per stream (a send to Redis is ~0.1 ms
+        of CPU on a loaded VM). A cluster's pub/sub routes each channel to its slot's node."""
+        ps, run_channel = self._ps, self.keys.run_channel
+        conn = getattr(ps, "connection", None)
+        if conn is None or getattr(ps, "node_pubsub_mapping", None) is not None:
+            for run_id in unwatch:
+                await ps.sunsubscribe(run_channel(run_id))
+            for run_id in watch:
+                await ps.ssubscribe(run_channel(run_id))
+            return
+        commands = [("SUNSUBSCRIBE", run_channel(r)) for r in unwatch]
+        commands += [("SSUBSCRIBE", run_channel(r)) for r in watch]
+        await conn.send_packed_command(conn.pack_commands(commands), check_health=False)
 
     async def listen(self, wait_seconds: float) -> Notice | Subscribed | None:
         """The next notice or subscription confirmation, or None (nothing within
