@@ -74,12 +74,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         keys = Keys.from_settings(settings)
         store = await Store.open(settings, "longrun-api")
         r = create_redis(settings, "longrun-api")
-        # The hub's XREAD client holds one connection; its readers keep their own small pool.
-        hub = Hub(
-            create_redis(settings.with_(redis_max_connections=1), "longrun-api-hub"),
-            keys,
-            wake_ttl=settings.hub_key_ttl_seconds,
-        )
+        # The hub's pub/sub client holds one connection; its readers keep their own small pool.
+        hub = Hub(create_redis(settings.with_(redis_max_connections=1), "longrun-api-hub"), keys)
         hub.on_delivery = app.state.metrics.delivery_lag_seconds.observe
         await hub.start()
         state = AppState(

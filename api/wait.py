@@ -5,7 +5,7 @@ stream: `GET /runs/{id}/wait?timeout=S` and `POST /runs/wait?timeout=S` (submit 
     the run (one Postgres read) ── ended? ──────────────────────────────────> 200 the run
         │ not yet
         ▼
-    hub.until_end(run, last_seq) ─┬─ the hub's one XREAD reads the terminal event
+    hub.until_end(run, last_seq) ─┬─ the run's channel announces its terminal event
     timer (S, capped by LONGRUN_MAX_WAIT_SECONDS) ─┤
     server shutting down ──────────┤
     client gone (http.disconnect) ─┴─> (the client left: nothing to answer)

@@ -219,15 +219,6 @@ class Settings:
     sse_ping_seconds: float = knob(
         15.0, "LONGRUN_SSE_PING_SECONDS", "events", "SSE keep-alive interval", minimum=0.05
     )
-    # An API process's hub wake key expires this long after its last refresh (a crashed
-    # process leaves nothing behind for longer).
-    hub_key_ttl_seconds: float = knob(
-        30.0,
-        "LONGRUN_HUB_KEY_TTL_SECONDS",
-        "events",
-        "lifetime of an API's hub wake key",
-        minimum=1.0,
-    )
     # A wait (`GET /runs/{id}/wait`, `POST /runs/wait`) asks for up to 300 s; it is answered
     # (202, the client waits again) after at most this long: keep it under a proxy's idle
     # timeout.

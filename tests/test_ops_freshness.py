@@ -1,12 +1,11 @@
-"""What processes leave in Redis stays as fresh as the process: an API process's hub wake key
-lives only as long as the process (a TTL it refreshes), and a worker's in-flight figure follows
+"""What processes leave in Redis stays as fresh as the process: an API process's hub
+subscriptions end with it, and a worker's in-flight figure follows
 its slots, not its heartbeat, so `/health` sees a cancelled run leave within about a second."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from pathlib import Path
 from typing import Any
 
@@ -24,35 +23,35 @@ from tests.test_ops_shutdown import start_api
 pytestmark = [pytest.mark.timeout(90), pytest.mark.slow]
 
 
-async def _hub_keys(r: aioredis.Redis, keys: Keys) -> list[bytes]:
-    return [k async for k in r.scan_iter(match=f"{keys.prefix}:hub:*", count=1000)]
+async def _shard_subscribers(r: aioredis.Redis, channel: str) -> int:
+    reply = await r.execute_command("PUBSUB", "SHARDNUMSUB", channel)
+    return int(reply[1])
 
 
-async def test_a_killed_api_process_leaves_no_hub_wake_key_behind(
+async def test_a_killed_api_process_leaves_no_hub_subscription_behind(
     settings: Settings, store: Store, redis_client: aioredis.Redis, tmp_path: Path
 ) -> None:
     keys = Keys.from_settings(settings)
-    ttl = 2
-    # Given an API process following a queued run (its hub made its wake key)
-    api = await start_api(settings, tmp_path, "api-hub", LONGRUN_HUB_KEY_TTL_SECONDS=str(ttl))
+    # Given an API process following a queued run (its hub subscribed to the run's channel)
+    api = await start_api(settings, tmp_path, "api-hub")
     _, key = await store.users.create_key("alice")
     run = await store.submits.insert_run(
         NewRun("alice", "ticker", "x", {}, {}), max_in_flight=1_000_000
     )
+    channel = keys.run_channel(run.run_id)
     async with httpx.AsyncClient(
         base_url=api.url, headers={"Authorization": f"Bearer {key}"}, timeout=30
     ) as c:
         follow = asyncio.create_task(c.get(f"/runs/{run.run_id}/events"))
         try:
-            (wake,) = await wait_for(lambda: _hub_keys(redis_client, keys), timeout=10)
-            # Then the key expires unless refreshed, and is refreshed while the process lives
-            assert 0 < await redis_client.ttl(wake) <= ttl
-            await asyncio.sleep(ttl * 1.5)  # a TTL and a half: kept alive by the process
-            assert 0 < await redis_client.ttl(wake) <= ttl
+
+            async def subscribed() -> bool:
+                return await _shard_subscribers(redis_client, channel) == 1
+
+            await wait_for(subscribed, timeout=10)
             # When the process is killed
             api.proc.kill()
             await api.proc.wait()
-            killed = time.monotonic()
         finally:
             follow.cancel()
             with contextlib.suppress(asyncio.CancelledError, httpx.HTTPError):
@@ -61,12 +60,12 @@ async def test_a_killed_api_process_leaves_no_hub_wake_key_behind(
                 api.proc.kill()
                 await api.proc.wait()
 
-    # Then its wake key is gone within the TTL
+    # Then its subscription ends with its connection, and it left no key of its own
     async def gone() -> bool:
-        return not await redis_client.exists(wake)
+        return await _shard_subscribers(redis_client, channel) == 0
 
-    await wait_for(gone, timeout=ttl + 1.0, interval=0.1)
-    assert time.monotonic() - killed <= ttl + 1.0
+    await wait_for(gone, timeout=5, interval=0.1)
+    assert [k async for k in redis_client.scan_iter(match=f"{keys.prefix}:hub:*")] == []
 
 
 async def test_health_in_flight_follows_a_cancelled_run_within_a_second(

@@ -18,6 +18,7 @@ from api.streams import RunStream
 from shared.config import Settings
 from shared.models import Event
 from shared.redis.keys import Keys
+from shared.redis.runs import RedisIO
 from shared.store import Store
 from tests.helpers import submit, wait_for
 
@@ -36,20 +37,35 @@ async def hub(settings: Settings) -> AsyncIterator[Hub]:
         await h.close()
 
 
-async def append(r: aioredis.Redis, key: str, first: int, last: int, *, end: bool = False) -> None:
-    """Events first..last of a run in one pipeline (the last one `done` when `end`)."""
-    async with r.pipeline(transaction=False) as p:
-        for seq in range(first, last + 1):
-            etype = "done" if end and seq == last else "token"
-            p.xadd(key, {"t": etype, "d": json.dumps({"seq": seq, "type": etype})}, id=f"0-{seq}")
-        await p.execute()
+async def append(
+    settings: Settings,
+    r: aioredis.Redis,
+    run_id: str,
+    first: int,
+    last: int,
+    *,
+    end: bool = False,
+    text: str = "",
+) -> None:
+    """Events first..last of a run copied to Redis as a worker does (the append script, which
+    announces them on the run's channel); the last one `done` when `end`."""
+    events = []
+    for seq in range(first, last + 1):
+        etype = "done" if end and seq == last else "token"
+        body = {"seq": seq, "type": etype, **({"text": text} if text else {})}
+        events.append(Event(seq=seq, type=etype, data=json.dumps(body).encode()))
+    rio = RedisIO(r, Keys.from_settings(settings), settings)
+    await rio.append(run_id, 0, events, gaps=True, terminal=end)
 
 
 async def test_a_subscriber_whose_buffer_overflows_catches_up_from_redis_without_gap(
-    hub: Hub, store: Store, redis_client: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+    hub: Hub,
+    store: Store,
+    settings: Settings,
+    redis_client: aioredis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(hub_mod, "QUEUE_SIZE", 4)
-    key = hub.keys.events("r1")
     stream = RunStream(store, hub, "r1", idle_seconds=30)
     sub = await stream.subscribe(0)
     batches: list[list[Event]] = []
@@ -68,11 +84,11 @@ async def test_a_subscriber_whose_buffer_overflows_catches_up_from_redis_without
             batches.append(batch)
 
     task = asyncio.create_task(consume())
-    await append(redis_client, key, 1, 2)
+    await append(settings, redis_client, "r1", 1, 2)
     await until(lambda: _seqs(batches) == [1, 2] and sub._waiter is not None)  # live again
     reads.clear()
     # 30 events in one hub read: more than the buffer holds, so the hub marks it behind
-    await append(redis_client, key, 3, 32, end=True)
+    await append(settings, redis_client, "r1", 3, 32, end=True)
     await asyncio.wait_for(task, 10)
     assert _seqs(batches) == list(range(1, 33))
     assert reads  # it re-read from Redis what the hub did not buffer
@@ -81,9 +97,8 @@ async def test_a_subscriber_whose_buffer_overflows_catches_up_from_redis_without
 
 
 async def test_a_live_subscriber_gets_every_event_in_order_in_batches(
-    hub: Hub, store: Store, redis_client: aioredis.Redis
+    hub: Hub, store: Store, settings: Settings, redis_client: aioredis.Redis
 ) -> None:
-    key = hub.keys.events("r2")
     stream = RunStream(store, hub, "r2", idle_seconds=30)
     await stream.subscribe(0)
     batches: list[list[Event]] = []
@@ -95,7 +110,7 @@ async def test_a_live_subscriber_gets_every_event_in_order_in_batches(
 
     task = asyncio.create_task(consume())
     for first in range(1, 100, 10):
-        await append(redis_client, key, first, first + 9, end=first == 91)
+        await append(settings, redis_client, "r2", first, first + 9, end=first == 91)
     await asyncio.wait_for(task, 10)
     assert _seqs(batches) == list(range(1, 101))
 
@@ -243,13 +258,9 @@ async def test_a_client_that_stops_reading_is_disconnected_after_the_send_timeou
         await writer.drain()
         await until(lambda: hub.subscribers == 1)
         # ~24 MB of events it never reads: the socket buffers fill and a send blocks
-        key = hub.keys.events(run_id)
-        blob = "x" * 100_000
-        async with redis_client.pipeline(transaction=False) as p:
-            for seq in range(1, 241):
-                body = json.dumps({"seq": seq, "type": "token", "text": blob})
-                p.xadd(key, {"t": "token", "d": body}, id=f"0-{seq}")
-            await p.execute()
+        settings = api.server.config.app.state.longrun.settings
+        for first in range(1, 241, 40):
+            await append(settings, redis_client, run_id, first, first + 39, text="x" * 100_000)
         # The watchdog cancels the blocked send and the server drops the connection
         await wait_for(_gone(hub), timeout=15)
     finally:

@@ -10,7 +10,7 @@ runs        run-level operations for API and workers (`RedisIO`): queue entries,
 group       the workers' side of the queue: reads, re-claims, dead letters, heartbeats,
             the cancel channel, the reconciler's reads
 admission   the kill switch, the key epoch, rate buckets and SSE slots (API)
-hub         the API's one blocking XREAD and its wake stream
+hub         the API's pub/sub connection (a sharded channel per watched run), its stream reads
 cache       the thread history cache
 breakers    the model circuit breakers' shared state
 ops         the operators' snapshot reads and dead-letter commands

@@ -1,15 +1,25 @@
-"""The API process's event hub, its Redis side: one blocking `XREAD` over every watched run's
-stream and the process's own wake stream, the wake-ups, and the subscribers' `XRANGE` reads on
-a small blocking pool. The fan-out itself is `api.hub`'s.
+"""The API process's event hub, its Redis side: one pub/sub connection holding a sharded
+subscription (`SSUBSCRIBE`) per watched run, the notices read from it, and single-key reads of
+a run's stream (`XRANGE`, `XREVRANGE`) on a small blocking pool. The fan-out itself is
+`api.hub`'s.
 
-The wake stream (`Keys.hub_wake`) lives as long as its process: every write sets its TTL and
-`keep_alive` renews it, so a crashed process's stream expires within the TTL.
+A run's channel (`Keys.run_channel`) carries the run's hash tag: on a cluster it lives in the
+run's slot, beside its event stream, and the append script (`scripts/append.lua`) publishes on
+it in the same call that adds the events. A notice says which events were added ("first last
+closed") and, when they are small, carries them (type, data length, data), so the hub fans them
+out without reading the stream. Pub/sub is only the wake-up: the stream (and Postgres behind
+it) is the truth, so a notice lost with a dropped connection is re-read from the stream.
 """
 
 from __future__ import annotations
 
 import contextlib
-import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from shared.models import Event
 from shared.redis.client import REDIS_ERRORS, Redis, blocking_pool_of
@@ -17,48 +27,102 @@ from shared.redis.codec import parse_stream_events, text
 from shared.redis.keys import Keys
 
 READER_WAIT_SECONDS = 10
+LAST_EVENTS_BATCH = 500  # XREVRANGE calls per pipeline when checking many runs' ends
+
+
+@dataclass(frozen=True)
+class Notice:
+    """Events first..last of the run were added to its stream (`closed`: the last one is its
+    terminal event); `events` holds them when the notice carried them, else it is empty."""
+
+    run_id: str
+    first: int
+    last: int
+    closed: bool
+    events: list[Event]
+
+
+@dataclass(frozen=True)
+class Subscribed:
+    """Redis confirmed the run's subscription: notices flow from here on."""
+
+    run_id: str
+
+
+def parse_notice(run_id: str, payload: bytes) -> Notice:
+    """A notice as the append script writes it (see the module's docstring)."""
+    head_end = payload.find(b"\n")
+    if head_end < 0:
+        head_end = len(payload)
+    first_s, last_s, closed_s = payload[:head_end].split(b" ")
+    first, last = int(first_s), int(last_s)
+    events: list[Event] = []
+    pos, size, seq = head_end + 1, len(payload), first
+    while pos < size:
+        type_end = payload.index(b"\n", pos)
+        len_end = payload.index(b"\n", type_end + 1)
+        start = len_end + 1
+        end = start + int(payload[type_end + 1 : len_end])
+        events.append(Event(seq=seq, type=payload[pos:type_end].decode(), data=payload[start:end]))
+        seq += 1
+        pos = end + 1
+    return Notice(run_id, first, last, closed_s == b"1", events)
 
 
 class HubIO:
-    def __init__(self, r: Redis, keys: Keys, *, readers: int, wake_ttl_seconds: float) -> None:
-        # `r` is a dedicated client: its one connection sits in XREAD BLOCK. Subscribers' reads
-        # and the wake-ups go through `reader`, a separate blocking pool of `readers`
-        # connections with the same settings and client name: a burst of subscribers waits for
-        # a free connection there instead of running the blocking read out of its own.
+    def __init__(self, r: Redis, keys: Keys, *, readers: int) -> None:
+        # `r` is a dedicated client: its one connection is the pub/sub connection. Subscribers'
+        # reads go through `reader`, a separate blocking pool of `readers` connections with the
+        # same settings and client name: a burst of subscribers waits for a free connection
+        # there instead of opening more.
         self.r = r
         self.reader = blocking_pool_of(r, readers, READER_WAIT_SECONDS)
         self.keys = keys
-        self.wake_key = keys.hub_wake(uuid.uuid4().hex)
-        self.wake_ttl_ms = max(1, int(wake_ttl_seconds * 1000))
-        self._wake_id = "0-0"
+        self._ps: Any = None
 
-    async def read(
-        self, cursors: dict[str, int], count: int, block_ms: int
-    ) -> list[tuple[str, list[Event]]]:
-        """Events after each stream's cursor (stream key -> last seq seen), waiting up to
-        `block_ms` for one, or for a `wake`; [(stream key, events)] for streams that had any."""
-        streams = {key: f"0-{seq}" for key, seq in cursors.items()}
-        streams[self.wake_key] = self._wake_id
-        reply = await self.r.xread(streams, count=count, block=block_ms)
-        out = []
-        for raw_key, entries in reply or []:
-            key = text(raw_key)
-            if key == self.wake_key:
-                self._wake_id = text(entries[-1][0])
-            elif entries:
-                out.append((key, parse_stream_events(entries)))
-        return out
+    async def open(self) -> None:
+        """A fresh pub/sub connection, subscribed to nothing (a former one is closed). Its
+        failures reach the caller: the client does not reconnect it by itself (it would not
+        subscribe again what `change` subscribed), the caller opens another."""
+        await self._close_pubsub()
+        ps = self.r.pubsub()
+        await ps.connect()
+        if ps.connection is not None:
+            ps.connection.retry = Retry(NoBackoff(), 0)
+        self._ps = ps
 
-    async def wake(self) -> None:
-        """Break the blocking read (it then reads the streams watched now)."""
-        async with self.reader.pipeline(transaction=False) as p:
-            p.xadd(self.wake_key, {"w": 1}, maxlen=1, approximate=False)
-            p.pexpire(self.wake_key, self.wake_ttl_ms)
-            await p.execute()
+    async def change(self, watch: Sequence[str], unwatch: Sequence[str]) -> None:
+        """Subscribe to the runs' channels in `watch` (Redis confirms each with a `Subscribed`
+        from `listen`) and unsubscribe from those in `unwatch`. On one Redis, all in one write:
+        a burst of new streams costs one send, not one per stream (a send to Redis is ~0.1 ms
+        of CPU on a loaded VM). A cluster's pub/sub routes each channel to its slot's node."""
+        ps, run_channel = self._ps, self.keys.run_channel
+        conn = getattr(ps, "connection", None)
+        if conn is None or getattr(ps, "node_pubsub_mapping", None) is not None:
+            for run_id in unwatch:
+                await ps.sunsubscribe(run_channel(run_id))
+            for run_id in watch:
+                await ps.ssubscribe(run_channel(run_id))
+            return
+        commands = [("SUNSUBSCRIBE", run_channel(r)) for r in unwatch]
+        commands += [("SSUBSCRIBE", run_channel(r)) for r in watch]
+        await conn.send_packed_command(conn.pack_commands(commands), check_health=False)
 
-    async def keep_alive(self) -> None:
-        """Renew the wake stream's TTL (nothing when it does not exist)."""
-        await self.reader.pexpire(self.wake_key, self.wake_ttl_ms)
+    async def listen(self, wait_seconds: float) -> Notice | Subscribed | None:
+        """The next notice or subscription confirmation, or None (nothing within
+        `wait_seconds`, or a message of no interest)."""
+        msg = await self._ps.get_sharded_message(timeout=wait_seconds)
+        if msg is None:
+            return None
+        kind = msg["type"]
+        if kind not in ("smessage", "ssubscribe", b"smessage", b"ssubscribe"):
+            return None
+        run_id = self.keys.run_of_channel(text(msg["channel"]))
+        if run_id is None:
+            return None
+        if kind in ("ssubscribe", b"ssubscribe"):
+            return Subscribed(run_id)
+        return parse_notice(run_id, msg["data"])
 
     async def events_after(self, run_id: str, after_seq: int, count: int) -> list[Event]:
         """Up to `count` events of the run after `after_seq` (XRANGE)."""
@@ -67,9 +131,28 @@ class HubIO:
         )
         return parse_stream_events(entries)
 
+    async def last_events(self, run_ids: Sequence[str]) -> dict[str, Event | None]:
+        """Each run's last event in Redis (None: its stream is empty or gone), one pipelined
+        single-key XREVRANGE per run."""
+        out: dict[str, Event | None] = {}
+        for at in range(0, len(run_ids), LAST_EVENTS_BATCH):
+            chunk = run_ids[at : at + LAST_EVENTS_BATCH]
+            async with self.reader.pipeline(transaction=False) as p:
+                for run_id in chunk:
+                    p.xrevrange(self.keys.events(run_id), count=1)
+                replies = await p.execute()
+            for run_id, entries in zip(chunk, replies, strict=True):
+                got = parse_stream_events(entries)
+                out[run_id] = got[0] if got else None
+        return out
+
+    async def _close_pubsub(self) -> None:
+        ps, self._ps = self._ps, None
+        if ps is not None:
+            with contextlib.suppress(*REDIS_ERRORS):
+                await ps.aclose()
+
     async def aclose(self) -> None:
-        """Delete the wake stream (best effort: its TTL ends it anyway), close the clients."""
-        with contextlib.suppress(*REDIS_ERRORS):
-            await self.reader.delete(self.wake_key)
+        await self._close_pubsub()
         await self.reader.aclose()
         await self.r.aclose()

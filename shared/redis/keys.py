@@ -5,7 +5,7 @@ Every per-run key carries the run id as a `{hash tag}` so that all of one run's 
 Redis Cluster slot (Lua scripts touch several of them at once); a thread's history cache carries
 `{user:thread}` likewise. Every stream has a bound: the queue is bounded by acking-and-deleting
 (never MAXLEN: that would drop unread runs), event streams by a per-run cap plus a TTL once the
-run ends, the dead-letter stream by MAXLEN, a hub's wake stream by MAXLEN 1 and a TTL.
+run ends and the dead-letter stream by MAXLEN.
 """
 
 from __future__ import annotations
@@ -99,6 +99,18 @@ class Keys:
         """The run's event stream; entry ids are `0-<seq>`, so the id is the seq."""
         return f"{self.prefix}:events:{{{run_id}}}"
 
+    def run_channel(self, run_id: str) -> str:
+        """Sharded pub/sub channel (SPUBLISH/SSUBSCRIBE): the append script announces each
+        copy of the run's events here; API hubs watching the run subscribe. In the run's slot."""
+        return f"{self.prefix}:run-events:{{{run_id}}}"
+
+    def run_of_channel(self, channel: str) -> str | None:
+        """The run whose channel (`run_channel`) this is, or None for any other name."""
+        head, tail = f"{self.prefix}:run-events:{{", "}"
+        if not (channel.startswith(head) and channel.endswith(tail)):
+            return None
+        return channel[len(head) : -len(tail)] or None
+
     def run_meta(self, run_id: str) -> str:
         """Hash: `attempt` (the fence), `seq` (last appended), `bytes`, `cancel`, `owner`."""
         return f"{self.prefix}:run:{{{run_id}}}"
@@ -168,12 +180,6 @@ class Keys:
     def sse_slots(self, user: str) -> str:
         """Sorted set: the user's open event streams, scored by when each slot expires."""
         return f"{self.prefix}:sse:{user}"
-
-    # -- API processes ---------------------------------------------------------------------
-    def hub_wake(self, process: str) -> str:
-        """Stream (MAXLEN 1, a TTL the process refreshes): an XADD breaks that API process's
-        blocking XREAD when it starts watching another run."""
-        return f"{self.prefix}:hub:{process}"
 
     # -- threads ---------------------------------------------------------------------------
     def thread_history(self, user_id: str, thread_id: str) -> str:

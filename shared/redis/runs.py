@@ -315,7 +315,8 @@ class RedisIO:
         ]
         for e in events:
             args.extend((e.type, e.data))
-        return (self._append, [self.keys.run_meta(run_id), self.keys.events(run_id)], args)
+        keys = [self.keys.run_meta(run_id), self.keys.events(run_id), self.keys.run_channel(run_id)]
+        return (self._append, keys, args)
 
     @staticmethod
     def append_outcome(run_id: str, attempt: int, res: Any) -> AppendResult | Gap | BaseException:
