@@ -106,7 +106,7 @@ def _shard(value: str) -> int:
 
 
 SCRIPT_KEYS = {
-    "append": lambda v: [K.run_meta(v), K.events(v)],  # runs.append_call
+    "append": lambda v: [K.run_meta(v), K.events(v), K.run_channel(v)],  # runs.append_call
     "fence": lambda v: [K.run_meta(v), K.events(v)],  # runs._fence_call
     "renew": lambda v: [K.shard_queue(_shard(v))],
     "ack": lambda v: [K.shard_queue(_shard(v))],

@@ -13,6 +13,7 @@ it) is the truth, so a notice lost with a dropped connection is re-read from the
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from shared.redis.codec import parse_stream_events, text
 from shared.redis.keys import Keys
 
 READER_WAIT_SECONDS = 10
+CLUSTER_POLL_SECONDS = 0.01  # a cluster pub/sub's poll of one node (see `HubIO.listen`)
 LAST_EVENTS_BATCH = 500  # XREVRANGE calls per pipeline when checking many runs' ends
 
 
@@ -69,6 +71,11 @@ def parse_notice(run_id: str, payload: bytes) -> Notice:
     return Notice(run_id, first, last, closed_s == b"1", events)
 
 
+def _per_node(ps: Any) -> bool:
+    """A Redis Cluster's pub/sub: one connection per node, made as channels are subscribed."""
+    return getattr(ps, "node_pubsub_mapping", None) is not None
+
+
 class HubIO:
     def __init__(self, r: Redis, keys: Keys, *, readers: int) -> None:
         # `r` is a dedicated client: its one connection is the pub/sub connection. Subscribers'
@@ -86,9 +93,10 @@ class HubIO:
         subscribe again what `change` subscribed), the caller opens another."""
         await self._close_pubsub()
         ps = self.r.pubsub()
-        await ps.connect()
-        if ps.connection is not None:
-            ps.connection.retry = Retry(NoBackoff(), 0)
+        if not _per_node(ps):  # a cluster's pub/sub connects to each node as it subscribes
+            await ps.connect()
+            if ps.connection is not None:
+                ps.connection.retry = Retry(NoBackoff(), 0)
         self._ps = ps
 
     async def change(self, watch: Sequence[str], unwatch: Sequence[str]) -> None:
@@ -98,7 +106,7 @@ class HubIO:
         of CPU on a loaded VM). A cluster's pub/sub routes each channel to its slot's node."""
         ps, run_channel = self._ps, self.keys.run_channel
         conn = getattr(ps, "connection", None)
-        if conn is None or getattr(ps, "node_pubsub_mapping", None) is not None:
+        if conn is None or _per_node(ps):
             for run_id in unwatch:
                 await ps.sunsubscribe(run_channel(run_id))
             for run_id in watch:
@@ -111,7 +119,16 @@ class HubIO:
     async def listen(self, wait_seconds: float) -> Notice | Subscribed | None:
         """The next notice or subscription confirmation, or None (nothing within
         `wait_seconds`, or a message of no interest)."""
-        msg = await self._ps.get_sharded_message(timeout=wait_seconds)
+        ps = self._ps
+        if _per_node(ps):
+            # A cluster's pub/sub polls its nodes in turn, each for the whole timeout, and a
+            # subscribe waits for the poll in progress: poll briefly, so that a notice from
+            # one node never waits behind a quiet other, nor a new stream's subscription.
+            wait_seconds = min(wait_seconds, CLUSTER_POLL_SECONDS)
+            if not ps.node_pubsub_mapping:  # nothing subscribed yet: nothing to poll
+                await asyncio.sleep(wait_seconds)
+                return None
+        msg = await ps.get_sharded_message(timeout=wait_seconds)
         if msg is None:
             return None
         kind = msg["type"]

@@ -256,6 +256,37 @@ export class Client {
   }
 
   /**
+   * POST /schedules: `{cron, timezone, input, agent?, params?, threadId?, metadata?}`; 201 with
+   * the schedule (`schedule_id`, `next_run_at`, ...). Each tick of `cron` in `timezone` makes
+   * one run. Sent once: no retry could tell a lost answer from a refused create.
+   */
+  async createSchedule({ cron, timezone = "UTC", input, agent, params, threadId, metadata }, { signal } = {}) {
+    const json = { cron, timezone, input, agent, params, thread_id: threadId, metadata };
+    for (const k of Object.keys(json)) if (json[k] === undefined || json[k] === null) delete json[k];
+    return (await this.request("POST", "/schedules", { json, signal })).body;
+  }
+
+  /** One page of your schedules, newest first: `{schedules, next_cursor}`. */
+  async listSchedules({ limit, cursor, signal } = {}) {
+    return (await this.request("GET", "/schedules", { query: { limit, cursor }, signal })).body;
+  }
+
+  async getSchedule(scheduleId, { signal } = {}) {
+    return (await this.request("GET", `/schedules/${encodeURIComponent(scheduleId)}`, { signal })).body;
+  }
+
+  /** DELETE /schedules/{id}: it ticks no more; the runs it made stay. */
+  async deleteSchedule(scheduleId, { signal } = {}) {
+    await this.request("DELETE", `/schedules/${encodeURIComponent(scheduleId)}`, { signal });
+  }
+
+  /** The runs a schedule made, newest tick first: `{schedule_id, runs, next_cursor}`. */
+  async scheduleRuns(scheduleId, { limit, cursor, signal } = {}) {
+    const path = `/schedules/${encodeURIComponent(scheduleId)}/runs`;
+    return (await this.request("GET", path, { query: { limit, cursor }, signal })).body;
+  }
+
+  /**
    * The run once it has ended. Long-polls `GET /runs/{id}/wait?timeout=S` (200: ended; 202:
    * not yet, ask again after Retry-After); a server without that route (404 not_found for a
    * run that exists) is polled with `GET /runs/{id}` instead. `timeout` (seconds, default
