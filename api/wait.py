@@ -39,7 +39,7 @@ from api.auth import (
     submit_principal,
     unauthorized,
 )
-from api.errors import ERROR_RESPONSES, JSONResp
+from api.errors import ERROR_RESPONSES, PRIORITY_REFUSED, JSONResp
 from api.hub import settle
 from api.links import location
 from api.runs import RunIdPath, User, _owned_run, _state, run_links
@@ -83,7 +83,7 @@ async def wait_run(
     return await _waited(request, run, principal_of(request, user), wait_s)
 
 
-@router.post("/runs/wait", response_model=None, responses=ANSWERS)
+@router.post("/runs/wait", response_model=None, responses={**ANSWERS, **PRIORITY_REFUSED})
 async def submit_and_wait(
     body: SubmitRun,
     request: Request,

@@ -105,8 +105,8 @@ async def scenario(fair: bool, flood: int) -> dict[str, Any]:
     }
 
 
-async def main_async(smoke: bool) -> dict[str, Any]:
-    flood = 60 if smoke else 1000
+async def main_async(smoke: bool, flood: int) -> dict[str, Any]:
+    flood = 60 if smoke else flood
     results = [await scenario(True, flood), await scenario(False, flood)]
     print_table(
         f"B's queue wait (s), {B_RUNS} runs, 1 worker x {SLOTS} slots, ticker 2 x 100 ms; "
@@ -137,8 +137,10 @@ async def main_async(smoke: bool) -> dict[str, Any]:
 
 
 def main() -> None:
-    a = parser(__doc__ or "").parse_args()
-    result = run_async(main_async(a.smoke))
+    p = parser(__doc__ or "")
+    p.add_argument("--flood", type=int, default=1000, help="A's queued runs (default 1000)")
+    a = p.parse_args()
+    result = run_async(main_async(a.smoke, a.flood))
     record("fairness", result, smoke=a.smoke)
 
 

@@ -40,7 +40,7 @@ async def test_a_run_keeps_its_priority_and_shows_it(client, boss):
     assert (await boss.get(f"/runs/{high.json()['run_id']}")).json()["priority"] == "high"
 
 
-@pytest.mark.parametrize("path", ["/runs", "/runs/stream"])
+@pytest.mark.parametrize("path", ["/runs", "/runs/stream", "/runs/wait"])
 async def test_an_unknown_priority_is_a_422_that_writes_nothing(
     client, store, redis_client, settings, path
 ):
@@ -51,7 +51,7 @@ async def test_an_unknown_priority_is_a_422_that_writes_nothing(
     assert await queue_backlog(redis_client, Keys.from_settings(settings)) == 0
 
 
-@pytest.mark.parametrize("path", ["/runs", "/runs/stream"])
+@pytest.mark.parametrize("path", ["/runs", "/runs/stream", "/runs/wait"])
 async def test_a_priority_above_the_keys_maximum_is_a_403_that_writes_nothing(
     client, store, redis_client, settings, path
 ):
