@@ -4,6 +4,7 @@ here, for pooled connections and for connections a caller holds alike)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
@@ -13,6 +14,9 @@ import orjson
 
 from shared.config import Settings
 from shared.errors import Unavailable
+
+# A session connection's polite close; past it, the socket is cut (Postgres ends the session).
+SESSION_CLOSE_SECONDS = 5.0
 
 # Errors that mean "the database is not there right now", not "the query is wrong".
 PG_DOWN: tuple[type[BaseException], ...] = (
@@ -73,14 +77,24 @@ async def connect(settings: Settings, app_name: str) -> asyncpg.Connection:
     return conn
 
 
+async def _keep_session(_conn: asyncpg.Connection) -> None:
+    """What a pooled connection goes back with: its session as it is. asyncpg's default reset
+    (`RESET ALL`, `UNLISTEN *`, advisory locks released...) is a round trip on every release,
+    and a release is awaited before the statement's caller goes on: one more round trip on
+    every pooled statement (a submit's insert, `GET /runs/{id}`). Pooled work keeps no session
+    state: transaction-scoped locks and settings only, and asyncpg still rolls back a
+    transaction left open. What needs a session of its own takes `Database.session()`."""
+
+
 class Database:
     """The pool every repository shares. Every call acquires a pooled connection with a
     timeout; a caller that keeps a connection of its own (a worker's batch lane) takes it with
     `acquire` and hands it to the repositories, which run on it through `held`."""
 
-    def __init__(self, pool: asyncpg.Pool, settings: Settings) -> None:
+    def __init__(self, pool: asyncpg.Pool, settings: Settings, app_name: str = "longrun") -> None:
         self.pool = pool
         self.settings = settings
+        self.app_name = app_name
 
     @classmethod
     async def open(cls, settings: Settings, app_name: str) -> Database:
@@ -92,11 +106,12 @@ class Database:
                 command_timeout=settings.pg_command_timeout,
                 timeout=settings.pg_acquire_timeout,
                 init=_init_connection,
+                reset=_keep_session,
                 server_settings={"application_name": app_name},
             )
         except PG_DOWN as exc:
             raise Unavailable(f"postgres unreachable: {exc}") from exc
-        return cls(pool, settings)
+        return cls(pool, settings, app_name)
 
     async def close(self) -> None:
         await self.pool.close()
@@ -117,6 +132,22 @@ class Database:
             return
         with _mapped():
             yield conn
+
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[asyncpg.Connection]:
+        """A connection outside the pool, closed afterwards, for session state (a session
+        advisory lock): whatever the session held ends with it, however the caller left."""
+        with _mapped():
+            conn = await connect(self.settings, self.app_name)
+        try:
+            with _mapped():
+                yield conn
+        finally:
+            try:
+                await asyncio.wait_for(conn.close(), SESSION_CLOSE_SECONDS)
+            except BaseException:
+                conn.terminate()
+                raise
 
     async def acquire(self) -> asyncpg.Connection:
         """A pooled connection for the caller to keep (give it back with `release`)."""

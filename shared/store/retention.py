@@ -170,16 +170,10 @@ class RetentionRepo:
     @contextlib.asynccontextmanager
     async def lock(self) -> AsyncIterator[asyncpg.Connection | None]:
         """A connection holding the retention lock for the pass, or None when another worker
-        holds it. The lock is the session's, released before the connection goes back to the
-        pool (and by Postgres if this process dies)."""
-        async with self.db.conn() as c:
-            if not await c.fetchval("SELECT pg_try_advisory_lock($1)", LOCK_KEY):
-                yield None
-                return
-            try:
-                yield c
-            finally:
-                await c.execute("SELECT pg_advisory_unlock($1)", LOCK_KEY)
+        holds it. The lock is the session's, on a connection of its own that is closed after
+        the pass, which ends the lock (as Postgres does if this process dies)."""
+        async with self.db.session() as c:
+            yield c if await c.fetchval("SELECT pg_try_advisory_lock($1)", LOCK_KEY) else None
 
     async def partitions(self, c: asyncpg.Connection) -> list[Partition]:
         """The range partitions of `run_events`, oldest first (not the default one)."""
