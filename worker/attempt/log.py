@@ -51,10 +51,16 @@ async def queue(st: AttemptState, d: Deps, body: dict[str, Any]) -> None:
     if len(st.pending) >= BATCH_MAX:
         await flush(st, d)
     elif st.linger is None and (st.flusher is None or st.flusher.done()):
-        # A timer, not a task: a run that ends within the turn (its pending events go with
-        # the terminal one) never starts a flusher.
-        delay = 0.0 if st.committed_events else FIRST_LINGER_SECONDS
-        st.linger = asyncio.get_running_loop().call_later(delay, _linger_over, st, d)
+        if st.committed_events:
+            # The flusher itself, which first runs at the loop's next turn: a timer of 0 s
+            # that then started it took one turn more on every paced event's way.
+            st.flusher = asyncio.create_task(_flush_later(st, d))
+        else:
+            # A timer, not a task: a run that ends within its first linger (its pending
+            # events go with the terminal one) never starts a flusher.
+            st.linger = asyncio.get_running_loop().call_later(
+                FIRST_LINGER_SECONDS, _linger_over, st, d
+            )
 
 
 def _linger_over(st: AttemptState, d: Deps) -> None:
@@ -63,9 +69,12 @@ def _linger_over(st: AttemptState, d: Deps) -> None:
 
 
 async def _flush_later(st: AttemptState, d: Deps) -> None:
+    """The background flush. It commits in its own task, not through `flush`'s shielded one
+    (a turn less): `stop_flusher` cancels it only while it does not hold the lock, so a
+    commit it started always ends, and what it had not taken stays pending."""
     try:
         while st.pending:  # what was queued during a flush goes next
-            await flush(st, d)
+            await _flush_locked(st, d)
     except asyncio.CancelledError:
         raise
     except BaseException as exc:
