@@ -7,7 +7,8 @@ The decisions are here; the reads and writes are `shared.redis.admission`'s.
     POST /runs ── paused? (flag or LONGRUN_ACCEPT_RUNS=false) ── 503 paused
                ── XLEN queue >= max_backlog ──────────────────── 503 backlog_full
                ── bucket empty ───────────────────────────────── 429 rate_limited
-    (one pipelined round trip for the three)
+    (one pipelined round trip for the three; POST /runs/stream's SSE slot rides in it too:
+     a stream refused its slot takes no token, or gets the group's back)
 
 SSE slots are members of a per-user sorted set scored by their expiry: a live stream refreshes
 its slot; a closed stream removes it; a crashed process's slots simply expire. So a slot never
@@ -19,7 +20,8 @@ from __future__ import annotations
 import contextlib
 import math
 import uuid
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import structlog
 
@@ -34,6 +36,7 @@ log = structlog.get_logger("longrun.api.admission")
 PAUSED_RETRY_AFTER = 30
 BACKLOG_RETRY_AFTER = 5
 IN_FLIGHT_RETRY_AFTER = 5
+STREAMS_RETRY_AFTER = 5
 SLOT_TTL = 60.0
 
 
@@ -74,10 +77,22 @@ class BatchVerdict:
     refusal: Refusal | None  # for the whole group (paused, backlog full)
     epoch: bytes  # the API-key epoch now
     granted: dict[str, tuple[int, float]]  # per user: tokens taken, seconds to the next one
+    slots: list[bool] = field(default_factory=list)  # per slot asked for: taken
 
 
 def rate_refusal(wait: float) -> Refusal:
     return Refusal(429, "rate_limited", "too many submits: slow down", max(1, math.ceil(wait)))
+
+
+def streams_refusal(cap: int) -> Refusal:
+    return Refusal(
+        429, "too_many_streams", f"at most {cap} open event streams per user", STREAMS_RETRY_AFTER
+    )
+
+
+def new_slot() -> str:
+    """An SSE slot's id (a member of the user's set)."""
+    return uuid.uuid4().hex
 
 
 class Admission:
@@ -99,13 +114,23 @@ class Admission:
             rate_wait=wait,
         )
 
-    async def check_batch(self, wanted: dict[str, int]) -> BatchVerdict:
+    async def check_batch(
+        self, wanted: dict[str, int], slots: Sequence[tuple[str, str]] = ()
+    ) -> BatchVerdict:
         """Admission for a group of submits in one round trip: the switches and the backlog
-        once, each user's bucket once for as many tokens as that user has submits, and the
-        API-key epoch (so cached key look-ups are checked once per group, not per request).
-        Redis being down raises."""
+        once, each user's bucket once for as many tokens as that user has submits, the
+        API-key epoch (so cached key look-ups are checked once per group, not per request),
+        and the SSE slot of each submit-and-stream ((user, slot) pairs). Redis being down
+        raises."""
         s = self.settings
-        gate = await self.io.gate(wanted, s.submit_rate_per_second, s.submit_burst)
+        gate = await self.io.gate(
+            wanted,
+            s.submit_rate_per_second,
+            s.submit_burst,
+            slots,
+            s.max_sse_per_user,
+            SLOT_TTL,
+        )
         refusal = submit_refusal(
             accept_runs=s.accept_runs,
             paused=gate.paused,
@@ -114,16 +139,26 @@ class Admission:
             rate_allowed=True,
             rate_wait=0.0,
         )
-        return BatchVerdict(refusal=refusal, epoch=gate.epoch, granted=gate.granted)
+        return BatchVerdict(
+            refusal=refusal, epoch=gate.epoch, granted=gate.granted, slots=gate.slots
+        )
+
+    async def give_back(self, user: str, tokens: int) -> None:
+        """Tokens taken for submits refused afterwards go back to the user's bucket (best
+        effort: with Redis away they come back at the bucket's rate anyway)."""
+        s = self.settings
+        with contextlib.suppress(*REDIS_DOWN):
+            await self.io.give_back(user, tokens, s.submit_rate_per_second, s.submit_burst)
 
     async def key_epoch(self) -> bytes:
         """The API-key epoch now (cached key look-ups are valid only under it)."""
         return await self.io.key_epoch()
 
-    async def take_sse_slot(self, user: str) -> str | None:
-        """A slot id, or None when the user has `max_sse_per_user` streams open. With Redis
-        down the stream is let through (it may still be served from Postgres)."""
-        slot = uuid.uuid4().hex
+    async def take_sse_slot(self, user: str, slot: str | None = None) -> str | None:
+        """A slot id (`slot`, or a new one), or None when the user has `max_sse_per_user`
+        streams open. With Redis down the stream is let through (it may still be served from
+        Postgres)."""
+        slot = slot or new_slot()
         try:
             got = await self.io.take_slot(user, slot, self.settings.max_sse_per_user, SLOT_TTL)
         except REDIS_DOWN:

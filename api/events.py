@@ -27,6 +27,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from api import hub as hub_module
 from api import tokens
+from api.admission import streams_refusal
 from api.auth import Principal, Security, authenticate, key_id_checked, security
 from api.errors import ERROR_RESPONSES, ApiError
 from api.middleware import ABORT, OUTER_SEND
@@ -329,12 +330,7 @@ async def take_stream_slot(state: AppState, sec: Security, user: str) -> str:
     """One of the user's SSE slots (`api.admission`), or 429 `too_many_streams`."""
     slot = await sec.admission.take_sse_slot(user)
     if slot is None:
-        raise ApiError(
-            429,
-            "too_many_streams",
-            f"at most {state.settings.max_sse_per_user} open event streams per user",
-            {"Retry-After": "5"},
-        )
+        raise streams_refusal(state.settings.max_sse_per_user).as_error()
     return slot
 
 

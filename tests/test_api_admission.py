@@ -245,6 +245,41 @@ async def test_open_event_streams_are_capped_per_user_and_released_on_disconnect
     await wait_for(lambda: _no_slots(state), timeout=5)
 
 
+@pytest.mark.parametrize("path", ["grouped", "alone"])
+async def test_a_submit_and_stream_past_the_stream_cap_is_refused_and_takes_nothing(
+    api_factory, settings, api_key, store, redis_client, path
+):
+    # Given alice with one event stream allowed, a burst of two submits (no refill to speak
+    # of), and one stream open on a queued run (no worker), which took one token
+    s = settings.with_(max_sse_per_user=1, submit_burst=2, submit_rate_per_second=0.001)
+    srv = await api_factory(s)
+    bucket = Keys.from_settings(s).submit_bucket("alice")
+    async with await _client(srv, api_key) as c:
+        run_id = await submit(c, **BODY)
+        async with c.stream("GET", f"/runs/{run_id}/events") as held:
+            assert held.status_code == 200
+            # When she submits-and-streams (in a submit group, or alone: a thread's submit)
+            extra = {"thread_id": "t-1"} if path == "alone" else {}
+            refused = await c.post("/runs/stream", json={**BODY, **extra})
+            # Then 429 too_many_streams, nothing written
+            assert refused.status_code == 429, refused.text
+            assert refused.json()["error"] == "too_many_streams"
+            assert refused.headers["retry-after"]
+            assert await _runs(store) == [run_id]
+            assert await _xlen(s) == 1
+
+            # and her second token is still there (a token the group took for it comes back)
+            async def token_back() -> bool:
+                return float(await redis_client.hget(bucket, "tokens") or 0) >= 1
+
+            await wait_for(token_back, timeout=5)
+            assert (await c.post("/runs", json=BODY)).status_code == 202
+            # (the bucket is in force: the third submit is refused)
+            third = await c.post("/runs", json=BODY)
+            assert third.status_code == 429
+            assert third.json()["error"] == "rate_limited"
+
+
 async def _no_slots(state) -> bool:
     return await state.security.admission.open_sse_slots("alice", time.time()) == 0
 

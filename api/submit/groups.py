@@ -34,6 +34,7 @@ the cap cannot pass it; closer to the cap, every submit takes the locked path.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import math
 import time
@@ -44,7 +45,7 @@ from enum import StrEnum
 import asyncpg
 import structlog
 
-from api.admission import Admission, BatchVerdict, rate_refusal
+from api.admission import Admission, BatchVerdict, rate_refusal, streams_refusal
 from api.errors import redis_failure
 from api.submit.enqueue import DOWN, enqueue
 from api.submit.request import SubmitRequest
@@ -123,6 +124,8 @@ class SubmitGroups:
         self.rio = RedisIO(r, keys, settings)
         self.admission = admission
         self.gate = InFlightGate(store, settings)
+        self.streams_cap = settings.max_sse_per_user
+        self._giving_back: set[asyncio.Task[None]] = set()
         self.key_ttl_seconds = float(settings.idempotency_ttl_seconds)
         self._swept = 0.0
         self.coalescer: Coalescer[SubmitRequest, Submitted | Detour] = Coalescer(
@@ -147,13 +150,22 @@ class SubmitGroups:
 
     async def _group(self, reqs: list[SubmitRequest]) -> Sequence[GroupResult]:
         outcomes: list[GroupResult | None] = [None] * len(reqs)
+        # Submit-and-stream requests: their SSE slots, taken in the admission's round trip.
+        slots = [(i, r.new.user_id, r.slot) for i, r in enumerate(reqs) if r.slot is not None]
         try:
-            verdict = await self.admission.check_batch(Counter(r.new.user_id for r in reqs))
+            verdict = await self.admission.check_batch(
+                Counter(r.new.user_id for r in reqs), [(u, s) for _, u, s in slots]
+            )
         except REDIS_ERRORS as exc:  # away, or refusing (out of memory, MOVED ...)
             raise redis_failure(exc, DOWN) from exc
         if (refusal := verdict.refusal) is not None:
             return [refusal.as_error()] * len(reqs)
-        admitted = _triage(reqs, verdict, outcomes)
+        full = {i for (i, _, _), taken in zip(slots, verdict.slots, strict=True) if not taken}
+        admitted, unused = _triage(reqs, verdict, outcomes, full, self.streams_cap)
+        for user, n in unused.items():  # what the refused streams took, back (off this path)
+            task = asyncio.create_task(self.admission.give_back(user, n))
+            self._giving_back.add(task)
+            task.add_done_callback(self._giving_back.discard)
         clear = await self.gate.clear(Counter(reqs[i].new.user_id for i in admitted))
         go = []
         for i in admitted:
@@ -206,15 +218,24 @@ class SubmitGroups:
 
 
 def _triage(
-    reqs: list[SubmitRequest], verdict: BatchVerdict, outcomes: list[GroupResult | None]
-) -> list[int]:
-    """Which requests the admission verdict lets through (indexes); the others' outcomes set."""
+    reqs: list[SubmitRequest],
+    verdict: BatchVerdict,
+    outcomes: list[GroupResult | None],
+    full: set[int],
+    streams_cap: int,
+) -> tuple[list[int], dict[str, int]]:
+    """Which requests the admission verdict lets through (indexes), the others' outcomes set;
+    and per user, the tokens taken for streams refused their slot (`full`), to give back."""
     tokens = {u: taken for u, (taken, _) in verdict.granted.items()}
     admitted: list[int] = []
     keys_seen: set[tuple[str, str]] = set()
+    refused_streams: Counter[str] = Counter()
     for i, r in enumerate(reqs):
         user, epoch = r.new.user_id, r.who.epoch
-        if epoch is not None and not hmac.compare_digest(epoch, verdict.epoch):
+        if i in full:  # first, as when the slot was taken before the submit: it takes nothing
+            outcomes[i] = streams_refusal(streams_cap).as_error()
+            refused_streams[user] += 1
+        elif epoch is not None and not hmac.compare_digest(epoch, verdict.epoch):
             outcomes[i] = Detour.STALE_KEY
         elif r.key is not None and (tokens[user] <= 0 or (user, r.key[0]) in keys_seen):
             # Perhaps a retry (replayed without admission), or the same key twice in one
@@ -227,4 +248,5 @@ def _triage(
             admitted.append(i)
             if r.key is not None:
                 keys_seen.add((user, r.key[0]))
-    return admitted
+    unused = {u: min(n, tokens[u]) for u, n in refused_streams.items() if tokens[u] > 0}
+    return admitted, unused

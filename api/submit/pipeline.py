@@ -25,9 +25,9 @@ handlers answer them (`api.errors`), as for any route.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from api.admission import IN_FLIGHT_RETRY_AFTER
+from api.admission import IN_FLIGHT_RETRY_AFTER, streams_refusal
 from api.auth import Principal, Security
 from api.errors import ApiError, as_api_error, redis_failure
 from api.state import AppState
@@ -120,8 +120,12 @@ async def submit(
     who: Principal,
     idempotency_key: str | None,
     authenticate: Authenticate,
+    slot: str | None = None,
 ) -> Outcome:
-    """A parsed `POST /runs`, from its checks to its outcome."""
+    """A parsed `POST /runs`, from its checks to its outcome. With `slot` (POST /runs/stream:
+    an SSE slot's id), the user's slot is taken first: with the group's admission, in its
+    round trip, or alone before anything else; 429 `too_many_streams` refuses. The caller
+    gives the slot back unless the outcome is Accepted."""
     try:
         req = validated(state, body, who, idempotency_key)
         if body.webhook is not None:
@@ -130,13 +134,20 @@ async def submit(
         step = first_step(req, grouping=groups is not None)
         if isinstance(step, Grouped):
             assert groups is not None
-            got = await groups.submit(req)
+            got = await groups.submit(replace(req, slot=slot))
             if isinstance(got, Submitted):
                 return Accepted(who, req.new.agent, got)
-            step = after_group(got)
+            step = after_group(got)  # (its slot taken with the group's admission)
+        elif slot is not None:
+            await _take_slot(sec, who.user, slot)
         return Accepted(who, req.new.agent, await _alone(state, sec, req, step, authenticate))
     except LongrunError as exc:
         return Refused(refusal_of(exc))
+
+
+async def _take_slot(sec: Security, user: str, slot: str) -> None:
+    if await sec.admission.take_sse_slot(user, slot) is None:
+        raise streams_refusal(sec.settings.max_sse_per_user).as_error()
 
 
 async def _alone(

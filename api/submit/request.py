@@ -93,6 +93,9 @@ class SubmitRequest:
     thread_mode: ThreadMode = "enqueue"
     # The Idempotency-Key and the digest of the body it is bound to, when the request has one.
     key: tuple[str, bytes] | None = None
+    # POST /runs/stream: the SSE slot its answer needs, taken with the group's admission (the
+    # same round trip) or, on the alone path, before anything else.
+    slot: str | None = None
 
 
 def validated(

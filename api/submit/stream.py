@@ -4,8 +4,8 @@ queue still runs it (a worker, the event log, the hub): one execution path, the 
 
     body: SubmitStream (a submit + on_disconnect; FastAPI's 400/422)
       ─> the process's cap (`StreamGate`) ───────────── 503 streams_full + Retry-After
-      ─> one of the user's SSE slots ───────────────── 429 too_many_streams
-      ─> pipeline.submit, as POST /runs (validation, Idempotency-Key, admission, threads)
+      ─> pipeline.submit, as POST /runs (validation, Idempotency-Key, admission, threads),
+         with one of the user's SSE slots (in the admission's round trip) ─ 429 too_many_streams
            ├─ Refused ─> render: POST /runs's answer, byte for byte; the slot given back
            └─ Accepted ─> api.events.run_event_stream from seq 1 (a replayed key: the same
                           run), `Content-Location: /runs/{id}`
@@ -28,9 +28,10 @@ import structlog
 from fastapi import APIRouter, Depends, Header, Request
 from starlette.responses import Response
 
+from api.admission import new_slot
 from api.auth import Principal, Security, current_user, security, submit_principal
 from api.errors import ERROR_RESPONSES, PRIORITY_REFUSED, ApiError
-from api.events import EventStream, run_event_stream, take_stream_slot
+from api.events import EventStream, run_event_stream
 from api.links import location, public_base, run_url
 from api.runs import cancel_run
 from api.state import AppState, StreamGate
@@ -97,12 +98,12 @@ async def _open(
     idempotency_key: str | None,
 ) -> Response:
     """The submit's answer: its event stream, or the refusal POST /runs would give."""
-    slot = await take_stream_slot(state, sec, who.user)
+    slot = new_slot()  # taken by the pipeline, with the submit's admission
     outcome: pipeline.Outcome | None = None
     try:
         authenticate = partial(current_user, request)
         outcome = await pipeline.submit(
-            state, sec, body.submit(), who, idempotency_key, authenticate
+            state, sec, body.submit(), who, idempotency_key, authenticate, slot
         )
     finally:
         if not isinstance(outcome, pipeline.Accepted):

@@ -4,7 +4,7 @@ refresh_slot.lua). The decisions are `api.admission`'s; this module reads and wr
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from redis.exceptions import NoScriptError
@@ -23,6 +23,7 @@ class Gate:
     backlog: int  # XLEN of the queue
     epoch: bytes  # the API-key epoch now
     granted: dict[str, tuple[int, float]]  # per user: tokens taken, seconds to the next one
+    slots: list[bool]  # per slot asked for: taken (False: the user's cap was reached)
 
 
 class AdmissionIO:
@@ -33,11 +34,22 @@ class AdmissionIO:
         self._take = r.register_script(scripts.TAKE_SLOT)
         self._refresh = r.register_script(scripts.REFRESH_SLOT)
 
-    async def gate(self, wanted: Mapping[str, int], rate: float, burst: int) -> Gate:
+    async def gate(
+        self,
+        wanted: Mapping[str, int],
+        rate: float,
+        burst: int,
+        slots: Sequence[tuple[str, str]] = (),
+        slot_cap: int = 0,
+        slot_ttl: float = 0.0,
+    ) -> Gate:
         """The switch, the backlog and the key epoch, and from each user's bucket as many
-        tokens as `wanted` (or what there is), in one round trip. Any error raises."""
+        tokens as `wanted` (or what there is), in one round trip. With `slots` ((user, slot)
+        pairs), each slot is taken too (`take_slot`, under `slot_cap` per user) in the same
+        round trip. Any error raises."""
         users = list(wanted)
         head = 2 + 2 * self.keys.shards  # the switch, the epoch, each shard's two XLENs
+        scripted = head  # where the script calls' replies begin
         for _ in range(2):
             # EVALSHA, not the registered Script: in a pipeline redis-py sends SCRIPT EXISTS
             # first on every call, a second round trip on the hottest path.
@@ -47,23 +59,34 @@ class AdmissionIO:
                 for shard in range(self.keys.shards):
                     p.xlen(self.keys.shard_queue(shard))
                     p.xlen(self.keys.held(shard))
+                for user, slot in slots:
+                    zset = self.keys.sse_slots(user)
+                    p.evalsha(self._take.sha, 1, zset, slot, slot_cap, slot_ttl)
                 for user in users:
                     bucket = self.keys.submit_bucket(user)
                     p.evalsha(self._bucket.sha, 1, bucket, rate, burst, wanted[user])
                 replies = await p.execute(raise_on_error=False)
-            if not any(isinstance(x, NoScriptError) for x in replies[head:]):
+            if not any(isinstance(x, NoScriptError) for x in replies[scripted:]):
                 break
-            await self.r.script_load(scripts.BUCKET)  # Redis restarted empty: load it once more
+            # Redis restarted empty: load them once more
+            await self.r.script_load(scripts.BUCKET)
+            await self.r.script_load(scripts.TAKE_SLOT)
         raise_first_error(replies)
         paused, epoch = replies[:2]
+        buckets = head + len(slots)
         return Gate(
             paused=bool(paused),
             backlog=sum(int(x) for x in replies[2:head]),
             epoch=epoch or b"0",
             granted={
-                u: (int(t[0]), float(t[1])) for u, t in zip(users, replies[head:], strict=True)
+                u: (int(t[0]), float(t[1])) for u, t in zip(users, replies[buckets:], strict=True)
             },
+            slots=[bool(int(x)) for x in replies[head:buckets]],
         )
+
+    async def give_back(self, user: str, tokens: int, rate: float, burst: int) -> None:
+        """Put `tokens` taken from the user's bucket back (a submit refused after the take)."""
+        await self._bucket(keys=[self.keys.submit_bucket(user)], args=[rate, burst, -tokens])
 
     async def aclose(self) -> None:
         await self.r.aclose()

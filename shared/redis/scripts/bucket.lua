@@ -1,5 +1,6 @@
 -- KEYS: bucket hash. ARGV: rate (tokens/s), burst, [wanted, default 1]. Takes as many of the
--- wanted tokens as there are. Returns {tokens taken, seconds until the next token is there}.
+-- wanted tokens as there are (a negative `wanted` puts tokens back: a refused submit's).
+-- Returns {tokens taken, seconds until the next token is there}.
 local rate = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
 local wanted = tonumber(ARGV[3] or '1')
