@@ -50,7 +50,8 @@ class RequestId:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        rid = request_id_from(scope.get("headers", ()))
+        # (an id the lane chose already, when it answers through this layer: the same one)
+        rid = scope_request_id(scope) or request_id_from(scope.get("headers", ()))
         scope.setdefault("state", {})["request_id"] = rid
         scope[OUTER_SEND] = send
         raw = rid.encode("ascii")

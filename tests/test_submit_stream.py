@@ -325,3 +325,38 @@ async def test_a_page_on_an_allowed_origin_can_read_the_runs_address(
         await resp.aread()
     assert resp.headers["access-control-allow-origin"] == "https://app.test"
     assert "content-location" in resp.headers["access-control-expose-headers"].lower()
+
+
+async def test_the_lane_and_the_route_answer_alike(api, store, worker):
+    # Given a key the API has not seen: its first submit-and-stream goes to the route (the
+    # key's look-up in Postgres, then cached), its next ones the lane's way (past FastAPI)
+    _, key = await store.users.create_key("dora")
+    body = {**TICKER, "params": {"count": 3, "interval_ms": 5}}
+    answers = []
+    async with httpx.AsyncClient(
+        base_url=api.url, headers={"Authorization": f"Bearer {key}"}, timeout=30
+    ) as c:
+        # When each streams a run, the caller naming its request
+        for rid in ("by-route", "by-lane"):
+            async with c.stream(
+                "POST", "/runs/stream", json=body, headers={"X-Request-ID": rid}
+            ) as resp:
+                answers.append((resp, frames(await resp.aread())))
+        # and one more is refused (a malformed Idempotency-Key), by the lane
+        bad = await c.post("/runs/stream", json=body, headers={"Idempotency-Key": "k" * 256})
+    (route, route_frames), (lane, lane_frames) = answers
+
+    # Then both are 200 event streams with the same headers, in the same order, each with the
+    # caller's request id, and the whole run in each
+    assert route.status_code == lane.status_code == 200
+    names = [[k.decode().lower() for k, _ in r.headers.raw] for r in (route, lane)]
+    assert names[0] == names[1]
+    assert (route.headers["x-request-id"], lane.headers["x-request-id"]) == ("by-route", "by-lane")
+    assert run_id_of(route) != run_id_of(lane)
+    for got in (route_frames, lane_frames):
+        events = [json.loads(f.split(b"data: ", 1)[1]) for f in got]
+        assert [e["type"] for e in events] == ["start", "token", "token", "token", "done"]
+    # And the lane's refusal is the route's (POST /runs's), its request id in body and header
+    assert bad.status_code == 422
+    assert bad.json()["request_id"] == bad.headers["x-request-id"]
+    assert len(await store.runs.list_runs("dora", limit=10)) == 2

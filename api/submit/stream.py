@@ -13,10 +13,11 @@ queue still runs it (a worker, the event log, the hub): one execution path, the 
            on_disconnect=cancel ─> api.runs.cancel_run, the one cancel path
 
 Every refusal comes before anything is written, and gives back what it took. The lane
-(`api.submit.lane`) leaves this path to the route. The run id also rides in the `start` event
-(the worker writes it), for a client reading the stream alone. A stream the server ends
-(shutdown, a revoked key) or one whose client stopped reading is not a disconnect: its run
-goes on.
+(`api.submit.lane`) answers the common request (plain JSON, a cached credential) through
+`answer`, past FastAPI's layers; the route answers the rest. The run id also rides in the
+`start` event (the worker writes it), for a client reading the stream alone. A stream the
+server ends (shutdown, a revoked key) or one whose client stopped reading is not a
+disconnect: its run goes on.
 """
 
 from __future__ import annotations
@@ -71,7 +72,21 @@ async def submit_and_stream(
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> Response:
     # (no docstring: it would become the operation's description in the OpenAPI schema)
-    state: AppState = request.app.state.longrun
+    return await answer(
+        request.app.state.longrun, security(request), request, body, who, idempotency_key
+    )
+
+
+async def answer(
+    state: AppState,
+    sec: Security,
+    request: Request,
+    body: SubmitStream,
+    who: Principal,
+    idempotency_key: str | None,
+) -> Response:
+    """The route's answer, for the route and the lane (`api.submit.lane`) alike: its event
+    stream, or a refusal's answer; 503 `streams_full` (raised) past the process's cap."""
     gate = state.streams
     if not gate.enter():
         raise ApiError(
@@ -80,13 +95,13 @@ async def submit_and_stream(
             f"this API process serves at most {gate.cap} submit-and-stream answers at once",
             {"Retry-After": str(STREAMS_FULL_RETRY_AFTER)},
         )
-    answer: Response | None = None
+    opened: Response | None = None
     try:
-        answer = await _open(state, security(request), request, body, who, idempotency_key)
+        opened = await _open(state, sec, request, body, who, idempotency_key)
     finally:
-        if not isinstance(answer, EventStream):
+        if not isinstance(opened, EventStream):
             gate.leave()  # an event stream leaves when it ends (`_on_end`)
-    return answer
+    return opened
 
 
 async def _open(
