@@ -455,7 +455,13 @@ async def test_diagnostics_explain_who_holds_a_run_and_when_it_would_move(
     slow = await submit(fclient, agent="sleeper")
     await wait_status(fclient, slow, "running")
 
-    diag = (await fclient.get(f"/runs/{slow}/diagnostics")).json()
+    # (a first attempt's fence, with its queue entry, goes up with its first copy to Redis,
+    # a moment after the claim Postgres shows)
+    async def fenced() -> dict | None:
+        diag = (await fclient.get(f"/runs/{slow}/diagnostics")).json()
+        return diag if diag["entry_id"] else None
+
+    diag = await wait_for(fenced, timeout=10)
 
     assert diag["status"] == "running"
     assert diag["attempt"] == 1
