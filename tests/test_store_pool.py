@@ -72,3 +72,26 @@ async def test_the_retention_lock_ends_with_its_session(store: Store) -> None:
     assert await store.db.fetchval(ADVISORY_HERE) == 0
     async with store.retention.lock() as c:
         assert c is not None
+
+
+async def test_the_worker_batch_lanes_plan_once_on_connections_of_their_own(
+    store: Store, redis_client: object
+) -> None:
+    from shared.redis.keys import Keys
+    from shared.redis.runs import RedisIO
+    from worker.batches import RunWrites
+
+    # Given a worker's grouped writes
+    writes = RunWrites(
+        store,
+        RedisIO(redis_client, Keys.from_settings(store.db.settings), store.db.settings),
+        "w-1",
+    )  # type: ignore[arg-type]
+    # When a lane opens its connection
+    conn = await writes._conn(("append", 0))
+    # Then its statements keep one generic plan, and the pool's connections are untouched
+    assert await conn.fetchval("SHOW plan_cache_mode") == "force_generic_plan"
+    assert await store.db.fetchval("SHOW plan_cache_mode") == "auto"
+    # And closing the writes ends it
+    await writes.close()
+    assert conn.is_closed()

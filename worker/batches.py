@@ -20,7 +20,6 @@ concurrent commits). Statements lock their rows in run_id order: lanes cannot de
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -39,6 +38,11 @@ log = structlog.get_logger("longrun.worker")
 
 MAX_BATCH = 256
 LANES = 2
+# The lanes' statements name runs by id (arrays unnested), so one generic plan serves every
+# call; left to choose, Postgres planned each call afresh (a one-row unnest looks cheaper to a
+# custom plan), and planning grew with the runs in flight: an append took 0.67 ms against
+# 0.41 with 2,000 runs running, a claim likewise (bench.stream_ttft's later repeats).
+LANE_SESSION = {"plan_cache_mode": "force_generic_plan"}
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -123,24 +127,21 @@ class RunWrites:
             self._append, lanes, "append"
         )
         self.ends: Lanes[tuple[Finishing, ScriptCall], Written] = Lanes(self._end, lanes, "end")
-        # Each lane keeps its own Postgres connection: a pooled acquire and release costs a
-        # reset round trip per statement.
+        # Each lane keeps a Postgres connection of its own (`LANE_SESSION`), outside the pool.
         self._conns: dict[tuple[str, int], asyncpg.Connection] = {}
 
     async def _conn(self, lane: tuple[str, int]) -> asyncpg.Connection:
         conn = self._conns.get(lane)
         if conn is None:
-            conn = await self.store.db.acquire()
+            conn = await self.store.db.dedicated(LANE_SESSION)
             self._conns[lane] = conn
         return conn
 
     async def _drop(self, lane: tuple[str, int]) -> None:
-        """After an outage: give the (maybe broken) connection back; the next flush takes
-        another."""
+        """After an outage: end the (maybe broken) connection; the next flush opens another."""
         conn = self._conns.pop(lane, None)
         if conn is not None:
-            with contextlib.suppress(Exception):
-                await self.store.db.release(conn)
+            await self.store.db.discard(conn)
 
     async def close(self) -> None:
         for lane in list(self._conns):

@@ -65,13 +65,16 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         )
 
 
-async def connect(settings: Settings, app_name: str) -> asyncpg.Connection:
-    """One connection outside the pool (migrations, the schema check at start-up)."""
+async def connect(
+    settings: Settings, app_name: str, server_settings: dict[str, str] | None = None
+) -> asyncpg.Connection:
+    """One connection outside the pool (migrations, the schema check at start-up, a session of
+    its own: `Database.session`, `Database.dedicated`)."""
     conn: asyncpg.Connection = await asyncpg.connect(
         settings.database_url,
         timeout=settings.pg_acquire_timeout,
         command_timeout=settings.pg_command_timeout,
-        server_settings={"application_name": app_name},
+        server_settings={"application_name": app_name, **(server_settings or {})},
     )
     await _init_connection(conn)
     return conn
@@ -148,6 +151,19 @@ class Database:
             except BaseException:
                 conn.terminate()
                 raise
+
+    async def dedicated(self, server_settings: dict[str, str]) -> asyncpg.Connection:
+        """A connection outside the pool, with session settings of its own, for a caller
+        that keeps it (a worker's batch lane) and ends it with `discard`."""
+        with _mapped():
+            return await connect(self.settings, self.app_name, server_settings)
+
+    async def discard(self, conn: asyncpg.Connection) -> None:
+        """End a `dedicated` connection (maybe broken: then its socket is cut)."""
+        try:
+            await asyncio.wait_for(conn.close(), SESSION_CLOSE_SECONDS)
+        except Exception:
+            conn.terminate()
 
     async def acquire(self) -> asyncpg.Connection:
         """A pooled connection for the caller to keep (give it back with `release`)."""
