@@ -91,7 +91,48 @@ async def test_the_worker_batch_lanes_plan_once_on_connections_of_their_own(
     conn = await writes._conn(("append", 0))
     # Then its statements keep one generic plan, and the pool's connections are untouched
     assert await conn.fetchval("SHOW plan_cache_mode") == "force_generic_plan"
+    assert await conn.fetchval("SHOW enable_seqscan") == "off"
     assert await store.db.fetchval("SHOW plan_cache_mode") == "auto"
+    assert await store.db.fetchval("SHOW enable_seqscan") == "on"
     # And closing the writes ends it
     await writes.close()
     assert conn.is_closed()
+
+
+async def test_a_lane_plan_made_while_runs_was_small_still_reads_runs_by_its_key(
+    store: Store,
+) -> None:
+    from shared.models import encode_event
+    from shared.store import EventBatch, NewRun
+    from worker.batches import LANE_SESSION
+
+    # Given a lane whose append plan was made while `runs` held one run (no statistics: as
+    # where autovacuum is off or has not come yet)
+    lane = await store.db.dedicated(LANE_SESSION)
+    try:
+        [(run_id, _)] = await store.submits.insert_runs([NewRun("u", "ticker", "x", {}, {})])
+        [run] = await store.batches.claim_many([(run_id, False)], lane)
+        assert run is not None
+
+        def batch(seq: int) -> list[EventBatch]:
+            return [EventBatch(run_id, run.attempt, [encode_event(seq, {"type": "token"})])]
+
+        for seq in range(1, 7):  # past the five custom plans Postgres tries first
+            assert await store.events.append_many(batch(seq), lane) == [None]
+        # When `runs` has grown to thousands of runs and the lane appends again
+        await store.db.execute(
+            """INSERT INTO runs (run_id, user_id, agent, input, status)
+               SELECT gen_random_uuid(), 'v', 'ticker', 'x', 'succeeded'
+               FROM generate_series(1, 3000)"""
+        )
+        async with lane.transaction():  # (the scans counted so far by this session)
+            assert await store.events.append_many(batch(7), lane) == [None]
+            scans = await lane.fetchrow(
+                "SELECT seq_scan, idx_scan FROM pg_stat_xact_user_tables WHERE relname = 'runs'"
+            )
+        # Then the append found its run through the key, never by reading the table
+        assert scans is not None
+        assert scans["seq_scan"] == 0, dict(scans)
+        assert scans["idx_scan"] > 0
+    finally:
+        await store.db.discard(lane)

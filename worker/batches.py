@@ -38,11 +38,14 @@ log = structlog.get_logger("longrun.worker")
 
 MAX_BATCH = 256
 LANES = 2
-# The lanes' statements name runs by id (arrays unnested), so one generic plan serves every
-# call; left to choose, Postgres planned each call afresh (a one-row unnest looks cheaper to a
-# custom plan), and planning grew with the runs in flight: an append took 0.67 ms against
-# 0.41 with 2,000 runs running, a claim likewise (bench.stream_ttft's later repeats).
-LANE_SESSION = {"plan_cache_mode": "force_generic_plan"}
+# The lanes' statements find runs by id (arrays unnested) and nothing else, so one generic
+# plan serves every call, and it must read `runs` by its key. Left to choose, Postgres planned
+# each call afresh while many runs were running (an append took 0.67 ms against 0.41 with
+# 2,000 running), and a plan it kept was made while `runs` was small: a sequential scan, which
+# then read the whole table on every append (0.2 ms more per 2,000 runs, where autovacuum is
+# off or has not yet analyzed the table, as on this machine: bench.stream_ttft's later
+# repeats). With sequential scans priced out, the one plan is the key's whatever the size.
+LANE_SESSION = {"plan_cache_mode": "force_generic_plan", "enable_seqscan": "off"}
 
 T = TypeVar("T")
 R = TypeVar("R")
