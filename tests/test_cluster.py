@@ -37,7 +37,7 @@ from shared.redis.runs import RedisIO
 from shared.store import EventBatch
 from tests.helpers import assert_gapless_ticker, queued_run, read_events, submit, wait_status
 from tests.redis_cluster import LocalCluster, LocalSentinel
-from worker.heal import RecentEnds, heal_recent_ends
+from worker.heal import RecentEnds, ShortTails, heal_recent_ends
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -438,6 +438,45 @@ async def test_a_failover_losing_an_ended_runs_tail_is_healed_from_the_archive(
         assert await r.ttl(rio.keys.events(ids[0])) > 0
         assert await rio.events_after(ids[1], 0) == []
         assert await heal_recent_ends(settings, store, rio, ends) == 0
+    finally:
+        await r.aclose()
+
+
+async def test_an_end_redis_did_not_take_is_mended_at_a_later_heartbeat(
+    settings: Settings, store
+) -> None:
+    """A run that ended while Redis was away or failing over, after the worker had noticed the
+    failover and healed what it had ended: its terminal copy failed, and nothing else would
+    ever copy it (found by the Sentinel failover test under the full suite's load)."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    r = create_redis(settings, "t")
+    rio = RedisIO(r, Keys.from_settings(settings), settings)
+    try:
+        # Given a run ended at seq 5 (archived) of which Redis holds the first three events
+        run_id = (await queued_run(store)).run_id
+        log = [encode_event(1, {"type": "start", "agent": "ticker"})]
+        log += [encode_event(i, {"type": "token", "text": str(i)}) for i in (2, 3, 4)]
+        log.append(encode_event(5, {"type": "done", "output": {}}))
+        await store.runs.claim(run_id, reclaim=False)
+        assert await store.events.append_many([EventBatch(run_id, 1, log)]) == [None]
+        await rio.fence(run_id, 1, "w", "")
+        await rio.append(run_id, 1, log[:3])
+        tails = ShortTails()
+        tails.add(run_id, 5)
+
+        class Away:
+            async def last_events(self, *_: object, **__: object) -> list[Event]:
+                raise RedisConnectionError("failing over")
+
+        # When the first heartbeat after its end finds Redis still away
+        assert await tails.mend(settings, store, Away()) == 0  # type: ignore[arg-type]
+        # Then the run is kept, and the next heartbeat copies its tail, closed by its end
+        assert len(tails) == 1
+        assert await tails.mend(settings, store, rio) == 1
+        assert len(tails) == 0
+        assert [e.seq for e in await rio.events_after(run_id, 0)] == [1, 2, 3, 4, 5]
+        assert await r.hget(rio.keys.run_meta(run_id), "closed") == b"5"
     finally:
         await r.aclose()
 

@@ -74,6 +74,40 @@ async def heal_tail(
     return False
 
 
+# What keeps a short tail for the next heartbeat: Redis or Postgres away.
+AWAY: tuple[type[BaseException], ...] = (*REDIS_ERRORS, Unavailable)
+
+
+class ShortTails:
+    """Runs that ended without their last events in Redis: the terminal copy failed after the
+    commit (Redis away, or failing over, as they ended), after the failover was noticed and the
+    recent ends healed. Each heartbeat copies their tails from the archive until Redis takes
+    them; after RECENT_END_SECONDS they are left to the archive, as a run Redis lost is."""
+
+    def __init__(self) -> None:
+        self._runs: dict[str, tuple[int, float]] = {}
+
+    def __len__(self) -> int:
+        return len(self._runs)
+
+    def add(self, run_id: str, last_seq: int) -> None:
+        self._runs[run_id] = (last_seq, time.monotonic())
+
+    async def mend(self, settings: Settings, store: Store, rio: RedisIO) -> int:
+        """`heal_tail` for each; a run is kept while Redis or Postgres is away. Returns how
+        many were mended."""
+        horizon = time.monotonic() - RECENT_END_SECONDS
+        mended = 0
+        for run_id, (last_seq, since) in list(self._runs.items()):
+            if since >= horizon:
+                try:
+                    mended += await heal_tail(settings, store, rio, run_id, last_seq)
+                except AWAY:
+                    continue  # still away: the next heartbeat tries again
+            del self._runs[run_id]
+        return mended
+
+
 async def heal_recent_ends(settings: Settings, store: Store, rio: RedisIO, ends: RecentEnds) -> int:
     """`heal_tail` for every run ended in the last RECENT_END_SECONDS; best effort (a run that
     fails to heal is left to the archive). Returns how many were healed."""

@@ -68,7 +68,7 @@ from worker.attempt import AttemptState, Deps, execute
 from worker.attempt.state import outage_seconds
 from worker.batches import RunWrites
 from worker.delayed import promote_forever
-from worker.heal import RecentEnds, heal_recent_ends
+from worker.heal import RecentEnds, ShortTails, heal_recent_ends
 from worker.policies import RETRYABLE
 from worker.reconcile import reconcile_once
 from worker.retention import retention_loop
@@ -185,6 +185,8 @@ class Worker:
         self.redis_run_id: str | None = None  # Redis' INFO run_id, to see a restart
         self.recent_ends = RecentEnds()  # runs ended lately, healed after a failover
         self._healing: asyncio.Task[None] | None = None
+        self.short_tails = ShortTails()  # runs that ended without their end in Redis
+        self._mending: asyncio.Task[None] | None = None
         self.redis_broken = False  # a heartbeat failed since the last good one
         self._tasks: list[asyncio.Task[None]] = []
         self.reads = 0  # XREADGROUP calls, and the entries they brought (batch_stats)
@@ -291,9 +293,10 @@ class Worker:
             log.info("worker_stopped", batches=self.batch_stats())
 
     async def _stop_tasks(self) -> None:
-        if self._healing is not None:
-            self._healing.cancel()
-            await asyncio.gather(self._healing, return_exceptions=True)
+        for chore in (self._healing, self._mending):
+            if chore is not None:
+                chore.cancel()
+                await asyncio.gather(chore, return_exceptions=True)
         for t in self._tasks:
             t.cancel()
         # Bounded: a loop whose cancellation a library swallowed must not hold the shutdown.
@@ -346,6 +349,7 @@ class Worker:
         task = asyncio.create_task(self._guarded(attempt, self.deps))
         self.slots[entry.entry_id] = Slot(attempt, task)
         attempt.on_committed = lambda: self._committed(entry.entry_id)
+        attempt.on_short_tail = lambda: self.short_tails.add(attempt.run_id, attempt.seq)
         self.load_changed.set()
         if len(self.slots) >= self.settings.concurrency:
             self.free.clear()
@@ -484,6 +488,8 @@ class Worker:
                 gone_slot.attempt.signals.handoff.set()
         if gone:
             self.reconcile_now.set()
+        if self.short_tails and (self._mending is None or self._mending.done()):
+            self._mending = asyncio.create_task(self._mend_short_tails())  # off this path
         figures = {
             "in_flight": len(self.slots),
             "concurrency": self.settings.concurrency,
@@ -510,6 +516,11 @@ class Worker:
         if (restarted or after_outage) and (self._healing is None or self._healing.done()):
             self._healing = asyncio.create_task(self._heal_recent_ends())  # off this path
         return True
+
+    async def _mend_short_tails(self) -> None:
+        mended = await self.short_tails.mend(self.settings, self.store, self.rio)
+        if mended:
+            log.info("redis_tails_mended", runs=mended)
 
     async def _heal_recent_ends(self) -> None:
         healed = await heal_recent_ends(self.settings, self.store, self.rio, self.recent_ends)

@@ -172,6 +172,10 @@ async def _commit_end(
     await copied(st, d, events, written, terminal=True)
     if written.redis is None and written.gap is None:
         await _copy_terminal(st, d)
+    if st.unsent and st.on_short_tail is not None:
+        # Redis did not take the end (away, or failing over as the run ended): without it a
+        # live follower would wait on Redis for an end it never gets.
+        st.on_short_tail()
     if messages and run.thread_id is not None:
         with contextlib.suppress(*REDIS_DOWN):
             await invalidate(d.rio.threads, run.user_id, run.thread_id)

@@ -71,6 +71,9 @@ class AttemptState:
     # Called once the terminal state is committed (the worker frees the run's slot then; the
     # Redis copy and the ack follow).
     on_committed: Callable[[], None] | None = None
+    # Called when the run ended without its last events in Redis (the terminal copy failed
+    # after the commit): the worker mends that tail from the archive later (`worker.heal`).
+    on_short_tail: Callable[[], None] | None = None
     # (owner, entry id) until the first copy to Redis lands, which raises the fence then
     # (`Fence.deferred`).
     first_write: tuple[str, str] | None = None
@@ -92,6 +95,7 @@ class AttemptState:
         worker's CPU)."""
         self.ctx = None
         self.on_committed = None
+        self.on_short_tail = None
 
 
 def outage_seconds(settings: Settings) -> float:
