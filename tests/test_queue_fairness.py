@@ -125,9 +125,9 @@ async def _insert(store: Store, user: str, n: int, params: dict[str, Any]) -> li
     return out
 
 
-@pytest.mark.parametrize(("shards", "bound"), [(1, 5 + 4), (2, 2 * (5 + 1) + 4)])
+@pytest.mark.parametrize("shards", [1, 2])
 async def test_another_users_runs_start_within_a_turnover_of_a_flood(
-    settings, store: Store, worker_factory, shards: int, bound: int
+    settings, store: Store, worker_factory, shards: int
 ):
     # Given user A's 200 queued runs (about 0.1 s each) and a worker with 4 slots at work
     s = settings.with_(concurrency=4, queue_shards=shards)
@@ -154,20 +154,28 @@ async def test_another_users_runs_start_within_a_turnover_of_a_flood(
 
         await wait_for(b_started, timeout=30, interval=0.02)
         waited = time.monotonic() - t0
-        # Then B's runs started within about two turnovers of the 4 slots: the runs of A
-        # that started meanwhile are at most one per B run (the round-robin alternates) plus
-        # a slot's worth; fairness is per shard, so with 2 shards B's runs on the busier
-        # shard alternate with A's there while the other shard serves A: about twice that.
+        # Then on each shard holding B's runs, the runs of A that started there meanwhile
+        # are at most one per B run of that shard (the round-robin alternates) plus a slot's
+        # worth. Fairness is per shard: the other shard serves A meanwhile, as many runs as
+        # the worker's reads take from it (counting them across shards made the bound depend
+        # on how B's five runs fell: all on one shard, about once in sixteen, passed it).
         # Not A's backlog
-        b_runs = [await store.runs.get_run(x) for x in b_ids]
-        since = min(x.created_at for x in b_runs if x is not None)
-        until = max(x.started_at for x in b_runs if x is not None and x.started_at is not None)
-        a_runs = [await store.runs.get_run(x) for x in a_ids]
-        a_between = [
-            x for x in a_runs if x and x.started_at is not None and since < x.started_at < until
-        ]
-        a_waiting = [x for x in a_runs if x and x.started_at is None]
-        assert len(a_between) <= bound, (len(a_between), waited)
+        keys = Keys.from_settings(s)
+        b_runs = [x for x in [await store.runs.get_run(x) for x in b_ids] if x is not None]
+        a_runs = [x for x in [await store.runs.get_run(x) for x in a_ids] if x is not None]
+        since = min(x.created_at for x in b_runs)
+        for shard in {keys.shard_for(x.run_id) for x in b_runs}:
+            mine = [x for x in b_runs if keys.shard_for(x.run_id) == shard]
+            until = max(x.started_at for x in mine if x.started_at is not None)
+            a_between = [
+                x
+                for x in a_runs
+                if keys.shard_for(x.run_id) == shard
+                and x.started_at is not None
+                and since < x.started_at < until
+            ]
+            assert len(a_between) <= len(mine) + 4, (shard, len(mine), len(a_between), waited)
+        a_waiting = [x for x in a_runs if x.started_at is None]
         assert len(a_waiting) > 100, len(a_waiting)
     finally:
         await r.aclose()
