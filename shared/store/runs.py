@@ -57,6 +57,13 @@ THREAD_TURN = " AND ".join(
 # still queued, is promoted or reconciled again in time.
 NOT_EARLY = "(runs.start_at IS NULL OR runs.start_at <= now() + interval '1 second')"
 
+# The worker's heartbeat of its running runs in Postgres (`RunRepo.touch`); by their keys
+# (`IS TRUE`: see `batches.CLAIM_MANY`), not by walking every running run.
+TOUCH = (
+    "UPDATE runs SET updated_at = now() WHERE run_id = ANY($1::uuid[]) "
+    "AND (status = 'running') IS TRUE RETURNING run_id, cancel_requested"
+)
+
 # The partition key of a run's event rows (`run_events.run_created_at`, migration 0012): the
 # run's own `created_at`. A read of a run's events names it, so that only the run's partition is
 # read (pruned when the statement runs: tests/test_partitions.py pins it).
@@ -429,9 +436,5 @@ class RunRepo:
         runs among them whose cancellation was requested (the path that needs no Redis)."""
         if not run_ids:
             return []
-        rows = await self.db.fetch(
-            "UPDATE runs SET updated_at = now() WHERE run_id = ANY($1::uuid[]) "
-            "AND status = 'running' RETURNING run_id, cancel_requested",
-            [uuid.UUID(r) for r in run_ids],
-        )
+        rows = await self.db.fetch(TOUCH, [uuid.UUID(r) for r in run_ids])
         return [str(r["run_id"]) for r in rows if r["cancel_requested"]]
