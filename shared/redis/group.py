@@ -13,7 +13,7 @@ from types import TracebackType
 from typing import Any
 
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 
 from shared.redis import scripts
 from shared.redis.client import REDIS_ERRORS, Redis, server_run_ids
@@ -106,7 +106,9 @@ class GroupIO:
         self.fair = fair
         self.covered = keys.shards  # shards read and reconciled (see `refresh_shards`)
         self._next_shard = 0  # the shard the next read starts with (rotated)
-        self._one_slot_reads = False  # a multi-stream XREAD was refused (Redis Cluster)
+        # The wait watches one shard at a time: on a Redis Cluster (a multi-stream XREAD spans
+        # slots), or once a server refused one (CROSSSLOT).
+        self._one_slot_reads = isinstance(r, RedisCluster)
         self._drop_idle = r.register_script(scripts.DROP_IDLE_CONSUMERS)
         self._release = r.register_script(scripts.RELEASE)
         self._pull = r.register_script(scripts.PULL)
@@ -148,34 +150,41 @@ class GroupIO:
             *(k.ring(shard, level) for level in PRIORITY_LEVELS),
         ]
 
-    async def pull(self, shard: int, consumer: str, count: int) -> tuple[list[QueueEntry], int]:
-        """Up to `count` entries of one shard (`pull.lua`: undelivered ready entries first,
-        then promotions from held by priority and round-robin across tenants), and the
-        server's time in ms when it ran."""
-        args = [self.keys.group, consumer, count, self.starvation]
-        reply = await self._pull(
-            keys=self._pull_keys(shard), args=[*args, self.keys.tenant_list_prefix(shard)]
-        )
+    def _pull_args(self, shard: int, consumer: str, count: int) -> list[Any]:
+        k = self.keys
+        return [k.group, consumer, count, self.starvation, k.tenant_list_prefix(shard)]
+
+    def _entries(self, reply: Any, shard: int) -> tuple[list[QueueEntry], int]:
         entries = [
             parse_queue_entry(entry_id, pairs_to_map(fields), shard)
             for entry_id, fields in reply[0]
         ]
         return entries, int(reply[1])
 
+    async def pull(self, shard: int, consumer: str, count: int) -> tuple[list[QueueEntry], int]:
+        """Up to `count` entries of one shard (`pull.lua`: undelivered ready entries first,
+        then promotions from held by priority and round-robin across tenants), and the
+        server's time in ms when it ran."""
+        reply = await self._pull(
+            keys=self._pull_keys(shard), args=self._pull_args(shard, consumer, count)
+        )
+        return self._entries(reply, shard)
+
     async def read(self, consumer: str, count: int, block_ms: int) -> list[QueueEntry]:
         """Up to `count` entries, from every shard in turn (each read starts one shard
         further), waiting up to `block_ms` for one when every shard is empty. One script call
         per shard (a shard is one slot); the wait watches every held stream at once (one
-        rotating shard at a time on Redis Cluster), and only wakes the worker: it takes
-        nothing, so free slots are never promised to a shard that has nothing."""
+        rotating shard at a time on Redis Cluster) and takes nothing itself: the pulls after
+        it do, the first in the wait's own round trip (`_wait_then_pull`)."""
         entries, since = await self._sweep(consumer, count)
         if entries or block_ms <= 0:
             return entries
-        await self._wait(since, block_ms)
-        entries, _ = await self._sweep(consumer, count)
-        return entries
+        return await self._wait_then_pull(consumer, count, since, block_ms)
 
-    async def _sweep(self, consumer: str, count: int) -> tuple[list[QueueEntry], dict[int, int]]:
+    async def _sweep(
+        self, consumer: str, count: int, done: int | None = None
+    ) -> tuple[list[QueueEntry], dict[int, int]]:
+        """Each shard pulled in turn (but `done`, pulled already) until `count` entries."""
         n = self.covered
         first = self._next_shard % n
         self._next_shard = (first + 1) % n
@@ -183,30 +192,52 @@ class GroupIO:
         since: dict[int, int] = {}
         for i in range(n):
             shard = (first + i) % n
+            if len(out) >= count:
+                break
+            if shard == done:
+                continue
             got, now_ms = await self.pull(shard, consumer, count - len(out))
             out += got
             since[shard] = now_ms
-            if len(out) >= count:
-                break
         return out, since
 
-    async def _wait(self, since: dict[int, int], block_ms: int) -> None:
+    async def _wait_then_pull(
+        self, consumer: str, count: int, since: dict[int, int], block_ms: int
+    ) -> list[QueueEntry]:
         """Until an entry is added to a held stream after the sweep saw it empty (ids from the
-        server's time then: an add during the sweep wakes it too), or `block_ms` passes."""
-        streams = {self.keys.held(shard): f"{ms - 1}-0" for shard, ms in since.items()}
-        if not self._one_slot_reads or len(streams) == 1:
-            try:
-                await self.r.xread(streams, count=1, block=block_ms)
-                return
-            except ResponseError as exc:
-                if "CROSSSLOT" not in str(exc):
-                    raise
-                self._one_slot_reads = True
+        server's time then: an add during the sweep wakes it too), or `block_ms` passes; then
+        the pull of the shard the next sweep starts with, pipelined behind the wait: Redis runs
+        it as soon as the wait returns, so a run submitted to an idle worker costs no second
+        round trip (bench.stream_ttft). `count` cannot have shrunk meanwhile: the worker waits
+        here, its free slots only grow. The other shards, if any, are pulled after."""
         shard = self._next_shard % self.covered
-        held = self.keys.held(shard)
-        await self.r.xread(
-            {held: streams.get(held, "$")}, count=1, block=max(50, block_ms // self.covered)
-        )
+        streams = {self.keys.held(s): f"{ms - 1}-0" for s, ms in since.items()}
+        block = block_ms
+        if self._one_slot_reads and len(streams) > 1:
+            held = self.keys.held(shard)
+            streams = {held: streams.get(held, "$")}
+            block = max(50, block_ms // self.covered)
+        keys = self._pull_keys(shard)
+        async with self.r.pipeline(transaction=False) as p:
+            p.xread(streams, count=1, block=block)
+            p.evalsha(self._pull.sha, len(keys), *keys, *self._pull_args(shard, consumer, count))
+            waited, pulled = await p.execute(raise_on_error=False)
+        if isinstance(waited, ResponseError):
+            if "CROSSSLOT" not in str(waited):
+                raise waited
+            self._one_slot_reads = True  # (a server refused the multi-stream wait)
+        if isinstance(pulled, NoScriptError):  # Redis restarted or flushed: load it again
+            self._pull.sha = text(await self.r.script_load(scripts.PULL))
+            pulled = None
+        elif isinstance(pulled, BaseException):
+            raise pulled
+        got = [] if pulled is None else self._entries(pulled, shard)[0]
+        if pulled is not None:
+            self._next_shard = (shard + 1) % self.covered
+            if self.covered == 1 or len(got) >= count:
+                return got
+        rest, _ = await self._sweep(consumer, count - len(got), done=shard if pulled else None)
+        return got + rest
 
     async def reclaim(
         self, consumer: str, min_idle_ms: int, start: str, count: int, shard: int = 0
