@@ -166,6 +166,16 @@ class Admission:
             return slot
         return slot if got else None
 
+    async def stream_slot(self, user: str, slot: str | None = None) -> str:
+        """`take_sse_slot`, refused: the slot's id, or 429 `too_many_streams` raised (every
+        event stream takes its slot through here: `GET /runs/{id}/events`, and a
+        `POST /runs/stream` that goes alone; a grouped one takes it in its group's round trip,
+        `check_batch`)."""
+        got = await self.take_sse_slot(user, slot)
+        if got is None:
+            raise streams_refusal(self.settings.max_sse_per_user).as_error()
+        return got
+
     async def refresh_sse_slot(self, user: str, slot: str) -> None:
         with contextlib.suppress(*REDIS_DOWN):
             await self.io.refresh_slot(user, slot, SLOT_TTL)

@@ -27,7 +27,6 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from api import hub as hub_module
 from api import tokens
-from api.admission import streams_refusal
 from api.auth import Principal, Security, authenticate, key_id_checked, security
 from api.errors import ERROR_RESPONSES, ApiError
 from api.middleware import ABORT, OUTER_SEND
@@ -313,7 +312,7 @@ async def events(
         raise ApiError(400, "invalid_last_event_id", str(exc)) from None
     if after is not None and await _already_ended(state, run, after):
         return Response(status_code=204)  # tells EventSource to stop reconnecting
-    slot = await take_stream_slot(state, sec, user)
+    slot = await sec.admission.stream_slot(user)
     return run_event_stream(
         state,
         sec,
@@ -324,14 +323,6 @@ async def events(
         terminal_known=run.status.terminal,
         archived_seq=run.last_seq,
     )
-
-
-async def take_stream_slot(state: AppState, sec: Security, user: str) -> str:
-    """One of the user's SSE slots (`api.admission`), or 429 `too_many_streams`."""
-    slot = await sec.admission.take_sse_slot(user)
-    if slot is None:
-        raise streams_refusal(state.settings.max_sse_per_user).as_error()
-    return slot
 
 
 def run_event_stream(

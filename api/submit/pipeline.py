@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 
-from api.admission import IN_FLIGHT_RETRY_AFTER, streams_refusal
+from api.admission import IN_FLIGHT_RETRY_AFTER
 from api.auth import Principal, Security
 from api.errors import ApiError, as_api_error, redis_failure
 from api.state import AppState
@@ -139,15 +139,10 @@ async def submit(
                 return Accepted(who, req.new.agent, got)
             step = after_group(got)  # (its slot taken with the group's admission)
         elif slot is not None:
-            await _take_slot(sec, who.user, slot)
+            await sec.admission.stream_slot(who.user, slot)
         return Accepted(who, req.new.agent, await _alone(state, sec, req, step, authenticate))
     except LongrunError as exc:
         return Refused(refusal_of(exc))
-
-
-async def _take_slot(sec: Security, user: str, slot: str) -> None:
-    if await sec.admission.take_sse_slot(user, slot) is None:
-        raise streams_refusal(sec.settings.max_sse_per_user).as_error()
 
 
 async def _alone(
