@@ -37,36 +37,26 @@ import signal
 import socket
 import time
 import uuid
-from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
 
 import structlog
 
 from shared import logs
-from shared.agents import load_agents
 from shared.config import Settings
 from shared.errors import Unavailable
-from shared.llm.breaker_store import RedisBreakerStore
-from shared.llm.budget import PatientLedger
-from shared.llm.services import LLM_SERVICE, LLMServices, build_llm_services
-from shared.migrate import check_schema
 from shared.redis.client import (
     REDIS_DOWN,
     REDIS_ERRORS,
-    check_eviction_policy,
-    create_redis,
     group_lost,
     reply_word,
 )
 from shared.redis.codec import QueueEntry
 from shared.redis.keys import Keys
 from shared.redis.runs import RedisIO
-from shared.store import Store, connect
-from shared.tools import load_tools
+from shared.store import Store
 from worker.attempt import AttemptState, Deps, execute
-from worker.attempt.state import outage_seconds
-from worker.batches import RunWrites
+from worker.clients import Clients, logged
 from worker.delayed import promote_forever
 from worker.heal import RecentEnds, ShortTails, heal_recent_ends
 from worker.policies import RETRYABLE
@@ -83,66 +73,6 @@ LOOP_STOP_SECONDS = 5.0
 # The in-flight figure goes out when a slot fills or frees, at most this often (and with every
 # heartbeat): `/health` and `/metrics` follow a run's end within about a second.
 IN_FLIGHT_PUBLISH_SECONDS = 0.25
-
-
-@dataclass(frozen=True)
-class Clients:
-    """What a started worker talks to: Postgres, Redis, the LLM services, and the attempts'
-    dependencies built over them. Opened together by `open`, closed together by `close`."""
-
-    store: Store
-    rio: RedisIO
-    llm: LLMServices
-    deps: Deps
-
-    @classmethod
-    async def open(cls, s: Settings, keys: Keys, name: str) -> Clients:
-        conn = await connect(s, "longrun-worker")
-        try:
-            await check_schema(conn)
-        finally:
-            await conn.close()
-        store = await Store.open(s, f"longrun-worker:{name}")
-        r = create_redis(s, f"longrun-worker:{name}")
-        rio = RedisIO(r, keys, s, batched=True)
-        try:
-            await check_eviction_policy(r)
-            await rio.ensure_group()
-        except BaseException:
-            await rio.aclose()
-            await store.close()
-            raise
-        # One set of LLM services per process: breakers shared through Redis, daily spend
-        # through Postgres, so ceilings and breakers hold across every worker.
-        llm = build_llm_services(
-            s,
-            breaker_store=RedisBreakerStore(r, keys),
-            # A Postgres outage pauses a run's spending like its event writes, not fail it.
-            ledger=PatientLedger(store.users, outage_seconds(s)),
-        )
-        deps = Deps(
-            settings=s,
-            store=store,
-            rio=rio,
-            writes=RunWrites(store, rio, name),
-            agents=load_agents(s.agent_modules),
-            consumer=name,
-            tools=load_tools(s.tool_modules),
-            services={LLM_SERVICE: llm},
-        )
-        return cls(store, rio, llm, deps)
-
-    @property
-    def idle(self) -> bool:
-        """No grouped write is waiting or in flight (the clients may close)."""
-        return self.rio.idle and self.deps.writes.idle
-
-    async def close(self) -> None:
-        """Close each; one that fails is logged and the next one still closes."""
-        await _logged("close_writes", self.deps.writes.close())
-        await _logged("close_redis", self.rio.aclose())
-        await _logged("close_llm", self.llm.aclose())
-        await _logged("close_store", self.store.close())
 
 
 @dataclass
@@ -215,11 +145,6 @@ class Worker:
     async def start(self) -> None:
         s = self.settings
         structlog.contextvars.bind_contextvars(worker=self.name)
-        conn = await connect(s, "longrun-worker")
-        try:
-            await check_schema(conn)
-        finally:
-            await conn.close()
         self._clients = await Clients.open(s, self.keys, self.name)
         self.redis_run_id = await self.rio.group.server_run_id()
         loops = (self._consume, self._reclaim, self._reconcile, self._webhooks, self._retention)
@@ -314,7 +239,7 @@ class Worker:
 
     async def _close_clients(self) -> None:
         if self._clients is not None:
-            await _logged("leave_workers", self._clients.rio.group.leave(self.name))
+            await logged("leave_workers", self._clients.rio.group.leave(self.name))
             await self._clients.close()
 
     async def _settle(self, limit: float = 5.0) -> None:
@@ -611,11 +536,3 @@ async def run_worker(settings: Settings) -> int:
     await worker.start()
     await worker.stopped.wait()
     return 0
-
-
-async def _logged(step: str, closing: Awaitable[object]) -> None:
-    """Await one shutdown step; a failure is logged, not raised, so the next step runs."""
-    try:
-        await closing
-    except Exception as exc:
-        log.warning("shutdown_step_failed", step=step, error=type(exc).__name__)
