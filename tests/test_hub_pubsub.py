@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -257,3 +258,52 @@ def _resynced(hub: Hub) -> Callable[[], Awaitable[bool]]:
         return hub.resyncs > 0
 
     return check
+
+
+async def test_a_busy_hub_connection_is_health_checked_only_when_it_has_been_quiet(
+    settings: Settings, store: Store, rio: RedisIO
+) -> None:
+    # Given a hub whose pub/sub connection is health-checked after 50 ms without a reply
+    hub = Hub(
+        aioredis.Redis.from_url(settings.redis_url, client_name=f"test-hub-{uuid.uuid4().hex[:8]}"),
+        Keys.from_settings(settings),
+    )
+    await hub.start()
+    try:
+        conn = hub.io._ps.connection
+        conn.health_check_interval = 0.05
+        pings: list[float] = []
+        send = conn.send_command
+
+        async def counted(*args: object, **kw: object) -> None:
+            if args and args[0] == "PING":
+                pings.append(time.monotonic())
+            await send(*args, **kw)
+
+        conn.send_command = counted
+        run_id = uuid.uuid4().hex
+        stream = RunStream(store, hub, run_id, idle_seconds=30)
+        seqs: list[int] = []
+        task = asyncio.create_task(collect(stream, seqs))
+        await wait_for(_live(hub, run_id), timeout=5)
+        # When notices arrive back to back for 0.3 s, then stop
+        began, seq = time.monotonic(), 0
+        while time.monotonic() < began + 0.3:
+            seq += 1
+            await append(rio, run_id, seq, seq)
+        await append(rio, run_id, seq + 1, seq + 1, end=True)
+        await asyncio.wait_for(task, 10)
+        busy = len(pings)
+        # Then every event arrived, and no health check went out while replies kept coming
+        # (one per message, were the quiet time not reset by each reply)
+        assert seqs == list(range(1, seq + 2))
+        assert seq > 20
+        assert busy <= 2, busy
+        # And once the connection is quiet, it is checked again
+        await wait_for(lambda: _true(len(pings) > busy), timeout=10)
+    finally:
+        await hub.close()
+
+
+async def _true(value: bool) -> bool:
+    return value

@@ -21,6 +21,7 @@ from typing import Any
 
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from shared.models import Event
 from shared.redis.client import REDIS_ERRORS, Redis, blocking_pool_of
@@ -69,6 +70,22 @@ def parse_notice(run_id: str, payload: bytes) -> Notice:
         seq += 1
         pos = end + 1
     return Notice(run_id, first, last, closed_s == b"1", events)
+
+
+async def _next_reply(ps: Any, wait_seconds: float) -> Any:
+    """The next reply on a one-server pub/sub connection, or None within `wait_seconds`, read
+    from the connection itself: redis-py's `get_message` adds, per message, a retry wrapper,
+    metrics hooks and a dict, which at a thousand notices a second was a seventh of a busy
+    API's CPU (py-spy, bench.stream_ttft). Its health check still goes first (a PING once the
+    connection has been quiet for `health_check_interval`), so a connection that died quietly
+    fails here and the hub opens another; a closed one is not reconnected here either."""
+    await ps.check_health()
+    conn = ps.connection
+    if conn is None or not conn.is_connected:
+        raise RedisConnectionError("the hub's pub/sub connection is closed")
+    return await conn.read_response(
+        timeout=wait_seconds, disconnect_on_error=False, push_request=True
+    )
 
 
 def _per_node(ps: Any) -> bool:
@@ -128,18 +145,24 @@ class HubIO:
             if not ps.node_pubsub_mapping:  # nothing subscribed yet: nothing to poll
                 await asyncio.sleep(wait_seconds)
                 return None
-        msg = await ps.get_sharded_message(timeout=wait_seconds)
-        if msg is None:
-            return None
-        kind = msg["type"]
+            msg = await ps.get_sharded_message(timeout=wait_seconds)
+            if msg is None:
+                return None
+            return self._message(msg["type"], msg["channel"], msg["data"])
+        reply = await _next_reply(ps, wait_seconds)
+        if not isinstance(reply, list) or len(reply) != 3:
+            return None  # nothing came, or a health check's PONG
+        return self._message(*reply)
+
+    def _message(self, kind: Any, channel: Any, data: Any) -> Notice | Subscribed | None:
         if kind not in ("smessage", "ssubscribe", b"smessage", b"ssubscribe"):
             return None
-        run_id = self.keys.run_of_channel(text(msg["channel"]))
+        run_id = self.keys.run_of_channel(text(channel))
         if run_id is None:
             return None
         if kind in ("ssubscribe", b"ssubscribe"):
             return Subscribed(run_id)
-        return parse_notice(run_id, msg["data"])
+        return parse_notice(run_id, data)
 
     async def events_after(self, run_id: str, after_seq: int, count: int) -> list[Event]:
         """Up to `count` events of the run after `after_seq` (XRANGE)."""
