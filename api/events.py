@@ -25,7 +25,7 @@ import structlog
 from fastapi import APIRouter, Header, Query, Request, Response
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
-from api import hub as hub_module
+from api import subscription as subscription_module
 from api import tokens
 from api.auth import Principal, Security, authenticate, key_id_checked, security
 from api.errors import ERROR_RESPONSES, ApiError
@@ -141,7 +141,7 @@ def _bodies(batch: list[Event] | None) -> Iterator[bytes]:
 
 
 class SendStalled(Exception):
-    """The client stopped reading: a send stayed blocked for `hub.SEND_TIMEOUT` seconds."""
+    """The client stopped reading: a send stayed blocked for `subscription.SEND_TIMEOUT` seconds."""
 
 
 class EventStream(Response):
@@ -215,7 +215,7 @@ class EventStream(Response):
                 log.info(
                     "stream_client_stopped_reading",
                     run_id=self.stream.run_id,
-                    stalled_seconds=hub_module.SEND_TIMEOUT,
+                    stalled_seconds=subscription_module.SEND_TIMEOUT,
                 )
                 abort = scope.get(ABORT)
                 if abort is None:  # a server without the hook: it closes on the exception

@@ -40,8 +40,7 @@ event once (batched over runs, `XREVRANGE`), so a run that ended just before its
 subscribed is seen ended too.
 
 The per-event path costs the hub one list append and at most one future wake-up per
-subscriber: no asyncio.Queue, no timeout object per wait. A subscriber's idle keep-alive and its
-stalled-send watchdog share one timer, re-armed only when it fires.
+subscriber (`api.subscription`): no asyncio.Queue, no timeout object per wait.
 """
 
 from __future__ import annotations
@@ -58,6 +57,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from api.admission import SLOT_TTL
+from api.subscription import Subscription
 from shared.models import Event
 from shared.redis.client import REDIS_ERRORS, Redis, reply_word
 from shared.redis.hub import HubIO, Notice, Subscribed
@@ -71,108 +71,11 @@ LISTEN_TIMEOUT = 5.0  # a pub/sub read returns this often with nothing (health c
 SUBSCRIBE_WAIT = 2.0  # a subscriber waits this long at most for its run's confirmation
 CHECK_BATCH = 5000  # runs whose end is read in one go
 READERS = 2  # connections for subscribers' XRANGE (replay, gap healing)
-SEND_TIMEOUT = 30.0  # a send blocked this long (the client stopped reading) ends the stream
 LEASE_REFRESH = SLOT_TTL / 3
 CHORE_TICK = 1.0  # how often the chores task looks for leases due for a refresh
 LEASE_RELEASE_BUDGET = 2.0  # seconds given to pending releases when the hub closes
 
 Chore = Callable[[], Awaitable[None]]
-
-
-class Subscription:
-    """One SSE client's view of a run: events the hub pushed and flags telling it why it woke.
-
-    `wait()` returns when there is something to do: pending events, `behind` (re-read from
-    Redis), `idle` (no delivery for `idle_seconds`: send a keep-alive), or `stopped` (server
-    shutting down, client gone)."""
-
-    __slots__ = (
-        "_loop",
-        "_timer",
-        "_waiter",
-        "active_at",
-        "behind",
-        "early",
-        "idle",
-        "idle_seconds",
-        "pending",
-        "pending_bytes",
-        "read_at",
-        "run_id",
-        "sending_since",
-        "stalled",
-        "stopped",
-        "task",
-    )
-
-    def __init__(self, run_id: str, idle_seconds: float) -> None:
-        self.run_id = run_id
-        self.pending: list[Event] = []
-        self.pending_bytes = 0
-        self.behind = False
-        self.early = False  # subscribed before its run's channel was confirmed
-        self.idle = False
-        self.stopped = False
-        self.stalled = False
-        self.read_at = 0.0  # monotonic time of the hub read that pushed the oldest pending event
-        self._loop = asyncio.get_running_loop()
-        self.active_at = self._loop.time()
-        self.sending_since = 0.0  # loop time a send started, 0 when not sending
-        self.idle_seconds = idle_seconds
-        self.task: asyncio.Task[object] | None = None  # cancelled when a send stalls
-        self._waiter: asyncio.Future[None] | None = None
-        self._timer: asyncio.TimerHandle | None = self._loop.call_at(
-            self.active_at + idle_seconds, self._tick
-        )
-
-    def take(self) -> list[Event]:
-        got, self.pending = self.pending, []
-        self.pending_bytes = 0
-        return got
-
-    def wake(self) -> None:
-        w = self._waiter
-        if w is not None and not w.done():
-            w.set_result(None)
-
-    async def wait(self) -> None:
-        if self.pending or self.behind or self.idle or self.stopped:
-            return
-        self._waiter = self._loop.create_future()
-        try:
-            await self._waiter
-        finally:
-            self._waiter = None
-
-    def mark_active(self) -> None:
-        self.active_at = self._loop.time()
-        self.idle = False
-
-    def stop(self) -> None:
-        self.stopped = True
-        self.wake()
-
-    def close(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    def _tick(self) -> None:
-        now = self._loop.time()
-        if self.sending_since and now - self.sending_since >= SEND_TIMEOUT:
-            self.stalled = True
-            if self.task is not None:
-                self.task.cancel()
-            self._timer = None
-            return
-        due = self.active_at + self.idle_seconds
-        if now >= due:
-            self.idle = True
-            self.wake()
-            due = now + self.idle_seconds
-        if self.sending_since:
-            due = min(due, self.sending_since + SEND_TIMEOUT)
-        self._timer = self._loop.call_at(due, self._tick)
 
 
 @dataclass(eq=False)

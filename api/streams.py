@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator
 
-from api.hub import Hub, Subscription
+from api.hub import Hub
+from api.subscription import Subscription
 from shared.models import Event
 from shared.redis.client import REDIS_DOWN
 from shared.store import Store

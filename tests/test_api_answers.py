@@ -13,7 +13,7 @@ import pytest
 import uvicorn
 from structlog.testing import capture_logs
 
-import api.hub
+import api.subscription
 from api.app import create_app
 from api.server import server_options
 from shared.config import Settings
@@ -59,7 +59,7 @@ async def edge_api() -> AsyncIterator[Callable[[Settings], Any]]:
 async def test_a_client_that_stops_reading_its_stream_costs_one_info_line(
     edge_api, worker_factory, settings, api_key, caplog, monkeypatch
 ):
-    monkeypatch.setattr(api.hub, "SEND_TIMEOUT", 1.0)
+    monkeypatch.setattr(api.subscription, "SEND_TIMEOUT", 1.0)
     s = settings.with_(agent_modules=BULKY)
     url = await edge_api(s)
     async with httpx.AsyncClient(

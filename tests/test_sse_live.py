@@ -13,8 +13,10 @@ import pytest
 import redis.asyncio as aioredis
 
 from api import hub as hub_mod
-from api.hub import Hub, Subscription
+from api import subscription as subscription_mod
+from api.hub import Hub
 from api.streams import RunStream
+from api.subscription import Subscription
 from shared.config import Settings
 from shared.models import Event
 from shared.redis.keys import Keys
@@ -129,7 +131,7 @@ def _seqs(batches: list[list[Event]]) -> list[int]:
 async def test_a_send_blocked_past_the_timeout_cancels_the_stream(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(hub_mod, "SEND_TIMEOUT", 0.05)
+    monkeypatch.setattr(subscription_mod, "SEND_TIMEOUT", 0.05)
     sub = Subscription("r", idle_seconds=30)
     blocked = asyncio.create_task(asyncio.sleep(30))
     sub.task = blocked  # type: ignore[assignment]
@@ -246,7 +248,7 @@ async def test_leases_are_refreshed_until_let_go_then_released_once(
 async def test_a_client_that_stops_reading_is_disconnected_after_the_send_timeout(
     api, client, api_key, redis_client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(hub_mod, "SEND_TIMEOUT", 0.3)
+    monkeypatch.setattr(subscription_mod, "SEND_TIMEOUT", 0.3)
     hub = api.server.config.app.state.longrun.hub
     run_id = await submit(client, **QUEUED)
     _reader, writer = await asyncio.open_connection("127.0.0.1", api.port)
