@@ -3,9 +3,10 @@
 Producers, two kinds. `worker`: the `stamp` bench agent run by a real longrun worker (the worker's
 fenced append), each token carrying the agent's clock when it yields the token, so the latency
 also holds the worker's batching (a 2 ms linger) and whatever delays its appends (an inline
-archive to Postgres every 2 s). `redis`: this process appends the runs' events itself (same
-stream entries as a worker's, XADD with the event's seq as its id), each token carrying the clock
-just before its XADD: the latency from the append to the client, which is what the API serves;
+archive to Postgres every 2 s). `redis`: this process appends the runs' events itself, through the
+append script as a worker's copy does (the same stream entries, and the notice that wakes the
+API's hub), each token carrying the clock just before its append: the latency from the append to
+the client, which is what the API serves;
 the runs stay queued (no worker) and are cancelled afterwards. Consumers: `bench.sse_client`
 subscribers in this process, all connected before the producer's `start_at`. Two designs serve
 the same runs: longrun's API (`GET /runs/{id}/events`) and the naive sse-starlette app (one
@@ -153,23 +154,34 @@ async def append_stamps(
     lockstep: bool,
 ) -> None:
     """The `redis` producer: each run's `count` tokens then `done`, appended on the same
-    schedule as the `stamp` agent's, each stamped just before its XADD."""
+    schedule as the `stamp` agent's, each stamped just before its append. Appended through the
+    append script, as a worker's copy is (`RedisIO.append`): the same stream entries, and the
+    notice on the run's channel that wakes the API's hub. (An XADD of its own, as this producer
+    once made, adds the entries but wakes no hub since the hub moved to pub/sub notices: the
+    API then found them only at each stream's idle keep-alive, 14 s late.)"""
     import redis.asyncio as aioredis
 
+    from shared.config import Settings
+    from shared.models import encode_event
+    from shared.redis.keys import Keys
+    from shared.redis.runs import RedisIO
+
     r = aioredis.Redis.from_url(REDIS_URL)
+    s = Settings.from_env(st.env)
+    rio = RedisIO(r, Keys.from_settings(s), s)
     padding = " " + "x" * pad if pad else ""
 
     async def one(i: int, run: dict[str, Any]) -> None:
-        key = st.events_key(run["run_id"])
+        run_id = run["run_id"]
         t0 = start_at + (0.0 if lockstep else i / (len(made) * rate))
         for n in range(count):
             delay = t0 + n / rate - time.time()
             if delay > 0:
                 await asyncio.sleep(delay)
-            body = {"seq": n + 1, "type": "token", "text": f"{time.time():.6f}{padding}"}
-            await r.xadd(key, {"t": "token", "d": json.dumps(body)}, id=f"0-{n + 1}")
-        done = {"seq": count + 1, "type": "done", "output": {"count": count}}
-        await r.xadd(key, {"t": "done", "d": json.dumps(done)}, id=f"0-{count + 1}")
+            body = {"type": "token", "text": f"{time.time():.6f}{padding}"}
+            await rio.append(run_id, 0, [encode_event(n + 1, body)], gaps=True)
+        done = {"type": "done", "output": {"count": count}}
+        await rio.append(run_id, 0, [encode_event(count + 1, done)], gaps=True, terminal=True)
 
     try:
         await asyncio.gather(*(one(i, run) for i, run in enumerate(made)))

@@ -110,6 +110,10 @@ def test_fanout_bench_delivers_every_event_to_every_subscriber(tmp_path: Path) -
         assert row["received"] == row["expected"], row
         assert row["errors"] == []
         assert row["redis_conns"] >= 1
+        # Each event as it is appended, not at the stream's idle keep-alive: the bench's own
+        # producer once added its events without the notice that wakes the API's hub, and
+        # every longrun row then measured the 14 s catch-up
+        assert row["max_ms"] < 2000, row
 
 
 def test_stream_ttft_bench_times_first_tokens_of_both_designs(tmp_path: Path) -> None:
