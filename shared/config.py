@@ -1,7 +1,8 @@
 """Settings: every knob longrun reads from the environment, declared once, parsed once.
 
 Each knob is one line of the `Settings` table below: its name, type, default, environment
-variable, lower bound and the concern it belongs to (`GROUPS`). `Settings.from_env()` is called
+variable, lower bound and the concern it belongs to (`shared.knobs`: how a knob is declared,
+parsed and documented). `Settings.from_env()` is called
 by an entry point (the CLI, or a test) and the frozen result is passed down; nothing else in the
 code base reads `os.environ`. A malformed or out-of-bounds value fails at start-up with a
 message naming the variable. `Settings.to_env()` is the inverse, for starting child processes.
@@ -11,58 +12,15 @@ from __future__ import annotations
 
 import os
 import typing
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import Field, dataclass, field, fields, replace
+from collections.abc import Iterator, Mapping
+from dataclasses import Field, dataclass, fields, replace
 from functools import cache
 from typing import Any
-from urllib.parse import urlsplit
 
-from shared.errors import ConfigError
+from shared.knobs import GROUPS, Knob, base_url, choice, hosts, knob, read, written
+from shared.knobs import markdown as knobs_doc
 
-# The concerns a knob belongs to, in the order the docs list them.
-GROUPS = (
-    "servers",
-    "http",
-    "queue",
-    "leases",
-    "events",
-    "pools",
-    "limits",
-    "admission",
-    "auth",
-    "llm",
-    "agents",
-    "webhooks",
-    "schedules",
-    "retention",
-    "ops",
-)
-
-
-@dataclass(frozen=True)
-class Knob:
-    """How one setting is read: its variable, its concern, its lower bound, what it means, and
-    its parser when its type's is not enough."""
-
-    env: str
-    group: str
-    minimum: float | None
-    help: str
-    parse: Callable[[str, str], Any] | None = None
-
-
-def knob(
-    default: Any,
-    env: str,
-    group: str,
-    help: str,
-    *,
-    minimum: float | None = None,
-    parse: Callable[[str, str], Any] | None = None,
-) -> Any:
-    """A `Settings` field read from `env` (see the module docstring)."""
-    assert group in GROUPS, group
-    return field(default=default, metadata={"knob": Knob(env, group, minimum, help, parse)})
+__all__ = ["GROUPS", "Knob", "Settings", "by_group", "knobs", "markdown"]
 
 
 @dataclass(frozen=True)
@@ -79,7 +37,7 @@ class Settings:
         "LONGRUN_REDIS_MODE",
         "servers",
         "Redis topology: auto, single, cluster or sentinel",
-        parse=lambda env, raw: _choice(env, raw, ("auto", "single", "cluster", "sentinel")),
+        parse=lambda env, raw: choice(env, raw, ("auto", "single", "cluster", "sentinel")),
     )
     database_url: str = knob(
         "postgresql://postgres@127.0.0.1:5432/longrun", "DATABASE_URL", "servers", "Postgres"
@@ -109,14 +67,14 @@ class Settings:
         "LONGRUN_PUBLIC_URL",
         "http",
         "base of public links (https://api.example.com)",
-        parse=lambda env, raw: _base_url(env, raw),
+        parse=lambda env, raw: base_url(env, raw),
     )
     trusted_hosts: tuple[str, ...] = knob(
         (),
         "LONGRUN_TRUSTED_HOSTS",
         "http",
         "Host headers links may be built from",
-        parse=lambda env, raw: _hosts(env, raw),
+        parse=lambda env, raw: hosts(env, raw),
     )
     # -- queue -----------------------------------------------------------------------------
     key_prefix: str = knob(
@@ -515,13 +473,7 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        e: Mapping[str, str] = os.environ if env is None else env
-        values: dict[str, Any] = {}
-        for f, k in knobs():
-            raw = e.get(k.env)
-            if raw is None or raw == "":
-                continue
-            values[f.name] = _parse(f.name, k, raw)
+        values = read(knobs(), _types(), os.environ if env is None else env)
         if "queue" not in values and "key_prefix" in values:
             values["queue"] = f"{values['key_prefix']}:runs"
         return cls(**values)
@@ -529,18 +481,7 @@ class Settings:
     def to_env(self) -> dict[str, str]:
         """The environment that makes `from_env` build these settings (every knob that is set;
         for a child process)."""
-        out: dict[str, str] = {}
-        for f, k in knobs():
-            value = getattr(self, f.name)
-            if value is None:
-                continue
-            if isinstance(value, tuple):
-                out[k.env] = ",".join(value)
-            elif isinstance(value, bool):
-                out[k.env] = "true" if value else "false"
-            else:
-                out[k.env] = str(value)
-        return out
+        return written(knobs(), self)
 
     def with_(self, **changes: Any) -> Settings:
         return replace(self, **changes)
@@ -563,102 +504,9 @@ def _types() -> dict[str, Any]:
     return typing.get_type_hints(Settings)
 
 
-def _parse(name: str, k: Knob, raw: str) -> Any:
-    kind = _types()[name]
-    parse = k.parse or _PARSERS.get(kind)
-    if parse is None:
-        raise AssertionError(f"no parser for {name}: {kind}")  # a new type in the table
-    value = parse(k.env, raw)
-    if k.minimum is not None and isinstance(value, int | float) and value < k.minimum:
-        bound = int(k.minimum) if isinstance(value, int) else k.minimum
-        raise ConfigError(f"{k.env} must be >= {bound}, got {value}")
-    return value
-
-
-def _int(env: str, raw: str) -> int:
-    try:
-        return int(raw)
-    except ValueError:
-        raise ConfigError(f"{env} must be an integer, got {raw!r}") from None
-
-
-def _float(env: str, raw: str) -> float:
-    try:
-        return float(raw)
-    except ValueError:
-        raise ConfigError(f"{env} must be a number, got {raw!r}") from None
-
-
-_TRUE = ("1", "true", "yes", "on")
-_FALSE = ("0", "false", "no", "off")
-
-
-def _bool(env: str, raw: str) -> bool:
-    text = raw.strip().lower()
-    if text in _TRUE:
-        return True
-    if text in _FALSE:
-        return False
-    raise ConfigError(f"{env} must be true or false, got {raw!r}")
-
-
-def _csv(env: str, raw: str) -> tuple[str, ...]:
-    return tuple(s.strip() for s in raw.split(",") if s.strip())
-
-
-def _text(env: str, raw: str) -> str:
-    return raw
-
-
-def _base_url(env: str, raw: str) -> str:
-    """An absolute http(s) URL without query or fragment, kept without its trailing slash."""
-    parts = urlsplit(raw)
-    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
-        raise ConfigError(f"{env} must be an http(s) URL like https://api.example.com, got {raw!r}")
-    return raw.rstrip("/")
-
-
-def _choice(env: str, raw: str, choices: tuple[str, ...]) -> str:
-    text = raw.strip().lower()
-    if text not in choices:
-        raise ConfigError(f"{env} must be one of {', '.join(choices)}, got {raw!r}")
-    return text
-
-
-def _hosts(env: str, raw: str) -> tuple[str, ...]:
-    return tuple(h.lower() for h in _csv(env, raw))
-
-
-_PARSERS: dict[Any, Callable[[str, str], Any]] = {
-    int: _int,
-    float: _float,
-    bool: _bool,
-    bool | None: _bool,
-    str: _text,
-    str | None: _text,
-    tuple[str, ...]: _csv,
-}
-
-
 def markdown() -> str:
     """The configuration reference (docs/CONFIGURATION.md is this text; a test keeps it so)."""
-    lines = [
-        "# Configuration",
-        "",
-        "Every knob longrun reads, by concern. Generated from `shared/config.py`, the one place",
-        "each is declared (`python -m shared.config > docs/CONFIGURATION.md`). Values are read",
-        "once, at start-up; a malformed or out-of-bounds value stops the process with a message",
-        "naming the variable.",
-    ]
-    for group, rows in by_group():
-        lines += ["", f"## {group}", "", "| variable | default | minimum | meaning |"]
-        lines.append("|---|---|---|---|")
-        for f, k in rows:
-            default = f.default
-            shown = "unset" if default in (None, ()) else f"`{default}`"
-            minimum = "" if k.minimum is None else f"{k.minimum:g}"
-            lines.append(f"| `{k.env}` | {shown} | {minimum} | {k.help} |")
-    return "\n".join(lines) + "\n"
+    return knobs_doc(by_group())
 
 
 if __name__ == "__main__":
