@@ -20,7 +20,7 @@ from tests.history import History, check
 from tests.procs import WorkerProc, start_worker, stop_all
 from tests.tcp_proxy import TcpProxy
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
 TEST_AGENTS = (
     "side_effect=tests.agents:side_effect,crasher=tests.agents:crasher,"

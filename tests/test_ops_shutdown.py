@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import pytest
 
 from shared.config import Settings
 from tests.conftest import free_port
@@ -116,6 +117,7 @@ class Follower:
             self.tail.extend(lines)
 
 
+@pytest.mark.slow
 async def test_sigterm_with_100_open_streams_hands_every_client_to_another_instance(
     settings, store, tmp_path
 ):

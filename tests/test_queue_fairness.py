@@ -196,6 +196,7 @@ async def procs(tmp_path: Path) -> AsyncIterator[Any]:
         await stop_all(started)
 
 
+@pytest.mark.slow
 async def test_a_worker_killed_holding_promoted_runs_loses_and_repeats_nothing(
     settings, api_factory, api_key, procs, redis_client, store
 ):
