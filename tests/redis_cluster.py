@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import random
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -440,6 +441,48 @@ class LocalSentinel:
         await self._start_data(old, new)
         await self._until_replicating(new, old)
         return new
+
+    async def freeze_primary(self) -> tuple[int, int]:
+        """The primary frozen (SIGSTOP) until the sentinels promote its replica, then thawed
+        (SIGCONT): it wakes still a primary and takes the writes of clients that kept a
+        connection to it, until the sentinels turn it into the new primary's replica, when it
+        drops them (a split brain, as a paused VM makes). Returns (old, new) once the old one
+        replicates the new one and every sentinel agrees."""
+        old = await self.primary_port()
+        (new,) = [p for p in self.data_ports if p != old]
+        self.procs[old].send_signal(signal.SIGSTOP)
+        try:
+            await _wait(lambda: self._promoted(new), f"the sentinels to promote {new}", 30)
+        finally:
+            self.procs[old].send_signal(signal.SIGCONT)
+        await _wait(lambda: self._follows(old, new), f"{old} to be turned into {new}'s replica", 40)
+        await self.until_settled(new)
+        return old, new
+
+    async def _promoted(self, new: int) -> bool:
+        for port in self.sentinel_ports:
+            c = self.node(port)
+            try:
+                _, p = await c.execute_command(
+                    "SENTINEL", "GET-MASTER-ADDR-BY-NAME", SENTINEL_SERVICE
+                )
+            finally:
+                await c.aclose()
+            if int(p) != new:
+                return False
+        c = self.node(new)
+        try:
+            return (await c.info("replication")).get("role") == "master"
+        finally:
+            await c.aclose()
+
+    async def _follows(self, replica: int, primary: int) -> bool:
+        c = self.node(replica)
+        try:
+            info = await c.info("replication")
+        finally:
+            await c.aclose()
+        return info.get("master_link_status") == "up" and info.get("master_port") == primary
 
     def kill(self, port: int) -> None:
         _kill(self.procs.get(port))

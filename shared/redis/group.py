@@ -13,6 +13,7 @@ from types import TracebackType
 from typing import Any
 
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.sentinel import SentinelConnectionPool
 from redis.exceptions import NoScriptError, ResponseError
 
 from shared.redis import scripts
@@ -326,10 +327,16 @@ class GroupIO:
 
     @property
     def spans_nodes(self) -> bool:
-        """The data lives on several primaries (a cluster): one may restart or fail over while
-        the queue's node (every heartbeat's renew) answers, so `server_run_id` must be watched
-        on every heartbeat, not only after a failed one."""
-        return isinstance(self.r, RedisCluster)
+        """A failover may happen without any heartbeat failing, so `server_run_id` must be
+        watched on every heartbeat, not only after a failed one. On a cluster the data lives on
+        several primaries: one may restart or fail over while the queue's node (every
+        heartbeat's renew) answers. Under Sentinel, a primary frozen past the failover wakes
+        still a primary: pooled connections go on writing to it until the sentinels turn it into
+        a replica, which drops those writes, and redis-py reconnects to the new primary without
+        an error reaching us (tests/chaos/test_truth_sentinel.py)."""
+        return isinstance(self.r, RedisCluster) or isinstance(
+            self.r.connection_pool, SentinelConnectionPool
+        )
 
     async def server_run_id(self) -> str:
         """Redis' own run id (`INFO server`): a new one means a restarted (or failed-over)

@@ -5,7 +5,9 @@ replica, and whatever asynchronous replication had not carried over is lost. Eve
 still succeed exactly once, gapless, with the three-way check (SSE received / Redis / Postgres
 after the runs' Redis keys are deleted): what the failover lost is healed from the archive, as
 after an empty restart. The agents' output differs per attempt (attempt_chat: the scripted chat
-model tags each turn with its attempt), so a run stitched from two attempts is caught."""
+model tags each turn with its attempt), so a run stitched from two attempts is caught. A second
+test freezes the primary (SIGSTOP) past the failover and thaws it, a split brain: it documents a
+gap not yet closed (its xfail reason)."""
 
 from __future__ import annotations
 
@@ -56,4 +58,49 @@ async def test_a_sentinel_failover_mid_way_through_50_runs_ends_each_once_and_wh
         f"resumes={totals['resumes']} attempts={totals['attempts']} "
         f"reconnects={totals['reconnects']} failover={failover_s:.1f}s "
         f"total={time.monotonic() - t0:.1f}s"
+    )
+
+
+@pytest.mark.xfail(
+    reason="a known gap (2026-12-05): while the thawed old primary is still a primary, an attempt "
+    "whose pooled connections reach it writes its runs' later events and end there; the "
+    "sentinels then turn it into a replica, which drops them. The workers now see the failover "
+    "on their next heartbeat (Sentinel's run id is watched on every one) and heal the tails of "
+    "runs they ended, but 2 runs of 50 were still short in Redis when the check ran, and their "
+    "queue entries were re-claimed into ConnectionErrors as the old primary closed its clients. "
+    "The archive is whole and the SSE clients got every event; Redis lacks those runs' tails",
+    strict=False,
+)
+async def test_a_primary_frozen_past_the_failover_wakes_to_a_split_brain_and_loses_nothing(
+    make_stack: StackFactory, redis_sentinel: LocalSentinel
+) -> None:
+    # Given 50 runs on three workers that reach Redis through Sentinel, each followed over SSE
+    stack = await make_stack(
+        workers=3, redis=LentTopology(redis_sentinel, f"lrz{uuid.uuid4().hex[:8]}")
+    )
+    assert stack.followers is not None
+    await asyncio.gather(
+        *(
+            stack.submit("ticker", {"count": 40, "interval_ms": 100})
+            if i % 2
+            else stack.submit("attempt_chat", {"words": 20, "delay_ms": 90})
+            for i in range(RUNS)
+        )
+    )
+    await stack.followers.each_received(6, timeout=60)
+
+    # When the primary is frozen until its replica is promoted, then wakes still a primary:
+    # clients that kept a connection to it write there until the sentinels turn it into the
+    # new primary's replica, which drops what it took meanwhile
+    t0 = time.monotonic()
+    old, new = await redis_sentinel.freeze_primary()
+    split_s = time.monotonic() - t0
+    assert new != old
+
+    # Then every run succeeds exactly once, and clients, Redis and the archive agree
+    totals = await stack.check(redis_complete=False, settle_timeout=60)
+    print(
+        f"\nsentinel split brain under {RUNS} runs: runs={totals['runs']} "
+        f"resumes={totals['resumes']} attempts={totals['attempts']} "
+        f"reconnects={totals['reconnects']} split={split_s:.1f}s"
     )
