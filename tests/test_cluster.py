@@ -428,7 +428,7 @@ async def test_a_failover_losing_an_ended_runs_tail_is_healed_from_the_archive(
             ends.add(run_id, 5)
 
         # When the worker that ended them heals what it ended lately
-        healed = await heal_recent_ends(settings, store, rio, ends)
+        healed = await heal_recent_ends(settings, store, rio, ends, ShortTails())
 
         # Then the first run's log is whole in Redis again, closed by its end; the one Redis
         # lost entirely is left to the archive; a second pass finds nothing to do
@@ -437,7 +437,7 @@ async def test_a_failover_losing_an_ended_runs_tail_is_healed_from_the_archive(
         assert await r.hget(rio.keys.run_meta(ids[0]), "closed") == b"5"
         assert await r.ttl(rio.keys.events(ids[0])) > 0
         assert await rio.events_after(ids[1], 0) == []
-        assert await heal_recent_ends(settings, store, rio, ends) == 0
+        assert await heal_recent_ends(settings, store, rio, ends, ShortTails()) == 0
     finally:
         await r.aclose()
 
@@ -475,6 +475,45 @@ async def test_an_end_redis_did_not_take_is_mended_at_a_later_heartbeat(
         assert len(tails) == 1
         assert await tails.mend(settings, store, rio) == 1
         assert len(tails) == 0
+        assert [e.seq for e in await rio.events_after(run_id, 0)] == [1, 2, 3, 4, 5]
+        assert await r.hget(rio.keys.run_meta(run_id), "closed") == b"5"
+    finally:
+        await r.aclose()
+
+
+async def test_a_heal_that_meets_redis_away_is_retried_as_a_short_tail(
+    settings: Settings, store
+) -> None:
+    """The heal runs as the failover is noticed; under Sentinel that may be the moment the
+    demoted primary closes its clients (tests/chaos/test_truth_sentinel.py, the frozen primary).
+    A run whose heal fails then was left short in Redis for good."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    r = create_redis(settings, "t")
+    rio = RedisIO(r, Keys.from_settings(settings), settings)
+    try:
+        # Given a run ended at seq 5 (archived) of which Redis holds the first three events
+        run_id = (await queued_run(store)).run_id
+        log = [encode_event(1, {"type": "start", "agent": "ticker"})]
+        log += [encode_event(i, {"type": "token", "text": str(i)}) for i in (2, 3, 4)]
+        log.append(encode_event(5, {"type": "done", "output": {}}))
+        await store.runs.claim(run_id, reclaim=False)
+        assert await store.events.append_many([EventBatch(run_id, 1, log)]) == [None]
+        await rio.fence(run_id, 1, "w", "")
+        await rio.append(run_id, 1, log[:3])
+        ends = RecentEnds()
+        ends.add(run_id, 5)
+        tails = ShortTails()
+
+        class Away:
+            async def last_events(self, *_: object, **__: object) -> list[Event]:
+                raise RedisConnectionError("Connection closed by server.")
+
+        # When the heal after a failover meets Redis closing its connection
+        assert await heal_recent_ends(settings, store, Away(), ends, tails) == 0  # type: ignore[arg-type]
+        # Then the run is kept as a short tail, and the next heartbeat's mend copies its tail
+        assert len(tails) == 1
+        assert await tails.mend(settings, store, rio) == 1
         assert [e.seq for e in await rio.events_after(run_id, 0)] == [1, 2, 3, 4, 5]
         assert await r.hget(rio.keys.run_meta(run_id), "closed") == b"5"
     finally:

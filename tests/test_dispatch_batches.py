@@ -15,6 +15,7 @@ from shared.redis.keys import Keys
 from shared.redis.runs import Fence, Gap, RedisIO
 from shared.store import EventBatch, Finishing, Store
 from shared.store.batches import FINISH_MANY, finish_many_args
+from shared.store.rows import NewRun
 from tests.helpers import queued_run, wait_for
 from worker.attempt import AttemptState
 from worker.batches import RunWrites, Written
@@ -292,3 +293,44 @@ async def test_a_first_attempt_raises_its_fence_with_its_first_copy(settings, st
     # And the same copy sent again adds nothing
     await rio.append(ids[0], 1, first, fence=("w1", "1-0"))
     assert [e.seq for e in await rio.events_after(ids[0], 0)] == [1]
+
+
+async def test_an_entry_the_worker_re_claims_from_itself_keeps_the_newer_attempts_slot(
+    settings, store, worker
+):
+    """A worker whose lease ran out while it stalled (a frozen Redis primary, in the Sentinel
+    split-brain test) re-claims its own entry; the superseded attempt, ending, took the newer
+    one's slot with it, so the newer one's end was never recorded and never healed."""
+    rio = worker.rio
+    assert rio is not None
+    # Given a ticker run under way on the worker
+    new = NewRun("u", "ticker", "x", {"count": 20, "interval_ms": 50}, {})
+    run_id = (await store.submits.insert_run(new, max_in_flight=1_000_000)).run_id
+    await rio.enqueue(QueuedRun(run_id, "u"))
+
+    async def running() -> bool:
+        return any(s.attempt.run is not None for s in worker.slots.values())
+
+    await wait_for(running, timeout=10, interval=0.01)
+    (first,) = worker.slots.values()
+
+    # When the worker launches a second attempt on the same entry, as its re-claim does
+    worker._launch(first.attempt.entry, reclaimed=True)
+
+    # Then the first attempt stops, the second finishes the run, the worker records its end
+    # (what a failover's heal covers) and holds no slot after
+    async def done() -> bool:
+        run = await store.runs.get_run(run_id)
+        return (
+            run is not None
+            and run.status is RunStatus.SUCCEEDED
+            and first.task.done()
+            and not worker.slots
+            and not worker.acking
+        )
+
+    await wait_for(done, timeout=20, interval=0.02)
+    run = await store.runs.get_run(run_id)
+    assert run is not None
+    assert run.attempt == 2
+    assert [r for r, _ in worker.recent_ends.since(60)] == [run_id]

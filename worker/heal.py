@@ -13,7 +13,6 @@ A run Redis lost entirely needs nothing: readers serve it from the archive.
 from __future__ import annotations
 
 import collections
-import contextlib
 import time
 
 import structlog
@@ -108,11 +107,17 @@ class ShortTails:
         return mended
 
 
-async def heal_recent_ends(settings: Settings, store: Store, rio: RedisIO, ends: RecentEnds) -> int:
-    """`heal_tail` for every run ended in the last RECENT_END_SECONDS; best effort (a run that
-    fails to heal is left to the archive). Returns how many were healed."""
+async def heal_recent_ends(
+    settings: Settings, store: Store, rio: RedisIO, ends: RecentEnds, retry: ShortTails
+) -> int:
+    """`heal_tail` for every run ended in the last RECENT_END_SECONDS. A run whose heal finds
+    Redis or Postgres away goes to `retry` (the short tails, mended on every heartbeat until
+    Redis takes them): the heal runs as the failover is noticed, which may be the moment a
+    demoted primary closes its clients. Returns how many were healed now."""
     healed = 0
     for run_id, last_seq in ends.since(RECENT_END_SECONDS):
-        with contextlib.suppress(*REDIS_ERRORS, Unavailable):
+        try:
             healed += await heal_tail(settings, store, rio, run_id, last_seq)
+        except AWAY:
+            retry.add(run_id, last_seq)
     return healed

@@ -81,6 +81,18 @@ class Slot:
     task: asyncio.Task[None]
 
 
+def _take(slots: dict[str, Slot], attempt: AttemptState) -> Slot | None:
+    """Remove the attempt's slot, keyed by its entry: only if it is this attempt's. An entry
+    this worker re-claimed from itself has a newer attempt under the same key, which the
+    earlier one, ending, must not take out (the newer one's end would go unrecorded, and
+    unhealed after a failover)."""
+    slot = slots.get(attempt.entry.entry_id)
+    if slot is None or slot.attempt is not attempt:
+        return None
+    del slots[attempt.entry.entry_id]
+    return slot
+
+
 def consumer_name(settings: Settings) -> str:
     if settings.worker_name:
         return settings.worker_name
@@ -272,8 +284,13 @@ class Worker:
     def _launch(self, entry: QueueEntry, *, reclaimed: bool, poison: bool = False) -> None:
         attempt = AttemptState(entry, reclaimed=reclaimed, poison=poison)
         task = asyncio.create_task(self._guarded(attempt, self.deps))
+        earlier = self.slots.get(entry.entry_id)
+        if earlier is not None:
+            # This worker re-claimed its own entry (its lease ran out while Redis or the
+            # process stalled): the earlier attempt is superseded and stops at its next write.
+            earlier.attempt.signals.lost.set()
         self.slots[entry.entry_id] = Slot(attempt, task)
-        attempt.on_committed = lambda: self._committed(entry.entry_id)
+        attempt.on_committed = lambda: self._committed(attempt)
         attempt.on_short_tail = lambda: self.short_tails.add(attempt.run_id, attempt.seq)
         self.load_changed.set()
         if len(self.slots) >= self.settings.concurrency:
@@ -288,20 +305,20 @@ class Worker:
             # The entry stays pending: its lease expires and another attempt takes over.
             log.exception("attempt_failed", run_id=attempt.run_id)
         finally:
-            if self.slots.pop(attempt.entry.entry_id, None) is not None:
+            if _take(self.slots, attempt) is not None:
                 self.load_changed.set()
-            self.acking.pop(attempt.entry.entry_id, None)
+            _take(self.acking, attempt)
             self.free.set()
             attempt.release()
 
-    def _committed(self, entry_id: str) -> None:
+    def _committed(self, attempt: AttemptState) -> None:
         """A run's terminal state is committed: its slot takes the next entry while it acks
         (the ack is grouped with other Redis calls; a run lost before it is skipped when its
         entry is re-delivered)."""
-        slot = self.slots.pop(entry_id, None)
+        slot = _take(self.slots, attempt)
         if slot is not None:
             self.recent_ends.add(slot.attempt.run_id, slot.attempt.seq)
-            self.acking[entry_id] = slot
+            self.acking[attempt.entry.entry_id] = slot
             self.free.set()
             self.load_changed.set()
 
@@ -448,7 +465,9 @@ class Worker:
             log.info("redis_tails_mended", runs=mended)
 
     async def _heal_recent_ends(self) -> None:
-        healed = await heal_recent_ends(self.settings, self.store, self.rio, self.recent_ends)
+        healed = await heal_recent_ends(
+            self.settings, self.store, self.rio, self.recent_ends, self.short_tails
+        )
         if healed:
             log.info("redis_tails_healed", runs=healed)
 
