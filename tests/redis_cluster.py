@@ -366,16 +366,12 @@ class LocalSentinel:
         await asyncio.gather(*(self._start_sentinel(p, primary) for p in self.sentinel_ports))
         await self.until_settled(primary)
 
-    async def _until_replicating(self, primary: int, replica: int) -> None:
-        async def up() -> bool:
-            c = self.node(replica)
-            try:
-                info = await c.info("replication")
-            finally:
-                await c.aclose()
-            return info.get("master_link_status") == "up" and info.get("master_port") == primary
-
-        await _wait(up, f"the replica {replica} to follow {primary}")
+    async def _until_replicating(self, primary: int, replica: int, timeout: float = 20.0) -> None:
+        await _wait(
+            lambda: self._follows(replica, primary),
+            f"the replica {replica} to follow {primary}",
+            timeout,
+        )
 
     async def until_settled(self, primary: int, timeout: float = 30.0) -> None:
         """Until every sentinel names `primary`, knows its replica and the two other sentinels."""
@@ -419,25 +415,7 @@ class LocalSentinel:
         old = await self.primary_port()
         (new,) = [p for p in self.data_ports if p != old]
         self.kill(old)
-
-        async def promoted() -> bool:
-            for port in self.sentinel_ports:
-                c = self.node(port)
-                try:
-                    _, p = await c.execute_command(
-                        "SENTINEL", "GET-MASTER-ADDR-BY-NAME", SENTINEL_SERVICE
-                    )
-                finally:
-                    await c.aclose()
-                if int(p) != new:
-                    return False
-            c = self.node(new)
-            try:
-                return (await c.info("replication")).get("role") == "master"
-            finally:
-                await c.aclose()
-
-        await _wait(promoted, f"the sentinels to promote {new}", timeout=30)
+        await _wait(lambda: self._promoted(new), f"the sentinels to promote {new}", 30)
         await self._start_data(old, new)
         await self._until_replicating(new, old)
         return new
@@ -455,11 +433,12 @@ class LocalSentinel:
             await _wait(lambda: self._promoted(new), f"the sentinels to promote {new}", 30)
         finally:
             self.procs[old].send_signal(signal.SIGCONT)
-        await _wait(lambda: self._follows(old, new), f"{old} to be turned into {new}'s replica", 40)
+        await self._until_replicating(new, old, timeout=40)  # the sentinels demote it
         await self.until_settled(new)
         return old, new
 
     async def _promoted(self, new: int) -> bool:
+        """Every sentinel names `new` the primary, and it says it is one."""
         for port in self.sentinel_ports:
             c = self.node(port)
             try:

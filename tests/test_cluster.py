@@ -15,6 +15,7 @@ import httpx
 import pytest
 from redis.cluster import key_slot
 from redis.exceptions import ClusterCrossSlotError, RedisClusterException
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from cli.status import gather as status_gather
 from shared.config import Settings
@@ -34,7 +35,7 @@ from shared.redis.group import GroupIO
 from shared.redis.keys import Keys
 from shared.redis.ops import OpsIO
 from shared.redis.runs import RedisIO
-from shared.store import EventBatch
+from shared.store import EventBatch, Store
 from tests.helpers import assert_gapless_ticker, queued_run, read_events, submit, wait_status
 from tests.redis_cluster import LocalCluster, LocalSentinel
 from worker.heal import RecentEnds, ShortTails, heal_recent_ends
@@ -405,6 +406,28 @@ def test_cluster_and_sentinel_urls_print_without_their_passwords() -> None:
 # -- what a failover lost of runs that ended ---------------------------------------------------
 
 
+async def _ended_with_a_short_tail(store: Store, rio: RedisIO, in_redis: int = 3) -> str:
+    """A run ended at seq 5 (archived) of which Redis holds the first `in_redis` events (after
+    a failover lost the rest)."""
+    run_id = (await queued_run(store)).run_id
+    log = [encode_event(1, {"type": "start", "agent": "ticker"})]
+    log += [encode_event(i, {"type": "token", "text": str(i)}) for i in (2, 3, 4)]
+    log.append(encode_event(5, {"type": "done", "output": {}}))
+    await store.runs.claim(run_id, reclaim=False)
+    assert await store.events.append_many([EventBatch(run_id, 1, log)]) == [None]
+    if in_redis:
+        await rio.fence(run_id, 1, "w", "")
+        await rio.append(run_id, 1, log[:in_redis])
+    return run_id
+
+
+class _Away:
+    """Redis as a demoted or failing-over primary answers: not at all."""
+
+    async def last_events(self, *_: object, **__: object) -> list[Event]:
+        raise RedisConnectionError("Connection closed by server.")
+
+
 async def test_a_failover_losing_an_ended_runs_tail_is_healed_from_the_archive(
     settings: Settings, store
 ) -> None:
@@ -414,15 +437,7 @@ async def test_a_failover_losing_an_ended_runs_tail_is_healed_from_the_archive(
     try:
         # Given two runs that ended at seq 5 (archived), of which Redis kept, after a failover,
         # the first three events of one and nothing of the other
-        ids = [(await queued_run(store)).run_id for _ in range(2)]
-        log = [encode_event(1, {"type": "start", "agent": "ticker"})]
-        log += [encode_event(i, {"type": "token", "text": str(i)}) for i in (2, 3, 4)]
-        log.append(encode_event(5, {"type": "done", "output": {}}))
-        for run_id in ids:
-            await store.runs.claim(run_id, reclaim=False)
-            assert await store.events.append_many([EventBatch(run_id, 1, log)]) == [None]
-        await rio.fence(ids[0], 1, "w", "")
-        await rio.append(ids[0], 1, log[:3])
+        ids = [await _ended_with_a_short_tail(store, rio, in_redis=n) for n in (3, 0)]
         ends = RecentEnds()
         for run_id in ids:
             ends.add(run_id, 5)
@@ -448,29 +463,16 @@ async def test_an_end_redis_did_not_take_is_mended_at_a_later_heartbeat(
     """A run that ended while Redis was away or failing over, after the worker had noticed the
     failover and healed what it had ended: its terminal copy failed, and nothing else would
     ever copy it (found by the Sentinel failover test under the full suite's load)."""
-    from redis.exceptions import ConnectionError as RedisConnectionError
-
     r = create_redis(settings, "t")
     rio = RedisIO(r, Keys.from_settings(settings), settings)
     try:
         # Given a run ended at seq 5 (archived) of which Redis holds the first three events
-        run_id = (await queued_run(store)).run_id
-        log = [encode_event(1, {"type": "start", "agent": "ticker"})]
-        log += [encode_event(i, {"type": "token", "text": str(i)}) for i in (2, 3, 4)]
-        log.append(encode_event(5, {"type": "done", "output": {}}))
-        await store.runs.claim(run_id, reclaim=False)
-        assert await store.events.append_many([EventBatch(run_id, 1, log)]) == [None]
-        await rio.fence(run_id, 1, "w", "")
-        await rio.append(run_id, 1, log[:3])
+        run_id = await _ended_with_a_short_tail(store, rio)
         tails = ShortTails()
         tails.add(run_id, 5)
 
-        class Away:
-            async def last_events(self, *_: object, **__: object) -> list[Event]:
-                raise RedisConnectionError("failing over")
-
         # When the first heartbeat after its end finds Redis still away
-        assert await tails.mend(settings, store, Away()) == 0  # type: ignore[arg-type]
+        assert await tails.mend(settings, store, _Away()) == 0  # type: ignore[arg-type]
         # Then the run is kept, and the next heartbeat copies its tail, closed by its end
         assert len(tails) == 1
         assert await tails.mend(settings, store, rio) == 1
@@ -487,30 +489,17 @@ async def test_a_heal_that_meets_redis_away_is_retried_as_a_short_tail(
     """The heal runs as the failover is noticed; under Sentinel that may be the moment the
     demoted primary closes its clients (tests/chaos/test_truth_sentinel.py, the frozen primary).
     A run whose heal fails then was left short in Redis for good."""
-    from redis.exceptions import ConnectionError as RedisConnectionError
-
     r = create_redis(settings, "t")
     rio = RedisIO(r, Keys.from_settings(settings), settings)
     try:
         # Given a run ended at seq 5 (archived) of which Redis holds the first three events
-        run_id = (await queued_run(store)).run_id
-        log = [encode_event(1, {"type": "start", "agent": "ticker"})]
-        log += [encode_event(i, {"type": "token", "text": str(i)}) for i in (2, 3, 4)]
-        log.append(encode_event(5, {"type": "done", "output": {}}))
-        await store.runs.claim(run_id, reclaim=False)
-        assert await store.events.append_many([EventBatch(run_id, 1, log)]) == [None]
-        await rio.fence(run_id, 1, "w", "")
-        await rio.append(run_id, 1, log[:3])
+        run_id = await _ended_with_a_short_tail(store, rio)
         ends = RecentEnds()
         ends.add(run_id, 5)
         tails = ShortTails()
 
-        class Away:
-            async def last_events(self, *_: object, **__: object) -> list[Event]:
-                raise RedisConnectionError("Connection closed by server.")
-
         # When the heal after a failover meets Redis closing its connection
-        assert await heal_recent_ends(settings, store, Away(), ends, tails) == 0  # type: ignore[arg-type]
+        assert await heal_recent_ends(settings, store, _Away(), ends, tails) == 0  # type: ignore[arg-type]
         # Then the run is kept as a short tail, and the next heartbeat's mend copies its tail
         assert len(tails) == 1
         assert await tails.mend(settings, store, rio) == 1

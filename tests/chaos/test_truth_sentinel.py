@@ -18,6 +18,7 @@ import uuid
 import pytest
 
 from tests.chaos.conftest import StackFactory
+from tests.chaos.stack import Stack
 from tests.redis_cluster import LentTopology, LocalSentinel
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(150)]
@@ -25,14 +26,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(150)]
 RUNS = 50
 
 
-async def test_a_sentinel_failover_mid_way_through_50_runs_ends_each_once_and_whole(
-    make_stack: StackFactory, redis_sentinel: LocalSentinel
-) -> None:
-    # Given 50 runs (25 ticker, 25 attempt_chat, about 4 s each) on three workers that reach
-    # Redis through Sentinel, each followed over SSE
-    stack = await make_stack(
-        workers=3, redis=LentTopology(redis_sentinel, f"lrs{uuid.uuid4().hex[:8]}")
-    )
+async def _fifty_followed_runs(make_stack: StackFactory, sentinel: LocalSentinel) -> Stack:
+    """RUNS runs (half ticker, half attempt_chat, about 4 s each) on three workers that reach
+    Redis through Sentinel, each followed over SSE; returned once each has sent some events."""
+    stack = await make_stack(workers=3, redis=LentTopology(sentinel, f"lrs{uuid.uuid4().hex[:8]}"))
     assert stack.followers is not None
     await asyncio.gather(
         *(
@@ -43,6 +40,15 @@ async def test_a_sentinel_failover_mid_way_through_50_runs_ends_each_once_and_wh
         )
     )
     await stack.followers.each_received(6, timeout=60)
+    return stack
+
+
+async def test_a_sentinel_failover_mid_way_through_50_runs_ends_each_once_and_whole(
+    make_stack: StackFactory, redis_sentinel: LocalSentinel
+) -> None:
+    # Given 50 runs (25 ticker, 25 attempt_chat, about 4 s each) on three workers that reach
+    # Redis through Sentinel, each followed over SSE
+    stack = await _fifty_followed_runs(make_stack, redis_sentinel)
 
     # When the primary is killed mid-way: the sentinels promote the replica
     t0 = time.monotonic()
@@ -74,19 +80,7 @@ async def test_a_primary_frozen_past_the_failover_wakes_to_a_split_brain_and_los
     make_stack: StackFactory, redis_sentinel: LocalSentinel
 ) -> None:
     # Given 50 runs on three workers that reach Redis through Sentinel, each followed over SSE
-    stack = await make_stack(
-        workers=3, redis=LentTopology(redis_sentinel, f"lrz{uuid.uuid4().hex[:8]}")
-    )
-    assert stack.followers is not None
-    await asyncio.gather(
-        *(
-            stack.submit("ticker", {"count": 40, "interval_ms": 100})
-            if i % 2
-            else stack.submit("attempt_chat", {"words": 20, "delay_ms": 90})
-            for i in range(RUNS)
-        )
-    )
-    await stack.followers.each_received(6, timeout=60)
+    stack = await _fifty_followed_runs(make_stack, redis_sentinel)
 
     # When the primary is frozen until its replica is promoted, then wakes still a primary:
     # clients that kept a connection to it write there until the sentinels turn it into the
