@@ -333,4 +333,4 @@ async def test_an_entry_the_worker_re_claims_from_itself_keeps_the_newer_attempt
     run = await store.runs.get_run(run_id)
     assert run is not None
     assert run.attempt == 2
-    assert [r for r, _ in worker.recent_ends.since(60)] == [run_id]
+    assert [r for r, _ in worker.liveness.recent_ends.since(60)] == [run_id]

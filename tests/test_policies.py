@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from shared.config import Settings
-from worker.main import lease_expired_locally, renew_interval
+from worker.liveness import lease_expired_locally, renew_interval
 from worker.policies import remaining_seconds, run_timeout, usage_totals
 
 S = Settings(run_timeout_seconds=600.0, max_run_timeout_seconds=3600.0)

@@ -7,10 +7,8 @@ Loops, each its own task:
   `XREADGROUP >`: `shared.redis.group`);
 - reclaim: `XAUTOCLAIM` entries idle past the lease (a dead worker's) on every shard,
   dead-lettering entries delivered more than `max_attempts` times;
-- heartbeat: owner-checked lease renewal of every entry it runs (Lua) and the worker's own
-  heartbeat, in Redis only (a Postgres stall must not cost a lease); a worker that cannot
-  renew for most of a lease stops its runs itself, before anyone else may take them; a run
-  whose entry Redis lost is handed over at once;
+- heartbeat: lease renewal of every entry it runs, in Redis only, and what a beat sees: a lease
+  lost or out of time, an entry Redis lost, Redis restarted or failed over (`worker.liveness`);
 - touch: the Postgres heartbeat of its runs (the reconciler's hint; cancels seen without
   Redis), on its own loop;
 - cancel listener: pub/sub of cancel requests;
@@ -37,7 +35,6 @@ import signal
 import socket
 import time
 import uuid
-from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -58,7 +55,7 @@ from shared.store import Store
 from worker.attempt import AttemptState, Deps, execute
 from worker.clients import Clients, logged
 from worker.delayed import promote_forever
-from worker.heal import RecentEnds, ShortTails, heal_recent_ends
+from worker.liveness import Liveness, Slot, info_ttl, renew_interval, take
 from worker.policies import RETRYABLE
 from worker.reconcile import reconcile_once
 from worker.retention import retention_loop
@@ -75,38 +72,10 @@ LOOP_STOP_SECONDS = 5.0
 IN_FLIGHT_PUBLISH_SECONDS = 0.25
 
 
-@dataclass
-class Slot:
-    attempt: AttemptState
-    task: asyncio.Task[None]
-
-
-def _take(slots: dict[str, Slot], attempt: AttemptState) -> Slot | None:
-    """Remove the attempt's slot, keyed by its entry: only if it is this attempt's. An entry
-    this worker re-claimed from itself has a newer attempt under the same key, which the
-    earlier one, ending, must not take out (the newer one's end would go unrecorded, and
-    unhealed after a failover)."""
-    slot = slots.get(attempt.entry.entry_id)
-    if slot is None or slot.attempt is not attempt:
-        return None
-    del slots[attempt.entry.entry_id]
-    return slot
-
-
 def consumer_name(settings: Settings) -> str:
     if settings.worker_name:
         return settings.worker_name
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-
-
-def renew_interval(lease: float) -> float:
-    return max(lease / 3, 0.05)
-
-
-def lease_expired_locally(last_renewal: float, now: float, lease: float) -> bool:
-    """True when this worker could not renew for long enough that another worker may soon
-    re-claim its entries: it must stop writing before that (80% of a lease)."""
-    return now - last_renewal > lease * 0.8
 
 
 class Worker:
@@ -121,15 +90,16 @@ class Worker:
         self.free = asyncio.Event()
         self.free.set()
         self.load_changed = asyncio.Event()  # a slot filled or freed: publish the figure
-        self.last_renewal = time.monotonic()
         # Set when Redis may have lost data (restarted, group gone): the reconciler runs now.
         self.reconcile_now = asyncio.Event()
-        self.redis_run_id: str | None = None  # Redis' INFO run_id, to see a restart
-        self.recent_ends = RecentEnds()  # runs ended lately, healed after a failover
-        self._healing: asyncio.Task[None] | None = None
-        self.short_tails = ShortTails()  # runs that ended without their end in Redis
-        self._mending: asyncio.Task[None] | None = None
-        self.redis_broken = False  # a heartbeat failed since the last good one
+        self.liveness = Liveness(
+            settings,
+            self.name,
+            self.slots,
+            self.reconcile_now,
+            lambda: self.rio,
+            lambda: self.store,
+        )
         self._tasks: list[asyncio.Task[None]] = []
         self.reads = 0  # XREADGROUP calls, and the entries they brought (batch_stats)
         self.read_entries = 0
@@ -158,7 +128,7 @@ class Worker:
         s = self.settings
         structlog.contextvars.bind_contextvars(worker=self.name)
         self._clients = await Clients.open(s, self.keys, self.name)
-        self.redis_run_id = await self.rio.group.server_run_id()
+        await self.liveness.start()
         loops = (self._consume, self._reclaim, self._reconcile, self._webhooks, self._retention)
         for loop in (*loops, self._promote, self._ticker):
             self._tasks.append(
@@ -230,10 +200,7 @@ class Worker:
             log.info("worker_stopped", batches=self.batch_stats())
 
     async def _stop_tasks(self) -> None:
-        for chore in (self._healing, self._mending):
-            if chore is not None:
-                chore.cancel()
-                await asyncio.gather(chore, return_exceptions=True)
+        await self.liveness.close()
         for t in self._tasks:
             t.cancel()
         # Bounded: a loop whose cancellation a library swallowed must not hold the shutdown.
@@ -291,7 +258,7 @@ class Worker:
             earlier.attempt.signals.lost.set()
         self.slots[entry.entry_id] = Slot(attempt, task)
         attempt.on_committed = lambda: self._committed(attempt)
-        attempt.on_short_tail = lambda: self.short_tails.add(attempt.run_id, attempt.seq)
+        attempt.on_short_tail = lambda: self.liveness.short_tails.add(attempt.run_id, attempt.seq)
         self.load_changed.set()
         if len(self.slots) >= self.settings.concurrency:
             self.free.clear()
@@ -305,9 +272,9 @@ class Worker:
             # The entry stays pending: its lease expires and another attempt takes over.
             log.exception("attempt_failed", run_id=attempt.run_id)
         finally:
-            if _take(self.slots, attempt) is not None:
+            if take(self.slots, attempt) is not None:
                 self.load_changed.set()
-            _take(self.acking, attempt)
+            take(self.acking, attempt)
             self.free.set()
             attempt.release()
 
@@ -315,9 +282,9 @@ class Worker:
         """A run's terminal state is committed: its slot takes the next entry while it acks
         (the ack is grouped with other Redis calls; a run lost before it is skipped when its
         entry is re-delivered)."""
-        slot = _take(self.slots, attempt)
+        slot = take(self.slots, attempt)
         if slot is not None:
-            self.recent_ends.add(slot.attempt.run_id, slot.attempt.seq)
+            self.liveness.recent_ends.add(slot.attempt.run_id, slot.attempt.seq)
             self.acking[attempt.entry.entry_id] = slot
             self.free.set()
             self.load_changed.set()
@@ -391,85 +358,7 @@ class Worker:
         await retention_loop(self.settings, self.store, self.stopping)
 
     async def _heartbeat(self) -> None:
-        s = self.settings
-        while not self.stopped.is_set():
-            await self._beat()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stopped.wait(), renew_interval(s.lease_seconds))
-
-    async def _beat(self) -> None:
-        now = time.monotonic()
-        if self.slots and lease_expired_locally(
-            self.last_renewal, now, self.settings.lease_seconds
-        ):
-            for slot in self.slots.values():
-                slot.attempt.signals.lost.set()
-        ids = list(self.slots)
-        try:
-            lost, gone = await self.rio.renew(self.name, ids)
-        except REDIS_DOWN:
-            log.warning("heartbeat_failed")
-            self.redis_broken = True
-            raise
-        self.last_renewal = now
-        if self.redis_broken or self.rio.group.spans_nodes:
-            # Cleared only once the run ids were read: a check that fails is made again.
-            self.redis_broken = not await self._check_redis_restarted(self.redis_broken)
-        for entry_id in lost:
-            lost_slot = self.slots.get(entry_id)
-            if lost_slot is not None:
-                lost_slot.attempt.signals.lost.set()
-                await self.rio.count("lease_losses")
-        for entry_id in gone:
-            # No one holds the entry any more (Redis lost it): hand the run over now, or
-            # nothing would re-claim it until the reconciler found it.
-            gone_slot = self.slots.get(entry_id)
-            if gone_slot is not None and gone_slot.attempt.run is not None:
-                log.warning("entry_lost", run_id=gone_slot.attempt.run_id, entry=entry_id)
-                gone_slot.attempt.handoff_reason = "entry_lost"
-                gone_slot.attempt.signals.handoff.set()
-        if gone:
-            self.reconcile_now.set()
-        if self.short_tails and (self._mending is None or self._mending.done()):
-            self._mending = asyncio.create_task(self._mend_short_tails())  # off this path
-        figures = {
-            "in_flight": len(self.slots),
-            "concurrency": self.settings.concurrency,
-            "pid": os.getpid(),
-            "host": socket.gethostname(),
-        }
-        await self.rio.group.beat(self.name, figures, self._info_ttl())
-
-    async def _check_redis_restarted(self, after_outage: bool) -> bool:
-        """After a failed heartbeat (and on every heartbeat on a cluster): if Redis is another
-        process now (restarted, failed over), it may have lost entries: reconcile at once. Then,
-        and after any outage (copies of ended runs may have failed), mend the tails of the runs
-        ended lately (`worker.heal`). False when the run ids could not be read."""
-        try:
-            run_id = await self.rio.group.server_run_id()
-        except REDIS_ERRORS as exc:
-            log.warning("redis_run_id_unread", error=type(exc).__name__)
-            return False
-        restarted = run_id != self.redis_run_id
-        if restarted:
-            log.warning("redis_restarted")
-            self.redis_run_id = run_id
-            self.reconcile_now.set()
-        if (restarted or after_outage) and (self._healing is None or self._healing.done()):
-            self._healing = asyncio.create_task(self._heal_recent_ends())  # off this path
-        return True
-
-    async def _mend_short_tails(self) -> None:
-        mended = await self.short_tails.mend(self.settings, self.store, self.rio)
-        if mended:
-            log.info("redis_tails_mended", runs=mended)
-
-    async def _heal_recent_ends(self) -> None:
-        healed = await heal_recent_ends(
-            self.settings, self.store, self.rio, self.recent_ends, self.short_tails
-        )
-        if healed:
-            log.info("redis_tails_healed", runs=healed)
+        await self.liveness.run(self.stopped)
 
     async def _touch(self) -> None:
         """The Postgres heartbeat of this worker's runs: keeps live runs out of the
@@ -486,17 +375,15 @@ class Worker:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopped.wait(), renew_interval(s.lease_seconds))
 
-    def _info_ttl(self) -> int:
-        """How long the worker's figures outlive its last heartbeat."""
-        return int(self.settings.lease_seconds * 3) + 1
-
     async def _publish_in_flight(self) -> None:
         """The in-flight figure when a slot fills or frees, at most every
         IN_FLIGHT_PUBLISH_SECONDS, so readers need not wait for the next heartbeat."""
         while not self.stopped.is_set():
             await self.load_changed.wait()
             self.load_changed.clear()
-            await self.rio.group.publish_in_flight(self.name, len(self.slots), self._info_ttl())
+            await self.rio.group.publish_in_flight(
+                self.name, len(self.slots), info_ttl(self.settings)
+            )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopped.wait(), IN_FLIGHT_PUBLISH_SECONDS)
 
