@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import time
 
 import pytest
 
@@ -315,7 +316,7 @@ async def test_an_entry_the_worker_re_claims_from_itself_keeps_the_newer_attempt
     (first,) = worker.slots.values()
 
     # When the worker launches a second attempt on the same entry, as its re-claim does
-    worker._launch(first.attempt.entry, reclaimed=True)
+    worker._launch(first.attempt.entry, time.monotonic(), reclaimed=True)
 
     # Then the first attempt stops, the second finishes the run, the worker records its end
     # (what a failover's heal covers) and holds no slot after

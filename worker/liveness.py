@@ -2,7 +2,8 @@
 
 Each beat, every `renew_interval`:
 - a worker that could not renew for most of a lease stops its runs itself, before another
-  worker may re-claim them (`lease_expired_locally`);
+  worker may re-claim them (`lease_expired_locally`); a run whose entry it read or re-claimed
+  since its last renewal counts its lease from that moment;
 - the owner-checked lease renewal of every entry it runs (Lua), in Redis only: a Postgres stall
   must not cost a lease. An entry another worker took stops its attempt; an entry Redis lost
   hands its run over at once (else nothing would re-claim it until the reconciler found it);
@@ -116,10 +117,11 @@ class Liveness:
     async def beat(self) -> None:
         rio = self._rio()
         now = time.monotonic()
-        if self.slots and lease_expired_locally(
-            self.last_renewal, now, self.settings.lease_seconds
-        ):
-            for slot in self.slots.values():
+        for slot in self.slots.values():
+            # An entry read or re-claimed since the last renewal holds its lease from then:
+            # one taken as Redis came back after an outage is not out of time.
+            held_since = max(self.last_renewal, slot.attempt.leased_at)
+            if lease_expired_locally(held_since, now, self.settings.lease_seconds):
                 slot.attempt.signals.lost.set()
         try:
             lost, gone = await rio.renew(self.name, list(self.slots))

@@ -5,8 +5,9 @@ Loops, each its own task:
 - consume: as many entries as there are free slots, from every queue shard in turn (each
   shard's pull promotes held runs by priority and round-robin across users, then
   `XREADGROUP >`: `shared.redis.group`);
-- reclaim: `XAUTOCLAIM` entries idle past the lease (a dead worker's) on every shard,
-  dead-lettering entries delivered more than `max_attempts` times;
+- reclaim: `XAUTOCLAIM` entries idle past the lease (a dead worker's) on every shard; an
+  entry delivered more than `max_attempts` times is dead-lettered by its attempt, once it
+  holds the run (a run already ended is not);
 - heartbeat: lease renewal of every entry it runs, in Redis only, and what a beat sees: a lease
   lost or out of time, an entry Redis lost, Redis restarted or failed over (`worker.liveness`);
 - touch: the Postgres heartbeat of its runs (the reconciler's hint; cancels seen without
@@ -248,8 +249,13 @@ class Worker:
         return out
 
     # -- running attempts --------------------------------------------------------------------
-    def _launch(self, entry: QueueEntry, *, reclaimed: bool, poison: bool = False) -> None:
-        attempt = AttemptState(entry, reclaimed=reclaimed, poison=poison)
+    def _launch(
+        self, entry: QueueEntry, leased_at: float, *, reclaimed: bool, deliveries: int = 1
+    ) -> None:
+        poison = deliveries > self.settings.max_attempts
+        attempt = AttemptState(
+            entry, reclaimed=reclaimed, poison=poison, leased_at=leased_at, deliveries=deliveries
+        )
         task = asyncio.create_task(self._guarded(attempt, self.deps))
         earlier = self.slots.get(entry.entry_id)
         if earlier is not None:
@@ -298,6 +304,7 @@ class Worker:
                 self.free.clear()
                 await self.free.wait()
                 continue
+            asked = time.monotonic()
             entries = await self.rio.group.read(self.name, self._free_slots(), BLOCK_MS)
             if self.stopping.is_set():
                 # Read after the drain began: hand straight back, not run.
@@ -307,7 +314,7 @@ class Worker:
             self.reads += 1
             self.read_entries += len(entries)
             for entry in entries:
-                self._launch(entry, reclaimed=False)
+                self._launch(entry, asked, reclaimed=False)
 
     async def _reclaim(self) -> None:
         s = self.settings
@@ -330,16 +337,13 @@ class Worker:
         group = self.rio.group
         start = "0-0"
         while count > 0:
+            asked = time.monotonic()
             start, entries = await group.reclaim(self.name, lease_ms, start, count, shard)
             for entry in entries:
                 deliveries = await group.deliveries(entry.entry_id)
-                poison = deliveries > self.settings.max_attempts
                 await self.rio.count("reclaims")
-                if poison:
-                    await group.dead_letter(entry, deliveries, "max_attempts")
-                    log.warning("run_dead_lettered", run_id=entry.run_id, deliveries=deliveries)
                 log.info("entry_reclaimed", run_id=entry.run_id, deliveries=deliveries)
-                self._launch(entry, reclaimed=True, poison=poison)
+                self._launch(entry, asked, reclaimed=True, deliveries=deliveries)
                 count -= 1
             if start == "0-0":
                 break

@@ -91,6 +91,10 @@ async def _execute(st: AttemptState, d: Deps) -> None:
         return
     info_line("longrun.worker", "run_claimed", agent=run.agent, reclaimed=st.reclaimed)
     if st.poison:
+        # Dead-lettered only now that it holds the run: a run that ended meanwhile (its
+        # entry re-delivered by Redis faults, not by crashes) was skipped above.
+        await d.rio.group.dead_letter(st.entry, st.deliveries, "max_attempts")
+        log.warning("run_dead_lettered", deliveries=st.deliveries)
         await finish_error(st, d, "max_attempts", "the run was delivered too many times")
         return
     if fence.cancel_requested or run.cancel_requested:

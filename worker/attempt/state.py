@@ -47,7 +47,14 @@ class Deps:
 class AttemptState:
     entry: QueueEntry
     reclaimed: bool
+    # Delivered more than `max_attempts` times: once it holds the run, it dead-letters it and
+    # ends it failed (`deliveries` says how often).
     poison: bool
+    # When (monotonic) the worker asked Redis for the entry (the read or re-claim that gave it
+    # this worker, and restarted its idle time): its lease runs from then or from the
+    # worker's last renewal, whichever is later (`worker.liveness`).
+    leased_at: float
+    deliveries: int = 1
     signals: Signals = field(default_factory=Signals)
     run: Run | None = None
     # The run's log as Postgres has it: its last seq and its size in bytes (the caps).
