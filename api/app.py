@@ -50,6 +50,7 @@ from shared.agents import load_agents
 from shared.config import Settings
 from shared.migrate import check_schema
 from shared.redis.client import REDIS_ERRORS, create_redis
+from shared.redis.failover import FailoverWatch
 from shared.redis.keys import Keys
 from shared.redis.runs import RedisIO
 from shared.store import Store, connect
@@ -75,7 +76,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         store = await Store.open(settings, "longrun-api")
         r = create_redis(settings, "longrun-api")
         # The hub's pub/sub client holds one connection; its readers keep their own small pool.
-        hub = Hub(create_redis(settings.with_(redis_max_connections=1), "longrun-api-hub"), keys)
+        hub_redis = create_redis(settings.with_(redis_max_connections=1), "longrun-api-hub")
+        hub = Hub(hub_redis, keys)
+        # Under Sentinel, a failover it announces closes these clients' connections to the
+        # old primary at once (`shared.redis.failover`).
+        failovers = FailoverWatch(r, hub_redis).start()
         hub.on_delivery = app.state.metrics.delivery_lag_seconds.observe
         await hub.start()
         state = AppState(
@@ -104,6 +109,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             state.shutting_down = True
             await app.state.security.revocations.close()
+            await failovers.aclose()
             await hub.close()
             await state.rio.aclose()
             await store.close()

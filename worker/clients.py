@@ -17,6 +17,7 @@ from shared.llm.budget import PatientLedger
 from shared.llm.services import LLM_SERVICE, LLMServices, build_llm_services
 from shared.migrate import check_schema
 from shared.redis.client import check_eviction_policy, create_redis
+from shared.redis.failover import FailoverWatch
 from shared.redis.keys import Keys
 from shared.redis.runs import RedisIO
 from shared.store import Store, connect
@@ -37,6 +38,7 @@ class Clients:
     rio: RedisIO
     llm: LLMServices
     deps: Deps
+    failovers: FailoverWatch  # Sentinel's failover notices (a no-op on other topologies)
 
     @classmethod
     async def open(cls, s: Settings, keys: Keys, name: str) -> Clients:
@@ -73,7 +75,7 @@ class Clients:
             tools=load_tools(s.tool_modules),
             services={LLM_SERVICE: llm},
         )
-        return cls(store, rio, llm, deps)
+        return cls(store, rio, llm, deps, FailoverWatch(r).start())
 
     @property
     def idle(self) -> bool:
@@ -82,6 +84,7 @@ class Clients:
 
     async def close(self) -> None:
         """Close each; one that fails is logged and the next one still closes."""
+        await logged("close_failover_watch", self.failovers.aclose())
         await logged("close_writes", self.deps.writes.close())
         await logged("close_redis", self.rio.aclose())
         await logged("close_llm", self.llm.aclose())

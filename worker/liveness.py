@@ -7,10 +7,11 @@ Each beat, every `renew_interval`:
 - the owner-checked lease renewal of every entry it runs (Lua), in Redis only: a Postgres stall
   must not cost a lease. An entry another worker took stops its attempt; an entry Redis lost
   hands its run over at once (else nothing would re-claim it until the reconciler found it);
-- after a failed beat, and on every beat when Redis spans nodes (a cluster, or Sentinel, whose
-  failover no failed call may report): Redis' run id. Another one means Redis restarted or
-  failed over and may have lost entries and events: the reconciler runs now, and the tails of
-  the runs this worker ended lately are healed from the archive (`worker.heal`);
+- after a failed beat or a failover Sentinel announced, and on every beat when Redis spans
+  nodes (a cluster, or Sentinel, whose failover no failed call may report): Redis' run id.
+  Another one means Redis restarted or failed over and may have lost entries and events: the
+  reconciler runs now, and the tails of the runs this worker ended lately are healed from the
+  archive (`worker.heal`);
 - the tails of runs that ended without their end in Redis are mended (`ShortTails`);
 - the worker's own heartbeat and figures (`/health`, `/metrics`, `longrun status`).
 Healing and mending run as tasks of their own: a slow one never delays a renewal.
@@ -106,6 +107,12 @@ class Liveness:
             await self.beat()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(until.wait(), renew_interval(self.settings.lease_seconds))
+
+    def failover_announced(self) -> None:
+        """Sentinel announced a new primary (`shared.redis.failover`, which also closed the
+        connections to the old one): the next beat checks Redis' run id and heals the runs
+        ended lately, as after a failed beat."""
+        self.redis_broken = True
 
     async def close(self) -> None:
         """Stop healing and mending under way."""

@@ -129,6 +129,7 @@ class Worker:
         s = self.settings
         structlog.contextvars.bind_contextvars(worker=self.name)
         self._clients = await Clients.open(s, self.keys, self.name)
+        self._clients.failovers.on_switch.append(self.liveness.failover_announced)
         await self.liveness.start()
         loops = (self._consume, self._reclaim, self._reconcile, self._webhooks, self._retention)
         for loop in (*loops, self._promote, self._ticker):

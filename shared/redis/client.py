@@ -184,9 +184,12 @@ def is_cluster(r: Redis) -> bool:
 
 
 class _SentinelRedis(aioredis.Redis):  # type: ignore[misc]
-    """The primary's client of a Sentinel setup; closing it closes the sentinels' clients too."""
+    """The primary's client of a Sentinel setup; closing it closes the sentinels' clients too.
+    `pools`: its own pool and those `blocking_pool_of` made from it (`shared.redis.failover`
+    closes their connections when the primary changes)."""
 
     sentinel: Sentinel | None = None
+    pools: list[Any]
 
     async def aclose(self, close_connection_pool: bool | None = None) -> None:
         await super().aclose(close_connection_pool)
@@ -254,6 +257,7 @@ def create_redis(settings: Settings, name: str) -> Redis:
             **common,
         )
         client.sentinel = sentinel
+        client.pools = [client.connection_pool]
         return client
     single: Redis = aioredis.Redis.from_url(
         settings.redis_url, max_connections=settings.redis_max_connections, **retry, **common
@@ -272,14 +276,23 @@ def blocking_pool_of(r: Redis, connections: int, wait_seconds: float) -> Redis:
             raise ConfigError("blocking_pool_of: a cluster client not made by create_redis")
         return build(connections)
     pool = r.connection_pool
-    return aioredis.Redis.from_pool(
-        aioredis.BlockingConnectionPool(
-            connection_class=pool.connection_class,
-            max_connections=connections,
-            timeout=wait_seconds,
-            **pool.connection_kwargs,
-        )
+    blocking = aioredis.BlockingConnectionPool(
+        connection_class=pool.connection_class,
+        max_connections=connections,
+        timeout=wait_seconds,
+        **pool.connection_kwargs,
     )
+    if isinstance(r, _SentinelRedis):
+        r.pools.append(blocking)
+    return aioredis.Redis.from_pool(blocking)
+
+
+def sentinel_pools(r: Redis) -> list[Any] | None:
+    """The pools of a Sentinel-backed client made by `create_redis` (its own and those made
+    from it), or None for any other client."""
+    if isinstance(r, _SentinelRedis) and r.sentinel is not None:
+        return r.pools
+    return None
 
 
 def _s(value: bytes | str) -> str:

@@ -1,0 +1,109 @@
+"""Sentinel's failover notices (`shared.redis.failover`) on a real Sentinel setup: an announced
+switch closes every connection a process holds to the old primary, a blocked read's among
+them, once per switch however many sentinels announce it; and a real failover is heard."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from shared.config import Settings
+from shared.redis.client import blocking_pool_of, create_redis
+from shared.redis.failover import FailoverWatch, switched_service
+from tests.helpers import wait_for
+from tests.redis_cluster import SENTINEL_SERVICE, LocalSentinel
+
+pytestmark = pytest.mark.timeout(60)
+
+NAME = "lrtest-failover-watch"
+
+
+async def _ids(primary: Any, cmd: str | None = None) -> set[int]:
+    """The ids of this test's connections on the primary (those running `cmd` only)."""
+    return {
+        int(c["id"])
+        for c in await primary.client_list()
+        if c.get("name") == NAME and (cmd is None or c.get("cmd") == cmd)
+    }
+
+
+def test_a_switch_message_names_the_service_and_its_new_primary() -> None:
+    assert switched_service(b"svc 10.0.0.1 6379 10.0.0.2 6380") == ("svc", "10.0.0.2:6380")
+    assert switched_service("svc 10.0.0.1 6379") is None
+
+
+async def test_an_announced_failover_closes_every_connection_to_the_old_primary_even_in_use(
+    settings: Settings, redis_sentinel: LocalSentinel
+) -> None:
+    # Given a Sentinel client with idle connections and a blocking pool whose read is blocked
+    s = settings.with_(redis_url=redis_sentinel.url)
+    r = create_redis(s, NAME)
+    reader = blocking_pool_of(r, 2, 1.0)
+    watch = FailoverWatch(r)
+    heard: list[int] = []
+    watch.on_switch.append(lambda: heard.append(1))
+    primary = redis_sentinel.node(await redis_sentinel.primary_port())
+    blocked = asyncio.create_task(reader.xread({"lrtest-failover-none": "$"}, block=20_000))
+    try:
+        await asyncio.gather(r.ping(), r.ping(), r.set("lrtest-failover-k", "v"))
+        await wait_for(lambda: _ids(primary, "xread"), timeout=5, interval=0.05)
+        before = await _ids(primary)
+        assert len(before) >= 2
+
+        # When a sentinel announces this service's switch
+        assert await watch.switched(f"{SENTINEL_SERVICE} 127.0.0.1 1 127.0.0.1 2".encode())
+
+        # Then every one of those connections is closed at once, the blocked read's too
+        async def closed() -> bool:
+            return not (before & await _ids(primary))
+
+        await wait_for(closed, timeout=2, interval=0.02)
+        assert heard == [1]
+        # And the same switch announced by the other sentinels is acted on once; another
+        # service's is not acted on
+        assert not await watch.switched(f"{SENTINEL_SERVICE} 127.0.0.1 1 127.0.0.1 2")
+        assert not await watch.switched("other 127.0.0.1 1 127.0.0.1 3")
+        assert heard == [1]
+        # And the client goes on working (its next connection asks the sentinels)
+        assert await r.get("lrtest-failover-k") == b"v"
+    finally:
+        blocked.cancel()
+        await asyncio.gather(blocked, return_exceptions=True)
+        await r.delete("lrtest-failover-k")
+        await primary.aclose()
+        await reader.aclose()
+        await r.aclose()
+
+
+async def test_a_real_failover_is_heard_from_the_sentinels(
+    settings: Settings, redis_sentinel: LocalSentinel
+) -> None:
+    # Given a watch listening on the three sentinels
+    s = settings.with_(redis_url=redis_sentinel.url)
+    r = create_redis(s, NAME)
+    watch = FailoverWatch(r).start()
+    heard: list[int] = []
+    watch.on_switch.append(lambda: heard.append(1))
+    sentinel = redis_sentinel.node(redis_sentinel.sentinel_ports[0])
+    try:
+        old = await redis_sentinel.primary_port()
+        await asyncio.wait_for(watch.listening.wait(), 10)
+        # When an operator fails the primary over
+        await sentinel.execute_command("SENTINEL", "FAILOVER", SENTINEL_SERVICE)
+
+        # Then the watch hears it once
+        async def switched() -> bool:
+            return bool(heard)
+
+        await wait_for(switched, timeout=30, interval=0.05)
+        new = await redis_sentinel.primary_port()
+        assert new != old
+        assert watch.switches == 1
+    finally:
+        await watch.aclose()
+        await sentinel.aclose()
+        await r.aclose()
+    # (the next test finds a settled setup: the old primary follows the new one)
+    await redis_sentinel.until_settled(new)
