@@ -349,6 +349,7 @@ async def test_a_sentinel_client_follows_a_failover(
     try:
         await io.fence("run-a", 1, "w", "")
         await io.append("run-a", 1, [Event(seq=1, type="x", data="{}")])
+        assert await r.execute_command("WAIT", 1, 5000) == 1  # the replica has the events
         before = await io.group.server_run_id()
         await redis_sentinel.failover()
         # The client reaches the new primary (the replica had the events); its run id is new

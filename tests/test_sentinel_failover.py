@@ -44,7 +44,10 @@ async def test_an_announced_failover_closes_every_connection_to_the_old_primary_
     watch = FailoverWatch(r)
     heard: list[int] = []
     watch.on_switch.append(lambda: heard.append(1))
-    primary = redis_sentinel.node(await redis_sentinel.primary_port())
+    port = await redis_sentinel.primary_port()
+    primary = redis_sentinel.node(port)
+    # (announced as the primary it was: the pool connects only there until a sentinel names it)
+    switch = f"{SENTINEL_SERVICE} 127.0.0.1 1 127.0.0.1 {port}"
     blocked = asyncio.create_task(reader.xread({"lrtest-failover-none": "$"}, block=20_000))
     try:
         await asyncio.gather(r.ping(), r.ping(), r.set("lrtest-failover-k", "v"))
@@ -53,7 +56,7 @@ async def test_an_announced_failover_closes_every_connection_to_the_old_primary_
         assert len(before) >= 2
 
         # When a sentinel announces this service's switch
-        assert await watch.switched(f"{SENTINEL_SERVICE} 127.0.0.1 1 127.0.0.1 2".encode())
+        assert await watch.switched(switch.encode())
 
         # Then every one of those connections is closed at once, the blocked read's too
         async def closed() -> bool:
@@ -63,7 +66,7 @@ async def test_an_announced_failover_closes_every_connection_to_the_old_primary_
         assert heard == [1]
         # And the same switch announced by the other sentinels is acted on once; another
         # service's is not acted on
-        assert not await watch.switched(f"{SENTINEL_SERVICE} 127.0.0.1 1 127.0.0.1 2")
+        assert not await watch.switched(switch)
         assert not await watch.switched("other 127.0.0.1 1 127.0.0.1 3")
         assert heard == [1]
         # And the client goes on working (its next connection asks the sentinels)
@@ -71,25 +74,30 @@ async def test_an_announced_failover_closes_every_connection_to_the_old_primary_
     finally:
         blocked.cancel()
         await asyncio.gather(blocked, return_exceptions=True)
+        await watch.aclose()
         await r.delete("lrtest-failover-k")
         await primary.aclose()
         await reader.aclose()
         await r.aclose()
 
 
-async def test_a_real_failover_is_heard_from_the_sentinels(
+async def test_a_real_failover_is_heard_and_a_blocked_read_moves_to_the_new_primary(
     settings: Settings, redis_sentinel: LocalSentinel
 ) -> None:
-    # Given a watch listening on the three sentinels
+    # Given a watch listening on the three sentinels, and a blocked read (the hub's kind)
     s = settings.with_(redis_url=redis_sentinel.url)
     r = create_redis(s, NAME)
+    reader = blocking_pool_of(r, 2, 1.0)
     watch = FailoverWatch(r).start()
     heard: list[int] = []
     watch.on_switch.append(lambda: heard.append(1))
     sentinel = redis_sentinel.node(redis_sentinel.sentinel_ports[0])
+    old = await redis_sentinel.primary_port()
+    nodes = {p: redis_sentinel.node(p) for p in redis_sentinel.data_ports}
+    blocked = asyncio.create_task(reader.xread({"lrtest-failover-none": "$"}, block=30_000))
     try:
-        old = await redis_sentinel.primary_port()
         await asyncio.wait_for(watch.listening.wait(), 10)
+        await wait_for(lambda: _ids(nodes[old], "xread"), timeout=5, interval=0.05)
         # When an operator fails the primary over
         await sentinel.execute_command("SENTINEL", "FAILOVER", SENTINEL_SERVICE)
 
@@ -101,9 +109,19 @@ async def test_a_real_failover_is_heard_from_the_sentinels(
         new = await redis_sentinel.primary_port()
         assert new != old
         assert watch.switches == 1
+
+        # And the blocked read goes on on the new primary, not on the old one (redis-py alone
+        # reconnects a connection closed under a command to the address it had)
+        async def moved() -> bool:
+            return bool(await _ids(nodes[new], "xread")) and not await _ids(nodes[old], "xread")
+
+        await wait_for(moved, timeout=10, interval=0.05)
     finally:
+        blocked.cancel()
+        await asyncio.gather(blocked, return_exceptions=True)
         await watch.aclose()
-        await sentinel.aclose()
-        await r.aclose()
+        for c in (sentinel, *nodes.values(), reader, r):
+            await c.aclose()
     # (the next test finds a settled setup: the old primary follows the new one)
     await redis_sentinel.until_settled(new)
+    await redis_sentinel._until_replicating(new, old)

@@ -9,7 +9,10 @@ process listens where Sentinel announces a failover, `+switch-master` on every s
 pub/sub, as go-redis and Lettuce do, and when its service moves it closes every connection of
 its clients of that service, those in use too: each call in flight fails (`ConnectionError`,
 which the callers ride out), and the next connection asks the sentinels and finds the new
-primary. Listeners (`on_switch`) hear of it too: a worker heals what the failover may have lost
+primary. The sentinels learn of a switch milliseconds apart, and one not yet told would name the
+old primary: the clients' pools connect to the announced one only until a sentinel names it
+(`shared.redis.client._PinnedPool`), and half a second later any connection elsewhere is closed
+again. Listeners (`on_switch`) hear of it too: a worker heals what the failover may have lost
 (`worker.liveness`)."""
 
 from __future__ import annotations
@@ -21,13 +24,16 @@ from typing import Any
 
 import structlog
 
-from shared.redis.client import REDIS_ERRORS, Redis, sentinel_pools
+from shared.redis.client import REDIS_ERRORS, Redis, close_connections, sentinel_pools
 
 log = structlog.get_logger("longrun.redis")
 
 CHANNEL = "+switch-master"
 RETRY_SECONDS = 1.0  # a sentinel that cannot be reached is tried again this often
 READ_SECONDS = 1.0
+# After a switch, connections to anywhere but the new primary are closed once more this much
+# later: one opened in the moment between a sentinel's answer and the switch's handling.
+SWEEP_SECONDS = 0.5
 
 
 def switched_service(data: bytes | str) -> tuple[str, str] | None:
@@ -103,10 +109,22 @@ class FailoverWatch:
         self._last = primary
         self.switches += 1
         log.warning("redis_failover_announced", service=service, primary=primary)
-        for c in mine:
-            for pool in sentinel_pools(c) or ():
-                with contextlib.suppress(Exception):
-                    await pool.disconnect(inuse_connections=True)
+        host, _, port = primary.rpartition(":")
+        address = (host, int(port))
+        pools = [pool for c in mine for pool in sentinel_pools(c) or ()]
+        for pool in pools:
+            if hasattr(pool, "pin"):
+                pool.pin(*address)  # new connections go to the announced primary only
+        for pool in pools:
+            await close_connections(pool)
         for listener in self.on_switch:
             listener()
+        self._tasks.append(asyncio.create_task(self._sweep(pools, address)))
         return True
+
+    async def _sweep(self, pools: list[Any], address: tuple[str, int]) -> None:
+        await asyncio.sleep(SWEEP_SECONDS)
+        for pool in pools:
+            closed = await close_connections(pool, keep=address)
+            if closed:
+                log.warning("redis_stale_connections_closed", connections=closed)
