@@ -301,3 +301,4 @@ async def receiver(secret: str) -> AsyncIterator[Any]:
 
 # The real Redis Cluster and Sentinel setup (session-scoped, started on first use).
 from tests.redis_cluster import redis_cluster, redis_sentinel  # noqa: E402, F401
+from tests.redis_replicated import redis_cluster_replicated  # noqa: E402, F401

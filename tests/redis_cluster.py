@@ -180,6 +180,7 @@ class LocalCluster:
         while len(set(self.ports)) < primaries:
             self.ports = [cluster_port() for _ in range(primaries)]
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
+        self.node_timeout_ms = 5000
 
     @property
     def url(self) -> str:
@@ -200,7 +201,7 @@ class LocalCluster:
                 "--bind", "127.0.0.1",
                 "--cluster-enabled", "yes",
                 "--cluster-config-file", str(work / "nodes.conf"),
-                "--cluster-node-timeout", "5000",
+                "--cluster-node-timeout", str(self.node_timeout_ms),
                 "--dir", str(work),
                 "--save", "",
                 "--appendonly", "no",

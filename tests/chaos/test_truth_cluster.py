@@ -1,10 +1,11 @@
 """Issue 18: the core of the fault suite on a real 3-primary Redis Cluster (the session's
 `redis_cluster`, tests/redis_cluster.py), under runs whose keys live on several primaries: a
 worker killed mid-run and another frozen past its lease (one test: each costs a deployment),
-and every primary restarted empty. Each ends with the three-way check (tests/chaos/truth.py):
-what SSE clients received, what the cluster holds and what Postgres archived (replayed through
-the API after the runs' Redis keys are deleted) must be one gapless log per run, with one
-ending."""
+every primary restarted empty, and (on a cluster whose primaries have replicas) the queue's
+primary frozen past its failover and thawed, a split brain. Each ends with the three-way check
+(tests/chaos/truth.py): what SSE clients received, what the cluster holds and what Postgres
+archived (replayed through the API after the runs' Redis keys are deleted) must be one gapless
+log per run, with one ending."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from tests.chaos.stack import Stack
 from tests.chaos.test_truth_redis import recovery
 from tests.helpers import wait_for
 from tests.redis_cluster import LentTopology, LocalCluster, open_redis
+from tests.redis_replicated import ReplicatedCluster
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
 
@@ -133,4 +135,35 @@ async def test_every_primary_restarted_empty_reuses_no_seq_and_stalls_no_run(
     print(
         f"\ncluster restarted empty: runs={totals['runs']} resumes={totals['resumes']} "
         f"moving_again_in={took}s"
+    )
+
+
+@pytest.mark.timeout(150)
+async def test_the_queues_primary_frozen_past_its_failover_loses_nothing(
+    make_stack: StackFactory, redis_cluster_replicated: ReplicatedCluster
+) -> None:
+    # Given 12 runs (6 ticker, 6 attempt_chat, 6-8 s each) on three workers, on a cluster
+    # whose primaries each have a replica, each run followed over SSE
+    cluster = redis_cluster_replicated
+    stack = await make_stack(workers=3, redis=lent(cluster))
+    assert stack.followers is not None
+    for _ in range(6):
+        await stack.submit("ticker", {"count": 60, "interval_ms": 100})
+        await stack.submit("attempt_chat", {"words": 40, "delay_ms": 90})
+    await stack.followers.each_received(4, timeout=30)
+
+    # When the primary holding the queue (every read, lease renewal and ack) is frozen until
+    # the cluster promotes its replica, then thawed: it wakes still a primary, and what it
+    # takes before the cluster's gossip demotes it is dropped
+    t0 = time.monotonic()
+    port = await cluster.port_of(stack.keys.queue)
+    new = await cluster.freeze_primary(port)
+    split_s = time.monotonic() - t0
+
+    # Then every run succeeds exactly once, and clients, the cluster and the archive agree
+    totals = await stack.check(redis_complete=False, settle_timeout=60)
+    print(
+        f"\ncluster primary {port} frozen past its failover to {new}: runs={totals['runs']} "
+        f"resumes={totals['resumes']} attempts={totals['attempts']} split={split_s:.1f}s "
+        f"total={time.monotonic() - t0:.1f}s"
     )
