@@ -21,7 +21,7 @@ import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import redis.asyncio as aioredis
@@ -155,6 +155,15 @@ def _kill(proc: subprocess.Popen[bytes] | None) -> None:
     if proc is not None and proc.poll() is None:
         proc.kill()
         proc.wait()
+
+
+async def follows(c: aioredis.Redis, primary: int) -> bool:
+    """Whether the node `c` talks to replicates `primary`, its link up (`c` is closed)."""
+    try:
+        info = await c.info("replication")
+    finally:
+        await c.aclose()
+    return info.get("master_link_status") == "up" and int(info.get("master_port", 0)) == primary
 
 
 async def _wait(check: Callable[[], Awaitable[bool]], what: str, timeout: float = 20.0) -> None:
@@ -457,12 +466,7 @@ class LocalSentinel:
             await c.aclose()
 
     async def _follows(self, replica: int, primary: int) -> bool:
-        c = self.node(replica)
-        try:
-            info = await c.info("replication")
-        finally:
-            await c.aclose()
-        return info.get("master_link_status") == "up" and info.get("master_port") == primary
+        return await follows(self.node(replica), primary)
 
     def kill(self, port: int) -> None:
         _kill(self.procs.get(port))
@@ -473,26 +477,28 @@ class LocalSentinel:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
+Topology = TypeVar("Topology", bound="LocalCluster | LocalSentinel")
+
+
+def started(topology: Topology) -> Iterator[Topology]:
+    """A session fixture's body: the topology started, yielded, and stopped however it ends."""
+    try:
+        asyncio.run(topology.start())
+        yield topology
+    finally:
+        topology.stop()
+
+
 @pytest.fixture(scope="session")
 def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     """A real 3-primary Redis Cluster for the session (tests use their own key prefixes)."""
-    cluster = LocalCluster(tmp_path_factory.mktemp("redis-cluster"))
-    try:
-        asyncio.run(cluster.start())
-        yield cluster
-    finally:
-        cluster.stop()
+    yield from started(LocalCluster(tmp_path_factory.mktemp("redis-cluster")))
 
 
 @pytest.fixture(scope="session")
 def redis_sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSentinel]:
     """A real Sentinel setup (primary, replica, three sentinels) for the session."""
-    setup = LocalSentinel(tmp_path_factory.mktemp("redis-sentinel"))
-    try:
-        asyncio.run(setup.start())
-        yield setup
-    finally:
-        setup.stop()
+    yield from started(LocalSentinel(tmp_path_factory.mktemp("redis-sentinel")))
 
 
 def open_redis(url: str) -> Any:

@@ -12,7 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.redis_cluster import LocalCluster, _kill, _state, _text, _wait, cluster_port
+from tests.redis_cluster import (
+    LocalCluster,
+    _kill,
+    _state,
+    _text,
+    _wait,
+    cluster_port,
+    follows,
+    started,
+)
 
 # Short, so a frozen primary's replica takes over within a few seconds (the cluster marks a
 # node failing after this long without a ping, then its replicas hold an election).
@@ -64,16 +73,7 @@ class ReplicatedCluster(LocalCluster):
             await c.aclose()
 
     async def follows(self, replica: int, primary: int) -> bool:
-        c = self.node(replica)
-        try:
-            info = await c.info("replication")
-        finally:
-            await c.aclose()
-        return (
-            info.get("role") == "slave"
-            and info.get("master_link_status") == "up"
-            and int(info.get("master_port", 0)) == primary
-        )
+        return await follows(self.node(replica), primary)
 
     async def replica_of(self, primary: int) -> int:
         """The port of the node replicating `primary`."""
@@ -128,9 +128,4 @@ def redis_cluster_replicated(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[ReplicatedCluster]:
     """A real 3-primary Redis Cluster with a replica per primary, for the session."""
-    cluster = ReplicatedCluster(tmp_path_factory.mktemp("redis-cluster-replicated"))
-    try:
-        asyncio.run(cluster.start())
-        yield cluster
-    finally:
-        cluster.stop()
+    yield from started(ReplicatedCluster(tmp_path_factory.mktemp("redis-cluster-replicated")))

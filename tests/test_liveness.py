@@ -54,21 +54,27 @@ async def _slot(entry_id: str, leased_at: float) -> Slot:
     return Slot(attempt, asyncio.create_task(asyncio.sleep(0)))
 
 
-async def test_a_run_taken_after_an_outage_keeps_its_lease_where_older_runs_lose_theirs() -> None:
-    # Given a worker whose last renewal is older than most of a lease (Redis was away), holding
-    # one run it had before the outage and one it re-claimed the moment Redis came back
-    rio = _Redis()
-    slots: dict[str, Slot] = {}
+def _liveness(rio: _Redis, slots: dict[str, Slot], renewed_ago: float) -> Liveness:
+    """A worker's liveness over `slots`, on a fake Redis, last renewed `renewed_ago` s ago."""
     live = Liveness(
         Settings(lease_seconds=LEASE),
         "w",
         slots,
         asyncio.Event(),
-        lambda: rio,
+        lambda: rio,  # type: ignore[arg-type,return-value]  (a fake RedisIO)
         lambda: None,  # type: ignore[arg-type,return-value]
     )
+    live.last_renewal = time.monotonic() - renewed_ago
+    return live
+
+
+async def test_a_run_taken_after_an_outage_keeps_its_lease_where_older_runs_lose_theirs() -> None:
+    # Given a worker whose last renewal is older than most of a lease (Redis was away), holding
+    # one run it had before the outage and one it re-claimed the moment Redis came back
+    rio = _Redis()
+    slots: dict[str, Slot] = {}
+    live = _liveness(rio, slots, renewed_ago=LEASE)
     now = time.monotonic()
-    live.last_renewal = now - LEASE
     slots["1-0"] = await _slot("1-0", leased_at=now - LEASE * 2)
     slots["2-0"] = await _slot("2-0", leased_at=now)
 
@@ -85,16 +91,8 @@ async def test_a_run_taken_after_an_outage_keeps_its_lease_where_older_runs_lose
 async def test_runs_renewed_within_the_lease_are_kept() -> None:
     rio = _Redis()
     slots: dict[str, Slot] = {}
-    live = Liveness(
-        Settings(lease_seconds=LEASE),
-        "w",
-        slots,
-        asyncio.Event(),
-        lambda: rio,
-        lambda: None,  # type: ignore[arg-type,return-value]
-    )
+    live = _liveness(rio, slots, renewed_ago=LEASE * 0.5)
     now = time.monotonic()
-    live.last_renewal = now - LEASE * 0.5
     slots["1-0"] = await _slot("1-0", leased_at=now - LEASE * 5)
     await live.beat()
     assert not slots["1-0"].attempt.signals.lost.is_set()
