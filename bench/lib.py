@@ -446,7 +446,15 @@ async def scratch_database() -> AsyncIterator[str]:
             await admin.close()
 
 
+def _stop_as_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def run_async(coro: Any) -> Any:
+    """Run a bench's main coroutine. SIGTERM stops it as Ctrl-C does (the main task cancelled),
+    so the `finally` blocks of its stacks still drop their scratch databases and Redis keys and
+    stop the processes they started."""
+    signal.signal(signal.SIGTERM, _stop_as_interrupt)
     try:
         import uvloop
 

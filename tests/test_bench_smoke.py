@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -188,3 +189,36 @@ def test_plots_are_drawn_as_png(tmp_path: Path) -> None:
         }
     )
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_bench_stopped_with_sigterm_still_cleans_up(tmp_path: Path) -> None:
+    # Given a bench whose main task holds something to clean up (as its stacks do)
+    done = tmp_path / "cleaned"
+    script = (
+        "import asyncio, sys\n"
+        "from bench.lib import run_async\n"
+        "async def main():\n"
+        "    try:\n"
+        "        print('ready', flush=True)\n"
+        "        await asyncio.sleep(60)\n"
+        "    finally:\n"
+        f"        open({str(done)!r}, 'w').write('yes')\n"
+        "try:\n"
+        "    run_async(main())\n"
+        "except KeyboardInterrupt:\n"
+        "    sys.exit(130)\n"
+    )
+    with subprocess.Popen(
+        [sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE, text=True
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            assert proc.stdout.readline().strip() == "ready"
+            # When it is sent SIGTERM (a CI job's timeout, `kill`)
+            proc.send_signal(signal.SIGTERM)
+            code = proc.wait(timeout=20)
+        finally:
+            proc.kill()
+    # Then its cleanup ran before it exited
+    assert done.read_text() == "yes"
+    assert code == 130
