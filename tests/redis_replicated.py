@@ -1,13 +1,14 @@
 """A real Redis Cluster whose primaries each have a replica (`ReplicatedCluster`), for the fault
-tests of a cluster failover: a primary frozen (SIGSTOP) until the cluster promotes its replica,
-then thawed, when it wakes still a primary until the cluster's gossip turns it into the new
-primary's replica. Started from the machine's `redis-server` like `tests.redis_cluster`."""
+tests of a cluster failover: a primary killed, or frozen (SIGSTOP) until the cluster promotes
+its replica, then thawed, when it wakes still a primary until the cluster's gossip turns it
+into the new primary's replica. Started from the machine's `redis-server` like
+`tests.redis_cluster`."""
 
 from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -94,13 +95,35 @@ class ReplicatedCluster(LocalCluster):
         ok again, then thawed (SIGCONT): it wakes still a primary and answers its clients until
         the cluster's gossip demotes it. Returns the new primary's port once the old one
         replicates it and every node says the cluster is ok."""
+        proc = self.procs[port]
+        return await self._fail_over(
+            port, lambda: proc.send_signal(signal.SIGSTOP), lambda: proc.send_signal(signal.SIGCONT)
+        )
+
+    async def kill_primary(self, port: int) -> int:
+        """`port`'s primary killed (SIGKILL): its replica is promoted, and what it had not
+        received yet is lost. The old node is started again, empty; its nodes.conf keeps its
+        identity, and it rejoins as the new primary's replica. Returns the new primary's port
+        once the old one replicates it and every node says the cluster is ok."""
+        return await self._fail_over(port, lambda: self.kill_node(port), None, restart=True)
+
+    async def _fail_over(
+        self,
+        port: int,
+        fault: Callable[[], None],
+        recover: Callable[[], None] | None,
+        restart: bool = False,
+    ) -> int:
         new = await self.replica_of(port)
-        self.procs[port].send_signal(signal.SIGSTOP)
+        fault()
         try:
             await _wait(lambda: self.is_primary(new), f"{new} to be promoted", 30)
             await _wait(lambda: self._ok_without(port), "the cluster to be ok without it", 30)
         finally:
-            self.procs[port].send_signal(signal.SIGCONT)
+            if recover is not None:
+                recover()
+        if restart:
+            await self._start_node(port)
         await _wait(lambda: self.follows(port, new), f"{port} to follow {new}", 30)
         await self.until_ok()
         return new

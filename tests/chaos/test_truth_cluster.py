@@ -1,8 +1,9 @@
 """Issue 18: the core of the fault suite on a real 3-primary Redis Cluster (the session's
 `redis_cluster`, tests/redis_cluster.py), under runs whose keys live on several primaries: a
 worker killed mid-run and another frozen past its lease (one test: each costs a deployment),
-every primary restarted empty, and (on a cluster whose primaries have replicas) the queue's
-primary frozen past its failover and thawed, a split brain. Each ends with the three-way check
+every primary restarted empty, and (on a cluster whose primaries have replicas) a primary
+killed and its replica promoted, and the queue's primary frozen past its failover and thawed,
+a split brain. Each ends with the three-way check
 (tests/chaos/truth.py): what SSE clients received, what the cluster holds and what Postgres
 archived (replayed through the API after the runs' Redis keys are deleted) must be one gapless
 log per run, with one ending."""
@@ -138,19 +139,25 @@ async def test_every_primary_restarted_empty_reuses_no_seq_and_stalls_no_run(
     )
 
 
-@pytest.mark.timeout(150)
-async def test_the_queues_primary_frozen_past_its_failover_loses_nothing(
-    make_stack: StackFactory, redis_cluster_replicated: ReplicatedCluster
-) -> None:
-    # Given 12 runs (6 ticker, 6 attempt_chat, 6-8 s each) on three workers, on a cluster
-    # whose primaries each have a replica, each run followed over SSE
-    cluster = redis_cluster_replicated
+async def _twelve_followed_runs(make_stack: StackFactory, cluster: ReplicatedCluster) -> Stack:
+    """12 runs (6 ticker, 6 attempt_chat, 6-8 s each) on three workers, each followed over
+    SSE; returned once each has sent a few events."""
     stack = await make_stack(workers=3, redis=lent(cluster))
     assert stack.followers is not None
     for _ in range(6):
         await stack.submit("ticker", {"count": 60, "interval_ms": 100})
         await stack.submit("attempt_chat", {"words": 40, "delay_ms": 90})
     await stack.followers.each_received(4, timeout=30)
+    return stack
+
+
+@pytest.mark.timeout(150)
+async def test_the_queues_primary_frozen_past_its_failover_loses_nothing(
+    make_stack: StackFactory, redis_cluster_replicated: ReplicatedCluster
+) -> None:
+    # Given 12 runs on three workers, on a cluster whose primaries each have a replica
+    cluster = redis_cluster_replicated
+    stack = await _twelve_followed_runs(make_stack, cluster)
 
     # When the primary holding the queue (every read, lease renewal and ack) is frozen until
     # the cluster promotes its replica, then thawed: it wakes still a primary, and what it
@@ -165,5 +172,33 @@ async def test_the_queues_primary_frozen_past_its_failover_loses_nothing(
     print(
         f"\ncluster primary {port} frozen past its failover to {new}: runs={totals['runs']} "
         f"resumes={totals['resumes']} attempts={totals['attempts']} split={split_s:.1f}s "
+        f"total={time.monotonic() - t0:.1f}s"
+    )
+
+
+@pytest.mark.timeout(150)
+async def test_the_primary_of_most_runs_killed_and_its_replica_promoted_loses_nothing(
+    make_stack: StackFactory, redis_cluster_replicated: ReplicatedCluster
+) -> None:
+    # Given 12 runs on three workers, on a cluster whose primaries each have a replica
+    cluster = redis_cluster_replicated
+    stack = await _twelve_followed_runs(make_stack, cluster)
+
+    # When the primary holding the most runs' event streams is killed: its replica is
+    # promoted, the writes it had not received yet are lost (events copied, leases renewed,
+    # acks), and the old node comes back empty as the new primary's replica
+    ports = [await cluster.port_of(stack.keys.events(r)) for r in stack.truth.runs]
+    port = max(set(ports), key=ports.count)
+    t0 = time.monotonic()
+    new = await cluster.kill_primary(port)
+    failover_s = time.monotonic() - t0
+
+    # Then every run succeeds exactly once, what the failover lost is healed from the archive,
+    # and clients, the cluster and the archive agree
+    totals = await stack.check(redis_complete=False, settle_timeout=60)
+    print(
+        f"\ncluster primary {port} killed ({ports.count(port)} of {len(ports)} runs' events), "
+        f"{new} promoted: runs={totals['runs']} resumes={totals['resumes']} "
+        f"attempts={totals['attempts']} failover={failover_s:.1f}s "
         f"total={time.monotonic() - t0:.1f}s"
     )
