@@ -57,6 +57,7 @@ async def _watched(
 def test_a_switch_message_names_the_service_and_its_new_primary() -> None:
     assert switched_service(b"svc 10.0.0.1 6379 10.0.0.2 6380") == ("svc", "10.0.0.2:6380")
     assert switched_service("svc 10.0.0.1 6379") is None
+    assert switched_service("svc 10.0.0.1 6379 10.0.0.2 port") is None
 
 
 async def test_an_announced_failover_closes_every_connection_to_the_old_primary_even_in_use(

@@ -41,7 +41,7 @@ def switched_service(data: bytes | str) -> tuple[str, str] | None:
     ("<service> <old ip> <old port> <new ip> <new port>"), or None if it is not one."""
     text = data.decode() if isinstance(data, bytes) else data
     parts = text.split()
-    if len(parts) != 5:
+    if len(parts) != 5 or not parts[4].isdigit():
         return None
     return parts[0], f"{parts[3]}:{parts[4]}"
 
