@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from redis.exceptions import ResponseError
 
 from shared.config import Settings
 from shared.redis.client import blocking_pool_of, create_redis
@@ -107,8 +108,21 @@ async def test_a_real_failover_is_heard_and_a_blocked_read_moves_to_the_new_prim
         try:
             await asyncio.wait_for(watch.listening.wait(), 10)
             await wait_for(lambda: _ids(nodes[old], "xread"), timeout=5, interval=0.05)
+            # (every sentinel knows the replica: after an earlier test's failover they may not
+            # yet, and refuse with NOGOODSLAVE)
+            await redis_sentinel.until_settled(old)
+
             # When an operator fails the primary over
-            await sentinel.execute_command("SENTINEL", "FAILOVER", SENTINEL_SERVICE)
+            async def failed_over() -> bool:
+                try:
+                    await sentinel.execute_command("SENTINEL", "FAILOVER", SENTINEL_SERVICE)
+                except ResponseError as exc:  # NOGOODSLAVE: the replica not yet seen in sync
+                    if "NOGOODSLAVE" not in str(exc):
+                        raise
+                    return False
+                return True
+
+            await wait_for(failed_over, timeout=20, interval=0.5)
 
             # Then the watch hears it once
             async def switched() -> bool:
