@@ -59,10 +59,6 @@ class FailoverWatch:
         self._subscribed = 0
         self.listening = asyncio.Event()  # every sentinel's subscription was sent
 
-    @property
-    def watching(self) -> bool:
-        return bool(self._clients)
-
     def start(self) -> FailoverWatch:
         if self._clients:
             sentinel = self._clients[0].sentinel
