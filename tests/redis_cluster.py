@@ -48,6 +48,21 @@ def cluster_port() -> int:
         return port
 
 
+def cluster_ports(n: int, avoid: Sequence[int] = ()) -> list[int]:
+    """`n` free ports whose bus ports are free too, none of them equal to another's port or bus
+    port, nor to those of `avoid` (nodes chosen earlier): a node listens on both, and a port
+    that is another node's bus port fails to bind once that node runs."""
+    used = {q for p in avoid for q in (p, p + 10000)}
+    out: list[int] = []
+    while len(out) < n:
+        port = cluster_port()
+        if port in used or port + 10000 in used:
+            continue
+        used |= {port, port + 10000}
+        out.append(port)
+    return out
+
+
 def _ranges(taken: set[int]) -> list[int]:
     """The slots not taken, as ADDSLOTSRANGE's flat start/end pairs."""
     out: list[int] = []
@@ -86,7 +101,7 @@ async def moved_node(tmp: Path, local_keys: Sequence[str] = ()) -> AsyncIterator
     """A plain `redis://` URL of a cluster node holding only `local_keys`' slots."""
     binary = shutil.which("redis-server")
     assert binary is not None, "redis-server is not installed"
-    ports = [cluster_port(), cluster_port()]
+    ports = cluster_ports(2)
     procs = []
     clients: list[aioredis.Redis] = []
     try:
@@ -185,9 +200,7 @@ class LocalCluster:
 
     def __init__(self, root: Path, primaries: int = 3) -> None:
         self.root = root
-        self.ports = [cluster_port() for _ in range(primaries)]
-        while len(set(self.ports)) < primaries:
-            self.ports = [cluster_port() for _ in range(primaries)]
+        self.ports = cluster_ports(primaries)
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
         self.node_timeout_ms = 5000
 
@@ -310,8 +323,8 @@ class LocalSentinel:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.data_ports = [cluster_port(), cluster_port()]  # primary, replica at start
-        self.sentinel_ports = [cluster_port() for _ in range(3)]
+        self.data_ports = cluster_ports(2)  # primary, replica at start
+        self.sentinel_ports = cluster_ports(3, avoid=self.data_ports)
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
 
     @property

@@ -19,7 +19,7 @@ from tests.redis_cluster import (
     _state,
     _text,
     _wait,
-    cluster_port,
+    cluster_ports,
     follows,
     started,
 )
@@ -36,13 +36,7 @@ class ReplicatedCluster(LocalCluster):
     def __init__(self, root: Path, primaries: int = 3) -> None:
         super().__init__(root, primaries)
         self.node_timeout_ms = NODE_TIMEOUT_MS
-        taken = set(self.ports)
-        self.replica_ports: list[int] = []
-        while len(self.replica_ports) < primaries:
-            port = cluster_port()
-            if port not in taken:
-                taken.add(port)
-                self.replica_ports.append(port)
+        self.replica_ports = cluster_ports(primaries, avoid=self.ports)
 
     async def start(self) -> None:
         await super().start()  # the primaries, their slots, ok
