@@ -11,7 +11,7 @@ its clients of that service, those in use too: each call in flight fails (`Conne
 which the callers ride out), and the next connection asks the sentinels and finds the new
 primary. The sentinels learn of a switch milliseconds apart, and one not yet told would name the
 old primary: the clients' pools connect to the announced one only until a sentinel names it
-(`shared.redis.client._PinnedPool`), and half a second later any connection elsewhere is closed
+(`shared.redis.sentinel.PinnedPool`), and half a second later any connection elsewhere is closed
 again. Listeners (`on_switch`) hear of it too: a worker heals what the failover may have lost
 (`worker.liveness`)."""
 
@@ -24,7 +24,8 @@ from typing import Any
 
 import structlog
 
-from shared.redis.client import REDIS_ERRORS, Redis, close_connections, sentinel_pools
+from shared.redis.client import REDIS_ERRORS, Redis
+from shared.redis.sentinel import close_connections, sentinel_pools
 
 log = structlog.get_logger("longrun.redis")
 
